@@ -1,0 +1,100 @@
+"""Job folders: one per submission, never shared, never half-written.
+
+A folder is built under a hidden temporary name and renamed into place in one step, so a
+reader sees either nothing or the whole folder. Names carry the time and a random suffix;
+a rename onto an existing (non-empty) folder fails, and then another name is drawn.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from launcher import __version__, paths
+
+CONFIG = "config.yaml"
+SCRIPT = "job.sbatch"
+COMMAND = "command.txt"
+RECORD = "submission.json"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a file so that readers see the old content or the new, never a part."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def new_name(factory: str) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in factory)[:40] or "job"
+    return f"{stamp}-{safe}-{secrets.token_hex(3)}"
+
+
+def create(
+    factory: str,
+    files: Callable[[Path], dict[str, str]],
+    root: Path | None = None,
+) -> Path:
+    """A new complete job folder under `root`; `files(final_path)` gives its contents,
+    so files may mention the folder's final path."""
+    root = root or paths.jobs_root()
+    root.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        final = root / new_name(factory)
+        if final.exists():
+            continue
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{final.name}-"))
+        try:
+            (tmp / "logs").mkdir()
+            for name, text in files(final).items():
+                (tmp / name).write_text(text)
+            os.rename(tmp, final)  # fails if `final` appeared meanwhile (it is never empty)
+            return final
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if final.exists():
+                continue
+            raise
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    raise RuntimeError(f"could not find a free job folder name under {root}")
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    argv = list(sys.argv if argv is None else argv)
+    argv[0] = Path(argv[0]).name if argv else "ft"
+    return shlex.join(argv) + "\n"
+
+
+def config_text(job_dict: dict[str, Any]) -> str:
+    header = f"# Resolved by ft {__version__}; the trainer validates this file again.\n"
+    return header + yaml.safe_dump(job_dict, sort_keys=False)
+
+
+def write_record(folder: Path, **fields: Any) -> None:
+    record = {"ft_version": __version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **fields}
+    write_atomic(folder / RECORD, json.dumps(record, indent=2) + "\n")
+
+
+def read_record(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((folder / RECORD).read_text())
+    except (OSError, ValueError):
+        return {}

@@ -1,0 +1,85 @@
+"""`--executor local`: the same job, same folder, trainer in local processes instead of srun.
+
+One process per task (num_nodes × devices) with torchrun's variables, so the trainer needs
+no special case. In the foreground rank 0's log streams to the terminal and the exit status
+is the job's; `--detach` returns at once and leaves the processes running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from launcher import jobdir, render
+from launcher.schema import Job
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def event(folder: Path, name: str, **fields: object) -> None:
+    """The same event record the sbatch script writes, so `ft status` reads both alike."""
+    record = {"event": name, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields}
+    with open(folder / "events.jsonl", "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def start(job: Job, folder: Path) -> list[subprocess.Popen[bytes]]:
+    argv = render.trainer_argv(job, folder / jobdir.CONFIG)
+    port = str(_free_port())
+    procs = []
+    for rank in range(job.world_size):
+        env = dict(os.environ, FT_JOB_DIR=str(folder), RANK=str(rank), LOCAL_RANK=str(rank),
+                   WORLD_SIZE=str(job.world_size), LOCAL_WORLD_SIZE=str(job.world_size),
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port, PYTHONUNBUFFERED="1",
+                   **job.container.env)
+        log = open(folder / "logs" / f"rank-{rank}.out", "ab")
+        procs.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True))
+        log.close()
+    return procs
+
+
+def run(job: Job, folder: Path, detach: bool = False, echo=sys.stdout.write) -> int:
+    """Run the job here. Foreground: follow rank 0's log, return the job's exit status."""
+    procs = start(job, folder)
+    event(folder, "start", executor="local", pids=[p.pid for p in procs])
+    jobdir.write_record(folder, executor="local", job_id=None, factory=job.name,
+                        folder=str(folder), pids=[p.pid for p in procs])
+    if detach:
+        return 0
+    log = folder / "logs" / "rank-0.out"
+    status = None
+    try:
+        with open(log, "rb") as handle:
+            while True:
+                chunk = handle.read()
+                if chunk:
+                    echo(chunk.decode(errors="replace"))
+                codes = [p.poll() for p in procs]
+                if any(c not in (None, 0) for c in codes) or all(c is not None for c in codes):
+                    # One failed task takes the others down, as srun --kill-on-bad-exit does.
+                    for p in procs:
+                        if p.poll() is None:
+                            p.terminate()
+                    codes = [p.wait() for p in procs]
+                    echo(handle.read().decode(errors="replace"))
+                    status = next((c for c in codes if c != 0), 0)
+                    break
+                time.sleep(0.2)
+    except KeyboardInterrupt:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(2)
+        codes = [p.wait() for p in procs]
+        status = 130
+    event(folder, "exit", code=status)
+    return status

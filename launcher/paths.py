@@ -1,0 +1,50 @@
+"""Where ft finds its templates, factories and job folders.
+
+In a source checkout templates/ and factories/ sit at the top of the repository; an
+installed wheel carries them inside the package (launcher/_bundled/). The checkout wins
+so that an editable install sees edits at once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def _bundled(name: str) -> Path:
+    checkout = _PACKAGE.parent / name
+    if checkout.is_dir() and (_PACKAGE.parent / "pyproject.toml").is_file():
+        return checkout
+    return _PACKAGE / "_bundled" / name
+
+
+def templates_dir() -> Path:
+    return _bundled("templates")
+
+
+def factories_dir() -> Path:
+    return _bundled("factories")
+
+
+def config_dir() -> Path:
+    """The user's ft config folder: $FT_CONFIG_DIR, else $XDG_CONFIG_HOME/ft, else ~/.config/ft."""
+    if os.environ.get("FT_CONFIG_DIR"):
+        return Path(os.environ["FT_CONFIG_DIR"]).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(base).expanduser() / "ft"
+
+
+def ft_home() -> Path:
+    """Root of all job folders: $FT_HOME, else ~/ft."""
+    return Path(os.environ.get("FT_HOME") or Path.home() / "ft").expanduser()
+
+
+def jobs_root() -> Path:
+    return ft_home() / "jobs"
+
+
+def package_dir(name: str) -> Path:
+    """The folder of one of ft's own packages (`trainer`, `launcher`), found without importing it."""
+    return _PACKAGE.parent / name

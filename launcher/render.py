@@ -1,0 +1,145 @@
+"""Render a job into an sbatch script.
+
+Every value is computed and shell-quoted here, in Python; the Jinja template only places
+what it is given (StrictUndefined, loops over ready-made strings). The only text that
+reaches the script unquoted is `slurm.setup`, which is shell written by the site or user
+on purpose, one validated line per item.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+from launcher import __version__, paths
+from launcher.errors import UserError
+from launcher.schema import Job
+
+TEMPLATE = "sbatch.sh.j2"
+REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: the trainer checkpointed on a signal and wants requeueing
+FT_MOUNT = "/opt/ft"  # where mount_ft places ft's packages inside the container
+URI_PREFIXES = ("docker://", "docker-daemon://", "oras://", "library://", "shub://", "https://", "http://")
+
+
+def q(value: object) -> str:
+    return shlex.quote(str(value))
+
+
+def trainer_argv_groups(job: Job, config_path: Path) -> list[list[str]]:
+    """The command each task runs, inside the container when there is one, in readable groups."""
+    python = job.container.python or ("python" if job.container.runtime != "none" else sys.executable)
+    command = [python, "-m", "trainer", "--config", str(config_path)]
+    if job.container.runtime == "none":
+        return [command]
+    groups = [[job.container.runtime, "exec", *(["--nv"] if job.container.nv else [])]]
+    groups += [["--bind", bind] for bind in job.container.binds]
+    if job.container.mount_ft:
+        # The trainer imports launcher.schema, so both packages travel together.
+        for package in ("trainer", "launcher"):
+            groups.append(["--bind", f"{paths.package_dir(package)}:{FT_MOUNT}/{package}:ro"])
+        groups.append(["--env", f"PYTHONPATH={FT_MOUNT}"])
+    return [*groups, [str(job.container.image)], command]
+
+
+def trainer_argv(job: Job, config_path: Path) -> list[str]:
+    return [word for group in trainer_argv_groups(job, config_path) for word in group]
+
+
+def sbatch_options(job: Job, job_dir: Path) -> list[str]:
+    """The #SBATCH lines, derived from the job (nodes × devices is the single source)."""
+    s, t = job.slurm, job.trainer
+    log = job_dir / "logs" / "slurm-%j.out"
+    options: list[tuple[str, object | None]] = [
+        ("job-name", job.job_name),
+        ("nodes", t.num_nodes),
+        ("ntasks-per-node", t.devices),
+    ]
+    if t.accelerator == "gpu" and s.gpus_per_node_flag:
+        options.append(("gpus-per-node", t.devices))
+    optional = {
+        "cpus-per-task": s.cpus_per_task,
+        "mem": s.mem,
+        "time": s.time,
+        "partition": s.partition,
+        "account": s.account,
+        "qos": s.qos,
+        "constraint": s.constraint,
+    }
+    options += [(name, value) for name, value in optional.items() if value is not None]
+    options += [
+        ("output", log),
+        ("error", log),
+        ("open-mode", "append"),  # a requeued job appends to the same log
+        ("signal", f"B:USR1@{s.signal_seconds}"),
+        ("requeue", None),
+    ]
+    lines = [f"--{name}" if value is None else f"--{name}={q(value)}" for name, value in options]
+    for name, value in s.extra.items():
+        lines.append(f"--{name}" if value is None else f"--{name}={q(value)}")
+    return lines
+
+
+def render_sbatch(job: Job, job_dir: Path, template: str | None = None) -> str:
+    """The sbatch script for `job` writing into `job_dir`. Pure: reads only the template."""
+    import jinja2  # only rendering needs it; `ft --help` does not
+
+    template_path = Path(template or job.slurm.template or paths.templates_dir() / TEMPLATE).expanduser()
+    if not template_path.is_file():
+        raise UserError(f"sbatch template {template_path} does not exist")
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(template_path.parent)),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    config_path = job_dir / "config.yaml"
+    try:
+        return env.get_template(template_path.name).render(
+            version=__version__,
+            factory=q(job.name),
+            job_dir=q(job_dir),
+            script_path=q(job_dir / "job.sbatch"),
+            sbatch_options=sbatch_options(job, job_dir),
+            modules=[q(m) for m in job.slurm.modules],
+            setup=list(job.slurm.setup),
+            env=[(name, q(value)) for name, value in sorted(job.container.env.items())],
+            srun_options="--kill-on-bad-exit=1",
+            launch=" \\\n    ".join(shlex.join(g) for g in trainer_argv_groups(job, config_path)),
+            requeue_code=REQUEUE_EXIT_CODE,
+            max_requeues=job.slurm.max_requeues,
+        )
+    except jinja2.TemplateError as err:
+        raise UserError(f"sbatch template {template_path}: {err}") from None
+
+
+def preflight(job: Job, need_sbatch: bool) -> list[str]:
+    """Problems that would make the job fail at once on the cluster, found on the login node."""
+    import shutil
+
+    problems = []
+    c = job.container
+    if c.runtime != "none" and c.image and not c.image.startswith(URI_PREFIXES):
+        if not Path(c.image).expanduser().is_file():
+            problems.append(f"container.image {c.image} does not exist (give a .sif path or a docker:// URI)")
+    for bind in c.binds:
+        source = bind.split(":", 1)[0]
+        if not Path(source).expanduser().exists():
+            problems.append(f"container.binds: bind source {source} does not exist")
+    if job.model.init == "pretrained" and job.model.path and _looks_local(job.model.path):
+        if not Path(job.model.path).expanduser().exists():
+            problems.append(f"model.path {job.model.path} does not exist")
+    if not job.data.path.startswith("ft:") and _looks_local(job.data.path):
+        if not Path(job.data.path).expanduser().exists():
+            problems.append(f"data.path {job.data.path} does not exist")
+    if need_sbatch and shutil.which("sbatch") is None:
+        problems.append("sbatch is not on PATH: run ft on a SLURM login node, or use --dry-run to "
+                        "write and print the script, or --executor local to run here")
+    return problems
+
+
+def _looks_local(spec: str) -> bool:
+    """A path rather than a hub id: absolute, relative with ./ or ~, or a file name."""
+    return spec.startswith(("/", ".", "~")) or spec.endswith((".json", ".jsonl"))
