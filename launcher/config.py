@@ -305,8 +305,8 @@ def _wants_text(annotation: Any) -> bool:
     return str in members and not any(m in (int, float, bool) for m in members)
 
 
-def parse_overrides(args: list[str]) -> list[Override]:
-    """`key=value` words into Overrides; every malformed word is reported together."""
+def parse_overrides(args: list[str]) -> tuple[list[Override], list[str]]:
+    """`key=value` words into Overrides, and a problem for each malformed word."""
     overrides, problems = [], []
     for word in args:
         key, eq, text = word.partition("=")
@@ -323,11 +323,10 @@ def parse_overrides(args: list[str]) -> list[Override]:
         if not _OVERRIDE_KEY.match(key):
             problems.append(f"{key!r} is not a valid key: use dot notation like optim.lr_scheduler.warmup_steps")
             continue
-        value = text if _wants_text(_field(Job, key.split("."))) else parse_value(text)
+        quoted = text[:1] in ("'", '"')
+        value = text if _wants_text(_field(Job, key.split("."))) and not quoted else parse_value(text)
         overrides.append(Override(key, value, word))
-    if problems:
-        raise UserError(*problems)
-    return overrides
+    return overrides, problems
 
 
 def _switch(section: str, word: Any, existing: Any) -> Any:
@@ -343,8 +342,8 @@ def _switch(section: str, word: Any, existing: Any) -> Any:
     return dict(preset)
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[Override]) -> dict[str, Any]:
-    """A copy of `data` with each override set in order; unknown keys are all reported."""
+def apply_overrides(data: dict[str, Any], overrides: list[Override]) -> tuple[dict[str, Any], list[str]]:
+    """A copy of `data` with each valid override set in order, and a problem for each other."""
     result = deep_merge({}, data)
     problems = []
     for override in overrides:
@@ -373,9 +372,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[Override]) -> dict[str
                     problems.extend(err.problems)
             else:
                 node[last] = override.value
-    if problems:
-        raise UserError(*problems)
-    return result
+    return result, problems
 
 
 def normalise_switches(data: dict[str, Any]) -> dict[str, Any]:
@@ -435,8 +432,15 @@ class Resolved:
 def resolve(factory: str, overrides: list[str], profile: str | None = None) -> Resolved:
     """Factory < profile < command line, validated. Override syntax and key problems, and
     type problems, are each reported all at once."""
-    parsed = parse_overrides(overrides)
+    parsed, problems = parse_overrides(overrides)
     data, factory_file = load_factory(factory)
     site, site_path = load_profile(profile)
-    merged = apply_overrides(deep_merge(normalise_switches(data), site), parsed)
-    return Resolved(validate(merged), factory_file, site_path, tuple(parsed))
+    merged, more = apply_overrides(deep_merge(normalise_switches(data), site), parsed)
+    problems += more
+    try:
+        job = validate(merged)
+    except UserError as err:
+        problems += err.problems
+    if problems:
+        raise UserError(*problems)
+    return Resolved(job, factory_file, site_path, tuple(parsed))

@@ -371,6 +371,11 @@ class Job(_Section):
     container: ContainerConfig = Field(default_factory=ContainerConfig, description="Container.")
     slurm: SlurmConfig = Field(default_factory=SlurmConfig, description="Scheduler settings.")
 
+    @field_validator("name")
+    @classmethod
+    def _name_line(cls, value: str) -> str:
+        return _no_control(value, "name")
+
     @model_validator(mode="before")
     @classmethod
     def _restore_path_is_model_path(cls, raw: Any) -> Any:
