@@ -121,7 +121,8 @@ def test_hostile_values_stay_in_their_place(value, tmp_path_factory):
     try:
         job = config.validate(data)
     except UserError as err:
-        assert any(ch in value for ch in "\n"), err.problems  # only control characters are refused
+        # Only control characters and blank header values are refused.
+        assert "\n" in value or not value.strip(), err.problems
         return
     text = render.render_sbatch(job, folder)
     subprocess.run(["bash", "-n"], input=text, text=True, check=True)
