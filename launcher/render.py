@@ -19,6 +19,7 @@ from launcher.schema import Job
 TEMPLATE = "sbatch.sh.j2"
 REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: the trainer checkpointed on a signal and wants requeueing
 FT_MOUNT = "/opt/ft"  # where mount_ft places ft's packages inside the container
+_CONFIG_MARK = "@FT_CONFIG@"  # stands for "$FT_CONFIG" until the command is quoted
 URI_PREFIXES = ("docker://", "docker-daemon://", "oras://", "library://", "shub://", "https://", "http://")
 
 
@@ -46,10 +47,10 @@ def trainer_argv(job: Job, config_path: Path) -> list[str]:
     return [word for group in trainer_argv_groups(job, config_path) for word in group]
 
 
-def sbatch_options(job: Job, job_dir: Path) -> list[str]:
+def sbatch_options(job: Job, job_dir: Path, array_size: int = 0, dependency: str | None = None) -> list[str]:
     """The #SBATCH lines, derived from the job (nodes × devices is the single source)."""
     s, t = job.slurm, job.trainer
-    log = job_dir / "logs" / "slurm-%j.out"
+    log = job_dir / "logs" / ("slurm-%A_%a.out" if array_size else "slurm-%j.out")
     options: list[tuple[str, object | None]] = [
         ("job-name", job.job_name),
         ("nodes", t.num_nodes),
@@ -74,14 +75,20 @@ def sbatch_options(job: Job, job_dir: Path) -> list[str]:
         ("signal", f"B:USR1@{s.signal_seconds}"),
         ("requeue", None),
     ]
+    if array_size:
+        options.append(("array", f"0-{array_size - 1}"))
+    if dependency:
+        options.append(("dependency", f"afterok:{dependency}"))
     lines = [f"--{name}" if value is None else f"--{name}={q(value)}" for name, value in options]
     for name, value in s.extra.items():
         lines.append(f"--{name}" if value is None else f"--{name}={q(value)}")
     return lines
 
 
-def render_sbatch(job: Job, job_dir: Path, template: str | None = None) -> str:
-    """The sbatch script for `job` writing into `job_dir`. Pure: reads only the template."""
+def render_sbatch(job: Job, job_dir: Path, template: str | None = None, array_size: int = 0,
+                  dependency: str | None = None) -> str:
+    """The sbatch script for `job` writing into `job_dir` (a sweep: `array_size` tasks, each
+    in tasks/<i>/). Pure: reads only the template."""
     import jinja2  # only rendering needs it; `ft --help` does not
 
     template_path = Path(template or job.slurm.template or paths.templates_dir() / TEMPLATE).expanduser()
@@ -95,19 +102,26 @@ def render_sbatch(job: Job, job_dir: Path, template: str | None = None) -> str:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    config_path = job_dir / "config.yaml"
+    # Each task reads "$FT_CONFIG", set in the script: a sweep's array tasks each have their own.
+    launch = " \\\n    ".join(shlex.join(g) for g in trainer_argv_groups(job, Path(_CONFIG_MARK)))
+    launch = launch.replace(_CONFIG_MARK, '"$FT_CONFIG"')
+    if array_size:
+        run_dir_line = 'FT_RUN_DIR="$FT_JOB_DIR/tasks/$SLURM_ARRAY_TASK_ID"'
+    else:
+        run_dir_line = 'FT_RUN_DIR="$FT_JOB_DIR"'
     try:
         return env.get_template(template_path.name).render(
             version=__version__,
             factory=q(job.name),
             job_dir=q(job_dir),
             script_path=q(job_dir / "job.sbatch"),
-            sbatch_options=sbatch_options(job, job_dir),
+            sbatch_options=sbatch_options(job, job_dir, array_size, dependency),
             modules=[q(m) for m in job.slurm.modules],
             setup=list(job.slurm.setup),
             env=[(name, q(value)) for name, value in sorted(job.container.env.items())],
-            srun_options="--kill-on-bad-exit=1",
-            launch=" \\\n    ".join(shlex.join(g) for g in trainer_argv_groups(job, config_path)),
+            srun_options="--kill-on-bad-exit=1 --label",
+            run_dir_line=run_dir_line,
+            launch=launch,
             requeue_code=REQUEUE_EXIT_CODE,
             max_requeues=job.slurm.max_requeues,
         )

@@ -129,7 +129,7 @@ def test_hostile_values_stay_in_their_place(value, tmp_path_factory):
     # A `module` function so `module load <value>` runs harmlessly and visibly.
     text = text.replace("set -uo pipefail", "set -uo pipefail\nmodule() { :; }", 1)
     argv, exported = _run_recording(text, folder)
-    assert argv == ["--kill-on-bad-exit=1", *render.trainer_argv(job, folder / "config.yaml")]
+    assert argv == ["--kill-on-bad-exit=1", "--label", *render.trainer_argv(job, folder / "config.yaml")]
     assert exported["FT_TEST"] == value
     assert not (folder / "pwned").exists()
     header = [line for line in text.splitlines() if line.startswith("#SBATCH")]

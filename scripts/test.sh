@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Run ft's test suite: `bash scripts/test.sh [PYTEST ARGS...]` (from anywhere).
+#
+# The Python used is, in order: $FT_PYTHON, the active virtualenv ($VIRTUAL_ENV),
+# ./.venv-ci (made by .ci/run), ./.venv, then python3 on PATH. pytest runs from the
+# repository root; `python -m pytest` puts the root on sys.path, so tests import the
+# checkout while the `ft` console script comes from the installed package.
+# pytest's exit status 5 ("no tests collected") is turned into a failure.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+if [ -n "${FT_PYTHON:-}" ]; then
+    PY="$FT_PYTHON"
+elif [ -n "${VIRTUAL_ENV:-}" ] && [ -x "$VIRTUAL_ENV/bin/python" ]; then
+    PY="$VIRTUAL_ENV/bin/python"
+elif [ -x "$ROOT/.venv-ci/bin/python" ]; then
+    PY="$ROOT/.venv-ci/bin/python"
+elif [ -x "$ROOT/.venv/bin/python" ]; then
+    PY="$ROOT/.venv/bin/python"
+else
+    PY="$(command -v python3)"
+fi
+# Console scripts (ft) of that environment come first on PATH.
+PATH="$(dirname "$PY"):$PATH"
+export PATH
+
+echo "scripts/test.sh: $("$PY" -c 'import sys; print(sys.executable, sys.version.split()[0])')"
+rc=0
+"$PY" -m pytest -q "$@" || rc=$?
+if [ "$rc" -eq 5 ]; then
+    echo "scripts/test.sh: FAILED: pytest collected no tests (exit status 5)" >&2
+    exit 1
+fi
+exit "$rc"
