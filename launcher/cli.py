@@ -92,13 +92,20 @@ def submit_cmd(
     yes: bool = typer.Option(False, "--yes", "-y", help="Submit without asking."),
     executor: str = typer.Option("slurm", "--executor", help="`slurm` (sbatch) or `local` (run here, no scheduler)."),
     detach: bool = typer.Option(False, "--detach", help="With --executor local: run in the background."),
+    sweep: List[str] = typer.Option([], "--sweep", help="key=v1,v2,...: one SLURM array task per value (repeat for a grid)."),
+    after: Optional[str] = typer.Option(None, "--after", help="Start only after this job completed successfully (afterok)."),
     profile: Optional[str] = ProfileOpt,
 ) -> None:
     """Resolve, validate, write the job folder, render the sbatch script and submit it."""
-    from launcher import local, submit
+    from launcher import jobs, local, submit
     from launcher.errors import UserError
 
-    p = submit.plan(factory, list(ctx.args), profile, executor, dry_run)
+    after_id = None
+    if after:
+        after_id = jobs.find(after).job_id
+        if not after_id:
+            raise UserError(f"--after {after}: that job was never submitted to SLURM")
+    p = submit.plan(factory, list(ctx.args), profile, executor, dry_run, sweep, after_id)
     err = _console(stderr=True)
     if not dry_run:
         _print_summary(p, err)
@@ -122,6 +129,134 @@ def submit_cmd(
     job_id = submit.submit(folder, p.job.name)
     print(f"Submitted batch job {job_id}")
     print(f"Job folder: {folder}")
+
+
+JobArg = typer.Argument(..., help="Job id, job folder, or a unique prefix of either.")
+
+
+@app.command("jobs")
+def jobs_cmd(
+    as_json: bool = typer.Option(False, "--json", help="One JSON list for scripts."),
+    limit: int = typer.Option(50, "--limit", "-n", help="Show at most this many, newest first."),
+) -> None:
+    """Your jobs, newest first: id, factory, state, progress, age, folder."""
+    import json
+
+    from rich.table import Table
+
+    from launcher import jobs
+
+    rows = jobs.summary_rows(jobs.all_jobs()[:limit])
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"ft jobs ({len(rows)})", title_justify="left")
+    for column in ("id", "factory", "state", "progress", "age", "folder"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(str(row["id"] or "-" if row["executor"] == "slurm" else row["executor"]), row["factory"],
+                      row["state"], row["progress"], row["age"], row["folder"])
+    _console().print(table)
+
+
+@app.command("status")
+def status_cmd(job: str = JobArg) -> None:
+    """State of one job: the scheduler's while it knows the job, then the job folder's own record."""
+    from launcher import jobs
+
+    view = jobs.find(job)
+    state = jobs.state(view)
+    events = view.events
+    print(f"job        {view.job_id or '-'} ({view.executor})")
+    print(f"factory    {view.factory}")
+    print(f"state      {state}")
+    print(f"progress   {view.progress()}")
+    print(f"checkpoint {view.latest_checkpoint() or '-'}")
+    print(f"folder     {view.folder}")
+    if events:
+        starts = sum(1 for e in events if e["event"] == "start")
+        last = events[-1]
+        print(f"runs       {starts} start(s); last event {last['event']} at {last.get('time')}")
+
+
+@app.command("logs")
+def logs_cmd(
+    job: str = JobArg,
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing while the job runs."),
+    rank: Optional[int] = typer.Option(None, "--rank", help="Only this task's lines."),
+) -> None:
+    """The job's output; with -f, follow it until the job ends."""
+    import time
+
+    from launcher import jobs
+    from launcher.errors import UserError
+
+    view = jobs.find(job)
+    if view.executor == "dry-run":
+        raise UserError(f"{view.folder.name} is a dry run: it has no logs (submit it with `ft resubmit {view.folder}`)")
+    offsets: dict = {}
+
+    def drain() -> None:
+        files = jobs.log_files(view)
+        if view.executor == "local" and rank is not None:
+            files = [f for f in files if f.name == f"rank-{rank}.out"]
+        for path in files:
+            with open(path, "rb") as handle:
+                handle.seek(offsets.get(path, 0))
+                data = handle.read()
+                # Keep a partial last line for the next round.
+                cut = data.rfind(b"\n") + 1 if follow else len(data)
+                offsets[path] = offsets.get(path, 0) + cut
+            lines = data[:cut].decode(errors="replace").splitlines()
+            if view.executor == "slurm":
+                lines = jobs.select_rank(lines, rank)
+            for line in lines:
+                print(line, flush=True)
+
+    drain()
+    if not jobs.log_files(view) and not follow:
+        print(f"(no output yet in {view.folder / 'logs'})", file=sys.stderr)
+    while follow:
+        finished = jobs.is_finished(jobs.state(view))
+        drain()
+        if finished:
+            break
+        time.sleep(1)
+
+
+@app.command("cancel")
+def cancel_cmd(job: str = JobArg) -> None:
+    """Cancel a pending or running job."""
+    import os
+    import signal
+
+    from launcher import jobs, slurm
+    from launcher.errors import UserError
+
+    view = jobs.find(job)
+    state = jobs.state(view)
+    if jobs.is_finished(state):
+        raise UserError(f"job {view.job_id or view.folder.name} already ended ({state}): nothing to cancel")
+    if view.executor == "local":
+        for pid in view.record.get("pids", []):
+            try:
+                os.killpg(int(pid), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    else:
+        slurm.scancel(view.job_id)
+    print(f"cancelled {view.job_id or view.folder.name} ({view.folder})")
+
+
+@app.command("resubmit", context_settings=_PASS_THROUGH)
+def resubmit_cmd(ctx: typer.Context, job: str = JobArg, profile: Optional[str] = ProfileOpt) -> None:
+    """Submit a job again in the same folder: it continues from its latest checkpoint."""
+    from launcher import jobs, submit
+
+    view = jobs.find(job)
+    job_id = submit.resubmit(view, list(ctx.args), profile)
+    print(f"Submitted batch job {job_id}")
+    print(f"Job folder: {view.folder}")
 
 
 def _print_summary(p, console) -> None:

@@ -63,6 +63,7 @@ def create(
         try:
             (tmp / "logs").mkdir()
             for name, text in files(final).items():
+                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                 (tmp / name).write_text(text)
             os.rename(tmp, final)  # fails if `final` appeared meanwhile (it is never empty)
             return final

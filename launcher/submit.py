@@ -21,19 +21,59 @@ EXECUTORS = ("slurm", "local")
 class Plan:
     resolved: Resolved
     executor: str
-    script_preview: str  # rendered with a placeholder folder, for --dry-run without writing twice
+    tasks: tuple[Resolved, ...] = ()  # a sweep: one resolved job per array task
+    after: str | None = None  # job id this one waits for (afterok)
 
     @property
     def job(self):
         return self.resolved.job
 
 
+def split_values(text: str) -> list[str]:
+    """`1e-4,3e-4` or `[q,v],[q,k,v]`: commas inside brackets or quotes do not split."""
+    values, depth, quote, current = [], 0, "", ""
+    for char in text:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            values.append(current)
+            current = ""
+            continue
+        current += char
+    return [*values, current]
+
+
+def sweep_overrides(sweeps: list[str]) -> list[list[str]]:
+    """`--sweep a=1,2 --sweep b=x,y` → the override lists of every combination."""
+    import itertools
+
+    axes = []
+    for sweep in sweeps:
+        key, eq, values = sweep.partition("=")
+        if not eq or not values:
+            raise UserError(f"--sweep {sweep!r}: write key=v1,v2,... e.g. --sweep optim.lr=1e-4,3e-4")
+        axes.append([f"{key}={value}" for value in split_values(values)])
+    return [list(combo) for combo in itertools.product(*axes)]
+
+
 def plan(factory: str, overrides: list[str], profile: str | None = None,
-         executor: str = "slurm", dry_run: bool = False) -> Plan:
+         executor: str = "slurm", dry_run: bool = False, sweeps: list[str] | None = None,
+         after: str | None = None) -> Plan:
     """Everything short of writing: resolution, validation, pre-flight checks, rendering."""
     if executor not in EXECUTORS:
         raise UserError(f"unknown executor {executor!r}: choose {' or '.join(EXECUTORS)}")
-    resolved = resolve(factory, overrides, profile)
+    tasks: tuple[Resolved, ...] = ()
+    if sweeps:
+        if executor == "local":
+            raise UserError("--sweep runs as a SLURM job array: use it with --executor slurm")
+        tasks = tuple(resolve(factory, [*overrides, *combo], profile) for combo in sweep_overrides(sweeps))
+    resolved = tasks[0] if tasks else resolve(factory, overrides, profile)
     job = resolved.job
     problems = render.preflight(job, need_sbatch=executor == "slurm" and not dry_run)
     if executor == "local" and job.container.runtime != "none" and shutil.which(job.container.runtime) is None:
@@ -41,8 +81,8 @@ def plan(factory: str, overrides: list[str], profile: str | None = None,
                         "to use this machine's Python")
     if problems:
         raise UserError(*problems)
-    preview = render.render_sbatch(job, Path("/JOB_DIR"))  # template errors surface before writing
-    return Plan(resolved, executor, preview)
+    render.render_sbatch(job, Path("/JOB_DIR"))  # template errors surface before anything is written
+    return Plan(resolved, executor, tasks, after)
 
 
 def summary(p: Plan) -> list[tuple[str, str]]:
@@ -66,28 +106,49 @@ def summary(p: Plan) -> list[tuple[str, str]]:
 
 
 def write(p: Plan, argv: list[str] | None = None, root: Path | None = None) -> Path:
-    """The complete job folder: resolved config, script, exact command line."""
+    """The complete job folder: resolved config(s), script, exact command line."""
     job = p.job
-    config = jobdir.config_text(job_to_dict(job))
-    command = jobdir.command_line(argv)
-    return jobdir.create(
-        job.name,
-        lambda folder: {
-            jobdir.CONFIG: config,
-            jobdir.SCRIPT: render.render_sbatch(job, folder),
-            jobdir.COMMAND: command,
-        },
-        root,
-    )
+    files = {jobdir.CONFIG: jobdir.config_text(job_to_dict(job)), jobdir.COMMAND: jobdir.command_line(argv)}
+    for index, task in enumerate(p.tasks):
+        files[f"tasks/{index}/{jobdir.CONFIG}"] = jobdir.config_text(job_to_dict(task.job))
+
+    def contents(folder: Path) -> dict[str, str]:
+        script = render.render_sbatch(job, folder, array_size=len(p.tasks), dependency=p.after)
+        return {**files, jobdir.SCRIPT: script}
+
+    return jobdir.create(job.name, contents, root)
 
 
-def submit(folder: Path, factory: str) -> str:
-    """sbatch the folder's script; on refusal the folder is removed so nothing half-done stays."""
+def submit(folder: Path, factory: str, history: list[dict] | None = None) -> str:
+    """sbatch the folder's script; if refused, a new folder is removed so nothing half-done stays."""
     try:
         job_id = slurm.sbatch(folder / jobdir.SCRIPT)
     except SchedulerError as err:
-        shutil.rmtree(folder, ignore_errors=True)
-        err.problems.append(f"nothing was submitted; the job folder {folder} was removed")
+        if history is None:
+            shutil.rmtree(folder, ignore_errors=True)
+            err.problems.append(f"nothing was submitted; the job folder {folder} was removed")
         raise
-    jobdir.write_record(folder, executor="slurm", job_id=job_id, factory=factory, folder=str(folder))
+    jobdir.write_record(folder, executor="slurm", job_id=job_id, factory=factory, folder=str(folder),
+                        history=history or [])
     return job_id
+
+
+def resubmit(view, overrides: list[str], profile: str | None = None) -> str:
+    """Submit a job folder again: same folder, so the trainer continues from its latest
+    checkpoint. Overrides apply on top of the folder's resolved config."""
+    from launcher import jobs
+
+    current = jobs.state(view)
+    if not jobs.is_finished(current) and current != "DRY-RUN":
+        raise UserError(f"job {view.job_id} is still {current}: `ft cancel {view.job_id}` first")
+    if (view.folder / "tasks").is_dir() and overrides:
+        raise UserError("a sweep is resubmitted as it was: overrides apply to single jobs only")
+    resolved = resolve(str(view.folder / jobdir.CONFIG), overrides, profile)
+    problems = render.preflight(resolved.job, need_sbatch=True)
+    if problems:
+        raise UserError(*problems)
+    tasks = len(list((view.folder / "tasks").glob("*/" + jobdir.CONFIG)))
+    jobdir.write_atomic(view.folder / jobdir.CONFIG, jobdir.config_text(job_to_dict(resolved.job)))
+    jobdir.write_atomic(view.folder / jobdir.SCRIPT, render.render_sbatch(resolved.job, view.folder, tasks))
+    history = [*view.record.get("history", []), {k: view.record.get(k) for k in ("job_id", "time")}]
+    return submit(view.folder, resolved.job.name, history=history)
