@@ -43,12 +43,12 @@ pid_alive() {
 
 # stop_pidfile PIDFILE NAME: TERM the daemon recorded in PIDFILE and wait for it.
 stop_pidfile() {
-    local f="$1" name="$2" pid i
+    local f="$1" name="$2" pid
     if pid_alive "$f"; then
         pid=$(cat "$f")
         log "stopping $name (pid $pid)"
         kill -TERM "$pid" 2>/dev/null || true
-        for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+        for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
         if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; sleep 0.5; fi
     fi
     rm -f "$f"

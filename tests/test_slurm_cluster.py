@@ -57,10 +57,12 @@ def test_scancel_signal_usr1_batch_reaches_batch_script(slurm_cluster, tmp_path)
         f"""
         #!/bin/bash
         #SBATCH --output={tmp_path}/job.out
-        trap 'echo "got USR1" > {tmp_path}/marker; exit 0' USR1
-        echo ready > {tmp_path}/ready
+        # proctrack/linuxproc loses children that outlive the batch shell: kill them.
+        trap 'echo "got USR1" > {tmp_path}/marker; kill $SLEEPER; exit 0' USR1
         sleep 120 &
-        wait $!
+        SLEEPER=$!
+        echo ready > {tmp_path}/ready
+        wait $SLEEPER
         echo "no signal" > {tmp_path}/marker
         exit 3
         """,

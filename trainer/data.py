@@ -443,8 +443,14 @@ def val_batches(samples: list[Sample], micro_batch: int, dp_size: int, rank: int
     return [(mine[i], True) if i < len(mine) else (filler, False) for i in range(rounds)]
 
 
-def collate(samples: list[Sample], pad_id: int, attn_implementation: str, mask_dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Pad to the longest row in this micro batch (not to max_seq_length).
+def collate(
+    samples: list[Sample],
+    pad_id: int,
+    attn_implementation: str = "sdpa",
+    mask_dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> dict[str, torch.Tensor]:
+    """Pad to the longest row in this micro batch (not to max_seq_length), on `device`.
 
     Packed rows get position ids that restart per example and a block-diagonal causal mask;
     flash-attention reads the example boundaries from the position ids instead. Padding at a
@@ -463,7 +469,7 @@ def collate(samples: list[Sample], pad_id: int, attn_implementation: str, mask_d
         if (lengths < longest).any():
             batch["attention_mask"] = (torch.arange(longest) < lengths[:, None]).long()
         # No mask at all when nothing is padded: sdpa can then take its fast causal path.
-        return batch
+        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
     position_ids = torch.zeros((len(samples), longest), dtype=torch.long)
     block = torch.zeros((len(samples), longest), dtype=torch.long)
@@ -475,13 +481,16 @@ def collate(samples: list[Sample], pad_id: int, attn_implementation: str, mask_d
             block[row, start : start + n] = b
             start += n
     batch["position_ids"] = position_ids
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     if attn_implementation.startswith("flash"):
         return batch
-    # (B, 1, L, L): memory grows with L², acceptable at fine-tuning lengths.
-    causal = torch.ones(longest, longest, dtype=torch.bool).tril()
+    # (B, 1, L, L), built on the device: memory grows with L², fine at fine-tuning lengths.
+    block = block.to(device)
+    causal = torch.ones(longest, longest, dtype=torch.bool, device=block.device).tril()
     allowed = (block[:, :, None] == block[:, None, :]) & causal
-    if attn_implementation == "eager":  # eager adds the mask to the scores
-        mask = torch.zeros(allowed.shape, dtype=mask_dtype).masked_fill_(~allowed, torch.finfo(mask_dtype).min)
+    if attn_implementation == "eager":  # eager adds the mask to the attention scores
+        mask = torch.zeros(allowed.shape, dtype=mask_dtype, device=block.device)
+        mask.masked_fill_(~allowed, torch.finfo(mask_dtype).min)
     else:
         mask = allowed
     batch["attention_mask"] = mask[:, None]

@@ -87,11 +87,18 @@ def _from_slurm(env: Mapping[str, str]) -> DistEnv:
     )
 
 
-def init(env: DistEnv, device: torch.device) -> None:
-    """Join the process group (only when there is more than one process)."""
-    if not env.distributed or dist.is_initialized():
+def init(env: DistEnv, device: torch.device, alone_too: bool = False) -> None:
+    """Join the process group when there is more than one process.
+
+    `alone_too`: FSDP2 needs a group even for a single process; that one is in-process
+    (a HashStore), with no port to collide with anything.
+    """
+    if dist.is_initialized() or not (env.distributed or alone_too):
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
+    if not env.distributed:
+        dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
+        return
     dist.init_process_group(
         backend=backend,
         init_method=f"tcp://{env.master_addr}:{env.master_port}",

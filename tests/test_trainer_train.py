@@ -1,0 +1,175 @@
+"""Training a tiny random Llama on CPU, in this process: learning, accumulation, checkpoints, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+
+import pytest
+
+pytest.importorskip("torch")
+import torch
+from safetensors.torch import load_file
+from trainer_helpers import DIST_VARS, read_metrics, tiny_job, train_losses, validate
+
+from trainer import EXIT_OK, EXIT_REQUEUE, checkpoint
+from trainer.data import PROMPTS, read_records
+from trainer.train import run
+
+pytestmark = pytest.mark.train
+
+# LoRA can only move a frozen random model far when its output head is adapted too and the
+# random weights are not tiny: this setup memorises 32 records in ~40 steps.
+LEARNABLE = dict(
+    model={"config": {"initializer_range": 0.2}},
+    peft={"target_modules": ["*_proj", "lm_head"]},
+    data={"limit_samples": 32, "val_fraction": 0},
+    optim={"lr": 1e-2, "lr_scheduler": {"name": "constant", "warmup_steps": 0}},
+)
+
+
+@pytest.fixture(autouse=True)
+def single_process(monkeypatch):
+    for name in DIST_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
+def train(job_dir, raw, on_step=None) -> int:
+    return run(validate(raw), job_dir, on_step=on_step)
+
+
+def adapter(job_dir, step):
+    return load_file(checkpoint.step_dir(job_dir / "checkpoints", step) / "adapter_model.safetensors")
+
+
+def assert_same_tensors(a: dict, b: dict, exact=True):
+    assert a.keys() == b.keys()
+    for key in a:
+        if exact:
+            assert torch.equal(a[key], b[key]), key
+        else:
+            torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4, msg=key)
+
+
+def test_lora_learns_and_the_adapter_loads_with_peft(tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    raw = tiny_job(LEARNABLE, trainer={"max_steps": 40, "log_every_steps": 1})
+    assert train(tmp_path, raw) == EXIT_OK
+    losses = train_losses(tmp_path)
+    assert len(losses) == 40
+    assert sum(losses[s] for s in range(36, 41)) / 5 < 0.1 * losses[1]
+
+    final = checkpoint.step_dir(tmp_path / "checkpoints", 40)
+    config = json.loads((final / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str((tmp_path / "base_model").resolve())
+    base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"])
+    model = PeftModel.from_pretrained(base, final).eval()
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    right = 0
+    records = read_records("ft:tiny_qa.jsonl")[:8]  # limit_samples=32 trained on the first 32
+    for record in records:
+        prompt = PROMPTS["squad"].format(**record.fields)
+        ids = tokenizer(prompt, return_tensors="pt")
+        out = model.generate(**ids, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        answer = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+        right += answer.strip() == record.fields["answers"]["text"][0]
+    assert right >= 6, f"only {right}/8 memorised answers generated"
+
+
+def test_micro_1_x_accum_4_equals_micro_4_x_accum_1(tmp_path):
+    results = {}
+    for micro in (1, 4):
+        raw = tiny_job(LEARNABLE, data={"global_batch_size": 4, "micro_batch_size": micro}, trainer={"max_steps": 3})
+        assert validate(raw).grad_accum_steps == 4 // micro
+        assert train(tmp_path / f"m{micro}", raw) == EXIT_OK
+        results[micro] = (train_losses(tmp_path / f"m{micro}"), adapter(tmp_path / f"m{micro}", 3))
+    (l1, w1), (l4, w4) = results[1], results[4]
+    assert l1 == pytest.approx(l4, rel=1e-5)
+    assert_same_tensors(w1, w4, exact=False)
+
+
+@pytest.mark.parametrize("method", ["lora", "sft"])
+def test_sigusr1_checkpoints_exits_75_and_resumes_exactly(tmp_path, method):
+    """Preempted at step 3 and requeued == never interrupted: same losses, bit-identical weights."""
+    sections = dict(trainer={"max_steps": 6}, peft={"dropout": 0.1})  # dropout: the RNG must resume too
+    if method == "sft":
+        sections.update(peft=None, optim={"lr": 3e-3})
+    raw = tiny_job(**sections)
+
+    assert train(tmp_path / "straight", raw) == EXIT_OK
+
+    def preempt(record):
+        if record["step"] == 2:
+            os.kill(os.getpid(), signal.SIGUSR1)  # arrives mid-run; honoured after the next step
+
+    job = tmp_path / "preempted"
+    assert train(job, raw, on_step=preempt) == EXIT_REQUEUE
+    assert checkpoint.latest(job / "checkpoints").name == "step-000003"
+    assert (job / "checkpoints" / "latest").read_text().strip() == "step-000003"
+    assert max(train_losses(job)) == 3
+    assert train(job, raw) == EXIT_OK
+
+    assert train_losses(job) == train_losses(tmp_path / "straight")
+    weights = "adapter_model.safetensors" if method == "lora" else "model.safetensors"
+    final = [load_file(checkpoint.step_dir(d / "checkpoints", 6) / weights) for d in (job, tmp_path / "straight")]
+    assert_same_tensors(*final)
+    state = json.loads((checkpoint.step_dir(job / "checkpoints", 6) / "ft_state" / "trainer_state.json").read_text())
+    assert state["step"] == 6 and state["data_position"] == {"epoch": 0, "index": 48}
+
+
+def test_stop_at_max_steps_then_continue_with_more_steps(tmp_path):
+    raw = tiny_job(optim={"lr_scheduler": {"name": "constant"}}, trainer={"max_steps": 5, "val_every_steps": 2})
+    assert train(tmp_path / "straight", raw) == EXIT_OK
+    short = tiny_job(optim={"lr_scheduler": {"name": "constant"}}, trainer={"max_steps": 2, "val_every_steps": 2})
+    assert train(tmp_path / "two_runs", short) == EXIT_OK
+    assert train(tmp_path / "two_runs", raw) == EXIT_OK
+    assert train_losses(tmp_path / "two_runs") == train_losses(tmp_path / "straight")
+    assert_same_tensors(adapter(tmp_path / "two_runs", 5), adapter(tmp_path / "straight", 5))
+    val_steps = [r["step"] for r in read_metrics(tmp_path / "straight") if "val_loss" in r]
+    assert val_steps == [2, 4, 5]
+
+
+def test_half_written_checkpoints_are_ignored(tmp_path, capsys):
+    root = tmp_path / "checkpoints"
+    raw = tiny_job(trainer={"max_steps": 4}, checkpoint={"every_steps": 2, "keep_last": None})
+    assert train(tmp_path, raw) == EXIT_OK
+    assert [s for s, _ in checkpoint.complete_checkpoints(root)] == [2, 4]
+
+    # A save killed after the rename would need the marker; one killed before it is a .tmp- folder.
+    shutil.copytree(root / "step-000004", root / "step-000006")
+    (root / "step-000006" / "ft_state" / "COMPLETE").unlink()
+    shutil.copytree(root / "step-000004", root / ".tmp-step-000008")
+    assert checkpoint.latest(root).name == "step-000004"
+
+    capsys.readouterr()
+    raw = tiny_job(trainer={"max_steps": 6}, checkpoint={"every_steps": 2, "keep_last": 2})
+    assert train(tmp_path, raw) == EXIT_OK
+    assert f"resumed from {root / 'step-000004'} at step 4" in capsys.readouterr().out
+    assert [s for s, _ in checkpoint.complete_checkpoints(root)] == [4, 6]  # keep_last pruned step 2
+    assert not (root / ".tmp-step-000008").exists()
+    assert (root / "latest").read_text().strip() == "step-000006"
+    assert sorted(train_losses(tmp_path)) == [1, 2, 3, 4, 5, 6]
+
+
+def test_meta_init_gives_the_same_model_as_regular_init(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    runs = {}
+    for meta in (False, True):
+        job = tmp_path / f"meta{meta}"
+        assert train(job, tiny_job(peft=None, model={"meta_init": meta}, trainer={"max_steps": 2})) == EXIT_OK
+        runs[meta] = (train_losses(job), AutoModelForCausalLM.from_pretrained(checkpoint.step_dir(job / "checkpoints", 2)))
+    assert runs[False][0] == runs[True][0]
+    assert_same_tensors(runs[False][1].state_dict(), runs[True][1].state_dict())
+
+
+def test_resume_with_a_changed_dataset_is_refused(tmp_path):
+    from trainer import ConfigError
+
+    assert train(tmp_path, tiny_job(trainer={"max_steps": 1})) == EXIT_OK
+    with pytest.raises(ConfigError, match="cannot resume at the same batch"):
+        train(tmp_path, tiny_job(trainer={"max_steps": 2}, data={"limit_samples": 100}))

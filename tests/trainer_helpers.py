@@ -1,0 +1,148 @@
+"""Shared pieces for the trainer tests: tiny jobs, tiny data, and launching N local processes.
+
+Jobs are plain dicts validated by the launcher's schema, so every test exercises the same
+path as ``python -m trainer --config``. The model is a two-layer random Llama with the tiny
+tokenizer ft ships (384 tokens); all of it runs on CPU in seconds.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_TOKENIZER = REPO / "factories" / "data" / "tiny_tokenizer"
+TINY_QA = REPO / "factories" / "data" / "tiny_qa.jsonl"
+
+TINY_LLAMA = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 384,
+    "max_position_embeddings": 512,
+}
+
+# Variables that would make a test process think it is one rank of a larger job.
+DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS",
+             "SLURM_LOCALID", "SLURM_JOB_ID", "SLURM_JOB_NODELIST", "FT_JOB_DIR")
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def tiny_job(*presets: dict, **sections) -> dict:
+    """A LoRA job on the tiny model and tiny_qa.
+
+    `presets` (dicts of sections) and then keyword sections are merged over the defaults;
+    a section given as None (`peft=None`) replaces it.
+    """
+    base = {
+        "name": "test",
+        "model": {"init": "random", "config": TINY_LLAMA},
+        "peft": {"dim": 8, "alpha": 16, "target_modules": ["*_proj"]},
+        "data": {
+            "path": "ft:tiny_qa.jsonl",
+            "format": "squad",
+            "global_batch_size": 8,
+            "micro_batch_size": 4,
+            "max_seq_length": 64,
+            "val_fraction": 0.05,
+        },
+        "trainer": {"accelerator": "cpu", "max_steps": 4, "seed": 7, "grad_clip": 1.0},
+        "optim": {"lr": 1e-3, "lr_scheduler": {"name": "cosine", "warmup_steps": 1}},
+        "checkpoint": {"keep_last": None},
+        "container": {"runtime": "none"},
+    }
+    for override in (*presets, sections):
+        for key, value in override.items():
+            if value is None or not isinstance(value, dict) or base.get(key) is None:
+                base[key] = copy.deepcopy(value)
+            else:
+                base[key] = merge(base[key], value)
+    return base
+
+
+def validate(raw: dict):
+    from launcher.schema import Job
+
+    return Job.model_validate(raw)
+
+
+def write_config(job_dir: Path, raw: dict) -> Path:
+    job_dir.mkdir(parents=True, exist_ok=True)
+    path = job_dir / "config.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def read_metrics(job_dir: Path) -> list[dict]:
+    path = Path(job_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def train_losses(job_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(job_dir) if "loss" in r}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    # Two processes on two cores: one thread each, or they fight over the cores.
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.update(extra)
+    return env
+
+
+def launch(config: Path, nprocs: int, timeout: float = 180) -> list[subprocess.CompletedProcess]:
+    """Start `nprocs` trainer processes the way torchrun would (RANK/WORLD_SIZE/MASTER_*)."""
+    port = str(free_port())
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "trainer", "--config", str(config)],
+            cwd=REPO,
+            env=clean_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(nprocs), MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(nprocs)
+    ]
+    results = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=timeout)
+            results.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return results
+
+
+def tiny_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(TINY_TOKENIZER)

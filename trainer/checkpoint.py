@@ -1,0 +1,185 @@
+"""Checkpoints: a loadable model for people, exact training state for resuming.
+
+    JOB/checkpoints/step-000012/
+        adapter_model.safetensors, adapter_config.json   LoRA: PeftModel.from_pretrained(base, here)
+        model.safetensors, config.json                   SFT: AutoModelForCausalLM.from_pretrained(here)
+        tokenizer files
+        ft_state/dcp/                 trainable weights + optimizer (torch.distributed.checkpoint, sharded)
+        ft_state/rng-rank00000.pt     python and torch RNG states, one file per rank
+        ft_state/trainer_state.json   step, data position, schedule
+        ft_state/COMPLETE             written last: only folders with it count
+    JOB/checkpoints/latest            names the newest complete folder (replaced atomically)
+
+A checkpoint is written into ``.tmp-step-000012`` and renamed into place once complete, so a
+job killed mid-save leaves the previous checkpoint as the newest complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+from . import dist
+
+STATE = "ft_state"
+MARKER = "COMPLETE"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return root / f"step-{step:06d}"
+
+
+def is_complete(path: Path) -> bool:
+    return (path / STATE / MARKER).is_file()
+
+
+def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every complete checkpoint, oldest first."""
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = _STEP_DIR.match(child.name)
+        if match and child.is_dir() and is_complete(child):
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def latest(root: Path) -> Path | None:
+    """The newest complete checkpoint. Half-written ones (no marker, `.tmp-*`) never count."""
+    found = complete_checkpoints(root)
+    return found[-1][1] if found else None
+
+
+def _state_dicts(built, optimizer):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    # Trainable weights only: the frozen base of a LoRA job comes from model.path again.
+    options = StateDictOptions(ignore_frozen_params=True)
+    model_sd, optim_sd = get_state_dict(built.module, optimizer, options=options)
+    return model_sd, optim_sd, options
+
+
+def _full_state_dict(built) -> dict[str, torch.Tensor]:
+    """The whole model, unsharded, on rank 0's CPU (a collective: every rank calls it)."""
+    if not built.sharded:
+        return built.module.lm.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(built.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {name.removeprefix("lm."): tensor for name, tensor in full.items()}
+
+
+def _export(built, folder: Path, tokenizer, base_ref: str | None, full: dict[str, torch.Tensor]) -> None:
+    """Rank 0: the folder a person loads with transformers or peft, unchanged."""
+    lm = built.lm
+    if hasattr(lm, "peft_config"):
+        for config in lm.peft_config.values():
+            config.base_model_name_or_path = base_ref
+        # Embeddings never change size here: targeting lm_head must not copy the whole head.
+        lm.save_pretrained(folder, state_dict=full if built.sharded else None, save_embedding_layers=False)
+    else:
+        causal = built.module.causal_lm
+        dtype = built.compute_dtype
+        saved_dtype = causal.config.dtype
+        causal.config.dtype = dtype  # config.json says what the file holds
+        try:
+            causal.save_pretrained(folder, state_dict={k: v.to(dtype) for k, v in full.items()})
+        finally:
+            causal.config.dtype = saved_dtype
+    tokenizer.save_pretrained(folder)
+
+
+def save(root: Path, step: int, built, optimizer, tokenizer, trainer_state: dict, env: dist.DistEnv, keep_last: int | None, base_ref: str | None) -> Path:
+    """Write checkpoint `step` (all ranks call this) and point `latest` at it."""
+    import torch.distributed.checkpoint as dcp
+
+    final = step_dir(root, step)
+    if is_complete(final):
+        return final  # e.g. resumed at the very end: nothing new to write
+    tmp = root / f".tmp-{final.name}"
+    if env.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".tmp-step-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        (tmp / STATE).mkdir(parents=True)
+    dist.barrier()
+
+    full = _full_state_dict(built) if (built.sharded or env.is_main) else {}
+    if env.is_main:
+        _export(built, tmp, tokenizer, base_ref, full)
+    del full
+    model_sd, optim_sd, _ = _state_dicts(built, optimizer)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / STATE / "dcp"))
+    torch.save(_rng_state(), tmp / STATE / f"rng-rank{env.rank:05d}.pt")
+    dist.barrier()
+
+    if env.is_main:
+        (tmp / STATE / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2) + "\n")
+        _fsync_tree(tmp)
+        (tmp / STATE / MARKER).write_text(f"step {step}\n")
+        if final.exists():  # an incomplete leftover with this name
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        pointer = root / "latest.tmp"
+        pointer.write_text(final.name + "\n")
+        os.replace(pointer, root / "latest")
+        prune(root, keep_last)
+    dist.barrier()
+    return final
+
+
+def prune(root: Path, keep_last: int | None) -> None:
+    if keep_last is None:
+        return
+    for _, folder in complete_checkpoints(root)[:-keep_last]:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def load(folder: Path, built, optimizer, env: dist.DistEnv) -> dict:
+    """Restore trainable weights, optimizer and this rank's RNG; return the trainer state."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    model_sd, optim_sd, options = _state_dicts(built, optimizer)
+    dcp.load({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(folder / STATE / "dcp"))
+    set_state_dict(built.module, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd, options=options)
+    rng_file = folder / STATE / f"rng-rank{env.rank:05d}.pt"
+    if rng_file.exists():
+        _set_rng_state(torch.load(rng_file, weights_only=True))
+    else:  # resumed with more ranks than before: new ranks start fresh streams
+        torch.manual_seed(int(json.loads((folder / STATE / "trainer_state.json").read_text())["seed"]) + env.rank)
+    return json.loads((folder / STATE / "trainer_state.json").read_text())
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(_as_tuples(state["python"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuples(value):
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _fsync_tree(path: Path) -> None:
+    """Make everything written so far durable before the marker says it is there."""
+    for folder, _, files in os.walk(path):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as f:
+                os.fsync(f.fileno())

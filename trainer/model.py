@@ -1,0 +1,385 @@
+"""The model: tokenizer, base weights, LoRA, sharding, and the loss it is trained on.
+
+``build(job, env, device, tokenizer)`` returns a ``Built`` whose ``module`` maps a batch to
+the *summed* cross-entropy over answer tokens. The loop divides by the global number of
+answer tokens, so the loss does not depend on how the global batch is split.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import ConfigError
+from .data import IGNORE_INDEX, shipped_file
+from .dist import DistEnv
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# Above this many answer tokens the vocabulary projection runs in checkpointed chunks, so
+# the (tokens × vocab) fp32 logits never exist all at once: 8k tokens × 128k vocab is 4 GiB.
+_CE_CHUNK = 4096
+
+
+def hf_token() -> str | None:
+    """Read from the environment only: ft never writes the token anywhere."""
+    return os.environ.get("HF_TOKEN") or None
+
+
+# --- tokenizer -----------------------------------------------------------------------------
+
+
+def tokenizer_source(job) -> str:
+    if job.model.tokenizer:
+        return job.model.tokenizer
+    if job.model.path:
+        return job.model.path
+    return str(shipped_file("tiny_tokenizer"))  # init=random with no tokenizer: ft's tiny one
+
+
+def load_tokenizer(job):
+    from transformers import AutoTokenizer
+
+    source = tokenizer_source(job)
+    if source.startswith("ft:"):
+        source = str(shipped_file(source[3:]))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, token=hf_token(), trust_remote_code=job.model.trust_remote_code)
+    except OSError as e:
+        raise ConfigError(f"cannot load the tokenizer from {source}: {e}") from None
+    if tokenizer.pad_token_id is None:
+        # Pad positions are masked out of attention and loss, so any id will do.
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+# --- the loss --------------------------------------------------------------------------------
+
+
+class CausalLMLoss(nn.Module):
+    """Sum of next-token cross-entropy over answer positions.
+
+    Calls the decoder and the output head itself instead of the model's forward, so that
+    the head (the largest activation for big vocabularies) only sees hidden states at
+    positions that carry loss. Being the root module also lets FSDP2 and data parallelism
+    treat this as the model.
+    """
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+
+    @property
+    def causal_lm(self) -> nn.Module:
+        return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+
+    def forward(self, input_ids, labels, attention_mask=None, position_ids=None) -> torch.Tensor:
+        causal = self.causal_lm
+        hidden = causal.base_model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
+        targets = labels[:, 1:]
+        keep = targets != IGNORE_INDEX
+        # Boolean indexing is a host sync on GPU; it buys a vocabulary projection over
+        # answer tokens only (often a small fraction of all tokens).
+        hidden = hidden[:, :-1][keep]
+        return answer_cross_entropy(causal.get_output_embeddings(), hidden, targets[keep], causal.config)
+
+
+def _ce_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    logits = head(hidden).float()
+    if softcap:  # Gemma-2 style final logit soft-capping
+        logits = torch.tanh(logits / softcap) * softcap
+    return F.cross_entropy(logits, targets, reduction="sum")
+
+
+def answer_cross_entropy(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, config) -> torch.Tensor:
+    softcap = getattr(config, "final_logit_softcapping", None)
+    if hidden.shape[0] <= _CE_CHUNK:
+        return _ce_sum(head, hidden, targets, softcap)
+    # Recomputing each chunk's logits in backward costs one more head matmul over answer
+    # tokens and saves storing all of them.
+    return sum(
+        torch.utils.checkpoint.checkpoint(_ce_sum, head, h, t, softcap, use_reentrant=False)
+        for h, t in zip(hidden.split(_CE_CHUNK), targets.split(_CE_CHUNK))
+    )
+
+
+# --- LoRA targets ----------------------------------------------------------------------------
+
+
+def _matches(name: str, globs: list[str]) -> bool:
+    last = name.rsplit(".", 1)[-1]
+    return any(fnmatch.fnmatchcase(name, g) or fnmatch.fnmatchcase(last, g) for g in globs)
+
+
+def lora_targets(model: nn.Module, cfg) -> list[str]:
+    """Resolve `peft` globs to the explicit list of linear-layer names to adapt.
+
+    A glob matches a module's full name or its last component (`*_proj`, `q_proj`,
+    `model.layers.0.*`). A glob that matches no linear layer is an error, not silence.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if cfg.match_all_linear:
+        chosen = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and m is not head]
+    else:
+        chosen, unmatched = [], []
+        for glob in cfg.target_modules:
+            hits = [n for n in linears if _matches(n, [glob])]
+            if not hits:
+                unmatched.append(glob)
+            chosen += [n for n in hits if n not in chosen]
+        if unmatched:
+            kinds = sorted({n.rsplit(".", 1)[-1] for n in linears})
+            raise ConfigError(
+                f"peft.target_modules {unmatched} match no linear layer of this model. "
+                f"Its linear layers are named like: {', '.join(kinds[:12])} "
+                f"(e.g. {linears[0] if linears else 'none'})"
+            )
+    chosen = [n for n in chosen if not _matches(n, cfg.exclude_modules)]
+    if not chosen:
+        raise ConfigError("peft: every targeted layer is excluded by peft.exclude_modules")
+    return sorted(chosen)
+
+
+# --- building --------------------------------------------------------------------------------
+
+
+@dataclass
+class Built:
+    module: nn.Module  # CausalLMLoss: the thing to train (sharded under FSDP2)
+    lm: nn.Module  # the Hugging Face model (a PeftModel for LoRA)
+    sharded: bool  # FSDP2: gradients are reduced by FSDP, state dicts are DTensors
+    compute_dtype: torch.dtype
+
+    @property
+    def trainable(self) -> list[nn.Parameter]:
+        return [p for p in self.module.parameters() if p.requires_grad]
+
+
+@contextlib.contextmanager
+def _parameters_on_meta():
+    """Create parameters on the meta device and buffers (RoPE frequencies) for real.
+
+    Parameters are allocated with `torch.empty` (no pages touched) and moved to meta as
+    they are registered, so a 405B model costs nothing here; buffers are tiny and are
+    copied back after `to_empty`.
+    """
+    register = nn.Module.register_parameter
+
+    def on_meta(module, name, param):
+        register(module, name, param)
+        if param is not None and param.device.type != "meta":
+            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+def model_config(job):
+    from transformers import AutoConfig
+
+    if job.model.init == "random":
+        settings = dict(job.model.config)
+        model_type = settings.pop("model_type", None)
+        if not model_type:
+            raise ConfigError("model.config needs `model_type` (e.g. llama) for model.init=random")
+        try:
+            return AutoConfig.for_model(model_type, **settings)
+        except ValueError as e:
+            raise ConfigError(f"model.config: {e}") from None
+    config = AutoConfig.from_pretrained(job.model.path, token=hf_token(), trust_remote_code=job.model.trust_remote_code)
+    for key, value in job.model.config.items():
+        setattr(config, key, value)
+    return config
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The repeated blocks (what transformers itself never splits across devices)."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    if not layers:
+        raise ConfigError(f"cannot find the decoder layers of {type(model).__name__} to shard")
+    return layers
+
+
+def build(job, env: DistEnv, device: torch.device, tokenizer, base_dir: Path | None = None) -> Built:
+    """Base model (+ LoRA), on `device`, sharded with FSDP2 when the strategy says so.
+
+    `base_dir`: where rank 0 saves randomly initialised base weights before LoRA is added
+    (random weights exist nowhere else, and an adapter is useless without its base).
+    """
+    from transformers import AutoModelForCausalLM
+
+    sharded = job.strategy == "fsdp2"
+    on_gpu = device.type == "cuda"
+    # CPU trains in fp32. On GPUs, FSDP2 keeps fp32 master shards and computes in
+    # model.dtype (MixedPrecisionPolicy); data parallel LoRA stores the frozen base in
+    # model.dtype, and peft keeps the adapters in fp32.
+    compute_dtype = DTYPES[job.model.dtype] if on_gpu else torch.float32
+    param_dtype = torch.float32 if (sharded or not on_gpu) else compute_dtype
+
+    config = model_config(job)
+    if len(tokenizer) > config.vocab_size:
+        raise ConfigError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {config.vocab_size}"
+        )
+    common = dict(dtype=param_dtype, attn_implementation=job.model.attn_implementation)
+
+    if job.model.meta_init:
+        with _parameters_on_meta():
+            lm = AutoModelForCausalLM.from_config(config, **common)
+    elif job.model.init == "random":
+        torch.manual_seed(job.trainer.seed)  # same weights on every rank, and on resume
+        lm = AutoModelForCausalLM.from_config(config, **common)
+    else:
+        extra = {}
+        if job.model.quantization == "nf4":
+            from transformers import BitsAndBytesConfig
+
+            extra["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=compute_dtype,
+            )
+        if on_gpu and not sharded:
+            extra["device_map"] = {"": device}  # straight to this GPU, not via host memory
+        lm = AutoModelForCausalLM.from_pretrained(
+            job.model.path,
+            config=config,
+            token=hf_token(),
+            trust_remote_code=job.model.trust_remote_code,
+            **common,
+            **extra,
+        )
+    lm.config.use_cache = False
+    if base_dir is not None and env.is_main and not (base_dir / "config.json").exists():
+        _save_base(lm, tokenizer, base_dir)
+
+    if job.model.activation_checkpointing:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    if job.peft is not None:
+        lm = _add_lora(lm, job)
+    else:
+        lm.requires_grad_(True)
+
+    module = CausalLMLoss(lm)
+    if sharded:
+        _shard(module, job, env, device, compute_dtype)
+        if job.model.meta_init:
+            _materialize(module, job, env, device)
+    else:
+        module.to(device)
+    if job.trainer.compile:
+        for layer in decoder_layers(module.causal_lm):
+            layer.compile()
+    return Built(module=module, lm=lm, sharded=sharded, compute_dtype=compute_dtype)
+
+
+def _save_base(lm: nn.Module, tokenizer, base_dir: Path) -> None:
+    import shutil
+
+    tmp = base_dir.with_name(f".tmp-{base_dir.name}")
+    for leftover in (tmp, base_dir):  # from a job killed while saving
+        shutil.rmtree(leftover, ignore_errors=True)
+    lm.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    os.rename(tmp, base_dir)  # config.json appears only once the weights are complete
+
+
+def _add_lora(lm: nn.Module, job) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    if job.model.quantization:
+        from peft import prepare_model_for_kbit_training
+
+        lm = prepare_model_for_kbit_training(lm, use_gradient_checkpointing=job.model.activation_checkpointing)
+    targets = lora_targets(lm, job.peft)
+    config = LoraConfig(
+        r=job.peft.dim,
+        lora_alpha=job.peft.alpha,
+        lora_dropout=job.peft.dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    torch.manual_seed(job.trainer.seed)  # identical adapters on every rank
+    return get_peft_model(lm, config)  # freezes the base
+
+
+def _shard(module: CausalLMLoss, job, env: DistEnv, device: torch.device, compute_dtype: torch.dtype) -> None:
+    """FSDP2: one unit per decoder layer (all-gathered just in time), then the root."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(device.type, (env.world_size,))
+    mp = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
+    for layer in decoder_layers(module.causal_lm):
+        fully_shard(layer, mesh=mesh, mp_policy=mp)
+    fully_shard(module, mesh=mesh, mp_policy=mp)
+
+
+def _materialize(module: CausalLMLoss, job, env: DistEnv, device: torch.device) -> None:
+    """Give meta-initialised shards real memory and fill each rank's rows from the source."""
+    lm = module.causal_lm
+    buffers = {name: b.clone() for name, b in lm.named_buffers()}
+    module.to_empty(device=device)
+    read = _weight_reader(job, lm)
+    with torch.no_grad():
+        for name, b in lm.named_buffers():
+            b.copy_(buffers[name])
+        for name, param in lm.named_parameters():
+            local = param.to_local()
+            # FSDP2 shards dim 0 like torch.chunk: ceil(n / world) rows per rank.
+            rows = -(-param.shape[0] // env.world_size)
+            start = min(env.rank * rows, param.shape[0])
+            local.copy_(read(name, start, start + local.shape[0]).to(local.dtype))
+
+
+def _weight_reader(job, lm: nn.Module):
+    """A function (name, row_start, row_stop) → tensor reading only those rows."""
+    if job.model.init == "random":
+        # Random init has no file to read: build the seeded model on CPU (tests, smoke runs).
+        from transformers import AutoModelForCausalLM
+
+        torch.manual_seed(job.trainer.seed)
+        reference = AutoModelForCausalLM.from_config(lm.config, dtype=torch.float32).state_dict()
+        return lambda name, start, stop: reference[name][start:stop]
+
+    from huggingface_hub import snapshot_download
+    from safetensors import safe_open
+
+    folder = Path(job.model.path)
+    if not folder.is_dir():
+        folder = Path(snapshot_download(job.model.path, allow_patterns=["*.safetensors", "*.json"], token=hf_token()))
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+    else:
+        with safe_open(folder / "model.safetensors", framework="pt") as f:
+            weight_map = {k: "model.safetensors" for k in f.keys()}
+    missing = [n for n, _ in lm.named_parameters() if n not in weight_map]
+    if missing:
+        raise ConfigError(f"{folder} has no weights for {len(missing)} parameters, e.g. {missing[:3]}")
+    handles: dict[str, object] = {}
+
+    def read(name: str, start: int, stop: int) -> torch.Tensor:
+        file = weight_map[name]
+        if file not in handles:
+            handles[file] = safe_open(folder / file, framework="pt")
+        return handles[file].get_slice(name)[start:stop]  # reads these rows only
+
+    return read
