@@ -89,9 +89,9 @@ def config_text(job_dict: dict[str, Any]) -> str:
     return header + yaml.safe_dump(job_dict, sort_keys=False)
 
 
-def write_record(folder: Path, **fields: Any) -> None:
+def write_record(job_folder: Path, **fields: Any) -> None:
     record = {"ft_version": __version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **fields}
-    write_atomic(folder / RECORD, json.dumps(record, indent=2) + "\n")
+    write_atomic(job_folder / RECORD, json.dumps(record, indent=2) + "\n")
 
 
 def read_record(folder: Path) -> dict[str, Any]:
