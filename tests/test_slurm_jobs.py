@@ -34,7 +34,7 @@ def events(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
 
 
-def assert_trained(folder: Path, job_id: str, tasks: int) -> None:
+def assert_trained(folder: Path, job_id: str, tasks: int, weights: str = "model.safetensors") -> None:
     state, fields = wait_for_job(job_id, timeout=240)
     log = "\n".join(p.read_text() for p in (folder / "logs").glob("*.out"))
     assert state == "COMPLETED", f"{state}\n{log}"
@@ -44,7 +44,7 @@ def assert_trained(folder: Path, job_id: str, tasks: int) -> None:
     steps = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert max(r.get("step", 0) for r in steps) == 6
     latest = (folder / "checkpoints" / "latest").read_text().strip()
-    assert (folder / "checkpoints" / latest / "adapter_model.safetensors").is_file()
+    assert (folder / "checkpoints" / latest / weights).is_file()
     assert "step 6 |" in log
 
 
@@ -61,11 +61,20 @@ def test_tiny_runs_on_one_node(slurm_cluster, ft):
     assert cancel.returncode == 2 and "already ended" in cancel.stderr
 
 
-def test_tiny_runs_on_two_nodes(slurm_cluster, ft):
+def test_tiny_sft_runs_fsdp2_on_two_nodes(slurm_cluster, ft):
     job_id, folder = submit(ft, "trainer.num_nodes=2", "data.micro_batch_size=2")
     assert_trained(folder, job_id, tasks=2)
-    nodes = events(folder)[0]["nodes"]
-    assert nodes in ("n[1-2]", "n1,n2")
+    assert events(folder)[0]["nodes"] in ("n[1-2]", "n1,n2")
+    from transformers import AutoModelForCausalLM
+
+    latest = (folder / "checkpoints" / "latest").read_text().strip()
+    model = AutoModelForCausalLM.from_pretrained(folder / "checkpoints" / latest)
+    assert model.config.num_hidden_layers == 2
+
+
+def test_tiny_lora_runs_data_parallel_on_two_nodes(slurm_cluster, ft):
+    job_id, folder = submit(ft, "peft=lora", "trainer.num_nodes=2", "data.micro_batch_size=2")
+    assert_trained(folder, job_id, tasks=2, weights="adapter_model.safetensors")
 
 
 def test_singularity_variant_runs_through_the_standin(slurm_cluster, ft, tmp_path):
@@ -74,12 +83,16 @@ def test_singularity_variant_runs_through_the_standin(slurm_cluster, ft, tmp_pat
     log = tmp_path / "standin.jsonl"
     env = slurm_cluster.env_with_standin()
     env["FT_STANDIN_LOG"] = str(log)
-    job_id, folder = submit(ft, "container.runtime=singularity", f"container.image={image}",
-                            f"container.binds=[{tmp_path}:/data]", "container.nv=true", env=env)
-    assert_trained(folder, job_id, tasks=1)
+    # The stand-in runs the command on the host, so "the image's Python" is this one, and
+    # ft's packages come from PYTHONPATH rather than a bind into the image (mount_ft).
+    job_id, folder = submit(ft, "peft=lora", "container.runtime=singularity", f"container.image={image}",
+                            f"container.binds=[{tmp_path}:/data]", "container.nv=true",
+                            "container.mount_ft=false", f"container.python={os.sys.executable}", env=env)
+    assert_trained(folder, job_id, tasks=1, weights="adapter_model.safetensors")
     (call,) = [json.loads(line) for line in log.read_text().splitlines()]
     assert call["image"] == str(image) and call["nv"] is True
-    assert f"{tmp_path}:/data" in call["binds"]
+    assert {"src": str(tmp_path), "dst": "/data", "opts": "rw"} in call["binds"]
+    assert call["argv"][-5:] == [os.sys.executable, "-m", "trainer", "--config", str(folder / "config.yaml")]
 
 
 def test_lifecycle_errors_are_clear(slurm_cluster, ft):

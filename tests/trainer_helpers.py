@@ -116,10 +116,10 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def launch(config: Path, nprocs: int, timeout: float = 180) -> list[subprocess.CompletedProcess]:
+def start(config: Path, nprocs: int) -> list[subprocess.Popen]:
     """Start `nprocs` trainer processes the way torchrun would (RANK/WORLD_SIZE/MASTER_*)."""
     port = str(free_port())
-    procs = [
+    return [
         subprocess.Popen(
             [sys.executable, "-m", "trainer", "--config", str(config)],
             cwd=REPO,
@@ -130,6 +130,10 @@ def launch(config: Path, nprocs: int, timeout: float = 180) -> list[subprocess.C
         )
         for r in range(nprocs)
     ]
+
+
+def finish(procs: list[subprocess.Popen], timeout: float = 240) -> list[subprocess.CompletedProcess]:
+    """Wait for every process; kill the rest if one hangs. Output is kept for assertion messages."""
     results = []
     try:
         for p in procs:
@@ -140,6 +144,14 @@ def launch(config: Path, nprocs: int, timeout: float = 180) -> list[subprocess.C
             if p.poll() is None:
                 p.kill()
     return results
+
+
+def launch(config: Path, nprocs: int, timeout: float = 240) -> list[subprocess.CompletedProcess]:
+    return finish(start(config, nprocs), timeout)
+
+
+def describe(results: list[subprocess.CompletedProcess]) -> str:
+    return "\n".join(f"--- rank {r} exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}" for r, p in enumerate(results))
 
 
 def tiny_tokenizer():

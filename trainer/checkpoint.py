@@ -16,6 +16,7 @@ job killed mid-save leaves the previous checkpoint as the newest complete one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -149,7 +150,10 @@ def load(folder: Path, built, optimizer, env: dist.DistEnv) -> dict:
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
     model_sd, optim_sd, options = _state_dicts(built, optimizer)
+    # dcp.load fails on any key the checkpoint lacks; strict=False only lets the frozen
+    # base (deliberately not saved) stay as loaded from model.path.
     dcp.load({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(folder / STATE / "dcp"))
+    options = dataclasses.replace(options, strict=False)
     set_state_dict(built.module, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd, options=options)
     rng_file = folder / STATE / f"rng-rank{env.rank:05d}.pt"
     if rng_file.exists():

@@ -15,6 +15,7 @@ do not depend on micro batch size or process count beyond float rounding.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import math
 import signal
 import sys
@@ -317,6 +318,7 @@ def _quiet_libraries(env: dist.DistEnv) -> None:
     # Library chatter that says nothing about this run.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     warnings.filterwarnings("ignore", message=".*assuming the intent is to (save|load) in a single process.*")
+    logging.getLogger("c10d-NullHandler-dcp_logger").setLevel(logging.WARNING)  # DEBUG line per DCP call
     transformers.utils.logging.set_verbosity_warning() if env.is_main else transformers.utils.logging.set_verbosity_error()
     try:
         from huggingface_hub.utils import disable_progress_bars
