@@ -9,6 +9,8 @@ import pytest
 
 pytest.importorskip("torch")
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from trainer_helpers import TINY_QA, tiny_tokenizer
 
 from trainer import ConfigError
@@ -282,3 +284,29 @@ def test_validation_batches_are_even_across_ranks():
     counted = [ids_of([b]) for rank in per_rank for b, counts in rank if counts]
     assert sorted(i for c in counted for mb in c for i in mb) == [0, 1, 2, 3, 4]
     assert len(D.val_batches(samples, 2, 1, 0, 2)) == 2  # limit_val_batches
+
+
+# --- properties ---------------------------------------------------------------------------------
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(1, 12), min_size=1, max_size=20), max_len=st.integers(12, 30))
+def test_packing_keeps_every_token_in_order_and_masks_only_example_starts(lengths, max_len):
+    examples = [_sample(list(range(100 * i, 100 * i + n)), list(range(100 * i, 100 * i + n))) for i, n in enumerate(lengths)]
+    rows = D.pack(examples, max_len)
+    assert all(len(r) <= max_len and sum(r.seq_lens) == len(r) for r in rows)
+    assert torch.cat([r.input_ids for r in rows]).tolist() == [t for ex in examples for t in ex.input_ids.tolist()]
+    labels = torch.cat([r.labels for r in rows]).tolist()
+    starts = {sum(lengths[:i]) for i in range(len(lengths))}
+    assert [i for i, l in enumerate(labels) if l == D.IGNORE_INDEX] == sorted(starts)
+    # The loss covers the same positions as the examples alone: the first label of each never counted.
+    assert sum(r.answer_tokens for r in rows) == sum(ex.answer_tokens for ex in examples)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(8, 40), step=st.integers(0, 30), layout=st.sampled_from([(1, 1), (2, 1), (1, 2), (2, 2), (4, 2), (1, 4)]))
+def test_every_rank_and_micro_batch_together_cover_the_global_batch(n, step, layout):
+    micro, dp = layout
+    samples = _numbered(n)
+    expected = sorted(int(s.input_ids[0]) for s in D.StepBatches(samples, 8, 8, 1, 0, 5, True).global_batch_samples(step))
+    seen = sorted(i for r in range(dp) for mb in ids_of(D.StepBatches(samples, 8, micro, dp, r, 5, True).micro_batches(step)) for i in mb)
+    assert seen == expected

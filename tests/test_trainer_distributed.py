@@ -6,7 +6,6 @@ two: FSDP2 for full SFT, data parallel for LoRA. The srun version lives with the
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 

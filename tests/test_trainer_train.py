@@ -64,6 +64,7 @@ def test_lora_learns_and_the_adapter_loads_with_peft(tmp_path):
     assert sum(losses[s] for s in range(36, 41)) / 5 < 0.1 * losses[1]
 
     final = checkpoint.step_dir(tmp_path / "checkpoints", 40)
+    assert all("lora_" in name for name in load_file(final / "adapter_model.safetensors"))  # adapters only
     config = json.loads((final / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str((tmp_path / "base_model").resolve())
     base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"])
@@ -93,8 +94,8 @@ def test_micro_1_x_accum_4_equals_micro_4_x_accum_1(tmp_path):
     assert_same_tensors(w1, w4, exact=False)
 
 
-@pytest.mark.parametrize("method", ["lora", "sft"])
-def test_sigusr1_checkpoints_exits_75_and_resumes_exactly(tmp_path, method):
+@pytest.mark.parametrize("method, signum", [("lora", signal.SIGUSR1), ("sft", signal.SIGTERM)], ids=["lora-USR1", "sft-TERM"])
+def test_preemption_checkpoints_exits_75_and_resumes_exactly(tmp_path, method, signum):
     """Preempted at step 3 and requeued == never interrupted: same losses, bit-identical weights."""
     sections = dict(trainer={"max_steps": 6}, peft={"dropout": 0.1})  # dropout: the RNG must resume too
     if method == "sft":
@@ -105,7 +106,7 @@ def test_sigusr1_checkpoints_exits_75_and_resumes_exactly(tmp_path, method):
 
     def preempt(record):
         if record["step"] == 2:
-            os.kill(os.getpid(), signal.SIGUSR1)  # arrives mid-run; honoured after the next step
+            os.kill(os.getpid(), signum)  # arrives mid-run; honoured after the next step
 
     job = tmp_path / "preempted"
     assert train(job, raw, on_step=preempt) == EXIT_REQUEUE
@@ -168,9 +169,11 @@ def test_meta_init_gives_the_same_model_as_regular_init(tmp_path):
     assert_same_tensors(runs[False][1].state_dict(), runs[True][1].state_dict())
 
 
-def test_resume_with_a_changed_dataset_is_refused(tmp_path):
+def test_resume_with_changed_data_or_without_auto_is_refused(tmp_path):
     from trainer import ConfigError
 
     assert train(tmp_path, tiny_job(trainer={"max_steps": 1})) == EXIT_OK
     with pytest.raises(ConfigError, match="cannot resume at the same batch"):
         train(tmp_path, tiny_job(trainer={"max_steps": 2}, data={"limit_samples": 100}))
+    with pytest.raises(ConfigError, match="resume.auto=false"):
+        train(tmp_path, tiny_job(trainer={"max_steps": 2}, resume={"auto": False}))

@@ -153,18 +153,25 @@ def _fill(template: str, record: Record) -> str:
 def squad_segments(record: Record, template: str | None) -> Segments:
     _need(record, "context", "question", "answers")
     answers = record.fields["answers"]
-    # HF's flattened squad: {"text": [...]}; the original layout: [{"text": ...}, ...].
-    texts = answers.get("text") if isinstance(answers, dict) else [a.get("text") for a in answers if isinstance(a, dict)] if isinstance(answers, list) else None
+    if isinstance(answers, dict):  # Hugging Face's flattened squad: {"text": [...], "answer_start": [...]}
+        texts = answers.get("text")
+    elif isinstance(answers, list):  # SQuAD v1.1's own layout: [{"text": ..., "answer_start": ...}]
+        texts = [a.get("text") for a in answers if isinstance(a, dict)]
+    else:
+        texts = None
     if not texts or not isinstance(texts[0], str):
         raise ConfigError(f"{record.where}: missing answers.text[0] (answers = {answers!r:.80})")
-    return [(_fill(template or PROMPTS["squad"], record), False), (" " + texts[0].strip(), True)]
+    prompt = _fill(template or PROMPTS["squad"], record)
+    # "Answer:" + " Oslo": the space belongs to the answer's first token, as in running text.
+    separator = "" if prompt[-1:].isspace() else " "
+    return [(prompt, False), (separator + texts[0].strip(), True)]
 
 
 def alpaca_segments(record: Record, template: str | None) -> Segments:
     _need(record, "instruction", "output")
     has_input = bool(str(record.fields.get("input") or "").strip())
     default = PROMPTS["alpaca"] if has_input else PROMPTS["alpaca_no_input"]
-    fields = Record(record.where, {"input": "", **record.fields})
+    fields = Record(record.where, {**record.fields, "input": record.fields.get("input") or ""})
     return [(_fill(template or default, fields), False), (str(record.fields["output"]), True)]
 
 

@@ -135,7 +135,10 @@ def all_reduce_grads(params: list[torch.nn.Parameter], bucket_bytes: int = 64 <<
     """
     if not dist.is_initialized():
         return
-    grads = [p.grad for p in params if p.grad is not None]
+    for p in params:
+        if p.grad is None:  # every rank must contribute the same buffers, in the same order
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in params]
     bucket: list[torch.Tensor] = []
     size = 0
     for grad in grads + [None]:

@@ -40,8 +40,10 @@ def run(job, job_dir: str | Path, on_step: Callable[[dict], None] | None = None)
     """
     env = dist.detect()
     preflight(job, env)
-    device = torch.device("cuda", env.local_rank) if job.trainer.accelerator == "gpu" else torch.device("cpu")
-    if device.type == "cuda":
+    device = torch.device("cpu")
+    if job.trainer.accelerator == "gpu":
+        # srun may show each task all of the node's GPUs or only its own.
+        device = torch.device("cuda", env.local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     _quiet_libraries(env)
     stop = StopSignal()
@@ -57,6 +59,7 @@ def run(job, job_dir: str | Path, on_step: Callable[[dict], None] | None = None)
 
 
 def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "StopSignal", on_step=None) -> int:
+    """The whole run, top to bottom, once the process group exists."""
     seed = job.trainer.seed
     torch.manual_seed(seed)
 
@@ -77,7 +80,12 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
     # --- resume from the newest complete checkpoint, if any
     ckpt_root = job_dir / "checkpoints"
     step = 0
-    resume_from = checkpoint.latest(ckpt_root) if job.resume.auto else None
+    resume_from = checkpoint.latest(ckpt_root)
+    if resume_from is not None and not job.resume.auto:
+        raise ConfigError(
+            f"{ckpt_root} already holds checkpoints (newest {resume_from.name}) and resume.auto=false: "
+            "a fresh run would mix with them. Use a new job folder, or remove that folder."
+        )
     if resume_from is not None:
         state = checkpoint.load(resume_from, built, optimizer, env)
         _check_same_data(state, resume_from, len(dataset.train), job)
@@ -125,7 +133,7 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
     # FSDP2 averages gradients over ranks; the manual all-reduce sums them.
     grad_scale = env.world_size if built.sharded else 1
     max_norm = job.trainer.grad_clip or math.inf
-    started = step
+    started, stop_requested = step, False
     last_log, tokens_since_log = time.perf_counter(), 0
     while step < total_steps:
         everyone = batches.global_batch_samples(step)
@@ -175,7 +183,7 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
         if on_step is not None:
             on_step(record)
 
-        if stop_requested:
+        if stop_requested and step < total_steps:
             metrics.print(f"stop requested (SIGUSR1/SIGTERM): checkpointing step {step}, exit {EXIT_REQUEUE}")
             save(step)
             metrics.close()
@@ -187,10 +195,10 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
                 save(step)
 
     # --- save
-    if step > started:
-        validate(step)
-    else:
+    if step == started:
         metrics.print(f"nothing to do: the checkpoint at step {step} already completes {total_steps} steps")
+    elif not stop_requested:  # told to stop at the last step: no time for a validation pass
+        validate(step)
     save(step)
     metrics.close()
     return EXIT_OK
