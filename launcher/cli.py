@@ -125,7 +125,7 @@ def submit_cmd(
         status = local.run(p.job, folder, detach=detach)
         if detach:
             err.print(f"running in the background; follow with: ft logs {folder} -f")
-        raise typer.Exit(status if status >= 0 else 128 - status)
+        raise typer.Exit(status)
     job_id = submit.submit(folder, p.job.name)
     print(f"Submitted batch job {job_id}")
     print(f"Job folder: {folder}")
@@ -238,7 +238,9 @@ def cancel_cmd(job: str = JobArg) -> None:
     if jobs.is_finished(state):
         raise UserError(f"job {view.job_id or view.folder.name} already ended ({state}): nothing to cancel")
     if view.executor == "local":
-        for pid in view.record.get("pids", []):
+        # pids[0] is the process that watches the tasks and records their exit: spare it.
+        pids = view.record.get("pids", [])
+        for pid in pids[1:] or pids:
             try:
                 os.killpg(int(pid), signal.SIGTERM)
             except ProcessLookupError:

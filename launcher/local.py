@@ -49,13 +49,21 @@ def start(job: Job, folder: Path) -> list[subprocess.Popen[bytes]]:
 
 
 def run(job: Job, folder: Path, detach: bool = False, echo=sys.stdout.write) -> int:
-    """Run the job here. Foreground: follow rank 0's log, return the job's exit status."""
+    """Run the job here. Foreground: follow rank 0's log, return the job's exit status.
+    Detached: a supervisor process (`python -m launcher.local FOLDER`) does the same in the
+    background, so the folder still records the exit."""
+    if detach:
+        supervisor = subprocess.Popen([sys.executable, "-m", "launcher.local", str(folder)],
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                      stderr=open(folder / "logs" / "supervisor.err", "ab"),
+                                      start_new_session=True, env=dict(os.environ, PYTHONPATH=_pythonpath()))
+        jobdir.write_record(folder, executor="local", job_id=None, factory=job.name,
+                            folder=str(folder), pids=[supervisor.pid])
+        return 0
     procs = start(job, folder)
     event(folder, "start", executor="local", pids=[p.pid for p in procs])
     jobdir.write_record(folder, executor="local", job_id=None, factory=job.name,
-                        folder=str(folder), pids=[p.pid for p in procs])
-    if detach:
-        return 0
+                        folder=str(folder), pids=[os.getpid(), *(p.pid for p in procs)])
     log = folder / "logs" / "rank-0.out"
     status = None
     try:
@@ -73,6 +81,7 @@ def run(job: Job, folder: Path, detach: bool = False, echo=sys.stdout.write) -> 
                     codes = [p.wait() for p in procs]
                     echo(handle.read().decode(errors="replace"))
                     status = next((c for c in codes if c != 0), 0)
+                    status = 128 - status if status < 0 else status  # killed by a signal: shell style
                     break
                 time.sleep(0.2)
     except KeyboardInterrupt:
@@ -83,3 +92,17 @@ def run(job: Job, folder: Path, detach: bool = False, echo=sys.stdout.write) -> 
         status = 130
     event(folder, "exit", code=status)
     return status
+
+
+def _pythonpath() -> str:
+    """The supervisor must import this same launcher, wherever it was imported from."""
+    here = str(Path(__file__).resolve().parent.parent)
+    return os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
+
+
+if __name__ == "__main__":  # the detached supervisor
+    import yaml
+
+    target = Path(sys.argv[1])
+    loaded = Job.model_validate(yaml.safe_load((target / jobdir.CONFIG).read_text()))
+    sys.exit(run(loaded, target, echo=lambda text: None))

@@ -14,8 +14,8 @@ import pytest
 pytest.importorskip("torch")
 import torch
 from safetensors.torch import load_file
-from trainer_helpers import (DIST_VARS, describe, finish, launch, read_metrics, start, tiny_job, train_losses,
-                             validate, write_config)
+from trainer_helpers import (DIST_VARS, describe, finish, launch, read_metrics, save_tiny_model, start, tiny_job,
+                             train_losses, validate, write_config)
 
 from trainer import EXIT_OK, EXIT_REQUEUE, checkpoint
 from trainer.train import run
@@ -36,11 +36,12 @@ def figures(job_dir, key):
 def test_fsdp2_sft_on_two_processes_matches_one(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    # Two processes also take the meta-device path (each fills only its own rows) and
-    # recompute activations; neither may change a single number.
-    two = tiny_job(peft=None, model={"meta_init": True, "activation_checkpointing": True},
+    # Two processes also take the meta-device path (each reads only its own rows of the
+    # safetensors files) and recompute activations; neither may change a single number.
+    pretrained = {"init": "pretrained", "path": str(save_tiny_model(tmp_path / "base")), "config": {}}
+    two = tiny_job(peft=None, model={**pretrained, "meta_init": True, "activation_checkpointing": True},
                    trainer={"devices": 2, "max_steps": 3}, data={"micro_batch_size": 2})
-    one = tiny_job(peft=None, trainer={"max_steps": 3}, data={"micro_batch_size": 4})
+    one = tiny_job(peft=None, model=pretrained, trainer={"max_steps": 3}, data={"micro_batch_size": 4})
     assert validate(two).grad_accum_steps == validate(one).grad_accum_steps == 2
 
     results = launch(write_config(tmp_path / "two", two), nprocs=2)
@@ -82,3 +83,27 @@ def test_lora_data_parallel_matches_one_process_and_survives_preemption(tmp_path
     adapters = [load_file(checkpoint.step_dir(tmp_path / d / "checkpoints", steps) / "adapter_model.safetensors") for d in ("two", "one")]
     for name in adapters[0]:
         torch.testing.assert_close(adapters[0][name], adapters[1][name], atol=1e-4, rtol=1e-3, msg=name)
+
+
+def test_lora_under_fsdp2_on_two_processes_matches_one(tmp_path):
+    """The 405B layout: a frozen base sharded with the adapters, filled from files on the meta path."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = save_tiny_model(tmp_path / "base")
+    pretrained = {"init": "pretrained", "path": str(base), "config": {}, "meta_init": True}
+    two = tiny_job(model={**pretrained, "activation_checkpointing": True}, trainer={"devices": 2, "max_steps": 3, "strategy": "fsdp2"},
+                   data={"micro_batch_size": 2})
+    one = tiny_job(model=pretrained, trainer={"max_steps": 3, "strategy": "fsdp2"}, data={"micro_batch_size": 4})
+    results = launch(write_config(tmp_path / "two", two), nprocs=2)
+    assert [r.returncode for r in results] == [0, 0], describe(results)
+    assert run(validate(one), tmp_path / "one") == EXIT_OK
+
+    for key in ("loss", "grad_norm", "val_loss"):
+        assert figures(tmp_path / "two", key) == pytest.approx(figures(tmp_path / "one", key), rel=1e-5), key
+    final = checkpoint.step_dir(tmp_path / "two" / "checkpoints", 3)
+    adapters = [load_file(checkpoint.step_dir(tmp_path / d / "checkpoints", 3) / "adapter_model.safetensors") for d in ("two", "one")]
+    assert adapters[0].keys() == adapters[1].keys() and all("lora_" in k for k in adapters[0])
+    for name in adapters[0]:
+        torch.testing.assert_close(adapters[0][name], adapters[1][name], atol=1e-5, rtol=1e-4, msg=name)
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), final)

@@ -160,4 +160,4 @@ def test_preflight_reports_every_problem_at_once():
     assert "2 processes, but 1 were started" in message
     if not torch.cuda.is_available():
         assert "nf4 (QLoRA) needs CUDA" in message
-    assert "meta_init is for full SFT" in message
+    assert "meta_init fills FSDP2 shards" in message

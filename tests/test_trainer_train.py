@@ -157,16 +157,36 @@ def test_half_written_checkpoints_are_ignored(tmp_path, capsys):
     assert sorted(train_losses(tmp_path)) == [1, 2, 3, 4, 5, 6]
 
 
-def test_meta_init_gives_the_same_model_as_regular_init(tmp_path):
-    from transformers import AutoModelForCausalLM
-
+@pytest.mark.parametrize("method", ["lora", "sft"])
+def test_meta_init_gives_the_same_model_as_regular_init(tmp_path, method):
+    peft = None if method == "sft" else {}
     runs = {}
     for meta in (False, True):
         job = tmp_path / f"meta{meta}"
-        assert train(job, tiny_job(peft=None, model={"meta_init": meta}, trainer={"max_steps": 2})) == EXIT_OK
-        runs[meta] = (train_losses(job), AutoModelForCausalLM.from_pretrained(checkpoint.step_dir(job / "checkpoints", 2)))
+        raw = tiny_job(peft=peft, model={"meta_init": meta}, trainer={"max_steps": 2, "strategy": "fsdp2"})
+        assert train(job, raw) == EXIT_OK
+        weights = "model.safetensors" if method == "sft" else "adapter_model.safetensors"
+        runs[meta] = (train_losses(job), load_file(checkpoint.step_dir(job / "checkpoints", 2) / weights))
     assert runs[False][0] == runs[True][0]
-    assert_same_tensors(runs[False][1].state_dict(), runs[True][1].state_dict())
+    assert_same_tensors(runs[False][1], runs[True][1])
+
+
+def test_meta_init_reads_a_sharded_pretrained_folder(tmp_path):
+    """Rows come straight from the safetensors files, for full SFT and under fresh LoRA adapters."""
+    from trainer_helpers import save_tiny_model
+
+    base = save_tiny_model(tmp_path / "base")
+    pretrained = {"init": "pretrained", "path": str(base), "config": {}}
+    losses = {}
+    for method, peft in (("sft", None), ("lora", {})):
+        for meta in (False, True):
+            job = tmp_path / f"{method}-{meta}"
+            raw = tiny_job(model={**pretrained, "meta_init": meta}, peft=peft, trainer={"max_steps": 2, "strategy": "fsdp2"})
+            assert train(job, raw) == EXIT_OK
+            losses[method, meta] = train_losses(job)
+    assert losses["sft", False] == losses["sft", True]
+    # LoRA starts from B = 0, so the first step sees the pretrained model alone whatever A is.
+    assert losses["lora", False][1] == losses["lora", True][1] == losses["sft", True][1]
 
 
 def test_resume_with_changed_data_or_without_auto_is_refused(tmp_path):

@@ -154,6 +154,19 @@ def describe(results: list[subprocess.CompletedProcess]) -> str:
     return "\n".join(f"--- rank {r} exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}" for r, p in enumerate(results))
 
 
+def save_tiny_model(folder: Path, seed: int = 0) -> Path:
+    """A 'pretrained' tiny Llama on disk, split over several safetensors files (with an index)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    settings = {k: v for k, v in TINY_LLAMA.items() if k != "model_type"}
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", **settings))
+    model.save_pretrained(folder, max_shard_size="100KB")
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
 def tiny_tokenizer():
     from transformers import AutoTokenizer
 

@@ -69,12 +69,17 @@ def _state_dicts(built, optimizer):
 
 
 def _full_state_dict(built) -> dict[str, torch.Tensor]:
-    """The whole model, unsharded, on rank 0's CPU (a collective: every rank calls it)."""
+    """Unsharded weights on rank 0's CPU (a collective: every rank calls it).
+
+    LoRA gathers its adapters only: the frozen base of a 405B job would not fit in memory.
+    """
     if not built.sharded:
         return built.module.lm.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    full = get_model_state_dict(built.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    lora = hasattr(built.lm, "peft_config")
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=lora)
+    full = get_model_state_dict(built.module, options=options)
     return {name.removeprefix("lm."): tensor for name, tensor in full.items()}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,11 +225,11 @@ def build(job, env: DistEnv, device: torch.device, tokenizer, base_dir: Path | N
 
     sharded = job.strategy == "fsdp2"
     on_gpu = device.type == "cuda"
-    # CPU trains in fp32. On GPUs, FSDP2 keeps fp32 master shards and computes in
-    # model.dtype (MixedPrecisionPolicy); data parallel LoRA stores the frozen base in
-    # model.dtype, and peft keeps the adapters in fp32.
+    # CPU trains in fp32. On GPUs weights are stored in model.dtype, except the trained
+    # weights of full SFT under FSDP2: fp32 master shards, computed in model.dtype
+    # (MixedPrecisionPolicy). peft keeps LoRA adapters in fp32 over a model.dtype base.
     compute_dtype = DTYPES[job.model.dtype] if on_gpu else torch.float32
-    param_dtype = torch.float32 if (sharded or not on_gpu) else compute_dtype
+    param_dtype = torch.float32 if (sharded and job.peft is None) else compute_dtype
 
     config = model_config(job)
     if len(tokenizer) > config.vocab_size:
@@ -241,8 +242,7 @@ def build(job, env: DistEnv, device: torch.device, tokenizer, base_dir: Path | N
         with _parameters_on_meta():
             lm = AutoModelForCausalLM.from_config(config, **common)
     elif job.model.init == "random":
-        torch.manual_seed(job.trainer.seed)  # same weights on every rank, and on resume
-        lm = AutoModelForCausalLM.from_config(config, **common)
+        lm = _random_model(job, config, **common)
     else:
         extra = {}
         if job.model.quantization == "nf4":
@@ -266,10 +266,11 @@ def build(job, env: DistEnv, device: torch.device, tokenizer, base_dir: Path | N
         )
     lm.config.use_cache = False
     if base_dir is not None and env.is_main and not (base_dir / "config.json").exists():
-        _save_base(lm, tokenizer, base_dir)
+        # (Meta-initialised weights are not here yet: draw the same ones again to save them.)
+        _save_base(_random_model(job, config, **common) if job.model.meta_init else lm, tokenizer, base_dir)
 
     if job.model.activation_checkpointing:
-        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _checkpoint_activations(lm)
 
     if job.peft is not None:
         lm = _add_lora(lm, job)
@@ -287,6 +288,22 @@ def build(job, env: DistEnv, device: torch.device, tokenizer, base_dir: Path | N
         for layer in decoder_layers(module.causal_lm):
             layer.compile()
     return Built(module=module, lm=lm, sharded=sharded, compute_dtype=compute_dtype)
+
+
+def _checkpoint_activations(lm: nn.Module) -> None:
+    """Recompute each decoder layer in backward (non-reentrant: works under FSDP2 and peft)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(lm, "activation_checkpointing_enable"):  # transformers 5
+        lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def _random_model(job, config, **kwargs) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(job.trainer.seed)  # same weights on every rank, and on resume
+    return AutoModelForCausalLM.from_config(config, **kwargs)
 
 
 def _save_base(lm: nn.Module, tokenizer, base_dir: Path) -> None:
@@ -334,7 +351,7 @@ def _shard(module: CausalLMLoss, job, env: DistEnv, device: torch.device, comput
 
 def _materialize(module: CausalLMLoss, job, env: DistEnv, device: torch.device) -> None:
     """Give meta-initialised shards real memory and fill each rank's rows from the source."""
-    lm = module.causal_lm
+    lm = module.lm  # a PeftModel for LoRA: its names are what the reader is asked for
     buffers = {name: b.clone() for name, b in lm.named_buffers()}
     module.to_empty(device=device)
     read = _weight_reader(job, lm)
@@ -350,14 +367,19 @@ def _materialize(module: CausalLMLoss, job, env: DistEnv, device: torch.device) 
 
 
 def _weight_reader(job, lm: nn.Module):
-    """A function (name, row_start, row_stop) → tensor reading only those rows."""
-    if job.model.init == "random":
-        # Random init has no file to read: build the seeded model on CPU (tests, smoke runs).
-        from transformers import AutoModelForCausalLM
+    """A function (name, row_start, row_stop) → tensor holding only those rows.
 
-        torch.manual_seed(job.trainer.seed)
-        reference = AutoModelForCausalLM.from_config(lm.config, dtype=torch.float32).state_dict()
-        return lambda name, start, stop: reference[name][start:stop]
+    Names are `lm`'s own (a PeftModel's for LoRA). Called in `named_parameters` order on
+    every rank, so seeded values come out the same everywhere.
+    """
+    if job.model.init == "random":
+        # Random init has no file to read: build the seeded model on CPU exactly as the
+        # regular path does (tests and smoke runs; tiny models only).
+        reference = _random_model(job, lm.config, dtype=torch.float32)
+        if job.peft is not None:
+            reference = _add_lora(reference, job)
+        weights = reference.state_dict()
+        return lambda name, start, stop: weights[name][start:stop]
 
     from huggingface_hub import snapshot_download
     from safetensors import safe_open
@@ -371,15 +393,27 @@ def _weight_reader(job, lm: nn.Module):
     else:
         with safe_open(folder / "model.safetensors", framework="pt") as f:
             weight_map = {k: "model.safetensors" for k in f.keys()}
-    missing = [n for n, _ in lm.named_parameters() if n not in weight_map]
+    def stored_name(name: str) -> str:  # a PeftModel's name for a base weight → the file's
+        return name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+
+    shapes = {n: p.shape for n, p in lm.named_parameters()}
+    missing = [n for n in shapes if "lora_" not in n and stored_name(n) not in weight_map]
     if missing:
         raise ConfigError(f"{folder} has no weights for {len(missing)} parameters, e.g. {missing[:3]}")
     handles: dict[str, object] = {}
+    generator = torch.Generator().manual_seed(job.trainer.seed)
 
     def read(name: str, start: int, stop: int) -> torch.Tensor:
-        file = weight_map[name]
+        if ".lora_A." in name:  # fresh adapters, initialised as peft does: kaiming-uniform A ...
+            full = torch.empty(shapes[name])
+            nn.init.kaiming_uniform_(full, a=math.sqrt(5), generator=generator)
+            return full[start:stop]
+        if ".lora_B." in name:  # ... and zero B, so training starts from the base model
+            return torch.zeros(shapes[name])[start:stop]
+        key = stored_name(name)
+        file = weight_map[key]
         if file not in handles:
             handles[file] = safe_open(folder / file, framework="pt")
-        return handles[file].get_slice(name)[start:stop]  # reads these rows only
+        return handles[file].get_slice(key)[start:stop]  # reads these rows only
 
     return read

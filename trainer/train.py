@@ -287,8 +287,8 @@ def preflight(job, env: dist.DistEnv) -> None:
             problems.append("model.quantization=nf4 (QLoRA) needs the bitsandbytes package, which is not installed")
         if job.strategy != "ddp":
             problems.append("model.quantization=nf4 works with trainer.strategy=ddp only")
-    if job.model.meta_init and (job.strategy != "fsdp2" or job.peft is not None):
-        problems.append("model.meta_init is for full SFT with FSDP2 (peft=none, trainer.strategy fsdp2 or auto)")
+    if job.model.meta_init and job.strategy != "fsdp2":
+        problems.append("model.meta_init fills FSDP2 shards: it needs trainer.strategy=fsdp2 (the default for peft=none)")
     if job.model.init == "pretrained" and job.model.path and job.model.path.startswith(("/", ".")) and not Path(job.model.path).exists():
         problems.append(f"model.path {job.model.path} does not exist")
     if problems:
