@@ -150,3 +150,17 @@ def test_a_newline_in_any_scripted_field_is_refused(field):
     node[last] = value
     with pytest.raises(UserError, match="newlines or control characters"):
         config.validate(data)
+
+
+def test_a_site_template_replaces_the_builtin_one(tmp_path):
+    site = tmp_path / "site.sh.j2"
+    site.write_text("#!/bin/bash\n{% for o in sbatch_options %}#SBATCH {{ o }}\n{% endfor %}"
+                    "# site policy\nsrun {{ launch }}\n")
+    job = config.resolve("tiny", [f"slurm.template={site}"]).job
+    text = render.render_sbatch(job, tmp_path)
+    assert "# site policy" in text and "#SBATCH --nodes=1" in text
+    site.write_text("{{ no_such_value }}\n")
+    with pytest.raises(UserError, match="no_such_value"):
+        render.render_sbatch(job, tmp_path)  # StrictUndefined: a typo in a template is an error
+    with pytest.raises(UserError, match="does not exist"):
+        render.render_sbatch(config.resolve("tiny", [f"slurm.template={tmp_path}/none.j2"]).job, tmp_path)
