@@ -15,7 +15,12 @@ from __future__ import annotations
 import sys
 from typing import List, Optional
 
-import typer
+import os
+
+# ft has no pydantic plugins; looking for them costs a scan of every installed package.
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+
+import typer  # noqa: E402
 
 app = typer.Typer(
     name="ft",
@@ -97,11 +102,13 @@ def submit_cmd(
     profile: Optional[str] = ProfileOpt,
 ) -> None:
     """Resolve, validate, write the job folder, render the sbatch script and submit it."""
-    from launcher import jobs, local, submit
+    from launcher import submit
     from launcher.errors import UserError
 
     after_id = None
     if after:
+        from launcher import jobs
+
         after_id = jobs.find(after).job_id
         if not after_id:
             raise UserError(f"--after {after}: that job was never submitted to SLURM")
@@ -121,6 +128,8 @@ def submit_cmd(
         err.print(f"dry run: nothing submitted. Job folder: {folder}")
         return
     if executor == "local":
+        from launcher import local
+
         err.print(f"Job folder: {folder}")
         status = local.run(p.job, folder, detach=detach)
         if detach:

@@ -8,6 +8,7 @@ on purpose, one validated line per item.
 
 from __future__ import annotations
 
+import functools
 import shlex
 import sys
 from pathlib import Path
@@ -94,14 +95,7 @@ def render_sbatch(job: Job, job_dir: Path, template: str | None = None, array_si
     template_path = Path(template or job.slurm.template or paths.templates_dir() / TEMPLATE).expanduser()
     if not template_path.is_file():
         raise UserError(f"sbatch template {template_path} does not exist")
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(template_path.parent)),
-        undefined=jinja2.StrictUndefined,
-        autoescape=False,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
+    env = _environment(str(template_path.parent))
     # Each task reads "$FT_CONFIG", set in the script: a sweep's array tasks each have their own.
     launch = " \\\n    ".join(shlex.join(g) for g in trainer_argv_groups(job, Path(_CONFIG_MARK)))
     launch = launch.replace(_CONFIG_MARK, '"$FT_CONFIG"')
@@ -127,6 +121,21 @@ def render_sbatch(job: Job, job_dir: Path, template: str | None = None, array_si
         )
     except jinja2.TemplateError as err:
         raise UserError(f"sbatch template {template_path}: {err}") from None
+
+
+@functools.lru_cache(maxsize=8)
+def _environment(folder: str):
+    """One Jinja environment per template folder, so a template compiles once per process."""
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(folder),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
 
 
 def preflight(job: Job, need_sbatch: bool) -> list[str]:
