@@ -4,6 +4,9 @@
     ft show   --factory llama31_8b trainer.max_steps=250 [--explain]
     ft submit --factory llama31_8b trainer.max_steps=250 data.global_batch_size=8 --yes
     ft submit --factory tiny --executor local
+    ft plan   --factory llama3_8b_sft                   # GPU memory per GPU: does it fit?
+    ft merge JOB ; ft generate JOB "prompt" ; ft eval JOB --data val.jsonl
+    ft export JOB --to vllm ; ft push JOB me/model --dry-run ; ft plot JOB [JOB...]
 
 The CLI only parses and prints; each command calls library functions that tests call
 directly. Heavy modules (torch, transformers, peft) are never imported here, and even the
@@ -13,6 +16,7 @@ launcher's own modules load lazily so that `ft --help` stays instant.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 import os
@@ -114,6 +118,7 @@ def submit_cmd(
             raise UserError(f"--after {after}: that job was never submitted to SLURM")
     p = submit.plan(factory, list(ctx.args), profile, executor, dry_run, sweep, after_id)
     err = _console(stderr=True)
+    _warn_if_it_will_not_fit(p.job, err)
     if not dry_run:
         _print_summary(p, err)
         if not yes:
@@ -268,6 +273,218 @@ def resubmit_cmd(ctx: typer.Context, job: str = JobArg, profile: Optional[str] =
     job_id = submit.resubmit(view, list(ctx.args), profile)
     print(f"Submitted batch job {job_id}")
     print(f"Job folder: {view.folder}")
+
+
+def _warn_if_it_will_not_fit(job, console) -> None:
+    from launcher import plan
+    from rich.markup import escape
+
+    warning = plan.fit_warning(job)
+    if warning:
+        console.print(f"[bold yellow]ft: warning:[/] {escape(warning)}")
+
+
+# --- after training -------------------------------------------------------------------------
+
+CkptArg = typer.Argument(..., help="A checkpoint folder, or a job (id, folder, unique prefix): its newest checkpoint.")
+DTYPE_CHOICES = ("bf16", "fp16", "fp32")
+
+
+def _checkpoint(spec: str):
+    from launcher import checkpoints
+
+    return checkpoints.resolve(spec)
+
+
+def _training_stack():
+    """Import what merge/generate/eval need, or say how to get it; quiet the libraries' chatter."""
+    import warnings
+
+    from launcher.errors import UserError
+
+    try:
+        import peft  # noqa: F401
+        import torch  # noqa: F401
+        import transformers
+    except ImportError as err:
+        raise UserError(f"this command loads the model, which needs torch, transformers and peft ({err})",
+                        hint="pip install 'ft[train]', or run it inside the training container") from None
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+
+
+def _dtype(value: Optional[str]) -> Optional[str]:
+    from launcher.errors import UserError
+
+    if value is not None and value not in DTYPE_CHOICES:
+        raise UserError(f"--dtype {value}: choose one of {', '.join(DTYPE_CHOICES)}")
+    return value
+
+
+@app.command("merge")
+def merge_cmd(
+    ckpt: str = CkptArg,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="New folder for the merged model (default: JOB/exports/STEP-merged)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16, fp16 or fp32 (default: the base model's dtype)."),
+) -> None:
+    """Fold a LoRA adapter into its base: a plain model folder AutoModelForCausalLM and vLLM load."""
+    checkpoint = _checkpoint(ckpt)
+    dtype = _dtype(dtype)
+    _training_stack()
+    from trainer.merge import merge
+
+    print(merge(checkpoint, out, dtype))
+
+
+@app.command("generate")
+def generate_cmd(
+    ckpt: str = CkptArg,
+    prompt: str = typer.Argument(..., help="Text to continue, as the model saw prompts in training."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n", help="Stop after this many new tokens."),
+) -> None:
+    """Greedy continuation of PROMPT by a checkpoint (SFT, or base + LoRA adapter)."""
+    checkpoint = _checkpoint(ckpt)
+    _training_stack()
+    from trainer.inference import generate
+
+    text = generate(checkpoint, prompt, max_new_tokens)
+    print(text)
+    if not text.strip():
+        print("(the continuation is empty: the model ended it at once)", file=sys.stderr)
+
+
+@app.command("eval")
+def eval_cmd(
+    ckpt: str = CkptArg,
+    data: str = typer.Option(..., "--data", help="A .json/.jsonl file (or ft:NAME, a file ft ships)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="squad, alpaca or jsonl (default: the job's data.format)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N records."),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="SQuAD: longest answer generated."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object for scripts."),
+) -> None:
+    """Validation loss on DATA (as training computes it); for SQuAD data, exact match and F1 too."""
+    import json
+
+    checkpoint = _checkpoint(ckpt)
+    _training_stack()
+    from trainer.evaluate import evaluate
+
+    result = evaluate(checkpoint, data, fmt, limit, max_new_tokens)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"ft eval: {checkpoint.label}", title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("data", f"{result['data']} ({result['format']}, {result['examples']} examples)")
+    table.add_row("loss", f"{result['loss']:.4f}")
+    table.add_row("perplexity", f"{result['perplexity']:.2f}")
+    table.add_row("answer tokens", f"{result['answer_tokens']:,}")
+    if "exact_match" in result:
+        table.add_row("exact match", f"{result['exact_match']:.1f}")
+        table.add_row("F1", f"{result['f1']:.1f}")
+    _console().print(table)
+
+
+@app.command("export")
+def export_cmd(
+    ckpt: str = CkptArg,
+    to: str = typer.Option(..., "--to", help="Serving engine: vllm."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="New folder (default: JOB/exports/STEP-vllm[-lora])."),
+    merge: bool = typer.Option(False, "--merge", help="LoRA: fold the adapter into its base first."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="With --merge: bf16, fp16 or fp32."),
+) -> None:
+    """A folder vLLM serves (model, or LoRA adapter), with the exact `vllm serve` command."""
+    from launcher import export
+
+    checkpoint = _checkpoint(ckpt)
+    dtype = _dtype(dtype)
+    if merge:
+        _training_stack()
+    done = export.export(checkpoint, to, out, merge, dtype)
+    err = _console(stderr=True)
+    for warning in done.warnings:
+        err.print(f"[bold yellow]ft: warning:[/] {warning}", markup=True, highlight=False)
+    print(done.out)
+    print(f"serve it with: {done.command}")
+
+
+@app.command("push")
+def push_cmd(
+    ckpt: str = CkptArg,
+    repo_id: str = typer.Argument(..., help="Hub repository OWNER/NAME (created if it does not exist)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would be uploaded, with sizes; upload nothing."),
+    private: bool = typer.Option(False, "--private", help="Create the repository as private."),
+) -> None:
+    """Upload a checkpoint or export to the Hugging Face Hub (token: $HF_TOKEN only)."""
+    from launcher import push
+
+    upload = push.plan(_checkpoint(ckpt), repo_id)
+    err = _console(stderr=True)
+    for warning in upload.warnings:
+        err.print(f"ft: warning: {warning}", markup=False)
+    if dry_run:
+        for name, size in upload.files:
+            print(f"{push.human_size(size):>10}  {name}")
+        print(f"{push.human_size(upload.total_bytes):>10}  total: {len(upload.files)} file(s) from {upload.folder} "
+              f"to {repo_id}{' (private)' if private else ''}; dry run, nothing uploaded")
+        return
+    print(push.push(upload, private))
+
+
+@app.command("plot")
+def plot_cmd(
+    job: List[str] = typer.Argument(..., help="Jobs (id, folder or unique prefix); several share one figure."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG to write (default: JOB/metrics.png, or ./ft-plot.png for several)."),
+) -> None:
+    """Loss (train and validation), learning rate, tokens/s and memory against the step, as a PNG."""
+    from launcher import plot
+
+    print(plot.plot(list(job), out))
+
+
+@app.command("plan", context_settings=_PASS_THROUGH)
+def plan_cmd(
+    ctx: typer.Context,
+    factory: str = FactoryOpt,
+    gpu_memory: float = typer.Option(80.0, "--gpu-memory", help="Memory of one GPU in GiB."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object for scripts."),
+    profile: Optional[str] = ProfileOpt,
+) -> None:
+    """Estimate GPU memory per GPU for a job, say whether it fits, and the smallest allocation that does."""
+    import json
+
+    from rich.table import Table
+
+    from launcher import config, plan
+
+    job = config.resolve(factory, list(ctx.args), profile).job
+    est = plan.estimate(job, gpu_memory)
+    if as_json:
+        fit = plan.smallest_fit(job, gpu_memory) if est.on_gpu else None
+        smallest = {"num_nodes": fit.num_nodes, "devices": fit.devices, "strategy": fit.strategy} if fit else None
+        print(json.dumps({**est.as_dict(), "smallest_fit": smallest}, indent=2))
+        return
+    scale, unit = (plan.GIB, "GiB") if est.total >= plan.GIB else (2**20, "MiB")
+    unit += " per GPU" if est.on_gpu else ""
+    method = f"LoRA r={job.peft.dim}" if job.peft else "full SFT"
+    title = (f"ft plan: {job.name} | {method} | {plan.count(est.params)} params ({est.dims.source}) | "
+             f"{est.strategy} on {est.num_nodes}×{est.devices} | micro batch {job.data.micro_batch_size} × "
+             f"{job.data.max_seq_length} tokens | {job.model.dtype}")
+    table = Table(title=title, title_justify="left")
+    table.add_column("component")
+    table.add_column(unit, justify="right")
+    table.add_column("how")
+    for row in est.rows:
+        table.add_row(row.name, f"{row.bytes / scale:.2f}", row.how)
+    table.add_row("total", f"{est.total / scale:.2f}", "", style="bold")
+    console = _console()
+    console.print(table)
+    for line in [*est.notes, *plan.verdict(est, job)]:
+        console.print(line, markup=False)
 
 
 def _print_summary(p, console) -> None:

@@ -235,7 +235,7 @@ class Estimate:
         }
 
 
-def _gb(n: float) -> str:
+def count(n: float) -> str:
     return f"{n / 1e9:.3g}B" if n >= 1e8 else f"{n / 1e6:.3g}M" if n >= 1e5 else f"{n:,.0f}"
 
 
@@ -270,25 +270,25 @@ def estimate(job: Job, gpu_gib: float = DEFAULT_GPU_GIB, num_nodes: int | None =
     # weights in model.dtype itself, with gradients and Adam moments in that dtype too.
     if sharded:
         rows.append(Row("weights", (params + adapters) * 4 / world,
-                        f"{_gb(params + adapters)} params × 4 B (fp32 shards) / {world}"))
-        rows.append(Row("gradients", trainable * 4 / world, f"{_gb(trainable)} trainable × 4 B / {world}"))
-        rows.append(Row("optimizer", trainable * 8 / world, f"Adam: 2 fp32 moments × {_gb(trainable)} / {world}"))
+                        f"{count(params + adapters)} params × 4 B (fp32 shards) / {world}"))
+        rows.append(Row("gradients", trainable * 4 / world, f"{count(trainable)} trainable × 4 B / {world}"))
+        rows.append(Row("optimizer", trainable * 8 / world, f"Adam: 2 fp32 moments × {count(trainable)} / {world}"))
     elif lora:
         if job.model.quantization == "nf4":
             linear = dims.layers * sum(a * b for a, b in dims.projections().values())
             # prepare_model_for_kbit_training casts what is not quantized to fp32.
             base = linear * NF4_BYTES + (params - linear) * 4
-            how = f"{_gb(linear)} nf4 linear params × {NF4_BYTES:.3f} B + {_gb(params - linear)} others × 4 B"
+            how = f"{count(linear)} nf4 linear params × {NF4_BYTES:.3f} B + {count(params - linear)} others × 4 B"
         else:
             base = params * c
-            how = f"{_gb(params)} frozen × {c} B"
-        rows.append(Row("weights", base + adapters * 4, f"{how} + {_gb(adapters)} LoRA × 4 B"))
-        rows.append(Row("gradients", adapters * 4, f"{_gb(adapters)} LoRA × 4 B"))
-        rows.append(Row("optimizer", adapters * 8, f"Adam: 2 fp32 moments × {_gb(adapters)} LoRA"))
+            how = f"{count(params)} frozen × {c} B"
+        rows.append(Row("weights", base + adapters * 4, f"{how} + {count(adapters)} LoRA × 4 B"))
+        rows.append(Row("gradients", adapters * 4, f"{count(adapters)} LoRA × 4 B"))
+        rows.append(Row("optimizer", adapters * 8, f"Adam: 2 fp32 moments × {count(adapters)} LoRA"))
     else:
-        rows.append(Row("weights", params * c, f"{_gb(params)} × {c} B (no fp32 master copy)"))
-        rows.append(Row("gradients", params * c, f"{_gb(params)} × {c} B"))
-        rows.append(Row("optimizer", params * 2 * c, f"Adam: 2 moments × {_gb(params)} × {c} B"))
+        rows.append(Row("weights", params * c, f"{count(params)} × {c} B (no fp32 master copy)"))
+        rows.append(Row("gradients", params * c, f"{count(params)} × {c} B"))
+        rows.append(Row("optimizer", params * 2 * c, f"Adam: 2 moments × {count(params)} × {c} B"))
 
     if sharded:
         # Two decoder layers gathered at once (the current one and the prefetched next), and
@@ -296,11 +296,11 @@ def estimate(job: Job, gpu_gib: float = DEFAULT_GPU_GIB, num_nodes: int | None =
         # SFT the largest unit's gradient is also unsharded, in model.dtype and as the fp32
         # copy that is reduce-scattered.
         gathered = (2 * dims.layer_params + dims.outer_params) * c
-        how = f"(2 layers × {_gb(dims.layer_params)} + root {_gb(dims.outer_params)}) × {c} B"
+        how = f"(2 layers × {count(dims.layer_params)} + root {count(dims.outer_params)}) × {c} B"
         if not lora:
             largest = max(dims.layer_params, dims.outer_params)
             gathered += largest * (c + 4)
-            how += f" + gradient of {_gb(largest)} × ({c} + 4) B"
+            how += f" + gradient of {count(largest)} × ({c} + 4) B"
         rows.append(Row("FSDP2 buffers", gathered, how))
 
     tokens = job.data.micro_batch_size * job.data.max_seq_length
@@ -382,7 +382,7 @@ def fit_warning(job: Job, gpu_gib: float = DEFAULT_GPU_GIB) -> str | None:
 def verdict(est: Estimate, job: Job) -> list[str]:
     """The lines `ft plan` prints under its table."""
     if not est.on_gpu:
-        return [f"total ≈ {est.total / GIB:.2f} GiB in the training process (CPU job: no GPU to fit)"]
+        return [f"total ≈ {est.total / 2**20:.0f} MiB in the training process (CPU job: no GPU to fit)"]
     where = f"{est.num_nodes} node(s) × {est.devices} GPU(s) of {est.gpu_gib:g} GiB"
     lines = [f"total ≈ {est.total / GIB:.1f} GiB per GPU: "
              + (f"fits {where}" if est.fits else f"does NOT fit {where}")]

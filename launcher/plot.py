@@ -1,0 +1,123 @@
+"""Training curves of one or more jobs in one PNG, to compare runs at a glance.
+
+    ft plot JOB                            # → JOB/metrics.png
+    ft plot 12345 12346 --out lr-sweep.png # several jobs (or every task of a sweep)
+
+Four panels against the optimizer step, from each run's metrics.jsonl (trainer/metrics.py):
+loss (training solid, validation dashed with markers), learning rate, tokens per second and
+peak memory. One colour per run; the legend names it by job id, else folder name.
+matplotlib is imported only when a plot is drawn, with the Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from launcher import jobs
+from launcher.errors import UserError
+
+PANELS = (
+    ("loss", "loss"),
+    ("lr", "learning rate"),
+    ("tps", "tokens / s"),
+    ("mem_gib", "peak memory (GiB)"),
+)
+
+
+@dataclass
+class Run:
+    label: str
+    folder: Path
+    series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # name → [(step, value)]
+
+
+def read_metrics(path: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every numeric field of metrics.jsonl as (step, value) pairs; a resumed run's repeated
+    steps keep their last record, as the trainer's own rewrite on resume does."""
+    by_name: dict[str, dict[int, float]] = {}
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line being written right now
+        step = record.get("step")
+        if not isinstance(step, int):
+            continue
+        for name, value in record.items():
+            if name not in ("step", "time", "epoch") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                by_name.setdefault(name, {})[step] = float(value)
+    return {name: sorted(points.items()) for name, points in by_name.items()}
+
+
+def runs_of(spec: str, root: Path | None = None) -> list[Run]:
+    """The runs a JOB argument names: a job (each sweep task separately) or a folder holding metrics.jsonl."""
+    folder = Path(spec).expanduser()
+    if folder.is_dir() and (folder / "metrics.jsonl").is_file() and not (folder / "config.yaml").is_file():
+        return [Run(folder.name, folder)]
+    view = jobs.find(spec, root)
+    name = view.job_id or view.folder.name
+    tasks = view.run_dirs
+    return [Run(name if len(tasks) == 1 else f"{name}[{run.name}]", run) for run in tasks]
+
+
+def collect(specs: list[str], root: Path | None = None) -> list[Run]:
+    if not specs:
+        raise UserError("name at least one job to plot")
+    runs, missing = [], []
+    for spec in specs:
+        for run in runs_of(spec, root):
+            path = run.folder / "metrics.jsonl"
+            run.series = read_metrics(path) if path.is_file() else {}
+            if not run.series.get("loss") and not run.series.get("val_loss"):
+                missing.append(f"{run.label}: no training metrics yet in {path}")
+            runs.append(run)
+    if missing:
+        raise UserError(*missing)
+    return runs
+
+
+def default_output(runs: list[Run]) -> Path:
+    return runs[0].folder / "metrics.png" if len(runs) == 1 else Path("ft-plot.png")
+
+
+def draw(runs: list[Run], out: Path) -> Path:
+    """Write the PNG; the figure has a fixed size, so it reads the same for 1 or 10 runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True, layout="constrained")
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, run in enumerate(runs):
+        colour = colours[index % len(colours)]
+        for ax, (name, title) in zip(axes.flat, PANELS):
+            points = run.series.get(name, [])
+            if points:
+                ax.plot(*zip(*points), color=colour, linewidth=1.5, label=f"{run.label} train" if name == "loss" else run.label)
+            if name == "loss" and run.series.get("val_loss"):
+                ax.plot(*zip(*run.series["val_loss"]), color=colour, linestyle="--", marker="o", markersize=4,
+                        label=f"{run.label} validation")
+    for ax, (name, title) in zip(axes.flat, PANELS):
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        if not ax.lines:
+            ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes, color="grey")
+    for ax in axes[1]:
+        ax.set_xlabel("optimizer step")
+    axes[0][1].ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    axes[0][0].legend(fontsize="small")
+    fig.suptitle("ft: " + ", ".join(run.label for run in runs[:4]) + (" …" if len(runs) > 4 else ""))
+    out = out.expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot(specs: list[str], out: Path | None = None, root: Path | None = None) -> Path:
+    """`ft plot`: the runs' curves in one PNG; returns its path."""
+    runs = collect(specs, root)
+    return draw(runs, out or default_output(runs))
