@@ -361,6 +361,7 @@ def eval_cmd(
     fmt: Optional[str] = typer.Option(None, "--format", help="squad, alpaca or jsonl (default: the job's data.format)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N records."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="SQuAD: longest answer generated."),
+    loss_only: bool = typer.Option(False, "--loss-only", help="SQuAD: skip generating answers (no EM/F1)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object for scripts."),
 ) -> None:
     """Validation loss on DATA (as training computes it); for SQuAD data, exact match and F1 too."""
@@ -370,7 +371,7 @@ def eval_cmd(
     _training_stack()
     from trainer.evaluate import evaluate
 
-    result = evaluate(checkpoint, data, fmt, limit, max_new_tokens)
+    result = evaluate(checkpoint, data, fmt, limit, max_new_tokens, answers=not loss_only)
     if as_json:
         print(json.dumps(result, indent=2))
         return

@@ -63,6 +63,11 @@ class JobView:
         return self.record.get("job_id")
 
     @property
+    def earlier_ids(self) -> list[str]:
+        """Ids of earlier submissions of this folder (`ft resubmit`)."""
+        return [str(h.get("job_id")) for h in self.record.get("history", []) if h.get("job_id")]
+
+    @property
     def executor(self) -> str:
         return self.record.get("executor", "dry-run")
 
@@ -126,7 +131,7 @@ def find(spec: str, root: Path | None = None) -> JobView:
     if candidate.is_dir() and (candidate / jobdir.CONFIG).exists():
         return load(candidate.resolve())
     views = all_jobs(root)
-    exact = [v for v in views if v.job_id == spec or v.folder.name == spec]
+    exact = [v for v in views if v.job_id == spec or v.folder.name == spec or spec in v.earlier_ids]
     if len(exact) == 1:
         return exact[0]
     matches = exact or [v for v in views if (v.job_id or "").startswith(spec) or v.folder.name.startswith(spec)]

@@ -88,6 +88,7 @@ def draw(runs: list[Run], out: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True, layout="constrained")
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -107,6 +108,7 @@ def draw(runs: list[Run], out: Path) -> Path:
             ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes, color="grey")
     for ax in axes[1]:
         ax.set_xlabel("optimizer step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     axes[0][1].ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     axes[0][0].legend(fontsize="small")
     fig.suptitle("ft: " + ", ".join(run.label for run in runs[:4]) + (" …" if len(runs) > 4 else ""))

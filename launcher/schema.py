@@ -138,6 +138,12 @@ class DataConfig(_Section):
         description="Pack several examples into one row of max_seq_length, with no attention "
         "across examples.",
     )
+    group_by_length: bool = Field(
+        True,
+        description="Sort each global batch by length before splitting it into micro batches, "
+        "so each pads little. Same samples per step, same loss up to rounding; pays with "
+        "gradient accumulation (more than one micro batch per rank and step).",
+    )
     shuffle: bool = Field(True, description="Shuffle training records each epoch (seeded).")
     prompt_template: str | None = Field(
         None,

@@ -11,6 +11,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The `slurm_cluster` fixture (tests/slurm_cluster.py) for every test module that asks for it.
+pytest_plugins = ("slurm_cluster",)
+
 
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch):

@@ -39,6 +39,19 @@ def one_process():
         os.environ.update(saved)
 
 
+@contextlib.contextmanager
+def one_thread():
+    """Tiny models run fastest on one thread: on a busy two-core machine a second one only spins."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def train_job(home: Path, name: str, *presets: dict, **sections) -> Path:
     """Train a tiny job into `home/jobs/name` (a job folder, as `ft submit` makes them)."""
     from trainer.train import run

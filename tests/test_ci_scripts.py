@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from slurm_cluster import NODES, node_states, slurm_cluster  # noqa: F401  (fixture)
+from slurm_cluster import NODES, node_states
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = [ROOT / ".ci" / "run", *sorted((ROOT / "scripts").glob("*.sh"))]

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from trainer_helpers import clean_env, launch, start, tiny_job, train_losses, write_config
+from trainer_helpers import launch, start, tiny_job, train_losses, write_config
 
 pytestmark = pytest.mark.train
 

@@ -6,7 +6,7 @@ import json
 import shutil
 
 import pytest
-from post_helpers import metrics, run_ft, train_job, write_records
+from post_helpers import metrics, one_thread, run_ft, train_job, write_records
 
 from launcher import checkpoints
 from launcher.errors import UserError
@@ -72,7 +72,8 @@ def jobs(tmp_path_factory):
     val = write_records(home / "val.jsonl", 6)
     # Validation on a file of its own, every record (limit_val_batches null): the figure to match.
     data = {"val_path": str(val)}
-    return {"lora": train_job(home, "lora", data=data), "sft": train_job(home, "sft", peft=None, data=data), "val": val}
+    with one_thread():  # for the whole module: its tests run these models too
+        yield {"lora": train_job(home, "lora", data=data), "sft": train_job(home, "sft", peft=None, data=data), "val": val}
 
 
 @pytest.mark.train
@@ -81,7 +82,7 @@ def test_loss_reproduces_the_jobs_last_validation(jobs, kind):
     from trainer.evaluate import evaluate
 
     ckpt = checkpoints.resolve(str(jobs[kind]))
-    result = evaluate(ckpt, str(jobs["val"]))
+    result = evaluate(ckpt, str(jobs["val"]), answers=False)
     last = [m for m in metrics(jobs[kind]) if "val_loss" in m][-1]
     assert result["format"] == "squad"  # from the job's config
     assert result["examples"] == 6 and result["answer_tokens"] == last["val_tokens"]
@@ -119,7 +120,10 @@ def test_cli_table_and_json(jobs):
     code, stdout, stderr = run_ft("eval", str(jobs["lora"]), "--data", str(jobs["val"]), "--limit", "3")
     assert code == 0, stderr
     assert "loss" in stdout and "exact match" in stdout and "F1" in stdout
-    code, stdout, stderr = run_ft("eval", str(jobs["sft"]), "--data", str(jobs["val"]), "--json")
+    code, stdout, stderr = run_ft("eval", str(jobs["sft"]), "--data", str(jobs["val"]), "--json", "--max-new-tokens", "4")
     assert code == 0, stderr
     result = json.loads(stdout)
     assert {"loss", "perplexity", "exact_match", "f1", "answer_tokens"} <= result.keys()
+    code, stdout, stderr = run_ft("eval", str(jobs["sft"]), "--data", str(jobs["val"]), "--json", "--loss-only")
+    assert code == 0, stderr
+    assert "exact_match" not in json.loads(stdout)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 torch = pytest.importorskip("torch")
-from post_helpers import PROMPT, run_ft, train_job
+from post_helpers import PROMPT, one_thread, run_ft, train_job
 
 from launcher import checkpoints
 from launcher.errors import UserError
@@ -15,8 +15,9 @@ pytestmark = pytest.mark.train
 
 @pytest.fixture(scope="module")
 def jobs(tmp_path_factory):
-    home = tmp_path_factory.mktemp("home")
-    return {"lora": train_job(home, "lora"), "sft": train_job(home, "sft", peft=None)}
+    with one_thread():  # for the whole module: its tests run these models too
+        home = tmp_path_factory.mktemp("home")
+        yield {"lora": train_job(home, "lora"), "sft": train_job(home, "sft", peft=None)}
 
 
 def _reference(model, tokenizer, max_new_tokens):

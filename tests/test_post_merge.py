@@ -7,7 +7,7 @@ import json
 import pytest
 
 torch = pytest.importorskip("torch")
-from post_helpers import PROMPT, run_ft, train_job
+from post_helpers import PROMPT, one_thread, run_ft, train_job
 
 from launcher import checkpoints
 from launcher.errors import UserError
@@ -20,9 +20,10 @@ JOB = "20260101-000000-tiny-lora-0a0a0a"
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
-    home = tmp_path_factory.mktemp("home")
-    train_job(home, JOB)
-    return home
+    with one_thread():  # for the whole module: its tests run these models too
+        home = tmp_path_factory.mktemp("home")
+        train_job(home, JOB)
+        yield home
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from slurm_cluster import job_fields, slurm_cluster, wait_for_job  # noqa: F401  (fixture)
+from slurm_cluster import job_fields, wait_for_job
 
 pytestmark = [pytest.mark.slurm, pytest.mark.train]
 

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from slurm_cluster import (  # noqa: F401  (slurm_cluster is a fixture)
+from slurm_cluster import (
     sbatch,
-    slurm_cluster,
     wait_for_file,
     wait_for_job,
     wait_for_state,

@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from slurm_cluster import slurm_cluster, wait_for_job  # noqa: F401  (fixture)
+from slurm_cluster import job_fields, wait_for_job
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.slurm, pytest.mark.train]
@@ -131,3 +132,43 @@ def test_fifty_concurrent_submissions_are_distinct(slurm_cluster, isolated_home)
     finally:
         if ids:
             subprocess.run(["scancel", *ids], check=False)
+
+
+def test_resubmit_continues_in_the_same_folder_and_follow_reads_the_log(slurm_cluster, ft):
+    job_id, folder = submit(ft)
+    follow = ft("logs", job_id, "-f")  # returns once the job has ended
+    assert follow.returncode == 0 and "step 6 |" in follow.stdout
+    assert_trained(folder, job_id, tasks=1)
+    again = ft("resubmit", job_id, "trainer.max_steps=9")
+    assert again.returncode == 0, again.stderr
+    new_id = again.stdout.split("Submitted batch job ")[1].split()[0]
+    state, _ = wait_for_job(new_id, timeout=240)
+    log = "\n".join(p.read_text() for p in (folder / "logs").glob("*.out"))
+    assert state == "COMPLETED", log
+    assert "resumed from" in log and "step-000006" in log and "step 9 |" in log
+    record = json.loads((folder / "submission.json").read_text())
+    assert record["job_id"] == new_id and record["history"][0]["job_id"] == job_id
+    old = ft("status", job_id)  # the id a user remembers still finds the folder
+    assert old.returncode == 0 and str(folder) in old.stdout and new_id in old.stdout
+
+
+def test_sweep_runs_as_one_array_and_after_waits(slurm_cluster, ft):
+    job_id, folder = submit(ft, "--sweep", "optim.lr=1e-3,3e-3")
+    fields = wait_for_job(job_id, timeout=240)[1]
+    exits = [folder / "tasks" / str(task) / "events.jsonl" for task in (0, 1)]
+    deadline = time.time() + 240
+    while time.time() < deadline and not all(p.is_file() and '"exit"' in p.read_text() for p in exits):
+        time.sleep(1)
+    for task in (0, 1):
+        run = folder / "tasks" / str(task)
+        lr = 1e-3 if task == 0 else 3e-3
+        assert f"lr: {lr}" in (run / "config.yaml").read_text()
+        assert (run / "checkpoints" / "latest").is_file(), list((folder / "logs").iterdir())
+        assert [json.loads(l)["event"] for l in (run / "events.jsonl").read_text().splitlines()] == ["start", "exit"]
+    assert "ArrayJobId" in fields
+    first, _ = submit(ft, "slurm.extra.hold=null")
+    second, _ = submit(ft, "--after", first)
+    assert job_fields(second)["Dependency"].startswith(f"afterok:{first}")
+    busy = ft("resubmit", first)
+    assert busy.returncode == 2 and "still PENDING" in busy.stderr and f"ft cancel {first}" in busy.stderr
+    subprocess.run(["scancel", first, second], check=False)

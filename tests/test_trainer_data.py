@@ -310,3 +310,18 @@ def test_every_rank_and_micro_batch_together_cover_the_global_batch(n, step, lay
     expected = sorted(int(s.input_ids[0]) for s in D.StepBatches(samples, 8, 8, 1, 0, 5, True).global_batch_samples(step))
     seen = sorted(i for r in range(dp) for mb in ids_of(D.StepBatches(samples, 8, micro, dp, r, 5, True).micro_batches(step)) for i in mb)
     assert seen == expected
+
+
+def test_length_grouping_sorts_within_the_global_batch_only():
+    samples = [_sample([i] * (1 + (i * 7) % 13), [i] * (1 + (i * 7) % 13)) for i in range(40)]
+    for micro, dp in [(2, 1), (2, 2), (1, 4)]:
+        plans = [D.StepBatches(samples, 16, micro, dp, r, seed=3, shuffle=True) for r in range(dp)]
+        plain = D.StepBatches(samples, 16, micro, dp, 0, seed=3, shuffle=True, group_by_length=False)
+        for step in (0, 1, 3):  # step 3 is in the second epoch
+            rounds = list(zip(*[p.micro_batches(step) for p in plans]))  # (rank 0's mb, rank 1's mb, ...) per round
+            dealt = [s for r in rounds for mb in r for s in mb]
+            assert [len(s) for s in dealt] == sorted(len(s) for s in plain.global_batch_samples(step))
+            assert sorted(int(s.input_ids[0]) for s in dealt) == sorted(int(s.input_ids[0]) for s in plain.global_batch_samples(step))
+    again = D.StepBatches(samples, 16, 2, 1, 0, seed=3, shuffle=True)
+    first = D.StepBatches(samples, 16, 2, 1, 0, seed=3, shuffle=True)
+    assert ids_of(again.micro_batches(2)) == ids_of(first.micro_batches(2))  # a pure function of the step

@@ -94,6 +94,28 @@ def test_micro_1_x_accum_4_equals_micro_4_x_accum_1(tmp_path):
     assert_same_tensors(w1, w4, exact=False)
 
 
+@pytest.mark.parametrize("method", ["lora", "sft"])
+def test_length_grouped_micro_batches_train_like_the_plain_order(tmp_path, method):
+    """Grouping by length changes which samples share a micro batch, not the step's loss or gradient."""
+    lengths = [len(s) for s in _tiny_samples()]
+    assert len(set(lengths)) > 4  # variable lengths, or this test would show nothing
+    runs = {}
+    for grouped in (False, True):
+        raw = tiny_job(data={"global_batch_size": 8, "micro_batch_size": 2, "group_by_length": grouped},
+                       trainer={"max_steps": 3}, peft=None if method == "sft" else {})
+        assert train(tmp_path / str(grouped), raw) == EXIT_OK
+        runs[grouped] = [r for r in read_metrics(tmp_path / str(grouped)) if "loss" in r]
+    for key in ("loss", "grad_norm"):
+        assert [r[key] for r in runs[True]] == pytest.approx([r[key] for r in runs[False]], rel=1e-5)
+
+
+def _tiny_samples():
+    from trainer.data import Stats, tokenize
+    from trainer_helpers import tiny_tokenizer
+
+    return tokenize(read_records("ft:tiny_qa.jsonl"), "squad", tiny_tokenizer(), 64, None, Stats())
+
+
 @pytest.mark.parametrize("method, signum", [("lora", signal.SIGUSR1), ("sft", signal.SIGTERM)], ids=["lora-USR1", "sft-TERM"])
 def test_preemption_checkpoints_exits_75_and_resumes_exactly(tmp_path, method, signum):
     """Preempted at step 3 and requeued == never interrupted: same losses, bit-identical weights."""

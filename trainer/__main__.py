@@ -2,7 +2,7 @@
 
     python -m trainer --config JOB_DIR/config.yaml
 
-Outputs go to the config's folder (or $FT_JOB_DIR). Exit status: 0 done, 2 a problem with the
+Outputs go to the config's folder (for a sweep, each array task's own tasks/<i>/). Exit status: 0 done, 2 a problem with the
 config or data (message on stderr, no traceback), 75 stopped by SIGUSR1/SIGTERM after writing
 a checkpoint (requeue to resume).
 """
@@ -10,7 +10,6 @@ a checkpoint (requeue to resume).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -43,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         job = load_job(args.config)
-        job_dir = Path(os.environ.get("FT_JOB_DIR") or Path(args.config).resolve().parent)
+        job_dir = Path(args.config).resolve().parent
         from .train import run  # torch is imported only once the config is known to be good
 
         return run(job, job_dir)

@@ -32,8 +32,9 @@ _SAMPLES_SHOWN = 5
 
 
 def evaluate(ckpt: Checkpoint, data_path: str, fmt: str | None = None, limit: int | None = None,
-             max_new_tokens: int = 32) -> dict[str, Any]:
-    """`ft eval`: a dict of the figures (what `--json` prints)."""
+             max_new_tokens: int = 32, answers: bool = True) -> dict[str, Any]:
+    """`ft eval`: a dict of the figures (what `--json` prints); `answers=False` skips SQuAD's
+    generation (the slow part) and scores the loss only."""
     job_data = ckpt.job_config.get("data") or {}
     fmt = fmt or job_data.get("format")
     if fmt not in FORMATS:
@@ -69,7 +70,7 @@ def evaluate(ckpt: Checkpoint, data_path: str, fmt: str | None = None, limit: in
         "loss": loss_sum / tokens,
         "perplexity": math.exp(min(loss_sum / tokens, 700)),
     }
-    if fmt == "squad":
+    if fmt == "squad" and answers:
         result.update(squad_scores(model, tokenizer, records, template, max_new_tokens, micro_batch))
     return result
 

@@ -68,7 +68,8 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
     tokenizer = load_tokenizer(job)
     dataset = data.load(job.data, tokenizer, seed)
     batches = data.StepBatches(
-        dataset.train, job.data.global_batch_size, job.data.micro_batch_size, env.world_size, env.rank, seed, job.data.shuffle
+        dataset.train, job.data.global_batch_size, job.data.micro_batch_size, env.world_size, env.rank, seed,
+        job.data.shuffle, job.data.group_by_length,
     )
     total_steps = job.trainer.max_steps or job.trainer.num_epochs * batches.steps_per_epoch
 
