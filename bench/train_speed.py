@@ -385,7 +385,7 @@ def main() -> None:
     args.model = args.model or ("quick" if q else "cpu")
     args.seq = args.seq or (96 if q else 510)
     args.min_len = args.min_len or (24 if q else 100)
-    args.steps = args.steps or (3 if q else 12)
+    args.steps = args.steps or (3 if q else 5)
     args.global_batch = args.global_batch or (8 if q else 32)
     args.micro_batch = args.micro_batch or (4 if q else 8)
     args.val_records = args.val_records or (8 if q else 64)

@@ -298,13 +298,14 @@ def _checkpoint(spec: str):
 
 def _training_stack():
     """Import what merge/generate/eval need, or say how to get it; quiet the libraries' chatter."""
+    import importlib
     import warnings
 
     from launcher.errors import UserError
 
     try:
-        import peft  # noqa: F401
-        import torch  # noqa: F401
+        for name in ("torch", "peft"):
+            importlib.import_module(name)
         import transformers
     except ImportError as err:
         raise UserError(f"this command loads the model, which needs torch, transformers and peft ({err})",
@@ -357,7 +358,8 @@ def generate_cmd(
 @app.command("eval")
 def eval_cmd(
     ckpt: str = CkptArg,
-    data: str = typer.Option(..., "--data", help="A .json/.jsonl file (or ft:NAME, a file ft ships)."),
+    data: str = typer.Option(..., "--data", help="A .json/.jsonl file, ft:NAME (a file ft ships) or a hub dataset."),
+    split: str = typer.Option("validation", "--split", help="Split of a hub dataset."),
     fmt: Optional[str] = typer.Option(None, "--format", help="squad, alpaca or jsonl (default: the job's data.format)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N records."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="SQuAD: longest answer generated."),
@@ -371,7 +373,7 @@ def eval_cmd(
     _training_stack()
     from trainer.evaluate import evaluate
 
-    result = evaluate(checkpoint, data, fmt, limit, max_new_tokens, answers=not loss_only)
+    result = evaluate(checkpoint, data, fmt, limit, max_new_tokens, answers=not loss_only, split=split)
     if as_json:
         print(json.dumps(result, indent=2))
         return

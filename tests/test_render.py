@@ -23,8 +23,9 @@ UPDATE = "FT_UPDATE_GOLDEN"
 
 def normalised(text: str) -> str:
     """Machine-specific paths replaced, so golden copies compare anywhere."""
-    return (text.replace(str(paths.package_dir("trainer").parent), "<FT>")
-                .replace(sys.executable, "<PYTHON>"))
+    # The interpreter first: in CI it lives inside the checkout (.venv-ci).
+    return (text.replace(sys.executable, "<PYTHON>")
+                .replace(str(paths.package_dir("trainer").parent), "<FT>"))
 
 
 @pytest.mark.parametrize("info", config.list_factories(), ids=lambda i: i.name)

@@ -32,9 +32,9 @@ _SAMPLES_SHOWN = 5
 
 
 def evaluate(ckpt: Checkpoint, data_path: str, fmt: str | None = None, limit: int | None = None,
-             max_new_tokens: int = 32, answers: bool = True) -> dict[str, Any]:
+             max_new_tokens: int = 32, answers: bool = True, split: str = "validation") -> dict[str, Any]:
     """`ft eval`: a dict of the figures (what `--json` prints); `answers=False` skips SQuAD's
-    generation (the slow part) and scores the loss only."""
+    generation (the slow part) and scores the loss only. `split` applies to hub datasets."""
     job_data = ckpt.job_config.get("data") or {}
     fmt = fmt or job_data.get("format")
     if fmt not in FORMATS:
@@ -48,7 +48,7 @@ def evaluate(ckpt: Checkpoint, data_path: str, fmt: str | None = None, limit: in
         raise UserError("--limit must be at least 1")
 
     try:
-        records = data.read_records(data_path)[:limit]
+        records = data.read_records(data_path, split)[:limit]
         tokenizer = load_tokenizer(ckpt)
         stats = data.Stats(records=len(records))
         samples = data.tokenize(records, fmt, tokenizer, max_len, template, stats)
