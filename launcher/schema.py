@@ -144,6 +144,12 @@ class DataConfig(_Section):
         "so each pads little. Same samples per step, same loss up to rounding; pays with "
         "gradient accumulation (more than one micro batch per rank and step).",
     )
+    padding_free: bool = Field(
+        True,
+        description="Run each micro batch as one row, its examples end to end, attention kept "
+        "within each example: no compute on padding. Same loss as the padded layout up to "
+        "rounding. Needs sdpa or flash_attention_2 (eager pads).",
+    )
     shuffle: bool = Field(True, description="Shuffle training records each epoch (seeded).")
     prompt_template: str | None = Field(
         None,

@@ -90,6 +90,46 @@ def test_packed_row_equals_each_example_alone(attn):
     torch.testing.assert_close(padded_loss, alone_loss, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kv_heads", [4, 2])  # 2: grouped-query attention
+def test_padding_free_row_gives_the_padded_loss_and_gradients(kv_heads):
+    from trainer import attention
+
+    examples = _examples()
+    examples.append(D.pack(_examples()[:2], max_len=64)[0])  # a packed row inside a micro batch
+    whole = torch.randint(3, 384, (6,), dtype=torch.int32)
+    examples.append(D.Sample(whole, whole.clone(), (6,)))  # loss on every token, the first included
+
+    def loss_and_grads(attn, padding_free):
+        model = tiny_llama(attn, num_key_value_heads=kv_heads)
+        loss = M.CausalLMLoss(model)(**D.collate(examples, 0, "sdpa", padding_free=padding_free))
+        loss.backward()
+        return loss.detach(), [p.grad for p in model.parameters()]
+
+    padded_loss, padded_grads = loss_and_grads("sdpa", padding_free=False)
+    free_loss, free_grads = loss_and_grads(attention.register(), padding_free=True)
+    torch.testing.assert_close(free_loss, padded_loss, atol=1e-5, rtol=1e-5)
+    for free, padded in zip(free_grads, padded_grads, strict=True):
+        torch.testing.assert_close(free, padded, atol=1e-5, rtol=1e-4)
+
+
+def test_padding_free_collate_is_one_row_without_padding():
+    examples = _examples()
+    batch = D.collate(examples, 0, "sdpa", padding_free=True)
+    assert batch["input_ids"].shape == (1, 7 + 5 + 9) and batch["seq_lens"] == [7, 5, 9]
+    assert batch["position_ids"][0].tolist() == [*range(7), *range(5), *range(9)]
+    assert "attention_mask" not in batch
+    flash = D.collate(examples, 0, "flash_attention_2", padding_free=True)
+    assert "seq_lens" not in flash  # flash-attention reads the boundaries from position_ids
+    assert "seq_lens" not in D.collate(examples, 0, "eager", padding_free=True)  # eager pads
+
+
+def test_padding_free_attention_is_not_written_to_checkpoints(tmp_path):
+    from trainer import attention
+
+    tiny_llama(attention.register()).save_pretrained(tmp_path)
+    assert attention.NAME not in (tmp_path / "config.json").read_text()
+
+
 def test_loss_counts_only_answer_tokens_and_matches_the_models_own():
     model = tiny_llama()
     examples = _examples()

@@ -94,19 +94,23 @@ def test_micro_1_x_accum_4_equals_micro_4_x_accum_1(tmp_path):
     assert_same_tensors(w1, w4, exact=False)
 
 
+@pytest.mark.parametrize("option", ["group_by_length", "padding_free"])
 @pytest.mark.parametrize("method", ["lora", "sft"])
-def test_length_grouped_micro_batches_train_like_the_plain_order(tmp_path, method):
-    """Grouping by length changes which samples share a micro batch, not the step's loss or gradient."""
+def test_batch_layouts_train_like_the_plain_padded_order(tmp_path, method, option):
+    """Grouping by length changes which samples share a micro batch, padding-free collation how
+    they are laid out; neither changes the step's loss or gradient."""
     lengths = [len(s) for s in _tiny_samples()]
     assert len(set(lengths)) > 4  # variable lengths, or this test would show nothing
     runs = {}
-    for grouped in (False, True):
-        raw = tiny_job(data={"global_batch_size": 8, "micro_batch_size": 2, "group_by_length": grouped},
+    for on in (False, True):
+        layout = {"group_by_length": False, "padding_free": False, option: on}
+        raw = tiny_job(data={"global_batch_size": 8, "micro_batch_size": 2, **layout},
                        trainer={"max_steps": 3}, peft=None if method == "sft" else {})
-        assert train(tmp_path / str(grouped), raw) == EXIT_OK
-        runs[grouped] = [r for r in read_metrics(tmp_path / str(grouped)) if "loss" in r]
-    for key in ("loss", "grad_norm"):
-        assert [r[key] for r in runs[True]] == pytest.approx([r[key] for r in runs[False]], rel=1e-5)
+        assert train(tmp_path / str(on), raw) == EXIT_OK
+        runs[on] = [r for r in read_metrics(tmp_path / str(on)) if "loss" in r or "val_loss" in r]
+    for key in ("loss", "grad_norm", "val_loss"):
+        plain = [r[key] for r in runs[False] if key in r]
+        assert plain and [r[key] for r in runs[True] if key in r] == pytest.approx(plain, rel=1e-5)
 
 
 def _tiny_samples():

@@ -469,19 +469,46 @@ def val_batches(samples: list[Sample], micro_batch: int, dp_size: int, rank: int
     return [(mine[i], True) if i < len(mine) else (filler, False) for i in range(rounds)]
 
 
+def collate_padding_free(samples: list[Sample], attn_implementation: str = "sdpa",
+                         device: torch.device | str = "cpu") -> dict:
+    """The micro batch as one row, its examples end to end: no pad token anywhere.
+
+    Position ids restart per example. For sdpa the examples' lengths travel as `seq_lens`
+    (attention runs per example: `trainer.attention`); flash-attention reads the same
+    boundaries from the position ids. Each example's first label is masked: in one row it
+    would be predicted from the previous example's last token, and in a padded row it is
+    never predicted at all (nothing precedes it), so the loss is the same.
+    """
+    seq_lens = [n for s in samples for n in s.seq_lens]
+    input_ids = torch.cat([s.input_ids for s in samples]).long()
+    labels = torch.cat([s.labels for s in samples]).long()
+    starts = torch.tensor([0, *seq_lens[:-1]]).cumsum(0)
+    labels[starts] = IGNORE_INDEX
+    position_ids = torch.cat([torch.arange(n) for n in seq_lens])
+    batch = {k: v[None].to(device, non_blocking=True)
+             for k, v in (("input_ids", input_ids), ("labels", labels), ("position_ids", position_ids))}
+    if not attn_implementation.startswith("flash"):
+        batch["seq_lens"] = seq_lens
+    return batch
+
+
 def collate(
     samples: list[Sample],
     pad_id: int,
     attn_implementation: str = "sdpa",
     mask_dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    padding_free: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Pad to the longest row in this micro batch (not to max_seq_length), on `device`.
 
     Packed rows get position ids that restart per example and a block-diagonal causal mask;
     flash-attention reads the example boundaries from the position ids instead. Padding at a
     row's end is its own block, so no query row is fully masked (softmax of nothing is NaN).
+    `padding_free` (not with eager attention): `collate_padding_free` instead.
     """
+    if padding_free and attn_implementation != "eager":
+        return collate_padding_free(samples, attn_implementation, device)
     longest = max(len(s) for s in samples)
     input_ids = torch.full((len(samples), longest), pad_id, dtype=torch.long)
     labels = torch.full((len(samples), longest), IGNORE_INDEX, dtype=torch.long)

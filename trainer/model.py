@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import ConfigError
+from . import ConfigError, attention
 from .data import IGNORE_INDEX, shipped_file
 from .dist import DistEnv
 
@@ -81,10 +81,11 @@ class CausalLMLoss(nn.Module):
     def causal_lm(self) -> nn.Module:
         return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
 
-    def forward(self, input_ids, labels, attention_mask=None, position_ids=None) -> torch.Tensor:
+    def forward(self, input_ids, labels, attention_mask=None, position_ids=None, seq_lens=None) -> torch.Tensor:
         causal = self.causal_lm
+        extra = {} if seq_lens is None else {attention.SEQ_LENS: seq_lens}  # padding-free row
         hidden = causal.base_model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, **extra
         ).last_hidden_state
         targets = labels[:, 1:]
         keep = targets != IGNORE_INDEX
@@ -206,6 +207,14 @@ def model_config(job):
     return config
 
 
+def attn_implementation(job) -> str:
+    """What the model is built with: ft's padding-free sdpa (`trainer.attention`) when the
+    data are collated padding-free, otherwise `model.attn_implementation` itself."""
+    if job.data.padding_free and job.model.attn_implementation == "sdpa":
+        return attention.register()
+    return job.model.attn_implementation
+
+
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
     """The repeated blocks (what transformers itself never splits across devices)."""
     names = set(getattr(model, "_no_split_modules", None) or [])
@@ -236,7 +245,7 @@ def build(job, env: DistEnv, device: torch.device, tokenizer, base_dir: Path | N
         raise ConfigError(
             f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {config.vocab_size}"
         )
-    common = dict(dtype=param_dtype, attn_implementation=job.model.attn_implementation)
+    common = dict(dtype=param_dtype, attn_implementation=attn_implementation(job))
 
     if job.model.meta_init:
         with _parameters_on_meta():

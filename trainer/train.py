@@ -147,7 +147,8 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
             if built.sharded:
                 # Reduce-scatter only after the last micro batch; until then grads accumulate locally.
                 model.set_requires_gradient_sync(i == len(micro_batches) - 1)
-            batch = data.collate(samples, tokenizer.pad_token_id, job.model.attn_implementation, built.compute_dtype, device)
+            batch = data.collate(samples, tokenizer.pad_token_id, job.model.attn_implementation, built.compute_dtype, device,
+                                 job.data.padding_free)
             loss = model(**batch)
             (loss * (grad_scale / answer_tokens)).backward()
             loss_sum += loss.detach()
@@ -214,7 +215,8 @@ def evaluate(built, samples, job, env, device, pad_id) -> tuple[float, int]:
         for batch_samples, counts in data.val_batches(
             samples, job.data.micro_batch_size, env.world_size, env.rank, job.trainer.limit_val_batches
         ):
-            batch = data.collate(batch_samples, pad_id, job.model.attn_implementation, built.compute_dtype, device)
+            batch = data.collate(batch_samples, pad_id, job.model.attn_implementation, built.compute_dtype, device,
+                                 job.data.padding_free)
             loss = model(**batch)
             if counts:
                 totals += torch.stack([loss.double(), torch.tensor(float(sum(s.answer_tokens for s in batch_samples)), dtype=torch.float64, device=device)])
