@@ -1,0 +1,80 @@
+"""Communication per optimizer step for ft's two parallel layouts, at 8–64 GPUs: a model, not a measurement.
+
+    python bench/comm_model.py [--tokens-per-micro 16384] [--intra 360] [--inter 40] [--tflops 400]
+
+ft runs LoRA as plain data parallelism when the model fits one GPU (one all-reduce of the
+adapter gradients per step, trainer/dist.py) and everything else with FSDP2 over all ranks
+(one flat mesh, trainer/model.py::_shard): per micro batch each decoder layer's weights are
+all-gathered for forward and again for backward (reshard after forward), and once per step
+the trained gradients are reduce-scattered in fp32 (`set_requires_gradient_sync` on the last
+micro batch only).
+
+Times use NCCL's bus bandwidth convention (nccl-tests): an all-gather or reduce-scatter of S
+bytes takes S·(n−1)/n ÷ busbw, an all-reduce twice that. A ring spanning nodes runs at the
+inter-node bandwidth per GPU (8 × 400 Gb/s NICs per 8-GPU node ≈ 50 GB/s per GPU, about 40
+achieved); within one node at NVLink's (≈ 360 GB/s achieved on H100 SXM). Compute per micro
+batch: 6·N (full) or 4·N_frozen + 6·N_lora (LoRA) FLOPs per token at --tflops achieved.
+Attention FLOPs and overlap are left out: FSDP2 prefetches the next layer's all-gather
+during compute, so a ratio below 1 means communication can hide behind compute; above 1
+means the step waits on the network.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+GB = 1e9
+
+# (name, parameters, LoRA parameters at r=8 on q,k,v,o,gate,up,down of every layer)
+MODELS = {
+    # Llama 3.1 8B: 32 layers × r·Σ(in+out) = 32 × 8 × (2·8192 + 2·5120 + 3·18432) = 20.97 M
+    "llama31_8b": (8.03e9, 20.97e6),
+    # Llama 3.1 405B: 126 layers, hidden 16384, kv 1024, intermediate 53248
+    "llama31_405b": (405.9e9, 126 * 8 * (2 * 32768 + 2 * 17408 + 3 * 69632)),
+}
+
+
+def per_step(model: str, method: str, gpus: int, micro_batches: int, args) -> dict:
+    params, lora = MODELS[model]
+    bw = (args.intra if gpus <= 8 else args.inter) * GB
+    share = (gpus - 1) / gpus
+    if method == "lora-dp":  # whole model on every GPU, adapters all-reduced once per step in fp32
+        moved = 2 * 4 * lora * share
+        flops = (4 * (params - lora) + 6 * lora) * args.tokens_per_micro
+    elif method == "lora-fsdp2":  # frozen bf16 base sharded: gathered twice per micro batch
+        moved = micro_batches * 2 * 2 * params * share + 4 * lora * share
+        flops = (4 * (params - lora) + 6 * lora) * args.tokens_per_micro
+    else:  # sft-fsdp2: bf16 gathers twice per micro batch, fp32 gradients reduce-scattered per step
+        moved = micro_batches * 2 * 2 * params * share + 4 * params * share
+        flops = 6 * params * args.tokens_per_micro
+    # Weights and training state resident per GPU (activations and gathered layers on top).
+    state = {"lora-dp": 2 * params + 16 * lora, "lora-fsdp2": (2 * params + 16 * lora) / gpus,
+             "sft-fsdp2": 16 * params / gpus}[method]  # fp32 master + grad + 2 Adam moments = 16 B
+    comm_s = moved / bw
+    compute_s = micro_batches * flops / (args.tflops * 1e12)
+    return {"state_gb": state / GB, "moved_gb": moved / GB, "comm_s": comm_s, "compute_s": compute_s,
+            "ratio": comm_s / compute_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens-per-micro", type=int, default=16384, help="tokens per GPU per micro batch")
+    parser.add_argument("--micro-batches", type=int, default=4, help="micro batches per GPU per step")
+    parser.add_argument("--intra", type=float, default=360, help="GB/s bus bandwidth within a node")
+    parser.add_argument("--inter", type=float, default=40, help="GB/s bus bandwidth per GPU across nodes")
+    parser.add_argument("--tflops", type=float, default=400, help="achieved bf16 TFLOP/s per GPU")
+    args = parser.parse_args()
+    print(f"{args.micro_batches} micro batches × {args.tokens_per_micro} tokens per GPU per step; "
+          f"busbw {args.intra:g} GB/s in a node, {args.inter:g} GB/s across; {args.tflops:g} TFLOP/s achieved\n")
+    print("| model | layout | GPUs | state GB/GPU | GB moved per GPU per step | comm ms | compute ms | comm ÷ compute |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    cases = [("llama31_8b", "lora-dp"), ("llama31_8b", "sft-fsdp2"), ("llama31_405b", "lora-fsdp2")]
+    for model, method in cases:
+        for gpus in (8, 16, 32, 64):
+            r = per_step(model, method, gpus, args.micro_batches, args)
+            print(f"| {model} | {method} | {gpus} | {r['state_gb']:.0f} | {r['moved_gb']:.2f} | {r['comm_s'] * 1e3:.1f} "
+                  f"| {r['compute_s'] * 1e3:.0f} | {r['ratio']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
