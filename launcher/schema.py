@@ -186,7 +186,11 @@ class TrainerConfig(_Section):
         "auto",
         description="`auto`: data parallel for LoRA, FSDP2 (fully_shard per decoder layer) for SFT.",
     )
-    compile: bool = Field(False, description="torch.compile the model.")
+    compile: bool = Field(
+        False,
+        description="torch.compile each decoder layer. Micro batches change shape from step to "
+        "step, so expect recompiles early on; measure before relying on it (docs/benchmarks.md).",
+    )
     tensorboard: bool = Field(False, description="Also write TensorBoard events (when installed).")
     wandb_project: str | None = Field(None, description="Also log to this W&B project (when installed).")
 

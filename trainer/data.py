@@ -310,6 +310,14 @@ def tokenize(records: list[Record], fmt: str, tokenizer, max_len: int, template:
     return samples
 
 
+def concat(samples: list[Sample]) -> Sample:
+    """One row of `samples` end to end, each example's first label masked (see `pack`)."""
+    seq_lens = tuple(n for s in samples for n in s.seq_lens)
+    labels = torch.cat([s.labels for s in samples])
+    labels[torch.tensor([0, *seq_lens[:-1]]).cumsum(0)] = IGNORE_INDEX
+    return Sample(torch.cat([s.input_ids for s in samples]), labels, seq_lens)
+
+
 def pack(samples: list[Sample], max_len: int) -> list[Sample]:
     """Concatenate examples, in order, into rows of at most `max_len` tokens.
 
@@ -321,12 +329,7 @@ def pack(samples: list[Sample], max_len: int) -> list[Sample]:
 
     def flush() -> None:
         if current:
-            labels = torch.cat([s.labels for s in current])
-            start = 0
-            for s in current:
-                labels[start] = IGNORE_INDEX
-                start += len(s)
-            rows.append(Sample(torch.cat([s.input_ids for s in current]), labels, tuple(len(s) for s in current)))
+            rows.append(concat(current))
             current.clear()
 
     used = 0
@@ -479,16 +482,12 @@ def collate_padding_free(samples: list[Sample], attn_implementation: str = "sdpa
     would be predicted from the previous example's last token, and in a padded row it is
     never predicted at all (nothing precedes it), so the loss is the same.
     """
-    seq_lens = [n for s in samples for n in s.seq_lens]
-    input_ids = torch.cat([s.input_ids for s in samples]).long()
-    labels = torch.cat([s.labels for s in samples]).long()
-    starts = torch.tensor([0, *seq_lens[:-1]]).cumsum(0)
-    labels[starts] = IGNORE_INDEX
-    position_ids = torch.cat([torch.arange(n) for n in seq_lens])
-    batch = {k: v[None].to(device, non_blocking=True)
-             for k, v in (("input_ids", input_ids), ("labels", labels), ("position_ids", position_ids))}
+    row = concat(samples)
+    position_ids = torch.cat([torch.arange(n) for n in row.seq_lens])
+    batch = {k: v.long()[None].to(device, non_blocking=True)
+             for k, v in (("input_ids", row.input_ids), ("labels", row.labels), ("position_ids", position_ids))}
     if not attn_implementation.startswith("flash"):
-        batch["seq_lens"] = seq_lens
+        batch["seq_lens"] = list(row.seq_lens)
     return batch
 
 
