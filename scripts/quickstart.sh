@@ -9,4 +9,4 @@ python3 -m venv .venv
 # Pin torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
 .venv/bin/pip install -q torch==2.13.0
 .venv/bin/pip install -q ".[train]"
-exec .venv/bin/ft submit --factory tiny --executor local "$@"
+exec .venv/bin/ft submit --factory tiny --executor local --yes "$@"
