@@ -113,6 +113,18 @@ def test_batch_layouts_train_like_the_plain_padded_order(tmp_path, method, optio
         assert plain and [r[key] for r in runs[True] if key in r] == pytest.approx(plain, rel=1e-5)
 
 
+def test_compiled_layers_train_like_the_eager_ones(tmp_path):
+    """trainer.compile=true under FSDP2 (full SFT): the same losses and gradient norms."""
+    runs = {}
+    for compiled in (False, True):
+        raw = tiny_job(data={"global_batch_size": 8, "micro_batch_size": 4}, trainer={"max_steps": 3, "compile": compiled},
+                       peft=None)
+        assert train(tmp_path / str(compiled), raw) == EXIT_OK
+        runs[compiled] = [r for r in read_metrics(tmp_path / str(compiled)) if "loss" in r]
+    for key in ("loss", "grad_norm"):
+        assert [r[key] for r in runs[True]] == pytest.approx([r[key] for r in runs[False]], rel=1e-4)
+
+
 def _tiny_samples():
     from trainer.data import Stats, tokenize
     from trainer_helpers import tiny_tokenizer

@@ -218,7 +218,8 @@ def attn_implementation(job) -> str:
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
     """The repeated blocks (what transformers itself never splits across devices)."""
     names = set(getattr(model, "_no_split_modules", None) or [])
-    layers = [m for m in model.modules() if type(m).__name__ in names]
+    # By class ancestry: FSDP2 swaps each sharded layer's class for a subclass (FSDPLlamaDecoderLayer).
+    layers = [m for m in model.modules() if any(c.__name__ in names for c in type(m).__mro__)]
     if not layers:
         raise ConfigError(f"cannot find the decoder layers of {type(model).__name__} to shard")
     return layers
