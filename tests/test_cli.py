@@ -14,9 +14,11 @@ from launcher import jobdir
 
 
 def test_importing_the_launcher_never_imports_torch():
+    """Nor transformers, peft, matplotlib or huggingface_hub: the commands that need them import them."""
     code = ("import sys, launcher.cli, launcher.config, launcher.render, launcher.submit, launcher.local, "
-            "launcher.slurm, launcher.explain; "
-            "heavy = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]; "
+            "launcher.slurm, launcher.explain, launcher.checkpoints, launcher.plan, launcher.export, "
+            "launcher.push, launcher.plot, trainer.squad_metrics; "
+            "heavy = [m for m in ('torch', 'transformers', 'peft', 'matplotlib', 'huggingface_hub') if m in sys.modules]; "
             "print(heavy); sys.exit(bool(heavy))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
