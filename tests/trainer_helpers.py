@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from launcher.config import deep_merge
+
 REPO = Path(__file__).resolve().parent.parent
 TINY_TOKENIZER = REPO / "factories" / "data" / "tiny_tokenizer"
 TINY_QA = REPO / "factories" / "data" / "tiny_qa.jsonl"
@@ -35,16 +37,6 @@ TINY_LLAMA = {
 # Variables that would make a test process think it is one rank of a larger job.
 DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS",
              "SLURM_LOCALID", "SLURM_JOB_ID", "SLURM_JOB_NODELIST", "FT_JOB_DIR")
-
-
-def merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def tiny_job(*presets: dict, **sections) -> dict:
@@ -75,7 +67,7 @@ def tiny_job(*presets: dict, **sections) -> dict:
             if value is None or not isinstance(value, dict) or base.get(key) is None:
                 base[key] = copy.deepcopy(value)
             else:
-                base[key] = merge(base[key], value)
+                base[key] = deep_merge(base[key], copy.deepcopy(value))
     return base
 
 
