@@ -22,20 +22,27 @@ means the step waits on the network.
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from launcher import config, plan  # noqa: E402  (torch-free: the shapes `ft plan` uses)
 
 GB = 1e9
 
-# (name, parameters, LoRA parameters at r=8 on q,k,v,o,gate,up,down of every layer)
-MODELS = {
-    # Llama 3.1 8B: 32 layers × r·Σ(in+out) = 32 × 8 × (2·8192 + 2·5120 + 3·18432) = 20.97 M
-    "llama31_8b": (8.03e9, 20.97e6),
-    # Llama 3.1 405B: 126 layers, hidden 16384, kv 1024, intermediate 53248
-    "llama31_405b": (405.9e9, 126 * 8 * (2 * 32768 + 2 * 17408 + 3 * 69632)),
-}
+# (factory, layout): the recipes ft ships, counted with `ft plan`'s parameter arithmetic.
+CASES = [("llama31_8b", "lora-dp"), ("llama3_8b_sft", "sft-fsdp2"), ("llama31_405b_lora", "lora-fsdp2")]
 
 
-def per_step(model: str, method: str, gpus: int, micro_batches: int, args) -> dict:
-    params, lora = MODELS[model]
+def sizes(factory: str) -> tuple[int, int]:
+    """(parameters, LoRA parameters) of a factory's model and adapters."""
+    job = config.resolve(factory, []).job
+    dims = plan.model_dims(job)
+    return dims.params, plan.lora_params(job, dims)
+
+
+def per_step(params: int, lora: int, method: str, gpus: int, micro_batches: int, args) -> dict:
     bw = (args.intra if gpus <= 8 else args.inter) * GB
     share = (gpus - 1) / gpus
     if method == "lora-dp":  # whole model on every GPU, adapters all-reduced once per step in fp32
@@ -68,13 +75,12 @@ def main() -> None:
           f"busbw {args.intra:g} GB/s in a node, {args.inter:g} GB/s across; {args.tflops:g} TFLOP/s achieved\n")
     print("| model | layout | GPUs | state GB/GPU | GB moved per GPU per step | comm ms | compute ms | comm ÷ compute |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
-    cases = [("llama31_8b", "lora-dp"), ("llama31_8b", "sft-fsdp2"), ("llama31_405b", "lora-fsdp2")]
-    for model, method in cases:
+    for factory, method in CASES:
+        params, lora = sizes(factory)
         for gpus in (8, 16, 32, 64):
-            r = per_step(model, method, gpus, args.micro_batches, args)
-            print(f"| {model} | {method} | {gpus} | {r['state_gb']:.0f} | {r['moved_gb']:.2f} | {r['comm_s'] * 1e3:.1f} "
+            r = per_step(params, lora, method, gpus, args.micro_batches, args)
+            print(f"| {factory} | {method} | {gpus} | {r['state_gb']:.0f} | {r['moved_gb']:.2f} | {r['comm_s'] * 1e3:.1f} "
                   f"| {r['compute_s'] * 1e3:.0f} | {r['ratio']:.3f} |")
-
 
 if __name__ == "__main__":
     main()
