@@ -142,7 +142,7 @@ def prepare(args, work: Path) -> dict:
 
 def ft_job(spec: dict, method: str):
     """The launcher.schema.Job ft runs (and whose data pipeline the baseline reuses)."""
-    from launcher.schema import Job
+    from ftcore.schema import Job
 
     gpu = spec["device"] == "cuda"
     raw = {

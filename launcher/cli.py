@@ -82,6 +82,7 @@ def show_cmd(
     profile: Optional[str] = ProfileOpt,
 ) -> None:
     """Print the fully resolved job as YAML: every field, after factory < profile < overrides."""
+    from ftcore import schema
     from launcher import config, explain as explain_mod
 
     resolved = config.resolve(factory, list(ctx.args), profile)
@@ -90,7 +91,7 @@ def show_cmd(
     else:
         import yaml
 
-        sys.stdout.write(yaml.safe_dump(config.job_to_dict(resolved.job), sort_keys=False))
+        sys.stdout.write(yaml.safe_dump(schema.job_to_dict(resolved.job), sort_keys=False))
 
 
 @app.command("submit", context_settings=_PASS_THROUGH)
@@ -106,17 +107,10 @@ def submit_cmd(
     profile: Optional[str] = ProfileOpt,
 ) -> None:
     """Resolve, validate, write the job folder, render the sbatch script and submit it."""
+    from ftcore.errors import UserError
     from launcher import submit
-    from launcher.errors import UserError
 
-    after_id = None
-    if after:
-        from launcher import jobs
-
-        after_id = jobs.find(after).job_id
-        if not after_id:
-            raise UserError(f"--after {after}: that job was never submitted to SLURM")
-    p = submit.plan(factory, list(ctx.args), profile, executor, dry_run, sweep, after_id)
+    p = submit.prepare(factory, list(ctx.args), profile, executor, dry_run, sweep, after)
     err = _console(stderr=True)
     _warn_if_it_will_not_fit(p.job, err)
     if not dry_run:
@@ -200,67 +194,23 @@ def logs_cmd(
     rank: Optional[int] = typer.Option(None, "--rank", help="Only this task's lines."),
 ) -> None:
     """The job's output; with -f, follow it until the job ends."""
-    import time
-
     from launcher import jobs
-    from launcher.errors import UserError
 
     view = jobs.find(job)
-    if view.executor == "dry-run":
-        raise UserError(f"{view.folder.name} is a dry run: it has no logs (submit it with `ft resubmit {view.folder}`)")
-    offsets: dict = {}
-
-    def drain() -> None:
-        files = jobs.log_files(view)
-        if view.executor == "local" and rank is not None:
-            files = [f for f in files if f.name == f"rank-{rank}.out"]
-        for path in files:
-            with open(path, "rb") as handle:
-                handle.seek(offsets.get(path, 0))
-                data = handle.read()
-                # Keep a partial last line for the next round.
-                cut = data.rfind(b"\n") + 1 if follow else len(data)
-                offsets[path] = offsets.get(path, 0) + cut
-            lines = data[:cut].decode(errors="replace").splitlines()
-            if view.executor == "slurm":
-                lines = jobs.select_rank(lines, rank)
-            for line in lines:
-                print(line, flush=True)
-
-    drain()
-    if not jobs.log_files(view) and not follow:
+    printed = False
+    for line in jobs.log_lines(view, rank, follow):
+        print(line, flush=True)
+        printed = True
+    if not printed and not follow:
         print(f"(no output yet in {view.folder / 'logs'})", file=sys.stderr)
-    while follow:
-        finished = jobs.is_finished(jobs.state(view))
-        drain()
-        if finished:
-            break
-        time.sleep(1)
 
 
 @app.command("cancel")
 def cancel_cmd(job: str = JobArg) -> None:
     """Cancel a pending or running job."""
-    import os
-    import signal
+    from launcher import jobs
 
-    from launcher import jobs, slurm
-    from launcher.errors import UserError
-
-    view = jobs.find(job)
-    state = jobs.state(view)
-    if jobs.is_finished(state):
-        raise UserError(f"job {view.job_id or view.folder.name} already ended ({state}): nothing to cancel")
-    if view.executor == "local":
-        # pids[0] is the process that watches the tasks and records their exit: spare it.
-        pids = view.record.get("pids", [])
-        for pid in pids[1:] or pids:
-            try:
-                os.killpg(int(pid), signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-    else:
-        slurm.scancel(view.job_id)
+    view = jobs.cancel(jobs.find(job))
     print(f"cancelled {view.job_id or view.folder.name} ({view.folder})")
 
 
@@ -291,32 +241,13 @@ DTYPE_CHOICES = ("bf16", "fp16", "fp32")
 
 
 def _checkpoint(spec: str):
-    from launcher import checkpoints
+    from launcher import locate
 
-    return checkpoints.resolve(spec)
-
-
-def _training_stack():
-    """Import what merge/generate/eval need, or say how to get it; quiet the libraries' chatter."""
-    import importlib
-    import warnings
-
-    from launcher.errors import UserError
-
-    try:
-        for name in ("torch", "peft"):
-            importlib.import_module(name)
-        import transformers
-    except ImportError as err:
-        raise UserError(f"this command loads the model, which needs torch, transformers and peft ({err})",
-                        hint="pip install 'ft[train]', or run it inside the training container") from None
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    return locate.find_checkpoint(spec)
 
 
 def _dtype(value: Optional[str]) -> Optional[str]:
-    from launcher.errors import UserError
+    from ftcore.errors import UserError
 
     if value is not None and value not in DTYPE_CHOICES:
         raise UserError(f"--dtype {value}: choose one of {', '.join(DTYPE_CHOICES)}")
@@ -332,8 +263,10 @@ def merge_cmd(
     """Fold a LoRA adapter into its base: a plain model folder AutoModelForCausalLM and vLLM load."""
     checkpoint = _checkpoint(ckpt)
     dtype = _dtype(dtype)
-    _training_stack()
-    from trainer.merge import merge
+    from fttools import require_stack
+
+    require_stack()
+    from fttools.merge import merge
 
     print(merge(checkpoint, out, dtype))
 
@@ -346,8 +279,10 @@ def generate_cmd(
 ) -> None:
     """Greedy continuation of PROMPT by a checkpoint (SFT, or base + LoRA adapter)."""
     checkpoint = _checkpoint(ckpt)
-    _training_stack()
-    from trainer.inference import generate
+    from fttools import require_stack
+
+    require_stack()
+    from fttools.inference import generate
 
     text = generate(checkpoint, prompt, max_new_tokens)
     print(text)
@@ -370,8 +305,10 @@ def eval_cmd(
     import json
 
     checkpoint = _checkpoint(ckpt)
-    _training_stack()
-    from trainer.evaluate import evaluate
+    from fttools import require_stack
+
+    require_stack()
+    from fttools.evaluate import evaluate
 
     result = evaluate(checkpoint, data, fmt, limit, max_new_tokens, answers=not loss_only, split=split)
     if as_json:
@@ -401,12 +338,12 @@ def export_cmd(
     dtype: Optional[str] = typer.Option(None, "--dtype", help="With --merge: bf16, fp16 or fp32."),
 ) -> None:
     """A folder vLLM serves (model, or LoRA adapter), with the exact `vllm serve` command."""
-    from launcher import export
+    from fttools import export, require_stack
 
     checkpoint = _checkpoint(ckpt)
     dtype = _dtype(dtype)
     if merge:
-        _training_stack()
+        require_stack()
     done = export.export(checkpoint, to, out, merge, dtype)
     err = _console(stderr=True)
     for warning in done.warnings:
@@ -425,7 +362,7 @@ def push_cmd(
     """Upload a checkpoint or export to the Hugging Face Hub (token: $HF_TOKEN only)."""
     from launcher import push
 
-    upload = push.plan(_checkpoint(ckpt), repo_id)
+    upload = push.prepare(_checkpoint(ckpt), repo_id)
     err = _console(stderr=True)
     for warning in upload.warnings:
         err.print(f"ft: warning: {warning}", markup=False)
@@ -505,7 +442,7 @@ def _print_summary(p, console) -> None:
 
 def main() -> None:
     """Entry point: user mistakes print as `ft: error: ...` with exit status 2, never a traceback."""
-    from launcher.errors import UserError
+    from ftcore.errors import UserError
 
     try:
         app()

@@ -1,4 +1,4 @@
-"""Resolve a job: factory (with its `base:` chain) < cluster profile < command-line overrides.
+"""Resolve a job: factory (with its `extends:` chain) < cluster profile < command-line overrides.
 
 Everything here works on plain dicts and is pure apart from reading YAML files; the schema
 validates the result once, at the end. Every problem found on the way is collected and
@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from launcher import paths
-from launcher.errors import UserError
-from launcher.schema import SWITCHES, Job
+from ftcore.errors import UserError
+from ftcore import schema
+from ftcore.schema import SWITCHES, Job
 
 FACTORY_PATH_ENV = "FT_FACTORY_PATH"
 PROFILE_ENV = "FT_PROFILE"
@@ -111,21 +112,31 @@ def find_factory(spec: str, relative_to: Path | None = None) -> Path:
 
 
 def load_factory(spec: str, relative_to: Path | None = None, _seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any], Path]:
-    """A factory as a plain dict with its `base:` chain merged in (base first)."""
+    """A factory as a plain dict with its `extends:` chain merged in (the parent first)."""
     path = find_factory(spec, relative_to).resolve()
     if path in _seen:
         chain = " -> ".join(str(p) for p in (*_seen, path))
-        raise UserError(f"factory `base:` chain loops: {chain}")
-    data = read_yaml(path, "factory")
-    problems = check_keys(data, source=str(path))
-    if problems:
-        raise UserError(*problems)
+        raise UserError(f"factory `extends:` chain loops: {chain}")
+    data = _layer(read_yaml(path, "factory"), str(path))
     data.setdefault("name", path.stem)
-    base = data.get("base")
-    if base:
-        parent, _ = load_factory(str(base), relative_to=path.parent, _seen=(*_seen, path))
+    parent_spec = data.get("extends")
+    if parent_spec:
+        parent, _ = load_factory(str(parent_spec), relative_to=path.parent, _seen=(*_seen, path))
         data = deep_merge(parent, data)
     return data, path
+
+
+def _layer(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """One file's settings, its keys checked and its aliases folded (before any merging)."""
+    if "base" in data and "extends" not in data:
+        raise UserError(f"{source}: `base:` is now spelled `extends:` (the factory this one builds on)")
+    problems = check_keys(data, source=source)
+    if problems:
+        raise UserError(*problems)
+    try:
+        return schema.fold_aliases(data)
+    except ValueError as err:
+        raise UserError(f"{source}: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -176,11 +187,7 @@ def load_profile(explicit: str | None = None) -> tuple[dict[str, Any], Path | No
         if named:
             raise UserError(f"cluster profile {path} does not exist")
         return {}, None
-    data = read_yaml(path, "cluster profile")
-    problems = check_keys(data, source=f"cluster profile {path}")
-    if problems:
-        raise UserError(*problems)
-    return data, path
+    return _layer(read_yaml(path, "cluster profile"), f"cluster profile {path}"), path
 
 
 # --------------------------------------------------------------------------- schema walk
@@ -346,8 +353,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[Override]) -> tuple[di
     """A copy of `data` with each valid override set in order, and a problem for each other."""
     result = deep_merge({}, data)
     problems = []
+    given: dict[str, Override] = {}
     for override in overrides:
-        parts = override.key.split(".")
+        key = schema.ALIASES.get(override.key, override.key)
+        earlier = given.setdefault(key, override)
+        if earlier.key != override.key and earlier.value != override.value:
+            problems.append(f"{earlier.text} and {override.text} set one setting to two values: give one")
+            continue
+        parts = key.split(".")
         if _field(Job, parts) is None:
             problems.append(_unknown_key(override.key, "command line"))
             continue
@@ -365,9 +378,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[Override]) -> tuple[di
             node = child
         else:
             last = parts[-1]
-            if override.key in SWITCHES and not isinstance(override.value, dict):
+            if key in SWITCHES and not isinstance(override.value, dict):
                 try:
-                    node[last] = _switch(override.key, override.value, node.get(last))
+                    node[last] = _switch(key, override.value, node.get(last))
                 except UserError as err:
                     problems.extend(err.problems)
             else:
@@ -386,36 +399,9 @@ def normalise_switches(data: dict[str, Any]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- validation
 
-_TYPE_NAMES = ("str", "int", "float", "bool", "none", "list", "dict", "tuple")
-
-
-def _location(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if not (isinstance(p, str) and p.split("[")[0] in _TYPE_NAMES)]
-    return ".".join(parts)
-
-
-def describe_errors(err: ValidationError) -> list[str]:
-    problems = []
-    for item in err.errors():
-        where = _location(item["loc"])
-        message = item["msg"].removeprefix("Value error, ")
-        message = message.replace("Input should be", "expected").replace("Field required", "required")
-        if item["type"] not in ("value_error", "missing") and "input" in item:
-            shown = item["input"]
-            message += f" (got {shown!r}, a {type(shown).__name__})"
-        problems.append(f"{where}: {message}" if where else message)
-    return list(dict.fromkeys(problems))
-
-
 def validate(data: dict[str, Any]) -> Job:
-    try:
-        return Job.model_validate(normalise_switches(data))
-    except ValidationError as err:
-        raise UserError(*describe_errors(err)) from None
-
-
-def job_to_dict(job: Job) -> dict[str, Any]:
-    return job.model_dump(mode="json")
+    """A merged dict (switch words allowed) as a Job, every problem listed at once."""
+    return schema.validate(normalise_switches(data))
 
 
 # --------------------------------------------------------------------------- resolve

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from launcher.config import _is_model, _unwrap
-from launcher.schema import Job
+from ftcore.schema import Job
 
 
 def _default(info: Any) -> str:

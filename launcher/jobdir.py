@@ -20,24 +20,9 @@ from typing import Any, Callable
 
 import yaml
 
+from ftcore.files import write_atomic
+from ftcore.layout import COMMAND, CONFIG, LOGS, RECORD, SCRIPT  # noqa: F401  (the folder's names)
 from launcher import __version__, paths
-
-CONFIG = "config.yaml"
-SCRIPT = "job.sbatch"
-COMMAND = "command.txt"
-RECORD = "submission.json"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a file so that readers see the old content or the new, never a part."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def new_name(factory: str) -> str:
@@ -61,7 +46,7 @@ def create(
             continue
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{final.name}-"))
         try:
-            (tmp / "logs").mkdir()
+            (tmp / LOGS).mkdir()
             for name, text in files(final).items():
                 (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                 (tmp / name).write_text(text)

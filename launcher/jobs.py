@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
+from ftcore import layout
+from ftcore.errors import UserError
 from launcher import jobdir, paths, slurm
-from launcher.errors import UserError
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -78,12 +80,12 @@ class JobView:
     @property
     def run_dirs(self) -> list[Path]:
         """The folders runs write into: the job folder, or one per sweep task."""
-        tasks = sorted((self.folder / "tasks").glob("*"), key=lambda p: int(p.name) if p.name.isdigit() else 0)
+        tasks = sorted((self.folder / layout.TASKS).glob("*"), key=lambda p: int(p.name) if p.name.isdigit() else 0)
         return tasks or [self.folder]
 
     @property
     def events(self) -> list[dict[str, Any]]:
-        return _read_jsonl(self.run_dirs[0] / "events.jsonl")
+        return _read_jsonl(self.run_dirs[0] / layout.EVENTS)
 
     @property
     def created(self) -> float:
@@ -92,7 +94,7 @@ class JobView:
     def progress(self) -> str:
         steps = []
         for run in self.run_dirs:
-            last = _last_line_record(run / "metrics.jsonl")
+            last = _last_line_record(run / layout.METRICS)
             steps.append(last.get("step"))
         total = (self.config.get("trainer") or {}).get("max_steps")
         done = [s for s in steps if isinstance(s, int)]
@@ -102,10 +104,8 @@ class JobView:
         return f"{shown}/{total}" if total else str(shown)
 
     def latest_checkpoint(self) -> str | None:
-        try:
-            return (self.run_dirs[0] / "checkpoints" / "latest").read_text().strip() or None
-        except OSError:
-            return None
+        newest = layout.newest_complete(self.run_dirs[0])
+        return newest.name if newest else None
 
 
 def load(folder: Path) -> JobView:
@@ -237,3 +237,50 @@ def select_rank(lines: list[str], rank: int | None) -> list[str]:
         return lines
     prefix = f"{rank}: "
     return [line.lstrip()[len(prefix):] for line in lines if line.lstrip().startswith(prefix)]
+
+
+def log_lines(view: JobView, rank: int | None = None, follow: bool = False, poll: float = 1.0) -> Iterator[str]:
+    """The job's output lines (one task's with `rank`); with `follow`, until the job has ended."""
+    if view.executor == "dry-run":
+        raise UserError(f"{view.folder.name} is a dry run: it has no logs (submit it with `ft resubmit {view.folder}`)")
+    offsets: dict[Path, int] = {}
+
+    def drain() -> Iterator[str]:
+        files = log_files(view)
+        if view.executor == "local" and rank is not None:
+            files = [f for f in files if f.name == f"rank-{rank}.out"]
+        for path in files:
+            with open(path, "rb") as handle:
+                handle.seek(offsets.get(path, 0))
+                data = handle.read()
+            # Following: keep a partial last line for the next round.
+            cut = data.rfind(b"\n") + 1 if follow else len(data)
+            offsets[path] = offsets.get(path, 0) + cut
+            lines = data[:cut].decode(errors="replace").splitlines()
+            yield from select_rank(lines, rank) if view.executor == "slurm" else lines
+
+    yield from drain()
+    while follow:
+        finished = is_finished(state(view))
+        yield from drain()
+        if finished:
+            return
+        time.sleep(poll)
+
+
+def cancel(view: JobView) -> JobView:
+    """Cancel a pending or running job: scancel, or SIGTERM to a local job's task groups."""
+    current = state(view)
+    if is_finished(current):
+        raise UserError(f"job {view.job_id or view.folder.name} already ended ({current}): nothing to cancel")
+    if view.executor == "local":
+        # pids[0] is the process that watches the tasks and records their exit: spare it.
+        pids = view.record.get("pids", [])
+        for pid in pids[1:] or pids:
+            try:
+                os.killpg(int(pid), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    else:
+        slurm.scancel(view.job_id)
+    return view

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from launcher import jobdir, render
-from launcher.schema import Job
+from ftcore.schema import Job
 
 
 def _free_port() -> int:

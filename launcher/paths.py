@@ -10,22 +10,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-_PACKAGE = Path(__file__).resolve().parent
-
-
-def _bundled(name: str) -> Path:
-    checkout = _PACKAGE.parent / name
-    if checkout.is_dir() and (_PACKAGE.parent / "pyproject.toml").is_file():
-        return checkout
-    return _PACKAGE / "_bundled" / name
+from ftcore import shipped
 
 
 def templates_dir() -> Path:
-    return _bundled("templates")
+    return shipped.bundled("templates")
 
 
 def factories_dir() -> Path:
-    return _bundled("factories")
+    return shipped.bundled("factories")
 
 
 def config_dir() -> Path:
@@ -47,4 +40,4 @@ def jobs_root() -> Path:
 
 def package_dir(name: str) -> Path:
     """The folder of one of ft's own packages (`trainer`, `launcher`), found without importing it."""
-    return _PACKAGE.parent / name
+    return shipped.ROOT / name

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from launcher.errors import UserError
-from launcher.schema import Job
+from ftcore.errors import UserError
+from ftcore.schema import Job
 
 GIB = 2**30
 DEFAULT_GPU_GIB = 80.0  # an "80 GB" A100/H100 has 80 GiB (81,559 MiB of it visible to CUDA)

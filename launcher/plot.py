@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from launcher import jobs
-from launcher.errors import UserError
+from ftcore.errors import UserError
 
 PANELS = (
     ("loss", "loss"),

@@ -15,8 +15,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.checkpoints import TRAINING_STATE, Checkpoint, model_files
-from launcher.errors import UserError
+from ftcore.layout import TRAINING_STATE, Checkpoint, model_files
+from ftcore.errors import UserError
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -33,7 +33,7 @@ class Upload:
         return sum(size for _, size in self.files)
 
 
-def plan(ckpt: Checkpoint, repo_id: str) -> Upload:
+def prepare(ckpt: Checkpoint, repo_id: str) -> Upload:
     """What `ft push` would upload; checks the repository name. Reads only."""
     if not _REPO_ID.match(repo_id) or ".." in repo_id or repo_id.endswith((".git", ".")):
         raise UserError(f"{repo_id!r} is not a Hub repository id: write OWNER/NAME, e.g. my-org/llama-squad-lora")

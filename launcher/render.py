@@ -13,13 +13,12 @@ import shlex
 import sys
 from pathlib import Path
 
+from ftcore import contract, exits, layout, rendezvous
+from ftcore.errors import UserError
+from ftcore.schema import Job
 from launcher import __version__, paths
-from launcher.errors import UserError
-from launcher.schema import Job
 
 TEMPLATE = "sbatch.sh.j2"
-REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: the trainer checkpointed on a signal and wants requeueing
-FT_MOUNT = "/opt/ft"  # where mount_ft places ft's packages inside the container
 _CONFIG_MARK = "@FT_CONFIG@"  # stands for "$FT_CONFIG" until the command is quoted
 URI_PREFIXES = ("docker://", "docker-daemon://", "oras://", "library://", "shub://", "https://", "http://")
 
@@ -37,10 +36,10 @@ def trainer_argv_groups(job: Job, config_path: Path) -> list[list[str]]:
     groups = [[job.container.runtime, "exec", *(["--nv"] if job.container.nv else [])]]
     groups += [["--bind", bind] for bind in job.container.binds]
     if job.container.mount_ft:
-        # The trainer imports launcher.schema, so both packages travel together.
-        for package in ("trainer", "launcher"):
-            groups.append(["--bind", f"{paths.package_dir(package)}:{FT_MOUNT}/{package}:ro"])
-        groups.append(["--env", f"PYTHONPATH={FT_MOUNT}"])
+        # The trainer imports ftcore and nothing else of ft: those two packages travel.
+        for package in contract.FT_PACKAGES:
+            groups.append(["--bind", f"{paths.package_dir(package)}:{contract.MOUNT_POINT}/{package}:ro"])
+        groups.append(["--env", f"PYTHONPATH={contract.MOUNT_POINT}"])
     return [*groups, [str(job.container.image)], command]
 
 
@@ -51,7 +50,7 @@ def trainer_argv(job: Job, config_path: Path) -> list[str]:
 def sbatch_options(job: Job, job_dir: Path, array_size: int = 0, dependency: str | None = None) -> list[str]:
     """The #SBATCH lines, derived from the job (nodes × devices is the single source)."""
     s, t = job.slurm, job.trainer
-    log = job_dir / "logs" / ("slurm-%A_%a.out" if array_size else "slurm-%j.out")
+    log = job_dir / layout.LOGS / ("slurm-%A_%a.out" if array_size else "slurm-%j.out")
     options: list[tuple[str, object | None]] = [
         ("job-name", job.job_name),
         ("nodes", t.num_nodes),
@@ -100,7 +99,7 @@ def render_sbatch(job: Job, job_dir: Path, template: str | None = None, array_si
     launch = " \\\n    ".join(shlex.join(g) for g in trainer_argv_groups(job, Path(_CONFIG_MARK)))
     launch = launch.replace(_CONFIG_MARK, '"$FT_CONFIG"')
     if array_size:
-        run_dir_line = 'FT_RUN_DIR="$FT_JOB_DIR/tasks/$SLURM_ARRAY_TASK_ID"'
+        run_dir_line = f'FT_RUN_DIR="$FT_JOB_DIR/{layout.TASKS}/$SLURM_ARRAY_TASK_ID"'
     else:
         run_dir_line = 'FT_RUN_DIR="$FT_JOB_DIR"'
     try:
@@ -108,7 +107,9 @@ def render_sbatch(job: Job, job_dir: Path, template: str | None = None, array_si
             version=__version__,
             factory=q(job.name),
             job_dir=q(job_dir),
-            script_path=q(job_dir / "job.sbatch"),
+            script_path=q(job_dir / layout.SCRIPT),
+            config_name=layout.CONFIG,
+            events_name=layout.EVENTS,
             sbatch_options=sbatch_options(job, job_dir, array_size, dependency),
             modules=[q(m) for m in job.slurm.modules],
             setup=list(job.slurm.setup),
@@ -116,7 +117,9 @@ def render_sbatch(job: Job, job_dir: Path, template: str | None = None, array_si
             srun_options="--kill-on-bad-exit=1 --label",
             run_dir_line=run_dir_line,
             launch=launch,
-            requeue_code=REQUEUE_EXIT_CODE,
+            requeue_code=exits.REQUEUE,
+            port_base=rendezvous.PORT_BASE,
+            port_span=rendezvous.PORT_SPAN,
             max_requeues=job.slurm.max_requeues,
         )
     except jinja2.TemplateError as err:
@@ -151,18 +154,8 @@ def preflight(job: Job, need_sbatch: bool) -> list[str]:
         source = bind.split(":", 1)[0]
         if not Path(source).expanduser().exists():
             problems.append(f"container.binds: bind source {source} does not exist")
-    if job.model.init == "pretrained" and job.model.path and _looks_local(job.model.path):
-        if not Path(job.model.path).expanduser().exists():
-            problems.append(f"model.path {job.model.path} does not exist")
-    if not job.data.path.startswith("ft:") and _looks_local(job.data.path):
-        if not Path(job.data.path).expanduser().exists():
-            problems.append(f"data.path {job.data.path} does not exist")
+    problems += job.missing_paths()
     if need_sbatch and shutil.which("sbatch") is None:
         problems.append("sbatch is not on PATH: run ft on a SLURM login node, or use --dry-run to "
                         "write and print the script, or --executor local to run here")
     return problems
-
-
-def _looks_local(spec: str) -> bool:
-    """A path rather than a hub id: absolute, relative with ./ or ~, or a file name."""
-    return spec.startswith(("/", ".", "~")) or spec.endswith((".json", ".jsonl"))

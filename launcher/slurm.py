@@ -10,13 +10,22 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from launcher.errors import SchedulerError, UserError
+from ftcore.errors import UserError
 
 TERMINAL_STATES = {
     "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
     "PREEMPTED", "BOOT_FAIL", "DEADLINE", "REVOKED",
 }
 _JOB_ID = re.compile(r"^(\d+)(?:;\S+)?$")
+
+
+class SchedulerError(UserError):
+    """The scheduler said no, or said something ft cannot read; carries its raw words."""
+
+    def __init__(self, message: str, raw: str = "", hint: str | None = None):
+        problems = [message] + ([f"scheduler said: {raw.strip()}"] if raw.strip() else [])
+        super().__init__(*problems, hint=hint)
+        self.raw = raw
 
 
 def _run(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -11,14 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launcher import jobdir, render, slurm
-from launcher.config import Resolved, job_to_dict, resolve
-from launcher.errors import SchedulerError, UserError
+from launcher.slurm import SchedulerError
+from launcher.config import Resolved, resolve
+from ftcore.schema import job_to_dict
+from ftcore.errors import UserError
 
 EXECUTORS = ("slurm", "local")
 
 
 @dataclass(frozen=True)
-class Plan:
+class Prepared:
     resolved: Resolved
     executor: str
     tasks: tuple[Resolved, ...] = ()  # a sweep: one resolved job per array task
@@ -62,10 +64,13 @@ def sweep_overrides(sweeps: list[str]) -> list[list[str]]:
     return [list(combo) for combo in itertools.product(*axes)]
 
 
-def plan(factory: str, overrides: list[str], profile: str | None = None,
-         executor: str = "slurm", dry_run: bool = False, sweeps: list[str] | None = None,
-         after: str | None = None) -> Plan:
-    """Everything short of writing: resolution, validation, pre-flight checks, rendering."""
+def prepare(factory: str, overrides: list[str], profile: str | None = None,
+            executor: str = "slurm", dry_run: bool = False, sweeps: list[str] | None = None,
+            after: str | None = None) -> Prepared:
+    """Everything short of writing: resolution, validation, pre-flight checks, rendering.
+
+    `after` names a job (id, folder or prefix) this one waits for (afterok).
+    """
     if executor not in EXECUTORS:
         raise UserError(f"unknown executor {executor!r}: choose {' or '.join(EXECUTORS)}")
     tasks: tuple[Resolved, ...] = ()
@@ -82,10 +87,19 @@ def plan(factory: str, overrides: list[str], profile: str | None = None,
     if problems:
         raise UserError(*problems)
     render.render_sbatch(job, Path("/JOB_DIR"))  # template errors surface before anything is written
-    return Plan(resolved, executor, tasks, after)
+    return Prepared(resolved, executor, tasks, _job_id_to_wait_for(after) if after else None)
 
 
-def summary(p: Plan) -> list[tuple[str, str]]:
+def _job_id_to_wait_for(spec: str) -> str:
+    from launcher import jobs
+
+    job_id = jobs.find(spec).job_id
+    if not job_id:
+        raise UserError(f"--after {spec}: that job was never submitted to SLURM")
+    return job_id
+
+
+def summary(p: Prepared) -> list[tuple[str, str]]:
     job = p.job
     t = job.trainer
     unit = "GPU" if t.accelerator == "gpu" else "task"
@@ -105,7 +119,7 @@ def summary(p: Plan) -> list[tuple[str, str]]:
     ]
 
 
-def write(p: Plan, argv: list[str] | None = None, root: Path | None = None) -> Path:
+def write(p: Prepared, argv: list[str] | None = None, root: Path | None = None) -> Path:
     """The complete job folder: resolved config(s), script, exact command line."""
     job = p.job
     files = {jobdir.CONFIG: jobdir.config_text(job_to_dict(job)), jobdir.COMMAND: jobdir.command_line(argv)}

@@ -18,7 +18,7 @@ from unittest import mock
 from trainer_helpers import DIST_VARS, TINY_QA, tiny_job, validate
 
 from launcher import jobdir
-from launcher.config import job_to_dict
+from ftcore.schema import job_to_dict
 
 # Two optimizer steps of 4 sequences; a large learning rate so the adapters move visibly.
 QUICK = dict(

@@ -72,7 +72,7 @@ def tiny_job(*presets: dict, **sections) -> dict:
 
 
 def validate(raw: dict):
-    from launcher.schema import Job
+    from ftcore.schema import Job
 
     return Job.model_validate(raw)
 

@@ -27,7 +27,7 @@ from typing import Any, Iterator
 
 import torch
 
-from . import ConfigError
+from ftcore.errors import UserError
 
 IGNORE_INDEX = -100
 
@@ -42,22 +42,7 @@ _MAX_ERRORS_SHOWN = 10
 # --- where files are ---------------------------------------------------------------------
 
 
-def shipped_file(name: str) -> Path:
-    """A file ft ships under ``factories/data/`` (in a checkout) or inside the installed wheel."""
-    package_root = Path(__file__).resolve().parent.parent
-    candidates = [
-        package_root / "factories" / "data" / name,
-        package_root / "launcher" / "_bundled" / "factories" / "data" / name,
-    ]
-    for candidate in candidates:
-        if candidate.exists():
-            return candidate
-    raise ConfigError(f"ft:{name} is not a file ft ships (looked in {', '.join(map(str, candidates))})")
-
-
-def resolve(path: str) -> str:
-    """`ft:NAME` → the shipped file; anything else unchanged."""
-    return str(shipped_file(path[3:])) if path.startswith("ft:") else path
+from ftcore.shipped import expand as resolve, shipped_file  # noqa: E402,F401  (H1: import directly)
 
 
 # --- records -------------------------------------------------------------------------------
@@ -78,13 +63,13 @@ def read_records(path: str, split: str = "train") -> list[Record]:
             return list(_read_jsonl(local))
         if local.suffix == ".json":
             return _read_json(local)
-        raise ConfigError(f"{local}: expected a .json or .jsonl file")
+        raise UserError(f"{local}: expected a .json or .jsonl file")
     if local.suffix in (".json", ".jsonl") or local.is_absolute() or path.startswith("."):
-        raise ConfigError(f"data file {path} does not exist")
+        raise UserError(f"data file {path} does not exist")
     try:
         import datasets
     except ImportError:
-        raise ConfigError(
+        raise UserError(
             f"{path} is not a local file, and the `datasets` package is not installed to load it "
             "from the hub: give a .json/.jsonl path"
         ) from None
@@ -100,9 +85,9 @@ def _read_jsonl(path: Path) -> Iterator[Record]:
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ConfigError(f"{path} line {number}: not valid JSON ({e.msg})") from None
+                raise UserError(f"{path} line {number}: not valid JSON ({e.msg})") from None
             if not isinstance(value, dict):
-                raise ConfigError(f"{path} line {number}: expected a JSON object, got {type(value).__name__}")
+                raise UserError(f"{path} line {number}: expected a JSON object, got {type(value).__name__}")
             yield Record(f"{path} line {number}", value)
 
 
@@ -110,12 +95,12 @@ def _read_json(path: Path) -> list[Record]:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ConfigError(f"{path} line {e.lineno}: not valid JSON ({e.msg})") from None
+        raise UserError(f"{path} line {e.lineno}: not valid JSON ({e.msg})") from None
     if isinstance(value, list):
         return [Record(f"{path} record [{i}]", r if isinstance(r, dict) else {"_not_an_object": r}) for i, r in enumerate(value)]
     if isinstance(value, dict) and isinstance(value.get("data"), list):
         return _squad_original_layout(path, value["data"])
-    raise ConfigError(f"{path}: expected a JSON list of records or SQuAD's {{\"data\": [...]}} layout")
+    raise UserError(f"{path}: expected a JSON list of records or SQuAD's {{\"data\": [...]}} layout")
 
 
 def _squad_original_layout(path: Path, articles: list) -> list[Record]:
@@ -137,17 +122,17 @@ Segments = list[tuple[str, bool]]
 def _need(record: Record, *keys: str) -> None:
     missing = [k for k in keys if record.fields.get(k) is None]
     if "_not_an_object" in record.fields:
-        raise ConfigError(f"{record.where}: expected a JSON object")
+        raise UserError(f"{record.where}: expected a JSON object")
     if missing:
         present = ", ".join(sorted(record.fields)) or "none"
-        raise ConfigError(f"{record.where}: missing {', '.join(repr(k) for k in missing)} (fields present: {present})")
+        raise UserError(f"{record.where}: missing {', '.join(repr(k) for k in missing)} (fields present: {present})")
 
 
 def _fill(template: str, record: Record) -> str:
     try:
         return template.format(**record.fields)
     except KeyError as e:
-        raise ConfigError(f"{record.where}: prompt_template needs field {e.args[0]!r}, which is missing") from None
+        raise UserError(f"{record.where}: prompt_template needs field {e.args[0]!r}, which is missing") from None
 
 
 def squad_segments(record: Record, template: str | None) -> Segments:
@@ -160,7 +145,7 @@ def squad_segments(record: Record, template: str | None) -> Segments:
     else:
         texts = None
     if not texts or not isinstance(texts[0], str):
-        raise ConfigError(f"{record.where}: missing answers.text[0] (answers = {answers!r:.80})")
+        raise UserError(f"{record.where}: missing answers.text[0] (answers = {answers!r:.80})")
     prompt = _fill(template or PROMPTS["squad"], record)
     # "Answer:" + " Oslo": the space belongs to the answer's first token, as in running text.
     separator = "" if prompt[-1:].isspace() else " "
@@ -190,14 +175,14 @@ def chat_segments(record: Record, tokenizer) -> Segments:
     """
     messages = record.fields["messages"]
     if not isinstance(messages, list) or not messages:
-        raise ConfigError(f"{record.where}: 'messages' must be a non-empty list")
+        raise UserError(f"{record.where}: 'messages' must be a non-empty list")
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise ConfigError(f"{record.where}: messages[{i}] is missing 'role' or 'content'")
+            raise UserError(f"{record.where}: messages[{i}] is missing 'role' or 'content'")
     if not any(m["role"] == "assistant" for m in messages):
-        raise ConfigError(f"{record.where}: no assistant message to train on")
+        raise UserError(f"{record.where}: no assistant message to train on")
     if getattr(tokenizer, "chat_template", None) is None:
-        raise ConfigError("data has chat `messages` but the tokenizer has no chat_template")
+        raise UserError("data has chat `messages` but the tokenizer has no chat_template")
 
     def render(upto: int, generation_prompt: bool = False) -> str:
         if upto == 0 and not generation_prompt:
@@ -211,7 +196,7 @@ def chat_segments(record: Record, tokenizer) -> Segments:
         steps.append((render(i + 1), message["role"] == "assistant"))
         for text, trained in steps:
             if not text.startswith(done):
-                raise ConfigError(
+                raise UserError(
                     f"{record.where}: the chat template does not render conversations prefix by "
                     "prefix, so assistant turns cannot be located"
                 )
@@ -270,13 +255,13 @@ def tokenize(records: list[Record], fmt: str, tokenizer, max_len: int, template:
                 segments = chat_segments(record, tokenizer)
             else:
                 segments = completion_segments(record, template)
-        except ConfigError as e:
+        except UserError as e:
             errors.append(str(e))
             continue
         all_segments.append((segments, fmt == "jsonl" and "messages" in record.fields))
     if errors:
         more = f"\n... and {len(errors) - _MAX_ERRORS_SHOWN} more" if len(errors) > _MAX_ERRORS_SHOWN else ""
-        raise ConfigError("malformed records:\n" + "\n".join(errors[:_MAX_ERRORS_SHOWN]) + more)
+        raise UserError("malformed records:\n" + "\n".join(errors[:_MAX_ERRORS_SHOWN]) + more)
 
     # One batched call: the Rust tokenizer parallelises it, a Python loop would not.
     flat = [text for segments, _ in all_segments for text, _ in segments]
@@ -421,7 +406,7 @@ class StepBatches:
         group_by_length: bool = True,
     ):
         if len(samples) < global_batch:
-            raise ConfigError(
+            raise UserError(
                 f"the training set has {len(samples)} rows, fewer than data.global_batch_size={global_batch}"
             )
         self.samples, self.global_batch, self.micro, self.dp, self.rank = samples, global_batch, micro_batch, dp_size, rank

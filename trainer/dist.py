@@ -4,7 +4,8 @@ Three ways to be started, checked in this order:
 
 * torchrun (or a test) sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT;
 * srun sets SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, and ft's sbatch script exports
-  MASTER_ADDR/MASTER_PORT (without them: the first node of the job and a port from the job id);
+  MASTER_ADDR/MASTER_PORT (without them: the first node of SLURM's node list and the port
+  ``ftcore.rendezvous`` derives from the job id);
 * neither: one process.
 
 A process group exists only when there is more than one process: nccl on GPUs, gloo on CPU.
@@ -19,6 +20,9 @@ from typing import Mapping
 
 import torch
 import torch.distributed as dist
+
+from ftcore import rendezvous
+from ftcore.errors import UserError
 
 # Rank 0 may write a large consolidated checkpoint while the others wait in a barrier.
 _TIMEOUT = datetime.timedelta(minutes=30)
@@ -60,29 +64,24 @@ def detect(environ: Mapping[str, str] | None = None) -> DistEnv:
 
 
 def _from_slurm(env: Mapping[str, str]) -> DistEnv:
-    from submitit.slurm.slurm import SlurmJobEnvironment
-
-    # submitit parses the node list (node[01-04,07]) and reads the SLURM_* variables; it
-    # looks at os.environ, so an explicit mapping (tests) is applied there first.
-    saved = {k: os.environ.get(k) for k in env if k.startswith("SLURM_")}
-    os.environ.update({k: v for k, v in env.items() if k.startswith("SLURM_")})
-    try:
-        job = SlurmJobEnvironment()
-        rank, world, local = job.global_rank, job.num_tasks, job.local_rank
-        first_node = job.hostnames[0]
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    """srun's variables; the rendezvous from ft's script, else from SLURM's own node list
+    (a workshop's script runs `ft train` under srun and exports nothing)."""
+    if env.get("MASTER_ADDR"):
+        master_addr = env["MASTER_ADDR"]
+    else:
+        nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or ""
+        try:
+            hosts = rendezvous.expand_hostlist(nodelist)
+        except ValueError as err:
+            raise UserError(f"cannot find the first node of this job: {err}") from None
+        master_addr = hosts[0] if hosts else "127.0.0.1"
     job_id = int(env.get("SLURM_JOB_ID", "0") or 0)
     return DistEnv(
-        rank=rank,
-        world_size=world,
-        local_rank=local,
-        master_addr=env.get("MASTER_ADDR", first_node),
-        master_port=int(env.get("MASTER_PORT", 10000 + job_id % 50000)),
+        rank=int(env["SLURM_PROCID"]),
+        world_size=int(env["SLURM_NTASKS"]),
+        local_rank=int(env.get("SLURM_LOCALID", 0)),
+        master_addr=master_addr,
+        master_port=int(env.get("MASTER_PORT") or rendezvous.master_port(job_id)),
         launcher="slurm",
     )
 

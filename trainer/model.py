@@ -19,7 +19,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import ConfigError, attention
+from ftcore.errors import UserError
+
+from . import attention
 from .data import IGNORE_INDEX, shipped_file
 from .dist import DistEnv
 
@@ -54,7 +56,7 @@ def load_tokenizer(job):
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, token=hf_token(), trust_remote_code=job.model.trust_remote_code)
     except OSError as e:
-        raise ConfigError(f"cannot load the tokenizer from {source}: {e}") from None
+        raise UserError(f"cannot load the tokenizer from {source}: {e}") from None
     if tokenizer.pad_token_id is None:
         # Pad positions are masked out of attention and loss, so any id will do.
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
@@ -141,14 +143,14 @@ def lora_targets(model: nn.Module, cfg) -> list[str]:
             chosen += [n for n in hits if n not in chosen]
         if unmatched:
             kinds = sorted({n.rsplit(".", 1)[-1] for n in linears})
-            raise ConfigError(
+            raise UserError(
                 f"peft.target_modules {unmatched} match no linear layer of this model. "
                 f"Its linear layers are named like: {', '.join(kinds[:12])} "
                 f"(e.g. {linears[0] if linears else 'none'})"
             )
     chosen = [n for n in chosen if not _matches(n, cfg.exclude_modules)]
     if not chosen:
-        raise ConfigError("peft: every targeted layer is excluded by peft.exclude_modules")
+        raise UserError("peft: every targeted layer is excluded by peft.exclude_modules")
     return sorted(chosen)
 
 
@@ -196,11 +198,11 @@ def model_config(job):
         settings = dict(job.model.config)
         model_type = settings.pop("model_type", None)
         if not model_type:
-            raise ConfigError("model.config needs `model_type` (e.g. llama) for model.init=random")
+            raise UserError("model.config needs `model_type` (e.g. llama) for model.init=random")
         try:
             return AutoConfig.for_model(model_type, **settings)
         except ValueError as e:
-            raise ConfigError(f"model.config: {e}") from None
+            raise UserError(f"model.config: {e}") from None
     config = AutoConfig.from_pretrained(job.model.path, token=hf_token(), trust_remote_code=job.model.trust_remote_code)
     for key, value in job.model.config.items():
         setattr(config, key, value)
@@ -221,7 +223,7 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     # By class ancestry: FSDP2 swaps each sharded layer's class for a subclass (FSDPLlamaDecoderLayer).
     layers = [m for m in model.modules() if any(c.__name__ in names for c in type(m).__mro__)]
     if not layers:
-        raise ConfigError(f"cannot find the decoder layers of {type(model).__name__} to shard")
+        raise UserError(f"cannot find the decoder layers of {type(model).__name__} to shard")
     return layers
 
 
@@ -243,7 +245,7 @@ def build(job, env: DistEnv, device: torch.device, tokenizer, base_dir: Path | N
 
     config = model_config(job)
     if len(tokenizer) > config.vocab_size:
-        raise ConfigError(
+        raise UserError(
             f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {config.vocab_size}"
         )
     common = dict(dtype=param_dtype, attn_implementation=attn_implementation(job))
@@ -409,7 +411,7 @@ def _weight_reader(job, lm: nn.Module):
     shapes = {n: p.shape for n, p in lm.named_parameters()}
     missing = [n for n in shapes if "lora_" not in n and stored_name(n) not in weight_map]
     if missing:
-        raise ConfigError(f"{folder} has no weights for {len(missing)} parameters, e.g. {missing[:3]}")
+        raise UserError(f"{folder} has no weights for {len(missing)} parameters, e.g. {missing[:3]}")
     handles: dict[str, object] = {}
     generator = torch.Generator().manual_seed(job.trainer.seed)
 

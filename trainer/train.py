@@ -27,7 +27,10 @@ from typing import Callable
 
 import torch
 
-from . import EXIT_OK, EXIT_REQUEUE, ConfigError, checkpoint, data, dist
+from ftcore import exits
+from ftcore.errors import UserError
+
+from . import checkpoint, data, dist
 from .metrics import Metrics, memory_gib
 from .model import build, load_tokenizer
 
@@ -36,7 +39,7 @@ def run(job, job_dir: str | Path, on_step: Callable[[dict], None] | None = None)
     """Train `job` (a validated launcher.schema.Job) writing into `job_dir`; return the exit code.
 
     `on_step(record)` is called on every rank after each optimizer step (tests, benchmarks).
-    Raises ConfigError for problems the user must fix, before any training.
+    Raises UserError for problems the user must fix, before any training.
     """
     env = dist.detect()
     preflight(job, env)
@@ -83,7 +86,7 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
     step = 0
     resume_from = checkpoint.latest(ckpt_root)
     if resume_from is not None and not job.resume.auto:
-        raise ConfigError(
+        raise UserError(
             f"{ckpt_root} already holds checkpoints (newest {resume_from.name}) and resume.auto=false: "
             "a fresh run would mix with them. Use a new job folder, or remove that folder."
         )
@@ -186,10 +189,10 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
             on_step(record)
 
         if stop_requested and step < total_steps:
-            metrics.print(f"stop requested (SIGUSR1/SIGTERM): checkpointing step {step}, exit {EXIT_REQUEUE}")
+            metrics.print(f"stop requested (SIGUSR1/SIGTERM): checkpointing step {step}, exit {exits.REQUEUE}")
             save(step)
             metrics.close()
-            return EXIT_REQUEUE
+            return exits.REQUEUE
         if step < total_steps:
             if job.trainer.val_every_steps and step % job.trainer.val_every_steps == 0:
                 validate(step)
@@ -203,7 +206,7 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
         validate(step)
     save(step)
     metrics.close()
-    return EXIT_OK
+    return exits.OK
 
 
 def evaluate(built, samples, job, env, device, pad_id) -> tuple[float, int]:
@@ -260,7 +263,7 @@ def _base_reference(job, job_dir: Path) -> tuple[Path | None, str | None]:
 
 def _check_same_data(state: dict, folder: Path, num_rows: int, job) -> None:
     if state["num_train_rows"] != num_rows or state["global_batch_size"] != job.data.global_batch_size:
-        raise ConfigError(
+        raise UserError(
             f"{folder} was written for {state['num_train_rows']} training rows and global batch "
             f"{state['global_batch_size']}; this job has {num_rows} and {job.data.global_batch_size}, so it "
             "cannot resume at the same batch. Use a new job folder, or resume.auto=false to start over."
@@ -268,34 +271,23 @@ def _check_same_data(state: dict, folder: Path, num_rows: int, job) -> None:
 
 
 def preflight(job, env: dist.DistEnv) -> None:
-    """Every problem that can be found before loading anything, reported together."""
+    """What only this machine can tell (the config's own rules were checked by the schema)."""
     problems = []
     if env.world_size != job.world_size:
         problems.append(
             f"the job is laid out for trainer.num_nodes × trainer.devices = {job.world_size} processes, "
             f"but {env.world_size} were started ({env.launcher})"
         )
-    cuda = torch.cuda.is_available()
-    if job.trainer.accelerator == "gpu" and not cuda:
+    if job.trainer.accelerator == "gpu" and not torch.cuda.is_available():
         problems.append("trainer.accelerator=gpu but CUDA is not available here (trainer.accelerator=cpu for CPU runs)")
-    if job.model.attn_implementation == "flash_attention_2":
-        if job.trainer.accelerator != "gpu":
-            problems.append("model.attn_implementation=flash_attention_2 needs GPUs: use sdpa on CPU")
-        elif importlib.util.find_spec("flash_attn") is None:
-            problems.append("model.attn_implementation=flash_attention_2 but the flash_attn package is not installed")
-    if job.model.quantization == "nf4":
-        if not cuda or job.trainer.accelerator != "gpu":
-            problems.append("model.quantization=nf4 (QLoRA) needs CUDA GPUs")
-        if importlib.util.find_spec("bitsandbytes") is None:
-            problems.append("model.quantization=nf4 (QLoRA) needs the bitsandbytes package, which is not installed")
-        if job.strategy != "ddp":
-            problems.append("model.quantization=nf4 works with trainer.strategy=ddp only")
-    if job.model.meta_init and job.strategy != "fsdp2":
-        problems.append("model.meta_init fills FSDP2 shards: it needs trainer.strategy=fsdp2 (the default for peft=none)")
-    if job.model.init == "pretrained" and job.model.path and job.model.path.startswith(("/", ".")) and not Path(job.model.path).exists():
-        problems.append(f"model.path {job.model.path} does not exist")
+    if job.model.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        problems.append("model.attn_implementation=flash_attention_2 but the flash_attn package is not installed")
+    if job.model.quantization == "nf4" and importlib.util.find_spec("bitsandbytes") is None:
+        problems.append("model.quantization=nf4 (QLoRA) needs the bitsandbytes package, which is not installed")
+    # Inside a container a path exists only if a bind makes it visible.
+    problems += job.missing_paths()
     if problems:
-        raise ConfigError("\n".join(problems))
+        raise UserError(*problems)
 
 
 class StopSignal:

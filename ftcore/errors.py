@@ -1,0 +1,16 @@
+"""The one error a user can act on. Both halves print it without a traceback and exit 2."""
+
+from __future__ import annotations
+
+from ftcore import exits
+
+
+class UserError(Exception):
+    """One or more problems with what the user asked for, reported together."""
+
+    exit_code = exits.USER_ERROR
+
+    def __init__(self, *problems: str, hint: str | None = None):
+        self.problems = [p for p in problems if p]
+        self.hint = hint
+        super().__init__("\n".join(self.problems))

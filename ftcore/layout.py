@@ -1,0 +1,176 @@
+"""The job folder and checkpoint layout: every name ft writes, and how to read them back.
+
+    JOB/                          one per submission (`ft submit`) or allocation (`ft train`)
+        config.yaml               the resolved job; the trainer validates it again
+        job.sbatch command.txt    the script and the command line that made it
+        submission.json           ft's record: executor, job id, history of submissions
+        events.jsonl              start / signal / requeue / exit, written by the script
+        metrics.jsonl             one line per logged step, written by rank 0
+        logs/                     scheduler and per-rank output
+        tasks/<i>/                a sweep's array task: a run folder of its own
+        checkpoints/step-000012/  a loadable model (LoRA adapter or full) + ft_state/
+        checkpoints/latest        names the newest complete checkpoint (for people and shells)
+
+A checkpoint counts once its ``ft_state/COMPLETE`` marker exists: the trainer writes it last,
+into a folder that is renamed into place. ``newest_complete`` is the one definition of "the
+checkpoint to resume from / to load", used by the trainer and by every launcher command.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ftcore.errors import UserError
+
+CONFIG = "config.yaml"
+SCRIPT = "job.sbatch"
+COMMAND = "command.txt"
+RECORD = "submission.json"
+EVENTS = "events.jsonl"
+METRICS = "metrics.jsonl"
+LOGS = "logs"
+TASKS = "tasks"
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+EXPORTS = "exports"
+# Randomly initialised base weights of a LoRA job: an adapter is useless without its base.
+BASE_MODEL = "base_model"
+# The trainer's resume state inside a checkpoint: optimizer moments and RNG streams.
+TRAINING_STATE = "ft_state"
+COMPLETE_MARKER = "COMPLETE"
+
+LORA = "lora"
+FULL = "full"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+# --- checkpoints of one run ----------------------------------------------------------------------
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return root / f"step-{step:06d}"
+
+
+def is_complete(checkpoint: Path) -> bool:
+    return (checkpoint / TRAINING_STATE / COMPLETE_MARKER).is_file()
+
+
+def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every complete checkpoint under `root`, oldest first."""
+    try:
+        children = list(root.iterdir())
+    except OSError:
+        return []
+    found = []
+    for child in children:
+        match = _STEP_DIR.match(child.name)
+        if match and child.is_dir() and is_complete(child):
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def newest_complete(run_dir: Path) -> Path | None:
+    """The run's newest complete checkpoint. Half-written ones (no marker, `.tmp-*`) never count."""
+    found = complete_checkpoints(run_dir / CHECKPOINTS)
+    return found[-1][1] if found else None
+
+
+def kind_of(folder: Path) -> str | None:
+    """LORA, FULL, or None when the folder holds no loadable model."""
+    if (folder / "adapter_config.json").is_file():
+        return LORA
+    if (folder / "config.json").is_file() and any((folder / name).is_file() for name in WEIGHT_FILES):
+        return FULL
+    return None
+
+
+def model_files(folder: Path) -> list[Path]:
+    """Every file of the loadable model in `folder`, without the trainer's resume state."""
+    return sorted(
+        p for p in folder.rglob("*")
+        if p.is_file() and TRAINING_STATE not in p.relative_to(folder).parts[:1]
+    )
+
+
+def owning_run(checkpoint: Path) -> Path | None:
+    """`<run>/checkpoints/step-N` → `<run>` when that is a job (or sweep task) folder."""
+    run = checkpoint.parent.parent
+    if checkpoint.parent.name == CHECKPOINTS and (run / CONFIG).is_file():
+        return run
+    return None
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror}") from None
+    except ValueError as err:
+        raise UserError(f"{path} is not valid JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path} should hold a JSON object")
+    return value
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loadable model folder: a LoRA adapter (loaded onto its base with peft) or a full model."""
+
+    path: Path
+    kind: str  # LORA or FULL
+    run_dir: Path | None  # the job (or sweep task) folder that wrote it, when there is one
+
+    @classmethod
+    def at(cls, folder: Path) -> "Checkpoint | None":
+        kind = kind_of(folder)
+        if kind is None:
+            return None
+        path = folder.resolve()
+        return cls(path, kind, owning_run(path))
+
+    @property
+    def is_lora(self) -> bool:
+        return self.kind == LORA
+
+    @property
+    def adapter_config(self) -> dict[str, Any]:
+        return read_json_object(self.path / "adapter_config.json") if self.is_lora else {}
+
+    @property
+    def base(self) -> str | None:
+        """What a LoRA adapter is applied to: a local folder or a hub id."""
+        return self.adapter_config.get("base_model_name_or_path") or None
+
+    @property
+    def job_config(self) -> dict[str, Any]:
+        """The resolved job that trained this checkpoint ({} for a folder from elsewhere)."""
+        import yaml
+
+        if self.run_dir is None:
+            return {}
+        try:
+            value = yaml.safe_load((self.run_dir / CONFIG).read_text())
+        except (OSError, ValueError, yaml.YAMLError):
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def label(self) -> str:
+        """A short name: `<job folder>-<step>` for a job's checkpoint, else the folder name."""
+        if self.run_dir is not None and self.path.parent.name == CHECKPOINTS:
+            run = self.run_dir
+            job = run.name if run.parent.name != TASKS else f"{run.parent.parent.name}-task{run.name}"
+            return f"{job}-{self.path.name}"
+        return self.path.name
+
+    def default_output(self, suffix: str) -> Path:
+        """`<job>/exports/<step>-<suffix>` for a job's checkpoint, else `<folder>-<suffix>` beside it."""
+        if self.run_dir is not None and self.path.parent.name == CHECKPOINTS:
+            return self.run_dir / EXPORTS / f"{self.path.name}-{suffix}"
+        return self.path.with_name(f"{self.path.name}-{suffix}")

@@ -1,0 +1,596 @@
+"""The one definition of an ft job.
+
+Frozen pydantic models, ``extra="forbid"``, a description on every field. The launcher
+validates a resolved job with them before it writes anything; the trainer validates the
+same ``config.yaml`` again inside the container (``load_job``). Nothing here imports torch.
+
+Every rule that depends only on the config lives here, so `ft submit` and `ft show` refuse a
+job that cannot run before it waits in a queue; the trainer checks only what needs the
+machine (CUDA, installed packages, the processes actually started).
+
+Values that follow from others (world size, gradient accumulation) are computed here and
+nowhere else: see ``Job.world_size`` and ``Job.grad_accum_steps``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ftcore import shipped
+from ftcore.errors import UserError
+
+# Characters that may never reach a rendered script, whatever the quoting: a newline in an
+# #SBATCH header value would start a new shell line.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SBATCH_OPTION = re.compile(r"^[a-z][a-z0-9-]*$")
+_SLURM_TIME = re.compile(r"^(\d+-)?\d{1,3}(:\d{2}){0,2}$|^\d+-\d{1,2}$|^UNLIMITED$|^INFINITE$")
+# Environment variable names that look like credentials. They travel in the user's
+# environment (srun and singularity pass it through); ft never writes them to disk.
+_SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|CREDENTIAL)", re.I)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def looks_local(spec: str) -> bool:
+    """A path rather than a hub id or a file ft ships: absolute, relative with ./ or ~, or a
+    data file name."""
+    if spec.startswith(shipped.PREFIX):
+        return False
+    return spec.startswith(("/", ".", "~")) or spec.endswith((".json", ".jsonl"))
+
+
+def _no_control(value: str, what: str = "value") -> str:
+    if _CONTROL.search(value):
+        raise ValueError(f"{what} must not contain newlines or control characters")
+    return value
+
+
+class ModelConfig(_Section):
+    path: str | None = Field(
+        None,
+        description="Base model: a local Hugging Face folder or a hub id. "
+        "`resume.restore_config.path` sets the same thing (the workshop's key).",
+    )
+    init: Literal["pretrained", "random"] = Field(
+        "pretrained",
+        description="`pretrained` loads weights from `path`; `random` builds the model from "
+        "`config` with random weights (tests, smoke runs).",
+    )
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Model config for `init: random` (e.g. LlamaConfig keys), or overrides "
+        "applied to the loaded config.",
+    )
+    tokenizer: str | None = Field(
+        None, description="Tokenizer folder or hub id; defaults to `path`."
+    )
+    dtype: Literal["bf16", "fp16", "fp32"] = Field(
+        "bf16", description="Parameter dtype on GPUs. CPU runs train in fp32 whatever this says."
+    )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa", description="Attention kernel passed to transformers."
+    )
+    activation_checkpointing: bool = Field(
+        False, description="Recompute decoder-layer activations in backward to save memory."
+    )
+    meta_init: bool = Field(
+        False,
+        description="Build the model on the meta device and fill each rank's shard from the "
+        "checkpoint (models larger than one GPU: the 405B and 8B SFT factories).",
+    )
+    quantization: Literal["nf4"] | None = Field(
+        None, description="`nf4` loads the base in 4 bits for QLoRA (needs CUDA and bitsandbytes)."
+    )
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub repository.")
+    parameters_b: float | None = Field(
+        None,
+        description="Parameter count in billions, for `ft plan` and the factory table when the "
+        "model folder is not at hand.",
+        ge=0,
+    )
+
+
+class LoraConfig(_Section):
+    method: Literal["lora"] = Field("lora", description="PEFT method. `peft=none` means full SFT.")
+    dim: int = Field(8, ge=1, description="LoRA rank r.")
+    alpha: float = Field(32, gt=0, description="LoRA scale numerator: updates are scaled by alpha/dim.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["*_proj"],
+        description="Module-name globs to adapt, matched against full names and last "
+        "components (`*.proj`, `*_proj`, `q_proj`).",
+    )
+    match_all_linear: bool = Field(
+        False, description="Adapt every linear layer except the output head (overrides target_modules)."
+    )
+    exclude_modules: list[str] = Field(
+        default_factory=list, description="Module-name globs never adapted."
+    )
+
+    @field_validator("target_modules", "exclude_modules", mode="before")
+    @classmethod
+    def _one_glob_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class DataConfig(_Section):
+    path: str = Field(
+        ...,
+        description="Training data: a local .json/.jsonl file, or a hub dataset name when the "
+        "cluster has network. `ft:` prefixes a file shipped with ft (`ft:tiny_qa.jsonl`).",
+    )
+    format: Literal["squad", "alpaca", "jsonl"] = Field(
+        ...,
+        description="`squad` (context, question, answers), `alpaca` (instruction, input, "
+        "output), `jsonl` (prompt/completion or chat `messages`).",
+    )
+    split: str = Field("train", description="Split name for hub datasets.")
+    val_path: str | None = Field(
+        None, description="Validation file; without it `val_fraction` of the training data is held out."
+    )
+    val_split: str = Field("validation", description="Validation split name for hub datasets.")
+    val_fraction: float = Field(
+        0.05, ge=0, lt=1, description="Share of training records held out when there is no val_path."
+    )
+    limit_samples: int | None = Field(
+        None, ge=1, description="Use only the first N training records (smoke runs)."
+    )
+    global_batch_size: int = Field(
+        8, ge=1, description="Sequences per optimizer step, across all data-parallel ranks."
+    )
+    micro_batch_size: int = Field(
+        1, ge=1, description="Sequences per forward/backward on one rank."
+    )
+    max_seq_length: int = Field(2048, ge=8, description="Longer examples are truncated to this.")
+    packing: bool = Field(
+        False,
+        description="Pack several examples into one row of max_seq_length, with no attention "
+        "across examples.",
+    )
+    group_by_length: bool = Field(
+        True,
+        description="Sort each global batch by length before splitting it into micro batches, "
+        "so each pads little. Same samples per step, same loss up to rounding; pays with "
+        "gradient accumulation (more than one micro batch per rank and step).",
+    )
+    padding_free: bool = Field(
+        True,
+        description="Run each micro batch as one row, its examples end to end, attention kept "
+        "within each example: no compute on padding. Same loss as the padded layout up to "
+        "rounding. Needs sdpa or flash_attention_2 (eager pads).",
+    )
+    shuffle: bool = Field(True, description="Shuffle training records each epoch (seeded).")
+    prompt_template: str | None = Field(
+        None,
+        description="Python format string for the prompt; fields of the record by name. "
+        "Defaults depend on the format.",
+    )
+
+
+class TrainerConfig(_Section):
+    num_nodes: int = Field(1, ge=1, description="Nodes to allocate.")
+    devices: int = Field(
+        1,
+        ge=1,
+        description="GPUs per node, one task each (or CPU tasks per node on a CPU cluster). "
+        "The SLURM header is derived from num_nodes and devices.",
+    )
+    accelerator: Literal["gpu", "cpu"] = Field(
+        "gpu", description="`gpu` asks SLURM for GPUs (--gpus-per-node); `cpu` for CPU-only tasks."
+    )
+    max_steps: int | None = Field(
+        None, ge=1, description="Optimizer steps to run; wins over num_epochs when both are set."
+    )
+    num_epochs: int = Field(1, ge=1, description="Epochs to run when max_steps is not set.")
+    val_every_steps: int | None = Field(
+        None, ge=1, description="Validate every N steps (and at the end); null: only at the end."
+    )
+    limit_val_batches: int | None = Field(
+        None, ge=0, description="Validation batches per validation run; null means all, 0 none."
+    )
+    log_every_steps: int = Field(1, ge=1, description="Log line frequency on rank 0.")
+    seed: int = Field(1234, description="Seed for weights (random init), LoRA init, data order, dropout.")
+    grad_clip: float | None = Field(1.0, gt=0, description="Clip the global gradient norm; null: off.")
+    strategy: Literal["auto", "ddp", "fsdp2"] = Field(
+        "auto",
+        description="`auto`: data parallel for LoRA, FSDP2 (fully_shard per decoder layer) for SFT.",
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile each decoder layer. Micro batches change shape from step to "
+        "step, so expect recompiles early on; measure before relying on it (docs/benchmarks.md).",
+    )
+    tensorboard: bool = Field(False, description="Also write TensorBoard events (when installed).")
+    wandb_project: str | None = Field(None, description="Also log to this W&B project (when installed).")
+
+
+class SchedulerConfig(_Section):
+    name: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warmup.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup from 0 to lr over these steps.")
+    min_lr: float = Field(0.0, ge=0, description="Floor of the cosine/linear decay.")
+
+
+class OptimConfig(_Section):
+    name: Literal["adamw", "adam"] = Field("adamw", description="Optimizer.")
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas.")
+    eps: float = Field(1e-8, gt=0, description="Adam epsilon.")
+    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay (AdamW).")
+    lr_scheduler: SchedulerConfig = Field(
+        default_factory=SchedulerConfig, description="Learning-rate schedule."
+    )
+
+
+class CheckpointConfig(_Section):
+    every_steps: int | None = Field(
+        None, ge=1, description="Save every N steps; a final checkpoint is always written."
+    )
+    keep_last: int | None = Field(
+        2, ge=1, description="Keep the newest N step checkpoints; null keeps all."
+    )
+
+
+class RestoreConfig(_Section):
+    path: str | None = Field(
+        None, description="Local base-model folder (the workshop's key; sets model.path)."
+    )
+
+
+class ResumeConfig(_Section):
+    restore_config: RestoreConfig = Field(
+        default_factory=RestoreConfig, description="Where the base model comes from."
+    )
+    auto: bool = Field(
+        True, description="Continue from the newest complete checkpoint in the job folder, if any."
+    )
+
+
+class ContainerConfig(_Section):
+    runtime: Literal["singularity", "apptainer", "none"] = Field(
+        "singularity", description="`none` runs the same command on the host, without a container."
+    )
+    image: str | None = Field(
+        None, description="Image: a local .sif path or a URI (docker://, oras://, library://)."
+    )
+    binds: list[str] = Field(
+        default_factory=list, description="Bind mounts `src[:dst[:opts]]`; sources must exist."
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Environment for the training processes. Never secrets: HF_TOKEN and the "
+        "like pass through from your shell.",
+    )
+    nv: bool = Field(True, description="Pass --nv (NVIDIA GPUs inside the container).")
+    mount_ft: bool = Field(
+        True,
+        description="Bind this ft's trainer into the container (on PYTHONPATH), so any image "
+        "with torch, transformers and peft runs it; false if the image has ft installed.",
+    )
+    python: str | None = Field(
+        None,
+        description="Python that runs the trainer: `python` inside a container; without one, "
+        "the interpreter ft itself runs with.",
+    )
+
+    @field_validator("image")
+    @classmethod
+    def _image_line(cls, value: str | None) -> str | None:
+        return value if value is None else _no_control(value, "container.image")
+
+    @field_validator("binds")
+    @classmethod
+    def _bind_lines(cls, value: list[str]) -> list[str]:
+        for bind in value:
+            _no_control(bind, "a bind")
+            if not bind or bind.startswith(":"):
+                raise ValueError(f"bind {bind!r} has no source path")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"{name!r} is not a valid environment variable name")
+            if _SECRET_NAME.search(name):
+                raise ValueError(
+                    f"{name} looks like a secret; ft never writes secrets to disk. "
+                    f"Export it in your shell instead (`export {name}=...`): the job inherits it."
+                )
+        return value
+
+    @field_validator("python")
+    @classmethod
+    def _python_line(cls, value: str | None) -> str | None:
+        return value if value is None else _no_control(value, "container.python")
+
+
+class SlurmConfig(_Section):
+    job_name: str | None = Field(None, description="Job name; defaults to `ft-<factory>`.")
+    partition: str | None = Field(None, description="Partition (-p).")
+    account: str | None = Field(None, description="Account to charge (-A).")
+    qos: str | None = Field(None, description="Quality of service.")
+    time: str = Field("01:00:00", description="Time limit, e.g. `04:00:00` or `1-00:00:00`.")
+    constraint: str | None = Field(None, description="Node features (-C), e.g. `a100|h100`.")
+    cpus_per_task: int | None = Field(None, ge=1, description="CPUs for each task (one task per GPU).")
+    mem: str | None = Field(None, description="Memory per node, e.g. `200G`; `0` asks for all.")
+    gpus_per_node_flag: bool = Field(
+        True, description="Emit --gpus-per-node (some sites want --gres in `extra` instead)."
+    )
+    modules: list[str] = Field(default_factory=list, description="`module load` these before running.")
+    setup: list[str] = Field(
+        default_factory=list,
+        description="Shell lines run before srun, verbatim (site set-up; you write these yourself).",
+    )
+    extra: dict[str, str | int | None] = Field(
+        default_factory=dict,
+        description="More #SBATCH options, `name: value` (`mail-type: END`); null for a flag.",
+    )
+    template: str | None = Field(None, description="Path to a site's own sbatch Jinja template.")
+    signal_seconds: int = Field(
+        120, ge=10, description="Ask SLURM for USR1 this many seconds before the time limit."
+    )
+    max_requeues: int = Field(3, ge=0, description="Requeue a preempted/timed-out job at most N times.")
+
+    @field_validator("job_name", "partition", "account", "qos", "time", "constraint", "mem")
+    @classmethod
+    def _header_value(cls, value: str | None, info: Any) -> str | None:
+        if value is None:
+            return value
+        _no_control(value, f"slurm.{info.field_name}")
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("time")
+    @classmethod
+    def _time_format(cls, value: str) -> str:
+        if not _SLURM_TIME.match(value):
+            raise ValueError(
+                f"{value!r} is not a SLURM time: use MM, HH:MM:SS, D-HH, D-HH:MM[:SS] or UNLIMITED"
+            )
+        return value
+
+    @field_validator("modules")
+    @classmethod
+    def _module_lines(cls, value: list[str]) -> list[str]:
+        for module in value:
+            _no_control(module, "a module name")
+        return value
+
+    @field_validator("setup")
+    @classmethod
+    def _setup_lines(cls, value: list[str]) -> list[str]:
+        for line in value:
+            _no_control(line, "a setup line (give one line per list item)")
+        return value
+
+    @field_validator("extra")
+    @classmethod
+    def _extra_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name, option in value.items():
+            if not _SBATCH_OPTION.match(name):
+                raise ValueError(f"{name!r} is not an sbatch option name (like `mail-type`)")
+            if isinstance(option, str):
+                _no_control(option, f"slurm.extra.{name}")
+        return value
+
+
+class Job(_Section):
+    """A complete fine-tuning job: what runs, on what, and where it writes."""
+
+    name: str = Field("job", description="Factory name (recorded in the job folder and `ft jobs`).")
+    description: str = Field("", description="One line saying what this job is for.")
+    extends: str | None = Field(
+        None, description="Factory this one extends (resolved before validation; kept for reference)."
+    )
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Base model.")
+    peft: LoraConfig | None = Field(
+        default_factory=LoraConfig, description="`peft=lora` (default) or `peft=none` for full SFT."
+    )
+    data: DataConfig = Field(..., description="Dataset and batch sizes.")
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="Run length and layout.")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimizer and schedule.")
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Checkpoints.")
+    resume: ResumeConfig = Field(default_factory=ResumeConfig, description="Base weights and resuming.")
+    container: ContainerConfig = Field(default_factory=ContainerConfig, description="Container.")
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig, description="Scheduler settings.")
+
+    @field_validator("name")
+    @classmethod
+    def _name_line(cls, value: str) -> str:
+        return _no_control(value, "name")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, raw: Any) -> Any:
+        return fold_aliases(raw) if isinstance(raw, dict) else raw
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Job":
+        """Rules across sections; every broken one is reported (one line each)."""
+        problems = []
+        if self.model.init == "pretrained" and not self.model.path:
+            problems.append(
+                "model.path is not set: give a local model folder or hub id "
+                "(model.path=... or resume.restore_config.path=...)"
+            )
+        if self.model.init == "random" and not self.model.config:
+            problems.append("model.init=random needs model.config (e.g. LlamaConfig keys)")
+        per_step = self.data.micro_batch_size * self.world_size
+        if self.data.global_batch_size % per_step:
+            problems.append(
+                f"data.global_batch_size={self.data.global_batch_size} is not a multiple of "
+                f"data.micro_batch_size × data-parallel size = {self.data.micro_batch_size} × "
+                f"{self.world_size} = {per_step}"
+            )
+        on_gpu = self.trainer.accelerator == "gpu"
+        if self.model.quantization:
+            if self.peft is None:
+                problems.append("model.quantization=nf4 (QLoRA) needs peft=lora")
+            if not on_gpu:
+                problems.append("model.quantization=nf4 (QLoRA) needs GPUs: trainer.accelerator=gpu")
+            if self.strategy != "ddp":
+                problems.append("model.quantization=nf4 works with trainer.strategy=ddp only")
+        if self.model.attn_implementation == "flash_attention_2" and not on_gpu:
+            problems.append("model.attn_implementation=flash_attention_2 needs GPUs: use sdpa on CPU")
+        if self.model.meta_init and self.strategy != "fsdp2":
+            problems.append(
+                "model.meta_init fills FSDP2 shards: it needs trainer.strategy=fsdp2 (the default for peft=none)"
+            )
+        if self.container.runtime != "none" and not self.container.image:
+            problems.append(
+                f"container.runtime={self.container.runtime} needs container.image "
+                "(or container.runtime=none to run without a container)"
+            )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    # Values derived from others: computed here, once, and only read elsewhere.
+    @property
+    def world_size(self) -> int:
+        """Total tasks = GPUs (or CPU tasks): num_nodes × devices."""
+        return self.trainer.num_nodes * self.trainer.devices
+
+    @property
+    def grad_accum_steps(self) -> int:
+        """global batch / (micro batch × data-parallel size); validated to divide."""
+        return self.data.global_batch_size // (self.data.micro_batch_size * self.world_size)
+
+    @property
+    def method(self) -> str:
+        return "sft" if self.peft is None else self.peft.method
+
+    @property
+    def strategy(self) -> str:
+        if self.trainer.strategy != "auto":
+            return self.trainer.strategy
+        return "ddp" if self.peft is not None else "fsdp2"
+
+    @property
+    def job_name(self) -> str:
+        return self.slurm.job_name or f"ft-{self.name}"
+
+    @property
+    def local_paths(self) -> dict[str, str]:
+        """Settings that name a file or folder on the cluster's filesystem, by dotted key.
+
+        Hub ids and files ft ships (`ft:`) are not among them. The launcher checks these
+        exist before submitting, the trainer again inside the container (where a path that
+        no bind covers is invisible), and the container layer binds them.
+        """
+        found = {}
+        if self.model.init == "pretrained" and self.model.path and looks_local(self.model.path):
+            found["model.path"] = self.model.path
+        if self.model.tokenizer and looks_local(self.model.tokenizer):
+            found["model.tokenizer"] = self.model.tokenizer
+        for key in ("path", "val_path"):
+            value = getattr(self.data, key)
+            if value and looks_local(value):
+                found[f"data.{key}"] = value
+        return found
+
+    def missing_paths(self) -> list[str]:
+        """A problem for each local path that does not exist here."""
+        return [f"{key} {value} does not exist" for key, value in self.local_paths.items()
+                if not Path(value).expanduser().exists()]
+
+
+# Keys that name the same setting as another: the source documents' spelling → ft's.
+ALIASES = {"resume.restore_config.path": "model.path"}
+
+
+def fold_aliases(layer: dict[str, Any]) -> dict[str, Any]:
+    """One layer of settings (a factory file, a profile, a config) with each alias moved onto
+    its key. Both given with different values is an error (ValueError): they are one setting."""
+    result = dict(layer)
+    for alias, key in ALIASES.items():
+        *alias_path, alias_leaf = alias.split(".")
+        parent = result
+        for part in alias_path:
+            parent = parent.get(part) if isinstance(parent, dict) else None
+        if not isinstance(parent, dict) or parent.get(alias_leaf) is None:
+            continue
+        value = parent[alias_leaf]
+        *key_path, key_leaf = key.split(".")
+        section = result.get(key_path[0]) if len(key_path) == 1 else None
+        current = section.get(key_leaf) if isinstance(section, dict) else None
+        if current is not None and current != value:
+            raise ValueError(
+                f"{key}={current} and {alias}={value} name two different values of one setting: give one of them"
+            )
+        # Copy the nested dicts on the way down, so the caller's layer stays as it was.
+        node = result
+        for part in alias_path:
+            node[part] = dict(node[part])
+            node = node[part]
+        del node[alias_leaf]
+        result[key_path[0]] = {**(section if isinstance(section, dict) else {}), key_leaf: value}
+    return result
+
+
+# Sections whose value may be switched by a word on the command line (`peft=none`).
+SWITCHES: dict[str, dict[str, dict[str, Any] | None]] = {
+    "peft": {"lora": {"method": "lora"}, "none": None},
+}
+
+
+# --------------------------------------------------------------------------- validation
+
+_TYPE_NAMES = ("str", "int", "float", "bool", "none", "list", "dict", "tuple")
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if not (isinstance(p, str) and p.split("[")[0] in _TYPE_NAMES)]
+    return ".".join(parts)
+
+
+def describe_errors(err: ValidationError) -> list[str]:
+    """One line per problem, named by its dotted key, in the words a user reads."""
+    problems = []
+    for item in err.errors():
+        where = _location(item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        message = message.replace("Input should be", "expected").replace("Field required", "required")
+        if item["type"] not in ("value_error", "missing") and "input" in item:
+            shown = item["input"]
+            message += f" (got {shown!r}, a {type(shown).__name__})"
+        for line in message.split("\n"):
+            problems.append(f"{where}: {line}" if where else line)
+    return list(dict.fromkeys(problems))
+
+
+def validate(data: Any) -> Job:
+    """The one way a dict becomes a Job: every problem listed in one UserError."""
+    try:
+        return Job.model_validate(data)
+    except ValidationError as err:
+        raise UserError(*describe_errors(err)) from None
+
+
+def load_job(path: str | Path) -> Job:
+    """Read and validate a resolved config.yaml (what the trainer does first)."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
+    except (yaml.YAMLError, ValueError) as e:
+        raise UserError(f"{path} is not valid YAML: {e}") from None
+    try:
+        return validate(raw)
+    except UserError as err:
+        raise UserError(f"{path} is not a valid ft job:", *err.problems) from None
+
+
+def job_to_dict(job: Job) -> dict[str, Any]:
+    return job.model_dump(mode="json")

@@ -1,0 +1,30 @@
+"""ft's model tools: the after-training commands that load a model (merge, generate, eval, export).
+
+They import torch, transformers, peft and the trainer's own loading code, so the CLI reaches
+them lazily, only when such a command runs (`ft --help` and `ft submit` never load them).
+Importing this package itself imports nothing heavy.
+
+    launcher (cli) ··lazy··▶ fttools ──▶ trainer ──▶ ftcore
+"""
+
+from __future__ import annotations
+
+
+def require_stack() -> None:
+    """Import what loading a model needs, or say how to get it; quiet the libraries' chatter."""
+    import importlib
+    import warnings
+
+    from ftcore.contract import pip_line
+    from ftcore.errors import UserError
+
+    try:
+        for name in ("torch", "peft"):
+            importlib.import_module(name)
+        import transformers
+    except ImportError as err:
+        raise UserError(f"this command loads the model, which needs torch, transformers and peft ({err})",
+                        hint=f"{pip_line()}, or run it inside the training container") from None
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")

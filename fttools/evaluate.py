@@ -1,0 +1,104 @@
+"""Score a checkpoint on a data file: the loss training reports, and SQuAD's EM and F1.
+
+    ft eval JOB --data squad_val.jsonl [--format squad] [--limit 500] [--json]
+
+The loss is the one the trainer's validation computes, through the same code: records are
+read, prompt-masked and truncated by ``trainer.data`` with the job's max_seq_length and
+prompt template, and summed by ``CausalLMLoss`` over answer tokens. On the records a job
+validated on, it reproduces the job's last ``val_loss``.
+
+For SQuAD-format data each question's prompt (the training prompt, up to "Answer:") is
+continued greedily; the first line of the continuation is the prediction, scored against
+every gold answer with the official normalisation (trainer/squad_metrics.py).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from ftcore.layout import Checkpoint
+from ftcore.errors import UserError
+
+from trainer import data
+from .inference import greedy, load_model, load_tokenizer, prompt_ids
+from trainer.model import CausalLMLoss
+from .squad_metrics import gold_answers, score
+
+FORMATS = ("squad", "alpaca", "jsonl")
+_SAMPLES_SHOWN = 5
+
+
+def evaluate(ckpt: Checkpoint, data_path: str, fmt: str | None = None, limit: int | None = None,
+             max_new_tokens: int = 32, answers: bool = True, split: str = "validation") -> dict[str, Any]:
+    """`ft eval`: a dict of the figures (what `--json` prints); `answers=False` skips SQuAD's
+    generation (the slow part) and scores the loss only. `split` applies to hub datasets."""
+    job_data = ckpt.job_config.get("data") or {}
+    fmt = fmt or job_data.get("format")
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt}: choose one of {', '.join(FORMATS)}" if fmt else
+                        f"{ckpt.path} comes from no ft job, so the data format is unknown: pass --format")
+    # The job's own prompt template and length, so the loss means what training's meant.
+    template = job_data.get("prompt_template") if job_data.get("format") == fmt else None
+    max_len = int(job_data.get("max_seq_length") or 2048)
+    micro_batch = int(job_data.get("micro_batch_size") or 8)
+    if limit is not None and limit < 1:
+        raise UserError("--limit must be at least 1")
+
+    records = data.read_records(data_path, split)[:limit]
+    tokenizer = load_tokenizer(ckpt)
+    stats = data.Stats(records=len(records))
+    samples = data.tokenize(records, fmt, tokenizer, max_len, template, stats)
+    if not samples:
+        raise UserError(f"{data_path}: no records with an answer to score")
+    model = load_model(ckpt)
+    loss_sum, tokens = validation_loss(model, samples, micro_batch, tokenizer.pad_token_id)
+    result: dict[str, Any] = {
+        "checkpoint": str(ckpt.path),
+        "data": data_path,
+        "format": fmt,
+        "records": len(records),
+        "examples": len(samples),
+        "truncated": stats.truncated,
+        "dropped": stats.dropped,
+        "answer_tokens": tokens,
+        "loss": loss_sum / tokens,
+        "perplexity": math.exp(min(loss_sum / tokens, 700)),
+    }
+    if fmt == "squad" and answers:
+        result.update(squad_scores(model, tokenizer, records, template, max_new_tokens, micro_batch))
+    return result
+
+
+@torch.no_grad()
+def validation_loss(model, samples: list[data.Sample], micro_batch: int, pad_id: int) -> tuple[float, int]:
+    """(summed loss, answer tokens), batched exactly as one-process validation batches it."""
+    loss_fn = CausalLMLoss(model).eval()
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    attn = getattr(model.config, "_attn_implementation", None) or "sdpa"
+    total, tokens = 0.0, 0
+    for batch_samples, _ in data.val_batches(samples, micro_batch, 1, 0, None):
+        batch = data.collate(batch_samples, pad_id, attn, dtype, device)
+        total += float(loss_fn(**batch).double())
+        tokens += sum(s.answer_tokens for s in batch_samples)
+    return total, tokens
+
+
+def squad_scores(model, tokenizer, records: list[data.Record], template: str | None, max_new_tokens: int,
+                 batch_size: int) -> dict[str, Any]:
+    prompts = [data.squad_segments(r, template)[0][0] for r in records]
+    texts = greedy(model, tokenizer, [prompt_ids(tokenizer, p) for p in prompts], max_new_tokens, batch_size)
+    predictions = [first_line(t) for t in texts]
+    golds = [gold_answers(r.fields.get("answers")) for r in records]
+    samples = [{"question": r.fields.get("question"), "prediction": p, "answers": g}
+               for r, p, g in zip(records[:_SAMPLES_SHOWN], predictions, golds)]
+    return {**score(predictions, golds), "max_new_tokens": max_new_tokens, "samples": samples}
+
+
+def first_line(text: str) -> str:
+    """A base model often keeps writing after the answer; the answer is the first line."""
+    stripped = text.strip()
+    return stripped.splitlines()[0].strip() if stripped else ""

@@ -1,0 +1,109 @@
+"""Load a checkpoint to use it: a full model, or a base with its LoRA adapter; greedy text.
+
+    ft generate JOB "Context: ... Question: ... Answer:" --max-new-tokens 16
+
+Used by `ft generate`, `ft eval` and `ft merge` (the CLI imports this lazily: it needs torch,
+transformers and peft). Prompts are tokenized the way training tokenized them: the
+tokenizer's own leading special tokens (Llama's bos), then the text without them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ftcore.layout import Checkpoint
+from ftcore.errors import UserError
+
+from trainer.model import DTYPES, hf_token
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def load_tokenizer(ckpt: Checkpoint):
+    """The tokenizer saved with the checkpoint: the one training used."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(ckpt.path)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load the tokenizer saved in {ckpt.path}: {err}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+def load_base(ckpt: Checkpoint, dtype: torch.dtype | str = "auto", device: torch.device | None = None):
+    """The base model a LoRA checkpoint names in adapter_config.json."""
+    from transformers import AutoModelForCausalLM
+
+    base = ckpt.base
+    if not base:
+        raise UserError(f"{ckpt.path / 'adapter_config.json'} names no base_model_name_or_path")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, token=hf_token(), **_placement(device))
+    except OSError as err:
+        raise UserError(f"cannot load the base model {base} named by {ckpt.path / 'adapter_config.json'}: {err}",
+                        hint="a hub id needs network and, for gated models, HF_TOKEN in the environment") from None
+    return model.to(device) if device is not None else model
+
+
+def _placement(device: torch.device | None) -> dict:
+    """Straight onto the GPU when there is one, instead of via host memory."""
+    return {"device_map": {"": device}} if device is not None and device.type == "cuda" else {}
+
+
+def load_model(ckpt: Checkpoint, dtype: str | None = None, device: torch.device | None = None):
+    """A model in eval mode: the full model, or the base with the adapter applied (not merged).
+
+    `dtype` (bf16/fp16/fp32) defaults to the dtype the weights were saved in.
+    """
+    from transformers import AutoModelForCausalLM
+
+    device = device or pick_device()
+    torch_dtype = DTYPES[dtype] if dtype else "auto"
+    if ckpt.is_lora:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(load_base(ckpt, torch_dtype, device), ckpt.path)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(ckpt.path, dtype=torch_dtype, **_placement(device)).to(device)
+    return model.eval()
+
+
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    from trainer.data import _special_affixes
+
+    prefix, _ = _special_affixes(tokenizer)
+    return list(prefix) + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
+@torch.no_grad()
+def greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 8) -> list[str]:
+    """Greedy continuations of token-id prompts, decoded without special tokens.
+
+    Batches are left-padded so every prompt ends where generation starts; the attention
+    mask keeps padding out, and generate derives position ids from it.
+    """
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id
+    texts = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        width = max(len(p) for p in chunk)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                             num_beams=1, use_cache=True, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+        texts += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    return texts
+
+
+def generate(ckpt: Checkpoint, prompt: str, max_new_tokens: int = 64) -> str:
+    """`ft generate`: the greedy continuation of one prompt."""
+    if max_new_tokens < 1:
+        raise UserError("--max-new-tokens must be at least 1")
+    tokenizer = load_tokenizer(ckpt)
+    model = load_model(ckpt)
+    return greedy(model, tokenizer, [prompt_ids(tokenizer, prompt)], max_new_tokens)[0]

@@ -1,0 +1,96 @@
+"""The import structure: launcher → ftcore ← trainer ← fttools, and nothing heavy on the login node.
+
+Read from the source (every import statement, lazy ones inside functions included), so a new
+module or a new import is covered without being named here.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from ftcore import contract
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("ftcore", "launcher", "trainer", "fttools")
+# Which of ft's packages each package may import (itself always).
+ALLOWED = {
+    "ftcore": set(),
+    "launcher": {"ftcore", "fttools"},  # fttools only lazily, from the CLI's model commands
+    "trainer": {"ftcore"},
+    "fttools": {"ftcore", "trainer"},
+}
+HEAVY = ("torch", "transformers", "peft", "matplotlib", "huggingface_hub", "safetensors", "tokenizers")
+
+
+def _modules(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+def _imports(path: Path) -> set[str]:
+    """Top-level names of everything `path` imports, anywhere in the file."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_each_package_imports_only_the_packages_below_it(package):
+    wrong = {}
+    for path in _modules(package):
+        others = (_imports(path) & set(PACKAGES)) - ALLOWED[package] - {package}
+        if others:
+            wrong[str(path.relative_to(ROOT))] = sorted(others)
+    assert not wrong, f"{package} may import only {sorted(ALLOWED[package])}: {wrong}"
+
+
+def test_only_the_cli_reaches_the_model_tools():
+    users = [str(p.relative_to(ROOT)) for p in _modules("launcher") if "fttools" in _imports(p)]
+    assert users == ["launcher/cli.py"]
+
+
+def test_the_core_imports_nothing_heavy_even_lazily():
+    heavy = {str(p.relative_to(ROOT)): sorted(_imports(p) & set(HEAVY)) for p in _modules("ftcore")}
+    assert not {k: v for k, v in heavy.items() if v}
+
+
+def test_importing_every_launcher_module_imports_nothing_heavy():
+    """`ft --help` and `ft submit` stay fast: the commands that need torch import it themselves."""
+    names = [f"launcher.{p.stem}" for p in _modules("launcher") if p.stem not in ("__main__",)]
+    names += [f"ftcore.{p.stem}" for p in _modules("ftcore")]
+    code = (f"import importlib, sys\nfor n in {names!r}: importlib.import_module(n)\n"
+            f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\nprint(heavy)\nsys.exit(bool(heavy))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_trainer_needs_only_what_the_image_contract_lists():
+    """Every third-party import under trainer/ and ftcore/ is a contract package (or the stdlib)."""
+    known = {p.module for p in contract.REQUIRED + contract.OPTIONAL} | set(PACKAGES)
+    outside = {}
+    for package in ("trainer", "ftcore"):
+        for path in _modules(package):
+            extra = {n for n in _imports(path) if n not in sys.stdlib_module_names and n not in known}
+            if extra:
+                outside[str(path.relative_to(ROOT))] = sorted(extra)
+    assert not outside, f"not in ftcore/contract.py: {outside}"
+
+
+def test_readme_and_pyproject_state_the_image_contract():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## The image contract"):]
+    section = section[: section.find("\n## ", 5)]
+    listed = set(re.findall(r"^- `([A-Za-z0-9_.-]+)>=", section, re.M))
+    assert listed == {p.dist for p in contract.REQUIRED}, "README's image contract list"
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["train"]
+    assert {re.split(r"[<>=]", e)[0] for e in extra} == {p.dist for p in contract.REQUIRED}

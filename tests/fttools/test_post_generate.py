@@ -1,0 +1,79 @@
+"""`ft generate`: greedy text from an SFT checkpoint or a base with its adapter."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from post_helpers import PROMPT, one_thread, run_ft, train_job
+
+from ftcore import files, layout
+from launcher import locate
+from ftcore.errors import UserError
+
+pytestmark = pytest.mark.train
+
+
+@pytest.fixture(scope="module")
+def jobs(tmp_path_factory):
+    with one_thread():  # for the whole module: its tests run these models too
+        home = tmp_path_factory.mktemp("home")
+        yield {"lora": train_job(home, "lora"), "sft": train_job(home, "sft", peft=None)}
+
+
+def _reference(model, tokenizer, max_new_tokens):
+    """What transformers itself generates greedily from the prompt as training tokenized it."""
+    from fttools.inference import pick_device, prompt_ids
+
+    model = model.to(pick_device())  # where generate() runs too
+    ids = torch.tensor([prompt_ids(tokenizer, PROMPT)], device=model.device)
+    out = model.generate(input_ids=ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def test_sft_checkpoint_generates_what_transformers_generates(jobs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from fttools.inference import generate
+
+    ckpt = locate.find_checkpoint(str(jobs["sft"]))
+    assert ckpt.kind == layout.FULL
+    reference = _reference(AutoModelForCausalLM.from_pretrained(ckpt.path).eval(), AutoTokenizer.from_pretrained(ckpt.path), 8)
+    assert generate(ckpt, PROMPT, 8) == reference
+
+
+def test_lora_checkpoint_generates_with_its_adapter(jobs):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from fttools.inference import generate
+
+    ckpt = locate.find_checkpoint(str(jobs["lora"]))
+    assert ckpt.kind == layout.LORA
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(ckpt.base), ckpt.path).eval()
+    text = generate(ckpt, PROMPT, 8)
+    assert text == _reference(model, AutoTokenizer.from_pretrained(ckpt.path), 8)
+    assert text  # this adapter has not learnt to stop yet: the comparison saw real tokens
+
+
+def test_batched_prompts_give_the_same_text_as_one_at_a_time(jobs):
+    from fttools.inference import greedy, load_model, load_tokenizer, prompt_ids
+
+    ckpt = locate.find_checkpoint(str(jobs["lora"]))
+    tokenizer, model = load_tokenizer(ckpt), load_model(ckpt, device=torch.device("cpu"))
+    prompts = [prompt_ids(tokenizer, p) for p in (PROMPT, "Question: Where is Oslo?\nAnswer:", "Hi")]
+    alone = [greedy(model, tokenizer, [p], 6)[0] for p in prompts]
+    assert greedy(model, tokenizer, prompts, 6, batch_size=3) == alone  # left padding changes nothing
+
+
+def test_cli_prints_the_continuation(jobs):
+    code, stdout, stderr = run_ft("generate", str(jobs["lora"]), PROMPT, "--max-new-tokens", "4")
+    assert code == 0, stderr
+    assert stdout.endswith("\n") and len(stdout) > 1
+
+
+def test_max_new_tokens_must_be_positive(jobs):
+    from fttools.inference import generate
+
+    with pytest.raises(UserError, match="at least 1"):
+        generate(locate.find_checkpoint(str(jobs["sft"])), PROMPT, 0)

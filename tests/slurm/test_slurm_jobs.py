@@ -1,0 +1,174 @@
+"""Real jobs on the real local SLURM cluster (scripts/slurm-up.sh): `ft submit` → sbatch →
+srun → the trainer, on one node and on two, without a container and through the
+Singularity stand-in; then the lifecycle commands on what ran."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from slurm_cluster import job_fields, wait_for_job
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.slurm, pytest.mark.train]
+
+# Short runs: the point here is the path through the scheduler, not the training.
+SHORT = ["trainer.max_steps=6", "trainer.val_every_steps=3", "checkpoint.every_steps=3",
+         "slurm.time=00:05:00", "slurm.partition=debug"]
+
+
+def submit(ft, *args: str, env: dict | None = None) -> tuple[str, Path]:
+    result = ft("submit", "--factory", "tiny", *SHORT, *args, "--yes", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    job_line = next(line for line in lines if line.startswith("Submitted batch job "))
+    folder = Path(next(line for line in lines if line.startswith("Job folder: ")).split(": ", 1)[1])
+    return job_line.split()[-1], folder
+
+
+def events(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
+
+
+def assert_trained(folder: Path, job_id: str, tasks: int, weights: str = "model.safetensors") -> None:
+    state, fields = wait_for_job(job_id, timeout=240)
+    log = "\n".join(p.read_text() for p in (folder / "logs").glob("*.out"))
+    assert state == "COMPLETED", f"{state}\n{log}"
+    assert [e["event"] for e in events(folder)] == ["start", "exit"]
+    assert events(folder)[-1]["code"] == 0
+    assert int(fields["NumTasks"]) == tasks
+    steps = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert max(r.get("step", 0) for r in steps) == 6
+    latest = (folder / "checkpoints" / "latest").read_text().strip()
+    assert (folder / "checkpoints" / latest / weights).is_file()
+    assert "step 6 |" in log
+
+
+def test_tiny_runs_on_one_node(slurm_cluster, ft):
+    job_id, folder = submit(ft)
+    assert_trained(folder, job_id, tasks=1)
+    status = ft("status", job_id)
+    assert status.returncode == 0 and "COMPLETED" in status.stdout
+    logs = ft("logs", job_id, "--rank", "0")
+    assert "step 6 |" in logs.stdout and not logs.stdout.startswith("0: ")
+    listed = json.loads(ft("jobs", "--json").stdout)
+    assert listed[0]["id"] == job_id and listed[0]["folder"] == str(folder)
+    cancel = ft("cancel", job_id)
+    assert cancel.returncode == 2 and "already ended" in cancel.stderr
+
+
+def test_tiny_sft_runs_fsdp2_on_two_nodes(slurm_cluster, ft):
+    job_id, folder = submit(ft, "trainer.num_nodes=2", "data.micro_batch_size=2")
+    assert_trained(folder, job_id, tasks=2)
+    assert events(folder)[0]["nodes"] in ("n[1-2]", "n1,n2")
+    from transformers import AutoModelForCausalLM
+
+    latest = (folder / "checkpoints" / "latest").read_text().strip()
+    model = AutoModelForCausalLM.from_pretrained(folder / "checkpoints" / latest)
+    assert model.config.num_hidden_layers == 2
+
+
+def test_tiny_lora_runs_data_parallel_on_two_nodes(slurm_cluster, ft):
+    job_id, folder = submit(ft, "peft=lora", "trainer.num_nodes=2", "data.micro_batch_size=2")
+    assert_trained(folder, job_id, tasks=2, weights="adapter_model.safetensors")
+
+
+def test_singularity_variant_runs_through_the_standin(slurm_cluster, ft, tmp_path):
+    image = tmp_path / "ft.sif"
+    image.write_bytes(b"stand-in image")
+    log = tmp_path / "standin.jsonl"
+    env = slurm_cluster.env_with_standin()
+    env["FT_STANDIN_LOG"] = str(log)
+    # The stand-in runs the command on the host, so "the image's Python" is this one, and
+    # ft's packages come from PYTHONPATH rather than a bind into the image (mount_ft).
+    job_id, folder = submit(ft, "peft=lora", "container.runtime=singularity", f"container.image={image}",
+                            f"container.binds=[{tmp_path}:/data]", "container.nv=true",
+                            "container.mount_ft=false", f"container.python={os.sys.executable}", env=env)
+    assert_trained(folder, job_id, tasks=1, weights="adapter_model.safetensors")
+    (call,) = [json.loads(line) for line in log.read_text().splitlines()]
+    assert call["image"] == str(image) and call["nv"] is True
+    assert {"src": str(tmp_path), "dst": "/data", "opts": "rw"} in call["binds"]
+    assert call["argv"][-5:] == [os.sys.executable, "-m", "trainer", "--config", str(folder / "config.yaml")]
+
+
+def test_lifecycle_errors_are_clear(slurm_cluster, ft):
+    for command in (["status", "999999"], ["logs", "999999"], ["cancel", "999999"]):
+        result = ft(*command)
+        assert result.returncode == 2 and "no job '999999'" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_scheduler_refusal_loses_nothing(slurm_cluster, ft, isolated_home):
+    result = ft("submit", "--factory", "tiny", "slurm.partition=nosuchpartition", "--yes")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "sbatch refused the job" in result.stderr and "partition" in result.stderr.lower()
+    jobs_root = isolated_home / "jobs"
+    assert not jobs_root.exists() or not any(jobs_root.iterdir())
+
+
+def test_fifty_concurrent_submissions_are_distinct(slurm_cluster, isolated_home):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    argv = ["python", "-m", "launcher", "submit", "--factory", "tiny", "slurm.extra.hold=null", "--yes"]
+    procs = [subprocess.Popen([os.sys.executable, *argv[1:]], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(50)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    ids = []
+    try:
+        for (out, err), proc in zip(outputs, procs):
+            assert proc.returncode == 0, err
+            ids.append(next(line.split()[-1] for line in out.splitlines() if line.startswith("Submitted batch job")))
+        folders = [p for p in (isolated_home / "jobs").iterdir()]
+        assert len(set(ids)) == 50 and len(folders) == 50
+        for folder in folders:
+            record = json.loads((folder / "submission.json").read_text())
+            assert record["job_id"] in ids
+            assert {"config.yaml", "job.sbatch", "command.txt"} <= {p.name for p in folder.iterdir()}
+        assert sorted(json.loads((f / "submission.json").read_text())["job_id"] for f in folders) == sorted(ids)
+    finally:
+        if ids:
+            subprocess.run(["scancel", *ids], check=False)
+
+
+def test_resubmit_continues_in_the_same_folder_and_follow_reads_the_log(slurm_cluster, ft):
+    job_id, folder = submit(ft)
+    follow = ft("logs", job_id, "-f")  # returns once the job has ended
+    assert follow.returncode == 0 and "step 6 |" in follow.stdout
+    assert_trained(folder, job_id, tasks=1)
+    again = ft("resubmit", job_id, "trainer.max_steps=9")
+    assert again.returncode == 0, again.stderr
+    new_id = again.stdout.split("Submitted batch job ")[1].split()[0]
+    state, _ = wait_for_job(new_id, timeout=240)
+    log = "\n".join(p.read_text() for p in (folder / "logs").glob("*.out"))
+    assert state == "COMPLETED", log
+    assert "resumed from" in log and "step-000006" in log and "step 9 |" in log
+    record = json.loads((folder / "submission.json").read_text())
+    assert record["job_id"] == new_id and record["history"][0]["job_id"] == job_id
+    old = ft("status", job_id)  # the id a user remembers still finds the folder
+    assert old.returncode == 0 and str(folder) in old.stdout and new_id in old.stdout
+
+
+def test_sweep_runs_as_one_array_and_after_waits(slurm_cluster, ft):
+    job_id, folder = submit(ft, "--sweep", "optim.lr=1e-3,3e-3")
+    fields = wait_for_job(job_id, timeout=240)[1]
+    exits = [folder / "tasks" / str(task) / "events.jsonl" for task in (0, 1)]
+    deadline = time.time() + 240
+    while time.time() < deadline and not all(p.is_file() and '"exit"' in p.read_text() for p in exits):
+        time.sleep(1)
+    for task in (0, 1):
+        run = folder / "tasks" / str(task)
+        lr = 1e-3 if task == 0 else 3e-3
+        assert f"lr: {lr}" in (run / "config.yaml").read_text()
+        assert (run / "checkpoints" / "latest").is_file(), list((folder / "logs").iterdir())
+        assert [json.loads(l)["event"] for l in (run / "events.jsonl").read_text().splitlines()] == ["start", "exit"]
+    assert "ArrayJobId" in fields
+    first, _ = submit(ft, "slurm.extra.hold=null")
+    second, _ = submit(ft, "--after", first)
+    assert job_fields(second)["Dependency"].startswith(f"afterok:{first}")
+    busy = ft("resubmit", first)
+    assert busy.returncode == 2 and "still PENDING" in busy.stderr and f"ft cancel {first}" in busy.stderr
+    subprocess.run(["scancel", first, second], check=False)

@@ -1,0 +1,110 @@
+"""Two trainer processes on this machine (gloo, torchrun-style variables) against one in-process run.
+
+The same global batch must give the same losses whether it is split over one process or
+two: FSDP2 for full SFT, data parallel for LoRA. The srun version lives with the SLURM tests.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+pytest.importorskip("torch")
+import torch
+from safetensors.torch import load_file
+from trainer_helpers import (DIST_VARS, describe, finish, launch, read_metrics, save_tiny_model, start, tiny_job,
+                             train_losses, validate, write_config)
+
+from ftcore import exits
+from trainer import checkpoint
+from trainer.train import run
+
+pytestmark = pytest.mark.train
+
+
+@pytest.fixture(autouse=True)
+def single_process(monkeypatch):
+    for name in DIST_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
+def figures(job_dir, key):
+    return [r[key] for r in read_metrics(job_dir) if key in r]
+
+
+def test_fsdp2_sft_on_two_processes_matches_one(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    # Two processes also take the meta-device path (each reads only its own rows of the
+    # safetensors files) and recompute activations; neither may change a single number.
+    pretrained = {"init": "pretrained", "path": str(save_tiny_model(tmp_path / "base")), "config": {}}
+    two = tiny_job(peft=None, model={**pretrained, "meta_init": True, "activation_checkpointing": True},
+                   trainer={"devices": 2, "max_steps": 3}, data={"micro_batch_size": 2})
+    one = tiny_job(peft=None, model=pretrained, trainer={"max_steps": 3}, data={"micro_batch_size": 4})
+    assert validate(two).grad_accum_steps == validate(one).grad_accum_steps == 2
+
+    results = launch(write_config(tmp_path / "two", two), nprocs=2)
+    assert [r.returncode for r in results] == [0, 0], describe(results)
+    assert "2 process(es) (torchrun)" in results[0].stdout and results[1].stdout == ""  # only rank 0 logs
+    assert run(validate(one), tmp_path / "one") == exits.OK
+
+    for key in ("loss", "grad_norm", "val_loss"):
+        assert figures(tmp_path / "two", key) == pytest.approx(figures(tmp_path / "one", key), rel=1e-5), key
+    loaded = [AutoModelForCausalLM.from_pretrained(checkpoint.step_dir(tmp_path / d / "checkpoints", 3)) for d in ("two", "one")]
+    for (name, a), b in zip(loaded[0].state_dict().items(), loaded[1].state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_lora_data_parallel_matches_one_process_and_survives_preemption(tmp_path):
+    """Rank 1 alone gets SIGUSR1: both ranks checkpoint the same step and exit 75; requeued, they finish."""
+    steps = 80
+    two = tiny_job(trainer={"devices": 2, "max_steps": steps, "val_every_steps": 40}, data={"micro_batch_size": 2})
+    one = tiny_job(trainer={"max_steps": steps, "val_every_steps": 40}, data={"micro_batch_size": 4})
+    config = write_config(tmp_path / "two", two)
+
+    procs = start(config, nprocs=2)
+    deadline = time.time() + 120
+    while not train_losses(tmp_path / "two") and time.time() < deadline and procs[1].poll() is None:
+        time.sleep(0.02)
+    procs[1].send_signal(signal.SIGUSR1)
+    results = finish(procs)
+    assert [r.returncode for r in results] == [exits.REQUEUE, exits.REQUEUE], describe(results)
+    stopped_at = max(train_losses(tmp_path / "two"))
+    assert stopped_at < steps and checkpoint.latest(tmp_path / "two" / "checkpoints").name == f"step-{stopped_at:06d}"
+
+    results = launch(config, nprocs=2)  # the requeued job
+    assert [r.returncode for r in results] == [0, 0], describe(results)
+    assert f"at step {stopped_at}" in results[0].stdout
+
+    assert run(validate(one), tmp_path / "one") == exits.OK
+    for key in ("loss", "grad_norm", "val_loss"):
+        assert figures(tmp_path / "two", key) == pytest.approx(figures(tmp_path / "one", key), rel=1e-4), key
+    adapters = [load_file(checkpoint.step_dir(tmp_path / d / "checkpoints", steps) / "adapter_model.safetensors") for d in ("two", "one")]
+    for name in adapters[0]:
+        torch.testing.assert_close(adapters[0][name], adapters[1][name], atol=1e-4, rtol=1e-3, msg=name)
+
+
+def test_lora_under_fsdp2_on_two_processes_matches_one(tmp_path):
+    """The 405B layout: a frozen base sharded with the adapters, filled from files on the meta path."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = save_tiny_model(tmp_path / "base")
+    pretrained = {"init": "pretrained", "path": str(base), "config": {}, "meta_init": True}
+    two = tiny_job(model={**pretrained, "activation_checkpointing": True}, trainer={"devices": 2, "max_steps": 3, "strategy": "fsdp2"},
+                   data={"micro_batch_size": 2})
+    one = tiny_job(model=pretrained, trainer={"max_steps": 3, "strategy": "fsdp2"}, data={"micro_batch_size": 4})
+    results = launch(write_config(tmp_path / "two", two), nprocs=2)
+    assert [r.returncode for r in results] == [0, 0], describe(results)
+    assert run(validate(one), tmp_path / "one") == exits.OK
+
+    for key in ("loss", "grad_norm", "val_loss"):
+        assert figures(tmp_path / "two", key) == pytest.approx(figures(tmp_path / "one", key), rel=1e-5), key
+    final = checkpoint.step_dir(tmp_path / "two" / "checkpoints", 3)
+    adapters = [load_file(checkpoint.step_dir(tmp_path / d / "checkpoints", 3) / "adapter_model.safetensors") for d in ("two", "one")]
+    assert adapters[0].keys() == adapters[1].keys() and all("lora_" in k for k in adapters[0])
+    for name in adapters[0]:
+        torch.testing.assert_close(adapters[0][name], adapters[1][name], atol=1e-5, rtol=1e-4, msg=name)
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), final)

@@ -1,0 +1,238 @@
+"""Training a tiny random Llama on CPU, in this process: learning, accumulation, checkpoints, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+
+import pytest
+
+pytest.importorskip("torch")
+import torch
+from safetensors.torch import load_file
+from trainer_helpers import DIST_VARS, read_metrics, tiny_job, train_losses, validate
+
+from ftcore import exits
+from trainer import checkpoint
+from trainer.data import PROMPTS, read_records
+from trainer.train import run
+
+pytestmark = pytest.mark.train
+
+# LoRA can only move a frozen random model far when its output head is adapted too and the
+# random weights are not tiny: this setup memorises 32 records in ~40 steps.
+LEARNABLE = dict(
+    model={"config": {"initializer_range": 0.2}},
+    peft={"target_modules": ["*_proj", "lm_head"]},
+    data={"limit_samples": 32, "val_fraction": 0},
+    optim={"lr": 1e-2, "lr_scheduler": {"name": "constant", "warmup_steps": 0}},
+)
+
+
+@pytest.fixture(autouse=True)
+def single_process(monkeypatch):
+    for name in DIST_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
+def train(job_dir, raw, on_step=None) -> int:
+    return run(validate(raw), job_dir, on_step=on_step)
+
+
+def adapter(job_dir, step):
+    return load_file(checkpoint.step_dir(job_dir / "checkpoints", step) / "adapter_model.safetensors")
+
+
+def assert_same_tensors(a: dict, b: dict, exact=True):
+    assert a.keys() == b.keys()
+    for key in a:
+        if exact:
+            assert torch.equal(a[key], b[key]), key
+        else:
+            torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4, msg=key)
+
+
+def test_lora_learns_and_the_adapter_loads_with_peft(tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    raw = tiny_job(LEARNABLE, trainer={"max_steps": 40, "log_every_steps": 1})
+    assert train(tmp_path, raw) == exits.OK
+    losses = train_losses(tmp_path)
+    assert len(losses) == 40
+    assert sum(losses[s] for s in range(36, 41)) / 5 < 0.1 * losses[1]
+
+    final = checkpoint.step_dir(tmp_path / "checkpoints", 40)
+    assert all("lora_" in name for name in load_file(final / "adapter_model.safetensors"))  # adapters only
+    config = json.loads((final / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str((tmp_path / "base_model").resolve())
+    base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"])
+    model = PeftModel.from_pretrained(base, final).eval()
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    right = 0
+    records = read_records("ft:tiny_qa.jsonl")[:8]  # limit_samples=32 trained on the first 32
+    for record in records:
+        prompt = PROMPTS["squad"].format(**record.fields)
+        ids = tokenizer(prompt, return_tensors="pt")
+        out = model.generate(**ids, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        answer = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+        right += answer.strip() == record.fields["answers"]["text"][0]
+    assert right >= 6, f"only {right}/8 memorised answers generated"
+
+
+def test_micro_1_x_accum_4_equals_micro_4_x_accum_1(tmp_path):
+    runs = {}
+    for micro in (1, 4):
+        raw = tiny_job(data={"global_batch_size": 4, "micro_batch_size": micro}, trainer={"max_steps": 3})
+        assert validate(raw).grad_accum_steps == 4 // micro
+        assert train(tmp_path / f"m{micro}", raw) == exits.OK
+        runs[micro] = ([r for r in read_metrics(tmp_path / f"m{micro}") if "loss" in r], adapter(tmp_path / f"m{micro}", 3))
+    (m1, w1), (m4, w4) = runs[1], runs[4]
+    for key in ("loss", "grad_norm"):  # grad_norm: the whole gradient agrees, not just the loss
+        assert [r[key] for r in m1] == pytest.approx([r[key] for r in m4], rel=1e-5)
+    assert_same_tensors(w1, w4, exact=False)
+
+
+@pytest.mark.parametrize("option", ["group_by_length", "padding_free"])
+@pytest.mark.parametrize("method", ["lora", "sft"])
+def test_batch_layouts_train_like_the_plain_padded_order(tmp_path, method, option):
+    """Grouping by length changes which samples share a micro batch, padding-free collation how
+    they are laid out; neither changes the step's loss or gradient."""
+    lengths = [len(s) for s in _tiny_samples()]
+    assert len(set(lengths)) > 4  # variable lengths, or this test would show nothing
+    runs = {}
+    for on in (False, True):
+        layout = {"group_by_length": False, "padding_free": False, option: on}
+        raw = tiny_job(data={"global_batch_size": 8, "micro_batch_size": 2, **layout},
+                       trainer={"max_steps": 3}, peft=None if method == "sft" else {})
+        assert train(tmp_path / str(on), raw) == exits.OK
+        runs[on] = [r for r in read_metrics(tmp_path / str(on)) if "loss" in r or "val_loss" in r]
+    for key in ("loss", "grad_norm", "val_loss"):
+        plain = [r[key] for r in runs[False] if key in r]
+        assert plain and [r[key] for r in runs[True] if key in r] == pytest.approx(plain, rel=1e-5)
+
+
+def test_compiled_layers_train_like_the_eager_ones(tmp_path):
+    """trainer.compile=true under FSDP2 (full SFT): the same losses and gradient norms."""
+    runs = {}
+    for compiled in (False, True):
+        raw = tiny_job(data={"global_batch_size": 8, "micro_batch_size": 4}, trainer={"max_steps": 3, "compile": compiled},
+                       peft=None)
+        assert train(tmp_path / str(compiled), raw) == exits.OK
+        runs[compiled] = [r for r in read_metrics(tmp_path / str(compiled)) if "loss" in r]
+    for key in ("loss", "grad_norm"):
+        assert [r[key] for r in runs[True]] == pytest.approx([r[key] for r in runs[False]], rel=1e-4)
+
+
+def _tiny_samples():
+    from trainer.data import Stats, tokenize
+    from trainer_helpers import tiny_tokenizer
+
+    return tokenize(read_records("ft:tiny_qa.jsonl"), "squad", tiny_tokenizer(), 64, None, Stats())
+
+
+@pytest.mark.parametrize("method, signum", [("lora", signal.SIGUSR1), ("sft", signal.SIGTERM)], ids=["lora-USR1", "sft-TERM"])
+def test_preemption_checkpoints_exits_75_and_resumes_exactly(tmp_path, method, signum):
+    """Preempted at step 3 and requeued == never interrupted: same losses, bit-identical weights."""
+    sections = dict(trainer={"max_steps": 6}, peft={"dropout": 0.1})  # dropout: the RNG must resume too
+    if method == "sft":
+        sections.update(peft=None, optim={"lr": 3e-3})
+    raw = tiny_job(**sections)
+
+    assert train(tmp_path / "straight", raw) == exits.OK
+
+    def preempt(record):
+        if record["step"] == 2:
+            os.kill(os.getpid(), signum)  # arrives mid-run; honoured after the next step
+
+    job = tmp_path / "preempted"
+    assert train(job, raw, on_step=preempt) == exits.REQUEUE
+    assert checkpoint.latest(job / "checkpoints").name == "step-000003"
+    assert (job / "checkpoints" / "latest").read_text().strip() == "step-000003"
+    assert max(train_losses(job)) == 3
+    assert train(job, raw) == exits.OK
+
+    assert train_losses(job) == train_losses(tmp_path / "straight")
+    weights = "adapter_model.safetensors" if method == "lora" else "model.safetensors"
+    final = [load_file(checkpoint.step_dir(d / "checkpoints", 6) / weights) for d in (job, tmp_path / "straight")]
+    assert_same_tensors(*final)
+    state = json.loads((checkpoint.step_dir(job / "checkpoints", 6) / "ft_state" / "trainer_state.json").read_text())
+    assert state["step"] == 6 and state["data_position"] == {"epoch": 0, "index": 48}
+
+
+def test_stop_at_max_steps_then_continue_with_more_steps(tmp_path):
+    raw = tiny_job(optim={"lr_scheduler": {"name": "constant"}}, trainer={"max_steps": 5, "val_every_steps": 2})
+    assert train(tmp_path / "straight", raw) == exits.OK
+    short = tiny_job(optim={"lr_scheduler": {"name": "constant"}}, trainer={"max_steps": 2, "val_every_steps": 2})
+    assert train(tmp_path / "two_runs", short) == exits.OK
+    assert train(tmp_path / "two_runs", raw) == exits.OK
+    assert train_losses(tmp_path / "two_runs") == train_losses(tmp_path / "straight")
+    assert_same_tensors(adapter(tmp_path / "two_runs", 5), adapter(tmp_path / "straight", 5))
+    val_steps = [r["step"] for r in read_metrics(tmp_path / "straight") if "val_loss" in r]
+    assert val_steps == [2, 4, 5]
+
+
+def test_half_written_checkpoints_are_ignored(tmp_path, capsys):
+    root = tmp_path / "checkpoints"
+    raw = tiny_job(trainer={"max_steps": 4}, checkpoint={"every_steps": 2, "keep_last": None})
+    assert train(tmp_path, raw) == exits.OK
+    assert [s for s, _ in checkpoint.complete_checkpoints(root)] == [2, 4]
+
+    # A save killed after the rename would need the marker; one killed before it is a .tmp- folder.
+    shutil.copytree(root / "step-000004", root / "step-000006")
+    (root / "step-000006" / "ft_state" / "COMPLETE").unlink()
+    shutil.copytree(root / "step-000004", root / ".tmp-step-000008")
+    assert checkpoint.latest(root).name == "step-000004"
+
+    capsys.readouterr()
+    raw = tiny_job(trainer={"max_steps": 6}, checkpoint={"every_steps": 2, "keep_last": 2})
+    assert train(tmp_path, raw) == exits.OK
+    assert f"resumed from {root / 'step-000004'} at step 4" in capsys.readouterr().out
+    assert [s for s, _ in checkpoint.complete_checkpoints(root)] == [4, 6]  # keep_last pruned step 2
+    assert not (root / ".tmp-step-000008").exists()
+    assert (root / "latest").read_text().strip() == "step-000006"
+    assert sorted(train_losses(tmp_path)) == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("method", ["lora", "sft"])
+def test_meta_init_gives_the_same_model_as_regular_init(tmp_path, method):
+    peft = None if method == "sft" else {}
+    runs = {}
+    for meta in (False, True):
+        job = tmp_path / f"meta{meta}"
+        raw = tiny_job(peft=peft, model={"meta_init": meta}, trainer={"max_steps": 2, "strategy": "fsdp2"})
+        assert train(job, raw) == exits.OK
+        weights = "model.safetensors" if method == "sft" else "adapter_model.safetensors"
+        runs[meta] = (train_losses(job), load_file(checkpoint.step_dir(job / "checkpoints", 2) / weights))
+    assert runs[False][0] == runs[True][0]
+    assert_same_tensors(runs[False][1], runs[True][1])
+
+
+def test_meta_init_reads_a_sharded_pretrained_folder(tmp_path):
+    """Rows come straight from the safetensors files, for full SFT and under fresh LoRA adapters."""
+    from trainer_helpers import save_tiny_model
+
+    base = save_tiny_model(tmp_path / "base")
+    pretrained = {"init": "pretrained", "path": str(base), "config": {}}
+    losses = {}
+    for method, peft in (("sft", None), ("lora", {})):
+        for meta in (False, True):
+            job = tmp_path / f"{method}-{meta}"
+            raw = tiny_job(model={**pretrained, "meta_init": meta}, peft=peft, trainer={"max_steps": 2, "strategy": "fsdp2"})
+            assert train(job, raw) == exits.OK
+            losses[method, meta] = train_losses(job)
+    assert losses["sft", False] == losses["sft", True]
+    # LoRA starts from B = 0, so the first step sees the pretrained model alone whatever A is.
+    assert losses["lora", False][1] == losses["lora", True][1] == losses["sft", True][1]
+
+
+def test_resume_with_changed_data_or_without_auto_is_refused(tmp_path):
+    from ftcore.errors import UserError
+
+    assert train(tmp_path, tiny_job(trainer={"max_steps": 1})) == exits.OK
+    with pytest.raises(UserError, match="cannot resume at the same batch"):
+        train(tmp_path, tiny_job(trainer={"max_steps": 2}, data={"limit_samples": 100}))
+    with pytest.raises(UserError, match="resume.auto=false"):
+        train(tmp_path, tiny_job(trainer={"max_steps": 2}, resume={"auto": False}))
