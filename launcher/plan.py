@@ -13,19 +13,18 @@ gives every formula and checks it against the figures the recipes quote. No torc
 
 from __future__ import annotations
 
-import fnmatch
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ftcore import policy
 from ftcore.errors import UserError
 from ftcore.schema import Job
 
 GIB = 2**30
 DEFAULT_GPU_GIB = 80.0  # an "80 GB" A100/H100 has 80 GiB (81,559 MiB of it visible to CUDA)
 OVERHEAD_GIB = 3.0  # CUDA context, NCCL and cuBLAS buffers, allocator fragmentation
-LOSS_CHUNK = 4096  # trainer/model.py _CE_CHUNK: answer tokens whose logits exist at once
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit weights + fp8 absmax per 64 + fp32 per 256 blocks
 
@@ -153,12 +152,6 @@ def model_dims(job: Job) -> Dims:
 # --- LoRA ----------------------------------------------------------------------------------------
 
 
-def _matches(name: str, globs: list[str]) -> bool:
-    """The trainer's rule (trainer/model.py): a glob matches the full name or its last part."""
-    last = name.rsplit(".", 1)[-1]
-    return any(fnmatch.fnmatchcase(name, g) or fnmatch.fnmatchcase(last, g) for g in globs)
-
-
 def lora_targets(job: Job) -> list[str]:
     """Which of a decoder layer's projections (and `lm_head`) the job's peft globs adapt."""
     peft = job.peft
@@ -168,10 +161,10 @@ def lora_targets(job: Job) -> list[str]:
     if peft.match_all_linear:
         chosen = list(names)
     else:
-        chosen = [n for n, full in names.items() if _matches(full, peft.target_modules)]
-        if _matches("lm_head", peft.target_modules):
+        chosen = [n for n, full in names.items() if policy.glob_matches(full, peft.target_modules)]
+        if policy.glob_matches("lm_head", peft.target_modules):
             chosen.append("lm_head")
-    return [n for n in chosen if not _matches(names.get(n, n), peft.exclude_modules)]
+    return [n for n in chosen if not policy.glob_matches(names.get(n, n), peft.exclude_modules)]
 
 
 def lora_params(job: Job, dims: Dims) -> int:
@@ -313,7 +306,7 @@ def estimate(job: Job, gpu_gib: float = DEFAULT_GPU_GIB, num_nodes: int | None =
         elements = dims.layers * per_layer + 8 * dims.hidden
         how = f"{tokens} tokens × (layers × (16h + 4i) + 8h) × {c} B"
     rows.append(Row("activations", tokens * elements * c, how))
-    loss_tokens = min(tokens, LOSS_CHUNK)
+    loss_tokens = min(tokens, policy.LOSS_CHUNK_TOKENS)
     rows.append(Row("logits", loss_tokens * dims.vocab * (c + 8),
                     f"{loss_tokens} tokens × vocab {dims.vocab} × ({c} + 4 + 4) B"))
     if on_gpu:

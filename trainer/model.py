@@ -8,7 +8,6 @@ answer tokens, so the loss does not depend on how the global batch is split.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import json
 import math
 import os
@@ -19,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ftcore import policy
 from ftcore.errors import UserError
 
 from . import attention
@@ -26,9 +26,6 @@ from .data import IGNORE_INDEX, shipped_file
 from .dist import DistEnv
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-# Above this many answer tokens the vocabulary projection runs in checkpointed chunks, so
-# the (tokens × vocab) fp32 logits never exist all at once: 8k tokens × 128k vocab is 4 GiB.
-_CE_CHUNK = 4096
 
 
 def hf_token() -> str | None:
@@ -106,52 +103,25 @@ def _ce_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, softca
 
 def answer_cross_entropy(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, config) -> torch.Tensor:
     softcap = getattr(config, "final_logit_softcapping", None)
-    if hidden.shape[0] <= _CE_CHUNK:
+    if hidden.shape[0] <= policy.LOSS_CHUNK_TOKENS:
         return _ce_sum(head, hidden, targets, softcap)
     # Recomputing each chunk's logits in backward costs one more head matmul over answer
     # tokens and saves storing all of them.
     return sum(
         torch.utils.checkpoint.checkpoint(_ce_sum, head, h, t, softcap, use_reentrant=False)
-        for h, t in zip(hidden.split(_CE_CHUNK), targets.split(_CE_CHUNK))
+        for h, t in zip(hidden.split(policy.LOSS_CHUNK_TOKENS), targets.split(policy.LOSS_CHUNK_TOKENS))
     )
 
 
 # --- LoRA targets ----------------------------------------------------------------------------
 
 
-def _matches(name: str, globs: list[str]) -> bool:
-    last = name.rsplit(".", 1)[-1]
-    return any(fnmatch.fnmatchcase(name, g) or fnmatch.fnmatchcase(last, g) for g in globs)
-
-
 def lora_targets(model: nn.Module, cfg) -> list[str]:
-    """Resolve `peft` globs to the explicit list of linear-layer names to adapt.
-
-    A glob matches a module's full name or its last component (`*_proj`, `q_proj`,
-    `model.layers.0.*`). A glob that matches no linear layer is an error, not silence.
-    """
+    """The explicit list of linear-layer names the `peft` globs adapt (rule: ftcore.policy)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if cfg.match_all_linear:
-        chosen = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and m is not head]
-    else:
-        chosen, unmatched = [], []
-        for glob in cfg.target_modules:
-            hits = [n for n in linears if _matches(n, [glob])]
-            if not hits:
-                unmatched.append(glob)
-            chosen += [n for n in hits if n not in chosen]
-        if unmatched:
-            kinds = sorted({n.rsplit(".", 1)[-1] for n in linears})
-            raise UserError(
-                f"peft.target_modules {unmatched} match no linear layer of this model. "
-                f"Its linear layers are named like: {', '.join(kinds[:12])} "
-                f"(e.g. {linears[0] if linears else 'none'})"
-            )
-    chosen = [n for n in chosen if not _matches(n, cfg.exclude_modules)]
-    if not chosen:
-        raise UserError("peft: every targeted layer is excluded by peft.exclude_modules")
-    return sorted(chosen)
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    head_name = next((n for n, m in linears.items() if m is head), None)
+    return policy.lora_targets(list(linears), head_name, cfg)
 
 
 # --- building --------------------------------------------------------------------------------

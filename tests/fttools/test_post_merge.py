@@ -105,7 +105,7 @@ def test_out_must_be_new_or_empty_and_nothing_is_overwritten(ckpt, tmp_path):
 
 
 def test_a_failed_merge_leaves_no_folder_behind(ckpt, tmp_path, monkeypatch):
-    from trainer import merge as merge_module
+    from fttools import merge as merge_module
 
     def half_then_fail(ckpt, folder, dtype):
         (folder / "model.safetensors").write_bytes(b"half")

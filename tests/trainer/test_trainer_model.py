@@ -150,7 +150,7 @@ def test_chunked_cross_entropy_matches_one_shot(monkeypatch):
     config = type("C", (), {})()
     whole = M.answer_cross_entropy(head, hidden, targets, config)
     (g_whole,) = torch.autograd.grad(whole, hidden)
-    monkeypatch.setattr(M, "_CE_CHUNK", 8)
+    monkeypatch.setattr(M.policy, "LOSS_CHUNK_TOKENS", 8)
     chunked = M.answer_cross_entropy(head, hidden, targets, config)
     (g_chunked,) = torch.autograd.grad(chunked, hidden)
     torch.testing.assert_close(whole, chunked)
