@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+# What `pip install` calls ft itself (pyproject.toml's name): `ft` on the package index
+# belongs to an unrelated project. The command stays `ft`.
+DISTRIBUTION = "ft-launch"
+
 PYTHON_MIN = (3, 10)
 
 
@@ -46,4 +50,10 @@ MOUNT_POINT = "/opt/ft"
 
 
 def pip_line(packages=REQUIRED) -> str:
+    """The packages themselves, for an image built without ft's own extras."""
     return "pip install " + " ".join(f"'{p.dist}>={p.minimum}'" for p in packages)
+
+
+def install_line(extra: str | None = None) -> str:
+    """How to install ft (with one of its extras: train, plot, hub), as hints print it."""
+    return f"pip install '{DISTRIBUTION}[{extra}]'" if extra else f"pip install {DISTRIBUTION}"

@@ -15,7 +15,7 @@ def require_stack() -> None:
     import importlib
     import warnings
 
-    from ftcore.contract import pip_line
+    from ftcore.contract import install_line
     from ftcore.errors import UserError
 
     try:
@@ -24,7 +24,7 @@ def require_stack() -> None:
         import transformers
     except ImportError as err:
         raise UserError(f"this command loads the model, which needs torch, transformers and peft ({err})",
-                        hint=f"{pip_line()}, or run it inside the training container") from None
+                        hint=f"{install_line('train')}, or run it inside the training container") from None
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")

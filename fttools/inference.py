@@ -1,6 +1,7 @@
 """Load a checkpoint to use it: a full model, or a base with its LoRA adapter; greedy text.
 
-    ft generate JOB "Context: ... Question: ... Answer:" --max-new-tokens 16
+    ft generate JOB --question "How old is Ada?" --context "Ada is 36."   # the job's prompt format
+    ft generate JOB "any raw text to continue" --max-new-tokens 16
 
 Used by `ft generate`, `ft eval` and `ft merge` (the CLI imports this lazily: it needs torch,
 transformers and peft). Prompts are tokenized the way training tokenized them: the
@@ -98,6 +99,33 @@ def greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batc
                              num_beams=1, use_cache=True, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
         texts += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
     return texts
+
+
+# The record fields `ft generate` takes as options, by data.format: (required, optional).
+PROMPT_FIELDS = {"squad": (("context", "question"), ()), "alpaca": (("instruction",), ("input",))}
+
+
+def job_prompt(ckpt: Checkpoint, fields: dict[str, str]) -> str:
+    """The prompt the checkpoint's job trained on, filled with `fields` (its template, or the
+    format's default): what the model saw before each answer, up to where the answer starts."""
+    from trainer import data
+
+    job_data = ckpt.job_config.get("data") or {}
+    fmt = job_data.get("format")
+    if fmt not in PROMPT_FIELDS:
+        given = ", ".join(f"--{k}" for k in fields)
+        why = (f"its job trained on data.format={fmt}" if fmt else f"{ckpt.path} comes from no ft job")
+        raise UserError(f"{given}: {why}, which has no such prompt fields; give the whole prompt as text instead")
+    required, optional = PROMPT_FIELDS[fmt]
+    wrong = sorted(set(fields) - set(required) - set(optional)) + [k for k in required if k not in fields]
+    if wrong:
+        raise UserError(f"a {fmt} job's prompt is built from {' and '.join('--' + k for k in required)}"
+                        + (f" (and optionally {', '.join('--' + k for k in optional)})" if optional else "")
+                        + f"; check {', '.join('--' + k for k in wrong)}")
+    record = data.Record("the command line", {**fields, "answers": {"text": [""]}, "output": ""})
+    segments = data.squad_segments(record, job_data.get("prompt_template")) if fmt == "squad" else \
+        data.alpaca_segments(record, job_data.get("prompt_template"))
+    return segments[0][0]
 
 
 def generate(ckpt: Checkpoint, prompt: str, max_new_tokens: int = 64) -> str:

@@ -26,11 +26,13 @@ os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 import typer  # noqa: E402
 
+from launcher import __version__  # noqa: E402
+
 app = typer.Typer(
     name="ft",
-    help="Launch LoRA and full SFT fine-tuning jobs on SLURM clusters inside containers.",
+    help=f"ft {__version__}: launch LoRA and full SFT fine-tuning jobs on SLURM clusters inside containers.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -40,6 +42,22 @@ _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 FactoryOpt = typer.Option(..., "--factory", "-f", help="Factory name (see `ft factories`) or path to a YAML file.")
 ProfileOpt = typer.Option(None, "--profile", help="Cluster profile YAML (default: $FT_PROFILE or ~/.config/ft/cluster.yaml).")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from ftcore.contract import DISTRIBUTION
+
+        print(f"ft {__version__} (distribution {DISTRIBUTION})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print ft's version and exit."),
+) -> None:
+    """Launch LoRA and full SFT fine-tuning jobs on SLURM clusters inside containers."""
 
 
 def _console(stderr: bool = False):
@@ -274,18 +292,38 @@ def merge_cmd(
 @app.command("generate")
 def generate_cmd(
     ckpt: str = CkptArg,
-    prompt: str = typer.Argument(..., help="Text to continue, as the model saw prompts in training."),
+    prompt: Optional[str] = typer.Argument(None, help="Raw text to continue, exactly as given (no template)."),
+    question: Optional[str] = typer.Option(None, "--question", help="squad jobs: the question; the job's prompt format is applied."),
+    context: Optional[str] = typer.Option(None, "--context", help="squad jobs: the context passage."),
+    instruction: Optional[str] = typer.Option(None, "--instruction", help="alpaca jobs: the instruction."),
+    input_text: Optional[str] = typer.Option(None, "--input", help="alpaca jobs: the optional input."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n", help="Stop after this many new tokens."),
 ) -> None:
-    """Greedy continuation of PROMPT by a checkpoint (SFT, or base + LoRA adapter)."""
+    """Greedy answer of a checkpoint (SFT, or base + LoRA adapter), in the prompt format its job trained on.
+
+    `ft generate JOB --question Q --context C` builds the prompt as training did; a PROMPT
+    argument is continued as raw text.
+    """
+    from ftcore.errors import UserError
+
+    fields = {k: v for k, v in (("question", question), ("context", context), ("instruction", instruction),
+                                ("input", input_text)) if v is not None}
+    if bool(fields) == (prompt is not None):
+        raise UserError("give the record's fields (--question and --context for a squad job, --instruction for "
+                        "an alpaca job) or one raw PROMPT, not both" if fields else
+                        "nothing to answer: give --question and --context (squad jobs), --instruction (alpaca "
+                        "jobs), or a raw PROMPT")
     checkpoint = _checkpoint(ckpt)
     from fttools import require_stack
 
     require_stack()
-    from fttools.inference import generate
+    from fttools.inference import generate, job_prompt
 
+    if fields:
+        prompt = job_prompt(checkpoint, fields)
+        print(f"prompt: {prompt!r}", file=sys.stderr)
     text = generate(checkpoint, prompt, max_new_tokens)
-    print(text)
+    print(text.strip() if fields else text)
     if not text.strip():
         print("(the continuation is empty: the model ended it at once)", file=sys.stderr)
 
@@ -293,7 +331,7 @@ def generate_cmd(
 @app.command("eval")
 def eval_cmd(
     ckpt: str = CkptArg,
-    data: str = typer.Option(..., "--data", help="A .json/.jsonl file, ft:NAME (a file ft ships) or a hub dataset."),
+    data: Optional[str] = typer.Option(None, "--data", help="A .json/.jsonl file, ft:NAME (a file ft ships) or a hub dataset (default: the job's data.val_path)."),
     split: str = typer.Option("validation", "--split", help="Split of a hub dataset."),
     fmt: Optional[str] = typer.Option(None, "--format", help="squad, alpaca or jsonl (default: the job's data.format)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N records."),
@@ -305,6 +343,12 @@ def eval_cmd(
     import json
 
     checkpoint = _checkpoint(ckpt)
+    if data is None:
+        from ftcore.errors import UserError
+
+        data = (checkpoint.job_config.get("data") or {}).get("val_path")
+        if not data:
+            raise UserError("--data: name the file to score (this checkpoint's job has no data.val_path to default to)")
     from fttools import require_stack
 
     require_stack()

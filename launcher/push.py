@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftcore.layout import TRAINING_STATE, Checkpoint, model_files
+from ftcore.contract import install_line
 from ftcore.errors import UserError
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -63,7 +64,7 @@ def push(upload: Upload, private: bool = False) -> str:
     try:
         from huggingface_hub import HfApi, constants
     except ImportError:
-        raise UserError("ft push needs the huggingface_hub package", hint="pip install 'ft[hub]'") from None
+        raise UserError("ft push needs the huggingface_hub package", hint=install_line("hub")) from None
     if constants.HF_HUB_OFFLINE:
         raise UserError("HF_HUB_OFFLINE is set: ft push needs the network (unset HF_HUB_OFFLINE)")
     api = HfApi(token=token)

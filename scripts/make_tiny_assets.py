@@ -5,7 +5,10 @@
 Writes, deterministically and offline:
 
 * ``factories/data/tiny_qa.jsonl``: 200 SQuAD-style records about made-up people, small and
-  repetitive enough that a two-layer model memorises them in a few hundred steps.
+  repetitive enough that a two-layer model learns to answer them in a few hundred steps.
+* ``factories/data/tiny_qa_val.jsonl``: 40 more records drawn the same way with another seed:
+  the `tiny` factory's held-out set, so its validation loss and `ft eval`'s exact match
+  measure answers the model has not seen.
 * ``factories/data/tiny_tokenizer/``: a byte-level BPE tokenizer (vocabulary 384) trained on
   that text, saved as a ``PreTrainedTokenizerFast`` folder with ``<s>``/``</s>``/``<pad>`` and a
   small chat template. A vocabulary this small keeps the tiny model's embedding and output
@@ -22,6 +25,7 @@ from pathlib import Path
 DATA = Path(__file__).resolve().parent.parent / "factories" / "data"
 VOCAB_SIZE = 384
 NUM_RECORDS = 200
+NUM_VAL_RECORDS = 40
 
 NAMES = [
     "Ada", "Ben", "Cleo", "Dov", "Eva", "Finn", "Gus", "Hana", "Ivo", "Jun",
@@ -42,11 +46,11 @@ CHAT_TEMPLATE = (
 )
 
 
-def qa_records() -> list[dict]:
+def qa_records(seed: int = 0, count: int = NUM_RECORDS, prefix: str = "tiny") -> list[dict]:
     """Two facts per context, one question about one of them; the answer is a span."""
-    rng = random.Random(0)
+    rng = random.Random(seed)
     records = []
-    for i in range(NUM_RECORDS):
+    for i in range(count):
         name = NAMES[i % len(NAMES)]
         color, thing, place = rng.choice(COLORS), rng.choice(THINGS), rng.choice(PLACES)
         age = rng.randint(3, 90)
@@ -62,7 +66,7 @@ def qa_records() -> list[dict]:
         question, answer = questions[asked]
         records.append(
             {
-                "id": f"tiny-{i:03d}",
+                "id": f"{prefix}-{i:03d}",
                 "title": name,
                 "context": context,
                 "question": question,
@@ -70,6 +74,13 @@ def qa_records() -> list[dict]:
             }
         )
     return records
+
+
+def held_out(train: list[dict]) -> list[dict]:
+    """NUM_VAL_RECORDS records drawn with another seed, none identical to a training record."""
+    seen = {(r["context"], r["question"]) for r in train}
+    fresh = [r for r in qa_records(1, 2 * NUM_VAL_RECORDS, "tiny-val") if (r["context"], r["question"]) not in seen]
+    return fresh[:NUM_VAL_RECORDS]
 
 
 def train_tokenizer(corpus: list[str]):
@@ -106,9 +117,10 @@ def train_tokenizer(corpus: list[str]):
 def main() -> None:
     DATA.mkdir(parents=True, exist_ok=True)
     records = qa_records()
-    with open(DATA / "tiny_qa.jsonl", "w") as f:
-        for record in records:
-            f.write(json.dumps(record) + "\n")
+    for name, rows in (("tiny_qa.jsonl", records), ("tiny_qa_val.jsonl", held_out(records))):
+        with open(DATA / name, "w") as f:
+            for record in rows:
+                f.write(json.dumps(record) + "\n")
 
     corpus = [f"Context: {r['context']}\nQuestion: {r['question']}\nAnswer: {r['answers']['text'][0]}" for r in records]
     corpus += ["### Instruction:\n### Input:\n### Response:\n", "You are a helpful assistant."]

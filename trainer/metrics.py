@@ -1,10 +1,12 @@
 """Rank 0's record of training: a log line per step, the same figures in ``metrics.jsonl``.
 
-    step 12 | epoch 0 | loss 0.4358 | grad_norm 23.9 | lr 1.0e-05 | mem 15.5 GiB | tps 9069
+    step 12/250 (4%) | epoch 0 | loss 0.4358 | grad_norm 23.9 | lr 1.0e-05 | mem 15.5 GiB | tps 9069 | 0:12 elapsed, 4:08 left
 
 ``metrics.jsonl`` holds one JSON object per line: training steps (``loss``, ``grad_norm``,
-``lr``, ``mem_gib``, ``tps``) and validations (``val_loss``). TensorBoard and W&B get the same
-numbers when they are installed and asked for.
+``lr``, ``mem_gib``, ``tps``, and the progress ``total_steps``, ``elapsed_s``, ``remaining_s``
+that `ft status` shows), validations (``val_loss``), and at the end of a run its summary
+(``"end": true``). TensorBoard and W&B get the same numbers when they are installed and
+asked for.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from ftcore import progress
+
 
 def memory_gib(device: torch.device) -> float:
     """Peak allocated on the GPU; peak resident set size of this process on CPU."""
@@ -26,27 +30,39 @@ def memory_gib(device: torch.device) -> float:
 
 
 def step_line(r: dict) -> str:
+    clocks = progress.times(r.get("elapsed_s"), r.get("remaining_s"))
     return (
-        f"step {r['step']} | epoch {r['epoch']} | loss {r['loss']:.4f} | grad_norm {r['grad_norm']:.3g} | "
-        f"lr {r['lr']:.1e} | mem {r['mem_gib']:.1f} GiB | tps {r['tps']:.0f}"
+        f"step {progress.steps(r['step'], r.get('total_steps'))} | epoch {r['epoch']} | loss {r['loss']:.4f} | "
+        f"grad_norm {r['grad_norm']:.3g} | lr {r['lr']:.1e} | mem {r['mem_gib']:.1f} GiB | tps {r['tps']:.0f}"
+        + (f" | {clocks}" if clocks else "")
     )
 
 
 class Metrics:
     """Writes only on rank 0; on other ranks every method does nothing."""
 
-    def __init__(self, job_dir: Path, job, is_main: bool, resume_step: int):
+    def __init__(self, job_dir: Path, job, is_main: bool, resume_step: int, total_steps: int | None = None):
         self.is_main = is_main
         self.file = None
         self.tensorboard = None
         self.wandb = None
+        # Progress: the pace of this process's own steps gives the time left.
+        self.total_steps = total_steps
+        self.started, self.start_step = time.perf_counter(), resume_step
+        self.val_losses: dict[int, float] = {}  # step → val_loss, this run and the runs it resumes
         if not is_main:
             return
         path = job_dir / "metrics.jsonl"
         if path.exists():
-            # Steps after the checkpoint we resume from will be run again: drop their old records.
-            kept = [line for line in path.read_text().splitlines() if _step(line) <= resume_step]
-            path.write_text("".join(line + "\n" for line in kept))
+            # Steps after the checkpoint we resume from will be run again: drop their old records,
+            # and the summary of a run that this one continues.
+            kept = [(line, record) for line in path.read_text().splitlines()
+                    if (record := _record(line)) is not None and record.get("step", 0) <= resume_step
+                    and not record.get("end")]
+            path.write_text("".join(line + "\n" for line, _ in kept))
+            for _, record in kept:
+                if isinstance(record.get("val_loss"), (int, float)):
+                    self.val_losses[record["step"]] = record["val_loss"]
         self.file = open(path, "a", buffering=1)
         if job.trainer.tensorboard:
             try:
@@ -67,17 +83,47 @@ class Metrics:
         if self.is_main:
             print(message, flush=True)  # flushed: SLURM log files are read while the job runs
 
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
     def step(self, record: dict) -> None:
         if not self.is_main:
             return
+        record = {**record, **self._progress(record["step"])}
         self.print(step_line(record))
         self._write(record, prefix="train")
 
+    def _progress(self, step: int) -> dict:
+        if not self.total_steps:
+            return {}
+        elapsed = self.elapsed()
+        left = progress.remaining(elapsed, step - self.start_step, self.total_steps - step)
+        return {"total_steps": self.total_steps, "elapsed_s": round(elapsed, 1),
+                **({"remaining_s": round(left, 1)} if left is not None else {})}
+
     def validation(self, step: int, val_loss: float, tokens: int) -> None:
+        self.val_losses[step] = val_loss
         if not self.is_main:
             return
         self.print(f"step {step} | val_loss {val_loss:.4f} | val_tokens {tokens}")
         self._write({"step": step, "val_loss": val_loss, "val_tokens": tokens}, prefix="val")
+
+    def finish(self, step: int, checkpoint: Path) -> None:
+        """The run's summary: a last log line a person reads, and a record `ft status` reads."""
+        if not self.is_main:
+            return
+        summary = {"step": step, "end": True, "total_steps": self.total_steps,
+                   "elapsed_s": round(self.elapsed(), 1), "checkpoint": str(checkpoint)}
+        done = f"{step}" if step == self.total_steps else f"{step} of {self.total_steps}"
+        line = f"done: {done} steps in {progress.clock(self.elapsed())}"
+        if self.val_losses:
+            last = max(self.val_losses)
+            best = min(self.val_losses, key=self.val_losses.get)
+            summary.update(final_val_loss=self.val_losses[last], best_val_loss=self.val_losses[best], best_step=best)
+            line += (f" | val_loss final {self.val_losses[last]:.4f} (step {last}), "
+                     f"best {self.val_losses[best]:.4f} (step {best})")
+        self.print(f"{line} | checkpoint {checkpoint}")
+        self.file.write(json.dumps({**summary, "time": round(time.time(), 3)}) + "\n")
 
     def _write(self, record: dict, prefix: str) -> None:
         self.file.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
@@ -97,9 +143,12 @@ class Metrics:
             self.wandb.finish()
 
 
-def _step(line: str) -> int:
+def _record(line: str) -> dict | None:
     try:
-        return int(json.loads(line).get("step", 0))
-    except (ValueError, AttributeError):
-        print(f"metrics.jsonl: dropping unreadable line {line[:60]!r}", file=sys.stderr)
-        return sys.maxsize
+        record = json.loads(line)
+        if isinstance(record, dict) and isinstance(record.get("step", 0), int):
+            return record
+    except ValueError:
+        pass
+    print(f"metrics.jsonl: dropping unreadable line {line[:60]!r}", file=sys.stderr)
+    return None

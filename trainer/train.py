@@ -97,7 +97,7 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
     else:
         torch.manual_seed(seed + env.rank)  # dropout streams: different per rank, same every run
 
-    metrics = Metrics(job_dir, job, env.is_main, resume_step=step)
+    metrics = Metrics(job_dir, job, env.is_main, resume_step=step, total_steps=total_steps)
     n_trainable = sum(p.numel() for p in built.trainable)
     n_total = sum(p.numel() for p in built.module.parameters())
     metrics.print(
@@ -110,7 +110,7 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
     if resume_from is not None:
         metrics.print(f"resumed from {resume_from} at step {step}")
 
-    def save(at_step: int) -> None:
+    def save(at_step: int) -> Path:
         epoch, index = batches.position(at_step)
         state = {
             "step": at_step,
@@ -125,6 +125,7 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
         }
         path = checkpoint.save(ckpt_root, at_step, built, optimizer, tokenizer, state, env, job.checkpoint.keep_last, base_ref)
         metrics.print(f"checkpoint {path}")
+        return path
 
     def validate(at_step: int) -> None:
         if dataset.val and job.trainer.limit_val_batches != 0:
@@ -204,7 +205,7 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
         metrics.print(f"nothing to do: the checkpoint at step {step} already completes {total_steps} steps")
     elif not stop_requested:  # told to stop at the last step: no time for a validation pass
         validate(step)
-    save(step)
+    metrics.finish(step, save(step))
     metrics.close()
     return exits.OK
 
