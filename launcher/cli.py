@@ -67,29 +67,48 @@ def _console(stderr: bool = False):
 
 
 @app.command("factories")
-def factories_cmd() -> None:
+def factories_cmd(
+    as_json: bool = typer.Option(False, "--json", help="One JSON list for scripts (with each factory's file)."),
+) -> None:
     """List the built-in factories and those in your factory folders."""
-    from rich.table import Table
+    import json
 
     from launcher import config
 
-    table = Table(title="ft factories", title_justify="left")
-    for column in ("name", "model", "method", "GPUs", "purpose", "source"):
-        table.add_column(column)
+    rows = []
     for info in config.list_factories():
-        if info.error:
-            table.add_row(info.name, "", "", "", f"[broken] {info.error}", info.source)
-            continue
         data = info.data
         model = data.get("model") or {}
         trainer = data.get("trainer") or {}
-        method = "SFT" if config.normalise_switches(data).get("peft", {}) is None else "LoRA"
-        gpus = f"{trainer.get('num_nodes', 1)}×{trainer.get('devices', 1)}"
-        if trainer.get("accelerator") == "cpu":
-            gpus += " CPU"
-        name_or_init = model.get("path") or f"random {model.get('config', {}).get('model_type', '')}".strip()
-        table.add_row(info.name, str(name_or_init), method, gpus, str(data.get("description", "")), info.source)
-    _console().print(table)
+        row = {"name": info.name, "path": str(info.path), "source": info.source, "error": info.error}
+        if not info.error:
+            gpus = f"{trainer.get('num_nodes', 1)}×{trainer.get('devices', 1)}"
+            row.update(
+                model=str(model.get("path") or f"random {model.get('config', {}).get('model_type', '')}".strip()),
+                method="SFT" if config.normalise_switches(data).get("peft", {}) is None else "LoRA",
+                gpus=gpus + " CPU" if trainer.get("accelerator") == "cpu" else gpus,
+                description=str(data.get("description", "")),
+            )
+        rows.append(row)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    # 80 columns: one line per factory, its name (what --factory takes) never cut; the
+    # description wraps on its own indented lines below.
+    import shutil
+    import textwrap
+
+    width = min(shutil.get_terminal_size((80, 24)).columns, 100)
+    columns = ("name", "model", "method", "GPUs", "source")
+    cells = [(r["name"], r.get("model", ""), r.get("method", ""), r.get("gpus", ""), r["source"]) for r in rows]
+    widths = [max(len(c) for c in column) for column in zip(columns, *cells)]
+    print("ft factories: `ft show --factory NAME` prints one, with the file it comes from")
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
+    for row, line in zip(rows, cells):
+        print("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
+        about = f"[broken] {row['error']}" if row["error"] else row["description"]
+        if about:
+            print(textwrap.fill(about, width - 1, initial_indent="    ", subsequent_indent="    "))
 
 
 @app.command("show", context_settings=_PASS_THROUGH)
@@ -104,6 +123,11 @@ def show_cmd(
     from launcher import config, explain as explain_mod
 
     resolved = config.resolve(factory, list(ctx.args), profile)
+    # Comments, so the output stays the YAML of the job: which files it was resolved from.
+    source = config.factory_source(resolved.factory_path)
+    print(f"# factory {resolved.job.name}: {resolved.factory_path} ({source})")
+    if resolved.profile_path:
+        print(f"# cluster profile: {resolved.profile_path}")
     if explain:
         sys.stdout.write(explain_mod.explain(resolved.job))
     else:
@@ -131,14 +155,11 @@ def submit_cmd(
     p = submit.prepare(factory, list(ctx.args), profile, executor, dry_run, sweep, after)
     err = _console(stderr=True)
     _warn_if_it_will_not_fit(p.job, err)
+    _warn(p.warnings, err)
     if not dry_run:
         _print_summary(p, err)
         if not yes:
-            if not sys.stdin.isatty():
-                raise UserError("no terminal to confirm on: pass --yes to submit without asking "
-                                "(or --dry-run to only write and print the script)")
-            if not typer.confirm("Submit this job?", default=True, err=True):
-                raise typer.Exit(1)
+            _confirm("Submit this job?", "nothing was submitted (--dry-run writes and prints the script)")
     folder = submit.write(p)
     if dry_run:
         sys.stdout.write((folder / "job.sbatch").read_text())
@@ -164,41 +185,82 @@ JobArg = typer.Argument(..., help="Job id, job folder, or a unique prefix of eit
 def jobs_cmd(
     as_json: bool = typer.Option(False, "--json", help="One JSON list for scripts."),
     limit: int = typer.Option(50, "--limit", "-n", help="Show at most this many, newest first."),
+    show_all: bool = typer.Option(False, "--all", "-a", help="Dry runs too (hidden by default)."),
 ) -> None:
-    """Your jobs, newest first: id, factory, state, progress, age, folder."""
+    """Your jobs, newest first: job (SLURM id, else folder name), factory, state, progress, age."""
     import json
 
+    from rich import box
     from rich.table import Table
 
-    from launcher import jobs
+    from launcher import jobs, paths
 
-    rows = jobs.summary_rows(jobs.all_jobs()[:limit])
+    views = jobs.all_jobs()
+    hidden = [] if show_all else jobs.dry_runs(views)
+    rows = jobs.summary_rows([v for v in views if v not in hidden][:limit])
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table(title=f"ft jobs ({len(rows)})", title_justify="left")
-    for column in ("id", "factory", "state", "progress", "age", "folder"):
-        table.add_column(column, overflow="fold")
+    # 80 columns: what a user types next (`ft status JOB`) is never cut; the state may wrap.
+    table = Table(title=f"ft jobs ({len(rows)}) in {paths.jobs_root()}", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("job", no_wrap=True)
+    table.add_column("factory", no_wrap=True)
+    table.add_column("state", overflow="fold")
+    table.add_column("progress", no_wrap=True)
+    table.add_column("age", no_wrap=True)
     for row in rows:
-        table.add_row(str(row["id"] or "-" if row["executor"] == "slurm" else row["executor"]), row["factory"],
-                      row["state"], row["progress"], row["age"], row["folder"])
+        name = row["id"] or Path(row["folder"]).name
+        table.add_row(name, row["factory"], row["state"], row["progress"], row["age"])
     _console().print(table)
+    if hidden:
+        print(f"{len(hidden)} dry run(s) not shown: `ft jobs --all` lists them, `ft clean --dry-runs` removes them",
+              file=sys.stderr)
+
+
+@app.command("clean")
+def clean_cmd(
+    dry_runs: bool = typer.Option(False, "--dry-runs", help="Remove the folders of dry runs (never submitted)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Remove without asking."),
+) -> None:
+    """Remove job folders nobody needs: the dry runs' (`--dry-runs`)."""
+    from ftcore.errors import UserError
+    from launcher import jobs
+
+    if not dry_runs:
+        raise UserError("say what to remove: --dry-runs (the folders `ft submit --dry-run` wrote)")
+    found = jobs.dry_runs(jobs.all_jobs())
+    if not found:
+        print("no dry runs to remove")
+        return
+    for view in found:
+        print(view.folder)
+    if not yes:
+        _confirm(f"Remove these {len(found)} dry-run folder(s)?", "nothing was removed")
+    removed = jobs.remove_dry_runs(found)
+    print(f"removed {len(removed)} dry-run folder(s)")
 
 
 @app.command("status")
 def status_cmd(job: str = JobArg) -> None:
-    """State of one job: the scheduler's while it knows the job, then the job folder's own record."""
+    """State of one job (or one sweep task, `ID_TASK`): the scheduler's while it knows the job, then
+    the job folder's own record; progress with elapsed and remaining time; newest checkpoint."""
     from launcher import jobs
 
     view = jobs.find(job)
-    state = jobs.state(view)
-    events = view.events
-    print(f"job        {view.job_id or '-'} ({view.executor})")
+    print(f"job        {view.label} ({view.executor})")
     print(f"factory    {view.factory}")
-    print(f"state      {state}")
-    print(f"progress   {view.progress()}")
-    print(f"checkpoint {view.latest_checkpoint() or '-'}")
-    print(f"folder     {view.folder}")
+    print(f"state      {jobs.state(view)}")
+    if view.is_sweep and view.task is None:
+        for task, task_state in jobs.task_states(view):
+            run = view.folder / "tasks" / str(task)
+            print(f"  task {task}: {task_state} | {view.progress_detail(run)} | "
+                  f"checkpoint {view.latest_checkpoint(run) or '-'}  (ft status {view.label}_{task})")
+    else:
+        print(f"progress   {view.progress_detail()}")
+        print(f"checkpoint {view.latest_checkpoint() or '-'}")
+    print(f"folder     {view.run_dirs[0] if view.task is not None else view.folder}")
+    events = view.events
     if events:
         starts = sum(1 for e in events if e["event"] == "start")
         last = events[-1]
@@ -229,7 +291,7 @@ def cancel_cmd(job: str = JobArg) -> None:
     from launcher import jobs
 
     view = jobs.cancel(jobs.find(job))
-    print(f"cancelled {view.job_id or view.folder.name} ({view.folder})")
+    print(f"cancelled {view.label} ({view.folder})")
 
 
 @app.command("resubmit", context_settings=_PASS_THROUGH)
@@ -241,6 +303,24 @@ def resubmit_cmd(ctx: typer.Context, job: str = JobArg, profile: Optional[str] =
     job_id = submit.resubmit(view, list(ctx.args), profile)
     print(f"Submitted batch job {job_id}")
     print(f"Job folder: {view.folder}")
+
+
+def _confirm(question: str, declined: str) -> None:
+    """Ask on the terminal; without one, or on "no", stop (exit 1) saying what did not happen."""
+    from ftcore.errors import UserError
+
+    if not sys.stdin.isatty():
+        raise UserError(f"no terminal to confirm on: pass --yes ({declined})")
+    if not typer.confirm(question, default=True, err=True):
+        print(f"ft: {declined}", file=sys.stderr)
+        raise typer.Exit(1)
+
+
+def _warn(warnings, console) -> None:
+    from rich.markup import escape
+
+    for warning in warnings:
+        console.print(f"[bold yellow]ft: warning:[/] {escape(warning)}")
 
 
 def _warn_if_it_will_not_fit(job, console) -> None:

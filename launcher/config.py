@@ -87,6 +87,14 @@ def factory_dirs() -> list[tuple[Path, str]]:
     return dirs
 
 
+def factory_source(path: Path) -> str:
+    """Where a factory file was found: `built-in`, `$FT_FACTORY_PATH`, `user config`, or `file`."""
+    for folder, source in factory_dirs():
+        if folder.expanduser().resolve() == path.resolve().parent:
+            return source
+    return "file"
+
+
 def _looks_like_path(spec: str) -> bool:
     return spec.endswith((".yaml", ".yml")) or os.sep in spec
 

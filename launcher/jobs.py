@@ -8,8 +8,10 @@ has the last word on its state.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import signal
 import time
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from ftcore import layout
+from ftcore import layout, progress
 from ftcore.errors import UserError
 from launcher import jobdir, paths, slurm
 
@@ -37,21 +39,27 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _last_line_record(path: Path) -> dict[str, Any]:
-    """The last complete JSON line of a file that may be large and growing."""
+def _last_line_record(path: Path, wanted: str = "step") -> dict[str, Any]:
+    """The last complete JSON line holding `wanted`, of a file that may be large and growing."""
     try:
         with open(path, "rb") as handle:
             handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - 8192))
+            handle.seek(max(0, handle.tell() - 16384))
             lines = handle.read().decode(errors="replace").splitlines()
     except OSError:
         return {}
     for line in reversed(lines):
         try:
-            return json.loads(line)
+            record = json.loads(line)
         except ValueError:
             continue
+        if isinstance(record, dict) and wanted in record:
+            return record
     return {}
+
+
+# `ft status 15_1`: task 1 of the sweep (SLURM job array) 15.
+_ARRAY_TASK = re.compile(r"^(\d+)_(\d+)$")
 
 
 @dataclass
@@ -59,10 +67,21 @@ class JobView:
     folder: Path
     record: dict[str, Any]
     config: dict[str, Any] = field(repr=False)
+    task: int | None = None  # one task of a sweep (`15_1`), or the whole job
 
     @property
     def job_id(self) -> str | None:
         return self.record.get("job_id")
+
+    @property
+    def label(self) -> str:
+        """How a person names it: `15`, `15_1`, or the folder's name before it was submitted."""
+        name = self.job_id or self.folder.name
+        return name if self.task is None else f"{name}_{self.task}"
+
+    @property
+    def is_sweep(self) -> bool:
+        return (self.folder / layout.TASKS).is_dir()
 
     @property
     def earlier_ids(self) -> list[str]:
@@ -79,9 +98,18 @@ class JobView:
 
     @property
     def run_dirs(self) -> list[Path]:
-        """The folders runs write into: the job folder, or one per sweep task."""
+        """The folders runs write into: the job folder, or one per sweep task (this task's only)."""
+        if self.task is not None:
+            return [self.folder / layout.TASKS / str(self.task)]
         tasks = sorted((self.folder / layout.TASKS).glob("*"), key=lambda p: int(p.name) if p.name.isdigit() else 0)
         return tasks or [self.folder]
+
+    def with_task(self, task: int) -> "JobView":
+        if not (self.folder / layout.TASKS / str(task) / layout.CONFIG).is_file():
+            count = len(list((self.folder / layout.TASKS).glob("*/" + layout.CONFIG)))
+            what = f"has tasks 0-{count - 1}" if count else "is not a sweep"
+            raise UserError(f"job {self.job_id or self.folder.name} {what}: there is no task {task}")
+        return dataclasses.replace(self, task=task)
 
     @property
     def events(self) -> list[dict[str, Any]]:
@@ -92,19 +120,33 @@ class JobView:
         return (self.folder / jobdir.CONFIG).stat().st_mtime if (self.folder / jobdir.CONFIG).exists() else 0
 
     def progress(self) -> str:
+        """Steps done of total, as short as a table column wants (the slowest task of a sweep)."""
         steps = []
         for run in self.run_dirs:
             last = _last_line_record(run / layout.METRICS)
-            steps.append(last.get("step"))
-        total = (self.config.get("trainer") or {}).get("max_steps")
-        done = [s for s in steps if isinstance(s, int)]
+            steps.append((last.get("step"), last.get("total_steps")))
+        done = [(s, t) for s, t in steps if isinstance(s, int)]
         if not done:
             return "-"
-        shown = min(done)
+        shown, total = min(done, key=lambda pair: pair[0])
+        total = total or (self.config.get("trainer") or {}).get("max_steps")
         return f"{shown}/{total}" if total else str(shown)
 
-    def latest_checkpoint(self) -> str | None:
-        newest = layout.newest_complete(self.run_dirs[0])
+    def progress_detail(self, run: Path | None = None) -> str:
+        """`120/250 (48%), 0:30 elapsed, 0:32 left`, as the trainer's log line says it; at the
+        end, the trainer's summary."""
+        metrics = (run or self.run_dirs[0]) / layout.METRICS
+        last = _last_line_record(metrics, "total_steps")
+        if last.get("end"):
+            text = f"{last['step']} steps done in {progress.clock(last.get('elapsed_s', 0))}"
+            if "final_val_loss" in last:
+                text += (f"; val_loss final {last['final_val_loss']:.4f}, best {last['best_val_loss']:.4f}"
+                         f" (step {last['best_step']})")
+            return text
+        return progress.of_record(last) if last else self.progress()
+
+    def latest_checkpoint(self, run: Path | None = None) -> str | None:
+        newest = layout.newest_complete(run or self.run_dirs[0])
         return newest.name if newest else None
 
 
@@ -126,10 +168,18 @@ def all_jobs(root: Path | None = None) -> list[JobView]:
 
 
 def find(spec: str, root: Path | None = None) -> JobView:
-    """A job by id, folder path, or unique prefix of its id or folder name."""
+    """A job by id, folder path, or unique prefix of its id or folder name; one task of a
+    sweep by `ID_TASK` (`15_1`, as SLURM names array tasks) or by its task folder."""
     candidate = Path(spec).expanduser()
     if candidate.is_dir() and (candidate / jobdir.CONFIG).exists():
-        return load(candidate.resolve())
+        candidate = candidate.resolve()
+        if candidate.parent.name == layout.TASKS and (candidate.parent.parent / jobdir.CONFIG).is_file():
+            return load(candidate.parent.parent).with_task(int(candidate.name)) if candidate.name.isdigit() \
+                else load(candidate)
+        return load(candidate)
+    array_task = _ARRAY_TASK.match(spec)
+    if array_task:
+        return find(array_task.group(1), root).with_task(int(array_task.group(2)))
     views = all_jobs(root)
     exact = [v for v in views if v.job_id == spec or v.folder.name == spec or spec in v.earlier_ids]
     if len(exact) == 1:
@@ -154,44 +204,92 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _folder_state(view: JobView) -> str:
-    """The state the folder's own records give."""
-    events = view.events
+def trainer_finished(run: Path) -> bool:
+    """The trainer wrote its end-of-run summary (trainer/metrics.py) into this run's metrics."""
+    return bool(_last_line_record(run / layout.METRICS, "end").get("end"))
+
+
+def _folder_state(view: JobView, run: Path | None = None) -> str:
+    """The state one run's own records give (the job's first run unless named)."""
+    run = run or view.run_dirs[0]
+    events = _read_jsonl(run / layout.EVENTS)
     if view.executor == "dry-run":
         return "DRY-RUN"
     if not events:
         return "PENDING" if view.executor == "slurm" else "STARTING"
     last = events[-1]
+    since_start = events[max(i for i, e in enumerate(events) if e["event"] == "start"):] \
+        if any(e["event"] == "start" for e in events) else events
     if last["event"] == "exit":
         code = last.get("code")
+        if code != 0 and any(e["event"] == "cancel" for e in since_start):
+            return "CANCELLED"
         return "COMPLETED" if code == 0 else f"FAILED (exit {code})"
     if last["event"] == "requeue":
         return "REQUEUED"
     if view.executor == "local":
         pids = view.record.get("pids") or []
         if pids and not any(_pid_alive(int(p)) for p in pids):
-            return "FAILED (processes gone)"
+            # The process that records the exit is gone; the trainer's own record still says.
+            if trainer_finished(run):
+                return "COMPLETED"
+            return "CANCELLED" if any(e["event"] == "cancel" for e in since_start) else "FAILED (processes gone)"
     return "RUNNING"
 
 
+def _scheduler_state(view: JobView, slurm_id: str, run: Path) -> str | None:
+    try:
+        info = slurm.job_info(slurm_id)
+    except UserError:
+        return None  # no scheduler reachable here: the folder still knows
+    if not info:
+        return None
+    scheduler_state = info.get("JobState", "UNKNOWN")
+    if scheduler_state in ("COMPLETED", "FAILED") and _folder_state(view, run).startswith("REQUEUED"):
+        return "REQUEUED"
+    return scheduler_state
+
+
 def state(view: JobView, ask_scheduler: bool = True) -> str:
-    """The scheduler's word while it knows the job, the folder's after."""
+    """The scheduler's word while it knows the job, the folder's after. A whole sweep: its
+    tasks' states together (`2 COMPLETED, 1 RUNNING`)."""
+    if view.is_sweep and view.task is None:
+        counts: dict[str, int] = {}
+        for _, task_state in task_states(view, ask_scheduler):
+            counts[task_state] = counts.get(task_state, 0) + 1
+        if len(counts) == 1:
+            return next(iter(counts))
+        return ", ".join(f"{n} {s}" for s, n in counts.items())
+    run = view.run_dirs[0]
+    if ask_scheduler and view.executor == "slurm" and view.job_id:
+        known = _scheduler_state(view, view.label, run)
+        if known:
+            return known
+    return _folder_state(view, run)
+
+
+def task_states(view: JobView, ask_scheduler: bool = True) -> list[tuple[int, str]]:
+    """(task, state) for each task of a sweep: squeue's word (one call) while it lists the task."""
+    queue: dict[str, str] = {}
     if ask_scheduler and view.executor == "slurm" and view.job_id:
         try:
-            info = slurm.job_info(view.job_id)
+            queue = slurm.queue_states(job_id=view.job_id)
         except UserError:
-            info = None  # no scheduler reachable here: the folder still knows
-        if info:
-            scheduler_state = info.get("JobState", "UNKNOWN")
-            if scheduler_state in ("COMPLETED", "FAILED") and _folder_state(view).startswith("REQUEUED"):
-                return "REQUEUED"
-            return scheduler_state
-    return _folder_state(view)
+            queue = {}
+    states = []
+    for run in view.run_dirs:
+        task = int(run.name) if run.name.isdigit() else 0
+        known = queue.get(f"{view.job_id}_{task}")
+        if known in ("COMPLETED", "FAILED") and _folder_state(view, run).startswith("REQUEUED"):
+            known = "REQUEUED"
+        states.append((task, known or _folder_state(view, run)))
+    return states
 
 
 def is_finished(state_text: str) -> bool:
-    word = state_text.split()[0]
-    return word in slurm.TERMINAL_STATES or word == "DRY-RUN"
+    """Every part has ended (a sweep's summary `2 COMPLETED, 1 RUNNING` has not)."""
+    parts = [words[1] if words[0].isdigit() else words[0] for words in map(str.split, state_text.split(", "))]
+    return all(word in slurm.TERMINAL_STATES or word == "DRY-RUN" for word in parts)
 
 
 def age(view: JobView) -> str:
@@ -212,6 +310,8 @@ def summary_rows(views: list[JobView], ask_scheduler: bool = True) -> list[dict[
     rows = []
     for view in views:
         known = states.get(view.job_id or "")
+        if view.is_sweep and view.job_id and any(k.startswith(f"{view.job_id}_") for k in states):
+            known = state(view)  # some tasks still queued: each task's own word
         rows.append({
             "id": view.job_id,
             "factory": view.factory,
@@ -225,10 +325,19 @@ def summary_rows(views: list[JobView], ask_scheduler: bool = True) -> list[dict[
 
 
 def log_files(view: JobView) -> list[Path]:
+    """The job's log files in the order they were written; one sweep task's with `view.task`."""
     logs = view.folder / "logs"
     if view.executor == "local":
         return sorted(logs.glob("rank-*.out"))
-    return sorted(logs.glob("slurm-*.out"), key=lambda p: p.stat().st_mtime)
+    # A sweep's tasks log to slurm-<job>_<task>.out (every submission of the folder).
+    pattern = "slurm-*.out" if view.task is None else f"slurm-*_{view.task}.out"
+    return sorted(logs.glob(pattern), key=lambda p: p.stat().st_mtime)
+
+
+def _task_of_log(path: Path) -> str | None:
+    """`3` for slurm-15_3.out, a sweep task's log."""
+    stem = path.stem.partition("-")[2]
+    return stem.partition("_")[2] or None
 
 
 def select_rank(lines: list[str], rank: int | None) -> list[str]:
@@ -257,7 +366,10 @@ def log_lines(view: JobView, rank: int | None = None, follow: bool = False, poll
             cut = data.rfind(b"\n") + 1 if follow else len(data)
             offsets[path] = offsets.get(path, 0) + cut
             lines = data[:cut].decode(errors="replace").splitlines()
-            yield from select_rank(lines, rank) if view.executor == "slurm" else lines
+            lines = select_rank(lines, rank) if view.executor == "slurm" else lines
+            task = _task_of_log(path) if view.is_sweep and view.task is None else None
+            # Several tasks' logs one after another: each line says whose it is.
+            yield from ([f"[task {task}] {line}" for line in lines] if task is not None else lines)
 
     yield from drain()
     while follow:
@@ -269,11 +381,15 @@ def log_lines(view: JobView, rank: int | None = None, follow: bool = False, poll
 
 
 def cancel(view: JobView) -> JobView:
-    """Cancel a pending or running job: scancel, or SIGTERM to a local job's task groups."""
+    """Cancel a pending or running job: scancel, or SIGTERM to a local job's task groups (the
+    trainer checkpoints and stops; the folder records the cancel, so it reads CANCELLED)."""
     current = state(view)
     if is_finished(current):
-        raise UserError(f"job {view.job_id or view.folder.name} already ended ({current}): nothing to cancel")
+        raise UserError(f"job {view.label} already ended ({current}): nothing to cancel")
     if view.executor == "local":
+        from launcher import local
+
+        local.event(view.run_dirs[0], "cancel")
         # pids[0] is the process that watches the tasks and records their exit: spare it.
         pids = view.record.get("pids", [])
         for pid in pids[1:] or pids:
@@ -282,5 +398,23 @@ def cancel(view: JobView) -> JobView:
             except ProcessLookupError:
                 pass
     else:
-        slurm.scancel(view.job_id)
+        slurm.scancel(view.label)
     return view
+
+
+def dry_runs(views: list[JobView]) -> list[JobView]:
+    """Folders written by `--dry-run` and never submitted."""
+    return [v for v in views if v.executor == "dry-run"]
+
+
+def remove_dry_runs(views: list[JobView]) -> list[Path]:
+    """Delete the folders of dry runs (never submitted, so nothing else refers to them)."""
+    import shutil
+
+    removed = []
+    for view in dry_runs(views):
+        if (view.folder / jobdir.RECORD).exists():  # submitted meanwhile
+            continue
+        shutil.rmtree(view.folder)
+        removed.append(view.folder)
+    return removed

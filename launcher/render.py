@@ -141,10 +141,37 @@ def _environment(folder: str):
     )
 
 
-def preflight(job: Job, need_sbatch: bool) -> list[str]:
-    """Problems that would make the job fail at once on the cluster, found on the login node."""
+def preflight(job: Job, need_sbatch: bool, paths_here: bool = True) -> list[str]:
+    """Problems that would make the job fail at once on the cluster, found on the login node.
+
+    `paths_here=False` (a dry run, perhaps on a laptop) leaves out the files and folders that
+    do not exist on this machine: `missing_here` lists them as warnings instead.
+    """
     import shutil
 
+    from ftcore import formats, shipped
+
+    problems = missing_here(job) if paths_here else []
+    for key in ("path", "val_path"):
+        spec = getattr(job.data, key)
+        try:
+            local = Path(shipped.expand(spec)).expanduser() if spec else None
+        except UserError as err:
+            problems += err.problems
+            continue
+        if local is not None and local.is_file():
+            mismatch = formats.mismatch(local, job.data.format)
+            if mismatch:
+                problems.append(f"data.{key}: {mismatch}")
+    if need_sbatch and shutil.which("sbatch") is None:
+        problems.append("sbatch is not on PATH: run ft on a SLURM login node, or use --dry-run to "
+                        "write and print the script, or --executor local to run here")
+    return problems
+
+
+def missing_here(job: Job) -> list[str]:
+    """Files and folders the job names that this machine does not have: an error for a real
+    submission, a warning for a dry run (the cluster may well have them)."""
     problems = []
     c = job.container
     if c.runtime != "none" and c.image and not c.image.startswith(URI_PREFIXES):
@@ -154,8 +181,4 @@ def preflight(job: Job, need_sbatch: bool) -> list[str]:
         source = bind.split(":", 1)[0]
         if not Path(source).expanduser().exists():
             problems.append(f"container.binds: bind source {source} does not exist")
-    problems += job.missing_paths()
-    if need_sbatch and shutil.which("sbatch") is None:
-        problems.append("sbatch is not on PATH: run ft on a SLURM login node, or use --dry-run to "
-                        "write and print the script, or --executor local to run here")
-    return problems
+    return problems + job.missing_paths()

@@ -76,11 +76,14 @@ def job_info(job_id: str) -> dict[str, str] | None:
     return fields
 
 
-def queue_states(user: str | None = None) -> dict[str, str]:
-    """Job id → state for jobs squeue still lists (pending, running, recently ended)."""
-    argv = ["squeue", "-h", "-t", "all", "-o", "%i|%T"]
+def queue_states(user: str | None = None, job_id: str | None = None) -> dict[str, str]:
+    """Job id → state for jobs squeue still lists (pending, running, recently ended); each
+    task of a job array on its own line (`15_0`, `15_1`: `--array`)."""
+    argv = ["squeue", "-h", "--array", "-t", "all", "-o", "%i|%T"]
     if user:
         argv += ["-u", user]
+    if job_id:
+        argv += ["-j", job_id]
     result = _run(argv)
     if result.returncode != 0:
         raise SchedulerError("squeue failed", result.stderr or result.stdout)

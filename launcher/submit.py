@@ -25,6 +25,7 @@ class Prepared:
     executor: str
     tasks: tuple[Resolved, ...] = ()  # a sweep: one resolved job per array task
     after: str | None = None  # job id this one waits for (afterok)
+    warnings: tuple[str, ...] = ()  # a dry run's paths that do not exist here
 
     @property
     def job(self):
@@ -80,14 +81,16 @@ def prepare(factory: str, overrides: list[str], profile: str | None = None,
         tasks = tuple(resolve(factory, [*overrides, *combo], profile) for combo in sweep_overrides(sweeps))
     resolved = tasks[0] if tasks else resolve(factory, overrides, profile)
     job = resolved.job
-    problems = render.preflight(job, need_sbatch=executor == "slurm" and not dry_run)
+    problems = render.preflight(job, need_sbatch=executor == "slurm" and not dry_run, paths_here=not dry_run)
+    warnings = tuple(f"{problem} here; a real submission needs it" for problem in render.missing_here(job)) \
+        if dry_run else ()
     if executor == "local" and job.container.runtime != "none" and shutil.which(job.container.runtime) is None:
         problems.append(f"{job.container.runtime} is not on PATH here: run with container.runtime=none "
                         "to use this machine's Python")
     if problems:
         raise UserError(*problems)
     render.render_sbatch(job, Path("/JOB_DIR"))  # template errors surface before anything is written
-    return Prepared(resolved, executor, tasks, _job_id_to_wait_for(after) if after else None)
+    return Prepared(resolved, executor, tasks, _job_id_to_wait_for(after) if after else None, warnings)
 
 
 def _job_id_to_wait_for(spec: str) -> str:

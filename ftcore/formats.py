@@ -1,0 +1,78 @@
+"""The record fields each `data.format` reads, so a data file can be checked before submitting.
+
+    squad   context, question, answers   (SQuAD v1.1's own {"data": [...]} layout too)
+    alpaca  instruction, output          (input optional)
+    jsonl   prompt, completion — or chat messages
+
+The launcher reads the first records of a local data file and names the format that fits
+when the configured one does not (a wrong format otherwise fails minutes later, on the
+cluster, after the model loaded).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+# format → alternative sets of required fields (a record must hold every field of one set).
+FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "squad": (("context", "question", "answers"),),
+    "alpaca": (("instruction", "output"),),
+    "jsonl": (("prompt", "completion"), ("messages",)),
+}
+FIRST_RECORDS = 5
+_MAX_JSON_BYTES = 256 * 2**20  # a .json file is read whole: beyond this, leave it to the trainer
+
+
+def fits(fmt: str, record: dict[str, Any]) -> bool:
+    return any(all(record.get(name) is not None for name in names) for names in FIELDS.get(fmt, ()))
+
+
+def that_fit(record: dict[str, Any]) -> list[str]:
+    return [fmt for fmt in FIELDS if fits(fmt, record)]
+
+
+def needs(fmt: str) -> str:
+    return " or ".join(", ".join(names) for names in FIELDS[fmt])
+
+
+def first_records(path: Path, count: int = FIRST_RECORDS) -> list[tuple[str, dict[str, Any]]]:
+    """(where, record) for the first records of a .jsonl or .json file; [] when unreadable here
+    (the trainer reports malformed files with the line)."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    try:
+        if path.suffix == ".jsonl":
+            with open(path, encoding="utf-8") as handle:
+                for number, line in enumerate(handle, start=1):
+                    if line.strip():
+                        record = json.loads(line)
+                        if isinstance(record, dict):
+                            found.append((f"line {number}", record))
+                    if len(found) >= count:
+                        break
+        elif path.suffix == ".json" and path.stat().st_size <= _MAX_JSON_BYTES:
+            value = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(value, dict) and isinstance(value.get("data"), list):  # SQuAD's own layout
+                value = [{"context": p.get("context"), **qa} for a in value["data"][:count]
+                         for p in a.get("paragraphs", [])[:count] for qa in p.get("qas", [])[:count]]
+            if isinstance(value, list):
+                found = [(f"record [{i}]", r) for i, r in enumerate(value[:count]) if isinstance(r, dict)]
+    except (OSError, ValueError, AttributeError, TypeError):
+        return found
+    return found[:count]
+
+
+def mismatch(path: Path, fmt: str) -> str | None:
+    """A problem when the file's first records do not fit `fmt`, naming the format that does."""
+    records = first_records(path)
+    wrong = [(where, record) for where, record in records if not fits(fmt, record)]
+    if fmt not in FIELDS or not wrong:
+        return None
+    where, record = wrong[0]
+    fitting = [f for f in FIELDS if all(fits(f, r) for _, r in records)]
+    advice = (f"data.format={fitting[0]} fits them" if fitting else
+              f"no format fits them (squad needs {needs('squad')}; alpaca {needs('alpaca')}; jsonl {needs('jsonl')})")
+    present = ", ".join(sorted(record)) or "none"
+    return (f"{path}: its records do not fit data.format={fmt}, which needs {needs(fmt)} ({where} has {present}); "
+            f"{advice}")
