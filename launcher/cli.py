@@ -159,7 +159,7 @@ def submit_cmd(
     if not dry_run:
         _print_summary(p, err)
         if not yes:
-            _confirm("Submit this job?", "nothing was submitted (--dry-run writes and prints the script)")
+            _confirm("Submit this job?", "nothing was submitted (--dry-run only writes and prints the script)")
     folder = submit.write(p)
     if dry_run:
         sys.stdout.write((folder / "job.sbatch").read_text())
@@ -295,12 +295,45 @@ def cancel_cmd(job: str = JobArg) -> None:
 
 
 @app.command("resubmit", context_settings=_PASS_THROUGH)
-def resubmit_cmd(ctx: typer.Context, job: str = JobArg, profile: Optional[str] = ProfileOpt) -> None:
-    """Submit a job again in the same folder: it continues from its latest checkpoint."""
+def resubmit_cmd(
+    ctx: typer.Context,
+    job: str = JobArg,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the script it would submit; change nothing."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Submit without asking."),
+    executor: Optional[str] = typer.Option(None, "--executor", help="`slurm` or `local` (default: where the job ran)."),
+    detach: bool = typer.Option(False, "--detach", help="With --executor local: run in the background."),
+    profile: Optional[str] = ProfileOpt,
+) -> None:
+    """Submit a job again in the same folder: it continues from its latest checkpoint.
+
+    Overrides (key=value) apply on top of the folder's config. Every submission is kept in the
+    folder's command.txt and submission.json history.
+    """
     from launcher import jobs, submit
 
     view = jobs.find(job)
-    job_id = submit.resubmit(view, list(ctx.args), profile)
+    r = submit.prepare_resubmit(view, list(ctx.args), profile, executor, dry_run)
+    err = _console(stderr=True)
+    _warn_if_it_will_not_fit(r.job, err)
+    _warn(r.warnings, err)
+    if dry_run:
+        sys.stdout.write(r.script)
+        err.print(f"dry run: nothing submitted, nothing changed in {view.folder}")
+        return
+    _print_summary(submit.Prepared(r.resolved, r.executor), err)
+    if not yes:
+        _confirm(f"Submit {view.label} again ({r.executor})?", "nothing was submitted, the folder is unchanged")
+    earlier = submit.history(view)
+    submit.apply_resubmit(r)
+    if r.executor == "local":
+        from launcher import local
+
+        err.print(f"Job folder: {view.folder}")
+        status = local.run(r.job, view.folder, detach=detach, history=earlier)
+        if detach:
+            err.print(f"running in the background; follow with: ft logs {view.folder} -f")
+        raise typer.Exit(status)
+    job_id = submit.submit(view.folder, r.job.name, history=earlier)
     print(f"Submitted batch job {job_id}")
     print(f"Job folder: {view.folder}")
 
@@ -310,7 +343,7 @@ def _confirm(question: str, declined: str) -> None:
     from ftcore.errors import UserError
 
     if not sys.stdin.isatty():
-        raise UserError(f"no terminal to confirm on: pass --yes ({declined})")
+        raise UserError(f"no terminal to confirm on: pass --yes; {declined}")
     if not typer.confirm(question, default=True, err=True):
         print(f"ft: {declined}", file=sys.stderr)
         raise typer.Exit(1)

@@ -245,20 +245,44 @@ def valid_keys(model: type[BaseModel] = Job, prefix: str = "") -> list[str]:
     return keys
 
 
+# Words other tools use for a setting ft names differently: `optim.learning_rate` → `optim.lr`.
+SYNONYMS = {
+    "learning_rate": "lr", "lr_schedule": "lr_scheduler", "scheduler": "lr_scheduler",
+    "warmup": "warmup_steps", "num_warmup_steps": "warmup_steps", "warmup_iters": "warmup_steps",
+    "steps": "max_steps", "max_iters": "max_steps", "train_steps": "max_steps", "num_steps": "max_steps",
+    "epochs": "num_epochs", "num_train_epochs": "num_epochs",
+    "batch_size": "global_batch_size", "train_batch_size": "global_batch_size",
+    "micro_batch": "micro_batch_size", "per_device_train_batch_size": "micro_batch_size",
+    "seq_length": "max_seq_length", "max_length": "max_seq_length", "seq_len": "max_seq_length",
+    "block_size": "max_seq_length", "gpus": "devices", "gpus_per_node": "devices", "nodes": "num_nodes",
+    "r": "dim", "rank": "dim", "lora_r": "dim", "lora_rank": "dim", "lora_alpha": "alpha",
+    "lora_dropout": "dropout", "model_name": "path",
+    "model_name_or_path": "path", "model_path": "path", "dataset": "path", "data_path": "path",
+    "save_steps": "every_steps", "save_every": "every_steps", "eval_steps": "val_every_steps",
+    "eval_every": "val_every_steps", "val_check_interval": "val_every_steps", "max_grad_norm": "grad_clip",
+    "gradient_clip_val": "grad_clip", "logging_steps": "log_every_steps", "precision": "dtype",
+    "torch_dtype": "dtype", "walltime": "time", "time_limit": "time",
+}
+
+
 def closest_keys(dotted: str) -> list[str]:
-    """Valid keys a mistyped one probably meant: whole-path matches, then siblings."""
+    """Valid keys a mistyped one probably meant: synonyms, whole-path matches, then siblings."""
     keys = valid_keys()
-    found = difflib.get_close_matches(dotted, keys, n=3, cutoff=0.6)
     parent, _, last = dotted.rpartition(".")
+    synonym = SYNONYMS.get(last.lower())
+    found = []
+    if synonym:
+        # In the section given if it has it, else wherever it lives (`steps` → trainer.max_steps).
+        here = f"{parent}.{synonym}" if parent else synonym
+        found = [here] if here in keys else [k for k in keys if k.rpartition(".")[2] == synonym]
+    # A key that exists under another section (`max_steps` for `trainer.max_steps`).
+    found += [k for k in keys if k.rpartition(".")[2] == last and k not in found]
+    found += [k for k in difflib.get_close_matches(dotted, keys, n=3, cutoff=0.6) if k not in found]
     siblings = [k for k in keys if k.rpartition(".")[0] == parent]
     for match in difflib.get_close_matches(last, [k.rpartition(".")[2] for k in siblings], n=3, cutoff=0.5):
         candidate = f"{parent}.{match}" if parent else match
         if candidate not in found:
             found.append(candidate)
-    # A key that exists under another section (`max_steps` for `trainer.max_steps`).
-    for key in keys:
-        if key.rpartition(".")[2] == last and key not in found:
-            found.append(key)
     return found[:4]
 
 
@@ -327,7 +351,10 @@ def parse_overrides(args: list[str]) -> tuple[list[Override], list[str]]:
         key, eq, text = word.partition("=")
         if word.startswith("-"):
             bare = word.lstrip("-")
-            good = bare if "=" in bare else f"{bare}=VALUE"
+            bare_key, has_value, bare_value = bare.partition("=")
+            if bare_key not in valid_keys():  # `--max_steps=100` → trainer.max_steps=100
+                bare_key = next(iter(closest_keys(bare_key.replace("-", "_"))), bare_key)
+            good = f"{bare_key}={bare_value if has_value else 'VALUE'}"
             problems.append(
                 f"{word!r} is not an ft option; overrides are written without dashes: {good}"
             )

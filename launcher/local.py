@@ -48,26 +48,30 @@ def start(job: Job, folder: Path) -> list[subprocess.Popen[bytes]]:
     return procs
 
 
-def run(job: Job, folder: Path, detach: bool = False, echo=sys.stdout.write) -> int:
+def run(job: Job, folder: Path, detach: bool = False, echo=sys.stdout.write, history: list | None = None) -> int:
     """Run the job here. Foreground: follow rank 0's log, return the job's exit status.
     Detached: a supervisor process (`python -m launcher.local FOLDER`) does the same in the
-    background, so the folder still records the exit."""
+    background, so the folder still records the exit. `history`: the folder's earlier
+    submissions (`ft resubmit`), kept in its record."""
+    history = history or jobdir.read_record(folder).get("history", [])
     if detach:
         supervisor = subprocess.Popen([sys.executable, "-m", "launcher.local", str(folder)],
                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                       stderr=open(folder / "logs" / "supervisor.err", "ab"),
                                       start_new_session=True, env=dict(os.environ, PYTHONPATH=_pythonpath()))
         jobdir.write_record(folder, executor="local", job_id=None, factory=job.name,
-                            folder=str(folder), pids=[supervisor.pid])
+                            folder=str(folder), pids=[supervisor.pid], history=history)
         return 0
+    log = folder / "logs" / "rank-0.out"
+    shown = log.stat().st_size if log.exists() else 0  # a resumed job's log goes on: show the new part
     procs = start(job, folder)
     event(folder, "start", executor="local", pids=[p.pid for p in procs])
     jobdir.write_record(folder, executor="local", job_id=None, factory=job.name,
-                        folder=str(folder), pids=[os.getpid(), *(p.pid for p in procs)])
-    log = folder / "logs" / "rank-0.out"
+                        folder=str(folder), pids=[os.getpid(), *(p.pid for p in procs)], history=history)
     status = None
     try:
         with open(log, "rb") as handle:
+            handle.seek(shown)
             while True:
                 chunk = handle.read()
                 if chunk:

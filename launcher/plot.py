@@ -1,11 +1,13 @@
 """Training curves of one or more jobs in one PNG, to compare runs at a glance.
 
-    ft plot JOB                            # → JOB/metrics.png
-    ft plot 12345 12346 --out lr-sweep.png # several jobs (or every task of a sweep)
+    ft plot JOB                            # → JOB/metrics.png (a sweep: every task in it)
+    ft plot 12345 12346 --out lr-sweep.png # several jobs; default JOB1/compare-12345-12346.png
 
 Four panels against the optimizer step, from each run's metrics.jsonl (trainer/metrics.py):
 loss (training solid, validation dashed with markers), learning rate, tokens per second and
-peak memory. One colour per run; the legend names it by job id, else folder name.
+peak memory (from zero, so that flat memory looks flat). One colour per run; the legend
+names a sweep's tasks by the values they sweep (`lr=1e-3`), other runs by job id, else
+folder name; the title names the jobs and their factories.
 matplotlib is imported only when a plot is drawn, with the Agg backend (no display needed).
 """
 
@@ -31,6 +33,8 @@ class Run:
     label: str
     folder: Path
     series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # name → [(step, value)]
+    job: str = ""  # the job (id or folder name) and factory it belongs to, for the title
+    job_folder: Path | None = None
 
 
 def read_metrics(path: Path) -> dict[str, list[tuple[int, float]]]:
@@ -52,14 +56,54 @@ def read_metrics(path: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def runs_of(spec: str, root: Path | None = None) -> list[Run]:
-    """The runs a JOB argument names: a job (each sweep task separately) or a folder holding metrics.jsonl."""
+    """The runs a JOB argument names: a job (each sweep task separately), one task (`15_1`), or
+    a folder holding metrics.jsonl."""
     folder = Path(spec).expanduser()
     if folder.is_dir() and (folder / "metrics.jsonl").is_file() and not (folder / "config.yaml").is_file():
-        return [Run(folder.name, folder)]
+        return [Run(folder.name, folder, job=folder.name, job_folder=folder)]
     view = jobs.find(spec, root)
-    name = view.job_id or view.folder.name
     tasks = view.run_dirs
-    return [Run(name if len(tasks) == 1 else f"{name}[{run.name}]", run) for run in tasks]
+    about = f"{view.label} ({view.factory})"
+    if len(tasks) == 1:
+        return [Run(view.label, tasks[0], job=about, job_folder=view.folder)]
+    swept = swept_values(tasks)
+    return [Run(f"{view.label}_{run.name} {swept[run]}".strip(), run, job=about, job_folder=view.folder)
+            for run in tasks]
+
+
+def swept_values(tasks: list[Path]) -> dict[Path, str]:
+    """`lr=1e-3` for each task folder: the settings in which the tasks' configs differ."""
+    import yaml
+
+    flat = {}
+    for run in tasks:
+        try:
+            flat[run] = _flatten(yaml.safe_load((run / "config.yaml").read_text()) or {})
+        except (OSError, yaml.YAMLError):
+            flat[run] = {}
+    keys = sorted({k for f in flat.values() for k in f})
+    varying = [k for k in keys if len({repr(f.get(k)) for f in flat.values()}) > 1]
+    return {run: " ".join(f"{k.rpartition('.')[2]}={_short(f.get(k))}" for k in varying) for run, f in flat.items()}
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _short(value) -> str:
+    """1e-3 rather than 0.001; lists without spaces."""
+    if isinstance(value, float) and value and abs(value) < 1e-2:
+        mantissa, _, exponent = f"{value:.2e}".partition("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    if isinstance(value, list):
+        return "[" + ",".join(_short(v) for v in value) + "]"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def collect(specs: list[str], root: Path | None = None) -> list[Run]:
@@ -79,7 +123,15 @@ def collect(specs: list[str], root: Path | None = None) -> list[Run]:
 
 
 def default_output(runs: list[Run]) -> Path:
-    return runs[0].folder / "metrics.png" if len(runs) == 1 else Path("ft-plot.png")
+    """Next to the job: JOB/metrics.png (a sweep's in the sweep folder, a task's in its own);
+    several jobs: compare-<jobs>.png in the first one's folder."""
+    if len(runs) == 1:
+        return runs[0].folder / "metrics.png"
+    folders = list(dict.fromkeys(run.job_folder or run.folder for run in runs))
+    if len(folders) == 1:
+        return folders[0] / "metrics.png"
+    names = "-".join(dict.fromkeys(run.job.split(" ")[0] for run in runs))
+    return folders[0] / f"compare-{names[:80]}.png"
 
 
 def draw(runs: list[Run], out: Path) -> Path:
@@ -110,8 +162,13 @@ def draw(runs: list[Run], out: Path) -> Path:
         ax.set_xlabel("optimizer step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     axes[0][1].ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    for ax in axes[1]:
+        # Throughput and memory from zero: autoscaling would blow a 0.1 % wobble up to full height.
+        if ax.lines:
+            ax.set_ylim(bottom=0, top=max(max(line.get_ydata()) for line in ax.lines) * 1.15 or 1)
     axes[0][0].legend(fontsize="small")
-    fig.suptitle("ft: " + ", ".join(run.label for run in runs[:4]) + (" …" if len(runs) > 4 else ""))
+    titles = list(dict.fromkeys(run.job for run in runs))
+    fig.suptitle("ft plot: " + (", ".join(titles[:4]) + (" …" if len(titles) > 4 else "")))
     out = out.expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from launcher import jobdir, render, slurm
 from launcher.slurm import SchedulerError
@@ -150,22 +151,107 @@ def submit(folder: Path, factory: str, history: list[dict] | None = None) -> str
     return job_id
 
 
-def resubmit(view, overrides: list[str], profile: str | None = None) -> str:
-    """Submit a job folder again: same folder, so the trainer continues from its latest
-    checkpoint. Overrides apply on top of the folder's resolved config."""
+@dataclass(frozen=True)
+class Resubmission:
+    """A job folder about to be submitted again, checked and rendered; nothing written yet."""
+
+    view: Any  # launcher.jobs.JobView
+    resolved: Resolved
+    executor: str
+    script: str
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def job(self):
+        return self.resolved.job
+
+
+def prepare_resubmit(view, overrides: list[str], profile: str | None = None, executor: str | None = None,
+                     dry_run: bool = False) -> Resubmission:
+    """Check and render a resubmission of `view`'s folder: it continues from the folder's latest
+    checkpoint. Overrides apply on top of the folder's resolved config; the executor is the
+    job's own unless given (a local job resumes locally)."""
     from launcher import jobs
 
     current = jobs.state(view)
-    if not jobs.is_finished(current) and current != "DRY-RUN":
-        raise UserError(f"job {view.job_id} is still {current}: `ft cancel {view.job_id}` first")
-    if (view.folder / "tasks").is_dir() and overrides:
+    if not jobs.is_finished(current):
+        raise UserError(f"job {view.label} is still {current}: `ft cancel {view.label}` first")
+    if view.task is not None:
+        raise UserError(f"{view.label} is one task of a sweep: resubmit the whole sweep ({view.job_id})")
+    executor = executor or ("local" if view.executor == "local" else "slurm")
+    if executor not in EXECUTORS:
+        raise UserError(f"unknown executor {executor!r}: choose {' or '.join(EXECUTORS)}")
+    tasks = len(list((view.folder / "tasks").glob("*/" + jobdir.CONFIG)))
+    if tasks and overrides:
         raise UserError("a sweep is resubmitted as it was: overrides apply to single jobs only")
+    if tasks and executor == "local":
+        raise UserError("a sweep runs as a SLURM job array: resubmit it with --executor slurm")
     resolved = resolve(str(view.folder / jobdir.CONFIG), overrides, profile)
-    problems = render.preflight(resolved.job, need_sbatch=True)
+    problems = render.preflight(resolved.job, need_sbatch=executor == "slurm" and not dry_run, paths_here=not dry_run)
     if problems:
         raise UserError(*problems)
-    tasks = len(list((view.folder / "tasks").glob("*/" + jobdir.CONFIG)))
-    jobdir.write_atomic(view.folder / jobdir.CONFIG, jobdir.config_text(job_to_dict(resolved.job)))
-    jobdir.write_atomic(view.folder / jobdir.SCRIPT, render.render_sbatch(resolved.job, view.folder, tasks))
-    history = [*view.record.get("history", []), {k: view.record.get(k) for k in ("job_id", "time")}]
-    return submit(view.folder, resolved.job.name, history=history)
+    warnings = [*schedule_warnings(view, resolved.job),
+                *(f"{problem} here; a real submission needs it" for problem in render.missing_here(resolved.job)
+                  if dry_run)]
+    script = render.render_sbatch(resolved.job, view.folder, tasks)
+    return Resubmission(view, resolved, executor, script, tuple(warnings))
+
+
+def schedule_warnings(view, job) -> list[str]:
+    """What an override does to the learning rate of a run that resumes from a checkpoint: the
+    schedule is a function of the step and the total, so a new total re-shapes it mid-run."""
+    from ftcore import layout
+    from ftcore.schedule import lr_at
+    from ftcore.schema import Job
+
+    newest = layout.newest_complete(view.folder)
+    if newest is None or not view.config:
+        return []
+    try:
+        old = Job.model_validate(view.config)
+    except ValueError:
+        return []
+    keys = {"trainer.max_steps": (old.trainer.max_steps, job.trainer.max_steps),
+            "trainer.num_epochs": (old.trainer.num_epochs, job.trainer.num_epochs),
+            "optim.lr": (old.optim.lr, job.optim.lr),
+            **{f"optim.lr_scheduler.{k}": (getattr(old.optim.lr_scheduler, k), getattr(job.optim.lr_scheduler, k))
+               for k in type(job.optim.lr_scheduler).model_fields}}
+    changed = {key: pair for key, pair in keys.items() if pair[0] != pair[1]}
+    if not changed:
+        return []
+    step = int(newest.name.rpartition("-")[2])
+    what = ", ".join(f"{key} {a} → {b}" for key, (a, b) in changed.items())
+    text = f"{what}: this run resumes at step {step + 1} from {newest.name}, and its learning-rate schedule changes"
+    if old.trainer.max_steps and job.trainer.max_steps:
+        before = lr_at(step + 1, old.trainer.max_steps, old.optim)
+        after = lr_at(step + 1, job.trainer.max_steps, job.optim)
+        text += f": lr at step {step + 1} becomes {after:.2e} (it would have been {before:.2e})"
+        if job.trainer.max_steps > old.trainer.max_steps and job.optim.lr_scheduler.name != "constant":
+            text += f"; the {job.optim.lr_scheduler.name} decay restarts its course toward step {job.trainer.max_steps}"
+    return [text + ". For the same curve, start a new job instead (ft submit)."]
+
+
+def apply_resubmit(r: Resubmission, argv: list[str] | None = None) -> None:
+    """Write the new config and script into the folder, and add this command to its history."""
+    folder = r.view.folder
+    jobdir.write_atomic(folder / jobdir.CONFIG, jobdir.config_text(job_to_dict(r.job)))
+    jobdir.write_atomic(folder / jobdir.SCRIPT, r.script)
+    commands = folder / jobdir.COMMAND
+    earlier = commands.read_text() if commands.is_file() else ""
+    jobdir.write_atomic(commands, earlier + jobdir.command_line(argv))
+
+
+def history(view) -> list[dict]:
+    """The folder's submissions so far, oldest first, for the next submission's record."""
+    done = [*view.record.get("history", [])]
+    if view.record.get("time"):
+        done.append({k: view.record.get(k) for k in ("executor", "job_id", "time")})
+    return done
+
+
+def resubmit(view, overrides: list[str], profile: str | None = None) -> str:
+    """Submit a job folder again to SLURM at once (no questions): the library call behind
+    `ft resubmit --yes`."""
+    r = prepare_resubmit(view, overrides, profile, executor="slurm")
+    apply_resubmit(r)
+    return submit(view.folder, r.job.name, history=history(view))

@@ -29,6 +29,7 @@ import torch
 
 from ftcore import exits
 from ftcore.errors import UserError
+from ftcore.schedule import lr_at
 
 from . import checkpoint, data, dist
 from .metrics import Metrics, memory_gib
@@ -228,22 +229,6 @@ def evaluate(built, samples, job, env, device, pad_id) -> tuple[float, int]:
     dist.all_reduce_sum(totals)
     loss_sum, tokens = totals.tolist()
     return loss_sum / max(tokens, 1), int(tokens)
-
-
-def lr_at(step: int, total_steps: int, optim) -> float:
-    """Learning rate for optimizer step `step` (1-based): linear warmup, then decay to min_lr.
-
-    The schedule is a pure function of the step, so resuming needs nothing but the step.
-    """
-    schedule = optim.lr_scheduler
-    if step <= schedule.warmup_steps:
-        return optim.lr * step / schedule.warmup_steps
-    if schedule.name == "constant":
-        return optim.lr
-    # 0 at the first step after warmup, 1 at the last step.
-    progress = min(1.0, (step - schedule.warmup_steps - 1) / max(1, total_steps - schedule.warmup_steps - 1))
-    factor = 1 - progress if schedule.name == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
-    return schedule.min_lr + (optim.lr - schedule.min_lr) * factor
 
 
 def _optimizer(cfg, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
