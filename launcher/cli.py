@@ -60,10 +60,11 @@ def _root(
     """Launch LoRA and full SFT fine-tuning jobs on SLURM clusters inside containers."""
 
 
-def _console(stderr: bool = False):
+def _console(stderr: bool = False, soft_wrap: bool = True):
+    """soft_wrap=False for tables: only then does rich fit them to the terminal's width."""
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    return Console(stderr=stderr, highlight=False, soft_wrap=soft_wrap)
 
 
 @app.command("factories")
@@ -193,7 +194,7 @@ def jobs_cmd(
     from rich import box
     from rich.table import Table
 
-    from launcher import jobs, paths
+    from launcher import jobs
 
     views = jobs.all_jobs()
     hidden = [] if show_all else jobs.dry_runs(views)
@@ -201,18 +202,18 @@ def jobs_cmd(
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    # 80 columns: what a user types next (`ft status JOB`) is never cut; the state may wrap.
-    table = Table(title=f"ft jobs ({len(rows)}) in {paths.jobs_root()}", title_justify="left",
-                  box=box.SIMPLE_HEAD, pad_edge=False)
+    # 80 columns: what a user types next (`ft status JOB`) is never cut; the rest may wrap.
+    table = Table(title=f"ft jobs ({len(rows)}): `ft status JOB` for one", title_justify="left",
+                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     table.add_column("job", no_wrap=True)
-    table.add_column("factory", no_wrap=True)
-    table.add_column("state", overflow="fold")
+    table.add_column("factory", overflow="fold")
+    table.add_column("state", overflow="fold", min_width=9)
     table.add_column("progress", no_wrap=True)
     table.add_column("age", no_wrap=True)
     for row in rows:
         name = row["id"] or Path(row["folder"]).name
         table.add_row(name, row["factory"], row["state"], row["progress"], row["age"])
-    _console().print(table)
+    _console(soft_wrap=False).print(table)
     if hidden:
         print(f"{len(hidden)} dry run(s) not shown: `ft jobs --all` lists them, `ft clean --dry-runs` removes them",
               file=sys.stderr)
@@ -602,7 +603,7 @@ def main() -> None:
     from ftcore.errors import UserError
 
     try:
-        app()
+        app(prog_name="ft")  # also under `python -m launcher`: completion and usage say `ft`
     except UserError as err:
         from rich.markup import escape
 

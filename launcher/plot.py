@@ -136,6 +136,18 @@ def default_output(runs: list[Run]) -> Path:
 
 def draw(runs: list[Run], out: Path) -> Path:
     """Write the PNG; the figure has a fixed size, so it reads the same for 1 or 10 runs."""
+    fig = figure(runs)  # selects the Agg backend before pyplot is imported
+    import matplotlib.pyplot as plt
+
+    out = out.expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def figure(runs: list[Run]):
+    """The matplotlib figure: four panels, one colour per run."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -169,11 +181,7 @@ def draw(runs: list[Run], out: Path) -> Path:
     axes[0][0].legend(fontsize="small")
     titles = list(dict.fromkeys(run.job for run in runs))
     fig.suptitle("ft plot: " + (", ".join(titles[:4]) + (" …" if len(titles) > 4 else "")))
-    out = out.expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return fig
 
 
 def plot(specs: list[str], out: Path | None = None, root: Path | None = None) -> Path:

@@ -83,8 +83,7 @@ def prepare(factory: str, overrides: list[str], profile: str | None = None,
     resolved = tasks[0] if tasks else resolve(factory, overrides, profile)
     job = resolved.job
     problems = render.preflight(job, need_sbatch=executor == "slurm" and not dry_run, paths_here=not dry_run)
-    warnings = tuple(f"{problem} here; a real submission needs it" for problem in render.missing_here(job)) \
-        if dry_run else ()
+    warnings = render.dry_run_warnings(job) if dry_run else ()
     if executor == "local" and job.container.runtime != "none" and shutil.which(job.container.runtime) is None:
         problems.append(f"{job.container.runtime} is not on PATH here: run with container.runtime=none "
                         "to use this machine's Python")
@@ -191,8 +190,7 @@ def prepare_resubmit(view, overrides: list[str], profile: str | None = None, exe
     if problems:
         raise UserError(*problems)
     warnings = [*schedule_warnings(view, resolved.job),
-                *(f"{problem} here; a real submission needs it" for problem in render.missing_here(resolved.job)
-                  if dry_run)]
+                *(render.dry_run_warnings(resolved.job) if dry_run else ())]
     script = render.render_sbatch(resolved.job, view.folder, tasks)
     return Resubmission(view, resolved, executor, script, tuple(warnings))
 

@@ -77,3 +77,20 @@ def test_max_new_tokens_must_be_positive(jobs):
 
     with pytest.raises(UserError, match="at least 1"):
         generate(locate.find_checkpoint(str(jobs["sft"])), PROMPT, 0)
+
+
+def test_the_jobs_prompt_format_is_applied_from_the_records_fields(jobs):
+    """`ft generate JOB --question Q --context C` asks what training asked: PROMPT is that text."""
+    from fttools.inference import job_prompt
+
+    ckpt = locate.find_checkpoint(str(jobs["lora"]))
+    fields = {"context": "Ada lives in Oslo. Ada is 36.", "question": "How old is Ada?"}
+    assert job_prompt(ckpt, fields) == PROMPT
+    code, templated, stderr = run_ft("generate", str(jobs["lora"]), "--context", fields["context"],
+                                     "--question", fields["question"], "-n", "4")
+    raw = run_ft("generate", str(jobs["lora"]), PROMPT, "-n", "4")[1]
+    assert code == 0 and templated.strip() == raw.strip() and repr(PROMPT) in stderr
+    code, _, stderr = run_ft("generate", str(jobs["lora"]), "--instruction", "Say hi")
+    assert code == 2 and "a squad job's prompt is built from --context and --question" in stderr
+    code, _, stderr = run_ft("generate", str(jobs["lora"]))
+    assert code == 2 and "nothing to answer" in stderr

@@ -1,4 +1,5 @@
-"""The CI and cluster scripts: lint-clean, test.sh fails on 'no tests', slurm-up is idempotent."""
+"""The CI and cluster scripts: lint-clean, test.sh fails on 'no tests', slurm-up is idempotent.
+(The quickstart runs end to end in test_local_lifecycle.py.)"""
 
 from __future__ import annotations
 
@@ -72,21 +73,3 @@ def test_unavailable_cluster_fails_on_ci_and_skips_elsewhere(monkeypatch, ci, ou
         sc.ensure_cluster()
     assert type(excinfo.value).__name__ == outcome
     assert "SLURM cluster unavailable" in str(excinfo.value)
-
-
-@pytest.mark.train
-def test_quickstart_command_runs_without_a_terminal(isolated_home):
-    """The README's first command ends in an `ft submit`: run that line as the script runs it
-    (no terminal, so no confirmation prompt may block it), with this checkout's launcher."""
-    pytest.importorskip("torch")
-    import shlex
-
-    last = (ROOT / "scripts" / "quickstart.sh").read_text().strip().splitlines()[-1]
-    argv = shlex.split(last)
-    assert argv[:2] == ["exec", ".venv/bin/ft"] and argv[-1] == "$@", last
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-m", "launcher", *argv[2:-1]], stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "val_loss" in proc.stdout + proc.stderr
-    assert list((isolated_home / "jobs").glob("*/checkpoints/step-*/model.safetensors"))

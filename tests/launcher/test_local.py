@@ -24,7 +24,7 @@ def test_local_run_streams_the_log_and_returns_the_status(ft):
     result = ft("submit", "--factory", "tiny", "--executor", "local", "--yes", "trainer.max_steps=4",
                 "trainer.val_every_steps=2")
     assert result.returncode == 0, result.stderr
-    assert "step 4 | epoch 0 | loss" in result.stdout
+    assert "step 4/4 (100%) | epoch 0 | loss" in result.stdout and "done: 4 steps in" in result.stdout
     folder = folder_of(result.stderr)
     assert (folder / "job.sbatch").is_file()  # the script the same job would use on a cluster
     events = [json.loads(l)["event"] for l in (folder / "events.jsonl").read_text().splitlines()]
@@ -35,7 +35,7 @@ def test_local_run_streams_the_log_and_returns_the_status(ft):
 
 def test_local_failure_is_the_exit_status(ft, tmp_path):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"context": "c", "question": "q"}\n')  # no answers
+    bad.write_text('{"context": "c", "question": "q", "answers": {"text": []}}\n')  # fits squad, no answer
     result = ft("submit", "--factory", "tiny", "--executor", "local", "--yes", f"data.path={bad}")
     assert result.returncode == 2, result.stdout + result.stderr
     assert "bad.jsonl line 1" in result.stdout + result.stderr
@@ -44,7 +44,7 @@ def test_local_failure_is_the_exit_status(ft, tmp_path):
 
 def test_local_two_processes_and_detach(ft):
     result = ft("submit", "--factory", "tiny", "--executor", "local", "--yes", "--detach",
-                "trainer.devices=2", "trainer.max_steps=3")
+                "trainer.devices=2", "trainer.max_steps=3", "data.micro_batch_size=8")
     assert result.returncode == 0, result.stderr
     folder = folder_of(result.stderr)
     deadline = time.time() + 180

@@ -10,7 +10,7 @@ from post_helpers import one_thread, train_job
 
 from launcher import jobdir
 from ftcore.errors import UserError
-from launcher.plot import collect, plot, read_metrics
+from launcher.plot import collect, default_output, figure, plot, read_metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -61,18 +61,28 @@ def test_several_jobs_in_one_png(jobs_root, tmp_path):
 
 
 @pytest.mark.train
-def test_runs_are_named_by_job_id_else_folder_and_sweep_tasks_apart(jobs_root):
+def test_runs_are_named_by_job_id_else_folder_and_sweep_tasks_by_their_values(jobs_root):
     named = jobs_root / "20260101-000000-tiny-aaaaaa"
     jobdir.write_record(named, executor="slurm", job_id="4242")
     sweep = jobs_root / "20260101-000002-sweep-cccccc"
-    for task in ("0", "1"):
+    for task, lr in (("0", 0.001), ("1", 0.0003)):
         (sweep / "tasks" / task).mkdir(parents=True)
         shutil.copy(named / "metrics.jsonl", sweep / "tasks" / task / "metrics.jsonl")
+        (sweep / "tasks" / task / jobdir.CONFIG).write_text(f"name: tiny\noptim:\n  lr: {lr}\n  eps: 1.0e-08\n")
     shutil.copy(named / jobdir.CONFIG, sweep / jobdir.CONFIG)
     try:
         runs = collect(["4242", "20260101-000001", str(sweep)])
         assert [r.label for r in runs] == ["4242", "20260101-000001-tiny-bbbbbb",
-                                           "20260101-000002-sweep-cccccc[0]", "20260101-000002-sweep-cccccc[1]"]
+                                           "20260101-000002-sweep-cccccc_0 lr=1e-3",
+                                           "20260101-000002-sweep-cccccc_1 lr=3e-4"]
+        fig = figure(runs)
+        assert fig._suptitle.get_text() == ("ft plot: 4242 (test), 20260101-000001-tiny-bbbbbb (test), "
+                                            "20260101-000002-sweep-cccccc (test)")
+        loss, _, tps, memory = fig.axes
+        assert memory.get_ylim()[0] == 0 and tps.get_ylim()[0] == 0  # flat memory stays flat
+        assert "20260101-000002-sweep-cccccc_1 lr=3e-4 train" in [t.get_text() for t in loss.get_legend().texts]
+        assert default_output(runs) == named / "compare-4242-20260101-000001-tiny-bbbbbb-20260101-000002-sweep-cccccc.png"
+        assert default_output(collect([str(sweep)])) == sweep / "metrics.png"
     finally:
         (named / jobdir.RECORD).unlink()
         shutil.rmtree(sweep)

@@ -46,7 +46,7 @@ def assert_trained(folder: Path, job_id: str, tasks: int, weights: str = "model.
     assert max(r.get("step", 0) for r in steps) == 6
     latest = (folder / "checkpoints" / "latest").read_text().strip()
     assert (folder / "checkpoints" / latest / weights).is_file()
-    assert "step 6 |" in log
+    assert "step 6/6 " in log
 
 
 def test_tiny_runs_on_one_node(slurm_cluster, ft):
@@ -55,7 +55,7 @@ def test_tiny_runs_on_one_node(slurm_cluster, ft):
     status = ft("status", job_id)
     assert status.returncode == 0 and "COMPLETED" in status.stdout
     logs = ft("logs", job_id, "--rank", "0")
-    assert "step 6 |" in logs.stdout and not logs.stdout.startswith("0: ")
+    assert "step 6/6 " in logs.stdout and not logs.stdout.startswith("0: ")
     listed = json.loads(ft("jobs", "--json").stdout)
     assert listed[0]["id"] == job_id and listed[0]["folder"] == str(folder)
     cancel = ft("cancel", job_id)
@@ -137,15 +137,15 @@ def test_fifty_concurrent_submissions_are_distinct(slurm_cluster, isolated_home)
 def test_resubmit_continues_in_the_same_folder_and_follow_reads_the_log(slurm_cluster, ft):
     job_id, folder = submit(ft)
     follow = ft("logs", job_id, "-f")  # returns once the job has ended
-    assert follow.returncode == 0 and "step 6 |" in follow.stdout
+    assert follow.returncode == 0 and "step 6/6 " in follow.stdout
     assert_trained(folder, job_id, tasks=1)
-    again = ft("resubmit", job_id, "trainer.max_steps=9")
+    again = ft("resubmit", job_id, "trainer.max_steps=9", "--yes")
     assert again.returncode == 0, again.stderr
     new_id = again.stdout.split("Submitted batch job ")[1].split()[0]
     state, _ = wait_for_job(new_id, timeout=240)
     log = "\n".join(p.read_text() for p in (folder / "logs").glob("*.out"))
     assert state == "COMPLETED", log
-    assert "resumed from" in log and "step-000006" in log and "step 9 |" in log
+    assert "resumed from" in log and "step-000006" in log and "step 9/9 " in log
     record = json.loads((folder / "submission.json").read_text())
     assert record["job_id"] == new_id and record["history"][0]["job_id"] == job_id
     old = ft("status", job_id)  # the id a user remembers still finds the folder
@@ -172,3 +172,22 @@ def test_sweep_runs_as_one_array_and_after_waits(slurm_cluster, ft):
     busy = ft("resubmit", first)
     assert busy.returncode == 2 and "still PENDING" in busy.stderr and f"ft cancel {first}" in busy.stderr
     subprocess.run(["scancel", first, second], check=False)
+
+
+def test_each_sweep_task_is_addressed_by_id_underscore_task(slurm_cluster, ft):
+    """`ft status 15_1` / `ft logs 15_1`, as SLURM names array tasks; states per task, logs labelled."""
+    job_id, folder = submit(ft, "--sweep", "optim.lr=1e-3,3e-3")
+    exits = [folder / "tasks" / str(task) / "events.jsonl" for task in (0, 1)]
+    deadline = time.time() + 300
+    while time.time() < deadline and not all(p.is_file() and '"exit"' in p.read_text() for p in exits):
+        time.sleep(1)
+    one = ft("status", f"{job_id}_1")
+    assert one.returncode == 0, one.stderr
+    assert f"job        {job_id}_1 (slurm)" in one.stdout and "state      COMPLETED" in one.stdout, one.stdout
+    assert "progress   6 steps done in" in one.stdout and "checkpoint step-000006" in one.stdout
+    whole = ft("status", job_id).stdout
+    assert "task 0: COMPLETED" in whole and "task 1: COMPLETED" in whole and "DRY-RUN" not in whole, whole
+    own = ft("logs", f"{job_id}_1").stdout
+    assert "step 6/6 " in own and "lr 3.0e-04" in own and "lr 1.0e-04" not in own and "[task" not in own
+    labelled = [line for line in ft("logs", job_id).stdout.splitlines() if line.strip()]
+    assert {line.split("]")[0] for line in labelled} == {"[task 0", "[task 1"}, labelled[:5]

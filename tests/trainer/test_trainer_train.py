@@ -174,6 +174,24 @@ def test_stop_at_max_steps_then_continue_with_more_steps(tmp_path):
     assert val_steps == [2, 4, 5]
 
 
+def test_progress_and_the_end_summary_span_a_resumed_run(tmp_path, capsys):
+    """Each step says how far (of the total) and how long; the end sums the run up, over resumes."""
+    first = tiny_job(trainer={"max_steps": 2, "val_every_steps": 2})
+    assert train(tmp_path, first) == exits.OK
+    assert train(tmp_path, tiny_job(trainer={"max_steps": 5, "val_every_steps": 2})) == exits.OK
+    records = read_metrics(tmp_path)
+    steps = [r for r in records if "loss" in r]
+    assert [(r["step"], r["total_steps"]) for r in steps] == [(1, 2), (2, 2), (3, 5), (4, 5), (5, 5)]
+    assert all(r["elapsed_s"] >= 0 and r["remaining_s"] >= 0 for r in steps)
+    (end,) = [r for r in records if r.get("end")]  # the first run's summary was dropped on resume
+    val = {r["step"]: r["val_loss"] for r in records if "val_loss" in r}
+    assert sorted(val) == [2, 4, 5] and end["final_val_loss"] == val[5] and end["best_val_loss"] == min(val.values())
+    assert end["step"] == 5 and end["checkpoint"].endswith("step-000005") and records[-1] == end
+    printed = capsys.readouterr().out
+    assert "step 4/5 (80%) | epoch 0 | loss" in printed and " elapsed, " in printed and " left" in printed
+    assert "done: 5 steps in " in printed and f"best {end['best_val_loss']:.4f} (step {end['best_step']})" in printed
+
+
 def test_half_written_checkpoints_are_ignored(tmp_path, capsys):
     root = tmp_path / "checkpoints"
     raw = tiny_job(trainer={"max_steps": 4}, checkpoint={"every_steps": 2, "keep_last": None})
