@@ -42,6 +42,9 @@ OPTIONAL = (
 
 # The packages mount_ft binds into the container (at MOUNT_POINT, on PYTHONPATH).
 FT_PACKAGES = ("ftcore", "trainer")
+# `ft train` resolves the job inside the container too: the launcher's library (whose
+# `train` path imports nothing outside this contract) and the shipped factories travel as well.
+FT_TRAIN_PACKAGES = (*FT_PACKAGES, "launcher")
 MOUNT_POINT = "/opt/ft"
 
 

@@ -31,6 +31,8 @@ _SBATCH_OPTION = re.compile(r"^[a-z][a-z0-9-]*$")
 _SLURM_TIME = re.compile(r"^(\d+-)?\d{1,3}(:\d{2}){0,2}$|^\d+-\d{1,2}$|^UNLIMITED$|^INFINITE$")
 # Environment variable names that look like credentials. They travel in the user's
 # environment (srun and singularity pass it through); ft never writes them to disk.
+# $SLURM_GPUS_PER_NODE: a count, optionally after a GPU type (`a100:2`, `gpu:a100:2`).
+_SLURM_GPUS = re.compile(r"^(?:gpu:)?(?:[A-Za-z0-9_.-]+:)?(\d+)$")
 _SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|CREDENTIAL)", re.I)
 
 
@@ -185,6 +187,17 @@ class TrainerConfig(_Section):
     accelerator: Literal["gpu", "cpu"] = Field(
         "gpu", description="`gpu` asks SLURM for GPUs (--gpus-per-node); `cpu` for CPU-only tasks."
     )
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _slurm_gpu_count(cls, value: Any) -> Any:
+        """As SLURM writes $SLURM_GPUS_PER_NODE: `2`, or `a100:2` with a GPU type."""
+        if isinstance(value, str):
+            match = _SLURM_GPUS.match(value.strip())
+            if not match:
+                raise ValueError(f"expected a GPU count like 2 or a100:2 (as $SLURM_GPUS_PER_NODE gives it), got {value!r}")
+            return int(match.group(1))
+        return value
     max_steps: int | None = Field(
         None, ge=1, description="Optimizer steps to run; wins over num_epochs when both are set."
     )

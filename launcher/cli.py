@@ -4,6 +4,7 @@
     ft show   --factory llama31_8b trainer.max_steps=250 [--explain]
     ft submit --factory llama31_8b trainer.max_steps=250 data.global_batch_size=8 --yes
     ft submit --factory tiny --executor local
+    srun ft train --factory llama31_8b trainer.devices="${SLURM_GPUS_PER_NODE}"   # in your own script
     ft plan   --factory llama3_8b_sft                   # GPU memory per GPU: does it fit?
     ft merge JOB ; ft generate JOB "prompt" ; ft eval JOB --data val.jsonl
     ft export JOB --to vllm ; ft push JOB me/model --dry-run ; ft plot JOB [JOB...]
@@ -104,14 +105,24 @@ def submit_cmd(
     detach: bool = typer.Option(False, "--detach", help="With --executor local: run in the background."),
     sweep: List[str] = typer.Option([], "--sweep", help="key=v1,v2,...: one SLURM array task per value (repeat for a grid)."),
     after: Optional[str] = typer.Option(None, "--after", help="Start only after this job completed successfully (afterok)."),
+    print_srun: bool = typer.Option(False, "--print-srun", help="With --dry-run: print only the srun line that "
+                                    "runs this job with `ft train` in your own batch script; write nothing."),
     profile: Optional[str] = ProfileOpt,
 ) -> None:
     """Resolve, validate, write the job folder, render the sbatch script and submit it."""
     from ftcore.errors import UserError
     from launcher import submit
 
+    if print_srun and (not dry_run or sweep or after or executor != "slurm"):
+        raise UserError("--print-srun prints one job's srun line for your own script and submits nothing: "
+                        "use it with --dry-run, without --sweep, --after or --executor local")
     p = submit.prepare(factory, list(ctx.args), profile, executor, dry_run, sweep, after)
     err = _console(stderr=True)
+    if print_srun:
+        line, header = submit.srun_line(p, factory)
+        err.print("# the allocation this line expects (one task per GPU):\n" + "\n".join(header), markup=False)
+        print(line)
+        return
     _warn_if_it_will_not_fit(p.job, err)
     if not dry_run:
         _print_summary(p, err)
@@ -139,6 +150,17 @@ def submit_cmd(
     print(f"Job folder: {folder}")
 
 
+@app.command("train", context_settings={**_PASS_THROUGH, "help_option_names": []}, add_help_option=False)
+def train_cmd(ctx: typer.Context) -> None:
+    """Train in this process: run by srun in your own batch script (every task), by torchrun, or alone.
+
+    ft train --factory NAME [--job-dir DIR] [--profile FILE] [--yes] [overrides...]; `ft train --help` for more.
+    """
+    from launcher import train
+
+    raise typer.Exit(train.main(list(ctx.args)))
+
+
 JobArg = typer.Argument(..., help="Job id, job folder, or a unique prefix of either.")
 
 
@@ -162,7 +184,8 @@ def jobs_cmd(
     for column in ("id", "factory", "state", "progress", "age", "folder"):
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(str(row["id"] or "-" if row["executor"] == "slurm" else row["executor"]), row["factory"],
+        scheduled = row["executor"] in jobs.SCHEDULED_EXECUTORS
+        table.add_row(str(row["id"] or "-" if scheduled else row["executor"]), row["factory"],
                       row["state"], row["progress"], row["age"], row["folder"])
     _console().print(table)
 

@@ -7,7 +7,6 @@ is the job's; `--detach` returns at once and leaves the processes running.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -15,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from ftcore import layout
 from launcher import jobdir, render
 from ftcore.schema import Job
 
@@ -27,9 +27,7 @@ def _free_port() -> int:
 
 def event(folder: Path, name: str, **fields: object) -> None:
     """The same event record the sbatch script writes, so `ft status` reads both alike."""
-    record = {"event": name, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields}
-    with open(folder / "events.jsonl", "a") as handle:
-        handle.write(json.dumps(record) + "\n")
+    layout.record_event(folder, name, **fields)
 
 
 def start(job: Job, folder: Path) -> list[subprocess.Popen[bytes]]:

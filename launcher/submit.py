@@ -99,6 +99,21 @@ def _job_id_to_wait_for(spec: str) -> str:
     return job_id
 
 
+def srun_line(p: Prepared, factory: str) -> tuple[str, list[str]]:
+    """The srun line that runs this job with `ft train` from a workshop's own batch script,
+    and the #SBATCH lines its allocation needs (nodes × tasks per node is the job's layout)."""
+    from launcher.config import looks_like_path
+
+    spec = str(p.resolved.factory_path) if looks_like_path(factory) else factory
+    args = ["--factory", spec]
+    if p.resolved.profile_path:
+        args += ["--profile", str(p.resolved.profile_path)]
+    args += [o.text for o in p.resolved.overrides]
+    allocation = ("--nodes=", "--ntasks-per-node=", "--gpus-per-node=")
+    header = [f"#SBATCH {o}" for o in render.sbatch_options(p.job, Path(".")) if o.startswith(allocation)]
+    return render.srun_line(p.job, args), header
+
+
 def summary(p: Prepared) -> list[tuple[str, str]]:
     job = p.job
     t = job.trainer
@@ -152,6 +167,8 @@ def resubmit(view, overrides: list[str], profile: str | None = None) -> str:
     checkpoint. Overrides apply on top of the folder's resolved config."""
     from launcher import jobs
 
+    if view.executor in jobs.OWN_SCRIPT_EXECUTORS:
+        raise UserError(*_not_ours(view))
     current = jobs.state(view)
     if not jobs.is_finished(current) and current != "DRY-RUN":
         raise UserError(f"job {view.job_id} is still {current}: `ft cancel {view.job_id}` first")
@@ -166,3 +183,21 @@ def resubmit(view, overrides: list[str], profile: str | None = None) -> str:
     jobdir.write_atomic(view.folder / jobdir.SCRIPT, render.render_sbatch(resolved.job, view.folder, tasks))
     history = [*view.record.get("history", []), {k: view.record.get(k) for k in ("job_id", "time")}]
     return submit(view.folder, resolved.job.name, history=history)
+
+
+def _not_ours(view) -> list[str]:
+    """`ft resubmit` of an `ft train` folder: ft did not write the script, so it cannot submit it."""
+    from ftcore import layout
+
+    newest = layout.newest_complete(view.folder)
+    resumes = f"it continues from {newest.name}" if newest else "it starts from the beginning (no checkpoint yet)"
+    if view.executor != "srun":
+        return [f"{view.folder} was trained by `ft train` under {view.executor}, not submitted by ft: run the same "
+                f"command again with --job-dir {view.folder}; {resumes}"]
+    script = f"your batch script (submitted from {view.record['submit_dir']})" if view.record.get("submit_dir") \
+        else "your batch script"
+    return [f"job {view.job_id} ran `ft train` from {script}; ft did not write that script, so it cannot submit it "
+            "again. Either:",
+            f"  scontrol requeue {view.job_id}   (while SLURM still knows the job: same job id, same folder; {resumes})",
+            f"  or add --job-dir {view.folder} to the ft train line of the script and submit it with sbatch "
+            f"({resumes})"]

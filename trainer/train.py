@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -27,7 +28,7 @@ from typing import Callable
 
 import torch
 
-from ftcore import exits
+from ftcore import exits, rendezvous
 from ftcore.errors import UserError
 
 from . import checkpoint, data, dist
@@ -35,11 +36,13 @@ from .metrics import Metrics, memory_gib
 from .model import build, load_tokenizer
 
 
-def run(job, job_dir: str | Path, on_step: Callable[[dict], None] | None = None) -> int:
+def run(job, job_dir: str | Path, on_step: Callable[[dict], None] | None = None,
+        on_signal: Callable[[str], None] | None = None) -> int:
     """Train `job` (a validated launcher.schema.Job) writing into `job_dir`; return the exit code.
 
-    `on_step(record)` is called on every rank after each optimizer step (tests, benchmarks).
-    Raises UserError for problems the user must fix, before any training.
+    `on_step(record)` is called on every rank after each optimizer step (tests, benchmarks);
+    `on_signal(name)` when a stop signal arrives. Raises UserError for problems the user must
+    fix, before any training.
     """
     env = dist.detect()
     preflight(job, env)
@@ -49,7 +52,7 @@ def run(job, job_dir: str | Path, on_step: Callable[[dict], None] | None = None)
         device = torch.device("cuda", env.local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     _quiet_libraries(env)
-    stop = StopSignal()
+    stop = StopSignal(on_signal)
     stop.install()
     dist.init(env, device, alone_too=job.strategy == "fsdp2")
     try:
@@ -272,12 +275,7 @@ def _check_same_data(state: dict, folder: Path, num_rows: int, job) -> None:
 
 def preflight(job, env: dist.DistEnv) -> None:
     """What only this machine can tell (the config's own rules were checked by the schema)."""
-    problems = []
-    if env.world_size != job.world_size:
-        problems.append(
-            f"the job is laid out for trainer.num_nodes × trainer.devices = {job.world_size} processes, "
-            f"but {env.world_size} were started ({env.launcher})"
-        )
+    problems = rendezvous.allocation_problems(job.trainer.num_nodes, job.trainer.devices, env, os.environ)
     if job.trainer.accelerator == "gpu" and not torch.cuda.is_available():
         problems.append("trainer.accelerator=gpu but CUDA is not available here (trainer.accelerator=cpu for CPU runs)")
     if job.model.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
@@ -295,13 +293,17 @@ class StopSignal:
 
     SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
-    def __init__(self) -> None:
+    def __init__(self, on_signal: Callable[[str], None] | None = None) -> None:
         self.requested = False
         self._previous: dict = {}
+        self._on_signal = on_signal
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
-        sys.stderr.write(f"ft trainer: got {signal.Signals(signum).name}; will checkpoint after this step\n")
+        name = signal.Signals(signum).name
+        sys.stderr.write(f"ft trainer: got {name}; will checkpoint after this step\n")
+        if self._on_signal is not None:
+            self._on_signal(name)
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():  # Python allows handlers only there

@@ -206,5 +206,5 @@ def test_preflight_checks_what_only_the_machine_knows():
                             data={"global_batch_size": 8}))
     with pytest.raises(UserError) as e:
         preflight(job, dist.DistEnv())
-    assert "2 processes, but 1 were started" in str(e.value)
+    assert "= 2 processes but this is one process with no scheduler" in str(e.value)
     assert "model.path /nowhere/model does not exist" in str(e.value)
