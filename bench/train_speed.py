@@ -141,8 +141,8 @@ def prepare(args, work: Path) -> dict:
 
 
 def ft_job(spec: dict, method: str):
-    """The launcher.schema.Job ft runs (and whose data pipeline the baseline reuses)."""
-    from ftcore.schema import Job
+    """The ftcore.schema.Job ft runs (and whose data pipeline the baseline reuses)."""
+    from ftcore.schema import validate
 
     gpu = spec["device"] == "cuda"
     raw = {
@@ -168,7 +168,7 @@ def ft_job(spec: dict, method: str):
         for key in path:
             node = node.setdefault(key, {})
         node[last] = yaml.safe_load(value)
-    return Job.model_validate(raw)
+    return validate(raw)
 
 
 LR = {"lora": 1e-3, "sft": 3e-4}

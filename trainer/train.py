@@ -36,7 +36,7 @@ from .model import build, load_tokenizer
 
 
 def run(job, job_dir: str | Path, on_step: Callable[[dict], None] | None = None) -> int:
-    """Train `job` (a validated launcher.schema.Job) writing into `job_dir`; return the exit code.
+    """Train `job` (a validated ftcore.schema.Job) writing into `job_dir`; return the exit code.
 
     `on_step(record)` is called on every rank after each optimizer step (tests, benchmarks).
     Raises UserError for problems the user must fix, before any training.
