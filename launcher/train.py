@@ -30,7 +30,7 @@ from ftcore import layout, rendezvous
 from ftcore.errors import UserError
 from ftcore.rendezvous import DistEnv
 from ftcore.schema import Job, job_to_dict
-from launcher import config, jobdir, paths
+from launcher import config, jobdir, paths, stage
 
 # How long tasks other than 0 wait for task 0 to write the job folder (a shared filesystem
 # may show a new folder on other nodes only after its attribute cache expires).
@@ -206,7 +206,7 @@ def hand_over(plan: Plan) -> None:
         print(f"Job folder: {plan.folder}", flush=True)
     sys.stderr.flush()
     # The trainer is this package's sibling: the same interpreter, path and folder find it.
-    env = dict(os.environ, PYTHONUNBUFFERED="1", **plan.job.container.env)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **stage.environment(plan.job))
     argv = trainer_argv(plan)
     os.execve(argv[0], argv, env)
 

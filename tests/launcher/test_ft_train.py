@@ -1,5 +1,5 @@
 """`ft train`: resolution, the allocation check, the one job folder every task agrees on, and the
-hand-over to the trainer — here without SLURM (alone, and under torchrun); tests/slurm/test_ft_train.py
+hand-over to the trainer — here without SLURM (alone, and under torchrun); tests/slurm/test_workshop_script.py
 runs it from a workshop-shaped script on the real cluster."""
 
 from __future__ import annotations
