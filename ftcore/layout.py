@@ -4,9 +4,9 @@
         config.yaml               the resolved job; the trainer validates it again
         job.sbatch command.txt    the script and the command line that made it
         submission.json           ft's record: executor, job id, history of submissions
-        events.jsonl              start / signal / requeue / exit, written by the script
+        events.jsonl              start / signal / requeue / exit, written by the script (ft train: rank 0)
         metrics.jsonl             one line per logged step, written by rank 0
-        logs/                     scheduler and per-rank output
+        logs/                     scheduler output, or per-rank rank-N.out (local, ft train)
         tasks/<i>/                a sweep's array task: a run folder of its own
         checkpoints/step-000012/  a loadable model (LoRA adapter or full) + ft_state/
         checkpoints/latest        names the newest complete checkpoint (for people and shells)
