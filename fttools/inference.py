@@ -15,7 +15,8 @@ import torch
 from ftcore.layout import Checkpoint
 from ftcore.errors import UserError
 
-from trainer.model import DTYPES, hf_token
+from trainer.hub import hf_token
+from trainer.model import DTYPES
 
 
 def pick_device() -> torch.device:
@@ -74,9 +75,9 @@ def load_model(ckpt: Checkpoint, dtype: str | None = None, device: torch.device 
 
 
 def prompt_ids(tokenizer, prompt: str) -> list[int]:
-    from trainer.data import _special_affixes
+    from trainer.samples import special_affixes
 
-    prefix, _ = _special_affixes(tokenizer)
+    prefix, _ = special_affixes(tokenizer)
     return list(prefix) + tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
 
@@ -108,7 +109,8 @@ PROMPT_FIELDS = {"squad": (("context", "question"), ()), "alpaca": (("instructio
 def job_prompt(ckpt: Checkpoint, fields: dict[str, str]) -> str:
     """The prompt the checkpoint's job trained on, filled with `fields` (its template, or the
     format's default): what the model saw before each answer, up to where the answer starts."""
-    from trainer import data
+    from trainer.formats import alpaca_segments, squad_segments
+    from trainer.records import Record
 
     job_data = ckpt.job_config.get("data") or {}
     fmt = job_data.get("format")
@@ -122,10 +124,9 @@ def job_prompt(ckpt: Checkpoint, fields: dict[str, str]) -> str:
         raise UserError(f"a {fmt} job's prompt is built from {' and '.join('--' + k for k in required)}"
                         + (f" (and optionally {', '.join('--' + k for k in optional)})" if optional else "")
                         + f"; check {', '.join('--' + k for k in wrong)}")
-    record = data.Record("the command line", {**fields, "answers": {"text": [""]}, "output": ""})
-    segments = data.squad_segments(record, job_data.get("prompt_template")) if fmt == "squad" else \
-        data.alpaca_segments(record, job_data.get("prompt_template"))
-    return segments[0][0]
+    record = Record("the command line", {**fields, "answers": {"text": [""]}, "output": ""})
+    to_segments = squad_segments if fmt == "squad" else alpaca_segments
+    return to_segments(record, job_data.get("prompt_template"))[0][0]
 
 
 def generate(ckpt: Checkpoint, prompt: str, max_new_tokens: int = 64) -> str:

@@ -20,9 +20,15 @@ from typing import Any, Iterator
 
 import yaml
 
-from ftcore import layout, progress
+from ftcore import exits, layout, progress
 from ftcore.errors import UserError
 from launcher import jobdir, paths, slurm
+
+
+# Executors whose jobs SLURM knows by id (`ft submit`'s script, or a workshop's script running
+# `ft train` under srun), and those whose script ft did not write (`ft train`, however started).
+SCHEDULED_EXECUTORS = ("slurm", "srun")
+OWN_SCRIPT_EXECUTORS = ("srun", "torchrun")
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -216,7 +222,7 @@ def _folder_state(view: JobView, run: Path | None = None) -> str:
     if view.executor == "dry-run":
         return "DRY-RUN"
     if not events:
-        return "PENDING" if view.executor == "slurm" else "STARTING"
+        return "PENDING" if view.executor in SCHEDULED_EXECUTORS else "STARTING"
     last = events[-1]
     since_start = events[max(i for i, e in enumerate(events) if e["event"] == "start"):] \
         if any(e["event"] == "start" for e in events) else events
@@ -224,6 +230,8 @@ def _folder_state(view: JobView, run: Path | None = None) -> str:
         code = last.get("code")
         if code != 0 and any(e["event"] == "cancel" for e in since_start):
             return "CANCELLED"
+        if code == exits.REQUEUE and view.executor != "slurm":  # ft's own script requeues, or says why not
+            return "PREEMPTED (checkpointed: requeue or run again to resume)"
         return "COMPLETED" if code == 0 else f"FAILED (exit {code})"
     if last["event"] == "requeue":
         return "REQUEUED"
@@ -261,7 +269,7 @@ def state(view: JobView, ask_scheduler: bool = True) -> str:
             return next(iter(counts))
         return ", ".join(f"{n} {s}" for s, n in counts.items())
     run = view.run_dirs[0]
-    if ask_scheduler and view.executor == "slurm" and view.job_id:
+    if ask_scheduler and view.executor in SCHEDULED_EXECUTORS and view.job_id:
         known = _scheduler_state(view, view.label, run)
         if known:
             return known
@@ -271,7 +279,7 @@ def state(view: JobView, ask_scheduler: bool = True) -> str:
 def task_states(view: JobView, ask_scheduler: bool = True) -> list[tuple[int, str]]:
     """(task, state) for each task of a sweep: squeue's word (one call) while it lists the task."""
     queue: dict[str, str] = {}
-    if ask_scheduler and view.executor == "slurm" and view.job_id:
+    if ask_scheduler and view.executor in SCHEDULED_EXECUTORS and view.job_id:
         try:
             queue = slurm.queue_states(job_id=view.job_id)
         except UserError:
@@ -302,7 +310,7 @@ def age(view: JobView) -> str:
 
 def summary_rows(views: list[JobView], ask_scheduler: bool = True) -> list[dict[str, Any]]:
     states: dict[str, str] = {}
-    if ask_scheduler and any(v.executor == "slurm" for v in views):
+    if ask_scheduler and any(v.executor in SCHEDULED_EXECUTORS for v in views):
         try:
             states = slurm.queue_states()
         except UserError:
@@ -327,7 +335,7 @@ def summary_rows(views: list[JobView], ask_scheduler: bool = True) -> list[dict[
 def log_files(view: JobView) -> list[Path]:
     """The job's log files in the order they were written; one sweep task's with `view.task`."""
     logs = view.folder / "logs"
-    if view.executor == "local":
+    if view.executor != "slurm":  # one file per process; `ft submit`'s script writes SLURM's own
         return sorted(logs.glob("rank-*.out"))
     # A sweep's tasks log to slurm-<job>_<task>.out (every submission of the folder).
     pattern = "slurm-*.out" if view.task is None else f"slurm-*_{view.task}.out"
@@ -356,7 +364,7 @@ def log_lines(view: JobView, rank: int | None = None, follow: bool = False, poll
 
     def drain() -> Iterator[str]:
         files = log_files(view)
-        if view.executor == "local" and rank is not None:
+        if view.executor != "slurm" and rank is not None:
             files = [f for f in files if f.name == f"rank-{rank}.out"]
         for path in files:
             with open(path, "rb") as handle:

@@ -16,7 +16,7 @@ from pathlib import Path
 from ftcore import contract, exits, layout, rendezvous
 from ftcore.errors import UserError
 from ftcore.schema import Job
-from launcher import __version__, paths
+from launcher import __version__, paths, stage
 
 TEMPLATE = "sbatch.sh.j2"
 _CONFIG_MARK = "@FT_CONFIG@"  # stands for "$FT_CONFIG" until the command is quoted
@@ -27,20 +27,38 @@ def q(value: object) -> str:
     return shlex.quote(str(value))
 
 
-def trainer_argv_groups(job: Job, config_path: Path) -> list[list[str]]:
-    """The command each task runs, inside the container when there is one, in readable groups."""
-    python = job.container.python or ("python" if job.container.runtime != "none" else sys.executable)
-    command = [python, "-m", "trainer", "--config", str(config_path)]
+def container_groups(job: Job, packages: tuple[str, ...] = contract.FT_PACKAGES) -> list[list[str]]:
+    """`singularity exec --nv --bind ... IMAGE`, in readable groups; [] without a container.
+    With mount_ft, ft's `packages` are bound read-only at the mount point, on PYTHONPATH."""
     if job.container.runtime == "none":
-        return [command]
+        return []
     groups = [[job.container.runtime, "exec", *(["--nv"] if job.container.nv else [])]]
     groups += [["--bind", bind] for bind in job.container.binds]
     if job.container.mount_ft:
-        # The trainer imports ftcore and nothing else of ft: those two packages travel.
-        for package in contract.FT_PACKAGES:
+        for package in packages:
             groups.append(["--bind", f"{paths.package_dir(package)}:{contract.MOUNT_POINT}/{package}:ro"])
+        if "launcher" in packages:  # the launcher resolves factories: they travel beside it
+            groups.append(["--bind", f"{paths.factories_dir()}:{contract.MOUNT_POINT}/factories:ro"])
         groups.append(["--env", f"PYTHONPATH={contract.MOUNT_POINT}"])
-    return [*groups, [str(job.container.image)], command]
+    return [*groups, [str(job.container.image)]]
+
+
+def _python(job: Job) -> str:
+    return job.container.python or ("python" if job.container.runtime != "none" else sys.executable)
+
+
+def trainer_argv_groups(job: Job, config_path: Path) -> list[list[str]]:
+    """The command each task runs, inside the container when there is one, in readable groups."""
+    return [*container_groups(job), [_python(job), "-m", "trainer", "--config", str(config_path)]]
+
+
+def srun_line(job: Job, ft_train_args: list[str]) -> str:
+    """The one srun line a workshop's own batch script runs: `ft train` in the container,
+    through ft's code bound into it, so the image needs no ft installed."""
+    groups = [*container_groups(job, contract.FT_TRAIN_PACKAGES),
+              [_python(job), "-m", "launcher", "train", *ft_train_args]]
+    groups[0] = ["srun", *groups[0]]
+    return " \\\n    ".join(shlex.join(g) for g in groups)
 
 
 def trainer_argv(job: Job, config_path: Path) -> list[str]:
@@ -113,7 +131,7 @@ def render_sbatch(job: Job, job_dir: Path, template: str | None = None, array_si
             sbatch_options=sbatch_options(job, job_dir, array_size, dependency),
             modules=[q(m) for m in job.slurm.modules],
             setup=list(job.slurm.setup),
-            env=[(name, q(value)) for name, value in sorted(job.container.env.items())],
+            env=[(name, q(value)) for name, value in sorted(stage.environment(job).items())],
             srun_options="--kill-on-bad-exit=1 --label",
             run_dir_line=run_dir_line,
             launch=launch,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from launcher import jobdir, render, slurm
+from launcher import jobdir, render, slurm, stage as staging
 from launcher.slurm import SchedulerError
 from launcher.config import Resolved, resolve
 from ftcore.schema import job_to_dict
@@ -26,7 +26,8 @@ class Prepared:
     executor: str
     tasks: tuple[Resolved, ...] = ()  # a sweep: one resolved job per array task
     after: str | None = None  # job id this one waits for (afterok)
-    warnings: tuple[str, ...] = ()  # a dry run's paths that do not exist here
+    warnings: tuple[str, ...] = ()  # a dry run's paths that do not exist here, unstaged hub files
+    staged: tuple[staging.Staged, ...] = ()  # what --stage downloaded
 
     @property
     def job(self):
@@ -68,14 +69,19 @@ def sweep_overrides(sweeps: list[str]) -> list[list[str]]:
 
 def prepare(factory: str, overrides: list[str], profile: str | None = None,
             executor: str = "slurm", dry_run: bool = False, sweeps: list[str] | None = None,
-            after: str | None = None) -> Prepared:
+            after: str | None = None, stage: bool = False) -> Prepared:
     """Everything short of writing: resolution, validation, pre-flight checks, rendering.
 
-    `after` names a job (id, folder or prefix) this one waits for (afterok).
+    `after` names a job (id, folder or prefix) this one waits for (afterok). `stage`
+    downloads the job's hub model and dataset into the shared cache first, and the job then
+    runs offline (hub.offline) from that cache.
     """
     if executor not in EXECUTORS:
         raise UserError(f"unknown executor {executor!r}: choose {' or '.join(EXECUTORS)}")
     tasks: tuple[Resolved, ...] = ()
+    given = list(overrides)
+    if stage:
+        overrides = [*overrides, "hub.offline=true"]
     if sweeps:
         if executor == "local":
             raise UserError("--sweep runs as a SLURM job array: use it with --executor slurm")
@@ -83,14 +89,39 @@ def prepare(factory: str, overrides: list[str], profile: str | None = None,
     resolved = tasks[0] if tasks else resolve(factory, overrides, profile)
     job = resolved.job
     problems = render.preflight(job, need_sbatch=executor == "slurm" and not dry_run, paths_here=not dry_run)
-    warnings = render.dry_run_warnings(job) if dry_run else ()
+    missing_here = render.dry_run_warnings(job) if dry_run else ()
     if executor == "local" and job.container.runtime != "none" and shutil.which(job.container.runtime) is None:
         problems.append(f"{job.container.runtime} is not on PATH here: run with container.runtime=none "
                         "to use this machine's Python")
     if problems:
         raise UserError(*problems)
     render.render_sbatch(job, Path("/JOB_DIR"))  # template errors surface before anything is written
-    return Prepared(resolved, executor, tasks, _job_id_to_wait_for(after) if after else None, warnings)
+    jobs = [t.job for t in tasks] or [job]
+    staged = tuple(s for j in jobs for s in staging.stage(j)) if stage else ()  # downloads: last
+    offline = _offline_problems(jobs, staging.command(factory, given, profile, sweeps), dry_run)
+    if offline and not dry_run:
+        raise UserError(*offline)
+    warnings = [*missing_here, *offline]
+    return Prepared(resolved, executor, tasks, _job_id_to_wait_for(after) if after else None,
+                    tuple(warnings), staged)
+
+
+def _offline_problems(jobs: list, stage_command: str, dry_run: bool) -> list[str]:
+    """On an offline site (hub.offline) every hub file a job names must be staged already:
+    the compute nodes cannot fetch it. A dry run (on a laptop, say) only warns."""
+    offline = [job for job in jobs if job.hub.offline]
+    if not offline:
+        return []
+    try:
+        lines = list(dict.fromkeys(line for job in offline for line in staging.unstaged(job)))
+    except UserError as err:  # no huggingface_hub here to read the cache with
+        if dry_run:
+            return [f"hub.offline: cannot check the staged hub files here ({err.problems[0]})"]
+        raise
+    if lines:
+        lines.append(f"the compute nodes cannot reach the hub (hub.offline): stage them on this login node "
+                     f"first with: {stage_command}")
+    return lines
 
 
 def _job_id_to_wait_for(spec: str) -> str:
@@ -100,6 +131,21 @@ def _job_id_to_wait_for(spec: str) -> str:
     if not job_id:
         raise UserError(f"--after {spec}: that job was never submitted to SLURM")
     return job_id
+
+
+def srun_line(p: Prepared, factory: str) -> tuple[str, list[str]]:
+    """The srun line that runs this job with `ft train` from a workshop's own batch script,
+    and the #SBATCH lines its allocation needs (nodes × tasks per node is the job's layout)."""
+    from launcher.config import looks_like_path
+
+    spec = str(p.resolved.factory_path) if looks_like_path(factory) else factory
+    args = ["--factory", spec]
+    if p.resolved.profile_path:
+        args += ["--profile", str(p.resolved.profile_path)]
+    args += [o.text for o in p.resolved.overrides]
+    allocation = ("--nodes=", "--ntasks-per-node=", "--gpus-per-node=")
+    header = [f"#SBATCH {o}" for o in render.sbatch_options(p.job, Path(".")) if o.startswith(allocation)]
+    return render.srun_line(p.job, args), header
 
 
 def summary(p: Prepared) -> list[tuple[str, str]]:
@@ -172,6 +218,8 @@ def prepare_resubmit(view, overrides: list[str], profile: str | None = None, exe
     job's own unless given (a local job resumes locally)."""
     from launcher import jobs
 
+    if view.executor in jobs.OWN_SCRIPT_EXECUTORS:
+        raise UserError(*_not_ours(view))
     current = jobs.state(view)
     if not jobs.is_finished(current):
         raise UserError(f"job {view.label} is still {current}: `ft cancel {view.label}` first")
@@ -253,3 +301,21 @@ def resubmit(view, overrides: list[str], profile: str | None = None) -> str:
     r = prepare_resubmit(view, overrides, profile, executor="slurm")
     apply_resubmit(r)
     return submit(view.folder, r.job.name, history=history(view))
+
+
+def _not_ours(view) -> list[str]:
+    """`ft resubmit` of an `ft train` folder: ft did not write the script, so it cannot submit it."""
+    from ftcore import layout
+
+    newest = layout.newest_complete(view.folder)
+    resumes = f"it continues from {newest.name}" if newest else "it starts from the beginning (no checkpoint yet)"
+    if view.executor != "srun":
+        return [f"{view.folder} was trained by `ft train` under {view.executor}, not submitted by ft: run the same "
+                f"command again with --job-dir {view.folder}; {resumes}"]
+    script = f"your batch script (submitted from {view.record['submit_dir']})" if view.record.get("submit_dir") \
+        else "your batch script"
+    return [f"job {view.job_id} ran `ft train` from {script}; ft did not write that script, so it cannot submit it "
+            "again. Either:",
+            f"  scontrol requeue {view.job_id}   (while SLURM still knows the job: same job id, same folder; {resumes})",
+            f"  or add --job-dir {view.folder} to the ft train line of the script and submit it with sbatch "
+            f"({resumes})"]

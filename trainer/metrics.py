@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ftcore import progress
+from ftcore import layout, progress
 
 
 def memory_gib(device: torch.device) -> float:
@@ -52,7 +52,7 @@ class Metrics:
         self.val_losses: dict[int, float] = {}  # step → val_loss, this run and the runs it resumes
         if not is_main:
             return
-        path = job_dir / "metrics.jsonl"
+        path = job_dir / layout.METRICS
         if path.exists():
             # Steps after the checkpoint we resume from will be run again: drop their old records,
             # and the summary of a run that this one continues.
@@ -150,5 +150,5 @@ def _record(line: str) -> dict | None:
             return record
     except ValueError:
         pass
-    print(f"metrics.jsonl: dropping unreadable line {line[:60]!r}", file=sys.stderr)
+    print(f"{layout.METRICS}: dropping unreadable line {line[:60]!r}", file=sys.stderr)
     return None
