@@ -78,7 +78,7 @@ def test_a_key_in_the_wrong_section_names_the_right_one():
 
 
 def test_batch_that_does_not_divide_is_an_error():
-    with pytest.raises(UserError, match="global_batch_size=6 is not a multiple of .* 16 × 1 = 16"):
+    with pytest.raises(UserError, match="global_batch_size=6 is not a multiple of .* 8 × 1 = 8"):
         resolve("data.global_batch_size=6")
     job = resolve("trainer.devices=2", "data.global_batch_size=16", "data.micro_batch_size=2")
     assert (job.world_size, job.grad_accum_steps) == (2, 4)

@@ -219,9 +219,9 @@ def test_alone_it_trains_in_this_process_with_only_the_image_contract(tmp_path, 
     result = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     folder = Path(result.stdout.split("Job folder: ")[1].split()[0])
-    assert "step 3 |" in result.stdout
+    assert "step 3/3 " in result.stdout
     assert [e["event"] for e in map(json.loads, (folder / "events.jsonl").read_text().splitlines())] == ["start", "exit"]
-    assert "step 3 |" in (folder / "logs" / "rank-0.out").read_text()
+    assert "step 3/3 " in (folder / "logs" / "rank-0.out").read_text()
     assert json.loads((folder / "submission.json").read_text())["executor"] == "local"
     assert (folder / "checkpoints" / "step-000003" / "adapter_model.safetensors").is_file()
     assert (folder / "command.txt").read_text().startswith("ft train --factory tiny --yes peft=lora")

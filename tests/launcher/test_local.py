@@ -44,7 +44,7 @@ def test_local_failure_is_the_exit_status(ft, tmp_path):
 
 def test_local_two_processes_and_detach(ft):
     result = ft("submit", "--factory", "tiny", "--executor", "local", "--yes", "--detach",
-                "trainer.devices=2", "trainer.max_steps=3", "data.micro_batch_size=8")
+                "trainer.devices=2", "trainer.max_steps=3")
     assert result.returncode == 0, result.stderr
     folder = folder_of(result.stderr)
     deadline = time.time() + 180
