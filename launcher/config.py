@@ -35,9 +35,10 @@ _OVERRIDE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_][A-Za-z0-9_-]
 # millions of values (a "billion laughs"); ft reads small configs, so anything larger is a mistake.
 MAX_NODES = 100_000
 MAX_DEPTH = 64
+MAX_BYTES = 2**20  # a factory, profile or resolved job is a few KB
 
 
-class _Yaml12Loader(yaml.SafeLoader):
+class _Yaml12Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml's parser when there is one
     """YAML 1.2 core scalars, the way users read them: `1e-4` is a number, while `16:00`,
     `010` and `no` stay text (YAML 1.1 makes them 960, 8 and false). Numbers are decimal."""
 
@@ -139,7 +140,7 @@ def _to_python(loader: yaml.Loader, node: yaml.Node, annotation: Any) -> Any:
         return result
     if isinstance(node, yaml.SequenceNode):
         return [_to_python(loader, item, _inner(annotation)) for item in node.value]
-    if (isinstance(node, yaml.ScalarNode) and node.style is None and _wants_text(annotation)
+    if (isinstance(node, yaml.ScalarNode) and not node.style and _wants_text(annotation)
             and node.tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool")):
         return node.value
     return loader.construct_object(node, deep=True)
@@ -147,6 +148,13 @@ def _to_python(loader: yaml.Loader, node: yaml.Node, annotation: Any) -> Any:
 
 def load_yaml(text: str, source: str, schema: Any = None) -> Any:
     """One YAML document, size-bounded; `schema` (an annotation, e.g. Job) keeps text fields text."""
+    if len(text) > MAX_BYTES:
+        raise UserError(f"{source}: {len(text):,} characters is too large for a job's settings")
+    depth = 0
+    for char in text:  # PyYAML takes seconds on thousands of nested brackets: refuse them first
+        depth += (char in "[{") - (char in "]}")
+        if depth > 2 * MAX_DEPTH:
+            raise UserError(f"{source}: nested more than {MAX_DEPTH} levels deep")
     loader = _Yaml12Loader(text)
     try:
         node = loader.get_single_node()

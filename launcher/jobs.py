@@ -22,6 +22,7 @@ from ftcore.files import expand
 from ftcore import layout
 from ftcore.errors import UserError
 from launcher import jobdir, paths, slurm
+from launcher.config import load_yaml
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -146,10 +147,13 @@ def load(folder: Path) -> JobView:
     """A job folder as ft sees it; what cannot be read is named in `problem`, never raised."""
     problems = []
     try:
-        config = yaml.safe_load((folder / jobdir.CONFIG).read_bytes().decode())
+        config = load_yaml((folder / jobdir.CONFIG).read_bytes().decode(), jobdir.CONFIG)
     except FileNotFoundError:
         config, problems = {}, [f"no {jobdir.CONFIG}"]
-    except (OSError, ValueError, yaml.YAMLError, RecursionError) as err:
+    except UserError as err:
+        config = {}
+        problems.append(err.problems[0])
+    except (OSError, ValueError, yaml.YAMLError) as err:
         config = {}
         problems.append(f"{jobdir.CONFIG} cannot be read ({type(err).__name__})")
     if config is not None and not isinstance(config, dict):

@@ -199,7 +199,12 @@ def _sbatch_and_record(folder: Path, factory: str, history: list[dict] | None, j
             shutil.rmtree(folder, ignore_errors=True)
             err.problems.append(f"nothing was submitted; the job folder {folder} was removed")
         raise
-    jobdir.write_record(folder, **record, job_id=job_id)
+    try:
+        jobdir.write_record(folder, **record, job_id=job_id)
+    except OSError as err:
+        raise UserError(f"job {job_id} was submitted, but its record {folder / jobdir.RECORD} could not be "
+                        f"written ({err.strerror})",
+                        hint=f"the job runs anyway; once it starts, its events in {folder} carry its id") from None
     return job_id
 
 
@@ -227,23 +232,33 @@ def resubmit(view, overrides: list[str], profile: str | None = None) -> str:
                jobdir.SCRIPT: render.render_sbatch(resolved.job, view.folder, tasks)}
         jobdir.check_secrets(new)
         old = {name: _text_or_none(view.folder / name) for name in new}
-        for name, text in new.items():
-            write_atomic(view.folder / name, text)
-        earlier = {k: view.record.get(k) for k in ("job_id", "time")} if view.record else None
-        before = view.record.get("history")
-        history = [*(before if isinstance(before, list) else []), *([earlier] if earlier else [])]
+        sbatch_called = False
         try:
+            for name, text in new.items():
+                write_atomic(view.folder / name, text)
+            earlier = {k: view.record.get(k) for k in ("job_id", "time")} if view.record else None
+            before = view.record.get("history")
+            history = [*(before if isinstance(before, list) else []), *([earlier] if earlier else [])]
+            sbatch_called = True
             return _sbatch_and_record(view.folder, resolved.job.name, history, resolved.job.job_name)
         except SubmissionUnclear:
             raise
         except SchedulerError as err:
-            for name, text in old.items():
-                if text is None:
-                    (view.folder / name).unlink(missing_ok=True)
-                else:
-                    write_atomic(view.folder / name, text)
+            _put_back(view.folder, old)
             err.problems.append(f"nothing was submitted; {view.folder} is as it was")
             raise
+        except BaseException:
+            if not sbatch_called:
+                _put_back(view.folder, old)  # failed before sbatch ran: no job uses the new files
+            raise
+
+
+def _put_back(folder: Path, old: dict[str, str | None]) -> None:
+    for name, text in old.items():
+        if text is None:
+            (folder / name).unlink(missing_ok=True)
+        else:
+            write_atomic(folder / name, text)
 
 
 def _text_or_none(path: Path) -> str | None:
