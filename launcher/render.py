@@ -25,7 +25,9 @@ URI_PREFIXES = ("docker://", "docker-daemon://", "oras://", "library://", "shub:
 
 
 def q(value: object) -> str:
-    return shlex.quote(str(value))
+    quoted = shlex.quote(str(value))
+    # `export X==` is valid bash but reads as a typo (shellcheck SC1097): quote a leading `=`.
+    return f"'{quoted}'" if quoted.startswith("=") else quoted
 
 
 def trainer_argv_groups(job: Job, config_path: Path) -> list[list[str]]:
