@@ -459,7 +459,7 @@ def main() -> None:
 
         from ftcore import exits
 
-        where = f" {err.filename}" if err.filename else ""
+        where = f" {err.filename}" if err.filename else " a file"
         hint = {errno.ENOSPC: "free some space, or point FT_HOME at another filesystem",
                 errno.EDQUOT: "free some space, or point FT_HOME at another filesystem",
                 errno.EROFS: "point FT_HOME at a writable folder",

@@ -151,10 +151,12 @@ def create(
                 (tmp / name).write_text(text)
             os.rename(tmp, final)  # fails if `final` appeared meanwhile (it is never empty)
             return final
-        except OSError:
+        except OSError as err:
             shutil.rmtree(tmp, ignore_errors=True)
             if final.exists():
                 continue
+            if err.filename is None:  # a write() says no name: the folder it was building
+                err.filename = str(final)
             raise
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
