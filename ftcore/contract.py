@@ -37,7 +37,7 @@ OPTIONAL = (
     Package("bitsandbytes", "bitsandbytes", "0.43"),  # model.quantization
     Package("tensorboard", "tensorboard", "2.14"),  # trainer.tensorboard
     Package("wandb", "wandb", "0.16"),  # trainer.wandb_project
-    Package("datasets", "datasets", "2.18"),  # data.path naming a hub dataset
+    Package("pyarrow", "pyarrow", "12.0"),  # data.path naming a hub dataset stored as parquet
 )
 
 # The packages mount_ft binds into the container (at MOUNT_POINT, on PYTHONPATH).
@@ -63,8 +63,8 @@ def missing_extra(extra: str, what: str):
     from ftcore.errors import UserError
 
     names = ", ".join(p.dist for p in EXTRAS[extra])
-    return UserError(f"{what} needs {names}, which is not installed here",
-                     hint=f"{pip_line(EXTRAS[extra])}  (or: pip install 'ft[{extra}]')")
+    return UserError(f"{what} needs {names}, which is not installed here: pip install 'ft[{extra}]'",
+                     hint=f"or, without ft's extras: {pip_line(EXTRAS[extra])}")
 
 
 def require_extra(extra: str, what: str) -> None:

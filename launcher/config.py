@@ -462,6 +462,10 @@ def parse_value(text: str, key: str = "value") -> Any:
         return text
 
 
+def _allows_none(annotation: Any) -> bool:
+    return get_origin(annotation) in (Union, types.UnionType) and type(None) in get_args(annotation)
+
+
 def parse_overrides(args: list[str]) -> tuple[list[Override], list[str]]:
     """`key=value` words into Overrides, and a problem for each malformed word."""
     overrides, problems = [], []
@@ -483,9 +487,8 @@ def parse_overrides(args: list[str]) -> tuple[list[Override], list[str]]:
         quoted = text[:1] in ("'", '"')
         annotation = _field(Job, key.split("."))
         if _wants_text(annotation) and not quoted:
-            # Free text is taken as written; `null` still unsets an optional setting.
-            optional = type(None) in get_args(annotation)
-            value = None if optional and text in _NULL_WORDS else text
+            # Free text is taken as written; `null` (or `~`, or nothing) still unsets an optional setting.
+            value = None if _allows_none(annotation) and text in _NULL_WORDS else text
         else:
             try:
                 value = parse_value(text, key)
