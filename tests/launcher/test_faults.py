@@ -1,127 +1,21 @@
 """Nothing lost, nothing half-written: ft is killed (SIGKILL) at each write it makes, or the
 write fails (a full disk), and the job folder must hold the old or the new of every file,
-never an empty or partial one.
-
-How: the work runs in a forked child that counts its writes. Every file opened for writing
-is wrapped so that the N-th write stops the process half-way through its data; renames,
-replaces, folder creations and removals are caught by an audit hook just before they happen.
-N runs from 1 until the child gets through without meeting an N-th write."""
+never an empty or partial one (tests/fault_injection.py says how)."""
 
 from __future__ import annotations
 
-import builtins
-import errno
-import io
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 import pytest
+from fault_injection import FAIL, KILL, every_write, in_child
 
 from ftcore import layout, schema
-from ftcore.errors import UserError
 from launcher import jobdir, jobs, submit
-
-KILL, FAIL = "kill", "fail"
-_AUDITED = {"os.rename", "os.replace", "os.remove", "os.rmdir", "os.mkdir", "shutil.rmtree", "os.truncate",
-            "os.chmod", "os.link", "os.symlink"}
-_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-
-
-class _Injected(Exception):
-    pass
-
-
-def _in_child(work: Callable[[], None], at: int, mode: str) -> str:
-    """Run `work` in a forked child that dies (or sees ENOSPC) at its `at`-th write.
-    Returns "done" (no `at`-th write), "killed" or "failed"."""
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        try:
-            count = 0
-
-            def hit() -> None:
-                nonlocal count
-                count += 1
-                if count == at:
-                    if mode == KILL:
-                        os.kill(os.getpid(), signal.SIGKILL)
-                    raise OSError(errno.ENOSPC, "No space left on device (injected)")
-
-            class HalfWriter:
-                """A file whose write stops half-way at the fatal count."""
-
-                def __init__(self, handle):
-                    self._handle = handle
-
-                def write(self, data):
-                    nonlocal count
-                    if count + 1 == at:
-                        self._handle.write(data[: len(data) // 2])
-                        self._handle.flush()
-                    hit()
-                    return self._handle.write(data)
-
-                def __getattr__(self, name):
-                    return getattr(self._handle, name)
-
-                def __enter__(self):
-                    self._handle.__enter__()
-                    return self
-
-                def __exit__(self, *exc):
-                    return self._handle.__exit__(*exc)
-
-                def __iter__(self):
-                    return iter(self._handle)
-
-            real_open = io.open
-
-            def counting_open(file, mode="r", *args, **kwargs):
-                handle = real_open(file, mode, *args, **kwargs)
-                return HalfWriter(handle) if any(c in mode for c in "wax+") else handle
-
-            io.open = builtins.open = counting_open
-
-            def audit(event, args):
-                if event in _AUDITED:
-                    hit()
-                elif event == "open" and args[1] is None and isinstance(args[2], int) and args[2] & _WRITE_FLAGS:
-                    hit()  # os.open (mkstemp)
-
-            sys.addaudithook(audit)
-            try:
-                work()
-            except (UserError, OSError):
-                os._exit(3 if count >= at else 1)
-            os._exit(3 if count >= at else 0)
-        except BaseException:
-            os._exit(4)
-    _, status = os.waitpid(pid, 0)
-    if os.WIFSIGNALED(status):
-        assert os.WTERMSIG(status) == signal.SIGKILL
-        return "killed"
-    code = os.WEXITSTATUS(status)
-    assert code in (0, 1, 3), f"the child crashed (exit {code})"
-    return "failed" if code == 3 else "done"
-
-
-def every_write(work: Callable[[], None], check: Callable[[int, str], None], mode: str,
-                reset: Callable[[], None] = lambda: None, limit: int = 200) -> int:
-    """Interrupt `work` at each of its writes in turn; `check` the folder after each."""
-    for at in range(1, limit):
-        reset()
-        outcome = _in_child(work, at, mode)
-        check(at, outcome)
-        if outcome == "done":
-            return at - 1
-    pytest.fail(f"more than {limit} writes")
 
 
 def fake_sbatch(tmp_path: Path, monkeypatch, body: str) -> None:
@@ -210,12 +104,12 @@ def test_a_resubmit_leaves_each_file_old_or_new(mode, answer, tmp_path, monkeypa
     # The new files, as an accepted resubmit leaves them (a refused one writes them too, then
     # puts the old back).
     fake_sbatch(tmp_path, monkeypatch, "echo 4243\n")
-    assert _in_child(work, 10**6, KILL) == "done"
+    assert in_child(work, 10**6, KILL) == "done"
     new = files_of(folder)
     assert new[layout.CONFIG] != old[layout.CONFIG] and json.loads(new[layout.RECORD])["job_id"] == "4243"
     fake_sbatch(tmp_path, monkeypatch, f"echo called >> {calls}\n{answer}")
     reset()
-    assert _in_child(work, 10**6, KILL) == "done"
+    assert in_child(work, 10**6, KILL) == "done"
     if "exit 1" in answer:
         assert files_of(folder) == old, "a refused resubmit leaves the folder exactly as it was"
 
@@ -260,7 +154,7 @@ def test_a_killed_build_is_cleaned_up_by_the_next(isolated_home, monkeypatch):
     prepared = submit.prepare("tiny", [], executor="slurm", dry_run=True)
     root = isolated_home / "jobs"
     root.mkdir(parents=True)
-    assert _in_child(lambda: submit.write(prepared), 3, KILL) == "killed"
+    assert in_child(lambda: submit.write(prepared), 3, KILL) == "killed"
     (leftover,) = [p for p in root.iterdir() if p.name.startswith(".tmp-")]
     monkeypatch.setattr(jobdir, "STALE_AFTER_S", 0)
     submit.write(prepared)
