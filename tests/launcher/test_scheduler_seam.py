@@ -136,3 +136,18 @@ def test_a_held_lock_makes_the_second_command_wait_then_give_up(tmp_path):
                 pass
     with jobdir.locked(folder, wait=0.2):  # free again
         pass
+
+
+def test_a_job_the_scheduler_forgot_is_unknown_cancellable_and_logs_f_ends(tmp_path, monkeypatch):
+    fake_scheduler(tmp_path, monkeypatch, "echo 55\n")  # scontrol: "Invalid job id" for every job
+    folder = tiny_folder()
+    submit.submit(folder, "tiny")
+    (folder / "events.jsonl").write_text(json.dumps({"event": "start", "job_id": "55"}) + "\n")
+    (folder / "logs" / "slurm-55.out").write_text("0: step 1 | loss 2.0\n")
+    view = jobs.load(folder)
+    assert jobs.state(view).startswith("UNKNOWN") and jobs.is_finished(jobs.state(view))
+    assert list(jobs.log_lines(view, follow=True, poll=0.01)) == ["0: step 1 | loss 2.0"]  # returns
+    (tmp_path / "fake-bin" / "scancel").write_text("#!/bin/bash\necho 'Invalid job id specified' >&2\nexit 1\n")
+    (tmp_path / "fake-bin" / "scancel").chmod(0o755)
+    jobs.cancel(view)
+    assert jobs.state(jobs.load(folder)) == "CANCELLED"
