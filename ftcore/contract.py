@@ -48,5 +48,33 @@ FT_TRAIN_PACKAGES = (*FT_PACKAGES, "launcher")
 MOUNT_POINT = "/opt/ft"
 
 
+# ft's optional extras (pyproject's [project.optional-dependencies]): what each one installs.
+EXTRAS = {
+    "train": REQUIRED,
+    "plot": (Package("matplotlib", "matplotlib", "3.7"),),
+    "hub": (Package("huggingface_hub", "huggingface_hub", "0.24"),),
+}
+
+
 def pip_line(packages=REQUIRED) -> str:
     return "pip install " + " ".join(f"'{p.dist}>={p.minimum}'" for p in packages)
+
+
+def missing_extra(extra: str, what: str):
+    """The UserError for a command whose optional packages are not installed: exit 2 and the
+    line that installs them."""
+    from ftcore.errors import UserError
+
+    names = ", ".join(p.dist for p in EXTRAS[extra])
+    return UserError(f"{what} needs {names}, which is not installed here: pip install 'ft[{extra}]'",
+                     hint=f"or, without ft's extras: {pip_line(EXTRAS[extra])}")
+
+
+def require_extra(extra: str, what: str) -> None:
+    import importlib
+
+    try:
+        for package in EXTRAS[extra]:
+            importlib.import_module(package.module)
+    except ImportError:
+        raise missing_extra(extra, what) from None

@@ -153,7 +153,7 @@ def submit_cmd(
         if detach:
             err.print(f"running in the background; follow with: ft logs {folder} -f")
         raise typer.Exit(status)
-    job_id = submit.submit(folder, p.job.name)
+    job_id = submit.submit(folder, p.job.name, job_name=p.job.job_name)
     print(f"Submitted batch job {job_id}")
     print(f"Job folder: {folder}")
 
@@ -202,7 +202,7 @@ JobArg = typer.Argument(..., help="Job id, job folder, or a unique prefix of eit
 @app.command("jobs")
 def jobs_cmd(
     as_json: bool = typer.Option(False, "--json", help="One JSON list for scripts."),
-    limit: int = typer.Option(50, "--limit", "-n", help="Show at most this many, newest first."),
+    limit: int = typer.Option(50, "--limit", "-n", min=1, help="Show at most this many, newest first."),
 ) -> None:
     """Your jobs, newest first: id, factory, state, progress, age, folder."""
     import json
@@ -249,7 +249,7 @@ def status_cmd(job: str = JobArg) -> None:
 def logs_cmd(
     job: str = JobArg,
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing while the job runs."),
-    rank: Optional[int] = typer.Option(None, "--rank", help="Only this task's lines."),
+    rank: Optional[int] = typer.Option(None, "--rank", min=0, help="Only this task's lines."),
 ) -> None:
     """The job's output; with -f, follow it until the job ends."""
     from launcher import jobs
@@ -333,7 +333,7 @@ def merge_cmd(
 def generate_cmd(
     ckpt: str = CkptArg,
     prompt: str = typer.Argument(..., help="Text to continue, as the model saw prompts in training."),
-    max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n", help="Stop after this many new tokens."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n", min=1, help="Stop after this many new tokens."),
 ) -> None:
     """Greedy continuation of PROMPT by a checkpoint (SFT, or base + LoRA adapter)."""
     checkpoint = _checkpoint(ckpt)
@@ -354,8 +354,8 @@ def eval_cmd(
     data: str = typer.Option(..., "--data", help="A .json/.jsonl file, ft:NAME (a file ft ships) or a hub dataset."),
     split: str = typer.Option("validation", "--split", help="Split of a hub dataset."),
     fmt: Optional[str] = typer.Option(None, "--format", help="squad, alpaca or jsonl (default: the job's data.format)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N records."),
-    max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="SQuAD: longest answer generated."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Score only the first N records."),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="SQuAD: longest answer generated."),
     loss_only: bool = typer.Option(False, "--loss-only", help="SQuAD: skip generating answers (no EM/F1)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object for scripts."),
 ) -> None:
@@ -457,8 +457,11 @@ def plan_cmd(
 
     from rich.table import Table
 
+    from ftcore.errors import UserError
     from launcher import config, plan
 
+    if not gpu_memory > 0 or gpu_memory == float("inf"):
+        raise UserError(f"--gpu-memory {gpu_memory}: give one GPU's memory in GiB, a positive number like 80")
     job = config.resolve(factory, list(ctx.args), profile).job
     est = plan.estimate(job, gpu_memory)
     if as_json:
@@ -505,14 +508,32 @@ def main() -> None:
     try:
         app()
     except UserError as err:
-        from rich.markup import escape
-
-        console = _console(stderr=True)
-        for problem in err.problems:
-            console.print(f"[bold red]ft: error:[/] {escape(problem)}", highlight=False)
-        if err.hint:
-            console.print(f"ft: hint: {escape(err.hint)}")
+        _report(err.problems, err.hint)
         sys.exit(err.exit_code)
+    except OSError as err:
+        # The machine said no (a read-only or full FT_HOME, a permission, a name too long):
+        # the user's to act on, said in one line.
+        import errno
+
+        from ftcore import exits
+
+        where = f" {err.filename}" if err.filename else " a file"
+        hint = {errno.ENOSPC: "free some space, or point FT_HOME at another filesystem",
+                errno.EDQUOT: "free some space, or point FT_HOME at another filesystem",
+                errno.EROFS: "point FT_HOME at a writable folder",
+                errno.EACCES: "check the permissions, or point FT_HOME at a folder of yours"}.get(err.errno)
+        _report([f"cannot use{where}: {err.strerror or err}"], hint)
+        sys.exit(exits.USER_ERROR)
+
+
+def _report(problems: list[str], hint: str | None) -> None:
+    from rich.markup import escape
+
+    console = _console(stderr=True)
+    for problem in problems:
+        console.print(f"[bold red]ft: error:[/] {escape(problem)}", highlight=False)
+    if hint:
+        console.print(f"ft: hint: {escape(hint)}", highlight=False)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ftcore.files import expand
 from ftcore import policy
 from ftcore.errors import UserError
 from ftcore.schema import Job
@@ -133,7 +134,7 @@ def model_dims(job: Job) -> Dims:
     model = job.model
     if model.init == "random":
         return dims_from_config(dict(model.config), "model.config (random init)")
-    local = Path(model.path or "").expanduser() / "config.json"
+    local = expand(model.path or "") / "config.json"
     if model.path and local.is_file():
         try:
             config = json.loads(local.read_text())

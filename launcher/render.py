@@ -13,10 +13,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from ftcore import contract, exits, layout, rendezvous
+from ftcore import contract, exits, layout, rendezvous, schema
 from ftcore.errors import UserError
+from ftcore.files import expand
 from ftcore.schema import Job
-from launcher import __version__, paths, stage
+from launcher import __version__, paths, slurm, stage
 
 TEMPLATE = "sbatch.sh.j2"
 _CONFIG_MARK = "@FT_CONFIG@"  # stands for "$FT_CONFIG" until the command is quoted
@@ -24,7 +25,9 @@ URI_PREFIXES = ("docker://", "docker-daemon://", "oras://", "library://", "shub:
 
 
 def q(value: object) -> str:
-    return shlex.quote(str(value))
+    quoted = shlex.quote(str(value))
+    # `export X==` is valid bash but reads as a typo (shellcheck SC1097): quote a leading `=`.
+    return f"'{quoted}'" if quoted.startswith("=") else quoted
 
 
 def container_groups(job: Job, packages: tuple[str, ...] = contract.FT_PACKAGES) -> list[list[str]]:
@@ -96,6 +99,8 @@ def sbatch_options(job: Job, job_dir: Path, array_size: int = 0, dependency: str
     if array_size:
         options.append(("array", f"0-{array_size - 1}"))
     if dependency:
+        if not slurm.is_job_id(dependency):
+            raise UserError(f"--after: {dependency!r} is not a SLURM job id")
         options.append(("dependency", f"afterok:{dependency}"))
     lines = [f"--{name}" if value is None else f"--{name}={q(value)}" for name, value in options]
     for name, value in s.extra.items():
@@ -109,7 +114,8 @@ def render_sbatch(job: Job, job_dir: Path, template: str | None = None, array_si
     in tasks/<i>/). Pure: reads only the template."""
     import jinja2  # only rendering needs it; `ft --help` does not
 
-    template_path = Path(template or job.slurm.template or paths.templates_dir() / TEMPLATE).expanduser()
+    check_folder(job_dir)
+    template_path = expand(template or job.slurm.template or paths.templates_dir() / TEMPLATE)
     if not template_path.is_file():
         raise UserError(f"sbatch template {template_path} does not exist")
     env = _environment(str(template_path.parent))
@@ -144,6 +150,14 @@ def render_sbatch(job: Job, job_dir: Path, template: str | None = None, array_si
         raise UserError(f"sbatch template {template_path}: {err}") from None
 
 
+def check_folder(job_dir: Path) -> None:
+    """The job folder's path is written into the script (#SBATCH --output, FT_JOB_DIR): a
+    newline there would start a new script line, whatever the quoting."""
+    if schema.has_control(str(job_dir)):
+        raise UserError(f"the job folder {str(job_dir)!r} has a newline or control character in its path",
+                        hint=f"set {paths.HOME_ENV} to a folder whose path is plain text")
+
+
 @functools.lru_cache(maxsize=8)
 def _environment(folder: str):
     """One Jinja environment per template folder, so a template compiles once per process."""
@@ -166,11 +180,11 @@ def preflight(job: Job, need_sbatch: bool) -> list[str]:
     problems = []
     c = job.container
     if c.runtime != "none" and c.image and not c.image.startswith(URI_PREFIXES):
-        if not Path(c.image).expanduser().is_file():
+        if not expand(c.image).is_file():
             problems.append(f"container.image {c.image} does not exist (give a .sif path or a docker:// URI)")
     for bind in c.binds:
         source = bind.split(":", 1)[0]
-        if not Path(source).expanduser().exists():
+        if not expand(source).exists():
             problems.append(f"container.binds: bind source {source} does not exist")
     problems += job.missing_paths()
     if need_sbatch and shutil.which("sbatch") is None:

@@ -62,7 +62,9 @@ def _client():
     try:
         import huggingface_hub
     except ImportError:
-        raise UserError("staging hub files needs huggingface_hub on this machine: pip install 'ft[hub]'") from None
+        from ftcore import contract
+
+        raise contract.missing_extra("hub", "staging hub files") from None
     return huggingface_hub
 
 

@@ -1,7 +1,10 @@
 """Resolve → validate → write the job folder → submit. Library functions the CLI calls.
 
 Nothing here asks questions or prints: the CLI does that. A job folder is written only
-after every check passed, and removed again if the scheduler refuses the job.
+after every check passed, and removed again if the scheduler refuses the job. When sbatch's
+answer is lost (a hang, or words ft cannot read) the job may exist: the folder is kept and
+its record says what sbatch said. A resubmit that the scheduler refuses leaves the folder as
+it was; submit and resubmit hold the folder's lock, so two of them never interleave.
 """
 
 from __future__ import annotations
@@ -10,11 +13,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher import jobdir, render, slurm, stage as staging
-from launcher.slurm import SchedulerError
-from launcher.config import Resolved, resolve
-from ftcore.schema import job_to_dict
+from ftcore import secrets
 from ftcore.errors import UserError
+from ftcore.files import write_atomic
+from ftcore.schema import job_to_dict
+from launcher import jobdir, paths, render, slurm, stage as staging
+from launcher.config import Resolved, resolve
+from launcher.slurm import SchedulerError, SubmissionUnclear
 
 EXECUTORS = ("slurm", "local")
 
@@ -77,20 +82,26 @@ def prepare(factory: str, overrides: list[str], profile: str | None = None,
     """
     if executor not in EXECUTORS:
         raise UserError(f"unknown executor {executor!r}: choose {' or '.join(EXECUTORS)}")
+    render.check_folder(paths.jobs_root())
     tasks: tuple[Resolved, ...] = ()
+    combos: list[list[str]] = []
     given = list(overrides)
     if stage:
         overrides = [*overrides, "hub.offline=true"]
     if sweeps:
         if executor == "local":
             raise UserError("--sweep runs as a SLURM job array: use it with --executor slurm")
-        tasks = tuple(resolve(factory, [*overrides, *combo], profile) for combo in sweep_overrides(sweeps))
+        combos = sweep_overrides(sweeps)
+        tasks = tuple(resolve(factory, [*overrides, *combo], profile) for combo in combos)
     resolved = tasks[0] if tasks else resolve(factory, overrides, profile)
     job = resolved.job
-    problems = render.preflight(job, need_sbatch=executor == "slurm" and not dry_run)
+    problems = refuse_secrets(resolved, tasks, [*overrides, *(sweeps or []), after or ""])
+    problems += render.preflight(job, need_sbatch=executor == "slurm" and not dry_run)
     if executor == "local" and job.container.runtime != "none" and shutil.which(job.container.runtime) is None:
         problems.append(f"{job.container.runtime} is not on PATH here: run with container.runtime=none "
                         "to use this machine's Python")
+    if tasks:
+        problems += _sweeps_that_shape_the_script(tasks, combos)
     if problems:
         raise UserError(*problems)
     render.render_sbatch(job, Path("/JOB_DIR"))  # template errors surface before anything is written
@@ -122,13 +133,44 @@ def _offline_problems(jobs: list, stage_command: str, dry_run: bool) -> list[str
     return lines
 
 
+def refuse_secrets(resolved: Resolved, tasks: tuple[Resolved, ...] = (), words: list[str] = ()) -> list[str]:
+    """A problem for each setting (or command-line word) holding a secret's value."""
+    problems = []
+    for task in tasks or (resolved,):
+        problems += secrets.find(job_to_dict(task.job))
+    problems += secrets.find(list(words), "the command line")
+    return list(dict.fromkeys(problems))
+
+
+def _sweeps_that_shape_the_script(tasks: tuple[Resolved, ...], combos: list[list[str]]) -> list[str]:
+    """One SLURM array shares one script (resources, container, environment): a sweep axis
+    whose values change the script cannot be an array."""
+    scripts = [render.render_sbatch(t.job, Path("/JOB_DIR"), array_size=len(tasks)) for t in tasks]
+    if len(set(scripts)) == 1:
+        return []
+    problems = []
+    for axis, first in enumerate(combos[0]):
+        key = first.partition("=")[0]
+        groups: dict[tuple[str, ...], set[str]] = {}
+        for combo, script in zip(combos, scripts):
+            others = tuple(word for index, word in enumerate(combo) if index != axis)
+            groups.setdefault(others, set()).add(script)
+        if any(len(group) > 1 for group in groups.values()):
+            problems.append(f"--sweep {key}: its values change the sbatch script (resources, time, container "
+                            "or environment), which all tasks of one SLURM array share; submit one job per "
+                            "value instead (e.g. a shell loop over `ft submit`)")
+    return problems or ["the sweep's tasks need different sbatch scripts: submit one job per value instead"]
+
+
 def _job_id_to_wait_for(spec: str) -> str:
     from launcher import jobs
 
-    job_id = jobs.find(spec).job_id
-    if not job_id:
+    view = jobs.find(spec)
+    if view.problem:
+        raise UserError(f"--after {spec}: {view.folder} cannot be read ({view.problem})")
+    if not view.job_id:
         raise UserError(f"--after {spec}: that job was never submitted to SLURM")
-    return job_id
+    return view.job_id
 
 
 def srun_line(p: Prepared, factory: str) -> tuple[str, list[str]]:
@@ -180,41 +222,99 @@ def write(p: Prepared, argv: list[str] | None = None, root: Path | None = None) 
     return jobdir.create(job.name, contents, root)
 
 
-def submit(folder: Path, factory: str, history: list[dict] | None = None) -> str:
+def submit(folder: Path, factory: str, history: list[dict] | None = None, job_name: str | None = None) -> str:
     """sbatch the folder's script; if refused, a new folder is removed so nothing half-done stays."""
+    with jobdir.locked(folder):
+        return _sbatch_and_record(folder, factory, history, job_name)
+
+
+def _sbatch_and_record(folder: Path, factory: str, history: list[dict] | None, job_name: str | None) -> str:
+    record = {"executor": "slurm", "factory": factory, "folder": str(folder), "history": history or []}
     try:
         job_id = slurm.sbatch(folder / jobdir.SCRIPT)
+    except SubmissionUnclear as err:
+        # The job may exist and run in this folder: keep it, and keep what sbatch said.
+        jobdir.write_record(folder, **record, job_id=None, submission="unclear",
+                            sbatch_answer=secrets.redact(err.raw)[-4000:])
+        name = f" --name={job_name}" if job_name else ""
+        err.problems.append(f"the job may have been submitted; its folder {folder} was kept")
+        err.hint = (f"look for it with `squeue --me{name}` (or `sacct{name or ' -u $USER'}`); once it starts, "
+                    f"`ft status {folder}` shows its id. If it is not there, `ft resubmit {folder}`")
+        raise
     except SchedulerError as err:
         if history is None:
             shutil.rmtree(folder, ignore_errors=True)
             err.problems.append(f"nothing was submitted; the job folder {folder} was removed")
         raise
-    jobdir.write_record(folder, executor="slurm", job_id=job_id, factory=factory, folder=str(folder),
-                        history=history or [])
+    try:
+        jobdir.write_record(folder, **record, job_id=job_id)
+    except OSError as err:
+        raise UserError(f"job {job_id} was submitted, but its record {folder / jobdir.RECORD} could not be "
+                        f"written ({err.strerror})",
+                        hint=f"the job runs anyway; once it starts, its events in {folder} carry its id") from None
     return job_id
 
 
 def resubmit(view, overrides: list[str], profile: str | None = None) -> str:
     """Submit a job folder again: same folder, so the trainer continues from its latest
-    checkpoint. Overrides apply on top of the folder's resolved config."""
+    checkpoint. Overrides apply on top of the folder's resolved config. If the scheduler
+    refuses, the folder's config and script are put back as they were."""
     from launcher import jobs
 
     if view.executor in jobs.OWN_SCRIPT_EXECUTORS:
         raise UserError(*_not_ours(view))
-    current = jobs.state(view)
-    if not jobs.is_finished(current) and current != "DRY-RUN":
-        raise UserError(f"job {view.job_id} is still {current}: `ft cancel {view.job_id}` first")
-    if (view.folder / "tasks").is_dir() and overrides:
-        raise UserError("a sweep is resubmitted as it was: overrides apply to single jobs only")
-    resolved = resolve(str(view.folder / jobdir.CONFIG), overrides, profile)
-    problems = render.preflight(resolved.job, need_sbatch=True)
-    if problems:
-        raise UserError(*problems)
-    tasks = len(list((view.folder / "tasks").glob("*/" + jobdir.CONFIG)))
-    jobdir.write_atomic(view.folder / jobdir.CONFIG, jobdir.config_text(job_to_dict(resolved.job)))
-    jobdir.write_atomic(view.folder / jobdir.SCRIPT, render.render_sbatch(resolved.job, view.folder, tasks))
-    history = [*view.record.get("history", []), {k: view.record.get(k) for k in ("job_id", "time")}]
-    return submit(view.folder, resolved.job.name, history=history)
+    with jobdir.locked(view.folder):
+        view = jobs.load(view.folder)  # as it is now that no other ft command is changing it
+        if view.problem:
+            raise UserError(f"{view.folder} cannot be read: {view.problem}")
+        current = jobs.state(view)
+        if not jobs.is_finished(current):
+            raise UserError(f"job {view.job_id} is still {current}: `ft cancel {view.job_id}` first")
+        if (view.folder / "tasks").is_dir() and overrides:
+            raise UserError("a sweep is resubmitted as it was: overrides apply to single jobs only")
+        resolved = resolve(str(view.folder / jobdir.CONFIG), overrides, profile)
+        problems = refuse_secrets(resolved, words=overrides) + render.preflight(resolved.job, need_sbatch=True)
+        if problems:
+            raise UserError(*problems)
+        tasks = len(list((view.folder / "tasks").glob("*/" + jobdir.CONFIG)))
+        new = {jobdir.CONFIG: jobdir.config_text(job_to_dict(resolved.job)),
+               jobdir.SCRIPT: render.render_sbatch(resolved.job, view.folder, tasks)}
+        jobdir.check_secrets(new)
+        old = {name: _text_or_none(view.folder / name) for name in new}
+        sbatch_called = False
+        try:
+            for name, text in new.items():
+                write_atomic(view.folder / name, text)
+            earlier = {k: view.record.get(k) for k in ("job_id", "time")} if view.record else None
+            before = view.record.get("history")
+            history = [*(before if isinstance(before, list) else []), *([earlier] if earlier else [])]
+            sbatch_called = True
+            return _sbatch_and_record(view.folder, resolved.job.name, history, resolved.job.job_name)
+        except SubmissionUnclear:
+            raise
+        except SchedulerError as err:
+            _put_back(view.folder, old)
+            err.problems.append(f"nothing was submitted; {view.folder} is as it was")
+            raise
+        except BaseException:
+            if not sbatch_called:
+                _put_back(view.folder, old)  # failed before sbatch ran: no job uses the new files
+            raise
+
+
+def _put_back(folder: Path, old: dict[str, str | None]) -> None:
+    for name, text in old.items():
+        if text is None:
+            (folder / name).unlink(missing_ok=True)
+        else:
+            write_atomic(folder / name, text)
+
+
+def _text_or_none(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
 
 
 def _not_ours(view) -> list[str]:
