@@ -31,10 +31,14 @@ REQUIRED = (
     Package("yaml", "PyYAML", "6.0"),
 )
 
+# NF4 storage of a frozen base that FSDP2 can shard (model.quantization). torchao's
+# NF4 layout is what ftcore.policy prices and trainer/quantize.py builds.
+QUANTIZATION = Package("torchao", "torchao", "0.18.0")
+
 # Used only when a job asks for them; the trainer says which job setting needs which.
 OPTIONAL = (
     Package("flash_attn", "flash-attn", "2.5"),  # model.attn_implementation=flash_attention_2
-    Package("bitsandbytes", "bitsandbytes", "0.43"),  # model.quantization
+    QUANTIZATION,  # model.quantization
     Package("tensorboard", "tensorboard", "2.14"),  # trainer.tensorboard
     Package("wandb", "wandb", "0.16"),  # trainer.wandb_project
     Package("datasets", "datasets", "2.18"),  # data.path naming a hub dataset

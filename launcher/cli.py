@@ -104,15 +104,15 @@ def submit_cmd(
     detach: bool = typer.Option(False, "--detach", help="With --executor local: run in the background."),
     sweep: List[str] = typer.Option([], "--sweep", help="key=v1,v2,...: one SLURM array task per value (repeat for a grid)."),
     after: Optional[str] = typer.Option(None, "--after", help="Start only after this job completed successfully (afterok)."),
+    force: bool = typer.Option(False, "--force", help="Submit even though `ft plan` says it will not fit its GPUs."),
     profile: Optional[str] = ProfileOpt,
 ) -> None:
     """Resolve, validate, write the job folder, render the sbatch script and submit it."""
     from ftcore.errors import UserError
     from launcher import submit
 
-    p = submit.prepare(factory, list(ctx.args), profile, executor, dry_run, sweep, after)
+    p = submit.prepare(factory, list(ctx.args), profile, executor, dry_run, sweep, after, force)
     err = _console(stderr=True)
-    _warn_if_it_will_not_fit(p.job, err)
     if not dry_run:
         _print_summary(p, err)
         if not yes:
@@ -223,15 +223,6 @@ def resubmit_cmd(ctx: typer.Context, job: str = JobArg, profile: Optional[str] =
     job_id = submit.resubmit(view, list(ctx.args), profile)
     print(f"Submitted batch job {job_id}")
     print(f"Job folder: {view.folder}")
-
-
-def _warn_if_it_will_not_fit(job, console) -> None:
-    from launcher import plan
-    from rich.markup import escape
-
-    warning = plan.fit_warning(job)
-    if warning:
-        console.print(f"[bold yellow]ft: warning:[/] {escape(warning)}")
 
 
 # --- after training -------------------------------------------------------------------------
@@ -392,9 +383,10 @@ def plan_cmd(
     factory: str = FactoryOpt,
     gpu_memory: float = typer.Option(80.0, "--gpu-memory", help="Memory of one GPU in GiB."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object for scripts."),
+    rank: int = typer.Option(0, "--rank", min=0, help="Price this rank's shards (rank 0 holds the largest)."),
     profile: Optional[str] = ProfileOpt,
 ) -> None:
-    """Estimate GPU memory per GPU for a job, say whether it fits, and the smallest allocation that does."""
+    """Memory per GPU as the trainer's policy builds it: fits? If not, the smallest allocation that does, and the levers."""
     import json
 
     from rich.table import Table
@@ -402,7 +394,7 @@ def plan_cmd(
     from launcher import config, plan
 
     job = config.resolve(factory, list(ctx.args), profile).job
-    est = plan.estimate(job, gpu_memory)
+    est = plan.estimate(job, gpu_memory, rank=rank)
     if as_json:
         fit = plan.smallest_fit(job, gpu_memory) if est.on_gpu else None
         smallest = {"num_nodes": fit.num_nodes, "devices": fit.devices, "strategy": fit.strategy} if fit else None
@@ -417,13 +409,15 @@ def plan_cmd(
     table = Table(title=title, title_justify="left")
     table.add_column("component")
     table.add_column(unit, justify="right")
+    table.add_column("priced")
     table.add_column("how")
     for row in est.rows:
-        table.add_row(row.name, f"{row.bytes / scale:.2f}", row.how)
+        name = row.name if row.on_device else f"{row.name} (host memory)"
+        table.add_row(name, f"{row.bytes / scale:.2f}", "exact" if row.exact else "estimate", row.how)
     table.add_row("total", f"{est.total / scale:.2f}", "", style="bold")
     console = _console()
     console.print(table)
-    for line in [*est.notes, *plan.verdict(est, job)]:
+    for line in ["policy: " + "; ".join(est.decision.describe()), *est.notes, *plan.verdict(est, job)]:
         console.print(line, markup=False)
 
 

@@ -10,6 +10,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from ftcore import contract
 from launcher import jobdir, render, slurm
 from launcher.slurm import SchedulerError
 from launcher.config import Resolved, resolve
@@ -66,10 +67,12 @@ def sweep_overrides(sweeps: list[str]) -> list[list[str]]:
 
 def prepare(factory: str, overrides: list[str], profile: str | None = None,
             executor: str = "slurm", dry_run: bool = False, sweeps: list[str] | None = None,
-            after: str | None = None) -> Prepared:
+            after: str | None = None, force: bool = False) -> Prepared:
     """Everything short of writing: resolution, validation, pre-flight checks, rendering.
 
-    `after` names a job (id, folder or prefix) this one waits for (afterok).
+    `after` names a job (id, folder or prefix) this one waits for (afterok). `force` submits
+    a job the plan says will not fit its GPUs (a plan is an estimate); never one it knows
+    cannot start (LoRA globs that match no layer).
     """
     if executor not in EXECUTORS:
         raise UserError(f"unknown executor {executor!r}: choose {' or '.join(EXECUTORS)}")
@@ -81,6 +84,8 @@ def prepare(factory: str, overrides: list[str], profile: str | None = None,
     resolved = tasks[0] if tasks else resolve(factory, overrides, profile)
     job = resolved.job
     problems = render.preflight(job, need_sbatch=executor == "slurm" and not dry_run)
+    for task in tasks or (resolved,):
+        problems += plan_refusals(task.job, force)
     if executor == "local" and job.container.runtime != "none" and shutil.which(job.container.runtime) is None:
         problems.append(f"{job.container.runtime} is not on PATH here: run with container.runtime=none "
                         "to use this machine's Python")
@@ -88,6 +93,38 @@ def prepare(factory: str, overrides: list[str], profile: str | None = None,
         raise UserError(*problems)
     render.render_sbatch(job, Path("/JOB_DIR"))  # template errors surface before anything is written
     return Prepared(resolved, executor, tasks, _job_id_to_wait_for(after) if after else None)
+
+
+def plan_refusals(job, force: bool = False) -> list[str]:
+    """What the plan and the policy know against this job before it waits in a queue."""
+    from launcher import plan
+
+    problems = plan.refusals(job, force=force)
+    if job.model.quantization and job.container.runtime == "none":
+        problems += missing_quantization_library(job)
+    return list(dict.fromkeys(problems))
+
+
+def missing_quantization_library(job) -> list[str]:
+    """Without a container, the Python that will train is known here: does it have torchao?
+    (Inside an image, `ft image check` answers, and the trainer refuses before loading.)"""
+    import importlib.util
+    import subprocess
+    import sys
+
+    python = job.container.python or sys.executable
+    if python == sys.executable:
+        found = importlib.util.find_spec("torchao") is not None
+    else:
+        probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('torchao') is None)"
+        try:
+            found = subprocess.run([python, "-c", probe], capture_output=True, timeout=60).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            return []  # that Python cannot be asked here; the trainer checks again
+    if found:
+        return []
+    return [f"model.quantization={job.model.quantization} needs the torchao package, which {python} does not have: "
+            f"{contract.pip_line([contract.QUANTIZATION])} (or drop model.quantization)"]
 
 
 def _job_id_to_wait_for(spec: str) -> str:
@@ -158,7 +195,7 @@ def resubmit(view, overrides: list[str], profile: str | None = None) -> str:
     if (view.folder / "tasks").is_dir() and overrides:
         raise UserError("a sweep is resubmitted as it was: overrides apply to single jobs only")
     resolved = resolve(str(view.folder / jobdir.CONFIG), overrides, profile)
-    problems = render.preflight(resolved.job, need_sbatch=True)
+    problems = render.preflight(resolved.job, need_sbatch=True) + plan_refusals(resolved.job, force=True)
     if problems:
         raise UserError(*problems)
     tasks = len(list((view.folder / "tasks").glob("*/" + jobdir.CONFIG)))
