@@ -101,8 +101,7 @@ def _pythonpath() -> str:
 
 
 if __name__ == "__main__":  # the detached supervisor
-    import yaml
+    from ftcore.schema import load_job
 
     target = Path(sys.argv[1])
-    loaded = Job.model_validate(yaml.safe_load((target / jobdir.CONFIG).read_text()))
-    sys.exit(run(loaded, target, echo=lambda text: None))
+    sys.exit(run(load_job(target / jobdir.CONFIG), target, echo=lambda text: None))

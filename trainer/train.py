@@ -27,16 +27,19 @@ from typing import Callable
 
 import torch
 
-from ftcore import exits
+from ftcore import exits, layout
 from ftcore.errors import UserError
 
-from . import checkpoint, data, dist
+from . import checkpointing, data, dist
+from .batching import StepBatches, val_batches
+from .collate import collate
 from .metrics import Metrics, memory_gib
-from .model import build, load_tokenizer
+from .model import build
+from .tokenizer import load_tokenizer
 
 
 def run(job, job_dir: str | Path, on_step: Callable[[dict], None] | None = None) -> int:
-    """Train `job` (a validated launcher.schema.Job) writing into `job_dir`; return the exit code.
+    """Train `job` (a validated ftcore.schema.Job) writing into `job_dir`; return the exit code.
 
     `on_step(record)` is called on every rank after each optimizer step (tests, benchmarks).
     Raises UserError for problems the user must fix, before any training.
@@ -70,7 +73,7 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
     # loading 70B weights. Every rank tokenizes everything once; the loop only slices.
     tokenizer = load_tokenizer(job)
     dataset = data.load(job.data, tokenizer, seed)
-    batches = data.StepBatches(
+    batches = StepBatches(
         dataset.train, job.data.global_batch_size, job.data.micro_batch_size, env.world_size, env.rank, seed,
         job.data.shuffle, job.data.group_by_length,
     )
@@ -82,16 +85,15 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
     optimizer = _optimizer(job.optim, built.trainable)
 
     # --- resume from the newest complete checkpoint, if any
-    ckpt_root = job_dir / "checkpoints"
     step = 0
-    resume_from = checkpoint.latest(ckpt_root)
+    resume_from = layout.newest_complete(job_dir)
     if resume_from is not None and not job.resume.auto:
         raise UserError(
-            f"{ckpt_root} already holds checkpoints (newest {resume_from.name}) and resume.auto=false: "
+            f"{job_dir / layout.CHECKPOINTS} already holds checkpoints (newest {resume_from.name}) and resume.auto=false: "
             "a fresh run would mix with them. Use a new job folder, or remove that folder."
         )
     if resume_from is not None:
-        state = checkpoint.load(resume_from, built, optimizer, env)
+        state = checkpointing.load(resume_from, built, optimizer, env)
         _check_same_data(state, resume_from, len(dataset.train), job)
         step = state["step"]
     else:
@@ -123,7 +125,7 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
             "schedule": {"name": job.optim.lr_scheduler.name, "total_steps": total_steps,
                          "warmup_steps": job.optim.lr_scheduler.warmup_steps},
         }
-        path = checkpoint.save(ckpt_root, at_step, built, optimizer, tokenizer, state, env, job.checkpoint.keep_last, base_ref)
+        path = checkpointing.save(job_dir, at_step, built, optimizer, tokenizer, state, env, job.checkpoint.keep_last, base_ref)
         metrics.print(f"checkpoint {path}")
 
     def validate(at_step: int) -> None:
@@ -150,7 +152,7 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
             if built.sharded:
                 # Reduce-scatter only after the last micro batch; until then grads accumulate locally.
                 model.set_requires_gradient_sync(i == len(micro_batches) - 1)
-            batch = data.collate(samples, tokenizer.pad_token_id, job.model.attn_implementation, built.compute_dtype, device,
+            batch = collate(samples, tokenizer.pad_token_id, job.model.attn_implementation, built.compute_dtype, device,
                                  job.data.padding_free)
             loss = model(**batch)
             (loss * (grad_scale / answer_tokens)).backward()
@@ -215,10 +217,10 @@ def evaluate(built, samples, job, env, device, pad_id) -> tuple[float, int]:
     model.eval()
     totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, answer tokens
     with torch.no_grad():
-        for batch_samples, counts in data.val_batches(
+        for batch_samples, counts in val_batches(
             samples, job.data.micro_batch_size, env.world_size, env.rank, job.trainer.limit_val_batches
         ):
-            batch = data.collate(batch_samples, pad_id, job.model.attn_implementation, built.compute_dtype, device,
+            batch = collate(batch_samples, pad_id, job.model.attn_implementation, built.compute_dtype, device,
                                  job.data.padding_free)
             loss = model(**batch)
             if counts:
@@ -255,7 +257,7 @@ def _base_reference(job, job_dir: Path) -> tuple[Path | None, str | None]:
     if job.peft is None:
         return None, None
     if job.model.init == "random":
-        base_dir = (job_dir / "base_model").resolve()
+        base_dir = (job_dir / layout.BASE_MODEL).resolve()
         return base_dir, str(base_dir)
     local = Path(job.model.path)
     return None, str(local.resolve()) if local.exists() else job.model.path
