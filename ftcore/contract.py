@@ -35,6 +35,15 @@ REQUIRED = (
 # NF4 layout is what ftcore.policy prices and trainer/quantize.py builds.
 QUANTIZATION = Package("torchao", "torchao", "0.18.0")
 
+
+
+def quantization_missing(python: str = "this Python") -> str:
+    """The refusal (with its fix) for model.quantization without torchao: the launcher says it
+    at submit when it knows the Python, the trainer before it loads anything."""
+    return (f"model.quantization=nf4 needs the torchao package, which {python} does not have: "
+            f"{pip_line([QUANTIZATION])} (or drop model.quantization)")
+
+
 # Used only when a job asks for them; the trainer says which job setting needs which.
 OPTIONAL = (
     Package("flash_attn", "flash-attn", "2.5"),  # model.attn_implementation=flash_attention_2

@@ -123,8 +123,7 @@ def missing_quantization_library(job) -> list[str]:
             return []  # that Python cannot be asked here; the trainer checks again
     if found:
         return []
-    return [f"model.quantization={job.model.quantization} needs the torchao package, which {python} does not have: "
-            f"{contract.pip_line([contract.QUANTIZATION])} (or drop model.quantization)"]
+    return [contract.quantization_missing(python)]
 
 
 def _job_id_to_wait_for(spec: str) -> str:

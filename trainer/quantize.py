@@ -14,20 +14,10 @@ init each rank reads the whole projection, quantizes it, and keeps its own rows.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 
 import torch
 import torch.nn as nn
-
-from ftcore import contract
-from ftcore.errors import UserError
-
-
-def require_torchao() -> None:
-    if importlib.util.find_spec("torchao") is None:
-        raise UserError(f"model.quantization=nf4 needs the torchao package, which this Python does not have: "
-                        f"{contract.pip_line([contract.QUANTIZATION])} (or drop model.quantization)")
 
 
 def _nf4():
