@@ -55,13 +55,13 @@ def quantize_(layers: list[nn.Module], decision) -> int:
 
 @torch.no_grad()
 def fill_shard(param: torch.Tensor, full: torch.Tensor, rank: int, world: int) -> None:
-    """Give an FSDP2 shard of an NF4 weight its rows of `full` (the whole weight, any float dtype).
+    """Give an FSDP2 shard of an NF4 weight (or a whole one) its rows of `full` (any float dtype).
 
     The shard's inner tensors are replaced, not copied into: after `to_empty` a meta NF4
     shard has storage for its codes and scales but not for its mean and code table.
     """
     nf4 = _nf4()
-    local = param._local_tensor
+    local = getattr(param, "_local_tensor", param)  # a plain parameter when FSDP2 leaves it alone
     quantized = nf4.to_nf4(full.to(device=local.quantized_data.device, dtype=local.dtype).contiguous(),
                            local.block_size, local.scaler_block_size)
     mine = torch.chunk(quantized, world, dim=0)[rank]

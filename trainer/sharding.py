@@ -7,6 +7,7 @@ import torch.nn as nn
 
 from ftcore.errors import UserError
 
+from . import quantize
 from .dist import DistEnv
 
 
@@ -34,6 +35,14 @@ def shard(module: nn.Module, env: DistEnv, device: torch.device, decision) -> No
         # CUDA only (the schema refuses it on CPU jobs): shards, gradients and the optimizer
         # step stay in pinned host memory; each unit is copied in for its all-gather.
         options["offload_policy"] = CPUOffloadPolicy(pin_memory=True)
+    if env.world_size == 1:
+        # One process has nothing to shard, and torch's one-process FSDP2 path copies only
+        # the first part of a tensor that gathers as several (NF4: codes and two scales):
+        # NF4 weights stay plain parameters on the device, outside FSDP2.
+        options["ignored_params"] = {p for p in module.parameters() if quantize.is_nf4(p)}
+        for sub in module.modules():
+            if any(p in options["ignored_params"] and p.device.type != "meta" for p in sub.parameters(recurse=False)):
+                sub.to(device)
     for layer in decoder_layers(module.causal_lm):
         fully_shard(layer, **options)
     fully_shard(module, **options)
