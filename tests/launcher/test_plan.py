@@ -148,6 +148,20 @@ def test_plan_command_table_and_json(ft):
     assert sum(r["gib"] for r in data["rows"]) == pytest.approx(data["total_gib"])
     bad = ft("plan", "--factory", "llama31_8b", "trainer.max_step=3")
     assert bad.returncode == 2 and "did you mean trainer.max_steps" in bad.stderr
+    unmatched = ft("plan", "--factory", "llama32_1b_squad", "peft.target_modules=attn.*")
+    assert unmatched.returncode == 2 and "['attn.*'] match no linear layer" in " ".join(unmatched.stderr.split())
+
+
+def test_plan_json_gives_each_ranks_rows_and_the_decision(ft):
+    """LoRA r=5 under FSDP2 on 2 ranks: rank 0 holds 3 rows of each A, rank 1 two."""
+    args = ["plan", "--factory", "llama31_8b", "peft.dim=5", "trainer.strategy=fsdp2", "trainer.devices=2", "--json"]
+    ranks = [json.loads(ft(*args, "--rank", str(r)).stdout) for r in (0, 1)]
+    assert ranks[0]["decision"]["grad_sync"] == "step" and ranks[0]["decision"]["trained"] == "fp32"
+    assert len(ranks[0]["decision"]["lora_targets"]) == 32 * 7
+    optim = [next(row for row in data["rows"] if row["name"] == "optimizer") for data in ranks]
+    assert optim[0]["exact"] and optim[0]["bytes"] > optim[1]["bytes"]
+    weights = [next(row for row in data["rows"] if row["name"] == "weights")["bytes"] for data in ranks]
+    assert weights[0] >= weights[1]
 
 
 # --- against real models and a measured run (torch) --------------------------------------------
