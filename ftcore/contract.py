@@ -50,7 +50,7 @@ OPTIONAL = (
     QUANTIZATION,  # model.quantization
     Package("tensorboard", "tensorboard", "2.14"),  # trainer.tensorboard
     Package("wandb", "wandb", "0.16"),  # trainer.wandb_project
-    Package("datasets", "datasets", "2.18"),  # data.path naming a hub dataset
+    Package("pyarrow", "pyarrow", "12.0"),  # data.path naming a hub dataset stored as parquet
 )
 
 # The packages mount_ft binds into the container (at MOUNT_POINT, on PYTHONPATH).

@@ -32,6 +32,8 @@ _SLURM_TIME = re.compile(r"^(\d+-)?\d{1,3}(:\d{2}){0,2}$|^\d+-\d{1,2}$|^UNLIMITE
 # Environment variable names that look like credentials. They travel in the user's
 # environment (srun and singularity pass it through); ft never writes them to disk.
 _SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|CREDENTIAL)", re.I)
+# Environment variables ft sets from the `hub` section; container.env may not set them too.
+HUB_ENV = ("HF_HUB_CACHE", "HF_HUB_OFFLINE")
 
 
 class _Section(BaseModel):
@@ -309,6 +311,8 @@ class ContainerConfig(_Section):
         for name in value:
             if not _ENV_NAME.match(name):
                 raise ValueError(f"{name!r} is not a valid environment variable name")
+            if name in HUB_ENV:
+                raise ValueError(f"{name} is set by ft from the hub section: use hub.cache_dir or hub.offline")
             if _SECRET_NAME.search(name):
                 raise ValueError(
                     f"{name} looks like a secret; ft never writes secrets to disk. "
@@ -320,6 +324,26 @@ class ContainerConfig(_Section):
     @classmethod
     def _python_line(cls, value: str | None) -> str | None:
         return value if value is None else _no_control(value, "container.python")
+
+
+class HubConfig(_Section):
+    cache_dir: str | None = Field(
+        None,
+        description="Shared Hugging Face cache (the job's HF_HUB_CACHE) on a filesystem the "
+        "compute nodes see: `ft stage` downloads the job's hub model and dataset into it on "
+        "the login node. Default: $FT_HOME/hub.",
+    )
+    offline: bool = Field(
+        False,
+        description="The compute nodes cannot reach the hub: the job runs with "
+        "HF_HUB_OFFLINE=1, and `ft submit` refuses a job whose hub model or dataset is not "
+        "staged in cache_dir (it prints the `ft stage` command). Set it in the site profile.",
+    )
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _cache_line(cls, value: str | None) -> str | None:
+        return value if value is None else _no_control(value, "hub.cache_dir")
 
 
 class SlurmConfig(_Section):
@@ -411,6 +435,7 @@ class Job(_Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Checkpoints.")
     resume: ResumeConfig = Field(default_factory=ResumeConfig, description="Base weights and resuming.")
     container: ContainerConfig = Field(default_factory=ContainerConfig, description="Container.")
+    hub: HubConfig = Field(default_factory=HubConfig, description="Hub cache and offline compute nodes.")
     slurm: SlurmConfig = Field(default_factory=SlurmConfig, description="Scheduler settings.")
 
     @field_validator("name")

@@ -4,6 +4,7 @@
     ft show   --factory llama31_8b trainer.max_steps=250 [--explain]
     ft submit --factory llama31_8b trainer.max_steps=250 data.global_batch_size=8 --yes
     ft submit --factory tiny --executor local
+    ft stage  --factory llama32_1b_squad                # hub model + dataset → shared cache
     ft plan   --factory llama3_8b_sft                   # GPU memory per GPU: does it fit?
     ft merge JOB ; ft generate JOB "prompt" ; ft eval JOB --data val.jsonl
     ft export JOB --to vllm ; ft push JOB me/model --dry-run ; ft plot JOB [JOB...]
@@ -105,14 +106,21 @@ def submit_cmd(
     sweep: List[str] = typer.Option([], "--sweep", help="key=v1,v2,...: one SLURM array task per value (repeat for a grid)."),
     after: Optional[str] = typer.Option(None, "--after", help="Start only after this job completed successfully (afterok)."),
     force: bool = typer.Option(False, "--force", help="Submit even though `ft plan` says it will not fit its GPUs."),
+    stage: bool = typer.Option(False, "--stage", help="First download the job's hub model and dataset into the shared cache (as `ft stage`); the job then runs offline."),
     profile: Optional[str] = ProfileOpt,
 ) -> None:
     """Resolve, validate, write the job folder, render the sbatch script and submit it."""
+    from rich.markup import escape
+
     from ftcore.errors import UserError
     from launcher import submit
 
-    p = submit.prepare(factory, list(ctx.args), profile, executor, dry_run, sweep, after, force)
+    p = submit.prepare(factory, list(ctx.args), profile, executor, dry_run, sweep, after, stage, force)
     err = _console(stderr=True)
+    for staged in p.staged:
+        err.print(staged.line(), markup=False)
+    for warning in p.warnings:
+        err.print(f"[bold yellow]ft: warning:[/] {escape(warning)}")
     if not dry_run:
         _print_summary(p, err)
         if not yes:
@@ -137,6 +145,33 @@ def submit_cmd(
     job_id = submit.submit(folder, p.job.name)
     print(f"Submitted batch job {job_id}")
     print(f"Job folder: {folder}")
+
+
+@app.command("stage", context_settings=_PASS_THROUGH)
+def stage_cmd(
+    ctx: typer.Context,
+    factory: str = FactoryOpt,
+    sweep: List[str] = typer.Option([], "--sweep", help="key=v1,v2,...: stage what every task of the sweep names."),
+    profile: Optional[str] = ProfileOpt,
+) -> None:
+    """Download the job's hub model and dataset into the shared cache (hub.cache_dir), on the
+    login node, so that compute nodes without internet run it offline."""
+    from launcher import config, stage, submit
+
+    overrides = list(ctx.args)
+    combos = submit.sweep_overrides(sweep) if sweep else [[]]
+    jobs = [config.resolve(factory, [*overrides, *combo], profile).job for combo in combos]
+    seen = set()
+    for job in jobs:
+        for staged in stage.stage(job):
+            if staged.folder not in seen:
+                seen.add(staged.folder)
+                print(staged.line())
+    if not seen:
+        print("nothing to stage: the job names no hub model or dataset")
+        return
+    print(f"cache: {stage.cache_dir(jobs[0])}; jobs read it with HF_HUB_OFFLINE=1 when hub.offline is true "
+          "(the site profile) or when submitted with --stage")
 
 
 JobArg = typer.Argument(..., help="Job id, job folder, or a unique prefix of either.")

@@ -312,6 +312,10 @@ def _wants_text(annotation: Any) -> bool:
     return str in members and not any(m in (int, float, bool) for m in members)
 
 
+def _allows_none(annotation: Any) -> bool:
+    return get_origin(annotation) in (Union, types.UnionType) and type(None) in get_args(annotation)
+
+
 def parse_overrides(args: list[str]) -> tuple[list[Override], list[str]]:
     """`key=value` words into Overrides, and a problem for each malformed word."""
     overrides, problems = [], []
@@ -331,7 +335,11 @@ def parse_overrides(args: list[str]) -> tuple[list[Override], list[str]]:
             problems.append(f"{key!r} is not a valid key: use dot notation like optim.lr_scheduler.warmup_steps")
             continue
         quoted = text[:1] in ("'", '"')
-        value = text if _wants_text(_field(Job, key.split("."))) and not quoted else parse_value(text)
+        annotation = _field(Job, key.split("."))
+        if _wants_text(annotation) and not quoted and not (text in ("null", "~") and _allows_none(annotation)):
+            value = text  # a free-form string keeps the text the user wrote
+        else:
+            value = parse_value(text)
         overrides.append(Override(key, value, word))
     return overrides, problems
 

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from launcher import jobdir, render
+from launcher import jobdir, render, stage
 from ftcore.schema import Job
 
 
@@ -40,7 +40,7 @@ def start(job: Job, folder: Path) -> list[subprocess.Popen[bytes]]:
         env = dict(os.environ, FT_JOB_DIR=str(folder), RANK=str(rank), LOCAL_RANK=str(rank),
                    WORLD_SIZE=str(job.world_size), LOCAL_WORLD_SIZE=str(job.world_size),
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=port, PYTHONUNBUFFERED="1",
-                   **job.container.env)
+                   **stage.environment(job))
         log = open(folder / "logs" / f"rank-{rank}.out", "ab")
         procs.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
                                       start_new_session=True))

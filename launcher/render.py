@@ -16,7 +16,7 @@ from pathlib import Path
 from ftcore import contract, exits, layout, rendezvous
 from ftcore.errors import UserError
 from ftcore.schema import Job
-from launcher import __version__, paths
+from launcher import __version__, paths, stage
 
 TEMPLATE = "sbatch.sh.j2"
 _CONFIG_MARK = "@FT_CONFIG@"  # stands for "$FT_CONFIG" until the command is quoted
@@ -113,7 +113,7 @@ def render_sbatch(job: Job, job_dir: Path, template: str | None = None, array_si
             sbatch_options=sbatch_options(job, job_dir, array_size, dependency),
             modules=[q(m) for m in job.slurm.modules],
             setup=list(job.slurm.setup),
-            env=[(name, q(value)) for name, value in sorted(job.container.env.items())],
+            env=[(name, q(value)) for name, value in sorted(stage.environment(job).items())],
             srun_options="--kill-on-bad-exit=1 --label",
             run_dir_line=run_dir_line,
             launch=launch,

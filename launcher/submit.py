@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftcore import contract
-from launcher import jobdir, render, slurm
+from launcher import jobdir, render, slurm, stage as staging
 from launcher.slurm import SchedulerError
 from launcher.config import Resolved, resolve
 from ftcore.schema import job_to_dict
@@ -26,6 +26,8 @@ class Prepared:
     executor: str
     tasks: tuple[Resolved, ...] = ()  # a sweep: one resolved job per array task
     after: str | None = None  # job id this one waits for (afterok)
+    warnings: tuple[str, ...] = ()
+    staged: tuple[staging.Staged, ...] = ()  # what --stage downloaded
 
     @property
     def job(self):
@@ -67,16 +69,21 @@ def sweep_overrides(sweeps: list[str]) -> list[list[str]]:
 
 def prepare(factory: str, overrides: list[str], profile: str | None = None,
             executor: str = "slurm", dry_run: bool = False, sweeps: list[str] | None = None,
-            after: str | None = None, force: bool = False) -> Prepared:
+            after: str | None = None, stage: bool = False, force: bool = False) -> Prepared:
     """Everything short of writing: resolution, validation, pre-flight checks, rendering.
 
-    `after` names a job (id, folder or prefix) this one waits for (afterok). `force` submits
-    a job the plan says will not fit its GPUs (a plan is an estimate); never one it knows
-    cannot start (LoRA globs that match no layer).
+    `after` names a job (id, folder or prefix) this one waits for (afterok). `stage`
+    downloads the job's hub model and dataset into the shared cache first, and the job then
+    runs offline (hub.offline) from that cache. `force` submits a job the plan says will not
+    fit its GPUs (a plan is an estimate); never one it knows cannot start (LoRA globs that
+    match no layer).
     """
     if executor not in EXECUTORS:
         raise UserError(f"unknown executor {executor!r}: choose {' or '.join(EXECUTORS)}")
     tasks: tuple[Resolved, ...] = ()
+    given = list(overrides)
+    if stage:
+        overrides = [*overrides, "hub.offline=true"]
     if sweeps:
         if executor == "local":
             raise UserError("--sweep runs as a SLURM job array: use it with --executor slurm")
@@ -92,7 +99,32 @@ def prepare(factory: str, overrides: list[str], profile: str | None = None,
     if problems:
         raise UserError(*problems)
     render.render_sbatch(job, Path("/JOB_DIR"))  # template errors surface before anything is written
-    return Prepared(resolved, executor, tasks, _job_id_to_wait_for(after) if after else None)
+    jobs = [t.job for t in tasks] or [job]
+    staged = tuple(s for j in jobs for s in staging.stage(j)) if stage else ()  # downloads: last
+    offline = _offline_problems(jobs, staging.command(factory, given, profile, sweeps), dry_run)
+    if offline and not dry_run:
+        raise UserError(*offline)
+    warnings = offline
+    return Prepared(resolved, executor, tasks, _job_id_to_wait_for(after) if after else None,
+                    tuple(warnings), staged)
+
+
+def _offline_problems(jobs: list, stage_command: str, dry_run: bool) -> list[str]:
+    """On an offline site (hub.offline) every hub file a job names must be staged already:
+    the compute nodes cannot fetch it. A dry run (on a laptop, say) only warns."""
+    offline = [job for job in jobs if job.hub.offline]
+    if not offline:
+        return []
+    try:
+        lines = list(dict.fromkeys(line for job in offline for line in staging.unstaged(job)))
+    except UserError as err:  # no huggingface_hub here to read the cache with
+        if dry_run:
+            return [f"hub.offline: cannot check the staged hub files here ({err.problems[0]})"]
+        raise
+    if lines:
+        lines.append(f"the compute nodes cannot reach the hub (hub.offline): stage them on this login node "
+                     f"first with: {stage_command}")
+    return lines
 
 
 def plan_refusals(job, force: bool = False) -> list[str]:
