@@ -31,10 +31,23 @@ REQUIRED = (
     Package("yaml", "PyYAML", "6.0"),
 )
 
+# NF4 storage of a frozen base that FSDP2 can shard (model.quantization). torchao's
+# NF4 layout is what ftcore.policy prices and trainer/quantize.py builds.
+QUANTIZATION = Package("torchao", "torchao", "0.18.0")
+
+
+
+def quantization_missing(python: str = "this Python") -> str:
+    """The refusal (with its fix) for model.quantization without torchao: the launcher says it
+    at submit when it knows the Python, the trainer before it loads anything."""
+    return (f"model.quantization=nf4 needs the torchao package, which {python} does not have: "
+            f"{pip_line([QUANTIZATION])} (or drop model.quantization)")
+
+
 # Used only when a job asks for them; the trainer says which job setting needs which.
 OPTIONAL = (
     Package("flash_attn", "flash-attn", "2.5"),  # model.attn_implementation=flash_attention_2
-    Package("bitsandbytes", "bitsandbytes", "0.43"),  # model.quantization
+    QUANTIZATION,  # model.quantization
     Package("tensorboard", "tensorboard", "2.14"),  # trainer.tensorboard
     Package("wandb", "wandb", "0.16"),  # trainer.wandb_project
     Package("pyarrow", "pyarrow", "12.0"),  # data.path naming a hub dataset stored as parquet

@@ -137,7 +137,16 @@ class ModelConfig(_Section):
         "checkpoint (models larger than one GPU: the 405B and 8B SFT factories).",
     )
     quantization: Literal["nf4"] | None = Field(
-        None, description="`nf4` loads the base in 4 bits for QLoRA (needs CUDA and bitsandbytes)."
+        None,
+        description="`nf4`: QLoRA. The frozen base's decoder projections are stored in 4-bit NF4 "
+        "(torchao), replicated (ddp) or sharded (fsdp2); adapters train in fp32 and are saved as "
+        "plain PEFT adapters over the unquantized base. Needs peft=lora and the torchao package.",
+    )
+    cpu_offload: bool = Field(
+        False,
+        description="FSDP2 keeps the sharded weights (the frozen base, and with it the adapters, "
+        "their gradients and optimizer state) in host memory and copies each layer to the GPU "
+        "when it computes: less GPU memory, slower steps. Needs trainer.strategy=fsdp2 and GPUs.",
     )
     trust_remote_code: bool = Field(False, description="Allow model code from the hub repository.")
     parameters_b: float | None = Field(
@@ -156,7 +165,8 @@ class LoraConfig(_Section):
     target_modules: list[str] = Field(
         default_factory=lambda: ["*_proj"],
         description="Module-name globs to adapt, matched against full names and last "
-        "components (`*.proj`, `*_proj`, `q_proj`).",
+        "components: `*_proj`, `q_proj`, and NeMo AutoModel's `*.proj` (a `.` matches any "
+        "character there: every projection). A glob matching no layer is an error.",
     )
     match_all_linear: bool = Field(
         False, description="Adapt every linear layer except the output head (overrides target_modules)."
@@ -543,13 +553,14 @@ class Job(_Section):
                 f"{self.world_size} = {per_step}"
             )
         on_gpu = self.trainer.accelerator == "gpu"
-        if self.model.quantization:
-            if self.peft is None:
-                problems.append("model.quantization=nf4 (QLoRA) needs peft=lora")
+        if self.model.quantization and self.peft is None:
+            problems.append("model.quantization=nf4 (QLoRA) quantizes a frozen base: it needs peft=lora")
+        if self.model.cpu_offload:
+            if self.strategy != "fsdp2":
+                problems.append("model.cpu_offload moves FSDP2 shards to host memory: it needs trainer.strategy=fsdp2")
             if not on_gpu:
-                problems.append("model.quantization=nf4 (QLoRA) needs GPUs: trainer.accelerator=gpu")
-            if self.strategy != "ddp":
-                problems.append("model.quantization=nf4 works with trainer.strategy=ddp only")
+                problems.append("model.cpu_offload frees GPU memory: a CPU job (trainer.accelerator=cpu) has none "
+                                "to free; drop model.cpu_offload")
         if self.model.attn_implementation == "flash_attention_2" and not on_gpu:
             problems.append("model.attn_implementation=flash_attention_2 needs GPUs: use sdpa on CPU")
         if self.model.meta_init and self.strategy != "fsdp2":

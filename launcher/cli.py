@@ -108,6 +108,7 @@ def submit_cmd(
     after: Optional[str] = typer.Option(None, "--after", help="Start only after this job completed successfully (afterok)."),
     print_srun: bool = typer.Option(False, "--print-srun", help="With --dry-run: print only the srun line that "
                                     "runs this job with `ft train` in your own batch script; write nothing."),
+    force: bool = typer.Option(False, "--force", help="Submit even though `ft plan` says it will not fit its GPUs."),
     stage: bool = typer.Option(False, "--stage", help="First download the job's hub model and dataset into the shared cache (as `ft stage`); the job then runs offline."),
     profile: Optional[str] = ProfileOpt,
 ) -> None:
@@ -120,7 +121,7 @@ def submit_cmd(
     if print_srun and (not dry_run or sweep or after or executor != "slurm"):
         raise UserError("--print-srun prints one job's srun line for your own script and submits nothing: "
                         "use it with --dry-run, without --sweep, --after or --executor local")
-    p = submit.prepare(factory, list(ctx.args), profile, executor, dry_run, sweep, after, stage)
+    p = submit.prepare(factory, list(ctx.args), profile, executor, dry_run, sweep, after, stage, force)
     err = _console(stderr=True)
     for staged in p.staged:
         err.print(staged.line(), markup=False)
@@ -131,7 +132,6 @@ def submit_cmd(
         err.print("# the allocation this line expects (one task per GPU):\n" + "\n".join(header), markup=False)
         print(line)
         return
-    _warn_if_it_will_not_fit(p.job, err)
     if not dry_run:
         _print_summary(p, err)
         if not yes:
@@ -281,15 +281,6 @@ def resubmit_cmd(ctx: typer.Context, job: str = JobArg, profile: Optional[str] =
     job_id = submit.resubmit(view, list(ctx.args), profile)
     print(f"Submitted batch job {job_id}")
     print(f"Job folder: {view.folder}")
-
-
-def _warn_if_it_will_not_fit(job, console) -> None:
-    from launcher import plan
-    from rich.markup import escape
-
-    warning = plan.fit_warning(job)
-    if warning:
-        console.print(f"[bold yellow]ft: warning:[/] {escape(warning)}")
 
 
 # --- after training -------------------------------------------------------------------------
@@ -450,9 +441,10 @@ def plan_cmd(
     factory: str = FactoryOpt,
     gpu_memory: float = typer.Option(80.0, "--gpu-memory", help="Memory of one GPU in GiB."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object for scripts."),
+    rank: int = typer.Option(0, "--rank", min=0, help="Price this rank's shards (rank 0 holds the largest)."),
     profile: Optional[str] = ProfileOpt,
 ) -> None:
-    """Estimate GPU memory per GPU for a job, say whether it fits, and the smallest allocation that does."""
+    """Memory per GPU as the trainer's policy builds it: fits? If not, the smallest allocation that does, and the levers."""
     import json
 
     from rich.table import Table
@@ -463,7 +455,7 @@ def plan_cmd(
     if not gpu_memory > 0 or gpu_memory == float("inf"):
         raise UserError(f"--gpu-memory {gpu_memory}: give one GPU's memory in GiB, a positive number like 80")
     job = config.resolve(factory, list(ctx.args), profile).job
-    est = plan.estimate(job, gpu_memory)
+    est = plan.estimate(job, gpu_memory, rank=rank)
     if as_json:
         fit = plan.smallest_fit(job, gpu_memory) if est.on_gpu else None
         smallest = {"num_nodes": fit.num_nodes, "devices": fit.devices, "strategy": fit.strategy} if fit else None
@@ -478,13 +470,15 @@ def plan_cmd(
     table = Table(title=title, title_justify="left")
     table.add_column("component")
     table.add_column(unit, justify="right")
+    table.add_column("priced")
     table.add_column("how")
     for row in est.rows:
-        table.add_row(row.name, f"{row.bytes / scale:.2f}", row.how)
+        name = row.name if row.on_device else f"{row.name} (host memory)"
+        table.add_row(name, f"{row.bytes / scale:.2f}", "exact" if row.exact else "estimate", row.how)
     table.add_row("total", f"{est.total / scale:.2f}", "", style="bold")
     console = _console()
     console.print(table)
-    for line in [*est.notes, *plan.verdict(est, job)]:
+    for line in ["policy: " + "; ".join(est.decision.describe()), *est.notes, *plan.verdict(est, job)]:
         console.print(line, markup=False)
 
 

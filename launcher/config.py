@@ -446,12 +446,22 @@ class Override:
 _NULL_WORDS = ("", "~", "null", "Null", "NULL")
 
 
-def parse_value(text: str, key: str = "value") -> Any:
+# Settings whose values are module-name globs, which may start with `*`.
+GLOB_KEYS = ("peft.target_modules", "peft.exclude_modules")
+
+
+def parse_value(text: str, key: str = "value", globs: bool = False) -> Any:
     """A command-line value read as YAML; text that is not valid YAML stays a string.
-    Anchors and aliases are refused: on a command line they are a paste gone wrong."""
+
+    Anchors and aliases are refused: on a command line they are a paste gone wrong. Except a
+    lone `*...` given to a setting of name globs (`peft.target_modules=*_proj`): that is the
+    glob the user wrote, read as text (nothing is expanded either way)."""
     try:
         events = list(yaml.parse(text, Loader=_Yaml12Loader))
     except yaml.YAMLError:
+        return text
+    nodes = [e for e in events if isinstance(e, yaml.NodeEvent)]
+    if globs and len(nodes) == 1 and isinstance(nodes[0], yaml.AliasEvent):
         return text
     if any(isinstance(e, yaml.AliasEvent) or getattr(e, "anchor", None) for e in events):
         raise UserError(f"{key}={text}: YAML anchors and aliases (&name, *name) are not read in "
@@ -513,7 +523,7 @@ def parse_overrides(args: list[str]) -> tuple[list[Override], list[str]]:
             value = None if _allows_none(annotation) and text in _NULL_WORDS else text
         else:
             try:
-                value = parse_value(text, key)
+                value = parse_value(text, key, globs=key in GLOB_KEYS)
             except UserError as err:
                 problems.extend(err.problems)
                 continue

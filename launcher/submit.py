@@ -13,7 +13,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftcore import secrets
+from ftcore import contract, secrets
 from ftcore.errors import UserError
 from ftcore.files import write_atomic
 from ftcore.schema import job_to_dict
@@ -73,12 +73,14 @@ def sweep_overrides(sweeps: list[str]) -> list[list[str]]:
 
 def prepare(factory: str, overrides: list[str], profile: str | None = None,
             executor: str = "slurm", dry_run: bool = False, sweeps: list[str] | None = None,
-            after: str | None = None, stage: bool = False) -> Prepared:
+            after: str | None = None, stage: bool = False, force: bool = False) -> Prepared:
     """Everything short of writing: resolution, validation, pre-flight checks, rendering.
 
     `after` names a job (id, folder or prefix) this one waits for (afterok). `stage`
     downloads the job's hub model and dataset into the shared cache first, and the job then
-    runs offline (hub.offline) from that cache.
+    runs offline (hub.offline) from that cache. `force` submits a job the plan says will not
+    fit its GPUs (a plan is an estimate); never one it knows cannot start (LoRA globs that
+    match no layer).
     """
     if executor not in EXECUTORS:
         raise UserError(f"unknown executor {executor!r}: choose {' or '.join(EXECUTORS)}")
@@ -97,6 +99,8 @@ def prepare(factory: str, overrides: list[str], profile: str | None = None,
     job = resolved.job
     problems = refuse_secrets(resolved, tasks, [*overrides, *(sweeps or []), after or ""])
     problems += render.preflight(job, need_sbatch=executor == "slurm" and not dry_run)
+    for task in tasks or (resolved,):
+        problems += plan_refusals(task.job, force)
     if executor == "local" and job.container.runtime != "none" and shutil.which(job.container.runtime) is None:
         problems.append(f"{job.container.runtime} is not on PATH here: run with container.runtime=none "
                         "to use this machine's Python")
@@ -160,6 +164,37 @@ def _sweeps_that_shape_the_script(tasks: tuple[Resolved, ...], combos: list[list
                             "or environment), which all tasks of one SLURM array share; submit one job per "
                             "value instead (e.g. a shell loop over `ft submit`)")
     return problems or ["the sweep's tasks need different sbatch scripts: submit one job per value instead"]
+
+
+def plan_refusals(job, force: bool = False) -> list[str]:
+    """What the plan and the policy know against this job before it waits in a queue."""
+    from launcher import plan
+
+    problems = plan.refusals(job, force=force)
+    if job.model.quantization and job.container.runtime == "none":
+        problems += missing_quantization_library(job)
+    return list(dict.fromkeys(problems))
+
+
+def missing_quantization_library(job) -> list[str]:
+    """Without a container, the Python that will train is known here: does it have torchao?
+    (Inside an image, `ft image check` answers, and the trainer refuses before loading.)"""
+    import importlib.util
+    import subprocess
+    import sys
+
+    python = job.container.python or sys.executable
+    if python == sys.executable:
+        found = importlib.util.find_spec("torchao") is not None
+    else:
+        probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('torchao') is None)"
+        try:
+            found = subprocess.run([python, "-c", probe], capture_output=True, timeout=60).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            return []  # that Python cannot be asked here; the trainer checks again
+    if found:
+        return []
+    return [contract.quantization_missing(python)]
 
 
 def _job_id_to_wait_for(spec: str) -> str:
@@ -274,6 +309,7 @@ def resubmit(view, overrides: list[str], profile: str | None = None) -> str:
             raise UserError("a sweep is resubmitted as it was: overrides apply to single jobs only")
         resolved = resolve(str(view.folder / jobdir.CONFIG), overrides, profile)
         problems = refuse_secrets(resolved, words=overrides) + render.preflight(resolved.job, need_sbatch=True)
+        problems += plan_refusals(resolved.job, force=True)
         if problems:
             raise UserError(*problems)
         tasks = len(list((view.folder / "tasks").glob("*/" + jobdir.CONFIG)))

@@ -215,8 +215,11 @@ def test_config_only_rules_are_the_schemas_and_all_are_reported():
     from ftcore.schema import validate as schema_validate
 
     with pytest.raises(UserError) as e:
-        schema_validate(tiny_job(model={"quantization": "nf4", "meta_init": True}))
-    assert "nf4 (QLoRA) needs GPUs" in str(e.value) and "meta_init fills FSDP2 shards" in str(e.value)
+        schema_validate(tiny_job(peft=None, model={"quantization": "nf4", "cpu_offload": True, "meta_init": True},
+                                 trainer={"strategy": "ddp"}))
+    for problem in ("nf4 (QLoRA) quantizes a frozen base: it needs peft=lora", "cpu_offload moves FSDP2 shards",
+                    "a CPU job (trainer.accelerator=cpu) has none to free", "meta_init fills FSDP2 shards"):
+        assert problem in str(e.value)
 
 
 def test_preflight_checks_what_only_the_machine_knows():
