@@ -25,6 +25,7 @@ class Prepared:
     executor: str
     tasks: tuple[Resolved, ...] = ()  # a sweep: one resolved job per array task
     after: str | None = None  # job id this one waits for (afterok)
+    warnings: tuple[str, ...] = ()  # under --dry-run: what a real submission would refuse
 
     @property
     def job(self):
@@ -80,14 +81,61 @@ def prepare(factory: str, overrides: list[str], profile: str | None = None,
         tasks = tuple(resolve(factory, [*overrides, *combo], profile) for combo in sweep_overrides(sweeps))
     resolved = tasks[0] if tasks else resolve(factory, overrides, profile)
     job = resolved.job
-    problems = render.preflight(job, need_sbatch=executor == "slurm" and not dry_run)
+    problems, warnings = render.preflight(job, need_sbatch=executor == "slurm" and not dry_run, dry_run=dry_run)
     if executor == "local" and job.container.runtime != "none" and shutil.which(job.container.runtime) is None:
         problems.append(f"{job.container.runtime} is not on PATH here: run with container.runtime=none "
                         "to use this machine's Python")
     if problems:
         raise UserError(*problems)
     render.render_sbatch(job, Path("/JOB_DIR"))  # template errors surface before anything is written
-    return Prepared(resolved, executor, tasks, _job_id_to_wait_for(after) if after else None)
+    if dry_run:
+        warnings += _not_pulled_yet(job)
+    return Prepared(resolved, executor, tasks, _job_id_to_wait_for(after) if after else None, tuple(warnings))
+
+
+def _not_pulled_yet(job) -> list[str]:
+    from launcher import image
+
+    c = job.container
+    if c.runtime == "none" or not image.is_uri(c.image) or Path(image.image_to_run(c)).is_file():
+        return []
+    return [f"{c.image} is not pulled yet: `ft submit` pulls it into {image.image_to_run(c)} first "
+            f"(or run `ft image pull {c.image}`)"]
+
+
+def ready_image(job, skip_check: bool = False, echo=None) -> list[str]:
+    """Before anything is written: pull a URI image into the cache once (so no srun task
+    pulls), then run the image check once per image. Returns notes for the user; raises
+    UserError for a pull that fails or an image that cannot run the trainer."""
+    from launcher import image
+
+    c = job.container
+    if c.runtime == "none":
+        return []
+    notes = []
+    here = shutil.which(c.runtime) is not None
+    local = image.image_to_run(c)
+    if image.is_uri(c.image):
+        if Path(local).is_file():
+            notes.append(f"image {c.image}: the SIF pulled before, {local}")
+        elif not here:
+            raise UserError(f"container.image {c.image} is not pulled yet, and {c.runtime} is not on PATH here "
+                            "to pull it", hint=f"run `ft image pull {c.image}` where {c.runtime} is installed "
+                                               "(the cache folder is shared), or give a .sif path")
+        else:
+            path, _ = image.pull(c.image, image.cache_dir(c), c.runtime, echo)
+            notes.append(f"image {c.image}: pulled once into {path}")
+    if skip_check:
+        notes.append("image check skipped (--skip-image-check)")
+    elif not here:
+        notes.append(f"{c.runtime} is not on PATH here, so the image was not checked (the job will tell); "
+                     f"`ft image check {local}` runs the check where {c.runtime} is installed")
+    else:
+        report, ran = image.check_once(c, local)
+        torch = report.found["packages"]["torch"]["version"]
+        notes.append(f"image check {'passed' if ran else 'passed before'}: Python {report.found['python']}, "
+                     f"torch {torch}")
+    return notes
 
 
 def _job_id_to_wait_for(spec: str) -> str:
@@ -158,9 +206,10 @@ def resubmit(view, overrides: list[str], profile: str | None = None) -> str:
     if (view.folder / "tasks").is_dir() and overrides:
         raise UserError("a sweep is resubmitted as it was: overrides apply to single jobs only")
     resolved = resolve(str(view.folder / jobdir.CONFIG), overrides, profile)
-    problems = render.preflight(resolved.job, need_sbatch=True)
+    problems, _ = render.preflight(resolved.job, need_sbatch=True, job_dir=view.folder)
     if problems:
         raise UserError(*problems)
+    ready_image(resolved.job)
     tasks = len(list((view.folder / "tasks").glob("*/" + jobdir.CONFIG)))
     jobdir.write_atomic(view.folder / jobdir.CONFIG, jobdir.config_text(job_to_dict(resolved.job)))
     jobdir.write_atomic(view.folder / jobdir.SCRIPT, render.render_sbatch(resolved.job, view.folder, tasks))
