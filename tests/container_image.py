@@ -59,3 +59,56 @@ def build_sif(out: Path, sandbox: Path) -> Path:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return out
+
+
+class ContainerSite:
+    """A job's world outside every default bind: FT_HOME, a local model folder, data files,
+    the image and a stand-in registry, all under /srv/ft-test-* (not $HOME, not /tmp), and an
+    environment with the stand-in runtime first on PATH."""
+
+    def __init__(self, root: Path, image: Path):
+        from trainer_helpers import save_tiny_model
+
+        shipped = REPO / "factories" / "data" / "tiny_qa.jsonl"
+        self.root = root
+        self.home = root / "ft-home"
+        self.model = save_tiny_model(root / "models" / "tiny")
+        (root / "data").mkdir()
+        self.data = root / "data" / "train.jsonl"
+        self.data.write_text(shipped.read_text())
+        self.val = root / "data" / "val.jsonl"
+        self.val.write_text("".join(shipped.read_text().splitlines(True)[:16]))
+        self.registry = standin_registry(root / "registry", image)
+        (root / "images").mkdir()
+        self.image = build_sif(root / "images" / "stock.sif", image)
+        self.log = root / "standin.jsonl"
+        self.env = {"PATH": f"{STANDIN}{os.pathsep}{os.environ['PATH']}", "FT_HOME": str(self.home),
+                    "FT_STANDIN_REGISTRY": str(self.registry), "FT_STANDIN_LOG": str(self.log)}
+
+    def overrides(self, runtime: str = "apptainer", image: str | None = None) -> list[str]:
+        """A container job that reads the local model and data files."""
+        return [f"container.runtime={runtime}", f"container.image={image or self.image}", "container.nv=true",
+                "model.init=pretrained", f"model.path={self.model}", f"data.path={self.data}",
+                f"data.val_path={self.val}"]
+
+    def calls(self, kind: str = "exec") -> list[dict]:
+        import json
+
+        lines = self.log.read_text().splitlines() if self.log.exists() else []
+        records = [json.loads(line) for line in lines]
+        return [r for r in records if r.get("ok") and (r.get("command") == [kind] if kind != "exec"
+                                                        else "mounts" in r)]
+
+
+@pytest.fixture
+def container_site(stock_image, tmp_path, monkeypatch) -> ContainerSite:
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="ft-test-", dir="/srv"))
+    try:
+        site = ContainerSite(root, stock_image)
+        monkeypatch.setenv("FT_HOME", str(site.home))  # `ft` runs and the test read the same jobs
+        yield site
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

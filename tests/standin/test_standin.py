@@ -336,3 +336,22 @@ def test_a_pull_killed_half_way_leaves_a_file_that_is_no_image(stock_image, tmp_
 def test_version():
     r = run(["--version"])
     assert r.returncode == 0 and "standin" in r.stdout
+
+
+def test_the_stock_image_holds_the_contract_and_nothing_of_ft(stock_image):
+    """What scripts/make-test-image.sh builds: a Python with the contract's packages (torch the
+    pinned CPU wheel), no ft package, no test tool, nothing of the checkout or its venv; a
+    second call is a cache hit that names the same image."""
+    from ftcore import contract
+
+    (site,) = (stock_image / "usr" / "local" / "lib").glob("python3*/dist-packages")
+    names = {p.name.split("-")[0].lower() for p in site.glob("*.dist-info")}
+    assert {p.dist.lower().replace("-", "_") for p in contract.REQUIRED} <= names
+    assert (site / "torch" / "version.py").read_text().count("2.13.0") >= 1
+    assert not names & {"ft", "pytest", "hypothesis", "datasets", "matplotlib"}
+    for package in ("ftcore", "launcher", "trainer", "fttools"):
+        assert not (site / package).exists()
+    assert not (stock_image / str(REPO).lstrip("/")).exists() and not (stock_image / "opt" / "ft").exists()
+    if not os.environ.get("FT_TEST_IMAGE"):
+        again = subprocess.run(["bash", str(REPO / "scripts" / "make-test-image.sh")], capture_output=True, text=True)
+        assert again.returncode == 0 and again.stdout.strip() == str(stock_image)
