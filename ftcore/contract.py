@@ -85,8 +85,7 @@ def report() -> dict:
             entry["error"] = "%s: %s" % (type(err).__name__, err)
         result["packages"][package.module] = entry
     if result["packages"]["torch"]["version"]:
-        import torch
-
+        torch = sys.modules["torch"]  # imported above, in the image
         result["cuda"] = {"build": torch.version.cuda, "available": torch.cuda.is_available(),
                           "devices": torch.cuda.device_count()}
     return result

@@ -116,6 +116,8 @@ def submit_cmd(
     err = _console(stderr=True)
     for warning in p.warnings:
         err.print(f"warning: {warning}")
+    for note in p.notes:
+        err.print(note)
     _warn_if_it_will_not_fit(p.job, err)
     if not dry_run:
         _print_summary(p, err)

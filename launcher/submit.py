@@ -26,6 +26,7 @@ class Prepared:
     tasks: tuple[Resolved, ...] = ()  # a sweep: one resolved job per array task
     after: str | None = None  # job id this one waits for (afterok)
     warnings: tuple[str, ...] = ()  # under --dry-run: what a real submission would refuse
+    notes: tuple[str, ...] = ()  # under --dry-run: what a real submission would do first
 
     @property
     def job(self):
@@ -88,9 +89,9 @@ def prepare(factory: str, overrides: list[str], profile: str | None = None,
     if problems:
         raise UserError(*problems)
     render.render_sbatch(job, Path("/JOB_DIR"))  # template errors surface before anything is written
-    if dry_run:
-        warnings += _not_pulled_yet(job)
-    return Prepared(resolved, executor, tasks, _job_id_to_wait_for(after) if after else None, tuple(warnings))
+    notes = _not_pulled_yet(job) if dry_run else []
+    return Prepared(resolved, executor, tasks, _job_id_to_wait_for(after) if after else None, tuple(warnings),
+                    tuple(notes))
 
 
 def _not_pulled_yet(job) -> list[str]:
@@ -99,8 +100,8 @@ def _not_pulled_yet(job) -> list[str]:
     c = job.container
     if c.runtime == "none" or not image.is_uri(c.image) or Path(image.image_to_run(c)).is_file():
         return []
-    return [f"{c.image} is not pulled yet: `ft submit` pulls it into {image.image_to_run(c)} first "
-            f"(or run `ft image pull {c.image}`)"]
+    return [f"dry run: {c.image} is not pulled yet; `ft submit` pulls it into {image.image_to_run(c)} first "
+            f"(or `ft image pull {c.image}`)"]
 
 
 def ready_image(job, skip_check: bool = False, echo=None) -> list[str]:
