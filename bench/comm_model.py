@@ -4,7 +4,7 @@
 
 ft runs LoRA as plain data parallelism when the model fits one GPU (one all-reduce of the
 adapter gradients per step, trainer/dist.py) and everything else with FSDP2 over all ranks
-(one flat mesh, trainer/model.py::_shard): per micro batch each decoder layer's weights are
+(one flat mesh, trainer/sharding.py::shard): per micro batch each decoder layer's weights are
 all-gathered for forward and again for backward (reshard after forward), and once per step
 the trained gradients are reduce-scattered in fp32 (`set_requires_gradient_sync` on the last
 micro batch only).

@@ -1,14 +1,14 @@
 """ft's trainer against `transformers.Trainer` + peft on the same model, data, order and settings.
 
     python bench/train_speed.py                    # CPU: ~23 M-parameter random Llama, LoRA and SFT
-    python bench/train_speed.py --quick            # smoke run: tiny model, 3 steps (tests/test_bench.py)
+    python bench/train_speed.py --quick            # smoke run: tiny model, 3 steps (tests/launcher/test_bench.py)
     python bench/train_speed.py --methods lora --steps 20
     python bench/train_speed.py --device cuda --model llama32_1b --seq 2048 --bf16   # GPU (random weights)
 
 Everything is generated here, offline: SQuAD-shaped records (long context + question, short
 answer copied from the context, loss on the answer only) written as JSONL for ft's
 `data.format=squad`; a word-level tokenizer over their vocabulary; a random Llama saved once
-with a seed. Both sides load that folder. The baseline trains on trainer.data's own token ids,
+with a seed. Both sides load that folder. The baseline trains on trainer.samples' own token ids,
 in the order ft's StepBatches deals them (plain consecutive micro batches), with the usual
 padding collator (DataCollatorForSeq2Seq: pad to the longest in the micro batch, labels -100).
 
@@ -141,8 +141,8 @@ def prepare(args, work: Path) -> dict:
 
 
 def ft_job(spec: dict, method: str):
-    """The launcher.schema.Job ft runs (and whose data pipeline the baseline reuses)."""
-    from ftcore.schema import Job
+    """The ftcore.schema.Job ft runs (and whose data pipeline the baseline reuses)."""
+    from ftcore.schema import validate
 
     gpu = spec["device"] == "cuda"
     raw = {
@@ -168,7 +168,7 @@ def ft_job(spec: dict, method: str):
         for key in path:
             node = node.setdefault(key, {})
         node[last] = yaml.safe_load(value)
-    return Job.model_validate(raw)
+    return validate(raw)
 
 
 LR = {"lora": 1e-3, "sft": 3e-4}
@@ -188,18 +188,20 @@ def _peak_memory_gib(device: str) -> float:
 def _step_order(spec: dict, method: str):
     """(job, tokenizer, dataset, samples of each optimizer step in ft's order)."""
     from trainer import data
-    from trainer.model import load_tokenizer
+    from trainer.batching import StepBatches
+    from trainer.tokenizer import load_tokenizer
 
     job = ft_job(spec, method)
     tokenizer = load_tokenizer(job)
     dataset = data.load(job.data, tokenizer, job.trainer.seed)
-    batches = data.StepBatches(dataset.train, job.data.global_batch_size, job.data.micro_batch_size, 1, 0,
+    batches = StepBatches(dataset.train, job.data.global_batch_size, job.data.micro_batch_size, 1, 0,
                                job.trainer.seed, job.data.shuffle)
     steps = [batches.global_batch_samples(s) for s in range(spec["steps"])]
     return job, tokenizer, dataset, steps
 
 
 def run_ft(spec: dict, method: str) -> dict:
+    from ftcore import layout
     from trainer.train import run
 
     job, _, dataset, steps = _step_order(spec, method)
@@ -214,7 +216,7 @@ def run_ft(spec: dict, method: str) -> dict:
             peak.append(_peak_memory_gib(spec["device"]))
 
     assert run(job, job_dir, on_step=on_step) == 0
-    val = [json.loads(line) for line in (job_dir / "metrics.jsonl").read_text().splitlines()]
+    val = [json.loads(line) for line in (job_dir / layout.METRICS).read_text().splitlines()]
     val_loss = [r["val_loss"] for r in val if "val_loss" in r][-1]
     # Real tokens per step: packing changes rows, not tokens, so count from the examples.
     tokens = _tokens_per_step(spec, dataset.train, job)
@@ -223,9 +225,9 @@ def run_ft(spec: dict, method: str) -> dict:
 
 
 def _tokens_per_step(spec, rows, job) -> list[int]:
-    from trainer import data
+    from trainer.batching import StepBatches
 
-    batches = data.StepBatches(rows, job.data.global_batch_size, job.data.micro_batch_size, 1, 0, job.trainer.seed, job.data.shuffle)
+    batches = StepBatches(rows, job.data.global_batch_size, job.data.micro_batch_size, 1, 0, job.trainer.seed, job.data.shuffle)
     return [sum(len(s) for s in batches.global_batch_samples(step)) for step in range(spec["steps"])]
 
 

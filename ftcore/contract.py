@@ -39,12 +39,15 @@ OPTIONAL = (
     Package("bitsandbytes", "bitsandbytes", "0.43"),  # model.quantization
     Package("tensorboard", "tensorboard", "2.14"),  # trainer.tensorboard
     Package("wandb", "wandb", "0.16"),  # trainer.wandb_project
-    Package("datasets", "datasets", "2.18"),  # data.path naming a hub dataset
+    Package("pyarrow", "pyarrow", "12.0"),  # data.path naming a hub dataset stored as parquet
 )
 
 # The packages mount_ft binds into the container (at MOUNT_POINT, on PYTHONPATH), and where
 # the data files ft ships go, so that `ft:NAME` (ftcore.shipped) resolves inside as outside.
 FT_PACKAGES = ("ftcore", "trainer")
+# `ft train` resolves the job inside the container too: the launcher's library (whose
+# `train` path imports nothing outside this contract) and the shipped factories travel as well.
+FT_TRAIN_PACKAGES = (*FT_PACKAGES, "launcher")
 MOUNT_POINT = "/opt/ft"
 DATA_MOUNT = MOUNT_POINT + "/factories/data"
 

@@ -4,9 +4,9 @@
         config.yaml               the resolved job; the trainer validates it again
         job.sbatch command.txt    the script and the command line that made it
         submission.json           ft's record: executor, job id, history of submissions
-        events.jsonl              start / signal / requeue / exit, written by the script
+        events.jsonl              start / signal / requeue / exit, written by the script (ft train: rank 0)
         metrics.jsonl             one line per logged step, written by rank 0
-        logs/                     scheduler and per-rank output
+        logs/                     scheduler output, or per-rank rank-N.out (local, ft train)
         tasks/<i>/                a sweep's array task: a run folder of its own
         checkpoints/step-000012/  a loadable model (LoRA adapter or full) + ft_state/
         checkpoints/latest        names the newest complete checkpoint (for people and shells)
@@ -19,7 +19,9 @@ checkpoint to resume from / to load", used by the trainer and by every launcher 
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,21 @@ FULL = "full"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+# --- events: the run's own record of start, signal, requeue and exit -----------------------------
+
+
+def record_event(run_dir: Path, name: str, **fields: Any) -> None:
+    """Append one event to `run_dir`/events.jsonl, in the form ft's sbatch script writes.
+
+    One write with O_APPEND, so lines from several writers never interleave."""
+    record = {"event": name, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields}
+    fd = os.open(run_dir / EVENTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        os.write(fd, (json.dumps(record) + "\n").encode())
+    finally:
+        os.close(fd)
 
 
 # --- checkpoints of one run ----------------------------------------------------------------------

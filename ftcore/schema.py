@@ -31,7 +31,11 @@ _SBATCH_OPTION = re.compile(r"^[a-z][a-z0-9-]*$")
 _SLURM_TIME = re.compile(r"^(\d+-)?\d{1,3}(:\d{2}){0,2}$|^\d+-\d{1,2}$|^UNLIMITED$|^INFINITE$")
 # Environment variable names that look like credentials. They travel in the user's
 # environment (srun and singularity pass it through); ft never writes them to disk.
+# $SLURM_GPUS_PER_NODE: a count, optionally after a GPU type (`a100:2`, `gpu:a100:2`).
+_SLURM_GPUS = re.compile(r"^(?:gpu:)?(?:[A-Za-z0-9_.-]+:)?(\d+)$")
 _SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|CREDENTIAL)", re.I)
+# Environment variables ft sets from the `hub` section; container.env may not set them too.
+HUB_ENV = ("HF_HUB_CACHE", "HF_HUB_OFFLINE")
 
 
 class _Section(BaseModel):
@@ -185,6 +189,17 @@ class TrainerConfig(_Section):
     accelerator: Literal["gpu", "cpu"] = Field(
         "gpu", description="`gpu` asks SLURM for GPUs (--gpus-per-node); `cpu` for CPU-only tasks."
     )
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _slurm_gpu_count(cls, value: Any) -> Any:
+        """As SLURM writes $SLURM_GPUS_PER_NODE: `2`, or `a100:2` with a GPU type."""
+        if isinstance(value, str):
+            match = _SLURM_GPUS.match(value.strip())
+            if not match:
+                raise ValueError(f"expected a GPU count like 2 or a100:2 (as $SLURM_GPUS_PER_NODE gives it), got {value!r}")
+            return int(match.group(1))
+        return value
     max_steps: int | None = Field(
         None, ge=1, description="Optimizer steps to run; wins over num_epochs when both are set."
     )
@@ -305,6 +320,8 @@ class ContainerConfig(_Section):
         for name in value:
             if not _ENV_NAME.match(name):
                 raise ValueError(f"{name!r} is not a valid environment variable name")
+            if name in HUB_ENV:
+                raise ValueError(f"{name} is set by ft from the hub section: use hub.cache_dir or hub.offline")
             if _SECRET_NAME.search(name):
                 raise ValueError(
                     f"{name} looks like a secret; ft never writes secrets to disk. "
@@ -316,6 +333,26 @@ class ContainerConfig(_Section):
     @classmethod
     def _python_line(cls, value: str | None) -> str | None:
         return value if value is None else _no_control(value, "container.python or cache_dir")
+
+
+class HubConfig(_Section):
+    cache_dir: str | None = Field(
+        None,
+        description="Shared Hugging Face cache (the job's HF_HUB_CACHE) on a filesystem the "
+        "compute nodes see: `ft stage` downloads the job's hub model and dataset into it on "
+        "the login node. Default: $FT_HOME/hub.",
+    )
+    offline: bool = Field(
+        False,
+        description="The compute nodes cannot reach the hub: the job runs with "
+        "HF_HUB_OFFLINE=1, and `ft submit` refuses a job whose hub model or dataset is not "
+        "staged in cache_dir (it prints the `ft stage` command). Set it in the site profile.",
+    )
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _cache_line(cls, value: str | None) -> str | None:
+        return value if value is None else _no_control(value, "hub.cache_dir")
 
 
 class SlurmConfig(_Section):
@@ -407,6 +444,7 @@ class Job(_Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Checkpoints.")
     resume: ResumeConfig = Field(default_factory=ResumeConfig, description="Base weights and resuming.")
     container: ContainerConfig = Field(default_factory=ContainerConfig, description="Container.")
+    hub: HubConfig = Field(default_factory=HubConfig, description="Hub cache and offline compute nodes.")
     slurm: SlurmConfig = Field(default_factory=SlurmConfig, description="Scheduler settings.")
 
     @field_validator("name")
@@ -515,7 +553,7 @@ class Job(_Section):
 
 
 # Hugging Face cache folders the job is told to use (container.env): the trainer writes there.
-HF_CACHE_VARS = ("HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE", "TRANSFORMERS_CACHE")
+HF_CACHE_VARS = ("HF_HOME", "HF_DATASETS_CACHE", "TRANSFORMERS_CACHE")  # HF_HUB_CACHE: hub.cache_dir
 # Which of Job.local_paths the job writes into (the rest it only reads).
 WRITTEN_PATHS = tuple(f"container.env.{name}" for name in HF_CACHE_VARS)
 

@@ -3,13 +3,13 @@
     ft eval JOB --data squad_val.jsonl [--format squad] [--limit 500] [--json]
 
 The loss is the one the trainer's validation computes, through the same code: records are
-read, prompt-masked and truncated by ``trainer.data`` with the job's max_seq_length and
+read, prompt-masked and truncated by the trainer's own code (``trainer.samples``) with the job's max_seq_length and
 prompt template, and summed by ``CausalLMLoss`` over answer tokens. On the records a job
 validated on, it reproduces the job's last ``val_loss``.
 
 For SQuAD-format data each question's prompt (the training prompt, up to "Answer:") is
 continued greedily; the first line of the continuation is the prediction, scored against
-every gold answer with the official normalisation (trainer/squad_metrics.py).
+every gold answer with the official normalisation (fttools/squad_metrics.py).
 """
 
 from __future__ import annotations
@@ -19,12 +19,16 @@ from typing import Any
 
 import torch
 
-from ftcore.layout import Checkpoint
 from ftcore.errors import UserError
+from ftcore.layout import Checkpoint
+from trainer.batching import val_batches
+from trainer.collate import collate
+from trainer.formats import squad_segments
+from trainer.loss import CausalLMLoss
+from trainer.records import Record, read_records
+from trainer.samples import Sample, Stats, tokenize
 
-from trainer import data
 from .inference import greedy, load_model, load_tokenizer, prompt_ids
-from trainer.model import CausalLMLoss
 from .squad_metrics import gold_answers, score
 
 FORMATS = ("squad", "alpaca", "jsonl")
@@ -47,10 +51,10 @@ def evaluate(ckpt: Checkpoint, data_path: str, fmt: str | None = None, limit: in
     if limit is not None and limit < 1:
         raise UserError("--limit must be at least 1")
 
-    records = data.read_records(data_path, split)[:limit]
+    records = read_records(data_path, split)[:limit]
     tokenizer = load_tokenizer(ckpt)
-    stats = data.Stats(records=len(records))
-    samples = data.tokenize(records, fmt, tokenizer, max_len, template, stats)
+    stats = Stats(records=len(records))
+    samples = tokenize(records, fmt, tokenizer, max_len, template, stats)
     if not samples:
         raise UserError(f"{data_path}: no records with an answer to score")
     model = load_model(ckpt)
@@ -73,23 +77,23 @@ def evaluate(ckpt: Checkpoint, data_path: str, fmt: str | None = None, limit: in
 
 
 @torch.no_grad()
-def validation_loss(model, samples: list[data.Sample], micro_batch: int, pad_id: int) -> tuple[float, int]:
+def validation_loss(model, samples: list[Sample], micro_batch: int, pad_id: int) -> tuple[float, int]:
     """(summed loss, answer tokens), batched exactly as one-process validation batches it."""
     loss_fn = CausalLMLoss(model).eval()
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     attn = getattr(model.config, "_attn_implementation", None) or "sdpa"
     total, tokens = 0.0, 0
-    for batch_samples, _ in data.val_batches(samples, micro_batch, 1, 0, None):
-        batch = data.collate(batch_samples, pad_id, attn, dtype, device)
+    for batch_samples, _ in val_batches(samples, micro_batch, 1, 0, None):
+        batch = collate(batch_samples, pad_id, attn, dtype, device)
         total += float(loss_fn(**batch).double())
         tokens += sum(s.answer_tokens for s in batch_samples)
     return total, tokens
 
 
-def squad_scores(model, tokenizer, records: list[data.Record], template: str | None, max_new_tokens: int,
+def squad_scores(model, tokenizer, records: list[Record], template: str | None, max_new_tokens: int,
                  batch_size: int) -> dict[str, Any]:
-    prompts = [data.squad_segments(r, template)[0][0] for r in records]
+    prompts = [squad_segments(r, template)[0][0] for r in records]
     texts = greedy(model, tokenizer, [prompt_ids(tokenizer, p) for p in prompts], max_new_tokens, batch_size)
     predictions = [first_line(t) for t in texts]
     golds = [gold_answers(r.fields.get("answers")) for r in records]

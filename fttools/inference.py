@@ -14,7 +14,8 @@ import torch
 from ftcore.layout import Checkpoint
 from ftcore.errors import UserError
 
-from trainer.model import DTYPES, hf_token
+from trainer.hub import hf_token
+from trainer.model import DTYPES
 
 
 def pick_device() -> torch.device:
@@ -73,9 +74,9 @@ def load_model(ckpt: Checkpoint, dtype: str | None = None, device: torch.device 
 
 
 def prompt_ids(tokenizer, prompt: str) -> list[int]:
-    from trainer.data import _special_affixes
+    from trainer.samples import special_affixes
 
-    prefix, _ = _special_affixes(tokenizer)
+    prefix, _ = special_affixes(tokenizer)
     return list(prefix) + tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
 

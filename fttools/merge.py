@@ -20,7 +20,8 @@ from ftcore.layout import Checkpoint
 from ftcore.errors import UserError
 
 from .inference import load_base, load_tokenizer
-from trainer.model import DTYPES, hf_token
+from trainer.hub import hf_token
+from trainer.model import DTYPES
 
 DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 

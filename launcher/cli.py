@@ -4,6 +4,8 @@
     ft show   --factory llama31_8b trainer.max_steps=250 [--explain]
     ft submit --factory llama31_8b trainer.max_steps=250 data.global_batch_size=8 --yes
     ft submit --factory tiny --executor local
+    srun ft train --factory llama31_8b trainer.devices="${SLURM_GPUS_PER_NODE}"   # in your own script
+    ft stage  --factory llama32_1b_squad                # hub model + dataset → shared cache
     ft plan   --factory llama3_8b_sft                   # GPU memory per GPU: does it fit?
     ft merge JOB ; ft generate JOB "prompt" ; ft eval JOB --data val.jsonl
     ft export JOB --to vllm ; ft push JOB me/model --dry-run ; ft plot JOB [JOB...]
@@ -106,18 +108,33 @@ def submit_cmd(
     sweep: List[str] = typer.Option([], "--sweep", help="key=v1,v2,...: one SLURM array task per value (repeat for a grid)."),
     after: Optional[str] = typer.Option(None, "--after", help="Start only after this job completed successfully (afterok)."),
     skip_image_check: bool = typer.Option(False, "--skip-image-check", help="Do not run the image contract check in the container image."),
+    print_srun: bool = typer.Option(False, "--print-srun", help="With --dry-run: print only the srun line that "
+                                    "runs this job with `ft train` in your own batch script; write nothing."),
+    stage: bool = typer.Option(False, "--stage", help="First download the job's hub model and dataset into the shared cache (as `ft stage`); the job then runs offline."),
     profile: Optional[str] = ProfileOpt,
 ) -> None:
     """Resolve, validate, write the job folder, render the sbatch script and submit it."""
+    from rich.markup import escape
+
     from ftcore.errors import UserError
     from launcher import image, submit
 
-    p = submit.prepare(factory, list(ctx.args), profile, executor, dry_run, sweep, after)
+    if print_srun and (not dry_run or sweep or after or executor != "slurm"):
+        raise UserError("--print-srun prints one job's srun line for your own script and submits nothing: "
+                        "use it with --dry-run, without --sweep, --after or --executor local")
+    p = submit.prepare(factory, list(ctx.args), profile, executor, dry_run, sweep, after, stage)
     err = _console(stderr=True)
+    for staged in p.staged:
+        err.print(staged.line(), markup=False)
     for warning in p.warnings:
-        err.print(f"warning: {warning}")
+        err.print(f"[bold yellow]ft: warning:[/] {escape(warning)}")
     for note in p.notes:
-        err.print(note)
+        err.print(note, markup=False)
+    if print_srun:
+        line, header = submit.srun_line(p, factory)
+        err.print("# the allocation this line expects (one task per GPU):\n" + "\n".join(header), markup=False)
+        print(line)
+        return
     _warn_if_it_will_not_fit(p.job, err)
     if not dry_run:
         _print_summary(p, err)
@@ -147,6 +164,44 @@ def submit_cmd(
     print(f"Job folder: {folder}")
 
 
+@app.command("train", context_settings={**_PASS_THROUGH, "help_option_names": []}, add_help_option=False)
+def train_cmd(ctx: typer.Context) -> None:
+    """Train in this process: run by srun in your own batch script (every task), by torchrun, or alone.
+
+    ft train --factory NAME [--job-dir DIR] [--profile FILE] [--yes] [overrides...]; `ft train --help` for more.
+    """
+    from launcher import train
+
+    raise typer.Exit(train.main(list(ctx.args)))
+
+
+@app.command("stage", context_settings=_PASS_THROUGH)
+def stage_cmd(
+    ctx: typer.Context,
+    factory: str = FactoryOpt,
+    sweep: List[str] = typer.Option([], "--sweep", help="key=v1,v2,...: stage what every task of the sweep names."),
+    profile: Optional[str] = ProfileOpt,
+) -> None:
+    """Download the job's hub model and dataset into the shared cache (hub.cache_dir), on the
+    login node, so that compute nodes without internet run it offline."""
+    from launcher import config, stage, submit
+
+    overrides = list(ctx.args)
+    combos = submit.sweep_overrides(sweep) if sweep else [[]]
+    jobs = [config.resolve(factory, [*overrides, *combo], profile).job for combo in combos]
+    seen = set()
+    for job in jobs:
+        for staged in stage.stage(job):
+            if staged.folder not in seen:
+                seen.add(staged.folder)
+                print(staged.line())
+    if not seen:
+        print("nothing to stage: the job names no hub model or dataset")
+        return
+    print(f"cache: {stage.cache_dir(jobs[0])}; jobs read it with HF_HUB_OFFLINE=1 when hub.offline is true "
+          "(the site profile) or when submitted with --stage")
+
+
 JobArg = typer.Argument(..., help="Job id, job folder, or a unique prefix of either.")
 
 
@@ -170,7 +225,8 @@ def jobs_cmd(
     for column in ("id", "factory", "state", "progress", "age", "folder"):
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(str(row["id"] or "-" if row["executor"] == "slurm" else row["executor"]), row["factory"],
+        scheduled = row["executor"] in jobs.SCHEDULED_EXECUTORS
+        table.add_row(str(row["id"] or "-" if scheduled else row["executor"]), row["factory"],
                       row["state"], row["progress"], row["age"], row["folder"])
     _console().print(table)
 

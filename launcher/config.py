@@ -87,13 +87,13 @@ def factory_dirs() -> list[tuple[Path, str]]:
     return dirs
 
 
-def _looks_like_path(spec: str) -> bool:
+def looks_like_path(spec: str) -> bool:
     return spec.endswith((".yaml", ".yml")) or os.sep in spec
 
 
 def find_factory(spec: str, relative_to: Path | None = None) -> Path:
     """The YAML file for a factory name or path."""
-    if _looks_like_path(spec):
+    if looks_like_path(spec):
         candidate = Path(spec).expanduser()
         if not candidate.is_absolute() and relative_to is not None:
             candidate = relative_to / candidate
@@ -312,6 +312,29 @@ def _wants_text(annotation: Any) -> bool:
     return str in members and not any(m in (int, float, bool) for m in members)
 
 
+# Settings a workshop's script fills from SLURM's variables, and the #SBATCH line that makes
+# SLURM set each one: an empty value means the variable was not set.
+SLURM_VARIABLES = {
+    "trainer.devices": ("SLURM_GPUS_PER_NODE", "#SBATCH --gpus-per-node=N"),
+    "trainer.num_nodes": ("SLURM_NNODES", "#SBATCH --nodes=N"),
+}
+
+
+def _empty_value(key: str) -> str:
+    """`key=` with nothing after it: almost always `key="$VAR"` with VAR unset."""
+    if key not in SLURM_VARIABLES:
+        return (f"{key}= has no value: the shell variable it was written with is empty or not set "
+                f"(write {key}=null for no value)")
+    variable, line = SLURM_VARIABLES[key]
+    state = "is not set here" if os.environ.get(variable) is None else "is empty here"
+    return (f"{key}= has no value: ${variable} {state}. SLURM sets it only when the script asks for it "
+            f"with `{line}`: add that line, or write the number ({key}=1)")
+
+
+def _allows_none(annotation: Any) -> bool:
+    return get_origin(annotation) in (Union, types.UnionType) and type(None) in get_args(annotation)
+
+
 def parse_overrides(args: list[str]) -> tuple[list[Override], list[str]]:
     """`key=value` words into Overrides, and a problem for each malformed word."""
     overrides, problems = [], []
@@ -330,8 +353,15 @@ def parse_overrides(args: list[str]) -> tuple[list[Override], list[str]]:
         if not _OVERRIDE_KEY.match(key):
             problems.append(f"{key!r} is not a valid key: use dot notation like optim.lr_scheduler.warmup_steps")
             continue
+        if not text:
+            problems.append(_empty_value(key))
+            continue
         quoted = text[:1] in ("'", '"')
-        value = text if _wants_text(_field(Job, key.split("."))) and not quoted else parse_value(text)
+        annotation = _field(Job, key.split("."))
+        if _wants_text(annotation) and not quoted and not (text in ("null", "~") and _allows_none(annotation)):
+            value = text  # a free-form string keeps the text the user wrote
+        else:
+            value = parse_value(text)
         overrides.append(Override(key, value, word))
     return overrides, problems
 

@@ -18,9 +18,15 @@ from typing import Any, Iterator
 
 import yaml
 
-from ftcore import layout
+from ftcore import exits, layout
 from ftcore.errors import UserError
 from launcher import jobdir, paths, slurm
+
+
+# Executors whose jobs SLURM knows by id (`ft submit`'s script, or a workshop's script running
+# `ft train` under srun), and those whose script ft did not write (`ft train`, however started).
+SCHEDULED_EXECUTORS = ("slurm", "srun")
+OWN_SCRIPT_EXECUTORS = ("srun", "torchrun")
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -160,10 +166,12 @@ def _folder_state(view: JobView) -> str:
     if view.executor == "dry-run":
         return "DRY-RUN"
     if not events:
-        return "PENDING" if view.executor == "slurm" else "STARTING"
+        return "PENDING" if view.executor in SCHEDULED_EXECUTORS else "STARTING"
     last = events[-1]
     if last["event"] == "exit":
         code = last.get("code")
+        if code == exits.REQUEUE and view.executor != "slurm":  # ft's own script requeues, or says why not
+            return "PREEMPTED (checkpointed: requeue or run again to resume)"
         return "COMPLETED" if code == 0 else f"FAILED (exit {code})"
     if last["event"] == "requeue":
         return "REQUEUED"
@@ -176,7 +184,7 @@ def _folder_state(view: JobView) -> str:
 
 def state(view: JobView, ask_scheduler: bool = True) -> str:
     """The scheduler's word while it knows the job, the folder's after."""
-    if ask_scheduler and view.executor == "slurm" and view.job_id:
+    if ask_scheduler and view.executor in SCHEDULED_EXECUTORS and view.job_id:
         try:
             info = slurm.job_info(view.job_id)
         except UserError:
@@ -204,7 +212,7 @@ def age(view: JobView) -> str:
 
 def summary_rows(views: list[JobView], ask_scheduler: bool = True) -> list[dict[str, Any]]:
     states: dict[str, str] = {}
-    if ask_scheduler and any(v.executor == "slurm" for v in views):
+    if ask_scheduler and any(v.executor in SCHEDULED_EXECUTORS for v in views):
         try:
             states = slurm.queue_states()
         except UserError:
@@ -226,7 +234,7 @@ def summary_rows(views: list[JobView], ask_scheduler: bool = True) -> list[dict[
 
 def log_files(view: JobView) -> list[Path]:
     logs = view.folder / "logs"
-    if view.executor == "local":
+    if view.executor != "slurm":  # one file per process; `ft submit`'s script writes SLURM's own
         return sorted(logs.glob("rank-*.out"))
     return sorted(logs.glob("slurm-*.out"), key=lambda p: p.stat().st_mtime)
 
@@ -247,7 +255,7 @@ def log_lines(view: JobView, rank: int | None = None, follow: bool = False, poll
 
     def drain() -> Iterator[str]:
         files = log_files(view)
-        if view.executor == "local" and rank is not None:
+        if view.executor != "slurm" and rank is not None:
             files = [f for f in files if f.name == f"rank-{rank}.out"]
         for path in files:
             with open(path, "rb") as handle:

@@ -17,7 +17,7 @@ from pathlib import Path
 from ftcore import contract, exits, layout, rendezvous, shipped
 from ftcore.errors import UserError
 from ftcore.schema import WRITTEN_PATHS, Job
-from launcher import __version__, paths
+from launcher import __version__, paths, stage
 
 TEMPLATE = "sbatch.sh.j2"
 _CONFIG_MARK = "@FT_CONFIG@"  # stands for "$FT_CONFIG" until the command is quoted
@@ -60,10 +60,13 @@ def needed_paths(job: Job, job_dir: Path) -> dict[str, tuple[str, bool]]:
     needed = {"the job folder": (os.path.abspath(job_dir), True)}
     for key, value in job.local_paths.items():
         needed[key] = (os.path.abspath(os.path.expanduser(value)), key in WRITTEN_PATHS)
+    if "HF_HUB_CACHE" in stage.environment(job):  # ft's shared hub cache (hub.cache_dir)
+        needed["the hub cache"] = (str(stage.cache_dir(job)), True)
     return needed
 
 
-def plan_binds(job: Job, job_dir: Path, home: str | None = None) -> tuple[list[str], list[str]]:
+def plan_binds(job: Job, job_dir: Path, packages: tuple[str, ...] = contract.FT_PACKAGES,
+               home: str | None = None) -> tuple[list[str], list[str]]:
     """(the --bind specs, problems): ft's own code under container.mount_ft, one bind for each
     needed path that neither a default bind nor the user's binds show at the same path, then
     the user's binds. A user bind that shows a needed path somewhere else, or hides it, or
@@ -72,10 +75,14 @@ def plan_binds(job: Job, job_dir: Path, home: str | None = None) -> tuple[list[s
     binds, problems = [], []
     if job.container.mount_ft:
         # The trainer imports ftcore and nothing else of ft: those packages travel, and the
-        # data files ft ships, so that `ft:NAME` resolves inside too.
-        for package in contract.FT_PACKAGES:
+        # data files ft ships, so that `ft:NAME` resolves inside too (with the launcher, for
+        # `ft train`, all its factories travel).
+        for package in packages:
             binds.append(f"{paths.package_dir(package)}:{contract.MOUNT_POINT}/{package}:ro")
-        binds.append(f"{shipped.data_dir()}:{contract.DATA_MOUNT}:ro")
+        if "launcher" in packages:
+            binds.append(f"{paths.factories_dir()}:{contract.MOUNT_POINT}/factories:ro")
+        else:
+            binds.append(f"{shipped.data_dir()}:{contract.DATA_MOUNT}:ro")
         for spec, (src, dst, _) in zip(job.container.binds, user):
             if _covers(dst, contract.MOUNT_POINT) or _covers(contract.MOUNT_POINT, dst):
                 problems.append(f"container.binds entry {spec} mounts over {contract.MOUNT_POINT}, where "
@@ -107,20 +114,41 @@ def plan_binds(job: Job, job_dir: Path, home: str | None = None) -> tuple[list[s
     return binds + list(job.container.binds), problems
 
 
-def trainer_argv_groups(job: Job, config_path: Path, job_dir: Path | None = None) -> list[list[str]]:
-    """The command each task runs, inside the container when there is one, in readable groups."""
-    python = job.container.python or ("python" if job.container.runtime != "none" else sys.executable)
-    command = [python, "-m", "trainer", "--config", str(config_path)]
+def container_groups(job: Job, packages: tuple[str, ...] = contract.FT_PACKAGES,
+                     job_dir: Path | None = None) -> list[list[str]]:
+    """`singularity exec --nv --bind ... IMAGE`, in readable groups; [] without a container.
+    The binds are plan_binds' (ft's `packages` read-only at the mount point, on PYTHONPATH,
+    and every path the job needs); the image is the one to run (a URI's cached SIF)."""
     if job.container.runtime == "none":
-        return [command]
+        return []
     from launcher import image
 
     groups = [[job.container.runtime, "exec", *(["--nv"] if job.container.nv else [])]]
-    binds, _ = plan_binds(job, job_dir or config_path.parent)
+    binds, _ = plan_binds(job, job_dir or paths.jobs_root(), packages)
     groups += [["--bind", bind] for bind in binds]
     if job.container.mount_ft:
         groups.append(["--env", f"PYTHONPATH={contract.MOUNT_POINT}"])
-    return [*groups, [image.image_to_run(job.container)], command]
+    return [*groups, [image.image_to_run(job.container)]]
+
+
+def _python(job: Job) -> str:
+    return job.container.python or ("python" if job.container.runtime != "none" else sys.executable)
+
+
+def trainer_argv_groups(job: Job, config_path: Path, job_dir: Path | None = None) -> list[list[str]]:
+    """The command each task runs, inside the container when there is one, in readable groups."""
+    return [*container_groups(job, job_dir=job_dir or config_path.parent),
+            [_python(job), "-m", "trainer", "--config", str(config_path)]]
+
+
+def srun_line(job: Job, ft_train_args: list[str]) -> str:
+    """The one srun line a workshop's own batch script runs: `ft train` in the container,
+    through ft's code bound into it, so the image needs no ft installed. `ft train` makes
+    its job folders under $FT_HOME/jobs: that folder is bound."""
+    groups = [*container_groups(job, contract.FT_TRAIN_PACKAGES, paths.jobs_root()),
+              [_python(job), "-m", "launcher", "train", *ft_train_args]]
+    groups[0] = ["srun", *groups[0]]
+    return " \\\n    ".join(shlex.join(g) for g in groups)
 
 
 def trainer_argv(job: Job, config_path: Path, job_dir: Path | None = None) -> list[str]:
@@ -193,7 +221,7 @@ def render_sbatch(job: Job, job_dir: Path, template: str | None = None, array_si
             sbatch_options=sbatch_options(job, job_dir, array_size, dependency),
             modules=[q(m) for m in job.slurm.modules],
             setup=list(job.slurm.setup),
-            env=[(name, q(value)) for name, value in sorted(job.container.env.items())],
+            env=[(name, q(value)) for name, value in sorted(stage.environment(job).items())],
             srun_options="--kill-on-bad-exit=1 --label",
             run_dir_line=run_dir_line,
             launch=launch,

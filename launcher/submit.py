@@ -10,7 +10,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher import jobdir, render, slurm
+from launcher import jobdir, render, slurm, stage as staging
 from launcher.slurm import SchedulerError
 from launcher.config import Resolved, resolve
 from ftcore.schema import job_to_dict
@@ -26,6 +26,7 @@ class Prepared:
     tasks: tuple[Resolved, ...] = ()  # a sweep: one resolved job per array task
     after: str | None = None  # job id this one waits for (afterok)
     warnings: tuple[str, ...] = ()  # under --dry-run: what a real submission would refuse
+    staged: tuple[staging.Staged, ...] = ()  # what --stage downloaded
     notes: tuple[str, ...] = ()  # under --dry-run: what a real submission would do first
 
     @property
@@ -68,14 +69,19 @@ def sweep_overrides(sweeps: list[str]) -> list[list[str]]:
 
 def prepare(factory: str, overrides: list[str], profile: str | None = None,
             executor: str = "slurm", dry_run: bool = False, sweeps: list[str] | None = None,
-            after: str | None = None) -> Prepared:
+            after: str | None = None, stage: bool = False) -> Prepared:
     """Everything short of writing: resolution, validation, pre-flight checks, rendering.
 
-    `after` names a job (id, folder or prefix) this one waits for (afterok).
+    `after` names a job (id, folder or prefix) this one waits for (afterok). `stage`
+    downloads the job's hub model and dataset into the shared cache first, and the job then
+    runs offline (hub.offline) from that cache.
     """
     if executor not in EXECUTORS:
         raise UserError(f"unknown executor {executor!r}: choose {' or '.join(EXECUTORS)}")
     tasks: tuple[Resolved, ...] = ()
+    given = list(overrides)
+    if stage:
+        overrides = [*overrides, "hub.offline=true"]
     if sweeps:
         if executor == "local":
             raise UserError("--sweep runs as a SLURM job array: use it with --executor slurm")
@@ -89,9 +95,33 @@ def prepare(factory: str, overrides: list[str], profile: str | None = None,
     if problems:
         raise UserError(*problems)
     render.render_sbatch(job, Path("/JOB_DIR"))  # template errors surface before anything is written
+    jobs = [t.job for t in tasks] or [job]
+    staged = tuple(s for j in jobs for s in staging.stage(j)) if stage else ()  # downloads: last
+    offline = _offline_problems(jobs, staging.command(factory, given, profile, sweeps), dry_run)
+    if offline and not dry_run:
+        raise UserError(*offline)
+    warnings += offline
     notes = _not_pulled_yet(job) if dry_run else []
-    return Prepared(resolved, executor, tasks, _job_id_to_wait_for(after) if after else None, tuple(warnings),
-                    tuple(notes))
+    return Prepared(resolved, executor, tasks, _job_id_to_wait_for(after) if after else None,
+                    tuple(warnings), staged, tuple(notes))
+
+
+def _offline_problems(jobs: list, stage_command: str, dry_run: bool) -> list[str]:
+    """On an offline site (hub.offline) every hub file a job names must be staged already:
+    the compute nodes cannot fetch it. A dry run (on a laptop, say) only warns."""
+    offline = [job for job in jobs if job.hub.offline]
+    if not offline:
+        return []
+    try:
+        lines = list(dict.fromkeys(line for job in offline for line in staging.unstaged(job)))
+    except UserError as err:  # no huggingface_hub here to read the cache with
+        if dry_run:
+            return [f"hub.offline: cannot check the staged hub files here ({err.problems[0]})"]
+        raise
+    if lines:
+        lines.append(f"the compute nodes cannot reach the hub (hub.offline): stage them on this login node "
+                     f"first with: {stage_command}")
+    return lines
 
 
 def _not_pulled_yet(job) -> list[str]:
@@ -106,13 +136,16 @@ def _not_pulled_yet(job) -> list[str]:
 
 def ready_image(job, skip_check: bool = False, echo=None) -> list[str]:
     """Before anything is written: pull a URI image into the cache once (so no srun task
-    pulls), then run the image check once per image. Returns notes for the user; raises
+    pulls), then run the image check once per image; make ft's hub cache folder, which the
+    container binds. Returns notes for the user; raises
     UserError for a pull that fails or an image that cannot run the trainer."""
     from launcher import image
 
     c = job.container
     if c.runtime == "none":
         return []
+    if "HF_HUB_CACHE" in staging.environment(job):  # bound into the container: it must exist
+        staging.cache_dir(job).mkdir(parents=True, exist_ok=True)
     notes = []
     here = shutil.which(c.runtime) is not None
     local = image.image_to_run(c)
@@ -146,6 +179,21 @@ def _job_id_to_wait_for(spec: str) -> str:
     if not job_id:
         raise UserError(f"--after {spec}: that job was never submitted to SLURM")
     return job_id
+
+
+def srun_line(p: Prepared, factory: str) -> tuple[str, list[str]]:
+    """The srun line that runs this job with `ft train` from a workshop's own batch script,
+    and the #SBATCH lines its allocation needs (nodes × tasks per node is the job's layout)."""
+    from launcher.config import looks_like_path
+
+    spec = str(p.resolved.factory_path) if looks_like_path(factory) else factory
+    args = ["--factory", spec]
+    if p.resolved.profile_path:
+        args += ["--profile", str(p.resolved.profile_path)]
+    args += [o.text for o in p.resolved.overrides]
+    allocation = ("--nodes=", "--ntasks-per-node=", "--gpus-per-node=")
+    header = [f"#SBATCH {o}" for o in render.sbatch_options(p.job, Path(".")) if o.startswith(allocation)]
+    return render.srun_line(p.job, args), header
 
 
 def summary(p: Prepared) -> list[tuple[str, str]]:
@@ -201,6 +249,8 @@ def resubmit(view, overrides: list[str], profile: str | None = None) -> str:
     checkpoint. Overrides apply on top of the folder's resolved config."""
     from launcher import jobs
 
+    if view.executor in jobs.OWN_SCRIPT_EXECUTORS:
+        raise UserError(*_not_ours(view))
     current = jobs.state(view)
     if not jobs.is_finished(current) and current != "DRY-RUN":
         raise UserError(f"job {view.job_id} is still {current}: `ft cancel {view.job_id}` first")
@@ -216,3 +266,21 @@ def resubmit(view, overrides: list[str], profile: str | None = None) -> str:
     jobdir.write_atomic(view.folder / jobdir.SCRIPT, render.render_sbatch(resolved.job, view.folder, tasks))
     history = [*view.record.get("history", []), {k: view.record.get(k) for k in ("job_id", "time")}]
     return submit(view.folder, resolved.job.name, history=history)
+
+
+def _not_ours(view) -> list[str]:
+    """`ft resubmit` of an `ft train` folder: ft did not write the script, so it cannot submit it."""
+    from ftcore import layout
+
+    newest = layout.newest_complete(view.folder)
+    resumes = f"it continues from {newest.name}" if newest else "it starts from the beginning (no checkpoint yet)"
+    if view.executor != "srun":
+        return [f"{view.folder} was trained by `ft train` under {view.executor}, not submitted by ft: run the same "
+                f"command again with --job-dir {view.folder}; {resumes}"]
+    script = f"your batch script (submitted from {view.record['submit_dir']})" if view.record.get("submit_dir") \
+        else "your batch script"
+    return [f"job {view.job_id} ran `ft train` from {script}; ft did not write that script, so it cannot submit it "
+            "again. Either:",
+            f"  scontrol requeue {view.job_id}   (while SLURM still knows the job: same job id, same folder; {resumes})",
+            f"  or add --job-dir {view.folder} to the ft train line of the script and submit it with sbatch "
+            f"({resumes})"]

@@ -12,7 +12,7 @@
 # torch is the CPU wheel pinned by .ci/run (torch==2.13.0), found by pip on this machine.
 #
 # The image is cached between runs on the same machine, keyed by a hash of this script
-# and ftcore/contract.py: a second call prints the path at once. It is built under a
+# and the contract's requirements: a second call prints the path at once. It is built under a
 # temporary name and renamed into place, under a lock, so concurrent calls and a killed
 # build never leave a half-built image behind. Needs root (debootstrap) and Debian's
 # debootstrap package; the Debian mirror and PyPI (or the machine's pip index) must be
@@ -34,7 +34,15 @@ TORCH="torch==2.13.0"
 log() { echo "make-test-image: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-key=$(cat "${BASH_SOURCE[0]}" "$ROOT/ftcore/contract.py" | sha256sum | cut -c1-16)
+mapfile -t requirements < <(cd "$ROOT" && "$PY" -c '
+from ftcore import contract
+for p in contract.REQUIRED:
+    print(f"{p.dist}>={p.minimum}")')
+mapfile -t modules < <(cd "$ROOT" && "$PY" -c '
+from ftcore import contract
+for p in contract.REQUIRED:
+    print(p.module)')
+key=$( { cat "${BASH_SOURCE[0]}"; printf '%s\n' "${requirements[@]}"; } | sha256sum | cut -c1-16)
 image="$CACHE/$key/rootfs"
 if [ -f "$CACHE/$key/complete" ]; then
     echo "$image"
@@ -66,14 +74,6 @@ rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
 
 pyver=$(chroot "$rootfs" python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 site="$rootfs/usr/local/lib/python$pyver/dist-packages"
-mapfile -t requirements < <(cd "$ROOT" && "$PY" -c '
-from ftcore import contract
-for p in contract.REQUIRED:
-    print(f"{p.dist}>={p.minimum}")')
-mapfile -t modules < <(cd "$ROOT" && "$PY" -c '
-from ftcore import contract
-for p in contract.REQUIRED:
-    print(p.module)')
 log "pip install into the image (Python $pyver): $TORCH ${requirements[*]}"
 # Wheels only, for the image's Python version: nothing is compiled against the host.
 "$PY" -m pip install -q --no-cache-dir --no-compile --only-binary=:all: \

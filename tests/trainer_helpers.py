@@ -163,3 +163,89 @@ def tiny_tokenizer():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(TINY_TOKENIZER)
+
+
+def train(job_dir: Path, raw: dict, on_step=None) -> int:
+    """Train the job `raw` in this process, writing into `job_dir`; the exit code."""
+    from trainer.train import run
+
+    return run(validate(raw), job_dir, on_step=on_step)
+
+
+def assert_same_tensors(a: dict, b: dict, exact: bool = True) -> None:
+    import torch
+
+    assert a.keys() == b.keys()
+    for key in a:
+        if exact:
+            assert torch.equal(a[key], b[key]), key
+        else:
+            torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4, msg=key)
+
+
+def tiny_llama(attn: str = "sdpa", seed: int = 0, **overrides):
+    """The tiny Llama in memory, in eval mode."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    settings = {k: v for k, v in {**TINY_LLAMA, **overrides}.items() if k != "model_type"}
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", **settings), attn_implementation=attn).eval()
+
+
+# --- small data, by hand ---------------------------------------------------------------------------
+
+SQUAD = {"context": "Ada lives in Oslo.", "question": "Where does Ada live?", "answers": {"text": ["Oslo"], "answer_start": [13]}}
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def tokenized(tok, records, fmt, max_len=256, template=None):
+    """(samples, stats) of `records` tokenized as the trainer does."""
+    from trainer.samples import Stats, tokenize
+
+    stats = Stats()
+    return tokenize(records, fmt, tok, max_len, template, stats), stats
+
+
+def trained_text(tok, sample) -> str:
+    """The text of the positions that carry loss."""
+    from trainer.samples import IGNORE_INDEX
+
+    ids = [i for i, l in zip(sample.input_ids.tolist(), sample.labels.tolist()) if l != IGNORE_INDEX]
+    return tok.decode(ids)
+
+
+def sample_of(ids: list[int], labels: list[int]):
+    import torch
+    from trainer.samples import Sample
+
+    return Sample(torch.tensor(ids, dtype=torch.int32), torch.tensor(labels, dtype=torch.int32), (len(ids),))
+
+
+def numbered(n: int) -> list:
+    """n two-token samples; sample i's first token is i."""
+    return [sample_of([i, i], [-100, i]) for i in range(n)]
+
+
+def ids_of(batches) -> list[list[int]]:
+    return [[int(s.input_ids[0]) for s in mb] for mb in batches]
+
+
+def model_examples() -> list:
+    """Three examples of random tokens with a short answer at the end."""
+    import torch
+    from trainer.samples import IGNORE_INDEX, Sample
+
+    rng = torch.Generator().manual_seed(0)
+    lengths = [(7, 3), (5, 2), (9, 4)]  # (length, answer tokens at the end)
+    out = []
+    for n, answer in lengths:
+        ids = torch.randint(3, 384, (n,), generator=rng, dtype=torch.int32)
+        labels = ids.clone()
+        labels[: n - answer] = IGNORE_INDEX
+        out.append(Sample(ids, labels, (n,)))
+    return out

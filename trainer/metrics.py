@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from ftcore import layout
+
 
 def memory_gib(device: torch.device) -> float:
     """Peak allocated on the GPU; peak resident set size of this process on CPU."""
@@ -42,7 +44,7 @@ class Metrics:
         self.wandb = None
         if not is_main:
             return
-        path = job_dir / "metrics.jsonl"
+        path = job_dir / layout.METRICS
         if path.exists():
             # Steps after the checkpoint we resume from will be run again: drop their old records.
             kept = [line for line in path.read_text().splitlines() if _step(line) <= resume_step]
@@ -101,5 +103,5 @@ def _step(line: str) -> int:
     try:
         return int(json.loads(line).get("step", 0))
     except (ValueError, AttributeError):
-        print(f"metrics.jsonl: dropping unreadable line {line[:60]!r}", file=sys.stderr)
+        print(f"{layout.METRICS}: dropping unreadable line {line[:60]!r}", file=sys.stderr)
         return sys.maxsize

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -27,19 +28,24 @@ from typing import Callable
 
 import torch
 
-from ftcore import exits
+from ftcore import exits, layout, rendezvous
 from ftcore.errors import UserError
 
-from . import checkpoint, data, dist
+from . import checkpointing, data, dist
+from .batching import StepBatches, val_batches
+from .collate import collate
 from .metrics import Metrics, memory_gib
-from .model import build, load_tokenizer
+from .model import build
+from .tokenizer import load_tokenizer
 
 
-def run(job, job_dir: str | Path, on_step: Callable[[dict], None] | None = None) -> int:
-    """Train `job` (a validated launcher.schema.Job) writing into `job_dir`; return the exit code.
+def run(job, job_dir: str | Path, on_step: Callable[[dict], None] | None = None,
+        on_signal: Callable[[str], None] | None = None) -> int:
+    """Train `job` (a validated ftcore.schema.Job) writing into `job_dir`; return the exit code.
 
-    `on_step(record)` is called on every rank after each optimizer step (tests, benchmarks).
-    Raises UserError for problems the user must fix, before any training.
+    `on_step(record)` is called on every rank after each optimizer step (tests, benchmarks);
+    `on_signal(name)` when a stop signal arrives. Raises UserError for problems the user must
+    fix, before any training.
     """
     env = dist.detect()
     preflight(job, env)
@@ -49,7 +55,7 @@ def run(job, job_dir: str | Path, on_step: Callable[[dict], None] | None = None)
         device = torch.device("cuda", env.local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     _quiet_libraries(env)
-    stop = StopSignal()
+    stop = StopSignal(on_signal)
     stop.install()
     dist.init(env, device, alone_too=job.strategy == "fsdp2")
     try:
@@ -70,7 +76,7 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
     # loading 70B weights. Every rank tokenizes everything once; the loop only slices.
     tokenizer = load_tokenizer(job)
     dataset = data.load(job.data, tokenizer, seed)
-    batches = data.StepBatches(
+    batches = StepBatches(
         dataset.train, job.data.global_batch_size, job.data.micro_batch_size, env.world_size, env.rank, seed,
         job.data.shuffle, job.data.group_by_length,
     )
@@ -82,16 +88,15 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
     optimizer = _optimizer(job.optim, built.trainable)
 
     # --- resume from the newest complete checkpoint, if any
-    ckpt_root = job_dir / "checkpoints"
     step = 0
-    resume_from = checkpoint.latest(ckpt_root)
+    resume_from = layout.newest_complete(job_dir)
     if resume_from is not None and not job.resume.auto:
         raise UserError(
-            f"{ckpt_root} already holds checkpoints (newest {resume_from.name}) and resume.auto=false: "
+            f"{job_dir / layout.CHECKPOINTS} already holds checkpoints (newest {resume_from.name}) and resume.auto=false: "
             "a fresh run would mix with them. Use a new job folder, or remove that folder."
         )
     if resume_from is not None:
-        state = checkpoint.load(resume_from, built, optimizer, env)
+        state = checkpointing.load(resume_from, built, optimizer, env)
         _check_same_data(state, resume_from, len(dataset.train), job)
         step = state["step"]
     else:
@@ -123,7 +128,7 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
             "schedule": {"name": job.optim.lr_scheduler.name, "total_steps": total_steps,
                          "warmup_steps": job.optim.lr_scheduler.warmup_steps},
         }
-        path = checkpoint.save(ckpt_root, at_step, built, optimizer, tokenizer, state, env, job.checkpoint.keep_last, base_ref)
+        path = checkpointing.save(job_dir, at_step, built, optimizer, tokenizer, state, env, job.checkpoint.keep_last, base_ref)
         metrics.print(f"checkpoint {path}")
 
     def validate(at_step: int) -> None:
@@ -150,7 +155,7 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
             if built.sharded:
                 # Reduce-scatter only after the last micro batch; until then grads accumulate locally.
                 model.set_requires_gradient_sync(i == len(micro_batches) - 1)
-            batch = data.collate(samples, tokenizer.pad_token_id, job.model.attn_implementation, built.compute_dtype, device,
+            batch = collate(samples, tokenizer.pad_token_id, job.model.attn_implementation, built.compute_dtype, device,
                                  job.data.padding_free)
             loss = model(**batch)
             (loss * (grad_scale / answer_tokens)).backward()
@@ -215,10 +220,10 @@ def evaluate(built, samples, job, env, device, pad_id) -> tuple[float, int]:
     model.eval()
     totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, answer tokens
     with torch.no_grad():
-        for batch_samples, counts in data.val_batches(
+        for batch_samples, counts in val_batches(
             samples, job.data.micro_batch_size, env.world_size, env.rank, job.trainer.limit_val_batches
         ):
-            batch = data.collate(batch_samples, pad_id, job.model.attn_implementation, built.compute_dtype, device,
+            batch = collate(batch_samples, pad_id, job.model.attn_implementation, built.compute_dtype, device,
                                  job.data.padding_free)
             loss = model(**batch)
             if counts:
@@ -255,7 +260,7 @@ def _base_reference(job, job_dir: Path) -> tuple[Path | None, str | None]:
     if job.peft is None:
         return None, None
     if job.model.init == "random":
-        base_dir = (job_dir / "base_model").resolve()
+        base_dir = (job_dir / layout.BASE_MODEL).resolve()
         return base_dir, str(base_dir)
     local = Path(job.model.path)
     return None, str(local.resolve()) if local.exists() else job.model.path
@@ -272,12 +277,7 @@ def _check_same_data(state: dict, folder: Path, num_rows: int, job) -> None:
 
 def preflight(job, env: dist.DistEnv) -> None:
     """What only this machine can tell (the config's own rules were checked by the schema)."""
-    problems = []
-    if env.world_size != job.world_size:
-        problems.append(
-            f"the job is laid out for trainer.num_nodes × trainer.devices = {job.world_size} processes, "
-            f"but {env.world_size} were started ({env.launcher})"
-        )
+    problems = rendezvous.allocation_problems(job.trainer.num_nodes, job.trainer.devices, env, os.environ)
     if job.trainer.accelerator == "gpu" and not torch.cuda.is_available():
         problems.append("trainer.accelerator=gpu but CUDA is not available here (trainer.accelerator=cpu for CPU runs)")
     if job.model.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
@@ -295,13 +295,17 @@ class StopSignal:
 
     SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
-    def __init__(self) -> None:
+    def __init__(self, on_signal: Callable[[str], None] | None = None) -> None:
         self.requested = False
         self._previous: dict = {}
+        self._on_signal = on_signal
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
-        sys.stderr.write(f"ft trainer: got {signal.Signals(signum).name}; will checkpoint after this step\n")
+        name = signal.Signals(signum).name
+        sys.stderr.write(f"ft trainer: got {name}; will checkpoint after this step\n")
+        if self._on_signal is not None:
+            self._on_signal(name)
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():  # Python allows handlers only there

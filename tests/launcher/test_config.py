@@ -161,3 +161,9 @@ def test_header_values_cannot_carry_newlines():
         resolve("slurm.extra.x;y=1")
     with pytest.raises(UserError, match="not an sbatch option name"):
         config.validate({**config.load_factory("tiny")[0], "slurm": {"extra": {"x y": "1"}}})
+
+
+def test_null_unsets_an_optional_text_setting_and_stays_text_elsewhere():
+    job = resolve("model.tokenizer=null", "data.val_path=~", "slurm.partition=null")
+    assert job.model.tokenizer is None and job.data.val_path is None and job.slurm.partition is None
+    assert resolve("description=null").description == "null"  # a required text keeps what was written

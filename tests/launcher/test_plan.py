@@ -148,7 +148,7 @@ def test_counts_equal_the_real_models(model_config, targets):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from trainer.model import lora_targets
+    from trainer.lora import lora_targets
 
     j = validate(tiny_job(model={"config": model_config}, peft={"dim": 4, "target_modules": targets}))
     settings = dict(model_config)

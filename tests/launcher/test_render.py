@@ -25,8 +25,8 @@ def normalised(text: str) -> str:
     """Machine-specific paths replaced, so golden copies compare anywhere."""
     # The interpreter first: in CI it lives inside the checkout (.venv-ci).
     return (text.replace(sys.executable, "<PYTHON>")
-                .replace(str(paths.ft_home()), "<FT_HOME>")
-                .replace(str(paths.package_dir("trainer").parent), "<FT>"))
+                .replace(str(paths.package_dir("trainer").parent), "<FT>")
+                .replace(str(paths.ft_home()), "<FT_HOME>"))
 
 
 @pytest.mark.parametrize("info", config.list_factories(), ids=lambda i: i.name)

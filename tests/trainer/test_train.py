@@ -10,14 +10,15 @@ import signal
 import pytest
 
 pytest.importorskip("torch")
-import torch
 from safetensors.torch import load_file
-from trainer_helpers import DIST_VARS, read_metrics, tiny_job, train_losses, validate
+from trainer_helpers import DIST_VARS, assert_same_tensors, read_metrics, tiny_job, train, train_losses, validate
 
-from ftcore import exits
-from trainer import checkpoint
-from trainer.data import PROMPTS, read_records
-from trainer.train import run
+from ftcore import exits, layout
+from ftcore.errors import UserError
+from trainer import dist
+from trainer.formats import PROMPTS
+from trainer.records import read_records
+from trainer.train import lr_at, preflight
 
 pytestmark = pytest.mark.train
 
@@ -37,21 +38,8 @@ def single_process(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-def train(job_dir, raw, on_step=None) -> int:
-    return run(validate(raw), job_dir, on_step=on_step)
-
-
 def adapter(job_dir, step):
-    return load_file(checkpoint.step_dir(job_dir / "checkpoints", step) / "adapter_model.safetensors")
-
-
-def assert_same_tensors(a: dict, b: dict, exact=True):
-    assert a.keys() == b.keys()
-    for key in a:
-        if exact:
-            assert torch.equal(a[key], b[key]), key
-        else:
-            torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4, msg=key)
+    return load_file(layout.step_dir(job_dir / layout.CHECKPOINTS, step) / "adapter_model.safetensors")
 
 
 def test_lora_learns_and_the_adapter_loads_with_peft(tmp_path):
@@ -64,7 +52,7 @@ def test_lora_learns_and_the_adapter_loads_with_peft(tmp_path):
     assert len(losses) == 40
     assert sum(losses[s] for s in range(36, 41)) / 5 < 0.1 * losses[1]
 
-    final = checkpoint.step_dir(tmp_path / "checkpoints", 40)
+    final = layout.step_dir(tmp_path / layout.CHECKPOINTS, 40)
     assert all("lora_" in name for name in load_file(final / "adapter_model.safetensors"))  # adapters only
     config = json.loads((final / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str((tmp_path / "base_model").resolve())
@@ -127,7 +115,7 @@ def test_compiled_layers_train_like_the_eager_ones(tmp_path):
 
 
 def _tiny_samples():
-    from trainer.data import Stats, tokenize
+    from trainer.samples import Stats, tokenize
     from trainer_helpers import tiny_tokenizer
 
     return tokenize(read_records("ft:tiny_qa.jsonl"), "squad", tiny_tokenizer(), 64, None, Stats())
@@ -149,16 +137,16 @@ def test_preemption_checkpoints_exits_75_and_resumes_exactly(tmp_path, method, s
 
     job = tmp_path / "preempted"
     assert train(job, raw, on_step=preempt) == exits.REQUEUE
-    assert checkpoint.latest(job / "checkpoints").name == "step-000003"
+    assert layout.newest_complete(job).name == "step-000003"
     assert (job / "checkpoints" / "latest").read_text().strip() == "step-000003"
     assert max(train_losses(job)) == 3
     assert train(job, raw) == exits.OK
 
     assert train_losses(job) == train_losses(tmp_path / "straight")
     weights = "adapter_model.safetensors" if method == "lora" else "model.safetensors"
-    final = [load_file(checkpoint.step_dir(d / "checkpoints", 6) / weights) for d in (job, tmp_path / "straight")]
+    final = [load_file(layout.step_dir(d / layout.CHECKPOINTS, 6) / weights) for d in (job, tmp_path / "straight")]
     assert_same_tensors(*final)
-    state = json.loads((checkpoint.step_dir(job / "checkpoints", 6) / "ft_state" / "trainer_state.json").read_text())
+    state = json.loads((layout.step_dir(job / layout.CHECKPOINTS, 6) / "ft_state" / "trainer_state.json").read_text())
     assert state["step"] == 6 and state["data_position"] == {"epoch": 0, "index": 48}
 
 
@@ -178,61 +166,63 @@ def test_half_written_checkpoints_are_ignored(tmp_path, capsys):
     root = tmp_path / "checkpoints"
     raw = tiny_job(trainer={"max_steps": 4}, checkpoint={"every_steps": 2, "keep_last": None})
     assert train(tmp_path, raw) == exits.OK
-    assert [s for s, _ in checkpoint.complete_checkpoints(root)] == [2, 4]
+    assert [s for s, _ in layout.complete_checkpoints(root)] == [2, 4]
 
     # A save killed after the rename would need the marker; one killed before it is a .tmp- folder.
     shutil.copytree(root / "step-000004", root / "step-000006")
     (root / "step-000006" / "ft_state" / "COMPLETE").unlink()
     shutil.copytree(root / "step-000004", root / ".tmp-step-000008")
-    assert checkpoint.latest(root).name == "step-000004"
+    assert layout.newest_complete(tmp_path).name == "step-000004"
 
     capsys.readouterr()
     raw = tiny_job(trainer={"max_steps": 6}, checkpoint={"every_steps": 2, "keep_last": 2})
     assert train(tmp_path, raw) == exits.OK
     assert f"resumed from {root / 'step-000004'} at step 4" in capsys.readouterr().out
-    assert [s for s, _ in checkpoint.complete_checkpoints(root)] == [4, 6]  # keep_last pruned step 2
+    assert [s for s, _ in layout.complete_checkpoints(root)] == [4, 6]  # keep_last pruned step 2
     assert not (root / ".tmp-step-000008").exists()
     assert (root / "latest").read_text().strip() == "step-000006"
     assert sorted(train_losses(tmp_path)) == [1, 2, 3, 4, 5, 6]
 
 
-@pytest.mark.parametrize("method", ["lora", "sft"])
-def test_meta_init_gives_the_same_model_as_regular_init(tmp_path, method):
-    peft = None if method == "sft" else {}
-    runs = {}
-    for meta in (False, True):
-        job = tmp_path / f"meta{meta}"
-        raw = tiny_job(peft=peft, model={"meta_init": meta}, trainer={"max_steps": 2, "strategy": "fsdp2"})
-        assert train(job, raw) == exits.OK
-        weights = "model.safetensors" if method == "sft" else "adapter_model.safetensors"
-        runs[meta] = (train_losses(job), load_file(checkpoint.step_dir(job / "checkpoints", 2) / weights))
-    assert runs[False][0] == runs[True][0]
-    assert_same_tensors(runs[False][1], runs[True][1])
-
-
-def test_meta_init_reads_a_sharded_pretrained_folder(tmp_path):
-    """Rows come straight from the safetensors files, for full SFT and under fresh LoRA adapters."""
-    from trainer_helpers import save_tiny_model
-
-    base = save_tiny_model(tmp_path / "base")
-    pretrained = {"init": "pretrained", "path": str(base), "config": {}}
-    losses = {}
-    for method, peft in (("sft", None), ("lora", {})):
-        for meta in (False, True):
-            job = tmp_path / f"{method}-{meta}"
-            raw = tiny_job(model={**pretrained, "meta_init": meta}, peft=peft, trainer={"max_steps": 2, "strategy": "fsdp2"})
-            assert train(job, raw) == exits.OK
-            losses[method, meta] = train_losses(job)
-    assert losses["sft", False] == losses["sft", True]
-    # LoRA starts from B = 0, so the first step sees the pretrained model alone whatever A is.
-    assert losses["lora", False][1] == losses["lora", True][1] == losses["sft", True][1]
-
-
 def test_resume_with_changed_data_or_without_auto_is_refused(tmp_path):
-    from ftcore.errors import UserError
-
     assert train(tmp_path, tiny_job(trainer={"max_steps": 1})) == exits.OK
     with pytest.raises(UserError, match="cannot resume at the same batch"):
         train(tmp_path, tiny_job(trainer={"max_steps": 2}, data={"limit_samples": 100}))
     with pytest.raises(UserError, match="resume.auto=false"):
         train(tmp_path, tiny_job(trainer={"max_steps": 2}, resume={"auto": False}))
+
+
+# --- pure pieces: the schedule, and what only the machine can check ---------------------------
+
+
+def _optim(name, warmup=0, min_lr=0.0):
+    from ftcore.schema import OptimConfig
+
+    return OptimConfig(lr=1.0, lr_scheduler={"name": name, "warmup_steps": warmup, "min_lr": min_lr})
+
+
+def test_warmup_then_decay_to_min_lr():
+    cosine = _optim("cosine", warmup=4, min_lr=0.1)
+    assert [lr_at(s, 20, cosine) for s in (1, 2, 4)] == [0.25, 0.5, 1.0]
+    assert lr_at(5, 20, cosine) == 1.0 and lr_at(20, 20, cosine) == pytest.approx(0.1)
+    mids = [lr_at(s, 20, cosine) for s in range(5, 21)]
+    assert mids == sorted(mids, reverse=True)
+    assert lr_at(11, 21, _optim("linear")) == pytest.approx(0.5)
+    assert {lr_at(s, 10, _optim("constant", warmup=2)) for s in range(2, 11)} == {1.0}
+
+
+def test_config_only_rules_are_the_schemas_and_all_are_reported():
+    from ftcore.schema import validate as schema_validate
+
+    with pytest.raises(UserError) as e:
+        schema_validate(tiny_job(model={"quantization": "nf4", "meta_init": True}))
+    assert "nf4 (QLoRA) needs GPUs" in str(e.value) and "meta_init fills FSDP2 shards" in str(e.value)
+
+
+def test_preflight_checks_what_only_the_machine_knows():
+    job = validate(tiny_job(trainer={"devices": 2}, model={"path": "/nowhere/model", "init": "pretrained"},
+                            data={"global_batch_size": 8}))
+    with pytest.raises(UserError) as e:
+        preflight(job, dist.DistEnv())
+    assert "= 2 processes but this is one process with no scheduler" in str(e.value)
+    assert "model.path /nowhere/model does not exist" in str(e.value)

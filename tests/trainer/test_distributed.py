@@ -17,8 +17,7 @@ from safetensors.torch import load_file
 from trainer_helpers import (DIST_VARS, describe, finish, launch, read_metrics, save_tiny_model, start, tiny_job,
                              train_losses, validate, write_config)
 
-from ftcore import exits
-from trainer import checkpoint
+from ftcore import exits, layout
 from trainer.train import run
 
 pytestmark = pytest.mark.train
@@ -52,7 +51,7 @@ def test_fsdp2_sft_on_two_processes_matches_one(tmp_path):
 
     for key in ("loss", "grad_norm", "val_loss"):
         assert figures(tmp_path / "two", key) == pytest.approx(figures(tmp_path / "one", key), rel=1e-5), key
-    loaded = [AutoModelForCausalLM.from_pretrained(checkpoint.step_dir(tmp_path / d / "checkpoints", 3)) for d in ("two", "one")]
+    loaded = [AutoModelForCausalLM.from_pretrained(layout.step_dir(tmp_path / d / layout.CHECKPOINTS, 3)) for d in ("two", "one")]
     for (name, a), b in zip(loaded[0].state_dict().items(), loaded[1].state_dict().values()):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
 
@@ -72,7 +71,7 @@ def test_lora_data_parallel_matches_one_process_and_survives_preemption(tmp_path
     results = finish(procs)
     assert [r.returncode for r in results] == [exits.REQUEUE, exits.REQUEUE], describe(results)
     stopped_at = max(train_losses(tmp_path / "two"))
-    assert stopped_at < steps and checkpoint.latest(tmp_path / "two" / "checkpoints").name == f"step-{stopped_at:06d}"
+    assert stopped_at < steps and layout.newest_complete(tmp_path / "two").name == f"step-{stopped_at:06d}"
 
     results = launch(config, nprocs=2)  # the requeued job
     assert [r.returncode for r in results] == [0, 0], describe(results)
@@ -81,7 +80,7 @@ def test_lora_data_parallel_matches_one_process_and_survives_preemption(tmp_path
     assert run(validate(one), tmp_path / "one") == exits.OK
     for key in ("loss", "grad_norm", "val_loss"):
         assert figures(tmp_path / "two", key) == pytest.approx(figures(tmp_path / "one", key), rel=1e-4), key
-    adapters = [load_file(checkpoint.step_dir(tmp_path / d / "checkpoints", steps) / "adapter_model.safetensors") for d in ("two", "one")]
+    adapters = [load_file(layout.step_dir(tmp_path / d / layout.CHECKPOINTS, steps) / "adapter_model.safetensors") for d in ("two", "one")]
     for name in adapters[0]:
         torch.testing.assert_close(adapters[0][name], adapters[1][name], atol=1e-4, rtol=1e-3, msg=name)
 
@@ -102,8 +101,8 @@ def test_lora_under_fsdp2_on_two_processes_matches_one(tmp_path):
 
     for key in ("loss", "grad_norm", "val_loss"):
         assert figures(tmp_path / "two", key) == pytest.approx(figures(tmp_path / "one", key), rel=1e-5), key
-    final = checkpoint.step_dir(tmp_path / "two" / "checkpoints", 3)
-    adapters = [load_file(checkpoint.step_dir(tmp_path / d / "checkpoints", 3) / "adapter_model.safetensors") for d in ("two", "one")]
+    final = layout.step_dir(tmp_path / "two" / layout.CHECKPOINTS, 3)
+    adapters = [load_file(layout.step_dir(tmp_path / d / layout.CHECKPOINTS, 3) / "adapter_model.safetensors") for d in ("two", "one")]
     assert adapters[0].keys() == adapters[1].keys() and all("lora_" in k for k in adapters[0])
     for name in adapters[0]:
         torch.testing.assert_close(adapters[0][name], adapters[1][name], atol=1e-5, rtol=1e-4, msg=name)

@@ -11,7 +11,8 @@
     JOB/checkpoints/latest            names the newest complete folder (replaced atomically)
 
 A checkpoint is written into ``.tmp-step-000012`` and renamed into place once complete, so a
-job killed mid-save leaves the previous checkpoint as the newest complete one.
+job killed mid-save leaves the previous checkpoint as the newest complete one
+(``ftcore.layout.newest_complete``, which owns these names).
 """
 
 from __future__ import annotations
@@ -20,43 +21,14 @@ import dataclasses
 import json
 import os
 import random
-import re
 import shutil
 from pathlib import Path
 
 import torch
 
+from ftcore.layout import CHECKPOINTS, COMPLETE_MARKER, LATEST, TRAINING_STATE, complete_checkpoints, is_complete, step_dir
+
 from . import dist
-
-STATE = "ft_state"
-MARKER = "COMPLETE"
-_STEP_DIR = re.compile(r"^step-(\d+)$")
-
-
-def step_dir(root: Path, step: int) -> Path:
-    return root / f"step-{step:06d}"
-
-
-def is_complete(path: Path) -> bool:
-    return (path / STATE / MARKER).is_file()
-
-
-def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
-    """(step, folder) of every complete checkpoint, oldest first."""
-    if not root.is_dir():
-        return []
-    found = []
-    for child in root.iterdir():
-        match = _STEP_DIR.match(child.name)
-        if match and child.is_dir() and is_complete(child):
-            found.append((int(match.group(1)), child))
-    return sorted(found)
-
-
-def latest(root: Path) -> Path | None:
-    """The newest complete checkpoint. Half-written ones (no marker, `.tmp-*`) never count."""
-    found = complete_checkpoints(root)
-    return found[-1][1] if found else None
 
 
 def _state_dicts(built, optimizer):
@@ -103,10 +75,11 @@ def _export(built, folder: Path, tokenizer, base_ref: str | None, full: dict[str
     tokenizer.save_pretrained(folder)
 
 
-def save(root: Path, step: int, built, optimizer, tokenizer, trainer_state: dict, env: dist.DistEnv, keep_last: int | None, base_ref: str | None) -> Path:
-    """Write checkpoint `step` (all ranks call this) and point `latest` at it."""
+def save(run_dir: Path, step: int, built, optimizer, tokenizer, trainer_state: dict, env: dist.DistEnv, keep_last: int | None, base_ref: str | None) -> Path:
+    """Write checkpoint `step` of the run in `run_dir` (all ranks call this) and point `latest` at it."""
     import torch.distributed.checkpoint as dcp
 
+    root = run_dir / CHECKPOINTS
     final = step_dir(root, step)
     if is_complete(final):
         return final  # e.g. resumed at the very end: nothing new to write
@@ -115,7 +88,7 @@ def save(root: Path, step: int, built, optimizer, tokenizer, trainer_state: dict
         root.mkdir(parents=True, exist_ok=True)
         for stale in root.glob(".tmp-step-*"):
             shutil.rmtree(stale, ignore_errors=True)
-        (tmp / STATE).mkdir(parents=True)
+        (tmp / TRAINING_STATE).mkdir(parents=True)
     dist.barrier()
 
     full = _full_state_dict(built) if (built.sharded or env.is_main) else {}
@@ -123,20 +96,20 @@ def save(root: Path, step: int, built, optimizer, tokenizer, trainer_state: dict
         _export(built, tmp, tokenizer, base_ref, full)
     del full
     model_sd, optim_sd, _ = _state_dicts(built, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / STATE / "dcp"))
-    torch.save(_rng_state(), tmp / STATE / f"rng-rank{env.rank:05d}.pt")
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / TRAINING_STATE / "dcp"))
+    torch.save(_rng_state(), tmp / TRAINING_STATE / f"rng-rank{env.rank:05d}.pt")
     dist.barrier()
 
     if env.is_main:
-        (tmp / STATE / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2) + "\n")
+        (tmp / TRAINING_STATE / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2) + "\n")
         _fsync_tree(tmp)
-        (tmp / STATE / MARKER).write_text(f"step {step}\n")
+        (tmp / TRAINING_STATE / COMPLETE_MARKER).write_text(f"step {step}\n")
         if final.exists():  # an incomplete leftover with this name
             shutil.rmtree(final)
         os.rename(tmp, final)
-        pointer = root / "latest.tmp"
+        pointer = root / f"{LATEST}.tmp"  # for people and shells; ft itself reads the markers
         pointer.write_text(final.name + "\n")
-        os.replace(pointer, root / "latest")
+        os.replace(pointer, root / LATEST)
         prune(root, keep_last)
     dist.barrier()
     return final
@@ -157,15 +130,15 @@ def load(folder: Path, built, optimizer, env: dist.DistEnv) -> dict:
     model_sd, optim_sd, options = _state_dicts(built, optimizer)
     # dcp.load fails on any key the checkpoint lacks; strict=False only lets the frozen
     # base (deliberately not saved) stay as loaded from model.path.
-    dcp.load({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(folder / STATE / "dcp"))
+    dcp.load({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(folder / TRAINING_STATE / "dcp"))
     options = dataclasses.replace(options, strict=False)
     set_state_dict(built.module, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd, options=options)
-    rng_file = folder / STATE / f"rng-rank{env.rank:05d}.pt"
+    rng_file = folder / TRAINING_STATE / f"rng-rank{env.rank:05d}.pt"
     if rng_file.exists():
         _set_rng_state(torch.load(rng_file, weights_only=True))
     else:  # resumed with more ranks than before: new ranks start fresh streams
-        torch.manual_seed(int(json.loads((folder / STATE / "trainer_state.json").read_text())["seed"]) + env.rank)
-    return json.loads((folder / STATE / "trainer_state.json").read_text())
+        torch.manual_seed(int(json.loads((folder / TRAINING_STATE / "trainer_state.json").read_text())["seed"]) + env.rank)
+    return json.loads((folder / TRAINING_STATE / "trainer_state.json").read_text())
 
 
 def _rng_state() -> dict:

@@ -1,0 +1,43 @@
+"""trainer.attention: padding-free sdpa gives the padded loss and gradients, and stays out of checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("torch")
+import torch
+from trainer_helpers import model_examples, tiny_llama
+
+from trainer.batching import pack
+from trainer.collate import collate
+from trainer.loss import CausalLMLoss
+from trainer.samples import Sample
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])  # 2: grouped-query attention
+def test_padding_free_row_gives_the_padded_loss_and_gradients(kv_heads):
+    from trainer import attention
+
+    examples = model_examples()
+    examples.append(pack(model_examples()[:2], max_len=64)[0])  # a packed row inside a micro batch
+    whole = torch.randint(3, 384, (6,), dtype=torch.int32)
+    examples.append(Sample(whole, whole.clone(), (6,)))  # loss on every token, the first included
+
+    def loss_and_grads(attn, padding_free):
+        model = tiny_llama(attn, num_key_value_heads=kv_heads)
+        loss = CausalLMLoss(model)(**collate(examples, 0, "sdpa", padding_free=padding_free))
+        loss.backward()
+        return loss.detach(), [p.grad for p in model.parameters()]
+
+    padded_loss, padded_grads = loss_and_grads("sdpa", padding_free=False)
+    free_loss, free_grads = loss_and_grads(attention.register(), padding_free=True)
+    torch.testing.assert_close(free_loss, padded_loss, atol=1e-5, rtol=1e-5)
+    for free, padded in zip(free_grads, padded_grads, strict=True):
+        torch.testing.assert_close(free, padded, atol=1e-5, rtol=1e-4)
+
+
+def test_padding_free_attention_is_not_written_to_checkpoints(tmp_path):
+    from trainer import attention
+
+    tiny_llama(attention.register()).save_pretrained(tmp_path)
+    assert attention.NAME not in (tmp_path / "config.json").read_text()

@@ -1,0 +1,121 @@
+"""Data formats: a record → text segments, each either prompt (not trained) or answer (trained).
+
+``data.format``:
+
+* ``squad``: ``context``, ``question``, ``answers.text[0]`` (a JSON list, JSONL, or SQuAD v1.1's
+  own ``{"data": [{"paragraphs": [{"context", "qas"}]}]}`` layout);
+* ``alpaca``: ``instruction``, optional ``input``, ``output``;
+* ``jsonl``: ``prompt`` + ``completion``, or chat ``messages`` rendered with the tokenizer's chat
+  template, training on the assistant turns only.
+"""
+
+from __future__ import annotations
+
+from ftcore.errors import UserError
+
+from .records import Record
+
+PROMPTS = {
+    "squad": "Context: {context}\nQuestion: {question}\nAnswer:",
+    "alpaca": "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n",
+    "alpaca_no_input": "### Instruction:\n{instruction}\n\n### Response:\n",
+}
+
+Segments = list[tuple[str, bool]]
+
+
+def _need(record: Record, *keys: str) -> None:
+    missing = [k for k in keys if record.fields.get(k) is None]
+    if "_not_an_object" in record.fields:
+        raise UserError(f"{record.where}: expected a JSON object")
+    if missing:
+        present = ", ".join(sorted(record.fields)) or "none"
+        raise UserError(f"{record.where}: missing {', '.join(repr(k) for k in missing)} (fields present: {present})")
+
+
+def _fill(template: str, record: Record) -> str:
+    try:
+        return template.format(**record.fields)
+    except KeyError as e:
+        raise UserError(f"{record.where}: prompt_template needs field {e.args[0]!r}, which is missing") from None
+
+
+def squad_segments(record: Record, template: str | None) -> Segments:
+    _need(record, "context", "question", "answers")
+    answers = record.fields["answers"]
+    if isinstance(answers, dict):  # Hugging Face's flattened squad: {"text": [...], "answer_start": [...]}
+        texts = answers.get("text")
+    elif isinstance(answers, list):  # SQuAD v1.1's own layout: [{"text": ..., "answer_start": ...}]
+        texts = [a.get("text") for a in answers if isinstance(a, dict)]
+    else:
+        texts = None
+    if not texts or not isinstance(texts[0], str):
+        raise UserError(f"{record.where}: missing answers.text[0] (answers = {answers!r:.80})")
+    prompt = _fill(template or PROMPTS["squad"], record)
+    # "Answer:" + " Oslo": the space belongs to the answer's first token, as in running text.
+    separator = "" if prompt[-1:].isspace() else " "
+    return [(prompt, False), (separator + texts[0].strip(), True)]
+
+
+def alpaca_segments(record: Record, template: str | None) -> Segments:
+    _need(record, "instruction", "output")
+    has_input = bool(str(record.fields.get("input") or "").strip())
+    default = PROMPTS["alpaca"] if has_input else PROMPTS["alpaca_no_input"]
+    fields = Record(record.where, {**record.fields, "input": record.fields.get("input") or ""})
+    return [(_fill(template or default, fields), False), (str(record.fields["output"]), True)]
+
+
+def completion_segments(record: Record, template: str | None) -> Segments:
+    _need(record, "prompt", "completion")
+    prompt = _fill(template, record) if template else str(record.fields["prompt"])
+    return [(prompt, False), (str(record.fields["completion"]), True)]
+
+
+def chat_segments(record: Record, tokenizer) -> Segments:
+    """Split a rendered conversation into (text, is_assistant) pieces.
+
+    Renders growing prefixes of the conversation: each render must extend the previous one
+    (true of ordinary chat templates), so the pieces concatenate to exactly the full render.
+    The assistant header (what `add_generation_prompt` adds) is prompt, not answer.
+    """
+    messages = record.fields["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise UserError(f"{record.where}: 'messages' must be a non-empty list")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise UserError(f"{record.where}: messages[{i}] is missing 'role' or 'content'")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise UserError(f"{record.where}: no assistant message to train on")
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise UserError("data has chat `messages` but the tokenizer has no chat_template")
+
+    def render(upto: int, generation_prompt: bool = False) -> str:
+        if upto == 0 and not generation_prompt:
+            return ""
+        return tokenizer.apply_chat_template(messages[:upto], tokenize=False, add_generation_prompt=generation_prompt)
+
+    segments: Segments = []
+    done = ""
+    for i, message in enumerate(messages):
+        steps = [(render(i, True), False)] if message["role"] == "assistant" else []
+        steps.append((render(i + 1), message["role"] == "assistant"))
+        for text, trained in steps:
+            if not text.startswith(done):
+                raise UserError(
+                    f"{record.where}: the chat template does not render conversations prefix by "
+                    "prefix, so assistant turns cannot be located"
+                )
+            segments.append((text[len(done) :], trained))
+            done = text
+    return segments
+
+
+def segments(record: Record, fmt: str, template: str | None, tokenizer) -> tuple[Segments, bool]:
+    """(segments, rendered by a chat template) for one record of format `fmt`."""
+    if fmt == "squad":
+        return squad_segments(record, template), False
+    if fmt == "alpaca":
+        return alpaca_segments(record, template), False
+    if "messages" in record.fields:
+        return chat_segments(record, tokenizer), fmt == "jsonl"
+    return completion_segments(record, template), False
