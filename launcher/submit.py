@@ -10,7 +10,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher import jobdir, render, slurm, stage as staging
+from launcher import jobdir, paths, render, slurm, stage as staging
 from launcher.slurm import SchedulerError
 from launcher.config import Resolved, resolve
 from ftcore.schema import job_to_dict
@@ -193,6 +193,10 @@ def srun_line(p: Prepared, factory: str) -> tuple[str, list[str]]:
     args += [o.text for o in p.resolved.overrides]
     allocation = ("--nodes=", "--ntasks-per-node=", "--gpus-per-node=")
     header = [f"#SBATCH {o}" for o in render.sbatch_options(p.job, Path(".")) if o.startswith(allocation)]
+    if p.job.container.runtime != "none":
+        # The line binds the folder `ft train` makes its job folders in: a bind source must
+        # exist when the job starts, and nothing in the user's script would create it.
+        paths.jobs_root().mkdir(parents=True, exist_ok=True)
     return render.srun_line(p.job, args), header
 
 
