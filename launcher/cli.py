@@ -9,6 +9,7 @@
     ft plan   --factory llama3_8b_sft                   # GPU memory per GPU: does it fit?
     ft merge JOB ; ft generate JOB "prompt" ; ft eval JOB --data val.jsonl
     ft export JOB --to vllm ; ft push JOB me/model --dry-run ; ft plot JOB [JOB...]
+    ft image check IMAGE ; ft image pull docker://REPO:TAG
 
 The CLI only parses and prints; each command calls library functions that tests call
 directly. Heavy modules (torch, transformers, peft) are never imported here, and even the
@@ -149,8 +150,10 @@ def submit_cmd(
     detach: bool = typer.Option(False, "--detach", help="With --executor local: run in the background."),
     sweep: List[str] = typer.Option([], "--sweep", help="key=v1,v2,...: one SLURM array task per value (repeat for a grid)."),
     after: Optional[str] = typer.Option(None, "--after", help="Start only after this job completed successfully (afterok)."),
+    skip_image_check: bool = typer.Option(False, "--skip-image-check", help="Do not run the image contract check in the container image."),
     print_srun: bool = typer.Option(False, "--print-srun", help="With --dry-run: print only the srun line that "
                                     "runs this job with `ft train` in your own batch script; write nothing."),
+    force: bool = typer.Option(False, "--force", help="Submit even though `ft plan` says it will not fit its GPUs."),
     stage: bool = typer.Option(False, "--stage", help="First download the job's hub model and dataset into the shared cache (as `ft stage`); the job then runs offline."),
     profile: Optional[str] = ProfileOpt,
 ) -> None:
@@ -158,27 +161,30 @@ def submit_cmd(
     from rich.markup import escape
 
     from ftcore.errors import UserError
-    from launcher import submit
+    from launcher import image, submit
 
     if print_srun and (not dry_run or sweep or after or executor != "slurm"):
         raise UserError("--print-srun prints one job's srun line for your own script and submits nothing: "
                         "use it with --dry-run, without --sweep, --after or --executor local")
-    p = submit.prepare(factory, list(ctx.args), profile, executor, dry_run, sweep, after, stage)
+    p = submit.prepare(factory, list(ctx.args), profile, executor, dry_run, sweep, after, stage, force)
     err = _console(stderr=True)
     for staged in p.staged:
         err.print(staged.line(), markup=False)
     for warning in p.warnings:
         err.print(f"[bold yellow]ft: warning:[/] {escape(warning)}")
+    for note in p.notes:
+        err.print(note, markup=False)
     if print_srun:
         line, header = submit.srun_line(p, factory)
         err.print("# the allocation this line expects (one task per GPU):\n" + "\n".join(header), markup=False)
         print(line)
         return
-    _warn_if_it_will_not_fit(p.job, err)
     if not dry_run:
         _print_summary(p, err)
         if not yes:
             _confirm("Submit this job?", "nothing was submitted (--dry-run only writes and prints the script)")
+        for note in submit.ready_image(p.job, skip_image_check, echo=image.echo_stderr):
+            err.print(note)
     folder = submit.write(p)
     if dry_run:
         sys.stdout.write((folder / "job.sbatch").read_text())
@@ -192,7 +198,7 @@ def submit_cmd(
         if detach:
             err.print(f"running in the background; follow with: ft logs {folder} -f")
         raise typer.Exit(status)
-    job_id = submit.submit(folder, p.job.name)
+    job_id = submit.submit(folder, p.job.name, job_name=p.job.job_name)
     print(f"Submitted batch job {job_id}")
     print(f"Job folder: {folder}")
 
@@ -241,7 +247,7 @@ JobArg = typer.Argument(..., help="Job id, job folder, or a unique prefix of eit
 @app.command("jobs")
 def jobs_cmd(
     as_json: bool = typer.Option(False, "--json", help="One JSON list for scripts."),
-    limit: int = typer.Option(50, "--limit", "-n", help="Show at most this many, newest first."),
+    limit: int = typer.Option(50, "--limit", "-n", min=1, help="Show at most this many, newest first."),
     show_all: bool = typer.Option(False, "--all", "-a", help="Dry runs too (hidden by default)."),
 ) -> None:
     """Your jobs, newest first: job (SLURM id, else folder name), factory, state, progress, age."""
@@ -328,7 +334,7 @@ def status_cmd(job: str = JobArg) -> None:
 def logs_cmd(
     job: str = JobArg,
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing while the job runs."),
-    rank: Optional[int] = typer.Option(None, "--rank", help="Only this task's lines."),
+    rank: Optional[int] = typer.Option(None, "--rank", min=0, help="Only this task's lines."),
 ) -> None:
     """The job's output; with -f, follow it until the job ends."""
     from launcher import jobs
@@ -371,7 +377,6 @@ def resubmit_cmd(
     view = jobs.find(job)
     r = submit.prepare_resubmit(view, list(ctx.args), profile, executor, dry_run)
     err = _console(stderr=True)
-    _warn_if_it_will_not_fit(r.job, err)
     _warn(r.warnings, err)
     if dry_run:
         sys.stdout.write(r.script)
@@ -380,8 +385,8 @@ def resubmit_cmd(
     _print_summary(submit.Prepared(r.resolved, r.executor), err)
     if not yes:
         _confirm(f"Submit {view.label} again ({r.executor})?", "nothing was submitted, the folder is unchanged")
-    earlier = submit.history(view)
-    submit.apply_resubmit(r)
+    earlier = submit.history(jobs.load(view.folder))
+    job_id = submit.apply_resubmit(r)  # sbatch for SLURM; a local job runs below
     if r.executor == "local":
         from launcher import local
 
@@ -390,7 +395,6 @@ def resubmit_cmd(
         if detach:
             err.print(f"running in the background; follow with: ft logs {view.folder} -f")
         raise typer.Exit(status)
-    job_id = submit.submit(view.folder, r.job.name, history=earlier)
     print(f"Submitted batch job {job_id}")
     print(f"Job folder: {view.folder}")
 
@@ -410,15 +414,6 @@ def _warn(warnings, console) -> None:
     from rich.markup import escape
 
     for warning in warnings:
-        console.print(f"[bold yellow]ft: warning:[/] {escape(warning)}")
-
-
-def _warn_if_it_will_not_fit(job, console) -> None:
-    from launcher import plan
-    from rich.markup import escape
-
-    warning = plan.fit_warning(job)
-    if warning:
         console.print(f"[bold yellow]ft: warning:[/] {escape(warning)}")
 
 
@@ -467,7 +462,7 @@ def generate_cmd(
     context: Optional[str] = typer.Option(None, "--context", help="squad jobs: the context passage."),
     instruction: Optional[str] = typer.Option(None, "--instruction", help="alpaca jobs: the instruction."),
     input_text: Optional[str] = typer.Option(None, "--input", help="alpaca jobs: the optional input."),
-    max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n", help="Stop after this many new tokens."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n", min=1, help="Stop after this many new tokens."),
 ) -> None:
     """Greedy answer of a checkpoint (SFT, or base + LoRA adapter), in the prompt format its job trained on.
 
@@ -504,8 +499,8 @@ def eval_cmd(
     data: Optional[str] = typer.Option(None, "--data", help="A .json/.jsonl file, ft:NAME (a file ft ships) or a hub dataset (default: the job's data.val_path)."),
     split: str = typer.Option("validation", "--split", help="Split of a hub dataset."),
     fmt: Optional[str] = typer.Option(None, "--format", help="squad, alpaca or jsonl (default: the job's data.format)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N records."),
-    max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="SQuAD: longest answer generated."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Score only the first N records."),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="SQuAD: longest answer generated."),
     loss_only: bool = typer.Option(False, "--loss-only", help="SQuAD: skip generating answers (no EM/F1)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object for scripts."),
 ) -> None:
@@ -606,17 +601,21 @@ def plan_cmd(
     factory: str = FactoryOpt,
     gpu_memory: float = typer.Option(80.0, "--gpu-memory", help="Memory of one GPU in GiB."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object for scripts."),
+    rank: int = typer.Option(0, "--rank", min=0, help="Price this rank's shards (rank 0 holds the largest)."),
     profile: Optional[str] = ProfileOpt,
 ) -> None:
-    """Estimate GPU memory per GPU for a job, say whether it fits, and the smallest allocation that does."""
+    """Memory per GPU as the trainer's policy builds it: fits? If not, the smallest allocation that does, and the levers."""
     import json
 
     from rich.table import Table
 
+    from ftcore.errors import UserError
     from launcher import config, plan
 
+    if not gpu_memory > 0 or gpu_memory == float("inf"):
+        raise UserError(f"--gpu-memory {gpu_memory}: give one GPU's memory in GiB, a positive number like 80")
     job = config.resolve(factory, list(ctx.args), profile).job
-    est = plan.estimate(job, gpu_memory)
+    est = plan.estimate(job, gpu_memory, rank=rank)
     if as_json:
         fit = plan.smallest_fit(job, gpu_memory) if est.on_gpu else None
         smallest = {"num_nodes": fit.num_nodes, "devices": fit.devices, "strategy": fit.strategy} if fit else None
@@ -631,14 +630,82 @@ def plan_cmd(
     table = Table(title=title, title_justify="left")
     table.add_column("component")
     table.add_column(unit, justify="right")
+    table.add_column("priced")
     table.add_column("how")
     for row in est.rows:
-        table.add_row(row.name, f"{row.bytes / scale:.2f}", row.how)
+        name = row.name if row.on_device else f"{row.name} (host memory)"
+        table.add_row(name, f"{row.bytes / scale:.2f}", "exact" if row.exact else "estimate", row.how)
     table.add_row("total", f"{est.total / scale:.2f}", "", style="bold")
     console = _console()
     console.print(table)
-    for line in [*est.notes, *plan.verdict(est, job)]:
+    for line in ["policy: " + "; ".join(est.decision.describe()), *est.notes, *plan.verdict(est, job)]:
         console.print(line, markup=False)
+
+
+image_app = typer.Typer(help="Container images: check one against the image contract, pull a URI once.",
+                        no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(image_app, name="image")
+RuntimeOpt = typer.Option(None, "--runtime", help="apptainer or singularity (default: the profile's, else the one on PATH).")
+
+
+def _container(image: str, runtime: str | None, profile: str | None, **fields):
+    """The profile's container settings for `image`, with the runtime to use here."""
+    from ftcore.errors import UserError
+    from ftcore.schema import ContainerConfig
+    from launcher import config, image as images
+
+    settings = dict(config.load_profile(profile)[0].get("container") or {})
+    settings.update(image=image, **{k: v for k, v in fields.items() if v is not None})
+    wanted = runtime or (settings.get("runtime") if settings.get("runtime") not in (None, "none") else None)
+    found = images.find_runtime(wanted)
+    if found is None:
+        raise UserError(f"{wanted or 'neither apptainer nor singularity'} is not on PATH here",
+                        hint="run this where the container runtime is installed (often the login node, "
+                             "or a compute node through srun)")
+    settings["runtime"] = found
+    try:
+        return ContainerConfig(**settings)
+    except ValueError as err:
+        raise UserError(f"container settings: {err}") from None
+
+
+@image_app.command("check")
+def image_check_cmd(
+    image: str = typer.Argument(..., help="A .sif file, a sandbox folder, or a URI pulled before with `ft image pull`."),
+    runtime: Optional[str] = RuntimeOpt,
+    python: Optional[str] = typer.Option(None, "--python", help="The image's Python (default: `python`)."),
+    profile: Optional[str] = ProfileOpt,
+) -> None:
+    """Run the image contract's import check inside IMAGE: Python, torch, CUDA, packages; exit 2 if the trainer cannot run there."""
+    from ftcore.errors import UserError
+    from launcher import image as images
+
+    container = _container(image, runtime, profile, python=python)
+    local = images.image_to_run(container)
+    if images.is_uri(image) and not Path(local).is_file():
+        raise UserError(f"{image} is not pulled yet", hint=f"ft image pull {image}")
+    report = images.check(container, local)
+    print("\n".join(report.lines()))
+    if report.problems:
+        raise images.failure(report)
+    print("ok: this image can run ft's trainer")
+
+
+@image_app.command("pull")
+def image_pull_cmd(
+    uri: str = typer.Argument(..., help="docker://, oras:// or library:// image."),
+    runtime: Optional[str] = RuntimeOpt,
+    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Where SIF files are kept (default: container.cache_dir, else $FT_HOME/images)."),
+    profile: Optional[str] = ProfileOpt,
+) -> None:
+    """Convert a URI image to a SIF once, into the image cache (locked, atomic); print its path."""
+    from launcher import image as images
+
+    container = _container(uri, runtime, profile, cache_dir=cache_dir)
+    path, pulled = images.pull(uri, images.cache_dir(container), container.runtime, echo=images.echo_stderr)
+    if not pulled:
+        _console(stderr=True).print(f"{uri} was pulled before")
+    print(path)
 
 
 def _print_summary(p, console) -> None:
@@ -661,14 +728,32 @@ def main() -> None:
     try:
         app(prog_name="ft")  # also under `python -m launcher`: completion and usage say `ft`
     except UserError as err:
-        from rich.markup import escape
-
-        console = _console(stderr=True)
-        for problem in err.problems:
-            console.print(f"[bold red]ft: error:[/] {escape(problem)}", highlight=False)
-        if err.hint:
-            console.print(f"ft: hint: {escape(err.hint)}")
+        _report(err.problems, err.hint)
         sys.exit(err.exit_code)
+    except OSError as err:
+        # The machine said no (a read-only or full FT_HOME, a permission, a name too long):
+        # the user's to act on, said in one line.
+        import errno
+
+        from ftcore import exits
+
+        where = f" {err.filename}" if err.filename else " a file"
+        hint = {errno.ENOSPC: "free some space, or point FT_HOME at another filesystem",
+                errno.EDQUOT: "free some space, or point FT_HOME at another filesystem",
+                errno.EROFS: "point FT_HOME at a writable folder",
+                errno.EACCES: "check the permissions, or point FT_HOME at a folder of yours"}.get(err.errno)
+        _report([f"cannot use{where}: {err.strerror or err}"], hint)
+        sys.exit(exits.USER_ERROR)
+
+
+def _report(problems: list[str], hint: str | None) -> None:
+    from rich.markup import escape
+
+    console = _console(stderr=True)
+    for problem in problems:
+        console.print(f"[bold red]ft: error:[/] {escape(problem)}", highlight=False)
+    if hint:
+        console.print(f"ft: hint: {escape(hint)}", highlight=False)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ftcore.files import expand
 from ftcore import layout
 from ftcore.errors import UserError
 from ftcore.layout import Checkpoint
@@ -18,7 +19,7 @@ from launcher import jobs
 
 def find_checkpoint(spec: str, root: Path | None = None) -> Checkpoint:
     """A checkpoint folder, or the newest complete checkpoint of the job that `spec` names."""
-    candidate = Path(spec).expanduser()
+    candidate = expand(spec)
     if candidate.is_dir():
         found = Checkpoint.at(candidate)
         if found is not None:

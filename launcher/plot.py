@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from launcher import jobs
+from ftcore.files import expand
 from ftcore.errors import UserError
 
 PANELS = (
@@ -41,13 +42,19 @@ def read_metrics(path: Path) -> dict[str, list[tuple[int, float]]]:
     """Every numeric field of metrics.jsonl as (step, value) pairs; a resumed run's repeated
     steps keep their last record, as the trainer's own rewrite on resume does."""
     by_name: dict[str, dict[int, float]] = {}
-    for line in path.read_text().splitlines():
+    try:
+        lines = path.read_bytes().decode(errors="replace").splitlines()
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror}") from None
+    for line in lines:
         try:
             record = json.loads(line)
         except ValueError:
             continue  # a line being written right now
+        if not isinstance(record, dict):
+            continue
         step = record.get("step")
-        if not isinstance(step, int):
+        if not isinstance(step, int) or isinstance(step, bool):
             continue
         for name, value in record.items():
             if name not in ("step", "time", "epoch") and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -58,7 +65,7 @@ def read_metrics(path: Path) -> dict[str, list[tuple[int, float]]]:
 def runs_of(spec: str, root: Path | None = None) -> list[Run]:
     """The runs a JOB argument names: a job (each sweep task separately), one task (`15_1`), or
     a folder holding metrics.jsonl."""
-    folder = Path(spec).expanduser()
+    folder = expand(spec)
     if folder.is_dir() and (folder / "metrics.jsonl").is_file() and not (folder / "config.yaml").is_file():
         return [Run(folder.name, folder, job=folder.name, job_folder=folder)]
     view = jobs.find(spec, root)
@@ -139,7 +146,7 @@ def draw(runs: list[Run], out: Path) -> Path:
     fig = figure(runs)  # selects the Agg backend before pyplot is imported
     import matplotlib.pyplot as plt
 
-    out = out.expanduser()
+    out = expand(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -148,6 +155,9 @@ def draw(runs: list[Run], out: Path) -> Path:
 
 def figure(runs: list[Run]):
     """The matplotlib figure: four panels, one colour per run."""
+    from ftcore import contract
+
+    contract.require_extra("plot", "ft plot")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftcore.layout import TRAINING_STATE, Checkpoint, model_files
-from ftcore.contract import install_line
 from ftcore.errors import UserError
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -41,7 +40,7 @@ def prepare(ckpt: Checkpoint, repo_id: str) -> Upload:
     files = tuple((str(p.relative_to(ckpt.path)), p.stat().st_size) for p in model_files(ckpt.path))
     warnings = []
     base = ckpt.base
-    if ckpt.is_lora and base and Path(base).is_absolute():
+    if ckpt.is_lora and isinstance(base, str) and Path(base).is_absolute():
         warnings.append(f"adapter_config.json names a local base model ({base}); people loading the adapter "
                         "from the Hub need that base too")
     return Upload(ckpt.path, repo_id, files, tuple(warnings))
@@ -64,7 +63,9 @@ def push(upload: Upload, private: bool = False) -> str:
     try:
         from huggingface_hub import HfApi, constants
     except ImportError:
-        raise UserError("ft push needs the huggingface_hub package", hint=install_line("hub")) from None
+        from ftcore import contract
+
+        raise contract.missing_extra("hub", "ft push") from None
     if constants.HF_HUB_OFFLINE:
         raise UserError("HF_HUB_OFFLINE is set: ft push needs the network (unset HF_HUB_OFFLINE)")
     api = HfApi(token=token)

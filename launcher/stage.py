@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Iterator
 
 from ftcore import hub
-from ftcore.contract import install_line
 from ftcore.errors import UserError
 from ftcore.hub import Artefact
 from ftcore.schema import Job
@@ -63,7 +62,9 @@ def _client():
     try:
         import huggingface_hub
     except ImportError:
-        raise UserError(f"staging hub files needs huggingface_hub on this machine: {install_line('hub')}") from None
+        from ftcore import contract
+
+        raise contract.missing_extra("hub", "staging hub files") from None
     return huggingface_hub
 
 

@@ -1,7 +1,10 @@
 """Resolve → validate → write the job folder → submit. Library functions the CLI calls.
 
 Nothing here asks questions or prints: the CLI does that. A job folder is written only
-after every check passed, and removed again if the scheduler refuses the job.
+after every check passed, and removed again if the scheduler refuses the job. When sbatch's
+answer is lost (a hang, or words ft cannot read) the job may exist: the folder is kept and
+its record says what sbatch said. A resubmit that the scheduler refuses leaves the folder as
+it was; submit and resubmit hold the folder's lock, so two of them never interleave.
 """
 
 from __future__ import annotations
@@ -11,11 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from launcher import jobdir, render, slurm, stage as staging
-from launcher.slurm import SchedulerError
-from launcher.config import Resolved, resolve
-from ftcore.schema import job_to_dict
+from ftcore import contract, secrets
 from ftcore.errors import UserError
+from ftcore.files import write_atomic
+from ftcore.schema import job_to_dict
+from launcher import jobdir, paths, render, slurm, stage as staging
+from launcher.config import Resolved, resolve
+from launcher.slurm import SchedulerError, SubmissionUnclear
 
 EXECUTORS = ("slurm", "local")
 
@@ -26,8 +31,9 @@ class Prepared:
     executor: str
     tasks: tuple[Resolved, ...] = ()  # a sweep: one resolved job per array task
     after: str | None = None  # job id this one waits for (afterok)
-    warnings: tuple[str, ...] = ()  # a dry run's paths that do not exist here, unstaged hub files
+    warnings: tuple[str, ...] = ()  # under --dry-run: what a real submission would refuse
     staged: tuple[staging.Staged, ...] = ()  # what --stage downloaded
+    notes: tuple[str, ...] = ()  # under --dry-run: what a real submission would do first
 
     @property
     def job(self):
@@ -69,30 +75,40 @@ def sweep_overrides(sweeps: list[str]) -> list[list[str]]:
 
 def prepare(factory: str, overrides: list[str], profile: str | None = None,
             executor: str = "slurm", dry_run: bool = False, sweeps: list[str] | None = None,
-            after: str | None = None, stage: bool = False) -> Prepared:
+            after: str | None = None, stage: bool = False, force: bool = False) -> Prepared:
     """Everything short of writing: resolution, validation, pre-flight checks, rendering.
 
     `after` names a job (id, folder or prefix) this one waits for (afterok). `stage`
     downloads the job's hub model and dataset into the shared cache first, and the job then
-    runs offline (hub.offline) from that cache.
+    runs offline (hub.offline) from that cache. `force` submits a job the plan says will not
+    fit its GPUs (a plan is an estimate); never one it knows cannot start (LoRA globs that
+    match no layer).
     """
     if executor not in EXECUTORS:
         raise UserError(f"unknown executor {executor!r}: choose {' or '.join(EXECUTORS)}")
+    render.check_folder(paths.jobs_root())
     tasks: tuple[Resolved, ...] = ()
+    combos: list[list[str]] = []
     given = list(overrides)
     if stage:
         overrides = [*overrides, "hub.offline=true"]
     if sweeps:
         if executor == "local":
             raise UserError("--sweep runs as a SLURM job array: use it with --executor slurm")
-        tasks = tuple(resolve(factory, [*overrides, *combo], profile) for combo in sweep_overrides(sweeps))
+        combos = sweep_overrides(sweeps)
+        tasks = tuple(resolve(factory, [*overrides, *combo], profile) for combo in combos)
     resolved = tasks[0] if tasks else resolve(factory, overrides, profile)
     job = resolved.job
-    problems = render.preflight(job, need_sbatch=executor == "slurm" and not dry_run, paths_here=not dry_run)
-    missing_here = render.dry_run_warnings(job) if dry_run else ()
+    problems = refuse_secrets(resolved, tasks, [*overrides, *(sweeps or []), after or ""])
+    found, warnings = render.preflight(job, need_sbatch=executor == "slurm" and not dry_run, dry_run=dry_run)
+    problems += found
+    for task in tasks or (resolved,):
+        problems += plan_refusals(task.job, force)
     if executor == "local" and job.container.runtime != "none" and shutil.which(job.container.runtime) is None:
         problems.append(f"{job.container.runtime} is not on PATH here: run with container.runtime=none "
                         "to use this machine's Python")
+    if tasks:
+        problems += _sweeps_that_shape_the_script(tasks, combos)
     if problems:
         raise UserError(*problems)
     render.render_sbatch(job, Path("/JOB_DIR"))  # template errors surface before anything is written
@@ -101,9 +117,10 @@ def prepare(factory: str, overrides: list[str], profile: str | None = None,
     offline = _offline_problems(jobs, staging.command(factory, given, profile, sweeps), dry_run)
     if offline and not dry_run:
         raise UserError(*offline)
-    warnings = [*missing_here, *offline]
+    warnings += offline
+    notes = _not_pulled_yet(job) if dry_run else []
     return Prepared(resolved, executor, tasks, _job_id_to_wait_for(after) if after else None,
-                    tuple(warnings), staged)
+                    tuple(warnings), staged, tuple(notes))
 
 
 def _offline_problems(jobs: list, stage_command: str, dry_run: bool) -> list[str]:
@@ -124,13 +141,123 @@ def _offline_problems(jobs: list, stage_command: str, dry_run: bool) -> list[str
     return lines
 
 
+def refuse_secrets(resolved: Resolved, tasks: tuple[Resolved, ...] = (), words: list[str] = ()) -> list[str]:
+    """A problem for each setting (or command-line word) holding a secret's value."""
+    problems = []
+    for task in tasks or (resolved,):
+        problems += secrets.find(job_to_dict(task.job))
+    problems += secrets.find(list(words), "the command line")
+    return list(dict.fromkeys(problems))
+
+
+def _sweeps_that_shape_the_script(tasks: tuple[Resolved, ...], combos: list[list[str]]) -> list[str]:
+    """One SLURM array shares one script (resources, container, environment): a sweep axis
+    whose values change the script cannot be an array."""
+    scripts = [render.render_sbatch(t.job, Path("/JOB_DIR"), array_size=len(tasks)) for t in tasks]
+    if len(set(scripts)) == 1:
+        return []
+    problems = []
+    for axis, first in enumerate(combos[0]):
+        key = first.partition("=")[0]
+        groups: dict[tuple[str, ...], set[str]] = {}
+        for combo, script in zip(combos, scripts):
+            others = tuple(word for index, word in enumerate(combo) if index != axis)
+            groups.setdefault(others, set()).add(script)
+        if any(len(group) > 1 for group in groups.values()):
+            problems.append(f"--sweep {key}: its values change the sbatch script (resources, time, container "
+                            "or environment), which all tasks of one SLURM array share; submit one job per "
+                            "value instead (e.g. a shell loop over `ft submit`)")
+    return problems or ["the sweep's tasks need different sbatch scripts: submit one job per value instead"]
+
+
+def plan_refusals(job, force: bool = False) -> list[str]:
+    """What the plan and the policy know against this job before it waits in a queue."""
+    from launcher import plan
+
+    problems = plan.refusals(job, force=force)
+    if job.model.quantization and job.container.runtime == "none":
+        problems += missing_quantization_library(job)
+    return list(dict.fromkeys(problems))
+
+
+def missing_quantization_library(job) -> list[str]:
+    """Without a container, the Python that will train is known here: does it have torchao?
+    (Inside an image, `ft image check` answers, and the trainer refuses before loading.)"""
+    import importlib.util
+    import subprocess
+    import sys
+
+    python = job.container.python or sys.executable
+    if python == sys.executable:
+        found = importlib.util.find_spec("torchao") is not None
+    else:
+        probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('torchao') is None)"
+        try:
+            found = subprocess.run([python, "-c", probe], capture_output=True, timeout=60).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            return []  # that Python cannot be asked here; the trainer checks again
+    if found:
+        return []
+    return [contract.quantization_missing(python)]
+
+
+def _not_pulled_yet(job) -> list[str]:
+    from launcher import image
+
+    c = job.container
+    if c.runtime == "none" or not image.is_uri(c.image) or Path(image.image_to_run(c)).is_file():
+        return []
+    return [f"dry run: {c.image} is not pulled yet; `ft submit` pulls it into {image.image_to_run(c)} first "
+            f"(or `ft image pull {c.image}`)"]
+
+
+def ready_image(job, skip_check: bool = False, echo=None) -> list[str]:
+    """Before anything is written: pull a URI image into the cache once (so no srun task
+    pulls), then run the image check once per image; make ft's hub cache folder, which the
+    container binds. Returns notes for the user; raises
+    UserError for a pull that fails or an image that cannot run the trainer."""
+    from launcher import image
+
+    c = job.container
+    if c.runtime == "none":
+        return []
+    if "HF_HUB_CACHE" in staging.environment(job):  # bound into the container: it must exist
+        staging.cache_dir(job).mkdir(parents=True, exist_ok=True)
+    notes = []
+    here = shutil.which(c.runtime) is not None
+    local = image.image_to_run(c)
+    if image.is_uri(c.image):
+        if Path(local).is_file():
+            notes.append(f"image {c.image}: the SIF pulled before, {local}")
+        elif not here:
+            raise UserError(f"container.image {c.image} is not pulled yet, and {c.runtime} is not on PATH here "
+                            "to pull it", hint=f"run `ft image pull {c.image}` where {c.runtime} is installed "
+                                               "(the cache folder is shared), or give a .sif path")
+        else:
+            path, _ = image.pull(c.image, image.cache_dir(c), c.runtime, echo)
+            notes.append(f"image {c.image}: pulled once into {path}")
+    if skip_check:
+        notes.append("image check skipped (--skip-image-check)")
+    elif not here:
+        notes.append(f"{c.runtime} is not on PATH here, so the image was not checked (the job will tell); "
+                     f"`ft image check {local}` runs the check where {c.runtime} is installed")
+    else:
+        report, ran = image.check_once(c, local)
+        torch = report.found["packages"]["torch"]["version"]
+        notes.append(f"image check {'passed' if ran else 'passed before'}: Python {report.found['python']}, "
+                     f"torch {torch}")
+    return notes
+
+
 def _job_id_to_wait_for(spec: str) -> str:
     from launcher import jobs
 
-    job_id = jobs.find(spec).job_id
-    if not job_id:
+    view = jobs.find(spec)
+    if view.problem:
+        raise UserError(f"--after {spec}: {view.folder} cannot be read ({view.problem})")
+    if not view.job_id:
         raise UserError(f"--after {spec}: that job was never submitted to SLURM")
-    return job_id
+    return view.job_id
 
 
 def srun_line(p: Prepared, factory: str) -> tuple[str, list[str]]:
@@ -145,6 +272,10 @@ def srun_line(p: Prepared, factory: str) -> tuple[str, list[str]]:
     args += [o.text for o in p.resolved.overrides]
     allocation = ("--nodes=", "--ntasks-per-node=", "--gpus-per-node=")
     header = [f"#SBATCH {o}" for o in render.sbatch_options(p.job, Path(".")) if o.startswith(allocation)]
+    if p.job.container.runtime != "none":
+        # The line binds the folder `ft train` makes its job folders in: a bind source must
+        # exist when the job starts, and nothing in the user's script would create it.
+        paths.jobs_root().mkdir(parents=True, exist_ok=True)
     return render.srun_line(p.job, args), header
 
 
@@ -182,17 +313,36 @@ def write(p: Prepared, argv: list[str] | None = None, root: Path | None = None) 
     return jobdir.create(job.name, contents, root)
 
 
-def submit(folder: Path, factory: str, history: list[dict] | None = None) -> str:
+def submit(folder: Path, factory: str, history: list[dict] | None = None, job_name: str | None = None) -> str:
     """sbatch the folder's script; if refused, a new folder is removed so nothing half-done stays."""
+    with jobdir.locked(folder):
+        return _sbatch_and_record(folder, factory, history, job_name)
+
+
+def _sbatch_and_record(folder: Path, factory: str, history: list[dict] | None, job_name: str | None) -> str:
+    record = {"executor": "slurm", "factory": factory, "folder": str(folder), "history": history or []}
     try:
         job_id = slurm.sbatch(folder / jobdir.SCRIPT)
+    except SubmissionUnclear as err:
+        # The job may exist and run in this folder: keep it, and keep what sbatch said.
+        jobdir.write_record(folder, **record, job_id=None, submission="unclear",
+                            sbatch_answer=secrets.redact(err.raw)[-4000:])
+        name = f" --name={job_name}" if job_name else ""
+        err.problems.append(f"the job may have been submitted; its folder {folder} was kept")
+        err.hint = (f"look for it with `squeue --me{name}` (or `sacct{name or ' -u $USER'}`); once it starts, "
+                    f"`ft status {folder}` shows its id. If it is not there, `ft resubmit {folder}`")
+        raise
     except SchedulerError as err:
         if history is None:
             shutil.rmtree(folder, ignore_errors=True)
             err.problems.append(f"nothing was submitted; the job folder {folder} was removed")
         raise
-    jobdir.write_record(folder, executor="slurm", job_id=job_id, factory=factory, folder=str(folder),
-                        history=history or [])
+    try:
+        jobdir.write_record(folder, **record, job_id=job_id)
+    except OSError as err:
+        raise UserError(f"job {job_id} was submitted, but its record {folder / jobdir.RECORD} could not be "
+                        f"written ({err.strerror})",
+                        hint=f"the job runs anyway; once it starts, its events in {folder} carry its id") from None
     return job_id
 
 
@@ -215,14 +365,12 @@ def prepare_resubmit(view, overrides: list[str], profile: str | None = None, exe
                      dry_run: bool = False) -> Resubmission:
     """Check and render a resubmission of `view`'s folder: it continues from the folder's latest
     checkpoint. Overrides apply on top of the folder's resolved config; the executor is the
-    job's own unless given (a local job resumes locally)."""
+    job's own unless given (a local job resumes locally). Writes nothing."""
     from launcher import jobs
 
     if view.executor in jobs.OWN_SCRIPT_EXECUTORS:
         raise UserError(*_not_ours(view))
-    current = jobs.state(view)
-    if not jobs.is_finished(current):
-        raise UserError(f"job {view.label} is still {current}: `ft cancel {view.label}` first")
+    _check_ended(view)
     if view.task is not None:
         raise UserError(f"{view.label} is one task of a sweep: resubmit the whole sweep ({view.job_id})")
     executor = executor or ("local" if view.executor == "local" else "slurm")
@@ -234,13 +382,27 @@ def prepare_resubmit(view, overrides: list[str], profile: str | None = None, exe
     if tasks and executor == "local":
         raise UserError("a sweep runs as a SLURM job array: resubmit it with --executor slurm")
     resolved = resolve(str(view.folder / jobdir.CONFIG), overrides, profile)
-    problems = render.preflight(resolved.job, need_sbatch=executor == "slurm" and not dry_run, paths_here=not dry_run)
+    job = resolved.job
+    found, missing = render.preflight(job, need_sbatch=executor == "slurm" and not dry_run, job_dir=view.folder,
+                                      dry_run=dry_run)
+    problems = refuse_secrets(resolved, words=overrides) + found + plan_refusals(job, force=True)
+    if executor == "local" and job.container.runtime != "none" and shutil.which(job.container.runtime) is None:
+        problems.append(f"{job.container.runtime} is not on PATH here: run with container.runtime=none "
+                        "to use this machine's Python")
     if problems:
         raise UserError(*problems)
-    warnings = [*schedule_warnings(view, resolved.job),
-                *(render.dry_run_warnings(resolved.job) if dry_run else ())]
-    script = render.render_sbatch(resolved.job, view.folder, tasks)
-    return Resubmission(view, resolved, executor, script, tuple(warnings))
+    script = render.render_sbatch(job, view.folder, tasks)
+    return Resubmission(view, resolved, executor, script, (*schedule_warnings(view, job), *missing))
+
+
+def _check_ended(view) -> None:
+    from launcher import jobs
+
+    if view.problem:
+        raise UserError(f"{view.folder} cannot be read: {view.problem}")
+    current = jobs.state(view)
+    if not jobs.is_finished(current):
+        raise UserError(f"job {view.label} is still {current}: `ft cancel {view.label}` first")
 
 
 def schedule_warnings(view, job) -> list[str]:
@@ -277,30 +439,71 @@ def schedule_warnings(view, job) -> list[str]:
     return [text + ". For the same curve, start a new job instead (ft submit)."]
 
 
-def apply_resubmit(r: Resubmission, argv: list[str] | None = None) -> None:
-    """Write the new config and script into the folder, and add this command to its history."""
-    folder = r.view.folder
-    jobdir.write_atomic(folder / jobdir.CONFIG, jobdir.config_text(job_to_dict(r.job)))
-    jobdir.write_atomic(folder / jobdir.SCRIPT, r.script)
-    commands = folder / jobdir.COMMAND
-    earlier = commands.read_text() if commands.is_file() else ""
-    jobdir.write_atomic(commands, earlier + jobdir.command_line(argv))
-
-
 def history(view) -> list[dict]:
     """The folder's submissions so far, oldest first, for the next submission's record."""
-    done = [*view.record.get("history", [])]
-    if view.record.get("time"):
+    before = view.record.get("history") if view.record else None
+    done = [*(before if isinstance(before, list) else [])]
+    if view.record and view.record.get("time"):
         done.append({k: view.record.get(k) for k in ("executor", "job_id", "time")})
     return done
 
 
+def apply_resubmit(r: Resubmission, argv: list[str] | None = None) -> str | None:
+    """Under the folder's lock: check again that the job has ended, write the new config, script
+    and command line (command.txt keeps every submission), and sbatch it (the job id); a local
+    job is left for `local.run` (None). If the scheduler refuses, every file is put back."""
+    from launcher import jobs
+
+    folder = r.view.folder
+    with jobdir.locked(folder):
+        view = jobs.load(folder)  # as it is now that no other ft command is changing it
+        _check_ended(view)
+        if r.executor == "slurm":
+            ready_image(r.job)
+        commands = _text_or_none(folder / jobdir.COMMAND) or ""
+        new = {jobdir.CONFIG: jobdir.config_text(job_to_dict(r.job)), jobdir.SCRIPT: r.script,
+               jobdir.COMMAND: commands + jobdir.command_line(argv)}
+        jobdir.check_secrets(new)
+        old = {name: _text_or_none(folder / name) for name in new}
+        sbatch_called = False
+        try:
+            for name, text in new.items():
+                write_atomic(folder / name, text)
+            if r.executor == "local":
+                return None
+            sbatch_called = True
+            return _sbatch_and_record(folder, r.job.name, history(view), r.job.job_name)
+        except SubmissionUnclear:
+            raise
+        except SchedulerError as err:
+            _put_back(folder, old)
+            err.problems.append(f"nothing was submitted; {folder} is as it was")
+            raise
+        except BaseException:
+            if not sbatch_called:
+                _put_back(folder, old)  # failed before sbatch ran: no job uses the new files
+            raise
+
+
 def resubmit(view, overrides: list[str], profile: str | None = None) -> str:
-    """Submit a job folder again to SLURM at once (no questions): the library call behind
-    `ft resubmit --yes`."""
-    r = prepare_resubmit(view, overrides, profile, executor="slurm")
-    apply_resubmit(r)
-    return submit(view.folder, r.job.name, history=history(view))
+    """Submit a job folder again to SLURM at once (no questions): same folder, so the trainer
+    continues from its latest checkpoint. The library call behind `ft resubmit --yes`."""
+    return apply_resubmit(prepare_resubmit(view, overrides, profile, executor="slurm"))
+
+
+def _put_back(folder: Path, old: dict[str, str | None]) -> None:
+    for name, text in old.items():
+        if text is None:
+            (folder / name).unlink(missing_ok=True)
+        else:
+            write_atomic(folder / name, text)
+
+
+def _text_or_none(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
 
 
 def _not_ours(view) -> list[str]:

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ftcore import layout, progress
+from ftcore.files import write_atomic
 
 
 def memory_gib(device: torch.device) -> float:
@@ -55,11 +56,13 @@ class Metrics:
         path = job_dir / layout.METRICS
         if path.exists():
             # Steps after the checkpoint we resume from will be run again: drop their old records,
-            # and the summary of a run that this one continues.
-            kept = [(line, record) for line in path.read_text().splitlines()
+            # and the summary of a run that this one continues. Whole or not at all: a kill here
+            # must not lose the steps that are kept.
+            lines = path.read_bytes().decode(errors="replace").splitlines()
+            kept = [(line, record) for line in lines
                     if (record := _record(line)) is not None and record.get("step", 0) <= resume_step
                     and not record.get("end")]
-            path.write_text("".join(line + "\n" for line, _ in kept))
+            write_atomic(path, "".join(line + "\n" for line, _ in kept))
             for _, record in kept:
                 if isinstance(record.get("val_loss"), (int, float)):
                     self.val_losses[record["step"]] = record["val_loss"]

@@ -47,8 +47,9 @@ def _read_file(path: Path) -> list[Record]:
 
 
 def _read_jsonl(path: Path) -> Iterator[Record]:
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            line = _utf8(raw, f"{path} line {number}")
             if not line.strip():
                 continue
             try:
@@ -60,9 +61,17 @@ def _read_jsonl(path: Path) -> Iterator[Record]:
             yield Record(f"{path} line {number}", value)
 
 
+def _utf8(data: bytes, where: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{where}: not UTF-8 text (byte {e.start}: {data[e.start:e.start + 4]!r}); "
+                        "convert the file, e.g. iconv -f latin1 -t utf-8") from None
+
+
 def _read_json(path: Path) -> list[Record]:
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(_utf8(path.read_bytes(), str(path)))
     except json.JSONDecodeError as e:
         raise UserError(f"{path} line {e.lineno}: not valid JSON ({e.msg})") from None
     if isinstance(value, list):

@@ -28,7 +28,7 @@ from typing import Callable
 
 import torch
 
-from ftcore import exits, layout, rendezvous
+from ftcore import contract, exits, layout, rendezvous
 from ftcore.errors import UserError
 from ftcore.schedule import lr_at
 
@@ -41,12 +41,15 @@ from .tokenizer import load_tokenizer
 
 
 def run(job, job_dir: str | Path, on_step: Callable[[dict], None] | None = None,
-        on_signal: Callable[[str], None] | None = None) -> int:
+        on_signal: Callable[[str], None] | None = None,
+        watch: Callable[[str, object, object], None] | None = None) -> int:
     """Train `job` (a validated ftcore.schema.Job) writing into `job_dir`; return the exit code.
 
     `on_step(record)` is called on every rank after each optimizer step (tests, benchmarks);
-    `on_signal(name)` when a stop signal arrives. Raises UserError for problems the user must
-    fix, before any training.
+    `on_signal(name)` when a stop signal arrives; `watch(event, built, optimizer)` after every
+    micro batch's backward ("backward") and every optimizer step before the gradients are
+    dropped ("step"): the tests that hold the trainer's tensors to `ft plan` look there.
+    Raises UserError for problems the user must fix, before any training.
     """
     env = dist.detect()
     preflight(job, env)
@@ -62,13 +65,14 @@ def run(job, job_dir: str | Path, on_step: Callable[[dict], None] | None = None,
     try:
         job_dir = Path(job_dir)
         job_dir.mkdir(parents=True, exist_ok=True)
-        return train(job, job_dir, env, device, stop, on_step)
+        return train(job, job_dir, env, device, stop, on_step, watch)
     finally:
         stop.uninstall()
         dist.shutdown()
 
 
-def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "StopSignal", on_step=None) -> int:
+def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "StopSignal", on_step=None,
+          watch=None) -> int:
     """The whole run, top to bottom, once the process group exists."""
     seed = job.trainer.seed
     torch.manual_seed(seed)
@@ -112,6 +116,7 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
         f"{job.data.micro_batch_size} × accum {job.grad_accum_steps} × dp {env.world_size} | "
         f"{total_steps} steps ({batches.steps_per_epoch}/epoch) | trainable {n_trainable:,} of {n_total:,} params"
     )
+    metrics.print("policy: " + "; ".join(built.decision.describe()))
     metrics.print(dataset.summary())
     if resume_from is not None:
         metrics.print(f"resumed from {resume_from} at step {step}")
@@ -155,13 +160,18 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
         micro_batches = batches.micro_batches(step)
         for i, samples in enumerate(micro_batches):
             if built.sharded:
-                # Reduce-scatter only after the last micro batch; until then grads accumulate locally.
-                model.set_requires_gradient_sync(i == len(micro_batches) - 1)
+                # The policy's gradient residency: full SFT reduce-scatters after every micro
+                # batch (only shards are ever held); LoRA accumulates its small unsharded
+                # gradients and reduce-scatters once, after the last.
+                model.set_requires_gradient_sync(
+                    built.decision.grad_sync == "micro_batch" or i == len(micro_batches) - 1)
             batch = collate(samples, tokenizer.pad_token_id, job.model.attn_implementation, built.compute_dtype, device,
                                  job.data.padding_free)
             loss = model(**batch)
             (loss * (grad_scale / answer_tokens)).backward()
             loss_sum += loss.detach()
+            if watch is not None:
+                watch("backward", built, optimizer)
         if not built.sharded:
             dist.all_reduce_grads(built.trainable)
         grad_norm = torch.nn.utils.clip_grad_norm_(built.trainable, max_norm)
@@ -169,6 +179,8 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.step()
+        if watch is not None:
+            watch("step", built, optimizer)
         optimizer.zero_grad(set_to_none=True)
         step += 1
 
@@ -268,8 +280,8 @@ def preflight(job, env: dist.DistEnv) -> None:
         problems.append("trainer.accelerator=gpu but CUDA is not available here (trainer.accelerator=cpu for CPU runs)")
     if job.model.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
         problems.append("model.attn_implementation=flash_attention_2 but the flash_attn package is not installed")
-    if job.model.quantization == "nf4" and importlib.util.find_spec("bitsandbytes") is None:
-        problems.append("model.quantization=nf4 (QLoRA) needs the bitsandbytes package, which is not installed")
+    if job.model.quantization and importlib.util.find_spec("torchao") is None:
+        problems.append(contract.quantization_missing())
     # Inside a container a path exists only if a bind makes it visible.
     problems += job.missing_paths()
     if problems:
