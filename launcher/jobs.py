@@ -507,8 +507,9 @@ def cancel(view: JobView) -> JobView:
 
 
 def dry_runs(views: list[JobView]) -> list[JobView]:
-    """Folders written by `--dry-run` and never submitted."""
-    return [v for v in views if v.executor == "dry-run" and not v.problem]
+    """Folders written by `--dry-run` and never submitted (no record at all: a record ft cannot
+    read is shown, not hidden)."""
+    return [v for v in views if v.executor == "dry-run" and not v.problem and not (v.folder / jobdir.RECORD).exists()]
 
 
 def remove_dry_runs(views: list[JobView]) -> list[Path]:
