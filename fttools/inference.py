@@ -109,7 +109,7 @@ PROMPT_FIELDS = {"squad": (("context", "question"), ()), "alpaca": (("instructio
 def job_prompt(ckpt: Checkpoint, fields: dict[str, str]) -> str:
     """The prompt the checkpoint's job trained on, filled with `fields` (its template, or the
     format's default): what the model saw before each answer, up to where the answer starts."""
-    from trainer.formats import alpaca_segments, squad_segments
+    from trainer.formats import prompt_text
     from trainer.records import Record
 
     job_data = ckpt.job_config.get("data") or {}
@@ -124,9 +124,7 @@ def job_prompt(ckpt: Checkpoint, fields: dict[str, str]) -> str:
         raise UserError(f"a {fmt} job's prompt is built from {' and '.join('--' + k for k in required)}"
                         + (f" (and optionally {', '.join('--' + k for k in optional)})" if optional else "")
                         + f"; check {', '.join('--' + k for k in wrong)}")
-    record = Record("the command line", {**fields, "answers": {"text": [""]}, "output": ""})
-    to_segments = squad_segments if fmt == "squad" else alpaca_segments
-    return to_segments(record, job_data.get("prompt_template"))[0][0]
+    return prompt_text(Record("the command line", fields), fmt, job_data.get("prompt_template"))
 
 
 def generate(ckpt: Checkpoint, prompt: str, max_new_tokens: int = 64) -> str:

@@ -53,6 +53,18 @@ def _text(record: Record, *keys: str) -> None:
             raise UserError(f"{record.where}: {key!r} should be text, not a {type(value).__name__} ({value!r:.60})")
 
 
+def prompt_text(record: Record, fmt: str, template: str | None) -> str:
+    """The prompt a squad or alpaca record gets before its answer: what training masks, and
+    what `ft generate --question/--context` asks a model trained on it."""
+    if fmt == "squad":
+        _text(record, "context", "question")
+        return _fill(template or PROMPTS["squad"], record)
+    _text(record, "instruction", "input")
+    has_input = bool(str(record.fields.get("input") or "").strip())
+    default = PROMPTS["alpaca"] if has_input else PROMPTS["alpaca_no_input"]
+    return _fill(template or default, Record(record.where, {**record.fields, "input": record.fields.get("input") or ""}))
+
+
 def squad_segments(record: Record, template: str | None) -> Segments:
     _need(record, *FIELDS["squad"][0])
     _text(record, "context", "question")
@@ -75,7 +87,7 @@ def squad_segments(record: Record, template: str | None) -> Segments:
         raise UserError(f"{record.where}: missing answers.text[0] (answers = {answers!r:.80})")
     if not isinstance(texts[0], str) or not texts[0].strip():
         raise UserError(f"{record.where}: answers.text[0] should be the answer's text (got {texts[0]!r:.60})")
-    prompt = _fill(template or PROMPTS["squad"], record)
+    prompt = prompt_text(record, "squad", template)
     # "Answer:" + " Oslo": the space belongs to the answer's first token, as in running text.
     separator = "" if prompt[-1:].isspace() else " "
     return [(prompt, False), (separator + texts[0].strip(), True)]
@@ -83,11 +95,8 @@ def squad_segments(record: Record, template: str | None) -> Segments:
 
 def alpaca_segments(record: Record, template: str | None) -> Segments:
     _need(record, *FIELDS["alpaca"][0])
-    _text(record, "instruction", "input", "output")
-    has_input = bool(str(record.fields.get("input") or "").strip())
-    default = PROMPTS["alpaca"] if has_input else PROMPTS["alpaca_no_input"]
-    fields = Record(record.where, {**record.fields, "input": record.fields.get("input") or ""})
-    return [(_fill(template or default, fields), False), (str(record.fields["output"]), True)]
+    _text(record, "output")
+    return [(prompt_text(record, "alpaca", template), False), (str(record.fields["output"]), True)]
 
 
 def completion_segments(record: Record, template: str | None) -> Segments:
