@@ -295,6 +295,9 @@ def _folder_state(view: JobView, run: Path | None = None) -> str:
             return "PREEMPTED (checkpointed: requeue or run again to resume)"
         return "COMPLETED" if code == 0 else f"FAILED (exit {code})"
     if last["event"] == "cancel":
+        pids = view.record.get("pids") or [] if view.executor == "local" else []
+        if any(_pid_alive(int(p)) for p in pids if isinstance(p, int)):
+            return "RUNNING (cancelled: stops after writing a checkpoint)"
         return "CANCELLED"
     if last["event"] == "requeue":
         return "REQUEUED"
