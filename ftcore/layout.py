@@ -10,6 +10,7 @@
         tasks/<i>/                a sweep's array task: a run folder of its own
         checkpoints/step-000012/  a loadable model (LoRA adapter or full) + ft_state/
         checkpoints/latest        names the newest complete checkpoint (for people and shells)
+        cache/tokens-<key>.pt     the tokenized data, written once by rank 0, reused on resubmits
 
 A checkpoint counts once its ``ft_state/COMPLETE`` marker exists: the trainer writes it last,
 into a folder that is renamed into place. ``newest_complete`` is the one definition of "the
@@ -37,6 +38,7 @@ TASKS = "tasks"
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 EXPORTS = "exports"
+TOKEN_CACHE = "cache"
 # Randomly initialised base weights of a LoRA job: an adapter is useless without its base.
 BASE_MODEL = "base_model"
 # The trainer's resume state inside a checkpoint: optimizer moments and RNG streams.

@@ -19,7 +19,7 @@ from . import attention, meta_init, sharding
 from .dist import DistEnv
 from .hub import hf_token
 from .lora import add_lora
-from .loss import CausalLMLoss
+from .loss import CausalLMLoss, use_liger
 from .weights import random_model
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -56,9 +56,10 @@ def model_config(job):
 
 
 def attn_implementation(job) -> str:
-    """What the model is built with: ft's padding-free sdpa (`trainer.attention`) when the
-    data are collated padding-free, otherwise `model.attn_implementation` itself."""
-    if job.data.padding_free and job.model.attn_implementation == "sdpa":
+    """What the model is built with: ft's padding-free attention (`trainer.attention`, which
+    runs flash-attention's varlen kernel when installed) when the data are collated
+    padding-free, otherwise `model.attn_implementation` itself."""
+    if job.data.padding_free and job.model.attn_implementation in ("sdpa", "flash_attention_2"):
         return attention.register()
     return job.model.attn_implementation
 
@@ -118,22 +119,24 @@ def build(job, env: DistEnv, device: torch.device, tokenizer, base_dir: Path | N
 
     if job.model.activation_checkpointing:
         _checkpoint_activations(lm)
+    fused_cross_entropy = use_liger(lm) if job.trainer.liger else None
 
     if job.peft is not None:
         lm = add_lora(lm, job)
     else:
         lm.requires_grad_(True)
 
-    module = CausalLMLoss(lm)
+    module = CausalLMLoss(lm, fused_cross_entropy)
+    if job.trainer.compile:
+        # Before sharding, as torchtitan does: FSDP2's hooks stay outside the compiled code.
+        for layer in sharding.decoder_layers(module.causal_lm):
+            layer.compile()
     if sharded:
         sharding.shard(module, env, device, compute_dtype)
         if job.model.meta_init:
             meta_init.materialize(module, job, env, device)
     else:
         module.to(device)
-    if job.trainer.compile:
-        for layer in sharding.decoder_layers(module.causal_lm):
-            layer.compile()
     return Built(module=module, lm=lm, sharded=sharded, compute_dtype=compute_dtype)
 
 

@@ -30,3 +30,15 @@ def shard(module: nn.Module, env: DistEnv, device: torch.device, compute_dtype: 
     for layer in decoder_layers(module.causal_lm):
         fully_shard(layer, mesh=mesh, mp_policy=mp)
     fully_shard(module, mesh=mesh, mp_policy=mp)
+    set_gradient_sum(module)
+
+
+def set_gradient_sum(module: nn.Module) -> None:
+    """Reduce-scatter gradients as a sum over ranks, not FSDP's default mean: the loss is
+    already divided by the global answer-token count (`trainer.train`)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for unit in module.modules():
+        if isinstance(unit, FSDPModule):
+            unit.set_gradient_divide_factor(1.0)
+            unit.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no PREMUL_SUM)
