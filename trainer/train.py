@@ -81,7 +81,7 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
     total_steps = job.trainer.max_steps or job.trainer.num_epochs * batches.steps_per_epoch
 
     # --- model (+LoRA)
-    base_dir, base_ref = _base_reference(job, job_dir)
+    base_dir, base_ref = base_reference(job, job_dir)
     built = build(job, env, device, tokenizer, base_dir=base_dir)
     optimizer = update.optimizer(job.optim, built.trainable)
 
@@ -321,7 +321,7 @@ def lr_at(step: int, total_steps: int, optim) -> float:
     return schedule.min_lr + (optim.lr - schedule.min_lr) * factor
 
 
-def _base_reference(job, job_dir: Path) -> tuple[Path | None, str | None]:
+def base_reference(job, job_dir: Path) -> tuple[Path | None, str | None]:
     """(folder to save a random base into, what adapter_config.json names as the base)."""
     if job.peft is None:
         return None, None
