@@ -21,7 +21,7 @@ class Package(NamedTuple):
 
 
 REQUIRED = (
-    Package("torch", "torch", "2.4"),
+    Package("torch", "torch", "2.6"),  # get_total_norm, FSDP2 gradient divide factor
     Package("transformers", "transformers", "4.45"),
     Package("peft", "peft", "0.13"),
     Package("safetensors", "safetensors", "0.4"),
@@ -35,6 +35,7 @@ REQUIRED = (
 OPTIONAL = (
     Package("flash_attn", "flash-attn", "2.5"),  # model.attn_implementation=flash_attention_2
     Package("bitsandbytes", "bitsandbytes", "0.43"),  # model.quantization
+    Package("liger_kernel", "liger-kernel", "0.5"),  # trainer.liger
     Package("tensorboard", "tensorboard", "2.14"),  # trainer.tensorboard
     Package("wandb", "wandb", "0.16"),  # trainer.wandb_project
     Package("datasets", "datasets", "2.18"),  # data.path naming a hub dataset
