@@ -71,3 +71,26 @@ def test_the_kernel_is_a_variable_length_one_where_the_library_has_it(monkeypatc
     # fp32 (no variable-length kernel takes it) and CPUs: causal SDPA per example
     assert attention.kernel(SimpleNamespace(is_cuda=True, dtype=torch.float32)) == "sdpa_per_example"
     assert attention.kernel(SimpleNamespace(is_cuda=False, dtype=torch.bfloat16)) == "sdpa_per_example"
+
+
+def test_no_python_list_reaches_the_layers_of_a_padding_free_row(monkeypatch):
+    """Only tensors and the longest length (one int) go down to every attention call."""
+    from trainer import attention
+
+    seen = []
+    original = attention.varlen_sdpa
+
+    def recording(module, query, key, value, attention_mask, **kwargs):
+        seen.append({k: type(v) for k, v in kwargs.items()})
+        return original(module, query, key, value, attention_mask, **kwargs)
+
+    monkeypatch.setattr(attention, "varlen_sdpa", recording)
+    try:
+        model = tiny_llama(attention.register())
+        CausalLMLoss(model)(**collate(model_examples(), 0, "sdpa", padding_free=True))
+    finally:
+        monkeypatch.undo()
+        attention.register()  # transformers' registry holds the original again
+    assert len(seen) == 2  # one per layer
+    assert not [k for call in seen for k, t in call.items() if t in (list, tuple)], seen
+    assert seen[0][attention.CU_SEQ_LENS] is torch.Tensor and seen[0][attention.MAX_LENGTH] is int

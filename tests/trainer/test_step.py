@@ -253,3 +253,20 @@ def test_output_scaling_is_applied_and_checked_against_the_models_own_loss(tmp_p
     monkeypatch.setattr(loss, "logit_scale", lambda config: 1.0)  # an architecture ft does not know
     with pytest.raises(UserError, match="differs from the model's own loss"):
         train(tmp_path / "unknown", raw)
+
+
+def test_compiled_layers_stop_recompiling_once_lengths_are_dynamic(tmp_path):
+    """Padding-free boundaries are tensors: after the first change of shape the compiled layers
+    take any lengths. (A Python list of lengths recompiled for every new micro batch.)"""
+    from torch._dynamo.utils import counters
+
+    graphs = {}
+
+    def on_step(record):
+        graphs[record["step"]] = counters["stats"]["unique_graphs"]
+
+    raw = tiny_job(trainer={"max_steps": 5, "compile": True, "check_loss": False, "limit_val_batches": 0},
+                   data={"micro_batch_size": 2}, peft=None)
+    torch._dynamo.reset()
+    assert train(tmp_path, raw, on_step=on_step) == exits.OK
+    assert graphs[2] > 0 and graphs[5] == graphs[2], graphs  # steps 3–5: six new micro batches, no new graph
