@@ -219,7 +219,7 @@ class TrainerConfig(_Section):
     check_loss: bool = Field(
         True,
         description="Before training, compare ft's loss with the model's own forward loss on the "
-        "first example; a mismatch (output scaling ft does not know) stops the run.",
+        "first example (at most 512 tokens); a mismatch (output scaling ft does not know) stops the run.",
     )
     liger: bool = Field(
         False,

@@ -8,8 +8,14 @@ In-process (tests, benchmarks): ``run(job, job_dir)`` returns the exit code: 0 w
 
 The loss is the mean over every answer token of the global batch: each micro batch
 returns its summed token losses, divided by the global answer-token count (known on every
-rank from the deterministic data order, so it costs no communication). Results therefore
-do not depend on micro batch size or process count beyond float rounding.
+rank from the deterministic data order, so it costs no communication), and gradients are
+summed over ranks. Results therefore do not depend on micro batch size or process count
+beyond float rounding.
+
+The host never waits for the device inside a step. It reads values back only at check
+points (`CheckPoints`): logging steps, and often enough to honour a stop signal in time. A
+non-finite step is skipped by the optimizer on the device (`trainer.update`) and reported at
+the next check point.
 """
 
 from __future__ import annotations
@@ -149,7 +155,7 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
                        job.data.padding_free)
 
     if job.trainer.check_loss and step < total_steps:
-        check_loss(built, collate_fn(batches.micro_batches(step)[0]), job)
+        check_loss(built, collate_fn([check_sample(batches.micro_batches(step)[0][0])]), job)
 
     # Until a check point, nothing here reads a value from the device: the host queues work
     # and moves on. Counts that the loop needs (answer tokens) come from the samples, which
@@ -260,12 +266,27 @@ def _nonfinite(job, metrics, skipped: int, first_bad: int, step: int) -> int:
     return skipped
 
 
+CHECK_TOKENS = 512  # the model's own forward computes logits everywhere: keep them small
+
+
+def check_sample(sample):
+    """The first example of the first micro batch, cut to its last CHECK_TOKENS tokens (where a
+    prompt/answer example keeps its answer), or whole when that would leave no answer."""
+    from .samples import Sample
+
+    if len(sample) <= CHECK_TOKENS:
+        return sample
+    tail = Sample(sample.input_ids[-CHECK_TOKENS:], sample.labels[-CHECK_TOKENS:], (CHECK_TOKENS,))
+    return tail if tail.answer_tokens else Sample(sample.input_ids, sample.labels, (len(sample),))
+
+
 def check_loss(built, batch: dict, job) -> None:
-    """ft's loss against the model's own forward loss on the first micro batch.
+    """ft's loss against the model's own forward loss, on one example (`check_sample`).
 
     ft calls the decoder and the head itself (`trainer.loss`), so an architecture that does
     something to the head's output that ft does not know would train on a different loss,
-    silently. Compared in eval mode (no dropout), summed over ranks.
+    silently. Compared in eval mode (no dropout), summed over ranks; before the optimizer
+    state exists, with the model's full-vocabulary logits for at most CHECK_TOKENS tokens.
     """
     model = built.module
     model.eval()
@@ -278,7 +299,7 @@ def check_loss(built, batch: dict, job) -> None:
     if not math.isclose(ours, theirs, rel_tol=tolerance, abs_tol=1e-6):
         config = built.module.causal_lm.config
         raise UserError(
-            f"ft's loss ({ours:.6g}) differs from the model's own loss ({theirs:.6g}) on the first micro batch: "
+            f"ft's loss ({ours:.6g}) differs from the model's own loss ({theirs:.6g}) on the first example: "
             f"ft does not reproduce how {type(built.module.causal_lm).__name__} ({config.model_type}) computes "
             "its output (e.g. a logit scaling or soft-capping it does not know), and would train on the wrong loss.",
             hint="report it with the model's config.json; trainer.check_loss=false skips this check at your own risk",

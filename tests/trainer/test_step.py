@@ -270,3 +270,15 @@ def test_compiled_layers_stop_recompiling_once_lengths_are_dynamic(tmp_path):
     torch._dynamo.reset()
     assert train(tmp_path, raw, on_step=on_step) == exits.OK
     assert graphs[2] > 0 and graphs[5] == graphs[2], graphs  # steps 3–5: six new micro batches, no new graph
+
+
+def test_the_check_runs_on_one_short_example_that_keeps_answer_tokens():
+    from trainer_helpers import sample_of
+
+    from trainer.train import CHECK_TOKENS, check_sample
+
+    long_answer_at_end = sample_of(list(range(1000)), [-100] * 990 + list(range(990, 1000)))
+    cut = check_sample(long_answer_at_end)
+    assert len(cut) == CHECK_TOKENS and cut.answer_tokens == 10
+    answer_first = sample_of(list(range(1000)), list(range(10)) + [-100] * 990)
+    assert len(check_sample(answer_first)) == 1000  # cutting would leave no answer: whole
