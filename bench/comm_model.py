@@ -5,9 +5,9 @@
 ft runs LoRA as plain data parallelism when the model fits one GPU (one all-reduce of the
 adapter gradients per step, trainer/dist.py) and everything else with FSDP2 over all ranks
 (one flat mesh, trainer/sharding.py::shard): per micro batch each decoder layer's weights are
-all-gathered for forward and again for backward (reshard after forward), and once per step
-the trained gradients are reduce-scattered in fp32 (`set_requires_gradient_sync` on the last
-micro batch only).
+all-gathered for forward and again for backward (reshard after forward). The gradient
+residency is ftcore.policy's: full SFT reduce-scatters its fp32 gradients after every micro
+batch, LoRA once per step; an NF4 base (the 405B factory) is gathered in its 4-bit form.
 
 Times use NCCL's bus bandwidth convention (nccl-tests): an all-gather or reduce-scatter of S
 bytes takes S·(n−1)/n ÷ busbw, an all-reduce twice that. A ring spanning nodes runs at the
@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ftcore import policy  # noqa: E402
 from launcher import config, plan  # noqa: E402  (torch-free: the shapes `ft plan` uses)
 
 GB = 1e9
@@ -35,27 +36,30 @@ GB = 1e9
 CASES = [("llama31_8b", "lora-dp"), ("llama3_8b_sft", "sft-fsdp2"), ("llama31_405b_lora", "lora-fsdp2")]
 
 
-def sizes(factory: str) -> tuple[int, int]:
-    """(parameters, LoRA parameters) of a factory's model and adapters."""
+def sizes(factory: str) -> tuple[int, int, float]:
+    """(parameters, LoRA parameters, bytes per frozen parameter as stored) of a factory."""
     job = config.resolve(factory, []).job
     dims = plan.model_dims(job)
-    return dims.params, plan.lora_params(job, dims)
+    d = policy.decide(job)
+    stored = sum(policy.nf4_bytes(t.numel, 2) if t.kind == "linear" and d.lora and d.stores_nf4(t.rows, t.cols)
+                 else 2 * t.numel for t in dims.tensors())
+    return dims.params, plan.lora_params(job, dims), stored / dims.params
 
 
-def per_step(params: int, lora: int, method: str, gpus: int, micro_batches: int, args) -> dict:
+def per_step(params: int, lora: int, method: str, gpus: int, micro_batches: int, args, base_bytes: float = 2) -> dict:
     bw = (args.intra if gpus <= 8 else args.inter) * GB
     share = (gpus - 1) / gpus
     if method == "lora-dp":  # whole model on every GPU, adapters all-reduced once per step in fp32
         moved = 2 * 4 * lora * share
         flops = (4 * (params - lora) + 6 * lora) * args.tokens_per_micro
-    elif method == "lora-fsdp2":  # frozen bf16 base sharded: gathered twice per micro batch
-        moved = micro_batches * 2 * 2 * params * share + 4 * lora * share
+    elif method == "lora-fsdp2":  # frozen base sharded (as stored: NF4 or bf16), gathered twice per micro batch
+        moved = micro_batches * 2 * base_bytes * params * share + 4 * lora * share
         flops = (4 * (params - lora) + 6 * lora) * args.tokens_per_micro
-    else:  # sft-fsdp2: bf16 gathers twice per micro batch, fp32 gradients reduce-scattered per step
-        moved = micro_batches * 2 * 2 * params * share + 4 * params * share
+    else:  # sft-fsdp2: bf16 gathers twice and an fp32 reduce-scatter per micro batch
+        moved = micro_batches * (2 * 2 * params + 4 * params) * share
         flops = 6 * params * args.tokens_per_micro
     # Weights and training state resident per GPU (activations and gathered layers on top).
-    state = {"lora-dp": 2 * params + 16 * lora, "lora-fsdp2": (2 * params + 16 * lora) / gpus,
+    state = {"lora-dp": 2 * params + 16 * lora, "lora-fsdp2": (base_bytes * params + 16 * lora) / gpus,
              "sft-fsdp2": 16 * params / gpus}[method]  # fp32 master + grad + 2 Adam moments = 16 B
     comm_s = moved / bw
     compute_s = micro_batches * flops / (args.tflops * 1e12)
@@ -76,9 +80,9 @@ def main() -> None:
     print("| model | layout | GPUs | state GB/GPU | GB moved per GPU per step | comm ms | compute ms | comm ÷ compute |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for factory, method in CASES:
-        params, lora = sizes(factory)
+        params, lora, base_bytes = sizes(factory)
         for gpus in (8, 16, 32, 64):
-            r = per_step(params, lora, method, gpus, args.micro_batches, args)
+            r = per_step(params, lora, method, gpus, args.micro_batches, args, base_bytes)
             print(f"| {factory} | {method} | {gpus} | {r['state_gb']:.0f} | {r['moved_gb']:.2f} | {r['comm_s'] * 1e3:.1f} "
                   f"| {r['compute_s'] * 1e3:.0f} | {r['ratio']:.3f} |")
 

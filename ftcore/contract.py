@@ -31,20 +31,64 @@ REQUIRED = (
     Package("yaml", "PyYAML", "6.0"),
 )
 
+# NF4 storage of a frozen base that FSDP2 can shard (model.quantization). torchao's
+# NF4 layout is what ftcore.policy prices and trainer/quantize.py builds.
+QUANTIZATION = Package("torchao", "torchao", "0.18.0")
+
+
+
+def quantization_missing(python: str = "this Python") -> str:
+    """The refusal (with its fix) for model.quantization without torchao: the launcher says it
+    at submit when it knows the Python, the trainer before it loads anything."""
+    return (f"model.quantization=nf4 needs the torchao package, which {python} does not have: "
+            f"{pip_line([QUANTIZATION])} (or drop model.quantization)")
+
+
 # Used only when a job asks for them; the trainer says which job setting needs which.
 OPTIONAL = (
     Package("flash_attn", "flash-attn", "2.5"),  # model.attn_implementation=flash_attention_2
-    Package("bitsandbytes", "bitsandbytes", "0.43"),  # model.quantization
+    QUANTIZATION,  # model.quantization
     Package("liger_kernel", "liger-kernel", "0.5"),  # trainer.liger
     Package("tensorboard", "tensorboard", "2.14"),  # trainer.tensorboard
     Package("wandb", "wandb", "0.16"),  # trainer.wandb_project
-    Package("datasets", "datasets", "2.18"),  # data.path naming a hub dataset
+    Package("pyarrow", "pyarrow", "12.0"),  # data.path naming a hub dataset stored as parquet
 )
 
 # The packages mount_ft binds into the container (at MOUNT_POINT, on PYTHONPATH).
 FT_PACKAGES = ("ftcore", "trainer")
+# `ft train` resolves the job inside the container too: the launcher's library (whose
+# `train` path imports nothing outside this contract) and the shipped factories travel as well.
+FT_TRAIN_PACKAGES = (*FT_PACKAGES, "launcher")
 MOUNT_POINT = "/opt/ft"
+
+
+# ft's optional extras (pyproject's [project.optional-dependencies]): what each one installs.
+EXTRAS = {
+    "train": REQUIRED,
+    "plot": (Package("matplotlib", "matplotlib", "3.7"),),
+    "hub": (Package("huggingface_hub", "huggingface_hub", "0.24"),),
+}
 
 
 def pip_line(packages=REQUIRED) -> str:
     return "pip install " + " ".join(f"'{p.dist}>={p.minimum}'" for p in packages)
+
+
+def missing_extra(extra: str, what: str):
+    """The UserError for a command whose optional packages are not installed: exit 2 and the
+    line that installs them."""
+    from ftcore.errors import UserError
+
+    names = ", ".join(p.dist for p in EXTRAS[extra])
+    return UserError(f"{what} needs {names}, which is not installed here: pip install 'ft[{extra}]'",
+                     hint=f"or, without ft's extras: {pip_line(EXTRAS[extra])}")
+
+
+def require_extra(extra: str, what: str) -> None:
+    import importlib
+
+    try:
+        for package in EXTRAS[extra]:
+            importlib.import_module(package.module)
+    except ImportError:
+        raise missing_extra(extra, what) from None

@@ -14,3 +14,6 @@ class UserError(Exception):
         self.problems = [p for p in problems if p]
         self.hint = hint
         super().__init__("\n".join(self.problems))
+
+    def __str__(self) -> str:
+        return "\n".join(self.problems)  # problems may be added on the way up

@@ -12,6 +12,15 @@ from typing import Iterator
 from ftcore.errors import UserError
 
 
+def expand(path: str | Path) -> Path:
+    """`~` and `~user` expanded; an unknown user is a UserError, not a RuntimeError."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        user = str(path).split("/", 1)[0]
+        raise UserError(f"{path}: there is no user {user[1:]!r} on this machine to expand {user} for") from None
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write a file so that readers see the old content or the new, never a part."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -29,7 +38,7 @@ def write_atomic(path: Path, text: str) -> None:
 
 def check_output(out: Path) -> Path:
     """Refuse a destination that holds anything: ft never writes over files."""
-    out = out.expanduser()
+    out = expand(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} already exists and is not empty: choose another --out, or remove it first")
     return out

@@ -4,9 +4,9 @@
         config.yaml               the resolved job; the trainer validates it again
         job.sbatch command.txt    the script and the command line that made it
         submission.json           ft's record: executor, job id, history of submissions
-        events.jsonl              start / signal / requeue / exit, written by the script
+        events.jsonl              start / signal / requeue / exit, written by the script (ft train: rank 0)
         metrics.jsonl             one line per logged step, written by rank 0
-        logs/                     scheduler and per-rank output
+        logs/                     scheduler output, or per-rank rank-N.out (local, ft train)
         tasks/<i>/                a sweep's array task: a run folder of its own
         checkpoints/step-000012/  a loadable model (LoRA adapter or full) + ft_state/
         checkpoints/latest        names the newest complete checkpoint (for people and shells)
@@ -15,12 +15,17 @@
 A checkpoint counts once its ``ft_state/COMPLETE`` marker exists: the trainer writes it last,
 into a folder that is renamed into place. ``newest_complete`` is the one definition of "the
 checkpoint to resume from / to load", used by the trainer and by every launcher command.
+A marked checkpoint whose files were damaged afterwards (a truncated weights file, a
+trainer_state.json that is not the step's) does not count either: the previous one is used.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +57,21 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
+# --- events: the run's own record of start, signal, requeue and exit -----------------------------
+
+
+def record_event(run_dir: Path, name: str, **fields: Any) -> None:
+    """Append one event to `run_dir`/events.jsonl, in the form ft's sbatch script writes.
+
+    One write with O_APPEND, so lines from several writers never interleave."""
+    record = {"event": name, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields}
+    fd = os.open(run_dir / EVENTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        os.write(fd, (json.dumps(record) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
 # --- checkpoints of one run ----------------------------------------------------------------------
 
 
@@ -59,12 +79,64 @@ def step_dir(root: Path, step: int) -> Path:
     return root / f"step-{step:06d}"
 
 
+TRAINER_STATE = "trainer_state.json"
+DCP = "dcp"
+
+
 def is_complete(checkpoint: Path) -> bool:
+    """Marked complete by the trainer (the marker is written last)."""
     return (checkpoint / TRAINING_STATE / COMPLETE_MARKER).is_file()
 
 
+def damage(checkpoint: Path, step: int | None = None) -> str | None:
+    """Why a marked checkpoint cannot be used, or None. Reads only headers and small files,
+    so every command can afford it: trainer_state.json names the step, the resume state's
+    index exists, each safetensors file is as long as its header says."""
+    state_dir = checkpoint / TRAINING_STATE
+    try:
+        state = json.loads((state_dir / TRAINER_STATE).read_bytes())
+    except (OSError, ValueError) as err:
+        return f"{TRAINER_STATE} cannot be read ({type(err).__name__})"
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        return f"{TRAINER_STATE} does not record a step"
+    if step is not None and state["step"] != step:
+        return f"{TRAINER_STATE} records step {state['step']}, not {step}"
+    if (state_dir / DCP).exists() and not (state_dir / DCP / ".metadata").is_file():
+        return "the resume state has no index (dcp/.metadata)"
+    if kind_of(checkpoint) is None:
+        return "it holds no model files"
+    for weights in checkpoint.glob("*.safetensors"):
+        problem = safetensors_damage(weights)
+        if problem:
+            return f"{weights.name}: {problem}"
+    return None
+
+
+def safetensors_damage(path: Path) -> str | None:
+    """A safetensors file is an 8-byte header length, a JSON header, then the tensors' bytes."""
+    try:
+        with open(path, "rb") as handle:
+            size = path.stat().st_size
+            head = handle.read(8)
+            if len(head) < 8:
+                return "shorter than its header"
+            (length,) = struct.unpack("<Q", head)
+            if length > size - 8 or length > 100 * 2**20:
+                return "header length past the end of the file"
+            header = json.loads(handle.read(length))
+    except (OSError, ValueError) as err:
+        return f"unreadable header ({type(err).__name__})"
+    if not isinstance(header, dict):
+        return "unreadable header"
+    ends = [entry.get("data_offsets", [0, 0])[1] for key, entry in header.items()
+            if key != "__metadata__" and isinstance(entry, dict)]
+    if not all(isinstance(end, int) for end in ends) or 8 + length + max(ends, default=0) > size:
+        return "truncated: its tensors end past the end of the file"
+    return None
+
+
 def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
-    """(step, folder) of every complete checkpoint under `root`, oldest first."""
+    """(step, folder) of every complete and undamaged checkpoint under `root`, oldest first."""
     try:
         children = list(root.iterdir())
     except OSError:
@@ -72,7 +144,7 @@ def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
     found = []
     for child in children:
         match = _STEP_DIR.match(child.name)
-        if match and child.is_dir() and is_complete(child):
+        if match and child.is_dir() and is_complete(child) and damage(child, int(match.group(1))) is None:
             found.append((int(match.group(1)), child))
     return sorted(found)
 
@@ -147,7 +219,11 @@ class Checkpoint:
     @property
     def base(self) -> str | None:
         """What a LoRA adapter is applied to: a local folder or a hub id."""
-        return self.adapter_config.get("base_model_name_or_path") or None
+        base = self.adapter_config.get("base_model_name_or_path")
+        if base is not None and not isinstance(base, str):
+            raise UserError(f"{self.path / 'adapter_config.json'}: base_model_name_or_path should be a "
+                            f"folder or hub id, not {base!r}")
+        return base or None
 
     @property
     def job_config(self) -> dict[str, Any]:
@@ -158,7 +234,7 @@ class Checkpoint:
             return {}
         try:
             value = yaml.safe_load((self.run_dir / CONFIG).read_text())
-        except (OSError, ValueError, yaml.YAMLError):
+        except (OSError, ValueError, yaml.YAMLError, RecursionError):
             return {}
         return value if isinstance(value, dict) else {}
 

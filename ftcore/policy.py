@@ -1,12 +1,34 @@
-"""Decisions about memory and precision that the planner prices and the trainer builds.
+"""The memory and precision policy: what the trainer builds and `ft plan` prices.
 
-One owner for each rule that both `ft plan` (launcher) and the trainer need, so they cannot
-drift apart. Torch-free: the trainer turns these answers into tensors.
+    decision = policy.decide(job)                      # the job's own layout
+    decision = policy.decide(job, Layout(1, 8, "fsdp2", "gpu"), dims)   # another one, for the planner
+
+One owner for each rule both halves need: the trainer turns a `Decision` into tensors
+(trainer/model.py) and the planner multiplies it out (launcher/plan.py); neither decides a
+dtype, a residency or a target list by itself, so they cannot drift apart. Torch-free.
+
+The rules, and why:
+
+* Compute runs in `model.dtype` on GPUs and in fp32 on CPUs (CPUs have no fast bf16 matmul).
+* LoRA: the base is frozen and stored in the compute dtype, or in NF4 (4 bits, torchao) for
+  each decoder projection whose shape NF4 can hold and shard (`nf4_fits`); the adapters, their
+  gradients and Adam moments are fp32 (peft's default), so small updates are not rounded away.
+* Full SFT sharded with FSDP2: the trained weights are fp32 shards (the master weights; each
+  layer is cast to the compute dtype when gathered), fp32 gradients and moments.
+  Full SFT with data parallelism (`strategy=ddp`) would train the compute-dtype weights
+  themselves, with moments in that dtype: the schema refuses that for bf16 on GPUs (small
+  updates round away), so it happens only in fp32.
+* Gradient residency under FSDP2: full SFT reduce-scatters after every micro batch, so a rank
+  never holds more than its shard of the gradients (deferring to the last micro batch would
+  keep an unsharded fp32 gradient of the whole model: 30 GiB per GPU for 8B). LoRA defers:
+  its unsharded adapter gradients are a few hundred MB at most, and one reduce-scatter per
+  step costs less than one per micro batch. Data parallelism all-reduces once per step.
 """
 
 from __future__ import annotations
 
 import fnmatch
+from dataclasses import dataclass, field
 from typing import Iterable
 
 from ftcore.errors import UserError
@@ -15,18 +37,38 @@ from ftcore.errors import UserError
 # (tokens × vocab) fp32 logits never exist all at once: 8k tokens × 128k vocab is 4 GiB.
 LOSS_CHUNK_TOKENS = 4096
 
+DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+
+
+# --- LoRA targets --------------------------------------------------------------------------------
+
 
 def glob_matches(name: str, globs: Iterable[str]) -> bool:
-    """A LoRA glob matches a module's full name or its last component (`*_proj`, `q_proj`)."""
+    """Whether a module named `name` (`model.layers.0.self_attn.q_proj`) is selected by any glob.
+
+    A glob selects a module when it equals the module's last name component (`q_proj`), or
+    matches its full name or its last component, where `*` matches any run of characters
+    (dots included), `?` one character, and — as in NeMo AutoModel, whose `"*.proj"` means
+    "every projection layer" — a `.` also matches any one character. A leading `*.` may also
+    match nothing, so `*.lm_head` selects the top-level `lm_head`. So `*_proj`, `*.proj`,
+    `q_proj`, `*.layers.0.*.q_proj`, `model.layers.*.mlp.*` and `*.lm_head` all read as users
+    of those tools expect.
+    """
     last = name.rsplit(".", 1)[-1]
-    return any(fnmatch.fnmatchcase(name, g) or fnmatch.fnmatchcase(last, g) for g in globs)
+    for glob in globs:
+        for form in (glob, glob[2:]) if glob.startswith("*.") else (glob,):
+            pattern = form.replace(".", "?")
+            if fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(last, pattern):
+                return True
+    return False
 
 
 def lora_targets(linear_names: list[str], head_name: str | None, peft) -> list[str]:
     """The linear layers a `peft` section adapts, from a model's linear-layer names.
 
-    `match_all_linear` takes every linear layer but the output head. A glob that matches no
-    linear layer is an error, not silence; so is excluding everything that matched.
+    `match_all_linear` takes every linear layer but the output head (NeMo AutoModel's takes the
+    head too; an adapter on a 128k-vocabulary head is rarely wanted and breaks vLLM serving).
+    A glob that matches no linear layer is an error, not silence; so is excluding everything.
     """
     if peft.match_all_linear:
         chosen = [n for n in linear_names if n != head_name]
@@ -48,3 +90,153 @@ def lora_targets(linear_names: list[str], head_name: str | None, peft) -> list[s
     if not chosen:
         raise UserError("peft: every targeted layer is excluded by peft.exclude_modules")
     return sorted(chosen)
+
+
+# --- NF4 (torchao's layout) ----------------------------------------------------------------------
+
+# torchao's NF4Tensor quantizes blocks of 64 values (one scale each), and quantizes those
+# scales again in blocks of 256 (double quantization).
+NF4_BLOCK = 64
+NF4_SCALER_BLOCK = 256
+
+
+def nf4_fits(rows: int, cols: int, world: int = 1) -> bool:
+    """Whether a (rows × cols) weight can be stored as NF4 and split into `world` FSDP2 shards.
+
+    Every shard must hold whole scaler blocks (64 × 256 values) and an equal number of rows;
+    a weight that does not stays in the compute dtype.
+    """
+    return rows % world == 0 and (rows * cols) % (NF4_BLOCK * NF4_SCALER_BLOCK * world) == 0
+
+
+def nf4_bytes(numel: int, dtype_bytes: int) -> int:
+    """Bytes of one NF4 tensor (or one shard) of `numel` values quantized from `dtype_bytes`:
+    4-bit codes, an int8 scale per 64 values, a scale of scales per 64 × 256, and a mean and
+    the 16-value code table in the source dtype."""
+    return numel // 2 + numel // NF4_BLOCK + (numel // (NF4_BLOCK * NF4_SCALER_BLOCK) + 1 + 16) * dtype_bytes
+
+
+# --- layout and decision -------------------------------------------------------------------------
+
+
+def shard_rows(rows: int, world: int, rank: int = 0) -> int:
+    """Rows of a tensor that rank `rank` holds when FSDP2 splits dim 0 like torch.chunk."""
+    per = -(-rows // world)
+    return max(0, min(per, rows - rank * per))
+
+
+@dataclass(frozen=True)
+class Layout:
+    num_nodes: int = 1
+    devices: int = 1
+    strategy: str = "ddp"  # "ddp" | "fsdp2"
+    accelerator: str = "gpu"  # "gpu" | "cpu"
+
+    @property
+    def world(self) -> int:
+        return self.num_nodes * self.devices
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.accelerator == "gpu"
+
+    @classmethod
+    def of(cls, job, num_nodes: int | None = None, devices: int | None = None,
+           strategy: str | None = None) -> "Layout":
+        """The job's own layout, or the same job on other nodes, devices or strategy."""
+        return cls(num_nodes or job.trainer.num_nodes, devices or job.trainer.devices,
+                   strategy or job.strategy, job.trainer.accelerator)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one training process stores, in what dtype, and where: the trainer builds this."""
+
+    layout: Layout
+    lora: bool
+    compute: str  # dtype of matmuls and activations
+    frozen: str | None  # dtype of the frozen base (LoRA); its NF4-able projections are "nf4" when quantized
+    trained: str  # dtype of the trained weights: the master weights when wider than `compute`
+    grad: str  # dtype of gradients (as the optimizer sees them)
+    optim: str  # dtype of Adam's two moments
+    grad_sync: str  # "micro_batch": reduced after every micro batch; "step": once, after the last
+    quantization: str | None  # "nf4": the frozen decoder projections, where nf4_fits
+    cpu_offload: bool  # FSDP2 keeps the sharded weights, gradients and optimizer state in host memory
+    activation_checkpointing: bool
+    accum_steps: int  # micro batches per optimizer step on this layout
+    lora_targets: tuple[str, ...] | None = field(default=None)  # resolved here for a named architecture
+
+    @property
+    def sharded(self) -> bool:
+        return self.layout.strategy == "fsdp2"
+
+    @property
+    def master_weights(self) -> bool:
+        """Full SFT keeping its trained weights wider than it computes (fp32 shards, bf16 matmuls)."""
+        return not self.lora and DTYPE_BYTES[self.trained] > DTYPE_BYTES[self.compute]
+
+    @property
+    def grads_unsharded(self) -> bool:
+        """Whether a rank holds the whole gradient at its peak (data parallel, or FSDP2
+        deferring the reduce-scatter across more than one micro batch)."""
+        return not self.sharded or (self.grad_sync == "step" and self.accum_steps > 1)
+
+    def stores_nf4(self, rows: int, cols: int) -> bool:
+        """Whether a frozen decoder projection of this shape is stored in NF4."""
+        return self.quantization == "nf4" and nf4_fits(rows, cols, self.layout.world if self.sharded else 1)
+
+    def describe(self) -> list[str]:
+        """One line per decision, for `ft plan` and the trainer's first log lines."""
+        lines = [f"compute in {self.compute}"]
+        if self.lora:
+            base = f"frozen base in {self.frozen}"
+            if self.quantization:
+                base += f", its decoder projections in {self.quantization.upper()} (torchao)"
+            lines.append(base)
+            lines.append(f"LoRA adapters, gradients and Adam moments in {self.trained}")
+        else:
+            lines.append(f"trained weights in {self.trained}" + (" (the master weights)" if self.master_weights else "")
+                         + f", gradients in {self.grad}, Adam moments in {self.optim}")
+        if self.sharded:
+            lines.append("gradients reduce-scattered after every micro batch" if self.grad_sync == "micro_batch"
+                         else f"gradients reduce-scattered once per step (after {self.accum_steps} micro batches)")
+        else:
+            lines.append("gradients all-reduced once per step")
+        if self.cpu_offload:
+            lines.append("sharded weights, gradients and optimizer state in host memory (FSDP2 CPU offload)")
+        if self.activation_checkpointing:
+            lines.append("activations recomputed per decoder layer in backward")
+        return lines
+
+
+def decide(job, layout: Layout | None = None, dims=None) -> Decision:
+    """The decision for `job` on `layout` (default: its own). With `dims` (ftcore.arch.Dims) of
+    a named architecture the LoRA targets are resolved too, raising UserError when a glob
+    matches nothing."""
+    layout = layout or Layout.of(job)
+    lora = job.peft is not None
+    compute = job.model.dtype if layout.on_gpu else "fp32"
+    sharded = layout.strategy == "fsdp2"
+    if lora:
+        trained = "fp32"
+    else:
+        trained = "fp32" if sharded else compute
+    per_step = job.data.micro_batch_size * layout.world
+    targets = None
+    if lora and dims is not None and dims.named:
+        targets = tuple(lora_targets(dims.linear_names(), "lm_head", job.peft))
+    return Decision(
+        layout=layout,
+        lora=lora,
+        compute=compute,
+        frozen=compute if lora else None,
+        trained=trained,
+        grad=trained,
+        optim=trained,
+        grad_sync="step" if (lora or not sharded) else "micro_batch",
+        quantization=job.model.quantization,
+        cpu_offload=job.model.cpu_offload,
+        activation_checkpointing=job.model.activation_checkpointing,
+        accum_steps=max(1, job.data.global_batch_size // per_step),
+        lora_targets=targets,
+    )

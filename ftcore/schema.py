@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ftcore import shipped
+from ftcore import secrets, shipped
 from ftcore.errors import UserError
 
 # Characters that may never reach a rendered script, whatever the quoting: a newline in an
@@ -29,9 +29,21 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SBATCH_OPTION = re.compile(r"^[a-z][a-z0-9-]*$")
 _SLURM_TIME = re.compile(r"^(\d+-)?\d{1,3}(:\d{2}){0,2}$|^\d+-\d{1,2}$|^UNLIMITED$|^INFINITE$")
-# Environment variable names that look like credentials. They travel in the user's
-# environment (srun and singularity pass it through); ft never writes them to disk.
-_SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|CREDENTIAL)", re.I)
+# $SLURM_GPUS_PER_NODE: a count, optionally after a GPU type (`a100:2`, `gpu:a100:2`).
+_SLURM_GPUS = re.compile(r"^(?:gpu:)?(?:[A-Za-z0-9_.-]+:)?(\d+)$")
+# #SBATCH options ft derives from the job itself: set through these keys, never `slurm.extra`
+# (sbatch takes the last of two, so an extra one would silently undo the derived value).
+DERIVED_SBATCH_OPTIONS = {
+    "nodes": "trainer.num_nodes", "ntasks-per-node": "trainer.devices", "ntasks": "trainer.devices",
+    "gpus-per-node": "trainer.devices", "job-name": "slurm.job_name", "time": "slurm.time",
+    "partition": "slurm.partition", "account": "slurm.account", "qos": "slurm.qos",
+    "constraint": "slurm.constraint", "cpus-per-task": "slurm.cpus_per_task", "mem": "slurm.mem",
+    "output": "(the job folder's logs/)", "error": "(the job folder's logs/)",
+    "open-mode": "(always append)", "signal": "slurm.signal_seconds", "requeue": "(always on)",
+    "array": "--sweep", "dependency": "--after", "wrap": "(ft writes the script)",
+}
+# Environment variables ft sets from the `hub` section; container.env may not set them too.
+HUB_ENV = ("HF_HUB_CACHE", "HF_HUB_OFFLINE")
 
 
 class _Section(BaseModel):
@@ -46,10 +58,49 @@ def looks_local(spec: str) -> bool:
     return spec.startswith(("/", ".", "~")) or spec.endswith((".json", ".jsonl"))
 
 
+def has_control(text: str) -> bool:
+    return bool(_CONTROL.search(text))
+
+
 def _no_control(value: str, what: str = "value") -> str:
     if _CONTROL.search(value):
         raise ValueError(f"{what} must not contain newlines or control characters")
     return value
+
+
+def _no_nul(value: Any, where: str = "") -> None:
+    """A NUL byte ends a C string early: a path or a script line would silently lose its tail."""
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError(f"{where or 'a value'} contains a NUL byte")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _no_nul(key, where)
+            _no_nul(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _no_nul(item, where)
+
+
+def check_prompt_template(template: str) -> list[str]:
+    """The record fields a prompt template names; ValueError when it is not a format string
+    the trainer can fill (only `{field}` by name, no positions, attributes or indexes)."""
+    import string
+
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as err:
+        raise ValueError(f"not a valid format string ({err}); write {{{{ and }}}} for literal braces") from None
+    fields = []
+    for _, name, spec, _ in parsed:
+        if name is None:
+            continue
+        if not name.isidentifier():
+            raise ValueError(f"{{{name}}}: name a record field, like {{question}} (no positions, "
+                             "attributes or indexes)")
+        if spec and ("{" in spec):
+            raise ValueError(f"{{{name}:{spec}}}: nested fields are not supported")
+        fields.append(name)
+    return fields
 
 
 class ModelConfig(_Section):
@@ -88,7 +139,16 @@ class ModelConfig(_Section):
         "checkpoint (models larger than one GPU: the 405B and 8B SFT factories).",
     )
     quantization: Literal["nf4"] | None = Field(
-        None, description="`nf4` loads the base in 4 bits for QLoRA (needs CUDA and bitsandbytes)."
+        None,
+        description="`nf4`: QLoRA. The frozen base's decoder projections are stored in 4-bit NF4 "
+        "(torchao), replicated (ddp) or sharded (fsdp2); adapters train in fp32 and are saved as "
+        "plain PEFT adapters over the unquantized base. Needs peft=lora and the torchao package.",
+    )
+    cpu_offload: bool = Field(
+        False,
+        description="FSDP2 keeps the sharded weights (the frozen base, and with it the adapters, "
+        "their gradients and optimizer state) in host memory and copies each layer to the GPU "
+        "when it computes: less GPU memory, slower steps. Needs trainer.strategy=fsdp2 and GPUs.",
     )
     trust_remote_code: bool = Field(False, description="Allow model code from the hub repository.")
     parameters_b: float | None = Field(
@@ -107,7 +167,8 @@ class LoraConfig(_Section):
     target_modules: list[str] = Field(
         default_factory=lambda: ["*_proj"],
         description="Module-name globs to adapt, matched against full names and last "
-        "components (`*.proj`, `*_proj`, `q_proj`).",
+        "components: `*_proj`, `q_proj`, and NeMo AutoModel's `*.proj` (a `.` matches any "
+        "character there: every projection). A glob matching no layer is an error.",
     )
     match_all_linear: bool = Field(
         False, description="Adapt every linear layer except the output head (overrides target_modules)."
@@ -175,6 +236,13 @@ class DataConfig(_Section):
         "Defaults depend on the format.",
     )
 
+    @field_validator("prompt_template")
+    @classmethod
+    def _template_fields(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_prompt_template(value)
+        return value
+
 
 class TrainerConfig(_Section):
     num_nodes: int = Field(1, ge=1, description="Nodes to allocate.")
@@ -187,6 +255,17 @@ class TrainerConfig(_Section):
     accelerator: Literal["gpu", "cpu"] = Field(
         "gpu", description="`gpu` asks SLURM for GPUs (--gpus-per-node); `cpu` for CPU-only tasks."
     )
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _slurm_gpu_count(cls, value: Any) -> Any:
+        """As SLURM writes $SLURM_GPUS_PER_NODE: `2`, or `a100:2` with a GPU type."""
+        if isinstance(value, str):
+            match = _SLURM_GPUS.match(value.strip())
+            if not match:
+                raise ValueError(f"expected a GPU count like 2 or a100:2 (as $SLURM_GPUS_PER_NODE gives it), got {value!r}")
+            return int(match.group(1))
+        return value
     max_steps: int | None = Field(
         None, ge=1, description="Optimizer steps to run; wins over num_epochs when both are set."
     )
@@ -315,10 +394,13 @@ class ContainerConfig(_Section):
     @field_validator("env")
     @classmethod
     def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
-        for name in value:
+        for name, text in value.items():
+            _no_control(text, f"container.env.{name}")
             if not _ENV_NAME.match(name):
                 raise ValueError(f"{name!r} is not a valid environment variable name")
-            if _SECRET_NAME.search(name):
+            if name in HUB_ENV:
+                raise ValueError(f"{name} is set by ft from the hub section: use hub.cache_dir or hub.offline")
+            if secrets.looks_secret(name):
                 raise ValueError(
                     f"{name} looks like a secret; ft never writes secrets to disk. "
                     f"Export it in your shell instead (`export {name}=...`): the job inherits it."
@@ -329,6 +411,26 @@ class ContainerConfig(_Section):
     @classmethod
     def _python_line(cls, value: str | None) -> str | None:
         return value if value is None else _no_control(value, "container.python")
+
+
+class HubConfig(_Section):
+    cache_dir: str | None = Field(
+        None,
+        description="Shared Hugging Face cache (the job's HF_HUB_CACHE) on a filesystem the "
+        "compute nodes see: `ft stage` downloads the job's hub model and dataset into it on "
+        "the login node. Default: $FT_HOME/hub.",
+    )
+    offline: bool = Field(
+        False,
+        description="The compute nodes cannot reach the hub: the job runs with "
+        "HF_HUB_OFFLINE=1, and `ft submit` refuses a job whose hub model or dataset is not "
+        "staged in cache_dir (it prints the `ft stage` command). Set it in the site profile.",
+    )
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _cache_line(cls, value: str | None) -> str | None:
+        return value if value is None else _no_control(value, "hub.cache_dir")
 
 
 class SlurmConfig(_Section):
@@ -348,9 +450,10 @@ class SlurmConfig(_Section):
         default_factory=list,
         description="Shell lines run before srun, verbatim (site set-up; you write these yourself).",
     )
-    extra: dict[str, str | int | None] = Field(
+    extra: dict[str, str | None] = Field(
         default_factory=dict,
-        description="More #SBATCH options, `name: value` (`mail-type: END`); null for a flag.",
+        description="More #SBATCH options, `name: value` (`mail-type: END`), kept as written; "
+        "null for a flag.",
     )
     template: str | None = Field(None, description="Path to a site's own sbatch Jinja template.")
     signal_seconds: int = Field(
@@ -391,12 +494,28 @@ class SlurmConfig(_Section):
             _no_control(line, "a setup line (give one line per list item)")
         return value
 
+    @field_validator("extra", mode="before")
+    @classmethod
+    def _extra_as_text(cls, value: Any) -> Any:
+        """A number is the text it was (`nice: 10`); true/false is no sbatch value."""
+        if not isinstance(value, dict):
+            return value
+        converted = {}
+        for name, option in value.items():
+            if isinstance(option, bool):
+                raise ValueError(f"slurm.extra.{name}: {str(option).lower()} is not an sbatch value: "
+                                 "write null for a flag, or quote the text")
+            converted[name] = str(option) if isinstance(option, (int, float)) else option
+        return converted
+
     @field_validator("extra")
     @classmethod
     def _extra_options(cls, value: dict[str, Any]) -> dict[str, Any]:
         for name, option in value.items():
             if not _SBATCH_OPTION.match(name):
                 raise ValueError(f"{name!r} is not an sbatch option name (like `mail-type`)")
+            if name in DERIVED_SBATCH_OPTIONS:
+                raise ValueError(f"slurm.extra.{name}: ft sets --{name} itself; use {DERIVED_SBATCH_OPTIONS[name]}")
             if isinstance(option, str):
                 _no_control(option, f"slurm.extra.{name}")
         return value
@@ -420,6 +539,7 @@ class Job(_Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Checkpoints.")
     resume: ResumeConfig = Field(default_factory=ResumeConfig, description="Base weights and resuming.")
     container: ContainerConfig = Field(default_factory=ContainerConfig, description="Container.")
+    hub: HubConfig = Field(default_factory=HubConfig, description="Hub cache and offline compute nodes.")
     slurm: SlurmConfig = Field(default_factory=SlurmConfig, description="Scheduler settings.")
 
     @field_validator("name")
@@ -430,6 +550,7 @@ class Job(_Section):
     @model_validator(mode="before")
     @classmethod
     def _aliases(cls, raw: Any) -> Any:
+        _no_nul(raw)
         return fold_aliases(raw) if isinstance(raw, dict) else raw
 
     @model_validator(mode="after")
@@ -451,13 +572,14 @@ class Job(_Section):
                 f"{self.world_size} = {per_step}"
             )
         on_gpu = self.trainer.accelerator == "gpu"
-        if self.model.quantization:
-            if self.peft is None:
-                problems.append("model.quantization=nf4 (QLoRA) needs peft=lora")
+        if self.model.quantization and self.peft is None:
+            problems.append("model.quantization=nf4 (QLoRA) quantizes a frozen base: it needs peft=lora")
+        if self.model.cpu_offload:
+            if self.strategy != "fsdp2":
+                problems.append("model.cpu_offload moves FSDP2 shards to host memory: it needs trainer.strategy=fsdp2")
             if not on_gpu:
-                problems.append("model.quantization=nf4 (QLoRA) needs GPUs: trainer.accelerator=gpu")
-            if self.strategy != "ddp":
-                problems.append("model.quantization=nf4 works with trainer.strategy=ddp only")
+                problems.append("model.cpu_offload frees GPU memory: a CPU job (trainer.accelerator=cpu) has none "
+                                "to free; drop model.cpu_offload")
         if self.model.dtype == "fp16" and on_gpu:
             problems.append(
                 "model.dtype=fp16 is refused: fp16 gradients underflow without loss scaling, which ft "
@@ -532,8 +654,18 @@ class Job(_Section):
 
     def missing_paths(self) -> list[str]:
         """A problem for each local path that does not exist here."""
-        return [f"{key} {value} does not exist" for key, value in self.local_paths.items()
-                if not Path(value).expanduser().exists()]
+        from ftcore.files import expand
+
+        problems = []
+        for key, value in self.local_paths.items():
+            try:
+                if not expand(value).exists():
+                    problems.append(f"{key} {value} does not exist")
+            except UserError as err:
+                problems.extend(f"{key}: {p}" for p in err.problems)
+            except OSError as err:
+                problems.append(f"{key} {value}: {err.strerror}")
+        return problems
 
 
 # Keys that name the same setting as another: the source documents' spelling → ft's.

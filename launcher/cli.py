@@ -4,6 +4,8 @@
     ft show   --factory llama31_8b trainer.max_steps=250 [--explain]
     ft submit --factory llama31_8b trainer.max_steps=250 data.global_batch_size=8 --yes
     ft submit --factory tiny --executor local
+    srun ft train --factory llama31_8b trainer.devices="${SLURM_GPUS_PER_NODE}"   # in your own script
+    ft stage  --factory llama32_1b_squad                # hub model + dataset → shared cache
     ft plan   --factory llama3_8b_sft                   # GPU memory per GPU: does it fit?
     ft merge JOB ; ft generate JOB "prompt" ; ft eval JOB --data val.jsonl
     ft export JOB --to vllm ; ft push JOB me/model --dry-run ; ft plot JOB [JOB...]
@@ -104,15 +106,32 @@ def submit_cmd(
     detach: bool = typer.Option(False, "--detach", help="With --executor local: run in the background."),
     sweep: List[str] = typer.Option([], "--sweep", help="key=v1,v2,...: one SLURM array task per value (repeat for a grid)."),
     after: Optional[str] = typer.Option(None, "--after", help="Start only after this job completed successfully (afterok)."),
+    print_srun: bool = typer.Option(False, "--print-srun", help="With --dry-run: print only the srun line that "
+                                    "runs this job with `ft train` in your own batch script; write nothing."),
+    force: bool = typer.Option(False, "--force", help="Submit even though `ft plan` says it will not fit its GPUs."),
+    stage: bool = typer.Option(False, "--stage", help="First download the job's hub model and dataset into the shared cache (as `ft stage`); the job then runs offline."),
     profile: Optional[str] = ProfileOpt,
 ) -> None:
     """Resolve, validate, write the job folder, render the sbatch script and submit it."""
+    from rich.markup import escape
+
     from ftcore.errors import UserError
     from launcher import submit
 
-    p = submit.prepare(factory, list(ctx.args), profile, executor, dry_run, sweep, after)
+    if print_srun and (not dry_run or sweep or after or executor != "slurm"):
+        raise UserError("--print-srun prints one job's srun line for your own script and submits nothing: "
+                        "use it with --dry-run, without --sweep, --after or --executor local")
+    p = submit.prepare(factory, list(ctx.args), profile, executor, dry_run, sweep, after, stage, force)
     err = _console(stderr=True)
-    _warn_if_it_will_not_fit(p.job, err)
+    for staged in p.staged:
+        err.print(staged.line(), markup=False)
+    for warning in p.warnings:
+        err.print(f"[bold yellow]ft: warning:[/] {escape(warning)}")
+    if print_srun:
+        line, header = submit.srun_line(p, factory)
+        err.print("# the allocation this line expects (one task per GPU):\n" + "\n".join(header), markup=False)
+        print(line)
+        return
     if not dry_run:
         _print_summary(p, err)
         if not yes:
@@ -134,9 +153,47 @@ def submit_cmd(
         if detach:
             err.print(f"running in the background; follow with: ft logs {folder} -f")
         raise typer.Exit(status)
-    job_id = submit.submit(folder, p.job.name)
+    job_id = submit.submit(folder, p.job.name, job_name=p.job.job_name)
     print(f"Submitted batch job {job_id}")
     print(f"Job folder: {folder}")
+
+
+@app.command("train", context_settings={**_PASS_THROUGH, "help_option_names": []}, add_help_option=False)
+def train_cmd(ctx: typer.Context) -> None:
+    """Train in this process: run by srun in your own batch script (every task), by torchrun, or alone.
+
+    ft train --factory NAME [--job-dir DIR] [--profile FILE] [--yes] [overrides...]; `ft train --help` for more.
+    """
+    from launcher import train
+
+    raise typer.Exit(train.main(list(ctx.args)))
+
+
+@app.command("stage", context_settings=_PASS_THROUGH)
+def stage_cmd(
+    ctx: typer.Context,
+    factory: str = FactoryOpt,
+    sweep: List[str] = typer.Option([], "--sweep", help="key=v1,v2,...: stage what every task of the sweep names."),
+    profile: Optional[str] = ProfileOpt,
+) -> None:
+    """Download the job's hub model and dataset into the shared cache (hub.cache_dir), on the
+    login node, so that compute nodes without internet run it offline."""
+    from launcher import config, stage, submit
+
+    overrides = list(ctx.args)
+    combos = submit.sweep_overrides(sweep) if sweep else [[]]
+    jobs = [config.resolve(factory, [*overrides, *combo], profile).job for combo in combos]
+    seen = set()
+    for job in jobs:
+        for staged in stage.stage(job):
+            if staged.folder not in seen:
+                seen.add(staged.folder)
+                print(staged.line())
+    if not seen:
+        print("nothing to stage: the job names no hub model or dataset")
+        return
+    print(f"cache: {stage.cache_dir(jobs[0])}; jobs read it with HF_HUB_OFFLINE=1 when hub.offline is true "
+          "(the site profile) or when submitted with --stage")
 
 
 JobArg = typer.Argument(..., help="Job id, job folder, or a unique prefix of either.")
@@ -145,7 +202,7 @@ JobArg = typer.Argument(..., help="Job id, job folder, or a unique prefix of eit
 @app.command("jobs")
 def jobs_cmd(
     as_json: bool = typer.Option(False, "--json", help="One JSON list for scripts."),
-    limit: int = typer.Option(50, "--limit", "-n", help="Show at most this many, newest first."),
+    limit: int = typer.Option(50, "--limit", "-n", min=1, help="Show at most this many, newest first."),
 ) -> None:
     """Your jobs, newest first: id, factory, state, progress, age, folder."""
     import json
@@ -162,7 +219,8 @@ def jobs_cmd(
     for column in ("id", "factory", "state", "progress", "age", "folder"):
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(str(row["id"] or "-" if row["executor"] == "slurm" else row["executor"]), row["factory"],
+        scheduled = row["executor"] in jobs.SCHEDULED_EXECUTORS
+        table.add_row(str(row["id"] or "-" if scheduled else row["executor"]), row["factory"],
                       row["state"], row["progress"], row["age"], row["folder"])
     _console().print(table)
 
@@ -191,7 +249,7 @@ def status_cmd(job: str = JobArg) -> None:
 def logs_cmd(
     job: str = JobArg,
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing while the job runs."),
-    rank: Optional[int] = typer.Option(None, "--rank", help="Only this task's lines."),
+    rank: Optional[int] = typer.Option(None, "--rank", min=0, help="Only this task's lines."),
 ) -> None:
     """The job's output; with -f, follow it until the job ends."""
     from launcher import jobs
@@ -223,15 +281,6 @@ def resubmit_cmd(ctx: typer.Context, job: str = JobArg, profile: Optional[str] =
     job_id = submit.resubmit(view, list(ctx.args), profile)
     print(f"Submitted batch job {job_id}")
     print(f"Job folder: {view.folder}")
-
-
-def _warn_if_it_will_not_fit(job, console) -> None:
-    from launcher import plan
-    from rich.markup import escape
-
-    warning = plan.fit_warning(job)
-    if warning:
-        console.print(f"[bold yellow]ft: warning:[/] {escape(warning)}")
 
 
 # --- after training -------------------------------------------------------------------------
@@ -287,7 +336,7 @@ def merge_cmd(
 def generate_cmd(
     ckpt: str = CkptArg,
     prompt: str = typer.Argument(..., help="Text to continue, as the model saw prompts in training."),
-    max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n", help="Stop after this many new tokens."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n", min=1, help="Stop after this many new tokens."),
 ) -> None:
     """Greedy continuation of PROMPT by a checkpoint (SFT, or base + LoRA adapter)."""
     checkpoint = _checkpoint(ckpt)
@@ -308,8 +357,8 @@ def eval_cmd(
     data: str = typer.Option(..., "--data", help="A .json/.jsonl file, ft:NAME (a file ft ships) or a hub dataset."),
     split: str = typer.Option("validation", "--split", help="Split of a hub dataset."),
     fmt: Optional[str] = typer.Option(None, "--format", help="squad, alpaca or jsonl (default: the job's data.format)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N records."),
-    max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="SQuAD: longest answer generated."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Score only the first N records."),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="SQuAD: longest answer generated."),
     loss_only: bool = typer.Option(False, "--loss-only", help="SQuAD: skip generating answers (no EM/F1)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object for scripts."),
 ) -> None:
@@ -404,17 +453,21 @@ def plan_cmd(
     factory: str = FactoryOpt,
     gpu_memory: float = typer.Option(80.0, "--gpu-memory", help="Memory of one GPU in GiB."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object for scripts."),
+    rank: int = typer.Option(0, "--rank", min=0, help="Price this rank's shards (rank 0 holds the largest)."),
     profile: Optional[str] = ProfileOpt,
 ) -> None:
-    """Estimate GPU memory per GPU for a job, say whether it fits, and the smallest allocation that does."""
+    """Memory per GPU as the trainer's policy builds it: fits? If not, the smallest allocation that does, and the levers."""
     import json
 
     from rich.table import Table
 
+    from ftcore.errors import UserError
     from launcher import config, plan
 
+    if not gpu_memory > 0 or gpu_memory == float("inf"):
+        raise UserError(f"--gpu-memory {gpu_memory}: give one GPU's memory in GiB, a positive number like 80")
     job = config.resolve(factory, list(ctx.args), profile).job
-    est = plan.estimate(job, gpu_memory)
+    est = plan.estimate(job, gpu_memory, rank=rank)
     if as_json:
         fit = plan.smallest_fit(job, gpu_memory) if est.on_gpu else None
         smallest = {"num_nodes": fit.num_nodes, "devices": fit.devices, "strategy": fit.strategy} if fit else None
@@ -429,13 +482,15 @@ def plan_cmd(
     table = Table(title=title, title_justify="left")
     table.add_column("component")
     table.add_column(unit, justify="right")
+    table.add_column("priced")
     table.add_column("how")
     for row in est.rows:
-        table.add_row(row.name, f"{row.bytes / scale:.2f}", row.how)
+        name = row.name if row.on_device else f"{row.name} (host memory)"
+        table.add_row(name, f"{row.bytes / scale:.2f}", "exact" if row.exact else "estimate", row.how)
     table.add_row("total", f"{est.total / scale:.2f}", "", style="bold")
     console = _console()
     console.print(table)
-    for line in [*est.notes, *plan.verdict(est, job)]:
+    for line in ["policy: " + "; ".join(est.decision.describe()), *est.notes, *plan.verdict(est, job)]:
         console.print(line, markup=False)
 
 
@@ -459,14 +514,32 @@ def main() -> None:
     try:
         app()
     except UserError as err:
-        from rich.markup import escape
-
-        console = _console(stderr=True)
-        for problem in err.problems:
-            console.print(f"[bold red]ft: error:[/] {escape(problem)}", highlight=False)
-        if err.hint:
-            console.print(f"ft: hint: {escape(err.hint)}")
+        _report(err.problems, err.hint)
         sys.exit(err.exit_code)
+    except OSError as err:
+        # The machine said no (a read-only or full FT_HOME, a permission, a name too long):
+        # the user's to act on, said in one line.
+        import errno
+
+        from ftcore import exits
+
+        where = f" {err.filename}" if err.filename else " a file"
+        hint = {errno.ENOSPC: "free some space, or point FT_HOME at another filesystem",
+                errno.EDQUOT: "free some space, or point FT_HOME at another filesystem",
+                errno.EROFS: "point FT_HOME at a writable folder",
+                errno.EACCES: "check the permissions, or point FT_HOME at a folder of yours"}.get(err.errno)
+        _report([f"cannot use{where}: {err.strerror or err}"], hint)
+        sys.exit(exits.USER_ERROR)
+
+
+def _report(problems: list[str], hint: str | None) -> None:
+    from rich.markup import escape
+
+    console = _console(stderr=True)
+    for problem in problems:
+        console.print(f"[bold red]ft: error:[/] {escape(problem)}", highlight=False)
+    if hint:
+        console.print(f"ft: hint: {escape(hint)}", highlight=False)
 
 
 if __name__ == "__main__":

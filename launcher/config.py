@@ -13,12 +13,13 @@ import re
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin
+from typing import Any, TypedDict, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel
 
 from launcher import paths
+from ftcore.files import expand
 from ftcore.errors import UserError
 from ftcore import schema
 from ftcore.schema import SWITCHES, Job
@@ -30,17 +31,155 @@ _OVERRIDE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_][A-Za-z0-9_-]
 
 # --------------------------------------------------------------------------- YAML files
 
+# What a file or an override may expand to: YAML aliases can make a few lines stand for
+# millions of values (a "billion laughs"); ft reads small configs, so anything larger is a mistake.
+MAX_NODES = 100_000
+MAX_DEPTH = 64
+MAX_BYTES = 2**20  # a factory, profile or resolved job is a few KB
 
-def read_yaml(path: Path, what: str) -> dict[str, Any]:
+
+class _Yaml12Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml's parser when there is one
+    """YAML 1.2 core scalars, the way users read them: `1e-4` is a number, while `16:00`,
+    `010` and `no` stay text (YAML 1.1 makes them 960, 8 and false). Numbers are decimal."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {}
+for _tag, _pattern, _first in (
+    ("null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
+    ("bool", r"^(?:true|True|TRUE|false|False|FALSE)$", list("tTfF")),
+    ("int", r"^[-+]?(?:0|[1-9][0-9]*)$", list("-+0123456789")),
+    ("float", r"^[-+]?(?:\.[0-9]+|[0-9]+\.[0-9]*(?:[eE][-+]?[0-9]+)?|[0-9]+[eE][-+]?[0-9]+)$"
+              r"|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$", list("-+0123456789.")),
+):
+    _Yaml12Loader.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", re.compile(_pattern), _first)
+_Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:merge", re.compile(r"^<<$"), ["<"])
+
+
+class _Dumper(yaml.SafeDumper):
+    """Quotes every string that YAML 1.1 or 1.2 would read as something else, so a file ft
+    writes reads back the same whichever loader reads it (the trainer uses PyYAML's)."""
+
+    def represent_str(self, data: str) -> yaml.ScalarNode:
+        node = super().represent_str(data)
+        looks_like = (_Yaml12Loader.resolve(_Yaml12Loader, yaml.ScalarNode, data, (True, False)),
+                      yaml.SafeLoader.resolve(yaml.SafeLoader, yaml.ScalarNode, data, (True, False)))
+        if node.style is None and any(tag != "tag:yaml.org,2002:str" for tag in looks_like):
+            node.style = "'"
+        return node
+
+
+_Dumper.add_representer(str, _Dumper.represent_str)
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
+
+
+def _check_size(node: yaml.Node, source: str) -> None:
+    """Refuse a document that expands (through aliases) past MAX_NODES, nests deeper than
+    MAX_DEPTH, or refers to itself."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node, depth: int) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise UserError(f"{source}: a YAML alias refers to the value that contains it")
+        if depth > MAX_DEPTH:
+            raise UserError(f"{source}: nested more than {MAX_DEPTH} levels deep")
+        active.add(key)
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        total = 1 + sum(size(child, depth + 1) for child in children)
+        active.discard(key)
+        if total > MAX_NODES:
+            raise UserError(f"{source}: expands to more than {MAX_NODES:,} values (YAML aliases?)")
+        sizes[key] = total
+        return total
+
+    size(node, 0)
+
+
+def _wants_text(annotation: Any) -> bool:
+    """True where the field is a string and not also a number or flag."""
+    if annotation is None:
+        return False
+    annotation = _unwrap(annotation)
+    members = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else (annotation,)
+    return str in members and not any(m in (int, float, bool) for m in members)
+
+
+def _inner(annotation: Any, key: Any = None) -> Any:
+    """The annotation one level down: a model's field, a mapping's value or a list's item."""
+    annotation = _unwrap(annotation)
+    if _is_model(annotation):
+        info = annotation.model_fields.get(key) if isinstance(key, str) else None
+        return info.annotation if info else None
+    if _is_mapping(annotation) or get_origin(annotation) in (list, tuple):
+        args = get_args(annotation)
+        return args[-1] if args else None
+    return None
+
+
+def _to_python(loader: yaml.Loader, node: yaml.Node, annotation: Any) -> Any:
+    """Build the value of `node`; a plain scalar where the schema wants text keeps the text
+    the user wrote (`begin: 16:00`, `comment: 010`, `mail-user: no`)."""
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)  # `<<: *base` merge keys
+        result = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                raise UserError(f"line {key_node.start_mark.line + 1}: a key must be a plain word")
+            result[key] = _to_python(loader, value_node, _inner(annotation, key))
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_python(loader, item, _inner(annotation)) for item in node.value]
+    if (isinstance(node, yaml.ScalarNode) and not node.style and _wants_text(annotation)
+            and node.tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool")):
+        return node.value
+    return loader.construct_object(node, deep=True)
+
+
+def load_yaml(text: str, source: str, schema: Any = None) -> Any:
+    """One YAML document, size-bounded; `schema` (an annotation, e.g. Job) keeps text fields text."""
+    if len(text) > MAX_BYTES:
+        raise UserError(f"{source}: {len(text):,} characters is too large for a job's settings")
+    depth = 0
+    for char in text:  # PyYAML takes seconds on thousands of nested brackets: refuse them first
+        depth += (char in "[{") - (char in "]}")
+        if depth > 2 * MAX_DEPTH:
+            raise UserError(f"{source}: nested more than {MAX_DEPTH} levels deep")
+    loader = _Yaml12Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_size(node, source)
+        return _to_python(loader, node, schema)
+    except RecursionError:
+        raise UserError(f"{source}: nested too deeply to read") from None
+    finally:
+        loader.dispose()
+
+
+def read_yaml(path: Path, what: str, schema: Any = Job) -> dict[str, Any]:
     """A YAML mapping from `path`, or a UserError that names the file and the line."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UserError(f"{what} {path} does not exist") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"{what} {path} is not UTF-8 text (byte {err.start}): is it a YAML file?") from None
     except OSError as err:
         raise UserError(f"cannot read {what} {path}: {err.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text, f"{what} {path}", schema)
     except yaml.YAMLError as err:
         where = ""
         mark = getattr(err, "problem_mark", None)
@@ -69,9 +208,29 @@ def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- factories
 
 
+class UserConfig(TypedDict, total=False):
+    """~/.config/ft/config.yaml."""
+
+    factory_dirs: list[str]
+    profile: str
+
+
 def user_config() -> dict[str, Any]:
+    """The user's ft config (`factory_dirs:`, `profile:`), its values checked."""
     path = paths.config_dir() / "config.yaml"
-    return read_yaml(path, "ft config") if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    data = read_yaml(path, "ft config", schema=UserConfig)
+    problems = [f"ft config {path}: unknown key {key!r}; it may hold {', '.join(UserConfig.__annotations__)}"
+                for key in data if key not in UserConfig.__annotations__]
+    dirs = data.get("factory_dirs")
+    if dirs is not None and (not isinstance(dirs, list) or not all(isinstance(d, str) and d for d in dirs)):
+        problems.append(f"ft config {path}: factory_dirs must be a list of folders")
+    if data.get("profile") is not None and not isinstance(data["profile"], str):
+        problems.append(f"ft config {path}: profile must be the path of a cluster profile")
+    if problems:
+        raise UserError(*problems)
+    return data
 
 
 def factory_dirs() -> list[tuple[Path, str]]:
@@ -80,21 +239,21 @@ def factory_dirs() -> list[tuple[Path, str]]:
     dirs: list[tuple[Path, str]] = []
     for entry in os.environ.get(FACTORY_PATH_ENV, "").split(os.pathsep):
         if entry:
-            dirs.append((Path(entry).expanduser(), f"${FACTORY_PATH_ENV}"))
+            dirs.append((expand(entry), f"${FACTORY_PATH_ENV}"))
     for entry in user_config().get("factory_dirs") or []:
-        dirs.append((Path(str(entry)).expanduser(), "user config"))
+        dirs.append((expand(str(entry)), "user config"))
     dirs.append((paths.factories_dir(), "built-in"))
     return dirs
 
 
-def _looks_like_path(spec: str) -> bool:
+def looks_like_path(spec: str) -> bool:
     return spec.endswith((".yaml", ".yml")) or os.sep in spec
 
 
 def find_factory(spec: str, relative_to: Path | None = None) -> Path:
     """The YAML file for a factory name or path."""
-    if _looks_like_path(spec):
-        candidate = Path(spec).expanduser()
+    if looks_like_path(spec):
+        candidate = expand(spec)
         if not candidate.is_absolute() and relative_to is not None:
             candidate = relative_to / candidate
         if candidate.is_file():
@@ -171,12 +330,12 @@ def list_factories() -> list[FactoryInfo]:
 def profile_path(explicit: str | None = None) -> tuple[Path, bool]:
     """The cluster profile to use and whether the user named it (then it must exist)."""
     if explicit:
-        return Path(explicit).expanduser(), True
+        return expand(explicit), True
     if os.environ.get(PROFILE_ENV):
-        return Path(os.environ[PROFILE_ENV]).expanduser(), True
+        return expand(os.environ[PROFILE_ENV]), True
     configured = user_config().get("profile")
     if configured:
-        return Path(str(configured)).expanduser(), True
+        return expand(str(configured)), True
     return paths.config_dir() / "cluster.yaml", False
 
 
@@ -284,32 +443,56 @@ class Override:
     text: str
 
 
-class _Yaml12Loader(yaml.SafeLoader):
-    """SafeLoader that reads `1e-4` as a number, as YAML 1.2 and every user does."""
+_NULL_WORDS = ("", "~", "null", "Null", "NULL")
 
 
-_Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
-    list("-+0123456789."),
-)
+# Settings whose values are module-name globs, which may start with `*`.
+GLOB_KEYS = ("peft.target_modules", "peft.exclude_modules")
 
 
-def parse_value(text: str) -> Any:
-    """A command-line value read as YAML; text that is not valid YAML stays a string."""
+def parse_value(text: str, key: str = "value", globs: bool = False) -> Any:
+    """A command-line value read as YAML; text that is not valid YAML stays a string.
+
+    Anchors and aliases are refused: on a command line they are a paste gone wrong. Except a
+    lone `*...` given to a setting of name globs (`peft.target_modules=*_proj`): that is the
+    glob the user wrote, read as text (nothing is expanded either way)."""
     try:
-        return yaml.load(text, Loader=_Yaml12Loader)
+        events = list(yaml.parse(text, Loader=_Yaml12Loader))
+    except yaml.YAMLError:
+        return text
+    nodes = [e for e in events if isinstance(e, yaml.NodeEvent)]
+    if globs and len(nodes) == 1 and isinstance(nodes[0], yaml.AliasEvent):
+        return text
+    if any(isinstance(e, yaml.AliasEvent) or getattr(e, "anchor", None) for e in events):
+        raise UserError(f"{key}={text}: YAML anchors and aliases (&name, *name) are not read in "
+                        "overrides; quote the value if it is text")
+    try:
+        return load_yaml(text, f"override {key}")
     except yaml.YAMLError:
         return text
 
 
-def _wants_text(annotation: Any) -> bool:
-    """True where the field is a string and not also a number or flag."""
-    if annotation is None:
-        return False
-    annotation = _unwrap(annotation)
-    members = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else (annotation,)
-    return str in members and not any(m in (int, float, bool) for m in members)
+# Settings a workshop's script fills from SLURM's variables, and the #SBATCH line that makes
+# SLURM set each one: an empty value means the variable was not set.
+SLURM_VARIABLES = {
+    "trainer.devices": ("SLURM_GPUS_PER_NODE", "#SBATCH --gpus-per-node=N"),
+    "trainer.num_nodes": ("SLURM_NNODES", "#SBATCH --nodes=N"),
+}
+
+
+def _empty_value(key: str) -> str:
+    """`key=` with nothing after it: almost always `key="$VAR"` with VAR unset."""
+    if key not in SLURM_VARIABLES:
+        return (f"{key}= has no value: the shell variable it was written with is empty or not set "
+                f"(write {key}=null for no value)")
+    variable, line = SLURM_VARIABLES[key]
+    state = "is not set here" if os.environ.get(variable) is None else "is empty here"
+    return (f"{key}= has no value: ${variable} {state}. SLURM sets it only when the script asks for it "
+            f"with `{line}`: add that line, or write the number ({key}=1)")
+
+
+def _allows_none(annotation: Any) -> bool:
+    return get_origin(annotation) in (Union, types.UnionType) and type(None) in get_args(annotation)
 
 
 def parse_overrides(args: list[str]) -> tuple[list[Override], list[str]]:
@@ -330,8 +513,20 @@ def parse_overrides(args: list[str]) -> tuple[list[Override], list[str]]:
         if not _OVERRIDE_KEY.match(key):
             problems.append(f"{key!r} is not a valid key: use dot notation like optim.lr_scheduler.warmup_steps")
             continue
+        if not text:
+            problems.append(_empty_value(key))
+            continue
         quoted = text[:1] in ("'", '"')
-        value = text if _wants_text(_field(Job, key.split("."))) and not quoted else parse_value(text)
+        annotation = _field(Job, key.split("."))
+        if _wants_text(annotation) and not quoted:
+            # Free text is taken as written; `null` (or `~`, or nothing) still unsets an optional setting.
+            value = None if _allows_none(annotation) and text in _NULL_WORDS else text
+        else:
+            try:
+                value = parse_value(text, key, globs=key in GLOB_KEYS)
+            except UserError as err:
+                problems.extend(err.problems)
+                continue
         overrides.append(Override(key, value, word))
     return overrides, problems
 

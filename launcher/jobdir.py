@@ -3,32 +3,132 @@
 A folder is built under a hidden temporary name and renamed into place in one step, so a
 reader sees either nothing or the whole folder. Names carry the time and a random suffix;
 a rename onto an existing (non-empty) folder fails, and then another name is drawn.
+A build that was killed leaves its temporary folder behind; the next build removes those
+whose owner process is gone (see `remove_stale`). Every later change to a folder (submit,
+resubmit) holds the folder's lock, so two ft commands never interleave their writes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
 import secrets
 import shlex
+import socket
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-import yaml
-
+from ftcore import secrets as ft_secrets
+from ftcore.errors import UserError
 from ftcore.files import write_atomic
 from ftcore.layout import COMMAND, CONFIG, LOGS, RECORD, SCRIPT  # noqa: F401  (the folder's names)
 from launcher import __version__, paths
 
+LOCK = ".lock"
+TMP_PREFIX = ".tmp-"
+# A temporary folder older than this whose owner process is gone is a leftover; one from
+# another machine (FT_HOME on a shared filesystem) is trusted to be a leftover only after a day.
+STALE_AFTER_S = 600
+FOREIGN_STALE_AFTER_S = 86400
+LOCK_WAIT_S = 60.0
+
+
+def _host() -> str:
+    return "".join(c if c.isalnum() or c == "-" else "-" for c in socket.gethostname())[:32] or "host"
+
+
+def _tmp_prefix(final_name: str) -> str:
+    """`.tmp-<host>-<pid>-<name>-`: who is building it, so a leftover can be told apart."""
+    return f"{TMP_PREFIX}{_host()}-{os.getpid()}-{final_name}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_stale(tmp: Path, now: float | None = None) -> bool:
+    """A temporary job folder nobody is building any more."""
+    try:
+        age = (now or time.time()) - tmp.stat().st_mtime
+    except OSError:
+        return False
+    host, _, rest = tmp.name[len(TMP_PREFIX):].partition("-")
+    pid_text = rest.partition("-")[0]
+    if host == _host() and pid_text.isdigit():
+        return age > STALE_AFTER_S and not _pid_alive(int(pid_text))
+    return age > FOREIGN_STALE_AFTER_S
+
+
+def remove_stale(root: Path) -> list[Path]:
+    """Remove leftover temporary folders of killed builds under `root`; never fails."""
+    removed = []
+    try:
+        candidates = [p for p in root.iterdir() if p.name.startswith(TMP_PREFIX) and p.is_dir()]
+    except OSError:
+        return removed
+    for tmp in candidates:
+        if is_stale(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
+def check_secrets(texts: dict[str, str]) -> None:
+    """Refuse to write a file that would hold a secret's value (the last guard before disk)."""
+    problems = [p for name, text in texts.items() for p in ft_secrets.find(text, name)]
+    if problems:
+        raise UserError(*problems)
+
+
+@contextlib.contextmanager
+def locked(folder: Path, wait: float | None = None) -> Iterator[None]:
+    """Hold the folder's lock: a second ft command changing the same folder waits for it,
+    and gives up with a message after `wait` seconds."""
+    wait = LOCK_WAIT_S if wait is None else wait
+    try:
+        handle = open(folder / LOCK, "a")
+    except OSError as err:
+        raise UserError(f"cannot lock {folder}: {err.strerror}") from None
+    with handle:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as err:
+                if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise UserError(f"another ft command is changing {folder} right now",
+                                    hint="wait for it to finish, then try again") from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def safe_name(text: str) -> str:
+    """`text` as part of a folder name: letters, digits and -_. only."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)[:40] or "job"
+
 
 def new_name(factory: str) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in factory)[:40] or "job"
-    return f"{stamp}-{safe}-{secrets.token_hex(3)}"
+    return f"{stamp}-{safe_name(factory)}-{secrets.token_hex(3)}"
 
 
 def create(
@@ -40,27 +140,39 @@ def create(
     so files may mention the folder's final path."""
     root = root or paths.jobs_root()
     root.mkdir(parents=True, exist_ok=True)
+    remove_stale(root)
     for _ in range(100):
         final = root / new_name(factory)
-        if final.exists():
-            continue
-        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{final.name}-"))
-        try:
-            (tmp / LOGS).mkdir()
-            for name, text in files(final).items():
-                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-                (tmp / name).write_text(text)
-            os.rename(tmp, final)  # fails if `final` appeared meanwhile (it is never empty)
+        if not final.exists() and create_at(final, files):
             return final
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if final.exists():
-                continue
-            raise
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     raise RuntimeError(f"could not find a free job folder name under {root}")
+
+
+def create_at(final: Path, files: Callable[[Path], dict[str, str]]) -> bool:
+    """Build the folder `final` whole, under a temporary name, and rename it into place.
+    False (and nothing written) when `final` exists already or appeared meanwhile."""
+    if not final.parent.is_dir():
+        final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=_tmp_prefix(final.name)))
+    try:
+        (tmp / LOGS).mkdir()
+        texts = files(final)
+        check_secrets(texts)
+        for name, text in texts.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_text(text)
+        os.rename(tmp, final)  # fails if `final` appeared meanwhile (it is never empty)
+        return True
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if final.exists():
+            return False
+        if err.filename is None:  # a write() says no name: the folder it was building
+            err.filename = str(final)
+        raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def command_line(argv: list[str] | None = None) -> str:
@@ -70,17 +182,36 @@ def command_line(argv: list[str] | None = None) -> str:
 
 
 def config_text(job_dict: dict[str, Any]) -> str:
+    from launcher.config import dump_yaml
+
     header = f"# Resolved by ft {__version__}; the trainer validates this file again.\n"
-    return header + yaml.safe_dump(job_dict, sort_keys=False)
+    return header + dump_yaml(job_dict)
+
+
+def record_text(**fields: Any) -> str:
+    record = {"ft_version": __version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **fields}
+    return json.dumps(record, indent=2) + "\n"
 
 
 def write_record(job_folder: Path, **fields: Any) -> None:
-    record = {"ft_version": __version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **fields}
-    write_atomic(job_folder / RECORD, json.dumps(record, indent=2) + "\n")
+    text = record_text(**fields)
+    check_secrets({RECORD: text})
+    write_atomic(job_folder / RECORD, text)
 
 
 def read_record(folder: Path) -> dict[str, Any]:
+    """The folder's record; {} when there is none. A record that cannot be read raises
+    ValueError (the caller lists the folder as unreadable)."""
     try:
-        return json.loads((folder / RECORD).read_text())
-    except (OSError, ValueError):
+        text = (folder / RECORD).read_text()
+    except FileNotFoundError:
         return {}
+    except OSError as err:
+        raise ValueError(f"{RECORD}: {err.strerror}") from None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        raise ValueError(f"{RECORD} is not valid JSON") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{RECORD} does not hold a JSON object")
+    return record

@@ -18,27 +18,40 @@ from typing import Any, Iterator
 
 import yaml
 
-from ftcore import layout
+from ftcore import exits, layout
+from ftcore.files import expand
 from ftcore.errors import UserError
 from launcher import jobdir, paths, slurm
+from launcher.config import load_yaml
+
+
+# Executors whose jobs SLURM knows by id (`ft submit`'s script, or a workshop's script running
+# `ft train` under srun), and those whose script ft did not write (`ft train`, however started).
+SCHEDULED_EXECUTORS = ("slurm", "srun")
+OWN_SCRIPT_EXECUTORS = ("srun", "torchrun")
+# Every executor a record may name; anything else in a record reads as a dry run.
+EXECUTORS = ("slurm", "local", "dry-run", *OWN_SCRIPT_EXECUTORS)
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON-object lines of a file; a torn or foreign line is skipped."""
     records = []
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_bytes().decode(errors="replace").splitlines()
     except OSError:
         return records
     for line in lines:
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except ValueError:
             continue  # a line being written right now
+        if isinstance(record, dict):
+            records.append(record)
     return records
 
 
 def _last_line_record(path: Path) -> dict[str, Any]:
-    """The last complete JSON line of a file that may be large and growing."""
+    """The last complete JSON-object line of a file that may be large and growing."""
     try:
         with open(path, "rb") as handle:
             handle.seek(0, os.SEEK_END)
@@ -48,10 +61,18 @@ def _last_line_record(path: Path) -> dict[str, Any]:
         return {}
     for line in reversed(lines):
         try:
-            return json.loads(line)
+            record = json.loads(line)
         except ValueError:
             continue
+        if isinstance(record, dict):
+            return record
     return {}
+
+
+# States in which a job cannot be running, besides the scheduler's terminal ones.
+UNKNOWN = "UNKNOWN"
+UNREADABLE = "UNREADABLE"
+_LIVE_FOLDER_STATES = ("PENDING", "RUNNING", "REQUEUED", "STARTING")
 
 
 @dataclass
@@ -59,19 +80,32 @@ class JobView:
     folder: Path
     record: dict[str, Any]
     config: dict[str, Any] = field(repr=False)
+    problem: str | None = None  # why the folder cannot be read (then `ft jobs` says UNREADABLE)
 
     @property
     def job_id(self) -> str | None:
-        return self.record.get("job_id")
+        """The scheduler's id: from the record, else from the job's own start event (when
+        sbatch's answer was lost, the script still wrote its SLURM_JOB_ID)."""
+        recorded = self.record.get("job_id")
+        if slurm.is_job_id(recorded):
+            return recorded
+        if self.executor == "slurm":
+            for event in self.events:
+                if slurm.is_job_id(event.get("job_id")):
+                    return event["job_id"]
+        return None
 
     @property
     def earlier_ids(self) -> list[str]:
         """Ids of earlier submissions of this folder (`ft resubmit`)."""
-        return [str(h.get("job_id")) for h in self.record.get("history", []) if h.get("job_id")]
+        history = self.record.get("history")
+        entries = history if isinstance(history, list) else []
+        return [h["job_id"] for h in entries if isinstance(h, dict) and slurm.is_job_id(h.get("job_id"))]
 
     @property
     def executor(self) -> str:
-        return self.record.get("executor", "dry-run")
+        executor = self.record.get("executor", "dry-run")
+        return executor if executor in EXECUTORS else "dry-run"
 
     @property
     def factory(self) -> str:
@@ -80,28 +114,37 @@ class JobView:
     @property
     def run_dirs(self) -> list[Path]:
         """The folders runs write into: the job folder, or one per sweep task."""
-        tasks = sorted((self.folder / layout.TASKS).glob("*"), key=lambda p: int(p.name) if p.name.isdigit() else 0)
-        return tasks or [self.folder]
+        try:
+            tasks = [p for p in (self.folder / layout.TASKS).iterdir() if p.is_dir() and p.name.isdigit()]
+        except OSError:
+            tasks = []
+        return sorted(tasks, key=lambda p: int(p.name)) or [self.folder]
 
     @property
     def events(self) -> list[dict[str, Any]]:
-        return _read_jsonl(self.run_dirs[0] / layout.EVENTS)
+        return [e for e in _read_jsonl(self.run_dirs[0] / layout.EVENTS) if isinstance(e.get("event"), str)]
 
     @property
     def created(self) -> float:
-        return (self.folder / jobdir.CONFIG).stat().st_mtime if (self.folder / jobdir.CONFIG).exists() else 0
+        for name in (jobdir.CONFIG, ""):
+            try:
+                return (self.folder / name).stat().st_mtime
+            except OSError:
+                continue
+        return 0
 
     def progress(self) -> str:
         steps = []
         for run in self.run_dirs:
             last = _last_line_record(run / layout.METRICS)
             steps.append(last.get("step"))
-        total = (self.config.get("trainer") or {}).get("max_steps")
-        done = [s for s in steps if isinstance(s, int)]
+        trainer = self.config.get("trainer")
+        total = trainer.get("max_steps") if isinstance(trainer, dict) else None
+        done = [s for s in steps if isinstance(s, int) and not isinstance(s, bool)]
         if not done:
             return "-"
         shown = min(done)
-        return f"{shown}/{total}" if total else str(shown)
+        return f"{shown}/{total}" if isinstance(total, int) else str(shown)
 
     def latest_checkpoint(self) -> str | None:
         newest = layout.newest_complete(self.run_dirs[0])
@@ -109,25 +152,47 @@ class JobView:
 
 
 def load(folder: Path) -> JobView:
+    """A job folder as ft sees it; what cannot be read is named in `problem`, never raised."""
+    problems = []
     try:
-        config = yaml.safe_load((folder / jobdir.CONFIG).read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        config = load_yaml((folder / jobdir.CONFIG).read_bytes().decode(), jobdir.CONFIG)
+    except FileNotFoundError:
+        config, problems = {}, [f"no {jobdir.CONFIG}"]
+    except UserError as err:
         config = {}
-    return JobView(folder, jobdir.read_record(folder), config)
+        problems.append(err.problems[0])
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        config = {}
+        problems.append(f"{jobdir.CONFIG} cannot be read ({type(err).__name__})")
+    if config is not None and not isinstance(config, dict):
+        problems.append(f"{jobdir.CONFIG} does not hold a job")
+    try:
+        record = jobdir.read_record(folder)
+    except ValueError as err:
+        record = {}
+        problems.append(str(err))
+    if "job_id" in record and record["job_id"] is not None and not slurm.is_job_id(record["job_id"]):
+        problems.append(f"{jobdir.RECORD}: job_id {str(record['job_id'])[:40]!r} is not a SLURM job id")
+        record = {k: v for k, v in record.items() if k != "job_id"}
+    return JobView(folder, record, config if isinstance(config, dict) else {}, "; ".join(problems) or None)
 
 
 def all_jobs(root: Path | None = None) -> list[JobView]:
     """Every job folder, newest first (temporary folders being written are skipped)."""
     root = root or paths.jobs_root()
-    if not root.is_dir():
+    try:
+        folders = [p for p in root.iterdir() if not p.name.startswith(".") and p.is_dir()]
+    except FileNotFoundError:
         return []
-    views = [load(p) for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    except OSError as err:
+        raise UserError(f"cannot read the job folders in {root}: {err.strerror}") from None
+    views = [load(p) for p in folders]
     return sorted(views, key=lambda v: (v.created, v.folder.name), reverse=True)
 
 
 def find(spec: str, root: Path | None = None) -> JobView:
     """A job by id, folder path, or unique prefix of its id or folder name."""
-    candidate = Path(spec).expanduser()
+    candidate = expand(spec)
     if candidate.is_dir() and (candidate / jobdir.CONFIG).exists():
         return load(candidate.resolve())
     views = all_jobs(root)
@@ -156,42 +221,62 @@ def _pid_alive(pid: int) -> bool:
 
 def _folder_state(view: JobView) -> str:
     """The state the folder's own records give."""
+    if view.problem:
+        return f"{UNREADABLE} ({view.problem})"
     events = view.events
     if view.executor == "dry-run":
         return "DRY-RUN"
     if not events:
-        return "PENDING" if view.executor == "slurm" else "STARTING"
+        if view.executor == "slurm" and not view.job_id:
+            return f"{UNKNOWN} (sbatch's answer was unreadable; see {jobdir.RECORD})"
+        return "PENDING" if view.executor in SCHEDULED_EXECUTORS else "STARTING"
     last = events[-1]
     if last["event"] == "exit":
         code = last.get("code")
+        if code == exits.REQUEUE and view.executor != "slurm":  # ft's own script requeues, or says why not
+            return "PREEMPTED (checkpointed: requeue or run again to resume)"
         return "COMPLETED" if code == 0 else f"FAILED (exit {code})"
+    if last["event"] == "cancel":
+        return "CANCELLED"
     if last["event"] == "requeue":
         return "REQUEUED"
     if view.executor == "local":
         pids = view.record.get("pids") or []
-        if pids and not any(_pid_alive(int(p)) for p in pids):
+        if pids and not any(_pid_alive(int(p)) for p in pids if isinstance(p, int)):
             return "FAILED (processes gone)"
     return "RUNNING"
 
 
+def _forgotten(view: JobView, folder_state: str) -> str:
+    """The scheduler no longer knows the job: the folder's word, unless that says it is
+    still waiting or running, which it can no longer be."""
+    if folder_state.split()[0] in _LIVE_FOLDER_STATES:
+        return (f"{UNKNOWN} (the scheduler no longer knows job {view.job_id} and its folder has no "
+                "exit record: `ft resubmit` to run it again)")
+    return folder_state
+
+
 def state(view: JobView, ask_scheduler: bool = True) -> str:
     """The scheduler's word while it knows the job, the folder's after."""
-    if ask_scheduler and view.executor == "slurm" and view.job_id:
+    folder_state = _folder_state(view)
+    if ask_scheduler and view.executor in SCHEDULED_EXECUTORS and view.job_id and not view.problem:
         try:
             info = slurm.job_info(view.job_id)
         except UserError:
-            info = None  # no scheduler reachable here: the folder still knows
-        if info:
-            scheduler_state = info.get("JobState", "UNKNOWN")
-            if scheduler_state in ("COMPLETED", "FAILED") and _folder_state(view).startswith("REQUEUED"):
-                return "REQUEUED"
-            return scheduler_state
-    return _folder_state(view)
+            return folder_state  # no scheduler reachable here: the folder still knows
+        if not info:
+            return _forgotten(view, folder_state)
+        scheduler_state = info.get("JobState", UNKNOWN)
+        if scheduler_state in ("COMPLETED", "FAILED") and folder_state.startswith("REQUEUED"):
+            return "REQUEUED"
+        return scheduler_state
+    return folder_state
 
 
 def is_finished(state_text: str) -> bool:
+    """True when the job cannot be running (nor start by itself) any more."""
     word = state_text.split()[0]
-    return word in slurm.TERMINAL_STATES or word == "DRY-RUN"
+    return word in slurm.TERMINAL_STATES or word in ("DRY-RUN", UNKNOWN, UNREADABLE)
 
 
 def age(view: JobView) -> str:
@@ -203,32 +288,46 @@ def age(view: JobView) -> str:
 
 
 def summary_rows(views: list[JobView], ask_scheduler: bool = True) -> list[dict[str, Any]]:
-    states: dict[str, str] = {}
-    if ask_scheduler and any(v.executor == "slurm" for v in views):
+    states: dict[str, str] | None = None
+    if ask_scheduler and any(v.executor in SCHEDULED_EXECUTORS for v in views):
         try:
             states = slurm.queue_states()
         except UserError:
-            states = {}
+            states = None
     rows = []
     for view in views:
-        known = states.get(view.job_id or "")
-        rows.append({
-            "id": view.job_id,
-            "factory": view.factory,
-            "executor": view.executor,
-            "state": known or state(view, ask_scheduler=False),
-            "progress": view.progress(),
-            "age": age(view),
-            "folder": str(view.folder),
-        })
+        try:
+            folder_state = state(view, ask_scheduler=False)
+            known = (states or {}).get(view.job_id or "")
+            if not known and states is not None and view.executor == "slurm" and view.job_id:
+                known = _forgotten(view, folder_state)
+            rows.append({
+                "id": view.job_id,
+                "factory": view.factory,
+                "executor": view.executor,
+                "state": known or folder_state,
+                "progress": view.progress(),
+                "age": age(view),
+                "folder": str(view.folder),
+            })
+        except Exception as err:  # one folder ft cannot make sense of must not hide the others
+            rows.append({"id": None, "factory": "?", "executor": "?", "state": f"{UNREADABLE} ({type(err).__name__}: {err})"[:200],
+                         "progress": "-", "age": "-", "folder": str(view.folder)})
     return rows
 
 
 def log_files(view: JobView) -> list[Path]:
     logs = view.folder / "logs"
-    if view.executor == "local":
+    if view.executor != "slurm":  # one file per process; `ft submit`'s script writes SLURM's own
         return sorted(logs.glob("rank-*.out"))
-    return sorted(logs.glob("slurm-*.out"), key=lambda p: p.stat().st_mtime)
+
+    def mtime(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except OSError:
+            return 0
+
+    return sorted(logs.glob("slurm-*.out"), key=mtime)
 
 
 def select_rank(lines: list[str], rank: int | None) -> list[str]:
@@ -247,12 +346,15 @@ def log_lines(view: JobView, rank: int | None = None, follow: bool = False, poll
 
     def drain() -> Iterator[str]:
         files = log_files(view)
-        if view.executor == "local" and rank is not None:
+        if view.executor != "slurm" and rank is not None:
             files = [f for f in files if f.name == f"rank-{rank}.out"]
         for path in files:
-            with open(path, "rb") as handle:
-                handle.seek(offsets.get(path, 0))
-                data = handle.read()
+            try:
+                with open(path, "rb") as handle:
+                    handle.seek(offsets.get(path, 0))
+                    data = handle.read()
+            except OSError:
+                continue
             # Following: keep a partial last line for the next round.
             cut = data.rfind(b"\n") + 1 if follow else len(data)
             offsets[path] = offsets.get(path, 0) + cut
@@ -269,18 +371,28 @@ def log_lines(view: JobView, rank: int | None = None, follow: bool = False, poll
 
 
 def cancel(view: JobView) -> JobView:
-    """Cancel a pending or running job: scancel, or SIGTERM to a local job's task groups."""
+    """Cancel a pending or running job: scancel, or SIGTERM to a local job's task groups.
+    A job in an UNKNOWN state is cancelled as far as it can be, and its folder says so."""
     current = state(view)
-    if is_finished(current):
+    unknown = current.startswith(UNKNOWN)
+    if is_finished(current) and not unknown:
         raise UserError(f"job {view.job_id or view.folder.name} already ended ({current}): nothing to cancel")
     if view.executor == "local":
         # pids[0] is the process that watches the tasks and records their exit: spare it.
-        pids = view.record.get("pids", [])
+        pids = [p for p in view.record.get("pids", []) if isinstance(p, int)]
         for pid in pids[1:] or pids:
             try:
                 os.killpg(int(pid), signal.SIGTERM)
             except ProcessLookupError:
                 pass
-    else:
-        slurm.scancel(view.job_id)
+    elif view.job_id:
+        try:
+            slurm.scancel(view.job_id)
+        except UserError:
+            if not unknown:
+                raise
+    if unknown:
+        with open(view.run_dirs[0] / layout.EVENTS, "a") as handle:
+            handle.write(json.dumps({"event": "cancel", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                     "job_id": view.job_id}) + "\n")
     return view

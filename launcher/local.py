@@ -7,7 +7,6 @@ is the job's; `--detach` returns at once and leaves the processes running.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -15,7 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from launcher import jobdir, render
+from ftcore import layout
+from launcher import jobdir, render, stage
 from ftcore.schema import Job
 
 
@@ -27,9 +27,7 @@ def _free_port() -> int:
 
 def event(folder: Path, name: str, **fields: object) -> None:
     """The same event record the sbatch script writes, so `ft status` reads both alike."""
-    record = {"event": name, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields}
-    with open(folder / "events.jsonl", "a") as handle:
-        handle.write(json.dumps(record) + "\n")
+    layout.record_event(folder, name, **fields)
 
 
 def start(job: Job, folder: Path) -> list[subprocess.Popen[bytes]]:
@@ -40,7 +38,7 @@ def start(job: Job, folder: Path) -> list[subprocess.Popen[bytes]]:
         env = dict(os.environ, FT_JOB_DIR=str(folder), RANK=str(rank), LOCAL_RANK=str(rank),
                    WORLD_SIZE=str(job.world_size), LOCAL_WORLD_SIZE=str(job.world_size),
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=port, PYTHONUNBUFFERED="1",
-                   **job.container.env)
+                   **stage.environment(job))
         log = open(folder / "logs" / f"rank-{rank}.out", "ab")
         procs.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
                                       start_new_session=True))

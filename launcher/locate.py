@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from ftcore.files import expand
 from ftcore import layout
 from ftcore.errors import UserError
 from ftcore.layout import Checkpoint
@@ -24,7 +25,7 @@ from launcher import jobs
 def find_checkpoint(spec: str, root: Path | None = None,
                     make_hf_files: Callable[[Path], None] | None = None) -> Checkpoint:
     """A checkpoint folder, or the newest complete checkpoint of the job that `spec` names."""
-    candidate = Path(spec).expanduser()
+    candidate = expand(spec)
     if candidate.is_dir():
         if layout.is_complete(candidate):
             return _loadable(candidate, make_hf_files)

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from ftcore import shipped
+from ftcore.files import expand
 
 
 def templates_dir() -> Path:
@@ -24,14 +25,17 @@ def factories_dir() -> Path:
 def config_dir() -> Path:
     """The user's ft config folder: $FT_CONFIG_DIR, else $XDG_CONFIG_HOME/ft, else ~/.config/ft."""
     if os.environ.get("FT_CONFIG_DIR"):
-        return Path(os.environ["FT_CONFIG_DIR"]).expanduser()
+        return expand(os.environ["FT_CONFIG_DIR"])
     base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
-    return Path(base).expanduser() / "ft"
+    return expand(base) / "ft"
+
+
+HOME_ENV = "FT_HOME"
 
 
 def ft_home() -> Path:
     """Root of all job folders: $FT_HOME, else ~/ft."""
-    return Path(os.environ.get("FT_HOME") or Path.home() / "ft").expanduser()
+    return expand(os.environ.get(HOME_ENV) or Path.home() / "ft")
 
 
 def jobs_root() -> Path:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from launcher import jobs
+from ftcore.files import expand
 from ftcore.errors import UserError
 
 PANELS = (
@@ -37,13 +38,19 @@ def read_metrics(path: Path) -> dict[str, list[tuple[int, float]]]:
     """Every numeric field of metrics.jsonl as (step, value) pairs; a resumed run's repeated
     steps keep their last record, as the trainer's own rewrite on resume does."""
     by_name: dict[str, dict[int, float]] = {}
-    for line in path.read_text().splitlines():
+    try:
+        lines = path.read_bytes().decode(errors="replace").splitlines()
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror}") from None
+    for line in lines:
         try:
             record = json.loads(line)
         except ValueError:
             continue  # a line being written right now
+        if not isinstance(record, dict):
+            continue
         step = record.get("step")
-        if not isinstance(step, int):
+        if not isinstance(step, int) or isinstance(step, bool):
             continue
         for name, value in record.items():
             if name not in ("step", "time", "epoch") and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -53,7 +60,7 @@ def read_metrics(path: Path) -> dict[str, list[tuple[int, float]]]:
 
 def runs_of(spec: str, root: Path | None = None) -> list[Run]:
     """The runs a JOB argument names: a job (each sweep task separately) or a folder holding metrics.jsonl."""
-    folder = Path(spec).expanduser()
+    folder = expand(spec)
     if folder.is_dir() and (folder / "metrics.jsonl").is_file() and not (folder / "config.yaml").is_file():
         return [Run(folder.name, folder)]
     view = jobs.find(spec, root)
@@ -84,6 +91,9 @@ def default_output(runs: list[Run]) -> Path:
 
 def draw(runs: list[Run], out: Path) -> Path:
     """Write the PNG; the figure has a fixed size, so it reads the same for 1 or 10 runs."""
+    from ftcore import contract
+
+    contract.require_extra("plot", "ft plot")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -112,7 +122,7 @@ def draw(runs: list[Run], out: Path) -> Path:
     axes[0][1].ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     axes[0][0].legend(fontsize="small")
     fig.suptitle("ft: " + ", ".join(run.label for run in runs[:4]) + (" …" if len(runs) > 4 else ""))
-    out = out.expanduser()
+    out = expand(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)

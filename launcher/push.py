@@ -40,7 +40,7 @@ def prepare(ckpt: Checkpoint, repo_id: str) -> Upload:
     files = tuple((str(p.relative_to(ckpt.path)), p.stat().st_size) for p in model_files(ckpt.path))
     warnings = []
     base = ckpt.base
-    if ckpt.is_lora and base and Path(base).is_absolute():
+    if ckpt.is_lora and isinstance(base, str) and Path(base).is_absolute():
         warnings.append(f"adapter_config.json names a local base model ({base}); people loading the adapter "
                         "from the Hub need that base too")
     return Upload(ckpt.path, repo_id, files, tuple(warnings))
@@ -63,7 +63,9 @@ def push(upload: Upload, private: bool = False) -> str:
     try:
         from huggingface_hub import HfApi, constants
     except ImportError:
-        raise UserError("ft push needs the huggingface_hub package", hint="pip install 'ft[hub]'") from None
+        from ftcore import contract
+
+        raise contract.missing_extra("hub", "ft push") from None
     if constants.HF_HUB_OFFLINE:
         raise UserError("HF_HUB_OFFLINE is set: ft push needs the network (unset HF_HUB_OFFLINE)")
     api = HfApi(token=token)

@@ -13,10 +13,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from ftcore import contract, exits, layout, rendezvous
+from ftcore import contract, exits, layout, rendezvous, schema
 from ftcore.errors import UserError
+from ftcore.files import expand
 from ftcore.schema import Job
-from launcher import __version__, paths
+from launcher import __version__, paths, slurm, stage
 
 TEMPLATE = "sbatch.sh.j2"
 _CONFIG_MARK = "@FT_CONFIG@"  # stands for "$FT_CONFIG" until the command is quoted
@@ -24,23 +25,43 @@ URI_PREFIXES = ("docker://", "docker-daemon://", "oras://", "library://", "shub:
 
 
 def q(value: object) -> str:
-    return shlex.quote(str(value))
+    quoted = shlex.quote(str(value))
+    # `export X==` is valid bash but reads as a typo (shellcheck SC1097): quote a leading `=`.
+    return f"'{quoted}'" if quoted.startswith("=") else quoted
+
+
+def container_groups(job: Job, packages: tuple[str, ...] = contract.FT_PACKAGES) -> list[list[str]]:
+    """`singularity exec --nv --bind ... IMAGE`, in readable groups; [] without a container.
+    With mount_ft, ft's `packages` are bound read-only at the mount point, on PYTHONPATH."""
+    if job.container.runtime == "none":
+        return []
+    groups = [[job.container.runtime, "exec", *(["--nv"] if job.container.nv else [])]]
+    groups += [["--bind", bind] for bind in job.container.binds]
+    if job.container.mount_ft:
+        for package in packages:
+            groups.append(["--bind", f"{paths.package_dir(package)}:{contract.MOUNT_POINT}/{package}:ro"])
+        if "launcher" in packages:  # the launcher resolves factories: they travel beside it
+            groups.append(["--bind", f"{paths.factories_dir()}:{contract.MOUNT_POINT}/factories:ro"])
+        groups.append(["--env", f"PYTHONPATH={contract.MOUNT_POINT}"])
+    return [*groups, [str(job.container.image)]]
+
+
+def _python(job: Job) -> str:
+    return job.container.python or ("python" if job.container.runtime != "none" else sys.executable)
 
 
 def trainer_argv_groups(job: Job, config_path: Path) -> list[list[str]]:
     """The command each task runs, inside the container when there is one, in readable groups."""
-    python = job.container.python or ("python" if job.container.runtime != "none" else sys.executable)
-    command = [python, "-m", "trainer", "--config", str(config_path)]
-    if job.container.runtime == "none":
-        return [command]
-    groups = [[job.container.runtime, "exec", *(["--nv"] if job.container.nv else [])]]
-    groups += [["--bind", bind] for bind in job.container.binds]
-    if job.container.mount_ft:
-        # The trainer imports ftcore and nothing else of ft: those two packages travel.
-        for package in contract.FT_PACKAGES:
-            groups.append(["--bind", f"{paths.package_dir(package)}:{contract.MOUNT_POINT}/{package}:ro"])
-        groups.append(["--env", f"PYTHONPATH={contract.MOUNT_POINT}"])
-    return [*groups, [str(job.container.image)], command]
+    return [*container_groups(job), [_python(job), "-m", "trainer", "--config", str(config_path)]]
+
+
+def srun_line(job: Job, ft_train_args: list[str]) -> str:
+    """The one srun line a workshop's own batch script runs: `ft train` in the container,
+    through ft's code bound into it, so the image needs no ft installed."""
+    groups = [*container_groups(job, contract.FT_TRAIN_PACKAGES),
+              [_python(job), "-m", "launcher", "train", *ft_train_args]]
+    groups[0] = ["srun", *groups[0]]
+    return " \\\n    ".join(shlex.join(g) for g in groups)
 
 
 def trainer_argv(job: Job, config_path: Path) -> list[str]:
@@ -78,6 +99,8 @@ def sbatch_options(job: Job, job_dir: Path, array_size: int = 0, dependency: str
     if array_size:
         options.append(("array", f"0-{array_size - 1}"))
     if dependency:
+        if not slurm.is_job_id(dependency):
+            raise UserError(f"--after: {dependency!r} is not a SLURM job id")
         options.append(("dependency", f"afterok:{dependency}"))
     lines = [f"--{name}" if value is None else f"--{name}={q(value)}" for name, value in options]
     for name, value in s.extra.items():
@@ -91,7 +114,8 @@ def render_sbatch(job: Job, job_dir: Path, template: str | None = None, array_si
     in tasks/<i>/). Pure: reads only the template."""
     import jinja2  # only rendering needs it; `ft --help` does not
 
-    template_path = Path(template or job.slurm.template or paths.templates_dir() / TEMPLATE).expanduser()
+    check_folder(job_dir)
+    template_path = expand(template or job.slurm.template or paths.templates_dir() / TEMPLATE)
     if not template_path.is_file():
         raise UserError(f"sbatch template {template_path} does not exist")
     env = _environment(str(template_path.parent))
@@ -113,7 +137,7 @@ def render_sbatch(job: Job, job_dir: Path, template: str | None = None, array_si
             sbatch_options=sbatch_options(job, job_dir, array_size, dependency),
             modules=[q(m) for m in job.slurm.modules],
             setup=list(job.slurm.setup),
-            env=[(name, q(value)) for name, value in sorted(job.container.env.items())],
+            env=[(name, q(value)) for name, value in sorted(stage.environment(job).items())],
             srun_options="--kill-on-bad-exit=1 --label",
             run_dir_line=run_dir_line,
             launch=launch,
@@ -124,6 +148,14 @@ def render_sbatch(job: Job, job_dir: Path, template: str | None = None, array_si
         )
     except jinja2.TemplateError as err:
         raise UserError(f"sbatch template {template_path}: {err}") from None
+
+
+def check_folder(job_dir: Path) -> None:
+    """The job folder's path is written into the script (#SBATCH --output, FT_JOB_DIR): a
+    newline there would start a new script line, whatever the quoting."""
+    if schema.has_control(str(job_dir)):
+        raise UserError(f"the job folder {str(job_dir)!r} has a newline or control character in its path",
+                        hint=f"set {paths.HOME_ENV} to a folder whose path is plain text")
 
 
 @functools.lru_cache(maxsize=8)
@@ -148,11 +180,11 @@ def preflight(job: Job, need_sbatch: bool) -> list[str]:
     problems = []
     c = job.container
     if c.runtime != "none" and c.image and not c.image.startswith(URI_PREFIXES):
-        if not Path(c.image).expanduser().is_file():
+        if not expand(c.image).is_file():
             problems.append(f"container.image {c.image} does not exist (give a .sif path or a docker:// URI)")
     for bind in c.binds:
         source = bind.split(":", 1)[0]
-        if not Path(source).expanduser().exists():
+        if not expand(source).exists():
             problems.append(f"container.binds: bind source {source} does not exist")
     problems += job.missing_paths()
     if need_sbatch and shutil.which("sbatch") is None:

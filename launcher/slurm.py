@@ -5,8 +5,10 @@ Output that cannot be read raises a SchedulerError carrying the raw text.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -16,7 +18,12 @@ TERMINAL_STATES = {
     "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
     "PREEMPTED", "BOOT_FAIL", "DEADLINE", "REVOKED",
 }
-_JOB_ID = re.compile(r"^(\d+)(?:;\S+)?$")
+_JOB_ID = re.compile(r"^(\d+)(?:;\S+)?$")  # what `sbatch --parsable` prints
+_JOB_ID_TEXT = re.compile(r"^\d+(?:_\d+)?$")  # a job id (or one array task) as ft records it
+
+
+def is_job_id(text: object) -> bool:
+    return isinstance(text, str) and bool(_JOB_ID_TEXT.match(text))
 
 
 class SchedulerError(UserError):
@@ -28,25 +35,64 @@ class SchedulerError(UserError):
         self.raw = raw
 
 
-def _run(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+class SubmissionUnclear(SchedulerError):
+    """sbatch hung, or said yes in words ft cannot read: the job may exist."""
+
+
+class _Timeout(Exception):
+    def __init__(self, output: str):
+        self.output = output
+
+
+# How long a scheduler command may take. sbatch waits for the controller, which can be slow
+# under load; waiting longer is better than guessing.
+TIMEOUT_S = 60.0
+SBATCH_TIMEOUT_S = 120.0
+
+
+def _run(argv: list[str], timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a scheduler command; on a timeout its whole process group is killed (a wrapper
+    script's children too, which would otherwise hold the pipes open)."""
+    timeout = TIMEOUT_S if timeout is None else timeout
     if shutil.which(argv[0]) is None:
         raise UserError(f"{argv[0]} is not on PATH: is this a SLURM login node?")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            errors="replace", start_new_session=True)
     try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as err:
-        raise SchedulerError(f"{argv[0]} did not answer within {timeout:.0f} s", str(err.stdout or "")) from None
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        out, err = proc.communicate()
+        raise _Timeout((out or "") + (err or "")) from None
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def _run_or_fail(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    try:
+        return _run(argv)
+    except _Timeout as timeout:
+        raise SchedulerError(f"{argv[0]} did not answer within {TIMEOUT_S:.0f} s", timeout.output) from None
 
 
 def sbatch(script: Path, extra: list[str] | None = None) -> str:
-    """Submit and return the job id (`sbatch --parsable` prints `id[;cluster]`)."""
+    """Submit and return the job id (`sbatch --parsable` prints `id[;cluster]`).
+
+    A refusal (non-zero exit) raises SchedulerError: no job exists. A hang, or a zero exit
+    whose answer holds no job id, raises SubmissionUnclear: a job may exist."""
     argv = ["sbatch", "--parsable", *(extra or []), str(script)]
-    result = _run(argv)
+    try:
+        result = _run(argv, timeout=SBATCH_TIMEOUT_S)
+    except _Timeout as timeout:
+        raise SubmissionUnclear(f"sbatch did not answer within {SBATCH_TIMEOUT_S:.0f} s", timeout.output) from None
     if result.returncode != 0:
         raise SchedulerError("sbatch refused the job", result.stderr or result.stdout)
     last = result.stdout.strip().splitlines()[-1:] or [""]
     match = _JOB_ID.match(last[0].strip())
     if not match:
-        raise SchedulerError("could not read a job id from sbatch's answer", result.stdout + result.stderr)
+        raise SubmissionUnclear("sbatch said yes but its answer holds no job id", result.stdout + result.stderr)
     return match.group(1)
 
 
@@ -61,7 +107,7 @@ def parse_scontrol(text: str) -> dict[str, str]:
 
 def job_info(job_id: str) -> dict[str, str] | None:
     """What the controller knows of a job, or None once it has forgotten it."""
-    result = _run(["scontrol", "show", "job", "-o", job_id])
+    result = _run_or_fail(["scontrol", "show", "job", "-o", job_id])
     if result.returncode != 0:
         if "Invalid job id" in (result.stderr + result.stdout):
             return None
@@ -81,7 +127,7 @@ def queue_states(user: str | None = None) -> dict[str, str]:
     argv = ["squeue", "-h", "-t", "all", "-o", "%i|%T"]
     if user:
         argv += ["-u", user]
-    result = _run(argv)
+    result = _run_or_fail(argv)
     if result.returncode != 0:
         raise SchedulerError("squeue failed", result.stderr or result.stdout)
     states = {}
@@ -101,12 +147,12 @@ def scancel(job_id: str, signal: str | None = None, batch: bool = False) -> None
         argv.append(f"--signal={signal}")
     if batch:
         argv.append("--batch")
-    result = _run([*argv, job_id])
+    result = _run_or_fail([*argv, job_id])
     if result.returncode != 0:
         raise SchedulerError(f"scancel could not cancel job {job_id}", result.stderr or result.stdout)
 
 
 def requeue(job_id: str) -> None:
-    result = _run(["scontrol", "requeue", job_id])
+    result = _run_or_fail(["scontrol", "requeue", job_id])
     if result.returncode != 0:
         raise SchedulerError(f"scontrol could not requeue job {job_id}", result.stderr or result.stdout)

@@ -1,7 +1,10 @@
 """Resolve → validate → write the job folder → submit. Library functions the CLI calls.
 
 Nothing here asks questions or prints: the CLI does that. A job folder is written only
-after every check passed, and removed again if the scheduler refuses the job.
+after every check passed, and removed again if the scheduler refuses the job. When sbatch's
+answer is lost (a hang, or words ft cannot read) the job may exist: the folder is kept and
+its record says what sbatch said. A resubmit that the scheduler refuses leaves the folder as
+it was; submit and resubmit hold the folder's lock, so two of them never interleave.
 """
 
 from __future__ import annotations
@@ -10,11 +13,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher import jobdir, render, slurm
-from launcher.slurm import SchedulerError
-from launcher.config import Resolved, resolve
-from ftcore.schema import job_to_dict
+from ftcore import contract, secrets
 from ftcore.errors import UserError
+from ftcore.files import write_atomic
+from ftcore.schema import job_to_dict
+from launcher import jobdir, paths, render, slurm, stage as staging
+from launcher.config import Resolved, resolve
+from launcher.slurm import SchedulerError, SubmissionUnclear
 
 EXECUTORS = ("slurm", "local")
 
@@ -25,6 +30,8 @@ class Prepared:
     executor: str
     tasks: tuple[Resolved, ...] = ()  # a sweep: one resolved job per array task
     after: str | None = None  # job id this one waits for (afterok)
+    warnings: tuple[str, ...] = ()
+    staged: tuple[staging.Staged, ...] = ()  # what --stage downloaded
 
     @property
     def job(self):
@@ -66,37 +73,154 @@ def sweep_overrides(sweeps: list[str]) -> list[list[str]]:
 
 def prepare(factory: str, overrides: list[str], profile: str | None = None,
             executor: str = "slurm", dry_run: bool = False, sweeps: list[str] | None = None,
-            after: str | None = None) -> Prepared:
+            after: str | None = None, stage: bool = False, force: bool = False) -> Prepared:
     """Everything short of writing: resolution, validation, pre-flight checks, rendering.
 
-    `after` names a job (id, folder or prefix) this one waits for (afterok).
+    `after` names a job (id, folder or prefix) this one waits for (afterok). `stage`
+    downloads the job's hub model and dataset into the shared cache first, and the job then
+    runs offline (hub.offline) from that cache. `force` submits a job the plan says will not
+    fit its GPUs (a plan is an estimate); never one it knows cannot start (LoRA globs that
+    match no layer).
     """
     if executor not in EXECUTORS:
         raise UserError(f"unknown executor {executor!r}: choose {' or '.join(EXECUTORS)}")
+    render.check_folder(paths.jobs_root())
     tasks: tuple[Resolved, ...] = ()
+    combos: list[list[str]] = []
+    given = list(overrides)
+    if stage:
+        overrides = [*overrides, "hub.offline=true"]
     if sweeps:
         if executor == "local":
             raise UserError("--sweep runs as a SLURM job array: use it with --executor slurm")
-        tasks = tuple(resolve(factory, [*overrides, *combo], profile) for combo in sweep_overrides(sweeps))
+        combos = sweep_overrides(sweeps)
+        tasks = tuple(resolve(factory, [*overrides, *combo], profile) for combo in combos)
     resolved = tasks[0] if tasks else resolve(factory, overrides, profile)
     job = resolved.job
-    problems = render.preflight(job, need_sbatch=executor == "slurm" and not dry_run)
+    problems = refuse_secrets(resolved, tasks, [*overrides, *(sweeps or []), after or ""])
+    problems += render.preflight(job, need_sbatch=executor == "slurm" and not dry_run)
+    for task in tasks or (resolved,):
+        problems += plan_refusals(task.job, force)
     if executor == "local" and job.container.runtime != "none" and shutil.which(job.container.runtime) is None:
         problems.append(f"{job.container.runtime} is not on PATH here: run with container.runtime=none "
                         "to use this machine's Python")
+    if tasks:
+        problems += _sweeps_that_shape_the_script(tasks, combos)
     if problems:
         raise UserError(*problems)
     render.render_sbatch(job, Path("/JOB_DIR"))  # template errors surface before anything is written
-    return Prepared(resolved, executor, tasks, _job_id_to_wait_for(after) if after else None)
+    jobs = [t.job for t in tasks] or [job]
+    staged = tuple(s for j in jobs for s in staging.stage(j)) if stage else ()  # downloads: last
+    offline = _offline_problems(jobs, staging.command(factory, given, profile, sweeps), dry_run)
+    if offline and not dry_run:
+        raise UserError(*offline)
+    warnings = offline
+    return Prepared(resolved, executor, tasks, _job_id_to_wait_for(after) if after else None,
+                    tuple(warnings), staged)
+
+
+def _offline_problems(jobs: list, stage_command: str, dry_run: bool) -> list[str]:
+    """On an offline site (hub.offline) every hub file a job names must be staged already:
+    the compute nodes cannot fetch it. A dry run (on a laptop, say) only warns."""
+    offline = [job for job in jobs if job.hub.offline]
+    if not offline:
+        return []
+    try:
+        lines = list(dict.fromkeys(line for job in offline for line in staging.unstaged(job)))
+    except UserError as err:  # no huggingface_hub here to read the cache with
+        if dry_run:
+            return [f"hub.offline: cannot check the staged hub files here ({err.problems[0]})"]
+        raise
+    if lines:
+        lines.append(f"the compute nodes cannot reach the hub (hub.offline): stage them on this login node "
+                     f"first with: {stage_command}")
+    return lines
+
+
+def refuse_secrets(resolved: Resolved, tasks: tuple[Resolved, ...] = (), words: list[str] = ()) -> list[str]:
+    """A problem for each setting (or command-line word) holding a secret's value."""
+    problems = []
+    for task in tasks or (resolved,):
+        problems += secrets.find(job_to_dict(task.job))
+    problems += secrets.find(list(words), "the command line")
+    return list(dict.fromkeys(problems))
+
+
+def _sweeps_that_shape_the_script(tasks: tuple[Resolved, ...], combos: list[list[str]]) -> list[str]:
+    """One SLURM array shares one script (resources, container, environment): a sweep axis
+    whose values change the script cannot be an array."""
+    scripts = [render.render_sbatch(t.job, Path("/JOB_DIR"), array_size=len(tasks)) for t in tasks]
+    if len(set(scripts)) == 1:
+        return []
+    problems = []
+    for axis, first in enumerate(combos[0]):
+        key = first.partition("=")[0]
+        groups: dict[tuple[str, ...], set[str]] = {}
+        for combo, script in zip(combos, scripts):
+            others = tuple(word for index, word in enumerate(combo) if index != axis)
+            groups.setdefault(others, set()).add(script)
+        if any(len(group) > 1 for group in groups.values()):
+            problems.append(f"--sweep {key}: its values change the sbatch script (resources, time, container "
+                            "or environment), which all tasks of one SLURM array share; submit one job per "
+                            "value instead (e.g. a shell loop over `ft submit`)")
+    return problems or ["the sweep's tasks need different sbatch scripts: submit one job per value instead"]
+
+
+def plan_refusals(job, force: bool = False) -> list[str]:
+    """What the plan and the policy know against this job before it waits in a queue."""
+    from launcher import plan
+
+    problems = plan.refusals(job, force=force)
+    if job.model.quantization and job.container.runtime == "none":
+        problems += missing_quantization_library(job)
+    return list(dict.fromkeys(problems))
+
+
+def missing_quantization_library(job) -> list[str]:
+    """Without a container, the Python that will train is known here: does it have torchao?
+    (Inside an image, `ft image check` answers, and the trainer refuses before loading.)"""
+    import importlib.util
+    import subprocess
+    import sys
+
+    python = job.container.python or sys.executable
+    if python == sys.executable:
+        found = importlib.util.find_spec("torchao") is not None
+    else:
+        probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('torchao') is None)"
+        try:
+            found = subprocess.run([python, "-c", probe], capture_output=True, timeout=60).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            return []  # that Python cannot be asked here; the trainer checks again
+    if found:
+        return []
+    return [contract.quantization_missing(python)]
 
 
 def _job_id_to_wait_for(spec: str) -> str:
     from launcher import jobs
 
-    job_id = jobs.find(spec).job_id
-    if not job_id:
+    view = jobs.find(spec)
+    if view.problem:
+        raise UserError(f"--after {spec}: {view.folder} cannot be read ({view.problem})")
+    if not view.job_id:
         raise UserError(f"--after {spec}: that job was never submitted to SLURM")
-    return job_id
+    return view.job_id
+
+
+def srun_line(p: Prepared, factory: str) -> tuple[str, list[str]]:
+    """The srun line that runs this job with `ft train` from a workshop's own batch script,
+    and the #SBATCH lines its allocation needs (nodes × tasks per node is the job's layout)."""
+    from launcher.config import looks_like_path
+
+    spec = str(p.resolved.factory_path) if looks_like_path(factory) else factory
+    args = ["--factory", spec]
+    if p.resolved.profile_path:
+        args += ["--profile", str(p.resolved.profile_path)]
+    args += [o.text for o in p.resolved.overrides]
+    allocation = ("--nodes=", "--ntasks-per-node=", "--gpus-per-node=")
+    header = [f"#SBATCH {o}" for o in render.sbatch_options(p.job, Path(".")) if o.startswith(allocation)]
+    return render.srun_line(p.job, args), header
 
 
 def summary(p: Prepared) -> list[tuple[str, str]]:
@@ -133,36 +257,115 @@ def write(p: Prepared, argv: list[str] | None = None, root: Path | None = None) 
     return jobdir.create(job.name, contents, root)
 
 
-def submit(folder: Path, factory: str, history: list[dict] | None = None) -> str:
+def submit(folder: Path, factory: str, history: list[dict] | None = None, job_name: str | None = None) -> str:
     """sbatch the folder's script; if refused, a new folder is removed so nothing half-done stays."""
+    with jobdir.locked(folder):
+        return _sbatch_and_record(folder, factory, history, job_name)
+
+
+def _sbatch_and_record(folder: Path, factory: str, history: list[dict] | None, job_name: str | None) -> str:
+    record = {"executor": "slurm", "factory": factory, "folder": str(folder), "history": history or []}
     try:
         job_id = slurm.sbatch(folder / jobdir.SCRIPT)
+    except SubmissionUnclear as err:
+        # The job may exist and run in this folder: keep it, and keep what sbatch said.
+        jobdir.write_record(folder, **record, job_id=None, submission="unclear",
+                            sbatch_answer=secrets.redact(err.raw)[-4000:])
+        name = f" --name={job_name}" if job_name else ""
+        err.problems.append(f"the job may have been submitted; its folder {folder} was kept")
+        err.hint = (f"look for it with `squeue --me{name}` (or `sacct{name or ' -u $USER'}`); once it starts, "
+                    f"`ft status {folder}` shows its id. If it is not there, `ft resubmit {folder}`")
+        raise
     except SchedulerError as err:
         if history is None:
             shutil.rmtree(folder, ignore_errors=True)
             err.problems.append(f"nothing was submitted; the job folder {folder} was removed")
         raise
-    jobdir.write_record(folder, executor="slurm", job_id=job_id, factory=factory, folder=str(folder),
-                        history=history or [])
+    try:
+        jobdir.write_record(folder, **record, job_id=job_id)
+    except OSError as err:
+        raise UserError(f"job {job_id} was submitted, but its record {folder / jobdir.RECORD} could not be "
+                        f"written ({err.strerror})",
+                        hint=f"the job runs anyway; once it starts, its events in {folder} carry its id") from None
     return job_id
 
 
 def resubmit(view, overrides: list[str], profile: str | None = None) -> str:
     """Submit a job folder again: same folder, so the trainer continues from its latest
-    checkpoint. Overrides apply on top of the folder's resolved config."""
+    checkpoint. Overrides apply on top of the folder's resolved config. If the scheduler
+    refuses, the folder's config and script are put back as they were."""
     from launcher import jobs
 
-    current = jobs.state(view)
-    if not jobs.is_finished(current) and current != "DRY-RUN":
-        raise UserError(f"job {view.job_id} is still {current}: `ft cancel {view.job_id}` first")
-    if (view.folder / "tasks").is_dir() and overrides:
-        raise UserError("a sweep is resubmitted as it was: overrides apply to single jobs only")
-    resolved = resolve(str(view.folder / jobdir.CONFIG), overrides, profile)
-    problems = render.preflight(resolved.job, need_sbatch=True)
-    if problems:
-        raise UserError(*problems)
-    tasks = len(list((view.folder / "tasks").glob("*/" + jobdir.CONFIG)))
-    jobdir.write_atomic(view.folder / jobdir.CONFIG, jobdir.config_text(job_to_dict(resolved.job)))
-    jobdir.write_atomic(view.folder / jobdir.SCRIPT, render.render_sbatch(resolved.job, view.folder, tasks))
-    history = [*view.record.get("history", []), {k: view.record.get(k) for k in ("job_id", "time")}]
-    return submit(view.folder, resolved.job.name, history=history)
+    if view.executor in jobs.OWN_SCRIPT_EXECUTORS:
+        raise UserError(*_not_ours(view))
+    with jobdir.locked(view.folder):
+        view = jobs.load(view.folder)  # as it is now that no other ft command is changing it
+        if view.problem:
+            raise UserError(f"{view.folder} cannot be read: {view.problem}")
+        current = jobs.state(view)
+        if not jobs.is_finished(current):
+            raise UserError(f"job {view.job_id} is still {current}: `ft cancel {view.job_id}` first")
+        if (view.folder / "tasks").is_dir() and overrides:
+            raise UserError("a sweep is resubmitted as it was: overrides apply to single jobs only")
+        resolved = resolve(str(view.folder / jobdir.CONFIG), overrides, profile)
+        problems = refuse_secrets(resolved, words=overrides) + render.preflight(resolved.job, need_sbatch=True)
+        problems += plan_refusals(resolved.job, force=True)
+        if problems:
+            raise UserError(*problems)
+        tasks = len(list((view.folder / "tasks").glob("*/" + jobdir.CONFIG)))
+        new = {jobdir.CONFIG: jobdir.config_text(job_to_dict(resolved.job)),
+               jobdir.SCRIPT: render.render_sbatch(resolved.job, view.folder, tasks)}
+        jobdir.check_secrets(new)
+        old = {name: _text_or_none(view.folder / name) for name in new}
+        sbatch_called = False
+        try:
+            for name, text in new.items():
+                write_atomic(view.folder / name, text)
+            earlier = {k: view.record.get(k) for k in ("job_id", "time")} if view.record else None
+            before = view.record.get("history")
+            history = [*(before if isinstance(before, list) else []), *([earlier] if earlier else [])]
+            sbatch_called = True
+            return _sbatch_and_record(view.folder, resolved.job.name, history, resolved.job.job_name)
+        except SubmissionUnclear:
+            raise
+        except SchedulerError as err:
+            _put_back(view.folder, old)
+            err.problems.append(f"nothing was submitted; {view.folder} is as it was")
+            raise
+        except BaseException:
+            if not sbatch_called:
+                _put_back(view.folder, old)  # failed before sbatch ran: no job uses the new files
+            raise
+
+
+def _put_back(folder: Path, old: dict[str, str | None]) -> None:
+    for name, text in old.items():
+        if text is None:
+            (folder / name).unlink(missing_ok=True)
+        else:
+            write_atomic(folder / name, text)
+
+
+def _text_or_none(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
+
+
+def _not_ours(view) -> list[str]:
+    """`ft resubmit` of an `ft train` folder: ft did not write the script, so it cannot submit it."""
+    from ftcore import layout
+
+    newest = layout.newest_complete(view.folder)
+    resumes = f"it continues from {newest.name}" if newest else "it starts from the beginning (no checkpoint yet)"
+    if view.executor != "srun":
+        return [f"{view.folder} was trained by `ft train` under {view.executor}, not submitted by ft: run the same "
+                f"command again with --job-dir {view.folder}; {resumes}"]
+    script = f"your batch script (submitted from {view.record['submit_dir']})" if view.record.get("submit_dir") \
+        else "your batch script"
+    return [f"job {view.job_id} ran `ft train` from {script}; ft did not write that script, so it cannot submit it "
+            "again. Either:",
+            f"  scontrol requeue {view.job_id}   (while SLURM still knows the job: same job id, same folder; {resumes})",
+            f"  or add --job-dir {view.folder} to the ft train line of the script and submit it with sbatch "
+            f"({resumes})"]

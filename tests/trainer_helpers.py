@@ -146,12 +146,12 @@ def describe(results: list[subprocess.CompletedProcess]) -> str:
     return "\n".join(f"--- rank {r} exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}" for r, p in enumerate(results))
 
 
-def save_tiny_model(folder: Path, seed: int = 0) -> Path:
+def save_tiny_model(folder: Path, seed: int = 0, config: dict | None = None) -> Path:
     """A 'pretrained' tiny Llama on disk, split over several safetensors files (with an index)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    settings = {k: v for k, v in TINY_LLAMA.items() if k != "model_type"}
+    settings = {k: v for k, v in (config or TINY_LLAMA).items() if k != "model_type"}
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", **settings))
     model.save_pretrained(folder, max_shard_size="100KB")
@@ -170,6 +170,36 @@ def train(job_dir: Path, raw: dict, on_step=None) -> int:
     from trainer.train import run
 
     return run(validate(raw), job_dir, on_step=on_step)
+
+
+# A tiny Llama NF4 can hold: every projection has whole 64 × 256 blocks of scales, also when
+# split over 2 ranks (k and v: 2 heads × 64 = 128 rows × 256).
+NF4_LLAMA = {**TINY_LLAMA, "hidden_size": 256, "intermediate_size": 512}
+
+
+def held_run(rank: int, world: int, config: str, port: int) -> None:
+    """One rank of a job trained in this process (torch.multiprocessing for world > 1); writes
+    `held-<rank>.json` beside the config: the peak bytes of weights, gradients and optimizer
+    state the trainer held (trainer.memory), at every micro batch and step."""
+    import torch
+
+    from ftcore.schema import load_job
+    from trainer import memory
+    from trainer.train import run
+
+    if world > 1:
+        os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(port))
+        torch.set_num_threads(1)
+    peak = {"weights": 0, "gradients": 0, "optimizer": 0}
+
+    def watch(event, built, optimizer):
+        now = memory.held(built.module, optimizer)
+        for key in ("weights", "gradients") if event == "backward" else ("optimizer",):
+            peak[key] = max(peak[key], now[key])
+
+    code = run(load_job(config), Path(config).parent, watch=watch)
+    (Path(config).parent / f"held-{rank}.json").write_text(json.dumps({"exit": code, **peak}))
 
 
 def assert_same_tensors(a: dict, b: dict, exact: bool = True) -> None:

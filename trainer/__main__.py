@@ -1,19 +1,26 @@
 """Run one training process of an ft job.
 
     python -m trainer --config JOB_DIR/config.yaml
+    python -m trainer --config JOB_DIR/config.yaml --events --copy-output JOB_DIR/logs/rank-0.out
 
 Outputs go to the config's folder (for a sweep, each array task's own tasks/<i>/). Exit status:
 0 done, 2 a problem with the config or data (message on stderr, no traceback), 75 stopped by
 SIGUSR1/SIGTERM after writing a checkpoint (requeue to resume).
+
+`--events` and `--copy-output` are for `ft train`, which runs under a script ft did not
+write: rank 0 then records start, signal and exit itself (ft's sbatch script does that for
+`ft submit`), and each process keeps a copy of its output in the job folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import os
 import sys
 from pathlib import Path
 
-from ftcore import exits
+from ftcore import exits, layout, rendezvous
 from ftcore.errors import UserError
 from ftcore.schema import load_job
 
@@ -21,18 +28,87 @@ from ftcore.schema import load_job
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="the job's resolved config.yaml")
+    parser.add_argument("--events", action="store_true",
+                        help="rank 0 records start, signal and exit in the job folder's events.jsonl")
+    parser.add_argument("--copy-output", metavar="FILE", help="also append this process's output to FILE")
     args = parser.parse_args(argv)
+    if args.copy_output:
+        _copy_output(Path(args.copy_output))
+    job_dir = Path(args.config).resolve().parent
+    record = _events(job_dir) if args.events else None
+    code = exits.USER_ERROR
     try:
         job = load_job(args.config)
-        job_dir = Path(args.config).resolve().parent
+        if record:
+            record("start", nodes=os.environ.get("SLURM_JOB_NODELIST") or os.uname().nodename)
         from .train import run  # torch is imported only once the config is known to be good
 
-        return run(job, job_dir)
+        code = run(job, job_dir, on_signal=(lambda name: record("signal", signal=name)) if record else None)
+        if record and code == exits.REQUEUE:
+            _say_how_to_resume(job_dir)
+        return code
     except UserError as e:
         print("ft trainer: " + "\n  ".join(e.problems), file=sys.stderr)
         if e.hint:
             print(f"ft trainer: hint: {e.hint}", file=sys.stderr)
         return exits.USER_ERROR
+    except BaseException:
+        code = 1  # the traceback follows; SLURM sees the same status
+        raise
+    finally:
+        if record:
+            record("exit", code=code)
+
+
+def _events(job_dir: Path):
+    """A recorder of this run's events on rank 0 (a no-op on the others)."""
+    if not rendezvous.detect(os.environ).is_main:
+        return lambda name, **fields: None
+    ids = {"job_id": os.environ.get("SLURM_JOB_ID", ""), "restart": int(os.environ.get("SLURM_RESTART_COUNT") or 0)}
+    return lambda name, **fields: layout.record_event(job_dir, name, **ids, **fields)
+
+
+def _say_how_to_resume(job_dir: Path) -> None:
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if rendezvous.detect(os.environ).is_main:
+        how = (f"requeue the job (the site's preemption does; by hand: scontrol requeue {job_id})" if job_id
+               else "run the same command again")
+        print(f"ft: checkpointed after a stop signal (exit {exits.REQUEUE}). {job_dir} resumes from it at the next "
+              f"step when you {how}.", file=sys.stderr, flush=True)
+
+
+class _Tee(io.TextIOBase):
+    """A text stream that writes to the process's own stream and to a copy file."""
+
+    def __init__(self, stream, copy) -> None:
+        self._stream, self._copy = stream, copy
+
+    def write(self, text: str) -> int:
+        self._stream.write(text)
+        self._copy.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+        self._copy.flush()
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    @property
+    def encoding(self) -> str:
+        return self._stream.encoding
+
+
+def _copy_output(path: Path) -> None:
+    """Python-level output (logs, warnings, tracebacks) also goes to `path`, appended across runs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    copy = open(path, "a", buffering=1, encoding="utf-8", errors="replace")
+    sys.stdout = _Tee(sys.stdout, copy)
+    sys.stderr = _Tee(sys.stderr, copy)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,9 @@ from pathlib import Path
 
 import torch
 
-from ftcore.layout import CHECKPOINTS, COMPLETE_MARKER, LATEST, TRAINING_STATE, complete_checkpoints, is_complete, step_dir
+from ftcore.errors import UserError
+from ftcore.layout import (CHECKPOINTS, COMPLETE_MARKER, LATEST, TRAINER_STATE, TRAINING_STATE, complete_checkpoints,
+                           is_complete, newest_complete, step_dir)
 
 from . import dist
 
@@ -100,23 +102,37 @@ def save(run_dir: Path, step: int, built, optimizer, tokenizer, trainer_state: d
         (tmp / TRAINING_STATE).mkdir(parents=True)
     dist.barrier()
 
-    if export:
-        full = _full_state_dict(built) if (built.sharded or env.is_main) else {}
+    try:
+        if export:
+            full = _full_state_dict(built) if (built.sharded or env.is_main) else {}
+            if env.is_main:
+                lm = built.lm if hasattr(built.lm, "peft_config") else built.module.causal_lm
+                _export(lm, tmp, base_ref, full if (built.sharded or not hasattr(lm, "peft_config")) else None,
+                        built.compute_dtype)
+            del full
         if env.is_main:
-            lm = built.lm if hasattr(built.lm, "peft_config") else built.module.causal_lm
-            _export(lm, tmp, base_ref, full if (built.sharded or not hasattr(lm, "peft_config")) else None,
-                    built.compute_dtype)
-        del full
-    if env.is_main:
-        tokenizer.save_pretrained(tmp)  # every checkpoint: what its token ids mean
-    model_sd, optim_sd, _ = _state_dicts(built, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / TRAINING_STATE / "dcp"))
-    torch.save(_rng_state(), tmp / TRAINING_STATE / f"rng-rank{env.rank:05d}.pt")
-    dist.barrier()
+            tokenizer.save_pretrained(tmp)  # every checkpoint: what its token ids mean
+        model_sd, optim_sd, _ = _state_dicts(built, optimizer)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / TRAINING_STATE / "dcp"))
+        torch.save(_rng_state(), tmp / TRAINING_STATE / f"rng-rank{env.rank:05d}.pt")
+        dist.barrier()
+        if env.is_main:
+            (tmp / TRAINING_STATE / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2) + "\n")
+            _fsync_tree(tmp)
+    except BaseException as err:  # dcp wraps a writer's OSError in a CheckpointException (a BaseException)
+        os_error = _os_error(err)
+        if os_error is None:
+            raise
+        # A full disk (or quota, or a lost mount): the partial checkpoint goes, the complete
+        # ones stay, and the next run resumes from the newest of them.
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = newest_complete(run_dir)
+        resume = f"a resubmit resumes from {previous.name}" if previous else "no complete checkpoint exists yet"
+        raise UserError(f"checkpoint step {step} could not be written to {root}: {os_error.strerror or os_error}; "
+                        f"the partial checkpoint was removed and {resume}",
+                        hint="free space (or raise the quota), then resubmit the job") from None
 
     if env.is_main:
-        (tmp / TRAINING_STATE / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2) + "\n")
-        _fsync_tree(tmp)
         (tmp / TRAINING_STATE / COMPLETE_MARKER).write_text(f"step {step}\n")
         if final.exists():  # an incomplete leftover with this name
             shutil.rmtree(final)
@@ -127,6 +143,23 @@ def save(run_dir: Path, step: int, built, optimizer, tokenizer, trainer_state: d
         prune(root, keep_last)
     dist.barrier()
     return final
+
+
+def _os_error(err: BaseException) -> OSError | None:
+    """The OSError behind `err` (torch.distributed.checkpoint wraps what the writer raised)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError):
+            return err
+        failures = getattr(err, "failures", None)  # CheckpointException: rank → (exception, traceback)
+        for inner in failures.values() if isinstance(failures, dict) else ():
+            inner = inner[0] if isinstance(inner, tuple) and inner else inner
+            found = _os_error(inner) if isinstance(inner, BaseException) else None
+            if found:
+                return found
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def prune(root: Path, keep_last: int | None) -> None:

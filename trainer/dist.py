@@ -1,12 +1,8 @@
-"""Who am I among the training processes, and how do we meet.
+"""Join the training processes of one job: torch.distributed on top of ftcore.rendezvous.
 
-Three ways to be started, checked in this order:
-
-* torchrun (or a test) sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT;
-* srun sets SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, and ft's sbatch script exports
-  MASTER_ADDR/MASTER_PORT (without them: the first node of SLURM's node list and the port
-  ``ftcore.rendezvous`` derives from the job id);
-* neither: one process.
+Who each process is (torchrun's variables, srun's, or one process alone) is read by
+``ftcore.rendezvous.detect``, torch-free, so `ft train` checks the same answer before it
+hands over to the trainer.
 
 A process group exists only when there is more than one process: nccl on GPUs, gloo on CPU.
 """
@@ -15,75 +11,21 @@ from __future__ import annotations
 
 import datetime
 import os
-from dataclasses import dataclass
 from typing import Mapping
 
 import torch
 import torch.distributed as dist
 
 from ftcore import rendezvous
-from ftcore.errors import UserError
+from ftcore.rendezvous import DistEnv
 
 # Rank 0 may write a large consolidated checkpoint while the others wait in a barrier.
 _TIMEOUT = datetime.timedelta(minutes=30)
 
 
-@dataclass(frozen=True)
-class DistEnv:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    master_addr: str = "127.0.0.1"
-    master_port: int = 29500
-    launcher: str = "single"  # "torchrun" | "slurm" | "single"
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
 def detect(environ: Mapping[str, str] | None = None) -> DistEnv:
-    """Read rank and rendezvous from the environment; torchrun's variables win over SLURM's."""
-    env = os.environ if environ is None else environ
-    if "RANK" in env and "WORLD_SIZE" in env:
-        return DistEnv(
-            rank=int(env["RANK"]),
-            world_size=int(env["WORLD_SIZE"]),
-            local_rank=int(env.get("LOCAL_RANK", 0)),
-            master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
-            master_port=int(env.get("MASTER_PORT", 29500)),
-            launcher="torchrun",
-        )
-    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        return _from_slurm(env)
-    return DistEnv()
-
-
-def _from_slurm(env: Mapping[str, str]) -> DistEnv:
-    """srun's variables; the rendezvous from ft's script, else from SLURM's own node list
-    (a workshop's script runs `ft train` under srun and exports nothing)."""
-    if env.get("MASTER_ADDR"):
-        master_addr = env["MASTER_ADDR"]
-    else:
-        nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or ""
-        try:
-            hosts = rendezvous.expand_hostlist(nodelist)
-        except ValueError as err:
-            raise UserError(f"cannot find the first node of this job: {err}") from None
-        master_addr = hosts[0] if hosts else "127.0.0.1"
-    job_id = int(env.get("SLURM_JOB_ID", "0") or 0)
-    return DistEnv(
-        rank=int(env["SLURM_PROCID"]),
-        world_size=int(env["SLURM_NTASKS"]),
-        local_rank=int(env.get("SLURM_LOCALID", 0)),
-        master_addr=master_addr,
-        master_port=int(env.get("MASTER_PORT") or rendezvous.master_port(job_id)),
-        launcher="slurm",
-    )
+    """Read rank and rendezvous from the environment (this process's, unless given)."""
+    return rendezvous.detect(os.environ if environ is None else environ)
 
 
 def init(env: DistEnv, device: torch.device, alone_too: bool = False) -> None:

@@ -38,19 +38,42 @@ def _fill(template: str, record: Record) -> str:
         return template.format(**record.fields)
     except KeyError as e:
         raise UserError(f"{record.where}: prompt_template needs field {e.args[0]!r}, which is missing") from None
+    except (ValueError, IndexError, AttributeError, TypeError) as e:  # ftcore.schema checked the syntax; a
+        # format spec can still not fit the value (`{context:d}` on text)
+        raise UserError(f"{record.where}: prompt_template cannot be filled from this record ({e})") from None
+
+
+def _text(record: Record, *keys: str) -> None:
+    """The named fields are text: a number, list or object there is a shape mistake that
+    str() would silently turn into training text."""
+    for key in keys:
+        value = record.fields.get(key)
+        if value is not None and not isinstance(value, str):
+            raise UserError(f"{record.where}: {key!r} should be text, not a {type(value).__name__} ({value!r:.60})")
 
 
 def squad_segments(record: Record, template: str | None) -> Segments:
     _need(record, "context", "question", "answers")
+    _text(record, "context", "question")
     answers = record.fields["answers"]
     if isinstance(answers, dict):  # Hugging Face's flattened squad: {"text": [...], "answer_start": [...]}
         texts = answers.get("text")
+        if isinstance(texts, str):
+            # Indexing a string would train on its first letter.
+            raise UserError(f"{record.where}: answers.text should be a list of answers, not one string "
+                            f"(write \"text\": [{texts!r:.40}])")
     elif isinstance(answers, list):  # SQuAD v1.1's own layout: [{"text": ..., "answer_start": ...}]
-        texts = [a.get("text") for a in answers if isinstance(a, dict)]
+        if not all(isinstance(a, dict) for a in answers):
+            raise UserError(f"{record.where}: answers should be a list of {{\"text\": ...}} objects "
+                            f"(answers = {answers!r:.80})")
+        texts = [a.get("text") for a in answers]
     else:
-        texts = None
-    if not texts or not isinstance(texts[0], str):
+        raise UserError(f"{record.where}: answers should be {{\"text\": [...]}} or a list of {{\"text\": ...}}, "
+                        f"not a {type(answers).__name__} ({answers!r:.60})")
+    if not isinstance(texts, list) or not texts:
         raise UserError(f"{record.where}: missing answers.text[0] (answers = {answers!r:.80})")
+    if not isinstance(texts[0], str) or not texts[0].strip():
+        raise UserError(f"{record.where}: answers.text[0] should be the answer's text (got {texts[0]!r:.60})")
     prompt = _fill(template or PROMPTS["squad"], record)
     # "Answer:" + " Oslo": the space belongs to the answer's first token, as in running text.
     separator = "" if prompt[-1:].isspace() else " "
@@ -59,6 +82,7 @@ def squad_segments(record: Record, template: str | None) -> Segments:
 
 def alpaca_segments(record: Record, template: str | None) -> Segments:
     _need(record, "instruction", "output")
+    _text(record, "instruction", "input", "output")
     has_input = bool(str(record.fields.get("input") or "").strip())
     default = PROMPTS["alpaca"] if has_input else PROMPTS["alpaca_no_input"]
     fields = Record(record.where, {**record.fields, "input": record.fields.get("input") or ""})
@@ -67,6 +91,7 @@ def alpaca_segments(record: Record, template: str | None) -> Segments:
 
 def completion_segments(record: Record, template: str | None) -> Segments:
     _need(record, "prompt", "completion")
+    _text(record, "prompt", "completion")
     prompt = _fill(template, record) if template else str(record.fields["prompt"])
     return [(prompt, False), (str(record.fields["completion"]), True)]
 

@@ -20,10 +20,6 @@ def add_lora(lm: nn.Module, job) -> nn.Module:
     """Wrap `lm` in a PeftModel with fresh adapters, drawn by peft from `trainer.seed`; freezes the base."""
     from peft import LoraConfig, get_peft_model
 
-    if job.model.quantization:
-        from peft import prepare_model_for_kbit_training
-
-        lm = prepare_model_for_kbit_training(lm, use_gradient_checkpointing=job.model.activation_checkpointing)
     targets = lora_targets(lm, job.peft)
     config = LoraConfig(
         r=job.peft.dim,

@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from ftcore.errors import UserError
 
-from . import weights
+from . import quantize, weights
 from .dist import DistEnv
 
 
@@ -23,14 +23,22 @@ def empty_model(config, **kwargs) -> nn.Module:
         return AutoModelForCausalLM.from_config(config, **kwargs)
 
 
-def materialize(module: nn.Module, job, env: DistEnv, device: torch.device) -> None:
-    """Give the meta shards of `module` (a sharded CausalLMLoss) real memory and their values."""
+def materialize(module: nn.Module, job, env: DistEnv, device: torch.device, decision) -> None:
+    """Give the meta shards of `module` (a sharded CausalLMLoss) real memory and their values.
+
+    An NF4 shard is the exception to reading only one's rows: the whole projection is read
+    and quantized, because all shards of a weight share NF4's scale of scales.
+    """
     lm = module.lm  # a PeftModel for LoRA: its names are what the reader is asked for
-    module.to_empty(device=device)
+    # With CPU offload FSDP2 keeps the shards in host memory: they are made there.
+    module.to_empty(device="cpu" if decision.cpu_offload else device)
     read = weights.reader(job, lm)
     with torch.no_grad():
         _recompute_buffers(module.causal_lm)
         for name, param in lm.named_parameters():
+            if quantize.is_nf4(param):
+                quantize.fill_shard(param, read(name, 0, param.shape[0]), env.rank, env.world_size)
+                continue
             local = param.to_local()
             # FSDP2 shards dim 0 like torch.chunk: ceil(n / world) rows per rank.
             rows = -(-param.shape[0] // env.world_size)

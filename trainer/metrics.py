@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from ftcore.files import write_atomic
+
 from ftcore import layout
 
 
@@ -47,8 +49,10 @@ class Metrics:
         path = job_dir / layout.METRICS
         if path.exists():
             # Steps after the checkpoint we resume from will be run again: drop their old records.
-            kept = [line for line in path.read_text().splitlines() if _step(line) <= resume_step]
-            path.write_text("".join(line + "\n" for line in kept))
+            # Whole or not at all: a kill here must not lose the steps that are kept.
+            lines = path.read_bytes().decode(errors="replace").splitlines()
+            kept = [line for line in lines if _step(line) <= resume_step]
+            write_atomic(path, "".join(line + "\n" for line in kept))
         self.file = open(path, "a", buffering=1)
         if job.trainer.tensorboard:
             try:
@@ -102,6 +106,6 @@ class Metrics:
 def _step(line: str) -> int:
     try:
         return int(json.loads(line).get("step", 0))
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, TypeError):
         print(f"{layout.METRICS}: dropping unreadable line {line[:60]!r}", file=sys.stderr)
         return sys.maxsize

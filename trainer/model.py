@@ -2,6 +2,10 @@
 
 ``build(job, env, device, tokenizer)`` returns a ``Built`` whose ``module`` (``loss.CausalLMLoss``)
 maps a batch to the *summed* cross-entropy over answer tokens.
+
+Every dtype, the NF4 storage of a frozen base, CPU offload and the gradient residency are
+the policy's (``ftcore.policy.decide``): this module builds what the decision says, and
+`ft plan` prices the same decision.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ftcore import policy
 from ftcore.errors import UserError
 
-from . import attention, meta_init, sharding
+from . import attention, meta_init, quantize, sharding
 from .dist import DistEnv
 from .hub import hf_token
 from .lora import add_lora
@@ -31,6 +36,7 @@ class Built:
     lm: nn.Module  # the Hugging Face model (a PeftModel for LoRA)
     sharded: bool  # FSDP2: gradients are reduced by FSDP, state dicts are DTensors
     compute_dtype: torch.dtype
+    decision: policy.Decision  # what was built
 
     @property
     def trainable(self) -> list[nn.Parameter]:
@@ -72,13 +78,12 @@ def build(job, env: DistEnv, device: torch.device, tokenizer, base_dir: Path | N
     """
     from transformers import AutoModelForCausalLM
 
-    sharded = job.strategy == "fsdp2"
-    on_gpu = device.type == "cuda"
-    # CPU trains in fp32. On GPUs weights are stored in model.dtype, except the trained
-    # weights of full SFT under FSDP2: fp32 master shards, computed in model.dtype
-    # (MixedPrecisionPolicy). peft keeps LoRA adapters in fp32 over a model.dtype base.
-    compute_dtype = DTYPES[job.model.dtype] if on_gpu else torch.float32
-    param_dtype = torch.float32 if (sharded and job.peft is None) else compute_dtype
+    decision = policy.decide(job)
+    sharded = decision.sharded
+    compute_dtype = DTYPES[decision.compute]
+    # The base is loaded in the dtype it is stored in: the frozen dtype under LoRA (its
+    # projections quantized below when the policy says NF4), the trained dtype under SFT.
+    param_dtype = DTYPES[decision.frozen if decision.lora else decision.trained]
 
     config = model_config(job)
     if len(tokenizer) > config.vocab_size:
@@ -93,16 +98,7 @@ def build(job, env: DistEnv, device: torch.device, tokenizer, base_dir: Path | N
         lm = random_model(job, config, **common)
     else:
         extra = {}
-        if job.model.quantization == "nf4":
-            from transformers import BitsAndBytesConfig
-
-            extra["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type="nf4",
-                bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=compute_dtype,
-            )
-        if on_gpu and not sharded:
+        if decision.layout.on_gpu and not sharded:
             extra["device_map"] = {"": device}  # straight to this GPU, not via host memory
         lm = AutoModelForCausalLM.from_pretrained(
             job.model.path,
@@ -121,23 +117,30 @@ def build(job, env: DistEnv, device: torch.device, tokenizer, base_dir: Path | N
         _checkpoint_activations(lm)
     fused_cross_entropy = use_liger(lm) if job.trainer.liger else None
 
-    if job.peft is not None:
+    if decision.lora:
         lm = add_lora(lm, job)
+        for param in lm.parameters():
+            if param.requires_grad:  # the adapters (peft's default is fp32 too: this makes it the policy's)
+                param.data = param.data.to(DTYPES[decision.trained])
     else:
         lm.requires_grad_(True)
 
     module = CausalLMLoss(lm, fused_cross_entropy)
+    if decision.quantization:
+        # Before sharding, so FSDP2 splits (and all-gathers) the 4-bit form; on the meta
+        # device this shapes placeholders that meta_init fills.
+        quantize.quantize_(sharding.decoder_layers(module.causal_lm), decision)
     if job.trainer.compile:
         # Before sharding, as torchtitan does: FSDP2's hooks stay outside the compiled code.
         for layer in sharding.decoder_layers(module.causal_lm):
             layer.compile()
     if sharded:
-        sharding.shard(module, env, device, compute_dtype)
+        sharding.shard(module, env, device, decision)
         if job.model.meta_init:
-            meta_init.materialize(module, job, env, device)
+            meta_init.materialize(module, job, env, device, decision)
     else:
         module.to(device)
-    return Built(module=module, lm=lm, sharded=sharded, compute_dtype=compute_dtype)
+    return Built(module=module, lm=lm, sharded=sharded, compute_dtype=compute_dtype, decision=decision)
 
 
 def _checkpoint_activations(lm: nn.Module) -> None:

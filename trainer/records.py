@@ -1,4 +1,4 @@
-"""Reading training records: a local .json/.jsonl file, or a hub dataset when `datasets` is installed.
+"""Reading training records: a local .json/.jsonl file, or a staged hub dataset's files.
 
 Each record keeps where it came from (``data.jsonl line 12``), so every later error can name it.
 """
@@ -21,31 +21,35 @@ class Record:
 
 
 def read_records(path: str, split: str = "train") -> list[Record]:
-    """Read a local .json/.jsonl file, or a hub dataset when `datasets` is installed."""
+    """Read a local .json/.jsonl file, or a split of a staged hub dataset (trainer/hub_data.py)."""
     path = shipped.expand(path)
     local = Path(path)
     if local.is_file():
-        if local.suffix == ".jsonl":
-            return list(_read_jsonl(local))
-        if local.suffix == ".json":
-            return _read_json(local)
+        if local.suffix in (".json", ".jsonl"):
+            return _read_file(local)
         raise UserError(f"{local}: expected a .json or .jsonl file")
     if local.suffix in (".json", ".jsonl") or local.is_absolute() or path.startswith("."):
         raise UserError(f"data file {path} does not exist")
-    try:
-        import datasets
-    except ImportError:
-        raise UserError(
-            f"{path} is not a local file, and the `datasets` package is not installed to load it "
-            "from the hub: give a .json/.jsonl path"
-        ) from None
-    rows = datasets.load_dataset(path, split=split)
-    return [Record(f"{path}[{split}] row {i}", dict(row)) for i, row in enumerate(rows)]
+    from trainer import hub_data
+
+    records = []
+    for file in hub_data.split_files(path, split):
+        if file.suffix == ".parquet":
+            rows = hub_data.parquet_rows(file)
+            records += [Record(f"{path}[{split}] {file.name} row {i}", row) for i, row in enumerate(rows)]
+        else:
+            records += _read_file(file)
+    return records
+
+
+def _read_file(path: Path) -> list[Record]:
+    return list(_read_jsonl(path)) if path.suffix == ".jsonl" else _read_json(path)
 
 
 def _read_jsonl(path: Path) -> Iterator[Record]:
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            line = _utf8(raw, f"{path} line {number}")
             if not line.strip():
                 continue
             try:
@@ -57,9 +61,17 @@ def _read_jsonl(path: Path) -> Iterator[Record]:
             yield Record(f"{path} line {number}", value)
 
 
+def _utf8(data: bytes, where: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{where}: not UTF-8 text (byte {e.start}: {data[e.start:e.start + 4]!r}); "
+                        "convert the file, e.g. iconv -f latin1 -t utf-8") from None
+
+
 def _read_json(path: Path) -> list[Record]:
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(_utf8(path.read_bytes(), str(path)))
     except json.JSONDecodeError as e:
         raise UserError(f"{path} line {e.lineno}: not valid JSON ({e.msg})") from None
     if isinstance(value, list):

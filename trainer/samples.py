@@ -45,6 +45,20 @@ class Stats:
     notes: list[str] = field(default_factory=list)
 
 
+# No token of a real tokenizer spans more characters than this, so `max_len` tokens never come
+# from more than max_len × this many characters: text beyond that cannot survive truncation.
+MAX_CHARS_PER_TOKEN = 64
+
+
+def _clip(segments: formats.Segments, budget: int) -> formats.Segments:
+    """The segments cut to `budget` characters in all, in order (what follows is dropped)."""
+    clipped = []
+    for text, trained in segments:
+        clipped.append((text[:budget], trained))
+        budget = max(0, budget - len(text))
+    return clipped
+
+
 def special_affixes(tokenizer) -> tuple[list[int], list[int]]:
     """Special tokens this tokenizer adds around plain text on its own (e.g. Llama's bos)."""
     bare = tokenizer("x", add_special_tokens=False)["input_ids"]
@@ -65,6 +79,13 @@ def tokenize(records: list[Record], fmt: str, tokenizer, max_len: int, template:
     if errors:
         more = f"\n... and {len(errors) - _MAX_ERRORS_SHOWN} more" if len(errors) > _MAX_ERRORS_SHOWN else ""
         raise UserError("malformed records:\n" + "\n".join(errors[:_MAX_ERRORS_SHOWN]) + more)
+
+    # A record longer than max_len tokens is cut anyway: cut its text first, so one huge
+    # record does not cost a tokenizer pass over all of it.
+    budget = max_len * MAX_CHARS_PER_TOKEN
+    for index, (segs, chat) in enumerate(all_segments):
+        if sum(len(text) for text, _ in segs) > budget:
+            all_segments[index] = (_clip(segs, budget), chat)
 
     # One batched call: the Rust tokenizer parallelises it, a Python loop would not.
     flat = [text for segments, _ in all_segments for text, _ in segments]

@@ -7,6 +7,7 @@ import torch.nn as nn
 
 from ftcore.errors import UserError
 
+from . import quantize
 from .dist import DistEnv
 
 
@@ -20,16 +21,31 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     return layers
 
 
-def shard(module: nn.Module, env: DistEnv, device: torch.device, compute_dtype: torch.dtype) -> None:
-    """Shard `module` (a CausalLMLoss) in place: each decoder layer, then the root."""
+def shard(module: nn.Module, env: DistEnv, device: torch.device, decision) -> None:
+    """Shard `module` (a CausalLMLoss) in place as `decision` (ftcore.policy) says: each decoder
+    layer, then the root; gathered in the compute dtype, gradients reduced in fp32."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     mesh = init_device_mesh(device.type, (env.world_size,))
-    mp = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
+    options = {"mesh": mesh, "mp_policy": MixedPrecisionPolicy(param_dtype=dtypes[decision.compute],
+                                                                reduce_dtype=torch.float32)}
+    if decision.cpu_offload:
+        # CUDA only (the schema refuses it on CPU jobs): shards, gradients and the optimizer
+        # step stay in pinned host memory; each unit is copied in for its all-gather.
+        options["offload_policy"] = CPUOffloadPolicy(pin_memory=True)
+    if env.world_size == 1:
+        # One process has nothing to shard, and torch's one-process FSDP2 path copies only
+        # the first part of a tensor that gathers as several (NF4: codes and two scales):
+        # NF4 weights stay plain parameters on the device, outside FSDP2.
+        options["ignored_params"] = {p for p in module.parameters() if quantize.is_nf4(p)}
+        for sub in module.modules():
+            if any(p in options["ignored_params"] and p.device.type != "meta" for p in sub.parameters(recurse=False)):
+                sub.to(device)
     for layer in decoder_layers(module.causal_lm):
-        fully_shard(layer, mesh=mesh, mp_policy=mp)
-    fully_shard(module, mesh=mesh, mp_policy=mp)
+        fully_shard(layer, **options)
+    fully_shard(module, **options)
     set_gradient_sum(module)
 
 

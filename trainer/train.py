@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -33,7 +34,7 @@ from typing import Callable
 
 import torch
 
-from ftcore import exits, layout
+from ftcore import contract, exits, layout, rendezvous
 from ftcore.errors import UserError
 
 from . import checkpointing, data, dist, update
@@ -44,10 +45,15 @@ from .model import build
 from .tokenizer import load_tokenizer
 
 
-def run(job, job_dir: str | Path, on_step: Callable[[dict], None] | None = None) -> int:
+def run(job, job_dir: str | Path, on_step: Callable[[dict], None] | None = None,
+        on_signal: Callable[[str], None] | None = None,
+        watch: Callable[[str, object, object], None] | None = None) -> int:
     """Train `job` (a validated ftcore.schema.Job) writing into `job_dir`; return the exit code.
 
-    `on_step(record)` is called on every rank after each optimizer step (tests, benchmarks).
+    `on_step(record)` is called on every rank after each optimizer step (tests, benchmarks);
+    `on_signal(name)` when a stop signal arrives; `watch(event, built, optimizer)` after every
+    micro batch's backward ("backward") and every optimizer step before the gradients are
+    dropped ("step"): the tests that hold the trainer's tensors to `ft plan` look there.
     Raises UserError for problems the user must fix, before any training.
     """
     env = dist.detect()
@@ -58,19 +64,20 @@ def run(job, job_dir: str | Path, on_step: Callable[[dict], None] | None = None)
         device = torch.device("cuda", env.local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     _quiet_libraries(env)
-    stop = StopSignal()
+    stop = StopSignal(on_signal)
     stop.install()
     dist.init(env, device, alone_too=job.strategy == "fsdp2")
     try:
         job_dir = Path(job_dir)
         job_dir.mkdir(parents=True, exist_ok=True)
-        return train(job, job_dir, env, device, stop, on_step)
+        return train(job, job_dir, env, device, stop, on_step, watch)
     finally:
         stop.uninstall()
         dist.shutdown()
 
 
-def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "StopSignal", on_step=None) -> int:
+def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "StopSignal", on_step=None,
+          watch=None) -> int:
     """The whole run, top to bottom, once the process group exists."""
     seed = job.trainer.seed
     torch.manual_seed(seed)
@@ -115,6 +122,7 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
         f"{job.data.micro_batch_size} × accum {job.grad_accum_steps} × dp {env.world_size} | "
         f"{total_steps} steps ({batches.steps_per_epoch}/epoch) | trainable {n_trainable:,} of {n_total:,} params"
     )
+    metrics.print("policy: " + "; ".join(built.decision.describe()))
     metrics.print(dataset.summary())
     if resume_from is not None:
         metrics.print(f"resumed from {resume_from} at step {step}")
@@ -144,7 +152,7 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
     # --- loop
     model = built.module
     model.train()
-    guard = update.Guard(device, built.sharded)
+    guard = update.Guard(built.trainable[0].device, built.sharded, comm_device=device)
     checks = CheckPoints(job.trainer.log_every_steps, total_steps, seconds=job.slurm.signal_seconds / 4)
     started, stop_requested = step, False
     last_log, tokens_since_log, last_check = time.perf_counter(), 0, (time.perf_counter(), step)
@@ -169,13 +177,18 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
         micro_batches = batches.micro_batches(step)
         for i, batch in enumerate(Prefetcher(micro_batches, collate_fn, device)):
             if built.sharded:
-                # Reduce-scatter only after the last micro batch; until then grads accumulate locally.
-                model.set_requires_gradient_sync(i == len(micro_batches) - 1)
+                # The policy's gradient residency: full SFT reduce-scatters after every micro
+                # batch (only shards are ever held); LoRA accumulates its small unsharded
+                # gradients and reduce-scatters once, after the last.
+                model.set_requires_gradient_sync(
+                    built.decision.grad_sync == "micro_batch" or i == len(micro_batches) - 1)
             loss = model(**batch)
             # Every rank divides by the global count, and gradients are summed over ranks
             # (FSDP2 told so in trainer.sharding; dist.all_reduce_grads sums).
             (loss / answer_tokens).backward()
             loss_sum += loss.detach()
+            if watch is not None:
+                watch("backward", built, optimizer)
         if not built.sharded:
             dist.all_reduce_grads(built.trainable)
         logging = (step + 1) % job.trainer.log_every_steps == 0 or step + 1 == total_steps
@@ -185,6 +198,8 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.step()  # skipped on the device when the guard found a non-finite gradient
+        if watch is not None:
+            watch("step", built, optimizer)
         optimizer.zero_grad(set_to_none=True)
         step += 1
 
@@ -196,8 +211,9 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
             shared = torch.stack([loss_sum.float(), torch.full((), float(stop.requested), device=device),
                                   torch.full((), (now - last_check[0]) / (step - last_check[1]), device=device)])
             dist.all_reduce_sum(shared)
-            norm = torch.zeros(1, device=device) if grad_norm is None else grad_norm.reshape(1).float()
-            loss_value, stops, step_seconds, skipped, first_bad, norm = torch.cat([shared, guard.counts(), norm]).tolist()
+            norm = torch.zeros(1) if grad_norm is None else grad_norm.reshape(1).float()
+            loss_value, stops, step_seconds, skipped, first_bad, norm = torch.cat(
+                [shared, guard.counts().to(device), norm.to(device)]).tolist()
             stop_requested = stops > 0
             checks.plan(step, step_seconds / env.world_size)
             last_check = (now, step)
@@ -364,20 +380,15 @@ def _check_same_data(state: dict, folder: Path, num_rows: int, job) -> None:
 
 def preflight(job, env: dist.DistEnv) -> None:
     """What only this machine can tell (the config's own rules were checked by the schema)."""
-    problems = []
-    if env.world_size != job.world_size:
-        problems.append(
-            f"the job is laid out for trainer.num_nodes × trainer.devices = {job.world_size} processes, "
-            f"but {env.world_size} were started ({env.launcher})"
-        )
+    problems = rendezvous.allocation_problems(job.trainer.num_nodes, job.trainer.devices, env, os.environ)
     if job.trainer.accelerator == "gpu" and not torch.cuda.is_available():
         problems.append("trainer.accelerator=gpu but CUDA is not available here (trainer.accelerator=cpu for CPU runs)")
     if job.model.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
         problems.append("model.attn_implementation=flash_attention_2 but the flash_attn package is not installed")
     if job.trainer.liger and importlib.util.find_spec("liger_kernel") is None:
         problems.append("trainer.liger=true needs the liger-kernel package, which is not installed")
-    if job.model.quantization == "nf4" and importlib.util.find_spec("bitsandbytes") is None:
-        problems.append("model.quantization=nf4 (QLoRA) needs the bitsandbytes package, which is not installed")
+    if job.model.quantization and importlib.util.find_spec("torchao") is None:
+        problems.append(contract.quantization_missing())
     # Inside a container a path exists only if a bind makes it visible.
     problems += job.missing_paths()
     if problems:
@@ -389,13 +400,17 @@ class StopSignal:
 
     SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
-    def __init__(self) -> None:
+    def __init__(self, on_signal: Callable[[str], None] | None = None) -> None:
         self.requested = False
         self._previous: dict = {}
+        self._on_signal = on_signal
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
-        sys.stderr.write(f"ft trainer: got {signal.Signals(signum).name}; will checkpoint after this step\n")
+        name = signal.Signals(signum).name
+        sys.stderr.write(f"ft trainer: got {name}; will checkpoint after this step\n")
+        if self._on_signal is not None:
+            self._on_signal(name)
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():  # Python allows handlers only there

@@ -52,8 +52,11 @@ class Guard:
     loop at its check points only.
     """
 
-    def __init__(self, device: torch.device, sharded: bool):
+    def __init__(self, device: torch.device, sharded: bool, comm_device: torch.device | None = None):
+        """`device`: where the trained weights live (the host under model.cpu_offload);
+        `comm_device`: where collectives run (the GPU), when that differs."""
         self.sharded = sharded
+        self.comm_device = comm_device or device
         self.found = torch.zeros(1, device=device)
         self.skipped = torch.zeros((), device=device)
         self.first = torch.full((), -1.0, device=device)
@@ -68,7 +71,9 @@ class Guard:
             local = [_local(p.grad) for p in params if p.grad is not None]
             torch._amp_foreach_non_finite_check_and_unscale_(local, self.found, torch.ones_like(self.found))
             if self.sharded and dist.is_initialized():  # each rank holds a different shard
-                dist.all_reduce(self.found, op=dist.ReduceOp.MAX)
+                flag = self.found.to(self.comm_device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                self.found.copy_(flag)
         bad = self.found[0]
         self.skipped += bad
         self.first.copy_(torch.where((self.first < 0) & (bad > 0), torch.full_like(self.first, step), self.first))

@@ -92,5 +92,8 @@ def test_readme_and_pyproject_state_the_image_contract():
     section = section[: section.find("\n## ", 5)]
     listed = set(re.findall(r"^- `([A-Za-z0-9_.-]+)>=", section, re.M))
     assert listed == {p.dist for p in contract.REQUIRED}, "README's image contract list"
-    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["train"]
-    assert {re.split(r"[<>=]", e)[0] for e in extra} == {p.dist for p in contract.REQUIRED}
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert {re.split(r"[<>=]", e)[0] for e in extras["train"]} == {p.dist for p in contract.REQUIRED}
+    # The install hints ft prints for a missing extra come from contract.EXTRAS: it must match pyproject.
+    for name, packages in contract.EXTRAS.items():
+        assert sorted(extras[name]) == sorted(f"{p.dist}>={p.minimum}" for p in packages), name

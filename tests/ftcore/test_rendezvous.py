@@ -1,4 +1,4 @@
-"""SLURM host lists read as `scontrol show hostnames` reads them, and the port rule."""
+"""SLURM host lists read as `scontrol show hostnames` reads them, the port rule, and who each process is."""
 
 from __future__ import annotations
 
@@ -42,3 +42,17 @@ def test_the_same_expansion_as_scontrol(groups):
 
 def test_port_rule_stays_in_range():
     assert {rendezvous.master_port(j) for j in (0, 1, 19999, 20000, 10**9)} <= set(range(20000, 40000))
+
+
+def test_detect_torchrun_slurm_and_single():
+    torchrun = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "n1", "MASTER_PORT": "1234"}
+    slurm = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "4242",
+             "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_JOB_NUM_NODES": "2", "SLURM_NODEID": "1"}
+    assert rendezvous.detect(torchrun) == rendezvous.DistEnv(3, 4, 1, "n1", 1234, "torchrun")
+    got = rendezvous.detect(slurm)
+    assert (got.rank, got.world_size, got.local_rank, got.master_addr, got.launcher) == (5, 8, 1, "gpu07", "slurm")
+    assert got.master_port == rendezvous.master_port(4242)
+    exported = rendezvous.detect({**slurm, "MASTER_ADDR": "head", "MASTER_PORT": "29400"})
+    assert (exported.master_addr, exported.master_port) == ("head", 29400)
+    assert rendezvous.detect({**slurm, **torchrun}).launcher == "torchrun"  # torchrun's variables win
+    assert rendezvous.detect({}) == rendezvous.DistEnv()

@@ -175,3 +175,9 @@ def test_precision_that_would_train_badly_is_refused_at_submit():
     assert resolve(*gpu, "peft=lora", "trainer.strategy=ddp").method == "lora"  # adapters are fp32 in peft
     with pytest.raises(UserError, match="trainer.liger needs GPUs"):
         resolve("trainer.accelerator=cpu", "trainer.liger=true")
+
+
+def test_null_unsets_an_optional_text_setting_and_stays_text_elsewhere():
+    job = resolve("model.tokenizer=null", "data.val_path=~", "slurm.partition=null")
+    assert job.model.tokenizer is None and job.data.val_path is None and job.slurm.partition is None
+    assert resolve("description=null").description == "null"  # a required text keeps what was written

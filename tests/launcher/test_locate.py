@@ -4,6 +4,7 @@ the folders here hold the files that tell checkpoints apart, not real weights.""
 from __future__ import annotations
 
 import json
+import struct
 
 import pytest
 
@@ -25,9 +26,9 @@ def _job(root, name, steps=(), kind="lora", latest=True, job_id=None):
             (ckpt / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/models/base", "r": 8}))
         else:
             (ckpt / "config.json").write_text("{}")
-            (ckpt / "model.safetensors").write_bytes(b"")
+            (ckpt / "model.safetensors").write_bytes(struct.pack("<Q", 2) + b"{}")  # no tensors
         (ckpt / "ft_state").mkdir()
-        (ckpt / "ft_state" / "trainer_state.json").write_text("{}")
+        (ckpt / "ft_state" / "trainer_state.json").write_text(json.dumps({"step": step}))
         (ckpt / "ft_state" / "COMPLETE").write_text(f"step {step}\n")
     if steps and latest:
         (folder / "checkpoints" / "latest").write_text(f"step-{steps[-1]:06d}\n")

@@ -35,8 +35,8 @@ def test_lora_parameters_are_rank_times_in_plus_out_per_adapted_layer():
     # Llama 3.1 8B, r=8 on all seven projections: q,o 4096+4096; k,v 4096+1024; gate,up,down 4096+14336.
     per_layer = 8 * (2 * 8192 + 2 * 5120 + 3 * 18432)
     assert plan.lora_params(job("llama31_8b"), plan.model_dims(job("llama31_8b"))) == 32 * per_layer
-    attention_only = job("llama31_405b_lora")
-    assert plan.lora_targets(attention_only) == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    attention_only = plan.estimate(job("llama31_405b_lora")).decision.lora_targets
+    assert len(attention_only) == 126 * 4 and {t.rsplit(".", 1)[1] for t in attention_only} == set(plan.arch.ATTENTION)
     j = job("llama31_8b", "peft.target_modules=[q_proj,lm_head]")
     assert plan.lora_params(j, plan.model_dims(j)) == 32 * 8 * 8192 + 8 * (4096 + 128256)
 
@@ -103,20 +103,37 @@ def test_smaller_gpus_need_more_of_them():
 # --- the submit warning and the command --------------------------------------------------------
 
 
-def test_fit_warning_only_for_a_gpu_job_that_does_not_fit():
-    assert plan.fit_warning(job("llama31_8b")) is None
-    assert plan.fit_warning(job("tiny")) is None  # a CPU job
-    warning = plan.fit_warning(job("llama3_8b_sft", "trainer.devices=1"))
-    assert "more than the 80 GiB of 1 node(s) × 1 GPU(s)" in warning and "1 node(s) × 2 GPU(s)" in warning
+def test_refusals_name_the_smallest_fit_and_the_levers():
+    assert plan.refusals(job("llama31_8b")) == []
+    assert plan.refusals(job("tiny")) == []  # a CPU job: no GPU to fit
+    problems = plan.refusals(job("llama3_8b_sft", "trainer.devices=1"))
+    assert "more than the 80 GiB of 1 node(s) × 1 GPU(s)" in problems[0] and "--force" in problems[0]
+    assert "smallest allocation that fits: 1 node(s) × 2 GPU(s)" in problems[1]
+    assert "model.cpu_offload=true" in problems[2] and "data.max_seq_length=1024" in problems[2]
+    assert plan.refusals(job("llama3_8b_sft", "trainer.devices=1"), force=True) == []
+    lora = plan.refusals(job("llama31_405b_lora", "model.quantization=null"))
+    assert "model.quantization=nf4: 48.0 GiB (fits)" in lora[2]
+    unknown = job("llama31_8b", "model.path=someone/unknown-7b", "model.parameters_b=null")
+    assert plan.refusals(unknown) == []  # nothing is known against a model ft cannot size
 
 
-def test_submit_warns_but_still_writes_the_job(ft, isolated_home):
-    result = ft("submit", "--factory", "llama3_8b_sft", "trainer.devices=1", "--dry-run")
-    assert result.returncode == 0, result.stderr
-    assert "ft: warning: this job needs about" in " ".join(result.stderr.split())
+def test_globs_that_match_nothing_are_refused_even_with_force():
+    problems = plan.refusals(job("llama31_8b", "peft.target_modules=[qproj]"), force=True)
+    assert len(problems) == 1 and "['qproj'] match no linear layer" in problems[0]
+
+
+def test_submit_refuses_what_will_not_fit_unless_forced(ft, isolated_home):
+    refused = ft("submit", "--factory", "llama3_8b_sft", "trainer.devices=1", "--dry-run")
+    assert refused.returncode == 2 and "needs about 135 GiB per GPU" in " ".join(refused.stderr.split())
+    assert not (isolated_home / "jobs").exists() or not list((isolated_home / "jobs").iterdir())
+    forced = ft("submit", "--factory", "llama3_8b_sft", "trainer.devices=1", "--dry-run", "--force")
+    assert forced.returncode == 0, forced.stderr
     assert len(list((isolated_home / "jobs").iterdir())) == 1
-    quiet = ft("submit", "--factory", "llama31_8b", "--dry-run")
-    assert "warning" not in quiet.stderr
+    no_match = ft("submit", "--factory", "llama32_1b_squad", "peft.target_modules=[attn.*]", "--dry-run", "--force")
+    assert no_match.returncode == 2 and "match no linear layer" in no_match.stderr
+    for factory in ("llama31_8b", "llama32_1b_squad", "llama31_405b_lora"):
+        quiet = ft("submit", "--factory", factory, "--dry-run")
+        assert quiet.returncode == 0 and "error" not in quiet.stderr, (factory, quiet.stderr)
 
 
 def test_plan_command_table_and_json(ft):
@@ -131,6 +148,20 @@ def test_plan_command_table_and_json(ft):
     assert sum(r["gib"] for r in data["rows"]) == pytest.approx(data["total_gib"])
     bad = ft("plan", "--factory", "llama31_8b", "trainer.max_step=3")
     assert bad.returncode == 2 and "did you mean trainer.max_steps" in bad.stderr
+    unmatched = ft("plan", "--factory", "llama32_1b_squad", "peft.target_modules=attn.*")
+    assert unmatched.returncode == 2 and "['attn.*'] match no linear layer" in " ".join(unmatched.stderr.split())
+
+
+def test_plan_json_gives_each_ranks_rows_and_the_decision(ft):
+    """LoRA r=5 under FSDP2 on 2 ranks: rank 0 holds 3 rows of each A, rank 1 two."""
+    args = ["plan", "--factory", "llama31_8b", "peft.dim=5", "trainer.strategy=fsdp2", "trainer.devices=2", "--json"]
+    ranks = [json.loads(ft(*args, "--rank", str(r)).stdout) for r in (0, 1)]
+    assert ranks[0]["decision"]["grad_sync"] == "step" and ranks[0]["decision"]["trained"] == "fp32"
+    assert len(ranks[0]["decision"]["lora_targets"]) == 32 * 7
+    optim = [next(row for row in data["rows"] if row["name"] == "optimizer") for data in ranks]
+    assert optim[0]["exact"] and optim[0]["bytes"] > optim[1]["bytes"]
+    weights = [next(row for row in data["rows"] if row["name"] == "weights")["bytes"] for data in ranks]
+    assert weights[0] >= weights[1]
 
 
 # --- against real models and a measured run (torch) --------------------------------------------

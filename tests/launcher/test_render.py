@@ -25,7 +25,8 @@ def normalised(text: str) -> str:
     """Machine-specific paths replaced, so golden copies compare anywhere."""
     # The interpreter first: in CI it lives inside the checkout (.venv-ci).
     return (text.replace(sys.executable, "<PYTHON>")
-                .replace(str(paths.package_dir("trainer").parent), "<FT>"))
+                .replace(str(paths.package_dir("trainer").parent), "<FT>")
+                .replace(str(paths.ft_home()), "<FT_HOME>"))
 
 
 @pytest.mark.parametrize("info", config.list_factories(), ids=lambda i: i.name)
@@ -165,3 +166,146 @@ def test_a_site_template_replaces_the_builtin_one(tmp_path):
         render.render_sbatch(job, tmp_path)  # StrictUndefined: a typo in a template is an error
     with pytest.raises(UserError, match="does not exist"):
         render.render_sbatch(config.resolve("tiny", [f"slurm.template={tmp_path}/none.j2"]).job, tmp_path)
+
+
+# --- every other source a value reaches the script from ------------------------------------------
+# The same hostile strings, entering through a cluster profile, a factory file (its name and
+# values), the user's config, FT_HOME, a job record read for --after, and slurm.extra keys.
+# Each must be refused with a message or stay inside its quotes: bash -n, shellcheck, and a
+# run with srun recorded.
+
+_SOURCE_SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _refused_or_safe(build, value: str, folder: Path) -> None:
+    """`build()` gives (job, job folder) or raises UserError; a refusal is right exactly when
+    the value holds a control character (or is blank where a header needs text)."""
+    try:
+        job, job_dir = build()
+    except UserError as err:
+        assert any(ord(c) < 32 or ord(c) == 127 for c in value) or not value.strip(), err.problems
+        assert not (folder / "pwned").exists()
+        return
+    text = render.render_sbatch(job, job_dir)
+    subprocess.run(["bash", "-n"], input=text, text=True, check=True)
+    script = folder / "check.sbatch"
+    script.write_text(text)
+    # Warnings and errors only: "`$a` does not expand in single quotes" is the point here, and
+    # so is "a quote inside this variable's value is literal" (SC2089/SC2090, a path with a ').
+    result = subprocess.run([_shellcheck(), "-s", "bash", "-S", "warning", "-e", "SC2089,SC2090", str(script)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+    text = text.replace("set -uo pipefail", "set -uo pipefail\nmodule() { :; }", 1)
+    argv, exported = _run_recording(text, folder)
+    assert argv == ["--kill-on-bad-exit=1", "--label", *render.trainer_argv(job, job_dir / "config.yaml")]
+    assert exported["FT_JOB_DIR"] == str(job_dir)
+    assert not (folder / "pwned").exists()
+
+
+def _hostile_layer(value: str) -> dict:
+    return {
+        "slurm": {"partition": value, "account": value, "modules": [value], "extra": {"comment": value}},
+        "container": {"env": {"FT_TEST": value}, "python": value},
+    }
+
+
+@_SOURCE_SETTINGS
+@given(value=_HOSTILE)
+def test_hostile_profile_values(value, tmp_path_factory):
+    import yaml
+
+    folder = tmp_path_factory.mktemp("profile")
+    profile = folder / "cluster.yaml"
+    profile.write_text(yaml.safe_dump(_hostile_layer(value)))
+    _refused_or_safe(lambda: (config.resolve("tiny", [], str(profile)).job, folder), value, folder)
+
+
+@_SOURCE_SETTINGS
+@given(value=_HOSTILE)
+def test_hostile_factory_file_name_and_values(value, tmp_path_factory):
+    import yaml
+
+    folder = tmp_path_factory.mktemp("factory")
+    name = value.replace("/", "_").replace("\0", "_")
+    factory = folder / f"{name}.yaml"
+    factory.write_text(yaml.safe_dump({"extends": "tiny", **_hostile_layer(value)}))
+    _refused_or_safe(lambda: (config.resolve(str(factory), []).job, folder), value, folder)
+
+
+@_SOURCE_SETTINGS
+@given(value=_HOSTILE)
+def test_hostile_user_config_values(value, tmp_path_factory):
+    """The user's config names a profile and factory folders: odd paths are found or refused."""
+    import yaml
+
+    folder = tmp_path_factory.mktemp("userconfig")
+    odd = folder / value.replace("/", "_")
+    odd.mkdir(exist_ok=True)
+    (odd / "cluster.yaml").write_text(yaml.safe_dump(_hostile_layer("site")))
+    os.environ["FT_CONFIG_DIR"] = str(folder)
+    (folder / "config.yaml").write_text(yaml.safe_dump({"profile": str(odd / "cluster.yaml"), "factory_dirs": [str(odd)]}))
+    _refused_or_safe(lambda: (config.resolve("tiny", []).job, folder), value, folder)
+
+
+@_SOURCE_SETTINGS
+@given(value=_HOSTILE)
+def test_hostile_ft_home(value, tmp_path_factory):
+    """FT_HOME's path is written into the script: a newline there is refused before any folder."""
+    from launcher import submit
+
+    folder = tmp_path_factory.mktemp("home")
+    home = folder / value.replace("/", "_")
+    os.environ["FT_HOME"] = str(home)
+
+    def build():
+        prepared = submit.prepare("tiny", [], executor="slurm", dry_run=True)
+        return prepared.job, submit.write(prepared)
+
+    _refused_or_safe(build, str(home), folder)
+    if any(ord(c) < 32 for c in value):
+        assert not (home / "jobs").exists() or not any((home / "jobs").iterdir())
+
+
+@_SOURCE_SETTINGS
+@given(job_id=st.one_of(_HOSTILE, st.from_regex(r"\A[0-9]{1,7}\Z")))
+def test_a_job_id_read_from_another_record_for_after(job_id, tmp_path_factory):
+    from launcher import jobdir, submit
+
+    folder = tmp_path_factory.mktemp("after")
+    os.environ["FT_HOME"] = str(folder / "home")
+    earlier = folder / "home" / "jobs" / "earlier"
+    (earlier / "logs").mkdir(parents=True)
+    (earlier / "config.yaml").write_text("name: tiny\n")
+    jobdir.write_record(earlier, executor="slurm", job_id=job_id, factory="tiny")
+    try:
+        prepared = submit.prepare("tiny", [], executor="slurm", dry_run=True, after=str(earlier))
+    except UserError:
+        assert not job_id.isdigit()
+        return
+    assert prepared.after == job_id and job_id.isdigit()
+    text = render.render_sbatch(prepared.job, folder, dependency=prepared.after)
+    assert f"#SBATCH --dependency=afterok:{job_id}\n" in text
+    with pytest.raises(UserError, match="not a SLURM job id"):
+        render.sbatch_options(prepared.job, folder, dependency=f"{job_id}\n#SBATCH --x")
+
+
+@_SOURCE_SETTINGS
+@given(key=st.one_of(_HOSTILE, st.from_regex(r"\A[a-z][a-z0-9-]{0,12}\Z")), value=_HOSTILE)
+def test_hostile_slurm_extra_keys_from_a_file(key, value, tmp_path_factory):
+    import yaml
+
+    from ftcore.schema import DERIVED_SBATCH_OPTIONS
+
+    folder = tmp_path_factory.mktemp("extra")
+    profile = folder / "cluster.yaml"
+    profile.write_text(yaml.safe_dump({"slurm": {"extra": {key: value}}}))
+    try:
+        job = config.resolve("tiny", [], str(profile)).job
+    except UserError:
+        import re
+
+        assert (not re.match(r"^[a-z][a-z0-9-]*$", key) or key in DERIVED_SBATCH_OPTIONS
+                or any(ord(c) < 32 or ord(c) == 127 for c in value))
+        return
+    _refused_or_safe(lambda: (job, folder), value, folder)
+    assert f"#SBATCH --{key}={render.q(value)}" in render.render_sbatch(job, folder)

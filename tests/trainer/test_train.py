@@ -215,8 +215,11 @@ def test_config_only_rules_are_the_schemas_and_all_are_reported():
     from ftcore.schema import validate as schema_validate
 
     with pytest.raises(UserError) as e:
-        schema_validate(tiny_job(model={"quantization": "nf4", "meta_init": True}))
-    assert "nf4 (QLoRA) needs GPUs" in str(e.value) and "meta_init fills FSDP2 shards" in str(e.value)
+        schema_validate(tiny_job(peft=None, model={"quantization": "nf4", "cpu_offload": True, "meta_init": True},
+                                 trainer={"strategy": "ddp"}))
+    for problem in ("nf4 (QLoRA) quantizes a frozen base: it needs peft=lora", "cpu_offload moves FSDP2 shards",
+                    "a CPU job (trainer.accelerator=cpu) has none to free", "meta_init fills FSDP2 shards"):
+        assert problem in str(e.value)
 
 
 def test_preflight_checks_what_only_the_machine_knows():
@@ -224,5 +227,40 @@ def test_preflight_checks_what_only_the_machine_knows():
                             data={"global_batch_size": 8}))
     with pytest.raises(UserError) as e:
         preflight(job, dist.DistEnv())
-    assert "2 processes, but 1 were started" in str(e.value)
+    assert "= 2 processes but this is one process with no scheduler" in str(e.value)
     assert "model.path /nowhere/model does not exist" in str(e.value)
+
+
+def test_a_full_disk_during_a_checkpoint_removes_it_and_a_resume_uses_the_last_complete(tmp_path, monkeypatch):
+    import errno
+
+    import torch
+
+    root = tmp_path / "checkpoints"
+    raw = tiny_job(trainer={"max_steps": 4}, checkpoint={"every_steps": 2, "keep_last": None})
+    real_save = torch.save
+
+    def full_on_the_second_checkpoint(obj, path, *args, **kwargs):
+        if ".tmp-step-000004" in str(path):  # its RNG file: after the weights, before the marker
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_on_the_second_checkpoint)
+    with pytest.raises(UserError, match=r"checkpoint step 4 could not be written .*No space left on device; the "
+                                        r"partial checkpoint was removed and a resubmit resumes from step-000002"):
+        train(tmp_path, raw)
+    assert [p.name for p in root.iterdir() if p.is_dir()] == ["step-000002"]  # no .tmp-step-000004
+    monkeypatch.setattr(torch, "save", real_save)
+    assert train(tmp_path, raw) == exits.OK
+    assert [s for s, _ in layout.complete_checkpoints(root)] == [2, 4]
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_on_resume(tmp_path, capsys):
+    root = tmp_path / "checkpoints"
+    raw = tiny_job(trainer={"max_steps": 4}, checkpoint={"every_steps": 2, "keep_last": None})
+    assert train(tmp_path, raw) == exits.OK
+    weights = root / "step-000004" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # truncated after it was marked complete
+    capsys.readouterr()
+    assert train(tmp_path, tiny_job(trainer={"max_steps": 5}, checkpoint={"every_steps": 2, "keep_last": None})) == exits.OK
+    assert f"resumed from {root / 'step-000002'} at step 2" in capsys.readouterr().out

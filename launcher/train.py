@@ -1,0 +1,215 @@
+"""`ft train`: train in this process, under a script ft did not write (a workshop's srun line).
+
+    srun ft train --factory llama31_8b --yes trainer.devices="${SLURM_GPUS_PER_NODE}" trainer.max_steps=250
+    srun singularity exec --nv --bind FT:/opt/ft --env PYTHONPATH=/opt/ft IMAGE \\
+        python -m launcher train --factory llama31_8b ...      # an image without ft installed
+    torchrun --standalone --nproc-per-node 2 -m launcher train --factory tiny trainer.devices=2
+    ft train --factory tiny                                      # one process, no scheduler
+
+The job is resolved and validated exactly as `ft submit` resolves it. Then every task agrees
+on one job folder, named from SLURM's job id, array task and step (so a requeued job finds
+its folder again and resumes from its checkpoint); task 0 writes it whole, the others wait
+for it; and each task replaces itself with the trainer (`exec`, same process: srun's
+signals reach the trainer). This module imports nothing outside the image contract (no
+typer, rich or jinja2), so it runs from ft's code bound into any image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from ftcore import layout, rendezvous
+from ftcore.errors import UserError
+from ftcore.rendezvous import DistEnv
+from ftcore.schema import Job, job_to_dict
+from launcher import config, jobdir, paths, stage
+
+# How long tasks other than 0 wait for task 0 to write the job folder (a shared filesystem
+# may show a new folder on other nodes only after its attribute cache expires).
+WAIT_S = 300.0
+
+
+class _ThisTaskOnly(UserError):
+    """A problem only this task has (the others may be fine): every task that has it reports it."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    job: Job
+    folder: Path
+    procs: DistEnv
+    executor: str  # "srun", "torchrun" or "local": what started the processes
+    job_id: str | None
+    explicit_folder: bool  # --job-dir: continue there on purpose, even with changed settings
+    submit_dir: str | None = None  # where the batch script was submitted from (for `ft resubmit`'s advice)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`ft train ...` and `python -m launcher train ...`: hand over to the trainer, or return 2."""
+    parser = argparse.ArgumentParser(
+        prog="ft train", allow_abbrev=False,
+        description="Train in this process: one task of srun or torchrun, or alone. Overrides as for ft submit.")
+    parser.add_argument("--factory", "-f", required=True, help="factory name (see `ft factories`) or YAML path")
+    parser.add_argument("--profile", help="cluster profile YAML (default: $FT_PROFILE or ~/.config/ft/cluster.yaml)")
+    parser.add_argument("--job-dir", help="use this job folder (continue in it) instead of one named from SLURM's ids")
+    parser.add_argument("--yes", "-y", action="store_true", help="accepted as the workshop writes it; ft train never asks")
+    args, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    command = jobdir.command_line(["ft", "train", *(sys.argv[1:] if argv is None else argv)])
+    procs = DistEnv()
+    try:
+        procs = rendezvous.detect(os.environ)
+        plan = prepare(args.factory, overrides, args.profile, args.job_dir)
+        agree_on_folder(plan, command)
+    except UserError as err:
+        # Every task resolved the same job and found the same problems: task 0 says it once.
+        if procs.is_main or isinstance(err, _ThisTaskOnly):
+            for problem in err.problems:
+                print(f"ft: error: {problem}", file=sys.stderr)
+            if err.hint:
+                print(f"ft: hint: {err.hint}", file=sys.stderr)
+        return err.exit_code
+    hand_over(plan)
+    return 0  # not reached: hand_over replaces this process
+
+
+def prepare(factory: str, overrides: list[str], profile: str | None = None, job_dir: str | None = None,
+            environ: Mapping[str, str] | None = None) -> Plan:
+    """Resolve and validate the job as `ft submit` does, check it against the processes that
+    were started, and name its folder. Writes nothing."""
+    env = os.environ if environ is None else environ
+    job = config.resolve(factory, overrides, profile).job
+    procs = rendezvous.detect(env)
+    problems = job.missing_paths()
+    in_batch_script = env.get("SLURM_JOB_ID") and "SLURM_STEP_ID" not in env and procs.launcher != "torchrun"
+    if in_batch_script:
+        if max(procs.world_size, job.world_size) > 1:
+            problems.append(
+                f"ft train runs in the batch script itself, as one process, but the job wants {job.world_size} "
+                "(trainer.num_nodes × trainer.devices): start it with srun (`srun ft train ...`), one task per GPU")
+    else:
+        problems += rendezvous.allocation_problems(job.trainer.num_nodes, job.trainer.devices, procs, env)
+    if problems:
+        raise UserError(*problems)
+    folder, executor, job_id = folder_for(job, env, job_dir)
+    return Plan(job, folder, procs, executor, job_id, job_dir is not None, env.get("SLURM_SUBMIT_DIR"))
+
+
+def folder_for(job: Job, env: Mapping[str, str], job_dir: str | None = None) -> tuple[Path, str, str | None]:
+    """(job folder, executor, job id). Every task of one run computes the same folder; a
+    requeued SLURM job (same id) or a restarted torchrun (same run id) the same again."""
+    job_id = None
+    if env.get("SLURM_JOB_ID"):
+        array = env.get("SLURM_ARRAY_JOB_ID")
+        job_id = f"{array}_{env['SLURM_ARRAY_TASK_ID']}" if array and env.get("SLURM_ARRAY_TASK_ID") else env["SLURM_JOB_ID"]
+    if job_dir:
+        executor = "srun" if job_id else ("torchrun" if "TORCHELASTIC_RUN_ID" in env else "local")
+        return Path(job_dir).expanduser().absolute(), executor, job_id
+    root = paths.jobs_root()
+    if job_id:
+        step = env.get("SLURM_STEP_ID") or "batch"
+        return root / f"slurm-{job_id}.{step}-{jobdir.safe_name(job.name)}", "srun", job_id
+    if "TORCHELASTIC_RUN_ID" in env:
+        run_id = env["TORCHELASTIC_RUN_ID"]
+        if run_id in ("", "none"):
+            raise UserError("under torchrun without --standalone or --rdzv-id the processes share no run id "
+                            "to name their job folder by: add --standalone (one machine) or --rdzv-id ID, "
+                            "or give the folder: ft train --job-dir DIR")
+        return root / f"torchrun-{jobdir.safe_name(run_id)}-{jobdir.safe_name(job.name)}", "torchrun", None
+    return root / jobdir.new_name(job.name), "local", None
+
+
+def agree_on_folder(plan: Plan, command: str, wait_s: float = WAIT_S) -> None:
+    """Task 0 writes the job folder whole (or finds it from an earlier run of this job);
+    the others wait until it holds this job's config."""
+    wanted = job_to_dict(plan.job)
+    if not plan.explicit_folder:
+        _refuse_other_settings(plan, wanted)
+    if plan.procs.is_main:
+        _write(plan, wanted, command)
+        return
+    deadline = time.monotonic() + wait_s
+    while _config_in(plan.folder) != wanted:
+        if time.monotonic() > deadline:
+            raise _ThisTaskOnly(
+                f"task {plan.procs.rank} waited {wait_s:g} s for task 0 to write the job folder {plan.folder}: "
+                "task 0 failed (its error is above) or this node does not see the folder",
+                hint="every task must see the same $FT_HOME (default ~/ft), on a shared filesystem")
+        time.sleep(0.2)
+
+
+def _config_in(folder: Path) -> dict[str, Any] | None:
+    try:
+        return yaml.safe_load((folder / layout.CONFIG).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def _refuse_other_settings(plan: Plan, wanted: dict[str, Any]) -> None:
+    """A folder named after this run that holds another job's settings: resuming from its
+    checkpoints would mix two jobs."""
+    found = _config_in(plan.folder)
+    if found is None or found == wanted:
+        return
+    changed = [f"{key}: {old!r} → {new!r}" for key, old, new in _differences(found, wanted)]
+    raise UserError(
+        f"{plan.folder} holds an earlier run of this job with other settings ({'; '.join(changed[:5])}): "
+        "it would resume from that run's checkpoints",
+        hint=f"continue it with these settings on purpose: ft train --job-dir {plan.folder} ...; "
+             "or start afresh in another folder: --job-dir NEW_FOLDER")
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        found = []
+        for key in sorted(set(old) | set(new), key=str):
+            found += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        return found
+    return [] if old == new else [(prefix.rstrip("."), old, new)]
+
+
+def _write(plan: Plan, wanted: dict[str, Any], command: str) -> None:
+    record = {"executor": plan.executor, "job_id": plan.job_id, "factory": plan.job.name, "folder": str(plan.folder),
+              "submit_dir": plan.submit_dir, "pids": [os.getpid()]}
+    files = {layout.CONFIG: jobdir.config_text(wanted), layout.COMMAND: command, layout.RECORD: jobdir.record_text(**record)}
+    if jobdir.create_at(plan.folder, lambda final: files):
+        return
+    # The folder exists: this job was requeued, or --job-dir names an earlier job's folder.
+    earlier = jobdir.read_record(plan.folder)
+    history = list(earlier.get("history", []))
+    if earlier.get("job_id") and earlier.get("job_id") != plan.job_id:
+        history.append({k: earlier.get(k) for k in ("job_id", "time")})
+    if _config_in(plan.folder) != wanted:
+        jobdir.write_atomic(plan.folder / layout.CONFIG, files[layout.CONFIG])
+        jobdir.write_atomic(plan.folder / layout.COMMAND, command)
+    (plan.folder / layout.LOGS).mkdir(exist_ok=True)
+    jobdir.write_record(plan.folder, **record, history=history)
+
+
+def trainer_argv(plan: Plan) -> list[str]:
+    """The trainer, with its own records: no ft script around it writes events or logs."""
+    log = plan.folder / layout.LOGS / f"rank-{plan.procs.rank}.out"
+    return [sys.executable, "-m", "trainer", "--config", str(plan.folder / layout.CONFIG),
+            "--events", "--copy-output", str(log)]
+
+
+def hand_over(plan: Plan) -> None:
+    """Become the trainer: same process id, so srun's and torchrun's signals reach it."""
+    if plan.procs.is_main:
+        print(f"Job folder: {plan.folder}", flush=True)
+    sys.stderr.flush()
+    # The trainer is this package's sibling: the same interpreter, path and folder find it.
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **stage.environment(plan.job))
+    argv = trainer_argv(plan)
+    os.execve(argv[0], argv, env)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Nothing lost, nothing half-written: ft is killed (SIGKILL) at each write it makes, or the
+write fails (a full disk), and the job folder must hold the old or the new of every file,
+never an empty or partial one (tests/fault_injection.py says how)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from fault_injection import FAIL, KILL, every_write, in_child
+
+from ftcore import layout, schema
+from launcher import jobdir, jobs, submit
+
+
+def fake_sbatch(tmp_path: Path, monkeypatch, body: str) -> None:
+    bin_dir = tmp_path / "fake-bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "sbatch").write_text("#!/bin/bash\n" + body)
+    (bin_dir / "scontrol").write_text("#!/bin/bash\necho 'Invalid job id specified' >&2\nexit 1\n")
+    for tool in ("sbatch", "scontrol"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != jobdir.LOCK and not p.name.startswith(".")}
+
+
+@pytest.mark.parametrize("mode", [KILL, FAIL])
+def test_a_new_job_folder_is_whole_or_absent(mode, isolated_home):
+    prepared = submit.prepare("tiny", [], executor="slurm", dry_run=True)
+    root = isolated_home / "jobs"
+    done = submit.write(prepared)
+    expected = files_of(done)
+    shutil.rmtree(done)
+
+    def check(at: int, outcome: str) -> None:
+        for folder in [p for p in root.iterdir() if not p.name.startswith(".")]:
+            got = files_of(folder)
+            # The script names its own folder: compare it with that name put back.
+            assert got[layout.CONFIG] == expected[layout.CONFIG] and got[layout.COMMAND]
+            assert got[layout.SCRIPT] == expected[layout.SCRIPT].replace(done.name.encode(), folder.name.encode())
+            assert (folder / layout.LOGS).is_dir()
+            schema.load_job(folder / layout.CONFIG)
+        if outcome == "failed":  # a failure cleans up after itself; only a kill leaves a hidden folder
+            assert [p.name for p in root.iterdir() if p.name.startswith(".tmp-")] == []
+
+    def reset() -> None:
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+
+    writes = every_write(lambda: submit.write(prepared), check, mode, reset)
+    assert writes >= 5  # mkdtemp, logs/, three files, chmod/rename
+
+
+@pytest.mark.parametrize("mode", [KILL, FAIL])
+def test_a_submit_records_the_job_or_nothing(mode, tmp_path, monkeypatch):
+    fake_sbatch(tmp_path, monkeypatch, "echo 4242\n")
+    folder = submit.write(submit.prepare("tiny", [], executor="slurm", dry_run=True))
+    before = files_of(folder)
+
+    def check(at: int, outcome: str) -> None:
+        now = files_of(folder)
+        assert {k: v for k, v in now.items() if k != layout.RECORD} == before
+        if layout.RECORD in now:
+            assert json.loads(now[layout.RECORD])["job_id"] == "4242"
+        assert outcome != "done" or layout.RECORD in now
+
+    def reset() -> None:
+        (folder / layout.RECORD).unlink(missing_ok=True)
+
+    every_write(lambda: submit.submit(folder, "tiny"), check, mode, reset)
+
+
+@pytest.mark.parametrize("answer", ["echo 4243\n", "echo 'sbatch: error: Batch job submission failed' >&2; exit 1\n"],
+                         ids=["accepted", "refused"])
+@pytest.mark.parametrize("mode", [KILL, FAIL])
+def test_a_resubmit_leaves_each_file_old_or_new(mode, answer, tmp_path, monkeypatch):
+    fake_sbatch(tmp_path, monkeypatch, "echo 4242\n")
+    folder = submit.write(submit.prepare("tiny", [], executor="slurm", dry_run=True))
+    submit.submit(folder, "tiny")
+    (folder / layout.EVENTS).write_text(json.dumps({"event": "exit", "code": 1}) + "\n")
+    calls = tmp_path / "sbatch-calls"
+    old = files_of(folder)
+
+    def work() -> None:
+        submit.resubmit(jobs.load(folder), ["trainer.max_steps=7"])
+
+    def reset() -> None:
+        calls.unlink(missing_ok=True)
+        for path in folder.iterdir():
+            if path.is_file():
+                path.unlink()
+        for name, data in old.items():
+            (folder / name).write_bytes(data)
+
+    # The new files, as an accepted resubmit leaves them (a refused one writes them too, then
+    # puts the old back).
+    fake_sbatch(tmp_path, monkeypatch, "echo 4243\n")
+    assert in_child(work, 10**6, KILL) == "done"
+    new = files_of(folder)
+    assert new[layout.CONFIG] != old[layout.CONFIG] and json.loads(new[layout.RECORD])["job_id"] == "4243"
+    fake_sbatch(tmp_path, monkeypatch, f"echo called >> {calls}\n{answer}")
+    reset()
+    assert in_child(work, 10**6, KILL) == "done"
+    if "exit 1" in answer:
+        assert files_of(folder) == old, "a refused resubmit leaves the folder exactly as it was"
+
+    def check(at: int, outcome: str) -> None:
+        now = files_of(folder)
+        assert set(now) == set(old), (at, set(now) ^ set(old))
+        for name, data in now.items():
+            if name == layout.RECORD:
+                assert json.loads(data)["job_id"] in ("4242", "4243")
+            else:
+                assert data in (old[name], new[name]), f"{name} is neither old nor new after write {at} ({outcome})"
+        if outcome == "failed" and not calls.exists():
+            assert now == old, f"a resubmit that failed before sbatch ran (write {at}) must leave the folder as it was"
+
+    every_write(work, check, mode, reset)
+
+
+def test_stale_temporary_folders_are_removed_by_age_and_owner(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = jobdir._host()
+    old = time.time() - 2 * jobdir.STALE_AFTER_S
+    ancient = time.time() - 2 * jobdir.FOREIGN_STALE_AFTER_S
+    cases = {
+        f".tmp-{host}-{dead.pid}-x-aaaa": (old, True),  # its process is gone
+        f".tmp-{host}-{dead.pid}-x-bbbb": (time.time(), False),  # too new to judge
+        f".tmp-{host}-{os.getpid()}-x-cccc": (old, False),  # its process is alive (this one)
+        ".tmp-otherhost-1-x-dddd": (old, False),  # another machine's: wait a day
+        ".tmp-otherhost-1-x-eeee": (ancient, True),
+        ".tmp-20260101-000000-tiny-ab12cd-zz": (ancient, True),  # the old naming
+        "20260101-000000-tiny-ab12cd": (ancient, False),  # a job folder: never
+    }
+    for name, (mtime, _) in cases.items():
+        (tmp_path / name).mkdir()
+        os.utime(tmp_path / name, (mtime, mtime))
+    removed = {p.name for p in jobdir.remove_stale(tmp_path)}
+    assert removed == {name for name, (_, stale) in cases.items() if stale}
+    assert all((tmp_path / name).exists() != stale for name, (_, stale) in cases.items())
+
+
+def test_a_killed_build_is_cleaned_up_by_the_next(isolated_home, monkeypatch):
+    prepared = submit.prepare("tiny", [], executor="slurm", dry_run=True)
+    root = isolated_home / "jobs"
+    root.mkdir(parents=True)
+    assert in_child(lambda: submit.write(prepared), 3, KILL) == "killed"
+    (leftover,) = [p for p in root.iterdir() if p.name.startswith(".tmp-")]
+    monkeypatch.setattr(jobdir, "STALE_AFTER_S", 0)
+    submit.write(prepared)
+    assert not leftover.exists()

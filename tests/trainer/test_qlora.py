@@ -1,0 +1,83 @@
+"""QLoRA: a frozen NF4 base (torchao), replicated or sharded with FSDP2 over 2 gloo processes.
+
+The 405B factory's path at toy size: the base is read from safetensors files on the meta
+device, each projection quantized whole and split into shards. Its losses must follow the
+one-process quantized run, a resumed run must continue exactly, and the adapter must load
+with PeftModel over the *unquantized* base (what a user serves).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("torchao")
+from safetensors.torch import load_file
+from trainer_helpers import (DIST_VARS, NF4_LLAMA, describe, launch, save_tiny_model, tiny_job, train,
+                             train_losses, write_config)
+
+from ftcore import layout
+
+pytestmark = pytest.mark.train
+
+
+@pytest.fixture(autouse=True)
+def single_process(monkeypatch):
+    for name in DIST_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
+def qlora_job(base, steps: int, **sections) -> dict:
+    raw = tiny_job(
+        {"model": {"init": "pretrained", "path": str(base), "config": {}, "quantization": "nf4"},
+         "data": {"global_batch_size": 8, "micro_batch_size": 2, "val_fraction": 0},
+         "trainer": {"max_steps": steps, "limit_val_batches": 0},
+         "optim": {"lr": 3e-3, "lr_scheduler": {"name": "constant", "warmup_steps": 0}},
+         "checkpoint": {"every_steps": 2}},
+        **sections)
+    raw["model"]["config"] = {}  # the base's own config.json
+    return raw
+
+
+def adapter(run_dir, step: int) -> dict:
+    return load_file(layout.step_dir(run_dir / "checkpoints", step) / "adapter_model.safetensors")
+
+
+def test_sharded_nf4_base_trains_like_one_process_resumes_exactly_and_loads_over_the_plain_base(tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = save_tiny_model(tmp_path / "base", config=NF4_LLAMA)
+    assert train(tmp_path / "one", qlora_job(base, 4)) == 0
+    one = train_losses(tmp_path / "one")
+
+    # Resume: 2 steps, then the same folder to 4: the same numbers as 4 in one go.
+    assert train(tmp_path / "resumed", qlora_job(base, 2)) == 0
+    assert train(tmp_path / "resumed", qlora_job(base, 4)) == 0
+    assert train_losses(tmp_path / "resumed") == one
+    for name, tensor in adapter(tmp_path / "one", 4).items():
+        assert torch.equal(tensor, adapter(tmp_path / "resumed", 4)[name]), name
+
+    # Two processes, FSDP2, meta-device init from the files; stopped after 2 steps and requeued.
+    sharded = {"model": {"meta_init": True}, "trainer": {"devices": 2, "strategy": "fsdp2"}}
+    for steps in (2, 4):
+        results = launch(write_config(tmp_path / "two", qlora_job(base, steps, **sharded)), nprocs=2)
+        assert [r.returncode for r in results] == [0, 0], describe(results)
+    assert "resumed from" in results[0].stdout and "NF4" in results[0].stdout
+    two = train_losses(tmp_path / "two")
+    assert two.keys() == one.keys() and two == pytest.approx(one, rel=1e-4)
+    assert two[4] < two[1]  # it learns
+    ours, theirs = adapter(tmp_path / "two", 4), adapter(tmp_path / "one", 4)
+    assert ours.keys() == theirs.keys() and all("lora_" in k for k in ours)
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name], atol=1e-5, rtol=1e-3, msg=name)
+
+    # A plain PEFT adapter: it loads over the unquantized base, and changes its output.
+    final = layout.step_dir(tmp_path / "two" / "checkpoints", 4)
+    plain = AutoModelForCausalLM.from_pretrained(base)
+    ids = torch.arange(1, 17).unsqueeze(0)
+    before = plain(input_ids=ids).logits
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), final)
+    assert not any("nf4" in type(p).__name__.lower() for p in tuned.parameters())
+    assert not torch.allclose(tuned(input_ids=ids).logits, before)
