@@ -157,13 +157,18 @@ def correctness(device: str, work: Path) -> None:
     def _():
         import importlib.util
 
-        from trainer_helpers import save_tiny_model
+        from transformers import AutoConfig, AutoModelForCausalLM
+        from trainer_helpers import tiny_tokenizer
 
         if importlib.util.find_spec("torchao") is None:
             report("QLoRA (nf4) trains like bf16 LoRA", "SKIP", "needs torchao")
             return
-        base = save_tiny_model(work / "qlora-base")
-        pretrained = {"init": "pretrained", "path": str(base), "config": {}}
+        base = work / "qlora-base"  # the suite's tiny model, saved as a pretrained one
+        torch.manual_seed(0)
+        settings = {k: v for k, v in TINY.items() if k != "model_type"}
+        AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", **settings)).save_pretrained(base)
+        tiny_tokenizer().save_pretrained(base)
+        pretrained = {"init": "pretrained", "path": str(base)}
         _, bf16 = train(job(device, model=pretrained), work / "qlora-bf16")
         _, nf4 = train(job(device, model={**pretrained, "quantization": "nf4"}, trainer={"strategy": "ddp"}), work / "qlora")
         worst = close(nf4, bf16, 0.1)

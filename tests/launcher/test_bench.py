@@ -33,7 +33,8 @@ def test_gpu_suite_runs_end_to_end_in_dry_mode():
     out = done.stdout
     assert done.returncode == 0, out[-4000:] + done.stderr[-3000:]
     assert re.search(r"^## summary: 9 of 9 passed or skipped, 0 failed", out, re.M), out[-3000:]
-    for check in ("LoRA, data parallel", "full SFT, FSDP2 on one GPU", "padding-free attention", "resume after preemption",
+    for check in ("LoRA, data parallel", "full SFT, FSDP2 on one GPU", "padding-free attention", "QLoRA (nf4)",
+                  "resume after preemption",
                   "speed: Llama-3.2-1B full SFT", "speed: Llama-3.1-8B LoRA r=16"):
         assert re.search(rf"^- PASS {re.escape(check)}", out, re.M), out[-3000:]
     assert out.count("| ft plan ÷ ft peak |") == 2
