@@ -3,8 +3,10 @@
 With `container.mount_ft: true` (the default) ft binds its own `ftcore` and `trainer`
 packages into the container and puts them on PYTHONPATH, so the image needs only a Python
 (3.10 or newer) with the packages below: what a stock PyTorch + Hugging Face image has.
-`ft image check` imports each of them inside the image; the README lists them; the
-`train` extra of pyproject.toml installs them (a test holds the three together).
+`ft image check` imports each of them inside the image (`python -m ftcore.contract` with
+ft's packages bound in prints `report()` as JSON); the README lists them; the `train` extra
+of pyproject.toml installs them (a test holds the three together). This module runs inside
+images of unknown age: standard library only, nothing newer than Python 3.6 at import.
 """
 
 from __future__ import annotations
@@ -54,12 +56,14 @@ OPTIONAL = (
     Package("pyarrow", "pyarrow", "12.0"),  # data.path naming a hub dataset stored as parquet
 )
 
-# The packages mount_ft binds into the container (at MOUNT_POINT, on PYTHONPATH).
+# The packages mount_ft binds into the container (at MOUNT_POINT, on PYTHONPATH), and where
+# the data files ft ships go, so that `ft:NAME` (ftcore.shipped) resolves inside as outside.
 FT_PACKAGES = ("ftcore", "trainer")
 # `ft train` resolves the job inside the container too: the launcher's library (whose
 # `train` path imports nothing outside this contract) and the shipped factories travel as well.
 FT_TRAIN_PACKAGES = (*FT_PACKAGES, "launcher")
 MOUNT_POINT = "/opt/ft"
+DATA_MOUNT = MOUNT_POINT + "/factories/data"
 
 
 # ft's optional extras (pyproject's [project.optional-dependencies]): what each one installs.
@@ -92,3 +96,73 @@ def require_extra(extra: str, what: str) -> None:
             importlib.import_module(package.module)
     except ImportError:
         raise missing_extra(extra, what) from None
+
+
+def version_tuple(version: str) -> tuple:
+    """`2.13.0+cpu` → (2, 13, 0): the numeric release, enough to compare with a minimum."""
+    parts = []
+    for piece in version.split("+")[0].split("."):
+        digits = ""
+        for char in piece:
+            if not char.isdigit():
+                break
+            digits += char
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def report() -> dict:
+    """What this Python has of the contract: run inside the image by `ft image check`."""
+    import importlib
+    import sys
+
+    result = {"python": "%d.%d.%d" % sys.version_info[:3], "executable": sys.executable,
+              "python_ok": sys.version_info[:2] >= PYTHON_MIN, "packages": {}, "cuda": None}
+    for package in REQUIRED + OPTIONAL:
+        entry = {"dist": package.dist, "minimum": package.minimum, "required": package in REQUIRED,
+                 "version": None, "error": None}
+        try:
+            module = importlib.import_module(package.module)
+            entry["version"] = str(getattr(module, "__version__", "") or _dist_version(package.dist))
+        except Exception as err:  # an image's broken install says anything: report it, go on
+            entry["error"] = "%s: %s" % (type(err).__name__, err)
+        result["packages"][package.module] = entry
+    if result["packages"]["torch"]["version"]:
+        torch = sys.modules["torch"]  # imported above, in the image
+        result["cuda"] = {"build": torch.version.cuda, "available": torch.cuda.is_available(),
+                          "devices": torch.cuda.device_count()}
+    return result
+
+
+def _dist_version(dist: str) -> str:
+    try:
+        from importlib.metadata import version
+        return version(dist)
+    except Exception:
+        return "unknown"
+
+
+def problems(found: dict) -> list:
+    """What in a report() stops the trainer: one line per missing or too-old requirement."""
+    lines = []
+    if not found["python_ok"]:
+        lines.append("Python %s is too old: ft's trainer needs Python %d.%d or newer"
+                     % ((found["python"],) + PYTHON_MIN))
+    for module, entry in found["packages"].items():
+        if not entry["required"]:
+            continue
+        if entry["error"]:
+            lines.append("%s is missing (%s); the contract needs %s>=%s"
+                         % (entry["dist"], entry["error"], entry["dist"], entry["minimum"]))
+        elif version_tuple(entry["version"]) < version_tuple(entry["minimum"]):
+            lines.append("%s %s is older than the contract's %s>=%s"
+                         % (entry["dist"], entry["version"], entry["dist"], entry["minimum"]))
+    return lines
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(report()))

@@ -376,6 +376,12 @@ class ContainerConfig(_Section):
         description="Python that runs the trainer: `python` inside a container; without one, "
         "the interpreter ft itself runs with.",
     )
+    cache_dir: str | None = Field(
+        None,
+        description="Where a URI image (docker://, oras://, library://) is converted to a SIF "
+        "once, on the login node, and kept: a folder the compute nodes see. Default "
+        "$FT_HOME/images.",
+    )
 
     @field_validator("image")
     @classmethod
@@ -407,10 +413,10 @@ class ContainerConfig(_Section):
                 )
         return value
 
-    @field_validator("python")
+    @field_validator("python", "cache_dir")
     @classmethod
     def _python_line(cls, value: str | None) -> str | None:
-        return value if value is None else _no_control(value, "container.python")
+        return value if value is None else _no_control(value, "container.python or cache_dir")
 
 
 class HubConfig(_Section):
@@ -650,6 +656,10 @@ class Job(_Section):
             value = getattr(self.data, key)
             if value and looks_local(value):
                 found[f"data.{key}"] = value
+        for name in HF_CACHE_VARS:
+            value = self.container.env.get(name)
+            if value and value.startswith(("/", "~")):
+                found[f"container.env.{name}"] = value
         return found
 
     def missing_paths(self) -> list[str]:
@@ -667,6 +677,11 @@ class Job(_Section):
                 problems.append(f"{key} {value}: {err.strerror}")
         return problems
 
+
+# Hugging Face cache folders the job is told to use (container.env): the trainer writes there.
+HF_CACHE_VARS = ("HF_HOME", "HF_DATASETS_CACHE", "TRANSFORMERS_CACHE")  # HF_HUB_CACHE: hub.cache_dir
+# Which of Job.local_paths the job writes into (the rest it only reads).
+WRITTEN_PATHS = tuple(f"container.env.{name}" for name in HF_CACHE_VARS)
 
 # Keys that name the same setting as another: the source documents' spelling → ft's.
 ALIASES = {"resume.restore_config.path": "model.path"}

@@ -9,6 +9,7 @@
     ft plan   --factory llama3_8b_sft                   # GPU memory per GPU: does it fit?
     ft merge JOB ; ft generate JOB "prompt" ; ft eval JOB --data val.jsonl
     ft export JOB --to vllm ; ft push JOB me/model --dry-run ; ft plot JOB [JOB...]
+    ft image check IMAGE ; ft image pull docker://REPO:TAG
 
 The CLI only parses and prints; each command calls library functions that tests call
 directly. Heavy modules (torch, transformers, peft) are never imported here, and even the
@@ -106,6 +107,7 @@ def submit_cmd(
     detach: bool = typer.Option(False, "--detach", help="With --executor local: run in the background."),
     sweep: List[str] = typer.Option([], "--sweep", help="key=v1,v2,...: one SLURM array task per value (repeat for a grid)."),
     after: Optional[str] = typer.Option(None, "--after", help="Start only after this job completed successfully (afterok)."),
+    skip_image_check: bool = typer.Option(False, "--skip-image-check", help="Do not run the image contract check in the container image."),
     print_srun: bool = typer.Option(False, "--print-srun", help="With --dry-run: print only the srun line that "
                                     "runs this job with `ft train` in your own batch script; write nothing."),
     force: bool = typer.Option(False, "--force", help="Submit even though `ft plan` says it will not fit its GPUs."),
@@ -116,7 +118,7 @@ def submit_cmd(
     from rich.markup import escape
 
     from ftcore.errors import UserError
-    from launcher import submit
+    from launcher import image, submit
 
     if print_srun and (not dry_run or sweep or after or executor != "slurm"):
         raise UserError("--print-srun prints one job's srun line for your own script and submits nothing: "
@@ -127,6 +129,8 @@ def submit_cmd(
         err.print(staged.line(), markup=False)
     for warning in p.warnings:
         err.print(f"[bold yellow]ft: warning:[/] {escape(warning)}")
+    for note in p.notes:
+        err.print(note, markup=False)
     if print_srun:
         line, header = submit.srun_line(p, factory)
         err.print("# the allocation this line expects (one task per GPU):\n" + "\n".join(header), markup=False)
@@ -140,6 +144,8 @@ def submit_cmd(
                                 "(or --dry-run to only write and print the script)")
             if not typer.confirm("Submit this job?", default=True, err=True):
                 raise typer.Exit(1)
+        for note in submit.ready_image(p.job, skip_image_check, echo=image.echo_stderr):
+            err.print(note)
     folder = submit.write(p)
     if dry_run:
         sys.stdout.write((folder / "job.sbatch").read_text())
@@ -492,6 +498,72 @@ def plan_cmd(
     console.print(table)
     for line in ["policy: " + "; ".join(est.decision.describe()), *est.notes, *plan.verdict(est, job)]:
         console.print(line, markup=False)
+
+
+image_app = typer.Typer(help="Container images: check one against the image contract, pull a URI once.",
+                        no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(image_app, name="image")
+RuntimeOpt = typer.Option(None, "--runtime", help="apptainer or singularity (default: the profile's, else the one on PATH).")
+
+
+def _container(image: str, runtime: str | None, profile: str | None, **fields):
+    """The profile's container settings for `image`, with the runtime to use here."""
+    from ftcore.errors import UserError
+    from ftcore.schema import ContainerConfig
+    from launcher import config, image as images
+
+    settings = dict(config.load_profile(profile)[0].get("container") or {})
+    settings.update(image=image, **{k: v for k, v in fields.items() if v is not None})
+    wanted = runtime or (settings.get("runtime") if settings.get("runtime") not in (None, "none") else None)
+    found = images.find_runtime(wanted)
+    if found is None:
+        raise UserError(f"{wanted or 'neither apptainer nor singularity'} is not on PATH here",
+                        hint="run this where the container runtime is installed (often the login node, "
+                             "or a compute node through srun)")
+    settings["runtime"] = found
+    try:
+        return ContainerConfig(**settings)
+    except ValueError as err:
+        raise UserError(f"container settings: {err}") from None
+
+
+@image_app.command("check")
+def image_check_cmd(
+    image: str = typer.Argument(..., help="A .sif file, a sandbox folder, or a URI pulled before with `ft image pull`."),
+    runtime: Optional[str] = RuntimeOpt,
+    python: Optional[str] = typer.Option(None, "--python", help="The image's Python (default: `python`)."),
+    profile: Optional[str] = ProfileOpt,
+) -> None:
+    """Run the image contract's import check inside IMAGE: Python, torch, CUDA, packages; exit 2 if the trainer cannot run there."""
+    from ftcore.errors import UserError
+    from launcher import image as images
+
+    container = _container(image, runtime, profile, python=python)
+    local = images.image_to_run(container)
+    if images.is_uri(image) and not Path(local).is_file():
+        raise UserError(f"{image} is not pulled yet", hint=f"ft image pull {image}")
+    report = images.check(container, local)
+    print("\n".join(report.lines()))
+    if report.problems:
+        raise images.failure(report)
+    print("ok: this image can run ft's trainer")
+
+
+@image_app.command("pull")
+def image_pull_cmd(
+    uri: str = typer.Argument(..., help="docker://, oras:// or library:// image."),
+    runtime: Optional[str] = RuntimeOpt,
+    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Where SIF files are kept (default: container.cache_dir, else $FT_HOME/images)."),
+    profile: Optional[str] = ProfileOpt,
+) -> None:
+    """Convert a URI image to a SIF once, into the image cache (locked, atomic); print its path."""
+    from launcher import image as images
+
+    container = _container(uri, runtime, profile, cache_dir=cache_dir)
+    path, pulled = images.pull(uri, images.cache_dir(container), container.runtime, echo=images.echo_stderr)
+    if not pulled:
+        _console(stderr=True).print(f"{uri} was pulled before")
+    print(path)
 
 
 def _print_summary(p, console) -> None:

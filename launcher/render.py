@@ -9,19 +9,19 @@ on purpose, one validated line per item.
 from __future__ import annotations
 
 import functools
+import os
 import shlex
 import sys
 from pathlib import Path
 
-from ftcore import contract, exits, layout, rendezvous, schema
+from ftcore import contract, exits, layout, rendezvous, schema, shipped
 from ftcore.errors import UserError
 from ftcore.files import expand
-from ftcore.schema import Job
+from ftcore.schema import WRITTEN_PATHS, Job
 from launcher import __version__, paths, slurm, stage
 
 TEMPLATE = "sbatch.sh.j2"
 _CONFIG_MARK = "@FT_CONFIG@"  # stands for "$FT_CONFIG" until the command is quoted
-URI_PREFIXES = ("docker://", "docker-daemon://", "oras://", "library://", "shub://", "https://", "http://")
 
 
 def q(value: object) -> str:
@@ -30,42 +30,132 @@ def q(value: object) -> str:
     return f"'{quoted}'" if quoted.startswith("=") else quoted
 
 
-def container_groups(job: Job, packages: tuple[str, ...] = contract.FT_PACKAGES) -> list[list[str]]:
+# Where Apptainer's default configuration binds host folders at the same path: $HOME,
+# /tmp, /var/tmp, /proc, /sys, /dev (apptainer.conf "mount home/tmp/proc/sys/dev"). It
+# binds the working directory too, but ft does not count on it: `sbatch job.sbatch` may be
+# run again from anywhere.
+SYSTEM_BINDS = ("/tmp", "/var/tmp", "/proc", "/sys", "/dev")
+
+
+def default_binds(home: str | None = None) -> tuple[str, ...]:
+    return (str(Path(home or Path.home())), *SYSTEM_BINDS)
+
+
+def _covers(outer: str, inner: str) -> bool:
+    return inner == outer or inner.startswith(outer.rstrip("/") + "/")
+
+
+def _same_place(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _split_bind(spec: str) -> tuple[str, str, str]:
+    """`src[:dst[:opts]]` → absolute (src, dst, opts), as the runtime reads it."""
+    parts = spec.split(":")
+    src = os.path.abspath(os.path.expanduser(parts[0]))
+    dst = os.path.normpath(parts[1]) if len(parts) > 1 and parts[1] else src
+    return src, dst, parts[2] if len(parts) > 2 else "rw"
+
+
+def needed_paths(job: Job, job_dir: Path) -> dict[str, tuple[str, bool]]:
+    """Every host path the job reads or writes, by what names it: (absolute path, writes?).
+    Which settings are paths is the schema's to say (Job.local_paths)."""
+    needed = {"the job folder": (os.path.abspath(job_dir), True)}
+    for key, value in job.local_paths.items():
+        needed[key] = (os.path.abspath(os.path.expanduser(value)), key in WRITTEN_PATHS)
+    if "HF_HUB_CACHE" in stage.environment(job):  # ft's shared hub cache (hub.cache_dir)
+        needed["the hub cache"] = (str(stage.cache_dir(job)), True)
+    return needed
+
+
+def plan_binds(job: Job, job_dir: Path, packages: tuple[str, ...] = contract.FT_PACKAGES,
+               home: str | None = None) -> tuple[list[str], list[str]]:
+    """(the --bind specs, problems): ft's own code under container.mount_ft, one bind for each
+    needed path that neither a default bind nor the user's binds show at the same path, then
+    the user's binds. A user bind that shows a needed path somewhere else, or hides it, or
+    makes a folder the job writes read-only, is a problem."""
+    user = [_split_bind(spec) for spec in job.container.binds]
+    binds, problems = [], []
+    if job.container.mount_ft:
+        # The trainer imports ftcore and nothing else of ft: those packages travel, and the
+        # data files ft ships, so that `ft:NAME` resolves inside too (with the launcher, for
+        # `ft train`, all its factories travel).
+        for package in packages:
+            binds.append(f"{paths.package_dir(package)}:{contract.MOUNT_POINT}/{package}:ro")
+        if "launcher" in packages:
+            binds.append(f"{paths.factories_dir()}:{contract.MOUNT_POINT}/factories:ro")
+        else:
+            binds.append(f"{shipped.data_dir()}:{contract.DATA_MOUNT}:ro")
+        for spec, (src, dst, _) in zip(job.container.binds, user):
+            if _covers(dst, contract.MOUNT_POINT) or _covers(contract.MOUNT_POINT, dst):
+                problems.append(f"container.binds entry {spec} mounts over {contract.MOUNT_POINT}, where "
+                                "container.mount_ft puts ft's trainer: choose another destination")
+    defaults = default_binds(home)
+    placed: list[str] = []
+    for key, (path, writes) in needed_paths(job, job_dir).items():
+        covered = any(_covers(default, path) for default in defaults)
+        for spec, (src, dst, opts) in zip(job.container.binds, user):
+            if _covers(dst, path):
+                shown = os.path.join(src, os.path.relpath(path, dst)) if path != dst else src
+                if not _same_place(shown, path):
+                    problems.append(f"container.binds entry {spec} shows {shown} at {path}, but {key} "
+                                    f"{path} must be the same inside the container: bind it as "
+                                    f"{src if _same_place(src, dst) else dst}:{dst} or drop the entry")
+                elif writes and opts == "ro":
+                    problems.append(f"container.binds entry {spec} is read-only, but the job writes into "
+                                    f"{key} {path}: drop `:ro`")
+                covered = True
+            elif _covers(path, dst) and not _same_place(src, dst):
+                problems.append(f"container.binds entry {spec} hides part of {key} {path} under {src}: "
+                                "choose a destination outside it")
+        if not covered and not any(_covers(outer, path) for outer in placed):
+            placed = [p for p in placed if not _covers(path, p)] + [path]
+    writes_into = {path for path, writes in needed_paths(job, job_dir).values() if writes}
+    for path in placed:
+        rw = path in writes_into or any(_covers(path, w) for w in writes_into)
+        binds.append(path if rw else f"{path}:{path}:ro")
+    return binds + list(job.container.binds), problems
+
+
+def container_groups(job: Job, packages: tuple[str, ...] = contract.FT_PACKAGES,
+                     job_dir: Path | None = None) -> list[list[str]]:
     """`singularity exec --nv --bind ... IMAGE`, in readable groups; [] without a container.
-    With mount_ft, ft's `packages` are bound read-only at the mount point, on PYTHONPATH."""
+    The binds are plan_binds' (ft's `packages` read-only at the mount point, on PYTHONPATH,
+    and every path the job needs); the image is the one to run (a URI's cached SIF)."""
     if job.container.runtime == "none":
         return []
+    from launcher import image
+
     groups = [[job.container.runtime, "exec", *(["--nv"] if job.container.nv else [])]]
-    groups += [["--bind", bind] for bind in job.container.binds]
+    binds, _ = plan_binds(job, job_dir or paths.jobs_root(), packages)
+    groups += [["--bind", bind] for bind in binds]
     if job.container.mount_ft:
-        for package in packages:
-            groups.append(["--bind", f"{paths.package_dir(package)}:{contract.MOUNT_POINT}/{package}:ro"])
-        if "launcher" in packages:  # the launcher resolves factories: they travel beside it
-            groups.append(["--bind", f"{paths.factories_dir()}:{contract.MOUNT_POINT}/factories:ro"])
         groups.append(["--env", f"PYTHONPATH={contract.MOUNT_POINT}"])
-    return [*groups, [str(job.container.image)]]
+    return [*groups, [image.image_to_run(job.container)]]
 
 
 def _python(job: Job) -> str:
     return job.container.python or ("python" if job.container.runtime != "none" else sys.executable)
 
 
-def trainer_argv_groups(job: Job, config_path: Path) -> list[list[str]]:
+def trainer_argv_groups(job: Job, config_path: Path, job_dir: Path | None = None) -> list[list[str]]:
     """The command each task runs, inside the container when there is one, in readable groups."""
-    return [*container_groups(job), [_python(job), "-m", "trainer", "--config", str(config_path)]]
+    return [*container_groups(job, job_dir=job_dir or config_path.parent),
+            [_python(job), "-m", "trainer", "--config", str(config_path)]]
 
 
 def srun_line(job: Job, ft_train_args: list[str]) -> str:
     """The one srun line a workshop's own batch script runs: `ft train` in the container,
-    through ft's code bound into it, so the image needs no ft installed."""
-    groups = [*container_groups(job, contract.FT_TRAIN_PACKAGES),
+    through ft's code bound into it, so the image needs no ft installed. `ft train` makes
+    its job folders under $FT_HOME/jobs: that folder is bound."""
+    groups = [*container_groups(job, contract.FT_TRAIN_PACKAGES, paths.jobs_root()),
               [_python(job), "-m", "launcher", "train", *ft_train_args]]
     groups[0] = ["srun", *groups[0]]
     return " \\\n    ".join(shlex.join(g) for g in groups)
 
 
-def trainer_argv(job: Job, config_path: Path) -> list[str]:
-    return [word for group in trainer_argv_groups(job, config_path) for word in group]
+def trainer_argv(job: Job, config_path: Path, job_dir: Path | None = None) -> list[str]:
+    return [word for group in trainer_argv_groups(job, config_path, job_dir) for word in group]
 
 
 def sbatch_options(job: Job, job_dir: Path, array_size: int = 0, dependency: str | None = None) -> list[str]:
@@ -120,7 +210,7 @@ def render_sbatch(job: Job, job_dir: Path, template: str | None = None, array_si
         raise UserError(f"sbatch template {template_path} does not exist")
     env = _environment(str(template_path.parent))
     # Each task reads "$FT_CONFIG", set in the script: a sweep's array tasks each have their own.
-    launch = " \\\n    ".join(shlex.join(g) for g in trainer_argv_groups(job, Path(_CONFIG_MARK)))
+    launch = " \\\n    ".join(shlex.join(g) for g in trainer_argv_groups(job, Path(_CONFIG_MARK), job_dir))
     launch = launch.replace(_CONFIG_MARK, '"$FT_CONFIG"')
     if array_size:
         run_dir_line = f'FT_RUN_DIR="$FT_JOB_DIR/{layout.TASKS}/$SLURM_ARRAY_TASK_ID"'
@@ -173,21 +263,34 @@ def _environment(folder: str):
     )
 
 
-def preflight(job: Job, need_sbatch: bool) -> list[str]:
-    """Problems that would make the job fail at once on the cluster, found on the login node."""
-    import shutil
+def path_problems(job: Job, job_dir: Path) -> list[str]:
+    """Host paths the job needs that are not here: a warning under --dry-run (a laptop has
+    no cluster paths), a refusal at submit."""
+    from launcher import image
 
     problems = []
     c = job.container
-    if c.runtime != "none" and c.image and not c.image.startswith(URI_PREFIXES):
-        if not expand(c.image).is_file():
+    if c.runtime != "none" and c.image and not image.is_uri(c.image):
+        if not expand(c.image).exists():
             problems.append(f"container.image {c.image} does not exist (give a .sif path or a docker:// URI)")
     for bind in c.binds:
         source = bind.split(":", 1)[0]
         if not expand(source).exists():
             problems.append(f"container.binds: bind source {source} does not exist")
-    problems += job.missing_paths()
+    return problems + job.missing_paths()
+
+
+def preflight(job: Job, need_sbatch: bool, job_dir: Path | None = None, dry_run: bool = False) -> tuple[list[str], list[str]]:
+    """(problems, warnings): what would make the job fail at once on the cluster, found on the
+    login node. Under --dry-run a missing path is only a warning."""
+    import shutil
+
+    job_dir = job_dir or paths.jobs_root() / "NEW"
+    problems = plan_binds(job, job_dir)[1] if job.container.runtime != "none" else []
+    missing = path_problems(job, job_dir)
+    warnings = missing if dry_run else []
+    problems += [] if dry_run else missing
     if need_sbatch and shutil.which("sbatch") is None:
         problems.append("sbatch is not on PATH: run ft on a SLURM login node, or use --dry-run to "
                         "write and print the script, or --executor local to run here")
-    return problems
+    return problems, warnings

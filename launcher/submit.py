@@ -30,8 +30,9 @@ class Prepared:
     executor: str
     tasks: tuple[Resolved, ...] = ()  # a sweep: one resolved job per array task
     after: str | None = None  # job id this one waits for (afterok)
-    warnings: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()  # under --dry-run: what a real submission would refuse
     staged: tuple[staging.Staged, ...] = ()  # what --stage downloaded
+    notes: tuple[str, ...] = ()  # under --dry-run: what a real submission would do first
 
     @property
     def job(self):
@@ -98,7 +99,8 @@ def prepare(factory: str, overrides: list[str], profile: str | None = None,
     resolved = tasks[0] if tasks else resolve(factory, overrides, profile)
     job = resolved.job
     problems = refuse_secrets(resolved, tasks, [*overrides, *(sweeps or []), after or ""])
-    problems += render.preflight(job, need_sbatch=executor == "slurm" and not dry_run)
+    found, warnings = render.preflight(job, need_sbatch=executor == "slurm" and not dry_run, dry_run=dry_run)
+    problems += found
     for task in tasks or (resolved,):
         problems += plan_refusals(task.job, force)
     if executor == "local" and job.container.runtime != "none" and shutil.which(job.container.runtime) is None:
@@ -114,9 +116,10 @@ def prepare(factory: str, overrides: list[str], profile: str | None = None,
     offline = _offline_problems(jobs, staging.command(factory, given, profile, sweeps), dry_run)
     if offline and not dry_run:
         raise UserError(*offline)
-    warnings = offline
+    warnings += offline
+    notes = _not_pulled_yet(job) if dry_run else []
     return Prepared(resolved, executor, tasks, _job_id_to_wait_for(after) if after else None,
-                    tuple(warnings), staged)
+                    tuple(warnings), staged, tuple(notes))
 
 
 def _offline_problems(jobs: list, stage_command: str, dry_run: bool) -> list[str]:
@@ -197,6 +200,54 @@ def missing_quantization_library(job) -> list[str]:
     return [contract.quantization_missing(python)]
 
 
+def _not_pulled_yet(job) -> list[str]:
+    from launcher import image
+
+    c = job.container
+    if c.runtime == "none" or not image.is_uri(c.image) or Path(image.image_to_run(c)).is_file():
+        return []
+    return [f"dry run: {c.image} is not pulled yet; `ft submit` pulls it into {image.image_to_run(c)} first "
+            f"(or `ft image pull {c.image}`)"]
+
+
+def ready_image(job, skip_check: bool = False, echo=None) -> list[str]:
+    """Before anything is written: pull a URI image into the cache once (so no srun task
+    pulls), then run the image check once per image; make ft's hub cache folder, which the
+    container binds. Returns notes for the user; raises
+    UserError for a pull that fails or an image that cannot run the trainer."""
+    from launcher import image
+
+    c = job.container
+    if c.runtime == "none":
+        return []
+    if "HF_HUB_CACHE" in staging.environment(job):  # bound into the container: it must exist
+        staging.cache_dir(job).mkdir(parents=True, exist_ok=True)
+    notes = []
+    here = shutil.which(c.runtime) is not None
+    local = image.image_to_run(c)
+    if image.is_uri(c.image):
+        if Path(local).is_file():
+            notes.append(f"image {c.image}: the SIF pulled before, {local}")
+        elif not here:
+            raise UserError(f"container.image {c.image} is not pulled yet, and {c.runtime} is not on PATH here "
+                            "to pull it", hint=f"run `ft image pull {c.image}` where {c.runtime} is installed "
+                                               "(the cache folder is shared), or give a .sif path")
+        else:
+            path, _ = image.pull(c.image, image.cache_dir(c), c.runtime, echo)
+            notes.append(f"image {c.image}: pulled once into {path}")
+    if skip_check:
+        notes.append("image check skipped (--skip-image-check)")
+    elif not here:
+        notes.append(f"{c.runtime} is not on PATH here, so the image was not checked (the job will tell); "
+                     f"`ft image check {local}` runs the check where {c.runtime} is installed")
+    else:
+        report, ran = image.check_once(c, local)
+        torch = report.found["packages"]["torch"]["version"]
+        notes.append(f"image check {'passed' if ran else 'passed before'}: Python {report.found['python']}, "
+                     f"torch {torch}")
+    return notes
+
+
 def _job_id_to_wait_for(spec: str) -> str:
     from launcher import jobs
 
@@ -220,6 +271,10 @@ def srun_line(p: Prepared, factory: str) -> tuple[str, list[str]]:
     args += [o.text for o in p.resolved.overrides]
     allocation = ("--nodes=", "--ntasks-per-node=", "--gpus-per-node=")
     header = [f"#SBATCH {o}" for o in render.sbatch_options(p.job, Path(".")) if o.startswith(allocation)]
+    if p.job.container.runtime != "none":
+        # The line binds the folder `ft train` makes its job folders in: a bind source must
+        # exist when the job starts, and nothing in the user's script would create it.
+        paths.jobs_root().mkdir(parents=True, exist_ok=True)
     return render.srun_line(p.job, args), header
 
 
@@ -308,10 +363,11 @@ def resubmit(view, overrides: list[str], profile: str | None = None) -> str:
         if (view.folder / "tasks").is_dir() and overrides:
             raise UserError("a sweep is resubmitted as it was: overrides apply to single jobs only")
         resolved = resolve(str(view.folder / jobdir.CONFIG), overrides, profile)
-        problems = refuse_secrets(resolved, words=overrides) + render.preflight(resolved.job, need_sbatch=True)
-        problems += plan_refusals(resolved.job, force=True)
+        found, _ = render.preflight(resolved.job, need_sbatch=True, job_dir=view.folder)
+        problems = refuse_secrets(resolved, words=overrides) + found + plan_refusals(resolved.job, force=True)
         if problems:
             raise UserError(*problems)
+        ready_image(resolved.job)
         tasks = len(list((view.folder / "tasks").glob("*/" + jobdir.CONFIG)))
         new = {jobdir.CONFIG: jobdir.config_text(job_to_dict(resolved.job)),
                jobdir.SCRIPT: render.render_sbatch(resolved.job, view.folder, tasks)}

@@ -11,8 +11,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-# The `slurm_cluster` fixture (tests/slurm_cluster.py) for every test module that asks for it.
-pytest_plugins = ("slurm_cluster",)
+# The `slurm_cluster` and `stock_image` fixtures for every test module that asks for them.
+pytest_plugins = ("slurm_cluster", "container_image")
 
 
 @pytest.fixture(autouse=True)

@@ -79,11 +79,17 @@ def test_submit_without_sbatch_suggests_dry_run(ft, tmp_path, isolated_home):
     assert not (isolated_home / "jobs").exists()
 
 
-def test_missing_image_and_bind_sources_are_caught_before_submitting(ft, tmp_path):
-    result = ft("submit", "--factory", "llama31_8b", "--dry-run", f"container.image={tmp_path}/none.sif",
-                f"container.binds=[{tmp_path}/nowhere:/data]")
+def test_missing_image_and_bind_sources_are_caught_before_submitting(ft, tmp_path, isolated_home):
+    missing = [f"container.image={tmp_path}/none.sif", f"container.binds=[{tmp_path}/nowhere:/data]"]
+    result = ft("submit", "--factory", "llama31_8b", "--yes", *missing)
     assert result.returncode == 2
     assert "none.sif does not exist" in result.stderr and "bind source" in result.stderr
+    assert not (isolated_home / "jobs").exists()
+    # A dry run works on a laptop, which has none of the cluster's paths: it only warns.
+    dry = ft("submit", "--factory", "llama31_8b", "--dry-run", *missing)
+    assert dry.returncode == 0, dry.stderr
+    assert "warning: container.image" in dry.stderr and "none.sif does not exist" in dry.stderr
+    assert "warning: container.binds: bind source" in dry.stderr
 
 
 def test_secrets_from_the_environment_never_reach_the_job_folder(ft, isolated_home):

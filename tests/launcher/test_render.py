@@ -76,7 +76,7 @@ def test_runtimes_render_the_same_trainer_command():
     for runtime in ("singularity", "apptainer"):
         job = config.resolve("llama31_8b", [f"container.runtime={runtime}", *base]).job
         argv = render.trainer_argv(job, Path("/j/config.yaml"))
-        assert argv == [runtime, "exec", "--nv", "--bind", "/data:/data", "/images/ft.sif",
+        assert argv == [runtime, "exec", "--nv", "--bind", "/j", "--bind", "/data:/data", "/images/ft.sif",
                         "python", "-m", "trainer", "--config", "/j/config.yaml"]
     job = config.resolve("llama31_8b", ["container.runtime=none"]).job
     assert render.trainer_argv(job, Path("/j/config.yaml")) == [sys.executable, "-m", "trainer", "--config", "/j/config.yaml"]
@@ -309,3 +309,45 @@ def test_hostile_slurm_extra_keys_from_a_file(key, value, tmp_path_factory):
         return
     _refused_or_safe(lambda: (job, folder), value, folder)
     assert f"#SBATCH --{key}={render.q(value)}" in render.render_sbatch(job, folder)
+
+
+def _job_outside_defaults(*extra: str):
+    """A container job whose model, data and caches live under /srv (no default bind covers it)."""
+    return config.resolve("tiny", [
+        "container.runtime=apptainer", "container.image=/images/ft.sif", "model.init=pretrained",
+        "model.path=/srv/models/tiny", "data.path=/srv/data/train.jsonl", "data.val_path=/srv/data/val.jsonl",
+        "container.env.HF_HOME=/srv/hf", *extra]).job
+
+
+def test_binds_cover_every_path_the_job_needs_and_only_those(monkeypatch):
+    monkeypatch.setenv("HOME", "/home/me")
+    job = _job_outside_defaults()
+    binds, problems = render.plan_binds(job, Path("/srv/ft/jobs/j1"))
+    assert problems == []
+    ft_code = [f"{paths.package_dir(p)}:/opt/ft/{p}:ro" for p in ("ftcore", "trainer")]
+    assert binds == [*ft_code, f"{paths.package_dir('factories')}/data:/opt/ft/factories/data:ro",
+                     "/srv/ft/jobs/j1",  # written: read-write
+                     "/srv/models/tiny:/srv/models/tiny:ro", "/srv/data/train.jsonl:/srv/data/train.jsonl:ro",
+                     "/srv/data/val.jsonl:/srv/data/val.jsonl:ro", "/srv/hf"]
+    # Under a default bind ($HOME, /tmp, ...) nothing is added; nested paths get one bind.
+    inside = config.resolve("tiny", ["container.runtime=apptainer", "container.image=/i.sif",
+                                     "data.path=/tmp/d/train.jsonl", "model.init=pretrained",
+                                     "model.path=/srv/m", "model.tokenizer=/srv/m/tok"]).job
+    binds, _ = render.plan_binds(inside, Path("/home/me/ft/jobs/j2"))
+    assert binds[3:] == ["/srv/m:/srv/m:ro"]
+    # A user bind that shows a path at the same place covers it.
+    binds, problems = render.plan_binds(_job_outside_defaults("container.binds=[/srv]"), Path("/srv/ft/jobs/j1"))
+    assert problems == [] and binds[3:] == ["/srv"]
+
+
+@pytest.mark.parametrize("bind, says", [
+    ("/scratch/data:/srv/data", "shows /scratch/data/train.jsonl at /srv/data/train.jsonl"),
+    ("/srv:/srv:ro", "read-only, but the job writes into the job folder"),
+    ("/scratch/ckpt:/srv/ft/jobs/j1/checkpoints", "hides part of the job folder"),
+    ("/scratch/x:/opt/ft", "mounts over /opt/ft"),
+])
+def test_a_user_bind_that_moves_or_hides_a_needed_path_is_refused(bind, says, tmp_path):
+    job = _job_outside_defaults(f"container.binds=[{bind}]")
+    assert any(says in problem for problem in render.plan_binds(job, Path("/srv/ft/jobs/j1"))[1])
+    problems, _ = render.preflight(job, need_sbatch=False, job_dir=Path("/srv/ft/jobs/j1"), dry_run=True)
+    assert any(says in problem for problem in problems)  # a config error: refused even under --dry-run

@@ -1,6 +1,8 @@
-"""Preemption on the real local SLURM cluster: a job signalled twice (USR1, as SLURM sends
-before a time limit) checkpoints, requeues itself, resumes, and ends with the same weights,
-bit for bit, as the same job run without interruption."""
+"""Preemption on the real local SLURM cluster, inside the stock image through the isolating
+container stand-in: a job signalled twice (USR1, as SLURM sends before a time limit)
+checkpoints, requeues itself, resumes, and ends with the same weights, bit for bit, as the
+same job run without interruption. The signal reaches the trainer through srun and the
+container runtime; job folder, model and data live outside the default binds."""
 
 from __future__ import annotations
 
@@ -20,8 +22,8 @@ RUN = ["trainer.max_steps=120", "trainer.val_every_steps=null", "checkpoint.ever
        "slurm.time=00:10:00", "data.max_seq_length=64"]
 
 
-def submit(ft, *args: str) -> tuple[str, Path]:
-    result = ft("submit", "--factory", "tiny", *RUN, *args, "--yes")
+def submit(ft, site) -> tuple[str, Path]:
+    result = ft("submit", "--factory", "tiny", *RUN, *site.overrides(), "--yes", env=site.env)
     assert result.returncode == 0, result.stderr
     job_id = next(l for l in result.stdout.splitlines() if l.startswith("Submitted batch job")).split()[-1]
     folder = Path(next(l for l in result.stdout.splitlines() if l.startswith("Job folder: ")).split(": ", 1)[1])
@@ -69,12 +71,12 @@ def preempt(job_id: str, folder: Path, after_step: int, starts: int) -> None:
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
 
 
-def test_preempted_twice_ends_bit_identical_to_uninterrupted(slurm_cluster, ft):
-    reference_id, reference = submit(ft)
+def test_preempted_twice_ends_bit_identical_to_uninterrupted(slurm_cluster, ft, container_site):
+    reference_id, reference = submit(ft, container_site)
     state, _ = wait_for_job(reference_id, timeout=300)
     assert state == "COMPLETED", (reference / "logs").iterdir().__next__().read_text()
 
-    job_id, folder = submit(ft)
+    job_id, folder = submit(ft, container_site)
     preempt(job_id, folder, after_step=20, starts=1)
     preempt(job_id, folder, after_step=60, starts=2)
     state, fields = wait_for_job(job_id, timeout=300)
@@ -99,3 +101,5 @@ def test_preempted_twice_ends_bit_identical_to_uninterrupted(slurm_cluster, ft):
     assert losses(folder) == losses(reference)
     status = ft("status", job_id)
     assert "COMPLETED" in status.stdout and "3 start(s)" in status.stdout
+    runs = [c for c in container_site.calls() if c["command"][-1] == str(folder / "config.yaml")]
+    assert len(runs) == 3 and all(c["command"][:3] == ["python", "-m", "trainer"] for c in runs)

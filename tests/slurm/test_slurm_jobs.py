@@ -1,6 +1,10 @@
 """Real jobs on the real local SLURM cluster (scripts/slurm-up.sh): `ft submit` → sbatch →
-srun → the trainer, on one node and on two, without a container and through the
-Singularity stand-in; then the lifecycle commands on what ran."""
+srun → the trainer, on one node and on two, inside the stock image through the isolating
+Apptainer/Singularity stand-in (and once on the host, runtime none); then the lifecycle
+commands on what ran.
+
+Container jobs keep FT_HOME, the model and the data under /srv/ft-test-* (no default bind
+covers it) and are submitted from another folder: ft must bind each path the job needs."""
 
 from __future__ import annotations
 
@@ -22,7 +26,11 @@ SHORT = ["trainer.max_steps=6", "trainer.val_every_steps=3", "checkpoint.every_s
          "slurm.time=00:05:00", "slurm.partition=debug"]
 
 
-def submit(ft, *args: str, env: dict | None = None) -> tuple[str, Path]:
+def submit(ft, *args: str, env: dict | None = None, site=None, runtime: str = "apptainer") -> tuple[str, Path]:
+    """Submit the tiny factory; with a site, inside the stock image, from a folder that is not the site's."""
+    if site is not None:
+        args = (*site.overrides(runtime), *args)
+        env = {**site.env, **(env or {})}
     result = ft("submit", "--factory", "tiny", *SHORT, *args, "--yes", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
@@ -49,9 +57,25 @@ def assert_trained(folder: Path, job_id: str, tasks: int, weights: str = "model.
     assert "step 6 |" in log
 
 
-def test_tiny_runs_on_one_node(slurm_cluster, ft):
-    job_id, folder = submit(ft)
+def assert_contained(site, folder: Path, tasks: int) -> None:
+    """Each task ran inside the stock image (not the host's filesystem) and saw the site's
+    paths, all outside the default binds, through ft's binds."""
+    calls = [c for c in site.calls() if c["command"][-1].startswith(f"{folder}/")]
+    assert len(calls) == tasks, site.log.read_text()
+    for call in calls:
+        root = Path(call["root"])
+        assert root != Path("/") and (root / "usr" / "bin" / "python").exists() and not (root / "work").exists()
+        assert not call["cwd"].startswith(str(site.root))  # submitted from another folder
+        bound = {m["dst"] for m in call["mounts"]}
+        assert {str(site.model), str(site.data), str(site.val), str(folder)} <= bound, bound
+        assert call["command"][:3] == ["python", "-m", "trainer"]
+
+
+def test_tiny_runs_on_one_node(slurm_cluster, ft, container_site):
+    job_id, folder = submit(ft, site=container_site)
+    assert str(folder).startswith(str(container_site.home))
     assert_trained(folder, job_id, tasks=1)
+    assert_contained(container_site, folder, tasks=1)
     status = ft("status", job_id)
     assert status.returncode == 0 and "COMPLETED" in status.stdout
     logs = ft("logs", job_id, "--rank", "0")
@@ -62,9 +86,11 @@ def test_tiny_runs_on_one_node(slurm_cluster, ft):
     assert cancel.returncode == 2 and "already ended" in cancel.stderr
 
 
-def test_tiny_sft_runs_fsdp2_on_two_nodes(slurm_cluster, ft):
-    job_id, folder = submit(ft, "trainer.num_nodes=2", "data.micro_batch_size=2")
+def test_tiny_sft_runs_fsdp2_on_two_nodes(slurm_cluster, ft, container_site):
+    job_id, folder = submit(ft, "trainer.num_nodes=2", "data.micro_batch_size=2", site=container_site,
+                            runtime="singularity")
     assert_trained(folder, job_id, tasks=2)
+    assert_contained(container_site, folder, tasks=2)
     assert events(folder)[0]["nodes"] in ("n[1-2]", "n1,n2")
     from transformers import AutoModelForCausalLM
 
@@ -73,27 +99,31 @@ def test_tiny_sft_runs_fsdp2_on_two_nodes(slurm_cluster, ft):
     assert model.config.num_hidden_layers == 2
 
 
-def test_tiny_lora_runs_data_parallel_on_two_nodes(slurm_cluster, ft):
-    job_id, folder = submit(ft, "peft=lora", "trainer.num_nodes=2", "data.micro_batch_size=2")
+def test_tiny_lora_runs_data_parallel_on_two_nodes(slurm_cluster, ft, container_site):
+    job_id, folder = submit(ft, "peft=lora", "trainer.num_nodes=2", "data.micro_batch_size=2", site=container_site)
     assert_trained(folder, job_id, tasks=2, weights="adapter_model.safetensors")
+    assert_contained(container_site, folder, tasks=2)
 
 
-def test_singularity_variant_runs_through_the_standin(slurm_cluster, ft, tmp_path):
-    image = tmp_path / "ft.sif"
-    image.write_bytes(b"stand-in image")
-    log = tmp_path / "standin.jsonl"
-    env = slurm_cluster.env_with_standin()
-    env["FT_STANDIN_LOG"] = str(log)
-    # The stand-in runs the command on the host, so "the image's Python" is this one, and
-    # ft's packages come from PYTHONPATH rather than a bind into the image (mount_ft).
-    job_id, folder = submit(ft, "peft=lora", "container.runtime=singularity", f"container.image={image}",
-                            f"container.binds=[{tmp_path}:/data]", "container.nv=true",
-                            "container.mount_ft=false", f"container.python={os.sys.executable}", env=env)
+def test_a_uri_image_is_pulled_once_and_checked_once(slurm_cluster, ft, container_site):
+    """LoRA on one node from docker://: the login node pulls the SIF into the cache and checks
+    it once; the job's task runs the cached SIF (no task pulls); a second job reuses both."""
+    from container_image import STOCK_URI
+
+    uri = ["container.image=" + STOCK_URI]
+    job_id, folder = submit(ft, "peft=lora", *uri, site=container_site)
     assert_trained(folder, job_id, tasks=1, weights="adapter_model.safetensors")
-    (call,) = [json.loads(line) for line in log.read_text().splitlines()]
-    assert call["image"] == str(image) and call["nv"] is True
-    assert {"src": str(tmp_path), "dst": "/data", "opts": "rw"} in call["binds"]
-    assert call["argv"][-5:] == [os.sys.executable, "-m", "trainer", "--config", str(folder / "config.yaml")]
+    (pulled,) = container_site.calls("pull")
+    sif = Path(pulled["out"]).parent / Path(pulled["out"]).name.split(".partial-")[0].lstrip(".")
+    assert sif.parent == container_site.home / "images" and sif.is_file()
+    script = (folder / "job.sbatch").read_text()
+    assert str(sif) in script and STOCK_URI not in script
+    runs = [c for c in container_site.calls() if c["image"] == str(sif)]
+    assert len(runs) == 2  # the image check on the login node, then the job's one task
+    again, folder2 = submit(ft, "peft=lora", *uri, site=container_site)
+    assert_trained(folder2, again, tasks=1, weights="adapter_model.safetensors")
+    assert len(container_site.calls("pull")) == 1
+    assert len([c for c in container_site.calls() if c["image"] == str(sif)]) == 3  # no second check
 
 
 def test_lifecycle_errors_are_clear(slurm_cluster, ft):
@@ -152,8 +182,8 @@ def test_resubmit_continues_in_the_same_folder_and_follow_reads_the_log(slurm_cl
     assert old.returncode == 0 and str(folder) in old.stdout and new_id in old.stdout
 
 
-def test_sweep_runs_as_one_array_and_after_waits(slurm_cluster, ft):
-    job_id, folder = submit(ft, "--sweep", "optim.lr=1e-3,3e-3")
+def test_sweep_runs_as_one_array_and_after_waits(slurm_cluster, ft, container_site):
+    job_id, folder = submit(ft, "--sweep", "optim.lr=1e-3,3e-3", site=container_site)
     fields = wait_for_job(job_id, timeout=240)[1]
     exits = [folder / "tasks" / str(task) / "events.jsonl" for task in (0, 1)]
     deadline = time.time() + 240
@@ -166,6 +196,7 @@ def test_sweep_runs_as_one_array_and_after_waits(slurm_cluster, ft):
         assert (run / "checkpoints" / "latest").is_file(), list((folder / "logs").iterdir())
         assert [json.loads(l)["event"] for l in (run / "events.jsonl").read_text().splitlines()] == ["start", "exit"]
     assert "ArrayJobId" in fields
+    assert_contained(container_site, folder, tasks=2)  # each array task reads its own tasks/<i>/config.yaml
     first, _ = submit(ft, "slurm.extra.hold=null")
     second, _ = submit(ft, "--after", first)
     assert job_fields(second)["Dependency"].startswith(f"afterok:{first}")

@@ -171,21 +171,20 @@ def test_two_nodes_train_as_one_job(slurm_cluster, ft, tmp_path, isolated_home):
     assert (folder / "checkpoints" / "step-000004" / "model.safetensors").is_file()
 
 
-def test_through_the_container_standin(slurm_cluster, ft, tmp_path, isolated_home):
-    image = tmp_path / "nemo_25.07.sif"
-    image.write_bytes(b"stand-in image")
-    env = slurm_cluster.env_with_standin()
-    env["FT_STANDIN_LOG"] = str(tmp_path / "standin.jsonl")
-    # The stand-in runs the command on the host: "the image's Python" is this one, with ft on its path.
+def test_through_the_container_standin(slurm_cluster, ft, tmp_path, container_site):
+    """The workshop's line in the stock image through the isolating stand-in: ft's launcher,
+    trainer and factories bound in, FT_HOME, model and data under /srv, outside every default
+    bind, and the script submitted from another folder."""
+    site = container_site
     line = srun_line(ft, "peft=lora", "trainer.max_steps=4", "data.max_seq_length=64",
-                     "container.runtime=singularity", f"container.image={image}", "container.mount_ft=false",
-                     f"container.python={sys.executable}", env=env)
-    assert line.startswith(f"srun singularity exec --nv \\\n    {image}")
-    job_id = submit(workshop_script(tmp_path, 1, line), env)
+                     *site.overrides("singularity"), env=site.env)
+    assert line.startswith("srun singularity exec --nv \\\n")
+    job_id = submit(workshop_script(tmp_path, 1, line), {**os.environ, **site.env})
     folder = folder_of(ft, job_id)
+    assert folder.parent == site.home / "jobs"
     assert_completed(ft, job_id, folder, 4, tmp_path)
-    (call,) = [json.loads(line) for line in (tmp_path / "standin.jsonl").read_text().splitlines()]
-    assert call["image"] == str(image) and call["nv"] is True
-    assert call["argv"][call["argv"].index(str(image)) + 1:][:6] == [sys.executable, "-m", "launcher", "train",
-                                                                     "--factory", "tiny"]
+    (call,) = site.calls()
+    assert call["command"][:6] == ["python", "-m", "launcher", "train", "--factory", "tiny"]
+    assert Path(call["root"]) != Path("/") and not call["cwd"].startswith(str(site.root))
+    assert {str(site.model), str(site.data), str(site.home / "jobs")} <= {m["dst"] for m in call["mounts"]}
     assert (folder / "checkpoints" / "step-000004" / "adapter_model.safetensors").is_file()

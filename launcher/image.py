@@ -1,0 +1,227 @@
+"""Container images on the login node: pulled once, checked once.
+
+    ft image check IMAGE      # Python, torch, CUDA and the contract's packages inside IMAGE
+    ft image pull URI         # docker:// (oras://, library://) → one SIF in the image cache
+
+A URI image is converted to a SIF once, here on the login node, into `container.cache_dir`
+(default $FT_HOME/images, which compute nodes see like the job folders): under a lock, into
+a temporary name renamed into place, so two pulls at once give one complete SIF and a
+failed pull leaves no file. `ft submit` pulls a URI image before it writes anything and
+renders the cached SIF's path, so no srun task ever pulls. It then runs the image check
+once per image (remembered by path, size and modification time under $FT_HOME) and refuses
+an image that cannot run the trainer. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ftcore import contract
+from ftcore.errors import UserError
+from launcher import paths
+
+# Transports `singularity/apptainer pull` converts to a SIF.
+URI_PREFIXES = ("docker://", "docker-daemon://", "oras://", "library://", "shub://", "https://", "http://")
+RUNTIMES = ("apptainer", "singularity")
+CHECK_TIMEOUT_S = 600
+
+
+def is_uri(image: str) -> bool:
+    return image.startswith(URI_PREFIXES)
+
+
+def cache_dir(container) -> Path:
+    return Path(container.cache_dir).expanduser() if container.cache_dir else paths.ft_home() / "images"
+
+
+def sif_name(uri: str) -> str:
+    """`docker://nvcr.io/nvidia/nemo:25.07` → `nemo_25.07-<hash>.sif`: readable, and unique per URI."""
+    last = uri.split("://", 1)[1].rstrip("/").rsplit("/", 1)[-1]
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", last.replace(":", "_").replace("@", "_"))[:60]
+    return f"{readable}-{hashlib.sha256(uri.encode()).hexdigest()[:12]}.sif"
+
+
+def image_to_run(container) -> str:
+    """The image the job's tasks run: a local path as given, a URI's cached SIF."""
+    image = str(container.image)
+    return str(cache_dir(container) / sif_name(image)) if is_uri(image) else image
+
+
+def find_runtime(preferred: str | None = None) -> str | None:
+    """The runtime program on PATH: `preferred`, else apptainer, else singularity."""
+    for name in ([preferred] if preferred else RUNTIMES):
+        if shutil.which(name):
+            return name
+    return None
+
+
+# ---------------------------------------------------------------- pull
+
+def pull(uri: str, folder: Path, runtime: str, echo=None) -> tuple[Path, bool]:
+    """The SIF for `uri` in `folder`, pulled if absent: (path, pulled now?).
+
+    Under an exclusive lock per image: a second pull of the same URI waits and then finds
+    the SIF. The runtime writes a temporary name that is renamed into place only once it
+    succeeded, so the SIF's name never shows a partial file."""
+    if not is_uri(uri):
+        raise UserError(f"{uri} is not an image URI (docker://, oras://, library://...): nothing to pull")
+    if shutil.which(runtime) is None:
+        raise UserError(f"pulling {uri} needs {runtime}, which is not on PATH here",
+                        hint="run `ft image pull` where Apptainer or Singularity is installed (the login "
+                             "node, or a compute node: the cache folder is shared), or give a .sif path")
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / sif_name(uri)
+    with _locked(folder / f".{final.name}.lock"):
+        if final.is_file():
+            return final, False
+        for stale in folder.glob(f".{final.name}.partial-*"):  # a killed pull's leftovers; we hold the lock
+            stale.unlink(missing_ok=True)
+        partial = folder / f".{final.name}.partial-{os.getpid()}"
+        try:
+            code, said = _stream([runtime, "pull", str(partial), uri], echo)
+            if code != 0 or not partial.is_file():
+                raise UserError(f"{runtime} pull {uri} failed (exit {code}); no image was kept",
+                                *[line for line in said if line.strip()][-15:],
+                                hint="nothing was submitted")
+            os.replace(partial, final)
+        finally:
+            partial.unlink(missing_ok=True)
+    return final, True
+
+
+class _locked:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+def _stream(argv: list[str], echo) -> tuple[int, list[str]]:
+    """Run argv, passing its stderr lines to `echo` as they come (pulls take minutes)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line.rstrip("\n"))
+        if echo:
+            echo(line)
+    return proc.wait(), lines
+
+
+# ---------------------------------------------------------------- check
+
+@dataclass(frozen=True)
+class Report:
+    image: str
+    runtime: str
+    found: dict  # contract.report() from inside the image
+
+    @property
+    def problems(self) -> list[str]:
+        return contract.problems(self.found)
+
+    def lines(self) -> list[str]:
+        f = self.found
+        out = [f"image: {self.image} ({self.runtime})",
+               f"python {f['python']} ({f['executable']})" + ("" if f["python_ok"] else "  TOO OLD")]
+        cuda = f.get("cuda")
+        if cuda:
+            build = f"CUDA {cuda['build']}" if cuda["build"] else "no CUDA (a CPU build)"
+            out.append(f"torch {f['packages']['torch']['version']}: {build}; GPUs visible here: {cuda['devices']}")
+        for module, entry in f["packages"].items():
+            status = entry["version"] or ("missing" if entry["required"] else "-")
+            kind = "" if entry["required"] else "  (optional)"
+            out.append(f"  {entry['dist']:<16} {status:<14} needs >={entry['minimum']}{kind}")
+        return out
+
+
+def check_argv(container, image: str, python: str = "python") -> list[str]:
+    """The runtime command that prints contract.report() from inside `image`: ft's packages
+    bound in as a job gets them (container.mount_ft), else the image's own ftcore."""
+    argv = [container.runtime, "exec", *(["--nv"] if container.nv else [])]
+    if container.mount_ft:
+        argv += ["--bind", f"{paths.package_dir('ftcore')}:{contract.MOUNT_POINT}/ftcore:ro",
+                 "--env", f"PYTHONPATH={contract.MOUNT_POINT}"]
+    return [*argv, image, python, "-m", "ftcore.contract"]
+
+
+def check(container, image: str | None = None) -> Report:
+    """Run the contract's import check inside the image through the runtime."""
+    image = image or image_to_run(container)
+    argv = check_argv(container, image, container.python or "python")
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=CHECK_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise UserError(f"the image check did not finish within {CHECK_TIMEOUT_S} s: {' '.join(argv)}") from None
+    last = proc.stdout.strip().splitlines()[-1:] or [""]
+    try:
+        found = json.loads(last[0])
+    except ValueError:
+        said = [line for line in (proc.stderr + proc.stdout).splitlines() if line.strip()][-12:]
+        raise UserError(f"could not run the image check in {image} (exit {proc.returncode})", *said,
+                        hint=f"the command was: {' '.join(argv)}. The image needs a Python "
+                             f"{'.'.join(map(str, contract.PYTHON_MIN))}+ named `{container.python or 'python'}` "
+                             "on its PATH (container.python names another)") from None
+    return Report(image, container.runtime, found)
+
+
+def failure(report: Report) -> UserError:
+    return UserError(f"image {report.image} cannot run ft's trainer:", *report.problems,
+                     hint=f"use an image with these (a stock PyTorch + Hugging Face image), or build one "
+                          f"FROM it that runs `{contract.pip_line()}`; the image contract is in "
+                          "ftcore/contract.py and the README")
+
+
+def _remembered_key(container, image: str) -> str | None:
+    try:
+        stat = os.stat(image)
+    except OSError:
+        return None
+    key = json.dumps([os.path.abspath(image), stat.st_size, stat.st_mtime_ns, container.runtime,
+                      container.python, container.mount_ft, [tuple(p) for p in contract.REQUIRED]])
+    return hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def checks_dir() -> Path:
+    return paths.ft_home() / "image-checks"
+
+
+def check_once(container, image: str) -> tuple[Report | None, bool]:
+    """(report, ran now?): a passing check is remembered by image path, size and mtime, and
+    not run again until the image changes. Raises UserError for an image that fails."""
+    key = _remembered_key(container, image)
+    memo = checks_dir() / f"{key}.json" if key else None
+    if memo and memo.is_file():
+        try:
+            return Report(image, container.runtime, json.loads(memo.read_text())), False
+        except ValueError:
+            pass
+    report = check(container, image)
+    if report.problems:
+        raise failure(report)
+    if memo:
+        from ftcore.files import write_atomic
+
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(memo, json.dumps(report.found))
+    return report, True
+
+
+def echo_stderr(line: str) -> None:
+    sys.stderr.write(line)
+    sys.stderr.flush()

@@ -1,0 +1,114 @@
+"""The stock test image and the stand-in registry, for tests that run a container.
+
+`stock_image` (session fixture) is the Apptainer sandbox directory that
+scripts/make-test-image.sh builds (a Debian Python with exactly the image contract's
+packages; cached under /var/cache/ft-test-image), or $FT_TEST_IMAGE when set. Where it
+cannot be had (not root, no debootstrap) the tests that need it skip, and fail on CI.
+
+`standin_registry(tmp_path, stock_image)` makes a stand-in registry folder serving the
+stock image as `docker://ft-test/stock:latest` (tests/standin/singularity resolves
+URIs there through $FT_STANDIN_REGISTRY).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+MAKE_IMAGE = REPO / "scripts" / "make-test-image.sh"
+STANDIN = REPO / "tests" / "standin"
+STOCK_URI = "docker://ft-test/stock:latest"
+
+
+def _unavailable(reason: str):
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"stock test image unavailable on CI: {reason}", pytrace=False)
+    pytest.skip(f"stock test image unavailable: {reason}")
+
+
+@pytest.fixture(scope="session")
+def stock_image() -> Path:
+    given = os.environ.get("FT_TEST_IMAGE")
+    if given:
+        if not Path(given, "bin", "sh").exists():
+            _unavailable(f"FT_TEST_IMAGE={given} is not a sandbox image folder")
+        return Path(given)
+    if os.geteuid() != 0:
+        _unavailable(f"building it needs root: sudo bash {MAKE_IMAGE}, then export FT_TEST_IMAGE=<printed path>")
+    proc = subprocess.run(["bash", str(MAKE_IMAGE)], capture_output=True, text=True, timeout=1200)
+    if proc.returncode != 0:
+        _unavailable(f"{MAKE_IMAGE} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+def standin_registry(folder: Path, image: Path) -> Path:
+    """A registry folder serving `image` as STOCK_URI."""
+    entry = folder / "ft-test" / "stock" / "latest"
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    entry.symlink_to(image)
+    return folder
+
+
+def build_sif(out: Path, sandbox: Path) -> Path:
+    """A stand-in SIF for `sandbox`, written by the stand-in's own `build`."""
+    proc = subprocess.run([str(STANDIN / "apptainer"), "build", str(out), str(sandbox)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+class ContainerSite:
+    """A job's world outside every default bind: FT_HOME, a local model folder, data files,
+    the image and a stand-in registry, all under /srv/ft-test-* (not $HOME, not /tmp), and an
+    environment with the stand-in runtime first on PATH."""
+
+    def __init__(self, root: Path, image: Path):
+        from trainer_helpers import save_tiny_model
+
+        shipped = REPO / "factories" / "data" / "tiny_qa.jsonl"
+        self.root = root
+        self.home = root / "ft-home"
+        self.model = save_tiny_model(root / "models" / "tiny")
+        (root / "data").mkdir()
+        self.data = root / "data" / "train.jsonl"
+        self.data.write_text(shipped.read_text())
+        self.val = root / "data" / "val.jsonl"
+        self.val.write_text("".join(shipped.read_text().splitlines(True)[:16]))
+        self.registry = standin_registry(root / "registry", image)
+        (root / "images").mkdir()
+        self.image = build_sif(root / "images" / "stock.sif", image)
+        self.log = root / "standin.jsonl"
+        self.env = {"PATH": f"{STANDIN}{os.pathsep}{os.environ['PATH']}", "FT_HOME": str(self.home),
+                    "FT_STANDIN_REGISTRY": str(self.registry), "FT_STANDIN_LOG": str(self.log)}
+
+    def overrides(self, runtime: str = "apptainer", image: str | None = None) -> list[str]:
+        """A container job that reads the local model and data files."""
+        return [f"container.runtime={runtime}", f"container.image={image or self.image}", "container.nv=true",
+                "model.init=pretrained", f"model.path={self.model}", f"data.path={self.data}",
+                f"data.val_path={self.val}"]
+
+    def calls(self, kind: str = "exec") -> list[dict]:
+        import json
+
+        lines = self.log.read_text().splitlines() if self.log.exists() else []
+        records = [json.loads(line) for line in lines]
+        return [r for r in records if r.get("ok") and (r.get("command") == [kind] if kind != "exec"
+                                                        else "mounts" in r)]
+
+
+@pytest.fixture
+def container_site(stock_image, tmp_path, monkeypatch) -> ContainerSite:
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="ft-test-", dir="/srv"))
+    try:
+        site = ContainerSite(root, stock_image)
+        monkeypatch.setenv("FT_HOME", str(site.home))  # `ft` runs and the test read the same jobs
+        yield site
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
