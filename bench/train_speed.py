@@ -136,7 +136,7 @@ def prepare(args, work: Path) -> dict:
         "work": str(work), "base": str(base), "train": str(work / "train.jsonl"), "val": str(work / "val.jsonl"),
         "seq": args.seq, "steps": args.steps, "global_batch": args.global_batch, "micro_batch": args.micro_batch,
         "seed": args.seed, "threads": args.threads, "device": args.device, "bf16": args.bf16,
-        "ft_overrides": args.ft or [],
+        "ft_overrides": args.ft or [], "lora_r": args.lora_r,
     }
 
 
@@ -148,8 +148,8 @@ def ft_job(spec: dict, method: str):
     raw = {
         "name": f"bench-{method}",
         "model": {"path": spec["base"], "dtype": "bf16" if spec["bf16"] else "fp32"},
-        # r=8 on every projection; alpha 16 (peft's scale 2)
-        "peft": {"dim": 8, "alpha": 16, "target_modules": ["*_proj"]} if method == "lora" else None,
+        # r on every projection (8 unless --lora-r); alpha 2r (peft's scale 2)
+        "peft": {"dim": spec["lora_r"], "alpha": 2 * spec["lora_r"], "target_modules": ["*_proj"]} if method == "lora" else None,
         "data": {"path": spec["train"], "val_path": spec["val"], "format": "squad",
                  "max_seq_length": spec["seq"], "global_batch_size": spec["global_batch"],
                  "micro_batch_size": spec["micro_batch"], "shuffle": True},
@@ -216,12 +216,16 @@ def run_ft(spec: dict, method: str) -> dict:
             peak.append(_peak_memory_gib(spec["device"]))
 
     assert run(job, job_dir, on_step=on_step) == 0
+    from launcher import plan
+
+    plan_gib = plan.estimate(job).total / 2**30  # `ft plan`'s figure for this very job
     val = [json.loads(line) for line in (job_dir / layout.METRICS).read_text().splitlines()]
     val_loss = [r["val_loss"] for r in val if "val_loss" in r][-1]
     # Real tokens per step: packing changes rows, not tokens, so count from the examples.
     tokens = _tokens_per_step(spec, dataset.train, job)
     return {"times": times, "losses": losses, "tokens": tokens, "peak_gib": peak[0], "val_loss": val_loss,
-            "params": _param_counts(spec, method), "lengths": [[len(s) for s in step] for step in steps]}
+            "params": _param_counts(spec, method), "lengths": [[len(s) for s in step] for step in steps],
+            "plan_gib": plan_gib}
 
 
 def _tokens_per_step(spec, rows, job) -> list[int]:
@@ -246,7 +250,8 @@ def run_baseline(spec: dict, method: str) -> dict:
         from peft import LoraConfig, get_peft_model
 
         torch.manual_seed(spec["seed"])
-        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=_lora_targets(model),
+        r = spec["lora_r"]
+        model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=_lora_targets(model),
                                                  bias="none", task_type="CAUSAL_LM"))
 
     times, losses, peak = [], [], []
@@ -322,16 +327,21 @@ def _param_counts(spec, method) -> dict:
     n = L * per_layer + d * v  # + lm_head (a matmul even when tied)
     lora = 0
     if method == "lora":
-        r = 8
+        r = spec["lora_r"]
         lora = L * r * ((d + d) * 2 + (d + kv) * 2 + 3 * (d + f))  # A: in×r, B: r×out per projection
     return {"n_matmul": n, "n_lora": lora, "layers": L, "hidden": d}
 
 
-def flops_per_sequence(p: dict, method: str, s: int) -> float:
+def flops_per_sequence(p: dict, method: str, s: int, convention: str = "ft") -> float:
+    """Model FLOPs of one sequence of `s` tokens. LoRA by ft's count (frozen weights get no
+    weight gradient), or by NeMo AutoModel's: the full fine-tuning count × (2 + lora/frozen)/3."""
     attention = 12 * p["layers"] * p["hidden"] * s * s
-    if method == "lora":
-        return 4 * p["n_matmul"] * s + 6 * p["n_lora"] * s + attention
-    return 6 * p["n_matmul"] * s + attention
+    full = 6 * p["n_matmul"] * s + attention
+    if method != "lora":
+        return full
+    if convention == "automodel":
+        return full * (2 + p["n_lora"] / p["n_matmul"]) / 3
+    return 4 * p["n_matmul"] * s + 6 * p["n_lora"] * s + attention
 
 
 # --- orchestration ---------------------------------------------------------------------------
@@ -353,9 +363,12 @@ def summarise(result: dict, method: str) -> dict:
     seconds = t[-1] - t[0] if len(t) > 1 else float("nan")
     real = sum(tokens[i] for i in timed)
     flops = sum(flops_per_sequence(result["params"], method, s) for i in timed for s in seq_lengths[i])
+    automodel = sum(flops_per_sequence(result["params"], method, s, "automodel") for i in timed for s in seq_lengths[i])
     last = result["losses"][-min(5, len(result["losses"])):]
     return {"tps": real / seconds, "peak_gib": result["peak_gib"], "train_loss": sum(last) / len(last),
-            "val_loss": result["val_loss"], "gflops": flops / seconds / 1e9 if flops else float("nan")}
+            "val_loss": result["val_loss"], "gflops": flops / seconds / 1e9 if flops else float("nan"),
+            "gflops_automodel": automodel / seconds / 1e9 if automodel else float("nan"),
+            "plan_gib": result.get("plan_gib")}
 
 
 def main() -> None:
@@ -372,6 +385,7 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=None)
     parser.add_argument("--val-records", type=int, default=None)
     parser.add_argument("--vocab", type=int, default=4096)
+    parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank (alpha = 2r) on every projection")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads, the same for both")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="for MFU on GPU (H100/H200 dense bf16: 989)")
@@ -427,24 +441,31 @@ def main() -> None:
 
 
 def print_table(rows, args) -> None:
+    """Model FLOPs: 6·N·s + 12·L·d·s² (full); LoRA by ft's count 4·N·s + 6·N_lora·s + 12·L·d·s²,
+    and by NeMo AutoModel's, the full count × (2 + N_lora/N)/3 (see the module docstring)."""
     gpu = args.device == "cuda"
     mem = "peak GiB (CUDA)" if gpu else "peak RSS GiB"
     print()
-    print(f"| method | runner | real tokens/s | {mem} | train loss (last 5) | held-out loss | model GFLOP/s |" + (" MFU |" if gpu else ""))
-    print("|---|---|---:|---:|---:|---:|---:|" + ("---:|" if gpu else ""))
+    print(f"| method | runner | real tokens/s | {mem} | ft plan GiB | train loss (last 5) | held-out loss | model GFLOP/s |"
+          + (" MFU (ft count) | MFU (AutoModel count) |" if gpu else ""))
+    print("|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if gpu else ""))
     for method, results in rows:
         for runner, r in results.items():
-            mfu = f" {r['gflops'] / (args.peak_tflops * 1e3):.1%} |" if gpu else ""
-            print(f"| {method} | {runner} | {r['tps']:.0f} | {r['peak_gib']:.2f} | {r['train_loss']:.4f} | "
+            peak = args.peak_tflops * 1e3
+            mfu = (f" {r['gflops'] / peak:.1%} | "
+                   + (f"{r['gflops_automodel'] / peak:.1%} |" if method == "lora" else "same |")) if gpu else ""
+            planned = f"{r['plan_gib']:.2f}" if r.get("plan_gib") is not None else "–"
+            print(f"| {method} | {runner} | {r['tps']:.0f} | {r['peak_gib']:.2f} | {planned} | {r['train_loss']:.4f} | "
                   f"{r['val_loss']:.4f} | {r['gflops']:.1f} |{mfu}")
     print()
-    print("| method | tokens/s ft ÷ baseline | peak memory ft ÷ baseline | held-out loss ft − baseline |")
-    print("|---|---:|---:|---:|")
+    print("| method | tokens/s ft ÷ baseline | peak memory ft ÷ baseline | held-out loss ft − baseline | "
+          "ft plan ÷ ft peak |")
+    print("|---|---:|---:|---:|---:|")
     for method, results in rows:
         if {"ft", "baseline"} <= results.keys():
             ft, hf = results["ft"], results["baseline"]
             print(f"| {method} | {ft['tps'] / hf['tps']:.2f}× | {ft['peak_gib'] / hf['peak_gib']:.2f}× | "
-                  f"{ft['val_loss'] - hf['val_loss']:+.4f} |")
+                  f"{ft['val_loss'] - hf['val_loss']:+.4f} | {ft['plan_gib'] / ft['peak_gib']:.2f}× |")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ class Package(NamedTuple):
 
 
 REQUIRED = (
-    Package("torch", "torch", "2.4"),
+    Package("torch", "torch", "2.6"),  # get_total_norm, FSDP2 gradient divide factor
     Package("transformers", "transformers", "4.45"),
     Package("peft", "peft", "0.13"),
     Package("safetensors", "safetensors", "0.4"),
@@ -54,6 +54,7 @@ def quantization_missing(python: str = "this Python") -> str:
 OPTIONAL = (
     Package("flash_attn", "flash-attn", "2.5"),  # model.attn_implementation=flash_attention_2
     QUANTIZATION,  # model.quantization
+    Package("liger_kernel", "liger-kernel", "0.5"),  # trainer.liger
     Package("tensorboard", "tensorboard", "2.14"),  # trainer.tensorboard
     Package("wandb", "wandb", "0.16"),  # trainer.wandb_project
     Package("pyarrow", "pyarrow", "12.0"),  # data.path naming a hub dataset stored as parquet

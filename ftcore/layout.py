@@ -8,8 +8,9 @@
         metrics.jsonl             one line per logged step, written by rank 0
         logs/                     scheduler output, or per-rank rank-N.out (local, ft train)
         tasks/<i>/                a sweep's array task: a run folder of its own
-        checkpoints/step-000012/  a loadable model (LoRA adapter or full) + ft_state/
+        checkpoints/step-000012/  ft_state/ (the resume state); the final one also a loadable model
         checkpoints/latest        names the newest complete checkpoint (for people and shells)
+        cache/tokens-<key>.pt     the tokenized data, written once by rank 0, reused on resubmits
 
 A checkpoint counts once its ``ft_state/COMPLETE`` marker exists: the trainer writes it last,
 into a folder that is renamed into place. ``newest_complete`` is the one definition of "the
@@ -42,6 +43,7 @@ TASKS = "tasks"
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 EXPORTS = "exports"
+TOKEN_CACHE = "cache"
 # Randomly initialised base weights of a LoRA job: an adapter is useless without its base.
 BASE_MODEL = "base_model"
 # The trainer's resume state inside a checkpoint: optimizer moments and RNG streams.
@@ -101,8 +103,9 @@ def damage(checkpoint: Path, step: int | None = None) -> str | None:
         return f"{TRAINER_STATE} records step {state['step']}, not {step}"
     if (state_dir / DCP).exists() and not (state_dir / DCP / ".metadata").is_file():
         return "the resume state has no index (dcp/.metadata)"
-    if kind_of(checkpoint) is None:
-        return "it holds no model files"
+    if kind_of(checkpoint) is None and not (state_dir / DCP).exists():
+        # (Only a run's final checkpoint holds model files; the others, the resume state.)
+        return "it holds neither model files nor the resume state"
     for weights in checkpoint.glob("*.safetensors"):
         problem = safetensors_damage(weights)
         if problem:

@@ -15,8 +15,9 @@ The rules, and why:
   gradients and Adam moments are fp32 (peft's default), so small updates are not rounded away.
 * Full SFT sharded with FSDP2: the trained weights are fp32 shards (the master weights; each
   layer is cast to the compute dtype when gathered), fp32 gradients and moments.
-  Full SFT with data parallelism (`strategy=ddp`) trains the compute-dtype weights themselves:
-  no master copy, gradients and moments in that dtype (the cheap, less exact choice).
+  Full SFT with data parallelism (`strategy=ddp`) would train the compute-dtype weights
+  themselves, with moments in that dtype: the schema refuses that for bf16 on GPUs (small
+  updates round away), so it happens only in fp32.
 * Gradient residency under FSDP2: full SFT reduce-scatters after every micro batch, so a rank
   never holds more than its shard of the gradients (deferring to the last micro batch would
   keep an unsharded fp32 gradient of the whole model: 30 GiB per GPU for 8B). LoRA defers:

@@ -123,7 +123,9 @@ class ModelConfig(_Section):
         None, description="Tokenizer folder or hub id; defaults to `path`."
     )
     dtype: Literal["bf16", "fp16", "fp32"] = Field(
-        "bf16", description="Parameter dtype on GPUs. CPU runs train in fp32 whatever this says."
+        "bf16",
+        description="Compute dtype on GPUs (bf16 or fp32; fp16 is refused: it needs loss scaling). "
+        "CPU runs train in fp32 whatever this says.",
     )
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
         "sdpa", description="Attention kernel passed to transformers."
@@ -283,8 +285,25 @@ class TrainerConfig(_Section):
     )
     compile: bool = Field(
         False,
-        description="torch.compile each decoder layer. Micro batches change shape from step to "
-        "step, so expect recompiles early on; measure before relying on it (docs/benchmarks.md).",
+        description="torch.compile each decoder layer (before FSDP2 shards it). Shapes are marked "
+        "dynamic after the first change, so a few recompiles early on; measure before relying on "
+        "it (docs/benchmarks.md).",
+    )
+    nonfinite: Literal["stop", "skip"] = Field(
+        "stop",
+        description="A step whose loss or gradient is NaN/inf is never applied to the weights (the "
+        "optimizer skips it on the device); `stop` then ends the run with a message at the next "
+        "check, `skip` carries on and reports how many steps were skipped.",
+    )
+    check_loss: bool = Field(
+        True,
+        description="Before training, compare ft's loss with the model's own forward loss on the "
+        "first example (at most 512 tokens); a mismatch (output scaling ft does not know) stops the run.",
+    )
+    liger: bool = Field(
+        False,
+        description="Liger kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy) when the "
+        "liger-kernel package is installed; GPUs only.",
     )
     tensorboard: bool = Field(False, description="Also write TensorBoard events (when installed).")
     wandb_project: str | None = Field(None, description="Also log to this W&B project (when installed).")
@@ -567,6 +586,19 @@ class Job(_Section):
             if not on_gpu:
                 problems.append("model.cpu_offload frees GPU memory: a CPU job (trainer.accelerator=cpu) has none "
                                 "to free; drop model.cpu_offload")
+        if self.model.dtype == "fp16" and on_gpu:
+            problems.append(
+                "model.dtype=fp16 is refused: fp16 gradients underflow without loss scaling, which ft "
+                "does not do. Use bf16 (Ampere/Hopper GPUs and newer) or fp32"
+            )
+        if self.peft is None and self.strategy == "ddp" and on_gpu and self.model.dtype != "fp32":
+            problems.append(
+                f"full SFT with trainer.strategy=ddp would train {self.model.dtype} weights with "
+                f"{self.model.dtype} Adam state (small updates round away): use trainer.strategy=fsdp2, "
+                "which keeps fp32 master weights and computes in bf16 (also on one GPU), or model.dtype=fp32"
+            )
+        if self.trainer.liger and not on_gpu:
+            problems.append("trainer.liger needs GPUs (Liger's kernels are Triton): trainer.accelerator=gpu")
         if self.model.attn_implementation == "flash_attention_2" and not on_gpu:
             problems.append("model.attn_implementation=flash_attention_2 needs GPUs: use sdpa on CPU")
         if self.model.meta_init and self.strategy != "fsdp2":

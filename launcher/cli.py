@@ -426,7 +426,19 @@ DTYPE_CHOICES = ("bf16", "fp16", "fp32")
 def _checkpoint(spec: str):
     from launcher import locate
 
-    return locate.find_checkpoint(spec)
+    return locate.find_checkpoint(spec, make_hf_files=_make_hf_files)
+
+
+def _make_hf_files(folder: Path) -> None:
+    """An intermediate checkpoint keeps only the distributed state: make its model files."""
+    print(f"ft: {folder.name} holds only the distributed training state; writing its Hugging Face files "
+          "from it (once)", file=sys.stderr)
+    from fttools import require_stack
+
+    require_stack()
+    from fttools.distributed import write_hf_files
+
+    write_hf_files(folder)
 
 
 def _dtype(value: Optional[str]) -> Optional[str]:

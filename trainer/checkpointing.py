@@ -1,14 +1,18 @@
-"""Checkpoints: a loadable model for people, exact training state for resuming.
+"""Checkpoints: exact training state for resuming, and at the end a loadable model for people.
 
     JOB/checkpoints/step-000012/
-        adapter_model.safetensors, adapter_config.json   LoRA: PeftModel.from_pretrained(base, here)
-        model.safetensors, config.json                   SFT: AutoModelForCausalLM.from_pretrained(here)
-        tokenizer files
         ft_state/dcp/                 trainable weights + optimizer (torch.distributed.checkpoint, sharded)
         ft_state/rng-rank00000.pt     python and torch RNG states, one file per rank
         ft_state/trainer_state.json   step, data position, schedule
         ft_state/COMPLETE             written last: only folders with it count
+        tokenizer files
+      and in the final checkpoint only (gathering a full copy on rank 0 stalls every rank):
+        adapter_model.safetensors, adapter_config.json   LoRA: PeftModel.from_pretrained(base, here)
+        model.safetensors, config.json                   SFT: AutoModelForCausalLM.from_pretrained(here)
     JOB/checkpoints/latest            names the newest complete folder (replaced atomically)
+
+ft's after-training commands accept any checkpoint: for one without the Hugging Face files,
+`write_hf_from_state` makes them from ``ft_state/dcp`` on the CPU (fttools.distributed).
 
 A checkpoint is written into ``.tmp-step-000012`` and renamed into place once complete, so a
 job killed mid-save leaves the previous checkpoint as the newest complete one
@@ -57,28 +61,33 @@ def _full_state_dict(built) -> dict[str, torch.Tensor]:
     return {name.removeprefix("lm."): tensor for name, tensor in full.items()}
 
 
-def _export(built, folder: Path, tokenizer, base_ref: str | None, full: dict[str, torch.Tensor]) -> None:
-    """Rank 0: the folder a person loads with transformers or peft, unchanged."""
-    lm = built.lm
+def _export(lm, folder: Path, base_ref: str | None, full: dict[str, torch.Tensor] | None, dtype: torch.dtype) -> None:
+    """Rank 0: the folder a person loads with transformers or peft, unchanged.
+
+    `lm`: the Hugging Face model (a PeftModel for LoRA); `full`: its unsharded weights under
+    its own names (None: `lm`'s own); `dtype`: what full SFT weights are saved in.
+    """
     if hasattr(lm, "peft_config"):
         for config in lm.peft_config.values():
             config.base_model_name_or_path = base_ref
         # Embeddings never change size here: targeting lm_head must not copy the whole head.
-        lm.save_pretrained(folder, state_dict=full if built.sharded else None, save_embedding_layers=False)
-    else:
-        causal = built.module.causal_lm
-        dtype = built.compute_dtype
-        saved_dtype = causal.config.dtype
-        causal.config.dtype = dtype  # config.json says what the file holds
-        try:
-            causal.save_pretrained(folder, state_dict={k: v.to(dtype) for k, v in full.items()})
-        finally:
-            causal.config.dtype = saved_dtype
-    tokenizer.save_pretrained(folder)
+        lm.save_pretrained(folder, state_dict=full, save_embedding_layers=False)
+        return
+    full = lm.state_dict() if full is None else full
+    saved_dtype = lm.config.dtype
+    lm.config.dtype = dtype  # config.json says what the file holds
+    try:
+        lm.save_pretrained(folder, state_dict={k: v.to(dtype) for k, v in full.items()})
+    finally:
+        lm.config.dtype = saved_dtype
 
 
-def save(run_dir: Path, step: int, built, optimizer, tokenizer, trainer_state: dict, env: dist.DistEnv, keep_last: int | None, base_ref: str | None) -> Path:
-    """Write checkpoint `step` of the run in `run_dir` (all ranks call this) and point `latest` at it."""
+def save(run_dir: Path, step: int, built, optimizer, tokenizer, trainer_state: dict, env: dist.DistEnv,
+         keep_last: int | None, base_ref: str | None, export: bool = False) -> Path:
+    """Write checkpoint `step` of the run in `run_dir` (all ranks call this) and point `latest` at it.
+
+    `export`: also the Hugging Face model files (the final checkpoint).
+    """
     import torch.distributed.checkpoint as dcp
 
     root = run_dir / CHECKPOINTS
@@ -94,10 +103,15 @@ def save(run_dir: Path, step: int, built, optimizer, tokenizer, trainer_state: d
     dist.barrier()
 
     try:
-        full = _full_state_dict(built) if (built.sharded or env.is_main) else {}
+        if export:
+            full = _full_state_dict(built) if (built.sharded or env.is_main) else {}
+            if env.is_main:
+                lm = built.lm if hasattr(built.lm, "peft_config") else built.module.causal_lm
+                _export(lm, tmp, base_ref, full if (built.sharded or not hasattr(lm, "peft_config")) else None,
+                        built.compute_dtype)
+            del full
         if env.is_main:
-            _export(built, tmp, tokenizer, base_ref, full)
-        del full
+            tokenizer.save_pretrained(tmp)  # every checkpoint: what its token ids mean
         model_sd, optim_sd, _ = _state_dicts(built, optimizer)
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / TRAINING_STATE / "dcp"))
         torch.save(_rng_state(), tmp / TRAINING_STATE / f"rng-rank{env.rank:05d}.pt")
@@ -198,3 +212,38 @@ def _fsync_tree(path: Path) -> None:
         for name in files:
             with open(os.path.join(folder, name), "rb") as f:
                 os.fsync(f.fileno())
+
+
+# --- Hugging Face files from the distributed state (for ft's after-training commands) -----------
+
+
+def write_hf_from_state(checkpoint: Path, job, base_ref: str | None, folder: Path) -> None:
+    """The Hugging Face files `save(export=True)` would have written, into `folder`, made on
+    the CPU from `checkpoint`'s distributed state: only the model's entries are read, no
+    optimizer state, and a full SFT model is assembled on the meta device first (no init)."""
+    import torch.distributed.checkpoint as dcp
+    from transformers import AutoModelForCausalLM
+
+    from .lora import add_lora
+    from .model import DTYPES, model_config
+
+    reader = dcp.FileSystemReader(str(checkpoint / TRAINING_STATE / "dcp"))
+    entries = {k: v for k, v in reader.read_metadata().state_dict_metadata.items() if k.startswith("model.")}
+    state = {k.removeprefix("model."): torch.empty(v.size, dtype=v.properties.dtype) for k, v in entries.items()}
+    dcp.load({"model": state}, storage_reader=reader, no_dist=True)
+    weights = {k.removeprefix("lm."): v for k, v in state.items()}
+
+    config = model_config(job)
+    with torch.device("meta"):
+        lm = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    if job.peft is not None:
+        lm = add_lora(lm, job)
+        _export(lm, folder, base_ref, weights, torch.float32)
+        return
+    lm.load_state_dict(weights, strict=False, assign=True)
+    lm.tie_weights()
+    missing = [k for k, v in lm.state_dict().items() if v.is_meta]
+    if missing:
+        raise ValueError(f"{checkpoint} has no weights for {missing[:3]} ({len(missing)} in all)")
+    dtype = DTYPES[job.model.dtype] if job.trainer.accelerator == "gpu" else torch.float32
+    _export(lm, folder, base_ref, lm.state_dict(), dtype)

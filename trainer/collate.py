@@ -2,33 +2,59 @@
 
 Padded to the longest row (with a block-diagonal mask for packed rows), or padding-free: the
 micro batch as one row with per-example position ids.
+
+Everything is built on the host, where the samples are, including what would otherwise cost
+a host sync on the device: where the answer tokens are (``answer_positions``, for the loss)
+and the examples' boundaries. On a GPU the host tensors are pinned and copied without
+blocking, and ``Prefetcher`` collates and copies the next micro batch on a side stream while
+the current one computes.
 """
 
 from __future__ import annotations
 
+from typing import Iterable, Iterator
+
 import torch
 
+from . import attention
 from .batching import concat
 from .samples import IGNORE_INDEX, Sample
+
+
+def answer_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Flat indices into the shifted (rows × (length-1)) positions that carry loss.
+
+    Computed on the host, so the loss gathers a known number of hidden states instead of
+    boolean-indexing them on the device (a host sync per micro batch).
+    """
+    return (labels[:, 1:] != IGNORE_INDEX).reshape(-1).nonzero().squeeze(1)
+
+
+def to_device(batch: dict, device: torch.device | str) -> dict:
+    """Host tensors → `device`: pinned and non-blocking on a GPU (the copy overlaps compute)."""
+    device = torch.device(device)
+    pin = device.type == "cuda"
+    return {k: (v.pin_memory() if pin else v).to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()}
 
 
 def collate_padding_free(samples: list[Sample], attn_implementation: str = "sdpa",
                          device: torch.device | str = "cpu") -> dict:
     """The micro batch as one row, its examples end to end: no pad token anywhere.
 
-    Position ids restart per example. For sdpa the examples' lengths travel as `seq_lens`
-    (attention runs per example: `trainer.attention`); flash-attention reads the same
-    boundaries from the position ids. Each example's first label is masked: in one row it
+    Position ids restart per example; the examples' boundaries travel as cumulative lengths
+    (`trainer.attention`, whose keyword names flash-attention reads too). Each example's first
+    label is masked: in one row it
     would be predicted from the previous example's last token, and in a padded row it is
     never predicted at all (nothing precedes it), so the loss is the same.
     """
     row = concat(samples)
     position_ids = torch.cat([torch.arange(n) for n in row.seq_lens])
-    batch = {k: v.long()[None].to(device, non_blocking=True)
-             for k, v in (("input_ids", row.input_ids), ("labels", row.labels), ("position_ids", position_ids))}
-    if not attn_implementation.startswith("flash"):
-        batch["seq_lens"] = list(row.seq_lens)
-    return batch
+    batch = {k: v.long()[None] for k, v in (("input_ids", row.input_ids), ("labels", row.labels),
+                                             ("position_ids", position_ids))}
+    batch["answer_positions"] = answer_positions(batch["labels"])
+    batch.update(attention.boundaries(row.seq_lens))
+    return to_device(batch, device)
 
 
 def collate(
@@ -54,14 +80,14 @@ def collate(
     for row, s in enumerate(samples):
         input_ids[row, : len(s)] = s.input_ids
         labels[row, : len(s)] = s.labels
-    batch = {"input_ids": input_ids, "labels": labels}
+    batch = {"input_ids": input_ids, "labels": labels, "answer_positions": answer_positions(labels)}
 
     if all(len(s.seq_lens) == 1 for s in samples):
         lengths = torch.tensor([len(s) for s in samples])
         if (lengths < longest).any():
             batch["attention_mask"] = (torch.arange(longest) < lengths[:, None]).long()
         # No mask at all when nothing is padded: sdpa can then take its fast causal path.
-        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        return to_device(batch, device)
 
     position_ids = torch.zeros((len(samples), longest), dtype=torch.long)
     block = torch.zeros((len(samples), longest), dtype=torch.long)
@@ -73,7 +99,7 @@ def collate(
             block[row, start : start + n] = b
             start += n
     batch["position_ids"] = position_ids
-    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    batch = to_device(batch, device)
     if attn_implementation.startswith("flash"):
         return batch
     # (B, 1, L, L), built on the device: memory grows with L², fine at fine-tuning lengths.
@@ -87,3 +113,43 @@ def collate(
         mask = allowed
     batch["attention_mask"] = mask[:, None]
     return batch
+
+
+class Prefetcher:
+    """Collated micro batches on the device, the next one prepared while the current computes.
+
+    On a GPU the host→device copies run on a side stream; the compute stream waits for them
+    only when it takes the batch. On a CPU this is plain collation, one batch ahead.
+    """
+
+    def __init__(self, micro_batches: Iterable[list[Sample]], collate_fn, device: torch.device):
+        self._source = iter(micro_batches)
+        self._collate = collate_fn
+        self._device = device
+        self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self._next = self._prepare()
+
+    def _prepare(self):
+        samples = next(self._source, None)
+        if samples is None:
+            return None
+        if self._stream is None:
+            return self._collate(samples)
+        with torch.cuda.stream(self._stream):
+            return self._collate(samples)
+
+    def __iter__(self) -> Iterator[dict]:
+        return self
+
+    def __next__(self) -> dict:
+        batch = self._next
+        if batch is None:
+            raise StopIteration
+        if self._stream is not None:
+            current = torch.cuda.current_stream(self._device)
+            current.wait_stream(self._stream)
+            for value in batch.values():
+                if isinstance(value, torch.Tensor):
+                    value.record_stream(current)  # memory made on the side stream, used on this one
+        self._next = self._prepare()
+        return batch

@@ -24,7 +24,7 @@ from . import attention, meta_init, quantize, sharding
 from .dist import DistEnv
 from .hub import hf_token
 from .lora import add_lora
-from .loss import CausalLMLoss
+from .loss import CausalLMLoss, use_liger
 from .weights import random_model
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -62,9 +62,10 @@ def model_config(job):
 
 
 def attn_implementation(job) -> str:
-    """What the model is built with: ft's padding-free sdpa (`trainer.attention`) when the
-    data are collated padding-free, otherwise `model.attn_implementation` itself."""
-    if job.data.padding_free and job.model.attn_implementation == "sdpa":
+    """What the model is built with: ft's padding-free attention (`trainer.attention`, which
+    runs flash-attention's varlen kernel when installed) when the data are collated
+    padding-free, otherwise `model.attn_implementation` itself."""
+    if job.data.padding_free and job.model.attn_implementation in ("sdpa", "flash_attention_2"):
         return attention.register()
     return job.model.attn_implementation
 
@@ -114,6 +115,7 @@ def build(job, env: DistEnv, device: torch.device, tokenizer, base_dir: Path | N
 
     if job.model.activation_checkpointing:
         _checkpoint_activations(lm)
+    fused_cross_entropy = use_liger(lm) if job.trainer.liger else None
 
     if decision.lora:
         lm = add_lora(lm, job)
@@ -123,20 +125,21 @@ def build(job, env: DistEnv, device: torch.device, tokenizer, base_dir: Path | N
     else:
         lm.requires_grad_(True)
 
-    module = CausalLMLoss(lm)
+    module = CausalLMLoss(lm, fused_cross_entropy)
     if decision.quantization:
         # Before sharding, so FSDP2 splits (and all-gathers) the 4-bit form; on the meta
         # device this shapes placeholders that meta_init fills.
         quantize.quantize_(sharding.decoder_layers(module.causal_lm), decision)
+    if job.trainer.compile:
+        # Before sharding, as torchtitan does: FSDP2's hooks stay outside the compiled code.
+        for layer in sharding.decoder_layers(module.causal_lm):
+            layer.compile()
     if sharded:
         sharding.shard(module, env, device, decision)
         if job.model.meta_init:
             meta_init.materialize(module, job, env, device, decision)
     else:
         module.to(device)
-    if job.trainer.compile:
-        for layer in sharding.decoder_layers(module.causal_lm):
-            layer.compile()
     return Built(module=module, lm=lm, sharded=sharded, compute_dtype=compute_dtype, decision=decision)
 
 

@@ -46,3 +46,16 @@ def shard(module: nn.Module, env: DistEnv, device: torch.device, decision) -> No
     for layer in decoder_layers(module.causal_lm):
         fully_shard(layer, **options)
     fully_shard(module, **options)
+    set_gradient_sum(module)
+
+
+def set_gradient_sum(module: nn.Module) -> None:
+    """Reduce-scatter gradients as a sum over ranks, not FSDP's default mean: the loss is
+    already divided by the global answer-token count (`trainer.train`)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for unit in module.modules():
+        if isinstance(unit, FSDPModule):
+            unit.set_gradient_divide_factor(1.0)
+            if hasattr(unit, "set_force_sum_reduction_for_comms"):  # torch ≥ 2.8
+                unit.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no PREMUL_SUM)

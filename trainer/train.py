@@ -8,8 +8,14 @@ In-process (tests, benchmarks): ``run(job, job_dir)`` returns the exit code: 0 w
 
 The loss is the mean over every answer token of the global batch: each micro batch
 returns its summed token losses, divided by the global answer-token count (known on every
-rank from the deterministic data order, so it costs no communication). Results therefore
-do not depend on micro batch size or process count beyond float rounding.
+rank from the deterministic data order, so it costs no communication), and gradients are
+summed over ranks. Results therefore do not depend on micro batch size or process count
+beyond float rounding.
+
+The host never waits for the device inside a step. It reads values back only at check
+points (`CheckPoints`): logging steps, and often enough to honour a stop signal in time. A
+non-finite step is skipped by the optimizer on the device (`trainer.update`) and reported at
+the next check point.
 """
 
 from __future__ import annotations
@@ -32,9 +38,9 @@ from ftcore import contract, exits, layout, rendezvous
 from ftcore.errors import UserError
 from ftcore.schedule import lr_at
 
-from . import checkpointing, data, dist
+from . import checkpointing, data, dist, update
 from .batching import StepBatches, val_batches
-from .collate import collate
+from .collate import Prefetcher, collate
 from .metrics import Metrics, memory_gib
 from .model import build
 from .tokenizer import load_tokenizer
@@ -78,9 +84,10 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
     torch.manual_seed(seed)
 
     # --- data, before the model: a malformed record should fail in seconds, not after
-    # loading 70B weights. Every rank tokenizes everything once; the loop only slices.
+    # loading 70B weights. Rank 0 tokenizes once per job into the job folder's cache; the
+    # other ranks, and any resubmission, read it. The loop only slices.
     tokenizer = load_tokenizer(job)
-    dataset = data.load(job.data, tokenizer, seed)
+    dataset = data.load(job.data, tokenizer, seed, cache=job_dir / layout.TOKEN_CACHE, is_main=env.is_main)
     batches = StepBatches(
         dataset.train, job.data.global_batch_size, job.data.micro_batch_size, env.world_size, env.rank, seed,
         job.data.shuffle, job.data.group_by_length,
@@ -88,9 +95,9 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
     total_steps = job.trainer.max_steps or job.trainer.num_epochs * batches.steps_per_epoch
 
     # --- model (+LoRA)
-    base_dir, base_ref = _base_reference(job, job_dir)
+    base_dir, base_ref = base_reference(job, job_dir)
     built = build(job, env, device, tokenizer, base_dir=base_dir)
-    optimizer = _optimizer(job.optim, built.trainable)
+    optimizer = update.optimizer(job.optim, built.trainable)
 
     # --- resume from the newest complete checkpoint, if any
     step = 0
@@ -121,7 +128,7 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
     if resume_from is not None:
         metrics.print(f"resumed from {resume_from} at step {step}")
 
-    def save(at_step: int) -> Path:
+    def save(at_step: int, export: bool = False) -> Path:
         epoch, index = batches.position(at_step)
         state = {
             "step": at_step,
@@ -134,7 +141,8 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
             "schedule": {"name": job.optim.lr_scheduler.name, "total_steps": total_steps,
                          "warmup_steps": job.optim.lr_scheduler.warmup_steps},
         }
-        path = checkpointing.save(job_dir, at_step, built, optimizer, tokenizer, state, env, job.checkpoint.keep_last, base_ref)
+        path = checkpointing.save(job_dir, at_step, built, optimizer, tokenizer, state, env, job.checkpoint.keep_last,
+                                  base_ref, export)
         metrics.print(f"checkpoint {path}")
         return path
 
@@ -146,11 +154,22 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
     # --- loop
     model = built.module
     model.train()
-    # FSDP2 averages gradients over ranks; the manual all-reduce sums them.
-    grad_scale = env.world_size if built.sharded else 1
-    max_norm = job.trainer.grad_clip or math.inf
+    guard = update.Guard(built.trainable[0].device, built.sharded, comm_device=device)
+    checks = CheckPoints(job.trainer.log_every_steps, total_steps, seconds=job.slurm.signal_seconds / 4)
     started, stop_requested = step, False
-    last_log, tokens_since_log = time.perf_counter(), 0
+    last_log, tokens_since_log, last_check = time.perf_counter(), 0, (time.perf_counter(), step)
+    reported_skips = 0
+
+    def collate_fn(samples):
+        return collate(samples, tokenizer.pad_token_id, job.model.attn_implementation, built.compute_dtype, device,
+                       job.data.padding_free)
+
+    if job.trainer.check_loss and step < total_steps:
+        check_loss(built, collate_fn([check_sample(batches.micro_batches(step)[0][0])]), job)
+
+    # Until a check point, nothing here reads a value from the device: the host queues work
+    # and moves on. Counts that the loop needs (answer tokens) come from the samples, which
+    # live on the host.
     while step < total_steps:
         everyone = batches.global_batch_samples(step)
         answer_tokens = max(1, sum(s.answer_tokens for s in everyone))
@@ -158,52 +177,61 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
 
         loss_sum = torch.zeros((), device=device)
         micro_batches = batches.micro_batches(step)
-        for i, samples in enumerate(micro_batches):
+        for i, batch in enumerate(Prefetcher(micro_batches, collate_fn, device)):
             if built.sharded:
                 # The policy's gradient residency: full SFT reduce-scatters after every micro
                 # batch (only shards are ever held); LoRA accumulates its small unsharded
                 # gradients and reduce-scatters once, after the last.
                 model.set_requires_gradient_sync(
                     built.decision.grad_sync == "micro_batch" or i == len(micro_batches) - 1)
-            batch = collate(samples, tokenizer.pad_token_id, job.model.attn_implementation, built.compute_dtype, device,
-                                 job.data.padding_free)
             loss = model(**batch)
-            (loss * (grad_scale / answer_tokens)).backward()
+            # Every rank divides by the global count, and gradients are summed over ranks
+            # (FSDP2 told so in trainer.sharding; dist.all_reduce_grads sums).
+            (loss / answer_tokens).backward()
             loss_sum += loss.detach()
             if watch is not None:
                 watch("backward", built, optimizer)
         if not built.sharded:
             dist.all_reduce_grads(built.trainable)
-        grad_norm = torch.nn.utils.clip_grad_norm_(built.trainable, max_norm)
+        logging = (step + 1) % job.trainer.log_every_steps == 0 or step + 1 == total_steps
+        grad_norm = update.clip(built.trainable, job.trainer.grad_clip, want_norm=logging)
+        guard.mark(optimizer, built.trainable, step + 1, grad_norm)
         lr = lr_at(step + 1, total_steps, job.optim)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        optimizer.step()
+        optimizer.step()  # skipped on the device when the guard found a non-finite gradient
         if watch is not None:
             watch("step", built, optimizer)
         optimizer.zero_grad(set_to_none=True)
         step += 1
 
-        # One small all-reduce per step: the loss for the log, and whether any rank was told
-        # to stop (all must checkpoint at the same step). `.item()` is a sync point.
-        shared = torch.stack([loss_sum.float(), torch.tensor(float(stop.requested), device=device)])
-        dist.all_reduce_sum(shared)
-        loss_value, stop_requested = shared.tolist()
-        if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
-            grad_norm = grad_norm.full_tensor()
-        record = {
-            "step": step,
-            "epoch": (step - 1) // batches.steps_per_epoch,
-            "loss": loss_value / answer_tokens,
-            "grad_norm": float(grad_norm),
-            "lr": lr,
-            "mem_gib": memory_gib(device),
-        }
-        if step % job.trainer.log_every_steps == 0 or step == total_steps:
+        record = {"step": step}
+        if checks.due(step):
+            # The one host sync: this step's loss, whether any rank was told to stop (all must
+            # checkpoint at the same step), the time per step, and the skipped-step counts.
             now = time.perf_counter()
-            record["tps"] = tokens_since_log / (now - last_log)
-            last_log, tokens_since_log = now, 0
-            metrics.step(record)
+            shared = torch.stack([loss_sum.float(), torch.full((), float(stop.requested), device=device),
+                                  torch.full((), (now - last_check[0]) / (step - last_check[1]), device=device)])
+            dist.all_reduce_sum(shared)
+            norm = torch.zeros(1) if grad_norm is None else grad_norm.reshape(1).float()
+            loss_value, stops, step_seconds, skipped, first_bad, norm = torch.cat(
+                [shared, guard.counts().to(device), norm.to(device)]).tolist()
+            stop_requested = stops > 0
+            checks.plan(step, step_seconds / env.world_size)
+            last_check = (now, step)
+            if skipped > reported_skips:
+                reported_skips = _nonfinite(job, metrics, int(skipped), int(first_bad), step)
+            if logging:
+                record.update({
+                    "epoch": (step - 1) // batches.steps_per_epoch,
+                    "loss": loss_value / answer_tokens,
+                    "grad_norm": norm,
+                    "lr": lr,
+                    "mem_gib": memory_gib(device),
+                    "tps": tokens_since_log / (now - last_log),
+                })
+                last_log, tokens_since_log = now, 0
+                metrics.step(record)
         if on_step is not None:
             on_step(record)
 
@@ -218,14 +246,82 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
             if job.checkpoint.every_steps and step % job.checkpoint.every_steps == 0:
                 save(step)
 
-    # --- save
+    # --- save: the final checkpoint is also a Hugging Face model folder
     if step == started:
         metrics.print(f"nothing to do: the checkpoint at step {step} already completes {total_steps} steps")
     elif not stop_requested:  # told to stop at the last step: no time for a validation pass
         validate(step)
-    metrics.finish(step, save(step))
+    metrics.finish(step, save(step, export=True))
     metrics.close()
     return exits.OK
+
+
+class CheckPoints:
+    """The steps at which the host reads the device: every logging step, and often enough that
+    a stop signal (SIGUSR1 comes slurm.signal_seconds early) is honoured within about
+    `seconds` of training. Every rank computes the same steps from the same shared figures."""
+
+    def __init__(self, log_every: int, total_steps: int, seconds: float):
+        self.log_every, self.total, self.seconds = log_every, total_steps, seconds
+        self.next = 1
+
+    def due(self, step: int) -> bool:
+        return step % self.log_every == 0 or step >= self.total or step >= self.next
+
+    def plan(self, step: int, step_seconds: float) -> None:
+        self.next = step + max(1, int(self.seconds / max(step_seconds, 1e-6)))
+
+
+def _nonfinite(job, metrics, skipped: int, first_bad: int, step: int) -> int:
+    if job.trainer.nonfinite == "stop":
+        raise UserError(
+            f"step {first_bad}: the loss or gradient is not finite (NaN/inf). That step was not applied "
+            f"to the weights; trainer.nonfinite=stop ends the run here (step {step}).",
+            hint="lower optim.lr, set trainer.grad_clip, check the data; or trainer.nonfinite=skip to carry on",
+        )
+    metrics.print(f"step {step}: {skipped} step(s) so far had a non-finite loss or gradient (first: step "
+                  f"{first_bad}) and were skipped (trainer.nonfinite=skip)")
+    return skipped
+
+
+CHECK_TOKENS = 512  # the model's own forward computes logits everywhere: keep them small
+
+
+def check_sample(sample):
+    """The first example of the first micro batch, cut to its last CHECK_TOKENS tokens (where a
+    prompt/answer example keeps its answer), or whole when that would leave no answer."""
+    from .samples import Sample
+
+    if len(sample) <= CHECK_TOKENS:
+        return sample
+    tail = Sample(sample.input_ids[-CHECK_TOKENS:], sample.labels[-CHECK_TOKENS:], (CHECK_TOKENS,))
+    return tail if tail.answer_tokens else Sample(sample.input_ids, sample.labels, (len(sample),))
+
+
+def check_loss(built, batch: dict, job) -> None:
+    """ft's loss against the model's own forward loss, on one example (`check_sample`).
+
+    ft calls the decoder and the head itself (`trainer.loss`), so an architecture that does
+    something to the head's output that ft does not know would train on a different loss,
+    silently. Compared in eval mode (no dropout), summed over ranks; before the optimizer
+    state exists, with the model's full-vocabulary logits for at most CHECK_TOKENS tokens.
+    """
+    model = built.module
+    model.eval()
+    with torch.no_grad():
+        sums = torch.stack([model(**batch).double(), model(**batch, reference=True).double()])
+    model.train()
+    dist.all_reduce_sum(sums)
+    ours, theirs = sums.tolist()
+    tolerance = 1e-4 if built.compute_dtype == torch.float32 else 2e-2
+    if not math.isclose(ours, theirs, rel_tol=tolerance, abs_tol=1e-6):
+        config = built.module.causal_lm.config
+        raise UserError(
+            f"ft's loss ({ours:.6g}) differs from the model's own loss ({theirs:.6g}) on the first example: "
+            f"ft does not reproduce how {type(built.module.causal_lm).__name__} ({config.model_type}) computes "
+            "its output (e.g. a logit scaling or soft-capping it does not know), and would train on the wrong loss.",
+            hint="report it with the model's config.json; trainer.check_loss=false skips this check at your own risk",
+        )
 
 
 def evaluate(built, samples, job, env, device, pad_id) -> tuple[float, int]:
@@ -248,12 +344,7 @@ def evaluate(built, samples, job, env, device, pad_id) -> tuple[float, int]:
     return loss_sum / max(tokens, 1), int(tokens)
 
 
-def _optimizer(cfg, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
-    return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
-
-
-def _base_reference(job, job_dir: Path) -> tuple[Path | None, str | None]:
+def base_reference(job, job_dir: Path) -> tuple[Path | None, str | None]:
     """(folder to save a random base into, what adapter_config.json names as the base)."""
     if job.peft is None:
         return None, None
@@ -280,6 +371,8 @@ def preflight(job, env: dist.DistEnv) -> None:
         problems.append("trainer.accelerator=gpu but CUDA is not available here (trainer.accelerator=cpu for CPU runs)")
     if job.model.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
         problems.append("model.attn_implementation=flash_attention_2 but the flash_attn package is not installed")
+    if job.trainer.liger and importlib.util.find_spec("liger_kernel") is None:
+        problems.append("trainer.liger=true needs the liger-kernel package, which is not installed")
     if job.model.quantization and importlib.util.find_spec("torchao") is None:
         problems.append(contract.quantization_missing())
     # Inside a container a path exists only if a bind makes it visible.

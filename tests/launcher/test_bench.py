@@ -22,5 +22,19 @@ def test_train_speed_quick_prints_both_runners_and_the_ratios():
     out = done.stdout
     for method in ("lora", "sft"):
         for runner in ("baseline", "ft"):
-            assert re.search(rf"^\| {method} \| {runner} \| \d+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \|", out, re.M), out
-        assert re.search(rf"^\| {method} \| [\d.]+× \| [\d.]+× \| [+-][\d.]+ \|$", out, re.M), out
+            assert re.search(rf"^\| {method} \| {runner} \| \d+ \| [\d.]+ \| ([\d.]+|–) \| [\d.]+ \|", out, re.M), out
+        assert re.search(rf"^\| {method} \| [\d.]+× \| [\d.]+× \| [+-][\d.]+ \| [\d.]+× \|$", out, re.M), out
+
+
+def test_gpu_suite_runs_end_to_end_in_dry_mode():
+    """bench/gpu_suite.py on CPU with tiny shapes: every check and both speed rows run (none fails)."""
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_suite.py"), "--dry"],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    out = done.stdout
+    assert done.returncode == 0, out[-4000:] + done.stderr[-3000:]
+    assert re.search(r"^## summary: 9 of 9 passed or skipped, 0 failed", out, re.M), out[-3000:]
+    for check in ("LoRA, data parallel", "full SFT, FSDP2 on one GPU", "padding-free attention", "QLoRA (nf4)",
+                  "resume after preemption",
+                  "speed: Llama-3.2-1B full SFT", "speed: Llama-3.1-8B LoRA r=16"):
+        assert re.search(rf"^- PASS {re.escape(check)}", out, re.M), out[-3000:]
+    assert out.count("| ft plan ÷ ft peak |") == 2

@@ -163,6 +163,20 @@ def test_header_values_cannot_carry_newlines():
         config.validate({**config.load_factory("tiny")[0], "slurm": {"extra": {"x y": "1"}}})
 
 
+def test_precision_that_would_train_badly_is_refused_at_submit():
+    """fp16 without loss scaling, and bf16 weights with bf16 Adam state (full SFT under ddp)."""
+    gpu = ("trainer.accelerator=gpu", "model.dtype=bf16")  # (the tiny factory says fp32)
+    with pytest.raises(UserError, match="model.dtype=fp16 is refused: fp16 gradients underflow"):
+        resolve(*gpu, "model.dtype=fp16")
+    with pytest.raises(UserError, match="full SFT with trainer.strategy=ddp would train bf16 weights"):
+        resolve(*gpu, "peft=none", "trainer.strategy=ddp")
+    assert resolve(*gpu, "peft=none").strategy == "fsdp2"  # fp32 master weights: accepted
+    assert resolve(*gpu, "peft=none", "trainer.strategy=ddp", "model.dtype=fp32").strategy == "ddp"
+    assert resolve(*gpu, "peft=lora", "trainer.strategy=ddp").method == "lora"  # adapters are fp32 in peft
+    with pytest.raises(UserError, match="trainer.liger needs GPUs"):
+        resolve("trainer.accelerator=cpu", "trainer.liger=true")
+
+
 def test_null_unsets_an_optional_text_setting_and_stays_text_elsewhere():
     job = resolve("model.tokenizer=null", "data.val_path=~", "slurm.partition=null")
     assert job.model.tokenizer is None and job.data.val_path is None and job.slurm.partition is None

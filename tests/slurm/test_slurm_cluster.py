@@ -184,10 +184,10 @@ def test_requeue_restarts_the_job(slurm_cluster, tmp_path):
     assert "end restart=0" not in out, out
 
 
-def test_singularity_standin_under_srun_on_two_nodes(slurm_cluster, tmp_path):
-    """The sbatch shape ft renders: srun singularity exec --nv IMAGE python ..."""
-    image = tmp_path / "image.sif"
-    image.write_bytes(b"not a real image")
+def test_singularity_standin_under_srun_on_two_nodes(slurm_cluster, stock_image, tmp_path):
+    """The sbatch shape ft renders: srun singularity exec --nv IMAGE python ..., in the stock image
+    (a file that is no image is refused, as Apptainer refuses it)."""
+    image = stock_image
     log = tmp_path / "standin.jsonl"
     env = slurm_cluster.env_with_standin()
     env["FT_STANDIN_LOG"] = str(log)
@@ -198,7 +198,7 @@ def test_singularity_standin_under_srun_on_two_nodes(slurm_cluster, tmp_path):
             "--ntasks-per-node=1",
             f"--output={tmp_path}/job.out",
             "--wrap",
-            f'srun singularity exec --nv --bind {tmp_path} "{image}" {sys.executable} -c "{code}"',
+            f'srun singularity exec --nv --bind {tmp_path} "{image}" python3 -c "{code}"',
         ],
         cwd=tmp_path,
         env=env,
@@ -212,6 +212,6 @@ def test_singularity_standin_under_srun_on_two_nodes(slurm_cluster, tmp_path):
     ]
     records = [json.loads(ln) for ln in log.read_text().splitlines()]
     assert len(records) == 2
-    assert all(r["ok"] and r["nv"] and r["image"] == str(image) for r in records)
+    assert all(r["nv"] and r["image"] == str(image) and "error" not in r for r in records)
     assert sorted(r["slurm"]["SLURMD_NODENAME"] for r in records) == ["n1", "n2"]
     assert all(r["binds"] == [{"src": str(tmp_path), "dst": str(tmp_path), "opts": "rw"}] for r in records)

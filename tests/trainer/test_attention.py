@@ -41,3 +41,56 @@ def test_padding_free_attention_is_not_written_to_checkpoints(tmp_path):
 
     tiny_llama(attention.register()).save_pretrained(tmp_path)
     assert attention.NAME not in (tmp_path / "config.json").read_text()
+
+
+def test_grouped_query_attention_copies_no_key_value_heads(monkeypatch):
+    """enable_gqa: each key/value head serves its query heads where it is, no repeat_interleave."""
+    from trainer import attention
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("key/value heads were copied")
+
+    monkeypatch.setattr(torch, "repeat_interleave", refuse)
+    monkeypatch.setattr(torch.Tensor, "repeat_interleave", refuse)
+    monkeypatch.setattr(torch.Tensor, "expand", refuse)  # transformers' repeat_kv expands, then reshapes
+    model = tiny_llama(attention.register(), num_key_value_heads=2)
+    CausalLMLoss(model)(**collate(model_examples(), 0, "sdpa", padding_free=True)).backward()
+
+
+def test_the_kernel_is_a_variable_length_one_where_the_library_has_it(monkeypatch):
+    from types import SimpleNamespace
+
+    from trainer import attention
+
+    gpu = SimpleNamespace(is_cuda=True, dtype=torch.bfloat16)
+    have = {"flash_attn": False, "torch.nn.attention.varlen": True}
+    monkeypatch.setattr(attention.importlib.util, "find_spec", lambda name: object() if have.get(name) else None)
+    assert attention.kernel(gpu) == "torch_varlen"
+    have["flash_attn"] = True
+    assert attention.kernel(gpu) == "flash_attn"
+    # fp32 (no variable-length kernel takes it) and CPUs: causal SDPA per example
+    assert attention.kernel(SimpleNamespace(is_cuda=True, dtype=torch.float32)) == "sdpa_per_example"
+    assert attention.kernel(SimpleNamespace(is_cuda=False, dtype=torch.bfloat16)) == "sdpa_per_example"
+
+
+def test_no_python_list_reaches_the_layers_of_a_padding_free_row(monkeypatch):
+    """Only tensors and the longest length (one int) go down to every attention call."""
+    from trainer import attention
+
+    seen = []
+    original = attention.varlen_sdpa
+
+    def recording(module, query, key, value, attention_mask, **kwargs):
+        seen.append({k: type(v) for k, v in kwargs.items()})
+        return original(module, query, key, value, attention_mask, **kwargs)
+
+    monkeypatch.setattr(attention, "varlen_sdpa", recording)
+    try:
+        model = tiny_llama(attention.register())
+        CausalLMLoss(model)(**collate(model_examples(), 0, "sdpa", padding_free=True))
+    finally:
+        monkeypatch.undo()
+        attention.register()  # transformers' registry holds the original again
+    assert len(seen) == 2  # one per layer
+    assert not [k for call in seen for k, t in call.items() if t in (list, tuple)], seen
+    assert seen[0][attention.CU_SEQ_LENS] is torch.Tensor and seen[0][attention.MAX_LENGTH] is int

@@ -50,9 +50,31 @@ def test_unpacked_batches_pad_to_longest_and_mask_only_when_needed():
 def test_padding_free_collate_is_one_row_without_padding():
     examples = model_examples()
     batch = collate(examples, 0, "sdpa", padding_free=True)
-    assert batch["input_ids"].shape == (1, 7 + 5 + 9) and batch["seq_lens"] == [7, 5, 9]
+    assert batch["input_ids"].shape == (1, 7 + 5 + 9)
+    # Boundaries as tensors (a compiled layer guards on their shape, not their values), in
+    # the keyword names flash-attention reads too.
+    assert batch["cu_seq_lens_q"].tolist() == [0, 7, 12, 21] and batch["cu_seq_lens_q"].dtype == torch.int32
+    assert batch["max_length_q"] == 9
     assert batch["position_ids"][0].tolist() == [*range(7), *range(5), *range(9)]
     assert "attention_mask" not in batch
-    flash = collate(examples, 0, "flash_attention_2", padding_free=True)
-    assert "seq_lens" not in flash  # flash-attention reads the boundaries from position_ids
-    assert "seq_lens" not in collate(examples, 0, "eager", padding_free=True)  # eager pads
+    assert "cu_seq_lens_q" not in collate(examples, 0, "eager", padding_free=True)  # eager pads
+
+
+@pytest.mark.parametrize("padding_free", [False, True])
+def test_answer_positions_are_where_the_shifted_labels_carry_loss(padding_free):
+    from trainer.samples import IGNORE_INDEX
+
+    batch = collate(model_examples(), 0, "sdpa", padding_free=padding_free)
+    shifted = batch["labels"][:, 1:].reshape(-1)
+    expected = [i for i, label in enumerate(shifted.tolist()) if label != IGNORE_INDEX]
+    assert batch["answer_positions"].tolist() == expected
+
+
+def test_prefetcher_yields_the_collated_batches_in_order():
+    from trainer.collate import Prefetcher
+
+    micro = [model_examples()[:2], model_examples()[2:], model_examples()]
+    fetched = list(Prefetcher(micro, lambda s: collate(s, 0, padding_free=True), torch.device("cpu")))
+    assert len(fetched) == 3
+    for got, samples in zip(fetched, micro):
+        assert torch.equal(got["input_ids"], collate(samples, 0, padding_free=True)["input_ids"])

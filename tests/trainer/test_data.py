@@ -32,3 +32,28 @@ def test_val_path_and_limit_samples(tmp_path, tok):
     d = data.load(_cfg(val_path=str(val), limit_samples=10), tok, seed=0)
     assert (len(d.train), len(d.val)) == (10, 3)
     assert "10 training rows, 3 validation examples" in d.summary()
+
+
+def test_the_token_cache_gives_back_what_tokenizing_gives_and_its_key_follows_the_inputs(tok, tmp_path):
+    import torch
+
+    cfg = _cfg(packing=True, val_fraction=0.1)
+    made = data.load(cfg, tok, seed=3, cache=tmp_path)
+    read = data.load(cfg, tok, seed=3, cache=tmp_path)
+    assert "tokenized once, read from" in read.summary()
+    for a, b in zip(made.train + made.val, read.train + read.val, strict=True):
+        assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.labels, b.labels) and a.seq_lens == b.seq_lens
+
+    key = data.cache_key(cfg, tok, 3)
+    file = write_jsonl(tmp_path / "one.jsonl", [SQUAD])
+    assert len({key, data.cache_key(_cfg(packing=False, val_fraction=0.1), tok, 3), data.cache_key(cfg, tok, 4),
+                data.cache_key(_cfg(path=str(file)), tok, 3)}) == 4
+    before = data.cache_key(_cfg(path=str(file)), tok, 3)
+    write_jsonl(file, [SQUAD, SQUAD])  # same name, new contents
+    assert data.cache_key(_cfg(path=str(file)), tok, 3) != before
+    from trainer_helpers import tiny_tokenizer
+
+    other = tiny_tokenizer()  # (not the module's shared one)
+    assert data.cache_key(cfg, other, 3) == key
+    other.add_tokens(["brandnew"])
+    assert data.cache_key(cfg, other, 3) != key

@@ -107,3 +107,50 @@ def test_lora_under_fsdp2_on_two_processes_matches_one(tmp_path):
     for name in adapters[0]:
         torch.testing.assert_close(adapters[0][name], adapters[1][name], atol=1e-5, rtol=1e-4, msg=name)
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), final)
+
+
+COUNTING_TRAINER = """
+import os, sys
+import trainer.data as data
+
+original = data.tokenize_all
+
+def counted(*args, **kwargs):  # one line per tokenization, naming the rank that did it
+    with open(os.environ["FT_TEST_TOKENIZED"], "a") as f:
+        f.write(os.environ["RANK"] + "\\n")
+    return original(*args, **kwargs)
+
+data.tokenize_all = counted
+from trainer.__main__ import main
+sys.exit(main(["--config", sys.argv[1]]))
+"""
+
+
+def test_a_two_rank_job_tokenizes_once_and_a_resubmission_not_at_all(tmp_path):
+    import subprocess
+    import sys
+
+    from trainer_helpers import REPO, clean_env, free_port
+
+    script = tmp_path / "counting_trainer.py"
+    script.write_text(COUNTING_TRAINER)
+    tokenized = tmp_path / "tokenized.txt"
+    config = write_config(tmp_path / "job", tiny_job(trainer={"devices": 2, "max_steps": 1}, data={"micro_batch_size": 2}))
+
+    def two_ranks():
+        port = str(free_port())
+        procs = [subprocess.Popen([sys.executable, str(script), str(config)], cwd=REPO, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  env=clean_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                                                MASTER_PORT=port, FT_TEST_TOKENIZED=str(tokenized)))
+                 for r in range(2)]
+        results = finish(procs)
+        assert [r.returncode for r in results] == [0, 0], describe(results)
+        return results
+
+    two_ranks()
+    assert tokenized.read_text().split() == ["0"]  # rank 0 only; rank 1 read its file
+    assert len(list((tmp_path / "job" / layout.TOKEN_CACHE).glob("tokens-*.pt"))) == 1
+    again = two_ranks()  # a resubmission (nothing left to train, but the data are loaded)
+    assert tokenized.read_text().split() == ["0"]
+    assert "tokenized once, read from" in again[0].stdout
