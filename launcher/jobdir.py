@@ -49,7 +49,8 @@ def _tmp_prefix(final_name: str) -> str:
     return f"{TMP_PREFIX}{_host()}-{os.getpid()}-{final_name}-"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine (one owned by another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -68,7 +69,7 @@ def is_stale(tmp: Path, now: float | None = None) -> bool:
     host, _, rest = tmp.name[len(TMP_PREFIX):].partition("-")
     pid_text = rest.partition("-")[0]
     if host == _host() and pid_text.isdigit():
-        return age > STALE_AFTER_S and not _pid_alive(int(pid_text))
+        return age > STALE_AFTER_S and not pid_alive(int(pid_text))
     return age > FOREIGN_STALE_AFTER_S
 
 

@@ -257,16 +257,6 @@ def find(spec: str, root: Path | None = None) -> JobView:
     return matches[0]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def trainer_finished(run: Path) -> bool:
     """The trainer wrote its end-of-run summary (trainer/metrics.py) into this run's metrics."""
     return bool(_last_line_record(run / layout.METRICS, "end").get("end"))
@@ -296,14 +286,14 @@ def _folder_state(view: JobView, run: Path | None = None) -> str:
         return "COMPLETED" if code == 0 else f"FAILED (exit {code})"
     if last["event"] == "cancel":
         pids = view.record.get("pids") or [] if view.executor == "local" else []
-        if any(_pid_alive(int(p)) for p in pids if isinstance(p, int)):
+        if any(jobdir.pid_alive(int(p)) for p in pids if isinstance(p, int)):
             return "RUNNING (cancelled: stops after writing a checkpoint)"
         return "CANCELLED"
     if last["event"] == "requeue":
         return "REQUEUED"
     if view.executor == "local":
         pids = view.record.get("pids") or []
-        if pids and not any(_pid_alive(int(p)) for p in pids if isinstance(p, int)):
+        if pids and not any(jobdir.pid_alive(int(p)) for p in pids if isinstance(p, int)):
             # The process that records the exit is gone; the trainer's own record still says.
             if trainer_finished(run):
                 return "COMPLETED"
