@@ -12,20 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+from fake_scheduler import fake_scheduler
 from fault_injection import FAIL, KILL, every_write, in_child
 
 from ftcore import layout, schema
 from launcher import jobdir, jobs, submit
-
-
-def fake_sbatch(tmp_path: Path, monkeypatch, body: str) -> None:
-    bin_dir = tmp_path / "fake-bin"
-    bin_dir.mkdir(exist_ok=True)
-    (bin_dir / "sbatch").write_text("#!/bin/bash\n" + body)
-    (bin_dir / "scontrol").write_text("#!/bin/bash\necho 'Invalid job id specified' >&2\nexit 1\n")
-    for tool in ("sbatch", "scontrol"):
-        (bin_dir / tool).chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
 
 
 def files_of(folder: Path) -> dict[str, bytes]:
@@ -62,7 +53,7 @@ def test_a_new_job_folder_is_whole_or_absent(mode, isolated_home):
 
 @pytest.mark.parametrize("mode", [KILL, FAIL])
 def test_a_submit_records_the_job_or_nothing(mode, tmp_path, monkeypatch):
-    fake_sbatch(tmp_path, monkeypatch, "echo 4242\n")
+    fake_scheduler(tmp_path, monkeypatch, "echo 4242\n")
     folder = submit.write(submit.prepare("tiny", [], executor="slurm", dry_run=True))
     before = files_of(folder)
 
@@ -83,7 +74,7 @@ def test_a_submit_records_the_job_or_nothing(mode, tmp_path, monkeypatch):
                          ids=["accepted", "refused"])
 @pytest.mark.parametrize("mode", [KILL, FAIL])
 def test_a_resubmit_leaves_each_file_old_or_new(mode, answer, tmp_path, monkeypatch):
-    fake_sbatch(tmp_path, monkeypatch, "echo 4242\n")
+    fake_scheduler(tmp_path, monkeypatch, "echo 4242\n")
     folder = submit.write(submit.prepare("tiny", [], executor="slurm", dry_run=True))
     submit.submit(folder, "tiny")
     (folder / layout.EVENTS).write_text(json.dumps({"event": "exit", "code": 1}) + "\n")
@@ -103,11 +94,11 @@ def test_a_resubmit_leaves_each_file_old_or_new(mode, answer, tmp_path, monkeypa
 
     # The new files, as an accepted resubmit leaves them (a refused one writes them too, then
     # puts the old back).
-    fake_sbatch(tmp_path, monkeypatch, "echo 4243\n")
+    fake_scheduler(tmp_path, monkeypatch, "echo 4243\n")
     assert in_child(work, 10**6, KILL) == "done"
     new = files_of(folder)
     assert new[layout.CONFIG] != old[layout.CONFIG] and json.loads(new[layout.RECORD])["job_id"] == "4243"
-    fake_sbatch(tmp_path, monkeypatch, f"echo called >> {calls}\n{answer}")
+    fake_scheduler(tmp_path, monkeypatch, f"echo called >> {calls}\n{answer}")
     reset()
     assert in_child(work, 10**6, KILL) == "done"
     if "exit 1" in answer:

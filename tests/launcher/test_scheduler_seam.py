@@ -5,27 +5,15 @@ tests of the seam: the real cluster's answers are exercised in tests/slurm)."""
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from fake_scheduler import fake_scheduler
 
 from ftcore.errors import UserError
 from launcher import jobdir, jobs, slurm, submit
-
-
-def fake_scheduler(tmp_path: Path, monkeypatch, sbatch_body: str) -> Path:
-    """sbatch (with `sbatch_body`), and a scontrol that has forgotten every job."""
-    bin_dir = tmp_path / "fake-bin"
-    bin_dir.mkdir(exist_ok=True)
-    (bin_dir / "sbatch").write_text("#!/bin/bash\n" + sbatch_body)
-    (bin_dir / "scontrol").write_text("#!/bin/bash\necho 'slurm_load_jobs error: Invalid job id specified' >&2\nexit 1\n")
-    for tool in ("sbatch", "scontrol"):
-        (bin_dir / tool).chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    return bin_dir
 
 
 def tiny_folder() -> Path:
