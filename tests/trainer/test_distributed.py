@@ -14,19 +14,13 @@ import pytest
 pytest.importorskip("torch")
 import torch
 from safetensors.torch import load_file
-from trainer_helpers import (DIST_VARS, describe, finish, launch, read_metrics, save_tiny_model, start, tiny_job,
+from trainer_helpers import (describe, finish, launch, read_metrics, save_tiny_model, start, tiny_job,
                              train_losses, validate, write_config)
 
 from ftcore import exits, layout
 from trainer.train import run
 
 pytestmark = pytest.mark.train
-
-
-@pytest.fixture(autouse=True)
-def single_process(monkeypatch):
-    for name in DIST_VARS:
-        monkeypatch.delenv(name, raising=False)
 
 
 def figures(job_dir, key):

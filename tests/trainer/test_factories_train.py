@@ -15,7 +15,7 @@ import json
 import pytest
 
 pytest.importorskip("torch")
-from trainer_helpers import DIST_VARS, TINY_QA, train, validate
+from trainer_helpers import TINY_QA, train, validate
 
 from ftcore import arch, layout
 from ftcore.schema import job_to_dict
@@ -24,12 +24,6 @@ from launcher import config
 pytestmark = pytest.mark.train
 
 FACTORIES = [f.name for f in config.list_factories() if f.error is None]
-
-
-@pytest.fixture(autouse=True)
-def single_process(monkeypatch):
-    for name in DIST_VARS:
-        monkeypatch.delenv(name, raising=False)
 
 
 def tiny_data(fmt: str, folder) -> str:

@@ -6,17 +6,11 @@ import pytest
 
 pytest.importorskip("torch")
 from safetensors.torch import load_file
-from trainer_helpers import DIST_VARS, assert_same_tensors, tiny_job, train, train_losses
+from trainer_helpers import assert_same_tensors, tiny_job, train, train_losses
 
 from ftcore import exits, layout
 
 pytestmark = pytest.mark.train
-
-
-@pytest.fixture(autouse=True)
-def single_process(monkeypatch):
-    for name in DIST_VARS:
-        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.mark.parametrize("method", ["lora", "sft"])

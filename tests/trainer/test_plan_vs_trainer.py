@@ -16,7 +16,7 @@ import json
 import pytest
 
 pytest.importorskip("torch")
-from trainer_helpers import DIST_VARS, NF4_LLAMA, free_port, held_run, save_tiny_model, tiny_job, validate, write_config
+from trainer_helpers import NF4_LLAMA, free_port, held_run, save_tiny_model, tiny_job, validate, write_config
 
 from launcher import plan
 
@@ -36,12 +36,6 @@ CASES = {
     "qlora-ddp-1": (1, NF4),
     "qlora-fsdp2-2-meta": (2, {**NF4, "trainer": {"strategy": "fsdp2"}}),  # the 405B path, from files
 }
-
-
-@pytest.fixture(autouse=True)
-def single_process(monkeypatch):
-    for name in DIST_VARS:
-        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.mark.parametrize("case", CASES)

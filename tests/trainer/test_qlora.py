@@ -13,18 +13,12 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("torchao")
 from safetensors.torch import load_file
-from trainer_helpers import (DIST_VARS, NF4_LLAMA, describe, launch, save_tiny_model, tiny_job, train,
+from trainer_helpers import (NF4_LLAMA, describe, launch, save_tiny_model, tiny_job, train,
                              train_losses, write_config)
 
 from ftcore import layout
 
 pytestmark = pytest.mark.train
-
-
-@pytest.fixture(autouse=True)
-def single_process(monkeypatch):
-    for name in DIST_VARS:
-        monkeypatch.delenv(name, raising=False)
 
 
 def qlora_job(base, steps: int, **sections) -> dict:

@@ -12,18 +12,12 @@ import pytest
 pytest.importorskip("torch")
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from trainer_helpers import DIST_VARS, read_metrics, tiny_job, train, validate
+from trainer_helpers import read_metrics, tiny_job, train, validate
 
 from ftcore import exits, layout
 from ftcore.errors import UserError
 
 pytestmark = pytest.mark.train
-
-
-@pytest.fixture(autouse=True)
-def single_process(monkeypatch):
-    for name in DIST_VARS:
-        monkeypatch.delenv(name, raising=False)
 
 
 # --- host syncs ---------------------------------------------------------------------------------

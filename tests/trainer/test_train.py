@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("torch")
 from safetensors.torch import load_file
-from trainer_helpers import DIST_VARS, assert_same_tensors, read_metrics, tiny_job, train, train_losses, validate
+from trainer_helpers import assert_same_tensors, read_metrics, tiny_job, train, train_losses, validate
 
 from ftcore import exits, layout
 from ftcore.errors import UserError
@@ -30,12 +30,6 @@ LEARNABLE = dict(
     data={"limit_samples": 32, "val_fraction": 0},
     optim={"lr": 1e-2, "lr_scheduler": {"name": "constant", "warmup_steps": 0}},
 )
-
-
-@pytest.fixture(autouse=True)
-def single_process(monkeypatch):
-    for name in DIST_VARS:
-        monkeypatch.delenv(name, raising=False)
 
 
 def adapter(job_dir, step):
