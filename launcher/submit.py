@@ -31,7 +31,7 @@ class Prepared:
     executor: str
     tasks: tuple[Resolved, ...] = ()  # a sweep: one resolved job per array task
     after: str | None = None  # job id this one waits for (afterok)
-    warnings: tuple[str, ...] = ()  # under --dry-run: what a real submission would refuse
+    warnings: tuple[str, ...] = ()  # what a real submission would refuse (under --dry-run), and the plan's guesses
     staged: tuple[staging.Staged, ...] = ()  # what --stage downloaded
     notes: tuple[str, ...] = ()  # under --dry-run: what a real submission would do first
 
@@ -104,6 +104,7 @@ def prepare(factory: str, overrides: list[str], profile: str | None = None,
     problems += found
     for task in tasks or (resolved,):
         problems += plan_refusals(task.job, force)
+    warnings += plan_warnings(job)
     if executor == "local" and job.container.runtime != "none" and shutil.which(job.container.runtime) is None:
         problems.append(f"{job.container.runtime} is not on PATH here: run with container.runtime=none "
                         "to use this machine's Python")
@@ -178,6 +179,13 @@ def plan_refusals(job, force: bool = False) -> list[str]:
     if job.model.quantization and job.container.runtime == "none":
         problems += missing_quantization_library(job)
     return list(dict.fromkeys(problems))
+
+
+def plan_warnings(job) -> list[str]:
+    """What the plan says without refusing: a fit check from a guessed model shape."""
+    from launcher import plan
+
+    return plan.warnings(job)
 
 
 def missing_quantization_library(job) -> list[str]:

@@ -50,11 +50,12 @@ def test_a_local_config_json_is_read(tmp_path):
     assert dims.source == str(tmp_path / "config.json")
 
 
-def test_a_folder_named_like_a_known_model_and_parameters_b_as_the_last_resort(tmp_path):
-    assert plan.model_dims(job("llama31_8b", "model.path=/models/Meta-Llama-3-8B-Instruct")).hidden == 4096
-    rough = job("llama31_8b", "model.path=someone/unknown-7b", "model.parameters_b=7")
-    est = plan.estimate(rough)
-    assert est.params == 7_000_000_000 and not est.dims.exact and "rough" in est.notes[0]
+def test_without_a_readable_config_the_plan_is_a_guess_that_says_why(tmp_path):
+    absent = plan.estimate(job("llama31_8b", f"model.path={tmp_path}/Meta-Llama-3-8B-Instruct"))
+    assert not absent.dims.exact and absent.params == 8_000_000_000
+    assert "a guess from model.parameters_b=8" in absent.notes[0] and "not a folder with config.json" in absent.notes[0]
+    unreachable = plan.estimate(job("llama31_8b", "model.path=someone/unknown-7b", "model.parameters_b=7"))
+    assert unreachable.params == 7_000_000_000 and "could not be reached" in unreachable.dims.source
     with pytest.raises(UserError, match="cannot size"):
         plan.estimate(job("llama31_8b", "model.path=someone/unknown-7b", "model.parameters_b=null"))
 
