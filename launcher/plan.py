@@ -197,7 +197,7 @@ def estimate(job: Job, gpu_gib: float | None = None, num_nodes: int | None = Non
     base = dims.tensors()
     adapters = lora_tensors(d, dims, job.peft.dim) if d.lora else []
     trained = adapters if d.lora else base
-    params = dims.params if dims.exact or not job.model.parameters_b else int(job.model.parameters_b * 1e9)
+    params = dims.params if dims.exact or not job.model.parameters_b else round(job.model.parameters_b * 1e9)
     n_trained = sum(t.numel for t in trained)
     shard = f" / {W} ranks" if d.sharded and W > 1 else ""
     rows: list[Row] = []
