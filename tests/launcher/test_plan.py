@@ -270,7 +270,8 @@ def test_a_staged_config_is_read_from_the_hub_cache_without_the_network(hub, tmp
     from huggingface_hub import hf_hub_download
 
     cache = tmp_path / "cache"
-    hf_hub_download("mistralai/Mistral-7B-v0.1", "config.json", cache_dir=cache)  # the client's own layout
+    hf_hub_download("mistralai/Mistral-7B-v0.1", "config.json", cache_dir=cache,  # the client's own layout
+                    endpoint=os.environ["HF_ENDPOINT"])
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     est = plan.estimate(job("llama31_8b", "model.path=mistralai/Mistral-7B-v0.1", f"hub.cache_dir={cache}"))
     assert est.params == MISTRAL_PARAMS and est.dims.source.endswith("config.json (staged)")
