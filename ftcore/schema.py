@@ -333,6 +333,13 @@ class CheckpointConfig(_Section):
     keep_last: int | None = Field(
         2, ge=1, description="Keep the newest N step checkpoints; null keeps all."
     )
+    hf_every_save: bool = Field(
+        False,
+        description="Write the Hugging Face files (LoRA adapter, or SFT model) into every checkpoint, "
+        "not only the final one, so `PeftModel.from_pretrained(base, JOB/checkpoints/step-N)` loads "
+        "any of them as it is. Costs a full gather on rank 0 at each save. (AutoModel's "
+        "`checkpoint.save_consolidated`.)",
+    )
 
 
 class RestoreConfig(_Section):

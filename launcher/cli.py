@@ -132,6 +132,8 @@ def show_cmd(
     print(f"# factory {resolved.job.name}: {resolved.factory_path} ({source})")
     if resolved.profile_path:
         print(f"# cluster profile: {resolved.profile_path}")
+    for note in resolved.notes:
+        print(f"# {note}")
     if explain:
         sys.stdout.write(explain_mod.explain(resolved.job))
     else:
@@ -168,6 +170,8 @@ def submit_cmd(
                         "use it with --dry-run, without --sweep, --after or --executor local")
     p = submit.prepare(factory, list(ctx.args), profile, executor, dry_run, sweep, after, stage, force)
     err = _console(stderr=True)
+    for note in p.resolved.notes:
+        err.print(f"ft: {note}" if not note.startswith("  ") else note, markup=False)
     for staged in p.staged:
         err.print(staged.line(), markup=False)
     for warning in p.warnings:

@@ -6,7 +6,8 @@
         ft_state/trainer_state.json   step, data position, schedule
         ft_state/COMPLETE             written last: only folders with it count
         tokenizer files
-      and in the final checkpoint only (gathering a full copy on rank 0 stalls every rank):
+      and in the final checkpoint only (gathering a full copy on rank 0 stalls every rank), or in
+      every one with checkpoint.hf_every_save:
         adapter_model.safetensors, adapter_config.json   LoRA: PeftModel.from_pretrained(base, here)
         model.safetensors, config.json                   SFT: AutoModelForCausalLM.from_pretrained(here)
     JOB/checkpoints/latest            names the newest complete folder (replaced atomically)
