@@ -203,7 +203,9 @@ def submit_cmd(
         err.print(note, markup=False)
     if print_srun:
         line, header = submit.srun_line(p, factory)
-        err.print("# the allocation this line expects (one task per GPU):\n" + "\n".join(header), markup=False)
+        each = "one per GPU" if p.job.trainer.accelerator == "gpu" else "CPU processes, no GPUs"
+        err.print(f"# the allocation this line expects ({p.job.world_size} task(s), {each}):\n" + "\n".join(header),
+                  markup=False)
         print(line)
         return
     if not dry_run:
@@ -339,16 +341,21 @@ def status_cmd(job: str = JobArg) -> None:
     from launcher import jobs
 
     view = jobs.find(job)
+    if view.earlier:  # an earlier submission of a resubmitted folder: its own state first
+        print(f"job        {view.earlier} ({view.executor}), an earlier submission of this folder")
+        print(f"state      {jobs.earlier_state(view)}")
+        print(f"now        {view.label}: `ft status {view.label}` (below)")
     print(f"job        {view.label} ({view.executor})")
     print(f"factory    {view.factory}")
-    print(f"state      {jobs.state(view)}")
+    job_state = jobs.state(view)
+    print(f"state      {job_state}")
     if view.is_sweep and view.task is None:
         for task, task_state in jobs.task_states(view):
             run = view.folder / "tasks" / str(task)
-            print(f"  task {task}: {task_state} | {view.progress_detail(run)} | "
+            print(f"  task {task}: {task_state} | {view.progress_detail(run, not jobs.is_finished(task_state))} | "
                   f"checkpoint {view.latest_checkpoint(run) or '-'}  (ft status {view.label}_{task})")
     else:
-        print(f"progress   {view.progress_detail()}")
+        print(f"progress   {view.progress_detail(running=not jobs.is_finished(job_state))}")
         print(f"checkpoint {view.latest_checkpoint() or '-'}")
     print(f"folder     {view.run_dirs[0] if view.task is not None else view.folder}")
     events = view.events
@@ -701,7 +708,8 @@ def _container(image: str, runtime: str | None, profile: str | None, **fields):
     wanted = runtime or (settings.get("runtime") if settings.get("runtime") not in (None, "none") else None)
     found = images.find_runtime(wanted)
     if found is None:
-        raise UserError(f"{wanted or 'neither apptainer nor singularity'} is not on PATH here",
+        raise UserError(f"{wanted} is not on PATH here" if wanted else
+                        "neither apptainer nor singularity is on PATH here",
                         hint="run this where the container runtime is installed (often the login node, "
                              "or a compute node through srun)")
     settings["runtime"] = found

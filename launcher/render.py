@@ -174,7 +174,7 @@ def sbatch_options(job: Job, job_dir: Path, array_size: int = 0, dependency: str
         ("ntasks-per-node", t.devices),
     ]
     if t.accelerator == "gpu" and s.gpus_per_node_flag:
-        options.append(("gpus-per-node", t.devices))
+        options.append(("gpus-per-node", f"{t.gpu_type}:{t.devices}" if t.gpu_type else t.devices))
     optional = {
         "cpus-per-task": s.cpus_per_task,
         "mem": s.mem,
