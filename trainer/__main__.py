@@ -29,6 +29,9 @@ from .stop import StopSignal
 
 
 def main(argv: list[str] | None = None) -> int:
+    from trainer import quiet_import_noise
+
+    quiet_import_noise()
     parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="the job's resolved config.yaml")
     parser.add_argument("--events", action="store_true",

@@ -146,8 +146,10 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
             "schedule": {"name": job.optim.lr_scheduler.name, "total_steps": total_steps,
                          "warmup_steps": job.optim.lr_scheduler.warmup_steps},
         }
+        # hf_every_save: every checkpoint loads with PeftModel / AutoModelForCausalLM as it is
+        # (a full copy gathered on rank 0 each time; the final one always has it).
         path = checkpointing.save(job_dir, at_step, built, optimizer, tokenizer, state, env, job.checkpoint.keep_last,
-                                  base_ref, export)
+                                  base_ref, export or job.checkpoint.hf_every_save)
         metrics.print(f"checkpoint {path}")
         return path
 
