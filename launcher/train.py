@@ -107,16 +107,13 @@ def prepare(factory: str, overrides: list[str], profile: str | None = None, job_
 def folder_for(job: Job, env: Mapping[str, str], job_dir: str | None = None) -> tuple[Path, str, str | None]:
     """(job folder, executor, job id). Every task of one run computes the same folder; a
     requeued SLURM job (same id) or a restarted torchrun (same run id) the same again."""
-    job_id = None
-    if env.get("SLURM_JOB_ID"):
-        array = env.get("SLURM_ARRAY_JOB_ID")
-        job_id = f"{array}_{env['SLURM_ARRAY_TASK_ID']}" if array and env.get("SLURM_ARRAY_TASK_ID") else env["SLURM_JOB_ID"]
+    job_id = rendezvous.job_id(env)  # digits only: it names a folder under $FT_HOME/jobs
     if job_dir:
         executor = "srun" if job_id else ("torchrun" if "TORCHELASTIC_RUN_ID" in env else "local")
         return Path(job_dir).expanduser().absolute(), executor, job_id
     root = paths.jobs_root()
     if job_id:
-        step = env.get("SLURM_STEP_ID") or "batch"
+        step = jobdir.safe_name(env.get("SLURM_STEP_ID") or "batch")
         return root / f"slurm-{job_id}.{step}-{jobdir.safe_name(job.name)}", "srun", job_id
     if "TORCHELASTIC_RUN_ID" in env:
         run_id = env["TORCHELASTIC_RUN_ID"]

@@ -41,7 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.copy_output:
         _copy_output(Path(args.copy_output))
     job_dir = Path(args.config).resolve().parent
-    record = _events(job_dir) if args.events else None
+    try:
+        record = _events(job_dir) if args.events else None
+    except UserError as e:  # the launcher's variables say nonsense (a hand-set SLURM_PROCID)
+        print("ft trainer: " + "\n  ".join(e.problems), file=sys.stderr)
+        return e.exit_code
     code = exits.USER_ERROR
     # Before the slow imports: a stop while the job is still starting ends it with the requeue status.
     stop = StopSignal(on_signal=(lambda name: record("signal", signal=name)) if record else None,
@@ -76,7 +80,8 @@ def _events(job_dir: Path):
     """A recorder of this run's events on rank 0 (a no-op on the others)."""
     if not rendezvous.detect(os.environ).is_main:
         return lambda name, **fields: None
-    ids = {"job_id": os.environ.get("SLURM_JOB_ID", ""), "restart": int(os.environ.get("SLURM_RESTART_COUNT") or 0)}
+    ids = {"job_id": rendezvous.job_id({"SLURM_JOB_ID": os.environ.get("SLURM_JOB_ID", "")}) or "",
+           "restart": rendezvous.number(os.environ, "SLURM_RESTART_COUNT", 0)}
     return lambda name, **fields: layout.record_event(job_dir, name, **ids, **fields)
 
 

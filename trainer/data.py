@@ -229,6 +229,9 @@ def tokenize_all(cfg, tokenizer, seed: int) -> Data:
         records = records[: cfg.limit_samples]
     if cfg.val_path:
         val_records = read_records(cfg.val_path, cfg.val_split)
+        if not val_records:  # no validation would run, and nothing would say so
+            raise UserError(f"data.val_path {cfg.val_path} holds no records: give a file with records, or leave "
+                            "data.val_path unset to hold out data.val_fraction of the training data")
     elif cfg.val_fraction > 0 and len(records) > 1:
         # Held out once, by record and by seed: the same records on every rank and every resume.
         order = list(range(len(records)))
