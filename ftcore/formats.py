@@ -23,7 +23,7 @@ FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
 }
 FIRST_RECORDS = 5
 _MAX_JSON_BYTES = 256 * 2**20  # a .json file is read whole: beyond this, leave it to the trainer
-_MAX_LINE_BYTES = 16 * 2**20  # the login node reads no longer line of a .jsonl file
+_MAX_LINE_BYTES = 4 * 2**20  # the login node reads no longer line of a .jsonl file
 
 
 def fits(fmt: str, record: dict[str, Any]) -> bool:
