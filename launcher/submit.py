@@ -19,7 +19,7 @@ from ftcore.errors import UserError
 from ftcore.files import write_atomic
 from ftcore.schema import job_to_dict
 from launcher import jobdir, paths, render, slurm, stage as staging
-from launcher.config import Resolved, resolve
+from launcher.config import Resolved, differing, resolve
 from launcher.slurm import SchedulerError, SubmissionUnclear
 
 EXECUTORS = ("slurm", "local")
@@ -284,11 +284,16 @@ def summary(p: Prepared) -> list[tuple[str, str]]:
     t = job.trainer
     unit = "GPU" if t.accelerator == "gpu" else "task"
     image = job.container.image if job.container.runtime != "none" else "none (host Python)"
-    return [
+    sweep = []
+    if p.tasks:
+        sweep = [("sweep", f"{len(p.tasks)} tasks in one SLURM array, each with the resources below")]
+        sweep += [(f"  task {i}", values) for i, values in enumerate(differing([job_to_dict(r.job) for r in p.tasks]))]
+    return [*sweep,
         ("factory", f"{job.name} ({p.resolved.factory_path})"),
         ("method", "LoRA" if job.peft else "full SFT"),
         ("model", str(job.model.path or f"random init ({job.model.config.get('model_type', '?')})")),
-        ("resources", f"{t.num_nodes} node(s) × {t.devices} {unit}(s) = {job.world_size} {unit}(s)"),
+        ("resources", f"{t.num_nodes} node(s) × {t.devices} {unit}(s) = {job.world_size} {unit}(s)"
+                      + (", for each sweep task" if p.tasks else "")),
         ("batch", f"global {job.data.global_batch_size} = micro {job.data.micro_batch_size} × "
                   f"accumulation {job.grad_accum_steps} × data-parallel {job.world_size}"),
         ("steps", str(t.max_steps) if t.max_steps else f"{t.num_epochs} epoch(s)"),

@@ -82,3 +82,22 @@ def test_torchao_import_chatter_is_filtered():
     quiet = subprocess.run([sys.executable, "-c", f"from trainer import quiet_import_noise; quiet_import_noise(); "
                             f"{import_peft}"], capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[2])
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+
+
+def test_a_sweep_shows_its_tasks_before_asking_and_in_status(ft, isolated_home):
+    from launcher import submit
+
+    p = submit.prepare("tiny", [], sweeps=["optim.lr=1e-5,3e-5", "peft.dim=4,8"], dry_run=True)
+    rows = dict(submit.summary(p))
+    assert rows["sweep"].startswith("4 tasks in one SLURM array")
+    assert [rows[f"  task {i}"] for i in range(4)] == [
+        "peft.dim=4 optim.lr=1e-05", "peft.dim=8 optim.lr=1e-05", "peft.dim=4 optim.lr=3e-05", "peft.dim=8 optim.lr=3e-05"]
+    folder = submit.write(p)
+    jobdir.write_record(folder, executor="slurm", job_id="77", factory="tiny")
+    bare = isolated_home / "bin"  # no squeue: each task's folder answers
+    bare.mkdir()
+    shown = ft("status", "77", env={"PATH": str(bare)})
+    assert shown.returncode == 0, shown.stderr
+    assert "  task 3: peft.dim=8 optim.lr=3e-05 | PENDING" in shown.stdout
+    dry = ft("submit", "--factory", "tiny", "--sweep", "optim.lr=1e-5,3e-5", "--dry-run")
+    assert "sweep: 2 tasks in one SLURM array" in dry.stderr and "task 1: optim.lr=3e-05" in dry.stderr
