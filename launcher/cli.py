@@ -358,9 +358,9 @@ def status_cmd(job: str = JobArg) -> None:
         values = jobs.task_values(view)
         for task, task_state in jobs.task_states(view):
             run = view.folder / "tasks" / str(task)
-            print(f"  task {task}: {values.get(task, '')} | {task_state} | "
-                  f"{view.progress_detail(run, not jobs.is_finished(task_state))} | "
-                  f"checkpoint {view.latest_checkpoint(run) or '-'}  (ft status {view.label}_{task})")
+            own = f" | {values[task]}" if values.get(task) else ""
+            print(f"  task {task}: {task_state} | {view.progress_detail(run, not jobs.is_finished(task_state))} | "
+                  f"checkpoint {view.latest_checkpoint(run) or '-'}{own}  (ft status {view.label}_{task})")
     else:
         print(f"progress   {view.progress_detail(running=not jobs.is_finished(job_state))}")
         print(f"checkpoint {view.latest_checkpoint() or '-'}")

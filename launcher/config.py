@@ -219,11 +219,12 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def differing(jobs: list[dict[str, Any]]) -> list[str]:
     """For each job dict, the dotted keys whose values are not the same in all of them, as
-    overrides read: what tells a sweep's tasks apart (`["optim.lr=1e-05", "optim.lr=3e-05"]`)."""
+    overrides read: what tells a sweep's tasks apart (`["optim.lr=1e-05", "optim.lr=3e-05"]`;
+    "" where all are the same)."""
     flats = [flatten(job) for job in jobs]
     keys = list(dict.fromkeys(k for flat in flats for k in flat))
     varied = [k for k in keys if len({repr(flat.get(k)) for flat in flats}) > 1]
-    return [" ".join(f"{k}={flat.get(k)}" for k in varied) or "(the same as the others)" for flat in flats]
+    return [" ".join(f"{k}={flat.get(k)}" for k in varied) for flat in flats]
 
 
 # --------------------------------------------------------------------------- factories
