@@ -211,6 +211,28 @@ def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"optim": {"lr": 1e-3}}` → `{"optim.lr": 1e-3}` (lists and scalars are leaves)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def differing(jobs: list[dict[str, Any]]) -> list[str]:
+    """For each job dict, the dotted keys whose values are not the same in all of them, as
+    overrides read: what tells a sweep's tasks apart (`["optim.lr=1e-05", "optim.lr=3e-05"]`;
+    "" where all are the same)."""
+    flats = [flatten(job) for job in jobs]
+    keys = list(dict.fromkeys(k for flat in flats for k in flat))
+    varied = [k for k in keys if len({repr(flat.get(k)) for flat in flats}) > 1]
+    return [" ".join(f"{k}={flat.get(k)}" for k in varied) for flat in flats]
+
+
 # --------------------------------------------------------------------------- factories
 
 

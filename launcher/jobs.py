@@ -373,6 +373,21 @@ def earlier_state(view: JobView) -> str:
     return f"{known} (resubmitted as {view.label})" if known else f"ENDED (resubmitted as {view.label})"
 
 
+def task_values(view: JobView) -> dict[int, str]:
+    """Each sweep task's own settings (`optim.lr=1e-05`), read from tasks/<i>/config.yaml."""
+    from launcher.config import differing
+
+    runs = [run for run in view.run_dirs if run.name.isdigit()]
+    configs = []
+    for run in runs:
+        try:
+            loaded = load_yaml((run / jobdir.CONFIG).read_text(), jobdir.CONFIG)
+        except (OSError, UserError, ValueError, yaml.YAMLError):
+            loaded = None
+        configs.append(loaded if isinstance(loaded, dict) else {})
+    return {int(run.name): words for run, words in zip(runs, differing(configs))}
+
+
 def is_finished(state_text: str) -> bool:
     """True when the job cannot be running (nor start by itself) any more; for a sweep's
     summary (`2 COMPLETED, 1 RUNNING`), when no task can."""

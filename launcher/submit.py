@@ -19,7 +19,7 @@ from ftcore.errors import UserError
 from ftcore.files import write_atomic
 from ftcore.schema import job_to_dict
 from launcher import jobdir, paths, render, slurm, stage as staging
-from launcher.config import Resolved, resolve
+from launcher.config import Resolved, differing, resolve
 from launcher.slurm import SchedulerError, SubmissionUnclear
 
 EXECUTORS = ("slurm", "local")
@@ -105,6 +105,9 @@ def prepare(factory: str, overrides: list[str], profile: str | None = None,
     problems += found
     for task in tasks or (resolved,):
         problems += plan_refusals(task.job, force)
+    host = host_python_problems(job)
+    problems += [] if dry_run else host
+    warnings = [*warnings, *host] if dry_run else warnings
     if executor == "local" and job.container.runtime != "none" and shutil.which(job.container.runtime) is None:
         problems.append(f"{job.container.runtime} is not on PATH here: run with container.runtime=none "
                         "to use this machine's Python")
@@ -175,31 +178,45 @@ def plan_refusals(job, force: bool = False) -> list[str]:
     """What the plan and the policy know against this job before it waits in a queue."""
     from launcher import plan
 
-    problems = plan.refusals(job, force=force)
-    if job.model.quantization and job.container.runtime == "none":
-        problems += missing_quantization_library(job)
-    return list(dict.fromkeys(problems))
+    return list(dict.fromkeys(plan.refusals(job, force=force)))
 
 
-def missing_quantization_library(job) -> list[str]:
-    """Without a container, the Python that will train is known here: does it have torchao?
-    (Inside an image, `ft image check` answers, and the trainer refuses before loading.)"""
-    import importlib.util
+HOST_CHECK_TIMEOUT_S = 60
+
+
+def host_python_problems(job) -> list[str]:
+    """Without a container (container.runtime=none) the job runs with a Python of this
+    machine: the one ft runs with, or container.python. Ask that Python what it has of the
+    image contract (ftcore.contract, from package metadata: no torch imported), as
+    `ft image check` asks an image, so a job that would die at `import torch` is refused here."""
+    import json
     import subprocess
     import sys
 
-    python = job.container.python or sys.executable
-    if python == sys.executable:
-        found = importlib.util.find_spec("torchao") is not None
-    else:
-        probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('torchao') is None)"
-        try:
-            found = subprocess.run([python, "-c", probe], capture_output=True, timeout=60).returncode == 0
-        except (OSError, subprocess.TimeoutExpired):
-            return []  # that Python cannot be asked here; the trainer checks again
-    if found:
+    if job.container.runtime != "none":
         return []
-    return [contract.quantization_missing(python)]
+    python = job.container.python or sys.executable
+    probe = Path(contract.__file__).read_text()  # run as a script: `--installed` prints installed()
+    try:
+        done = subprocess.run([python, "-c", probe, "--installed"], capture_output=True, text=True, timeout=HOST_CHECK_TIMEOUT_S,
+                              cwd="/")  # not this folder: a checkout here would hide a missing ft
+        found = json.loads(done.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError) as err:
+        why = getattr(err, "strerror", None) or type(err).__name__
+        return [f"container.runtime=none runs the job with {python}, which could not be asked what it has "
+                f"installed ({why}): give a working Python as container.python"]
+    lines = contract.problems(found)
+    if lines:
+        lines.append(f"container.runtime=none runs the job with {python} (this machine's, no container), which "
+                     f"cannot run ft's trainer: install what it lacks there ({contract.install_line('train')}), or "
+                     "run in an image (container.runtime=apptainer container.image=IMAGE; `ft image check IMAGE`)")
+    if found["packages"].get("trainer", {}).get("error"):
+        lines.append(f"ft's trainer is not installed for {python}: {contract.install_line()} there "
+                     "(or give ft's own Python as container.python)")
+    quantization = found["packages"].get(contract.QUANTIZATION.module, {})
+    if job.model.quantization and quantization.get("error"):
+        lines.append(contract.quantization_missing(python))
+    return lines
 
 
 def _not_pulled_yet(job) -> list[str]:
@@ -285,11 +302,17 @@ def summary(p: Prepared) -> list[tuple[str, str]]:
     t = job.trainer
     unit = "GPU" if t.accelerator == "gpu" else "task"
     image = job.container.image if job.container.runtime != "none" else "none (host Python)"
-    return [
+    sweep = []
+    if p.tasks:
+        sweep = [("sweep", f"{len(p.tasks)} tasks in one SLURM array, each with the resources below")]
+        sweep += [(f"  task {i}", values or "(the same as the others)")
+                  for i, values in enumerate(differing([job_to_dict(r.job) for r in p.tasks]))]
+    return [*sweep,
         ("factory", f"{job.name} ({p.resolved.factory_path})"),
         ("method", "LoRA" if job.peft else "full SFT"),
         ("model", str(job.model.path or f"random init ({job.model.config.get('model_type', '?')})")),
-        ("resources", f"{t.num_nodes} node(s) × {t.devices} {unit}(s) = {job.world_size} {unit}(s)"),
+        ("resources", f"{t.num_nodes} node(s) × {t.devices} {unit}(s) = {job.world_size} {unit}(s)"
+                      + (", for each sweep task" if p.tasks else "")),
         ("batch", f"global {job.data.global_batch_size} = micro {job.data.micro_batch_size} × "
                   f"accumulation {job.grad_accum_steps} × data-parallel {job.world_size}"),
         ("steps", str(t.max_steps) if t.max_steps else f"{t.num_epochs} epoch(s)"),
@@ -397,6 +420,7 @@ def prepare_resubmit(view, overrides: list[str], profile: str | None = None, exe
     found, missing = render.preflight(job, need_sbatch=executor == "slurm" and not dry_run, job_dir=view.folder,
                                       dry_run=dry_run)
     problems = refuse_secrets(resolved, words=overrides) + found + plan_refusals(job, force=True)
+    problems += [] if dry_run else host_python_problems(job)
     if executor == "local" and job.container.runtime != "none" and shutil.which(job.container.runtime) is None:
         problems.append(f"{job.container.runtime} is not on PATH here: run with container.runtime=none "
                         "to use this machine's Python")
