@@ -208,10 +208,15 @@ def submit_cmd(
                   markup=False)
         print(line)
         return
+    if dry_run and p.tasks:
+        err.print(f"sweep: {len(p.tasks)} tasks in one SLURM array", markup=False)
+        for key, value in submit.summary(p)[1:len(p.tasks) + 1]:
+            err.print(f"{key}: {value}", markup=False)
     if not dry_run:
         _print_summary(p, err)
         if not yes:
-            _confirm("Submit this job?", "nothing was submitted (--dry-run only writes and prints the script)")
+            _confirm(f"Submit these {len(p.tasks)} tasks (one SLURM array)?" if p.tasks else "Submit this job?",
+                     "nothing was submitted (--dry-run only writes and prints the script)")
         for note in submit.ready_image(p.job, skip_image_check, echo=image.echo_stderr):
             err.print(note)
     folder = submit.write(p)
@@ -350,10 +355,12 @@ def status_cmd(job: str = JobArg) -> None:
     job_state = jobs.state(view)
     print(f"state      {job_state}")
     if view.is_sweep and view.task is None:
+        values = jobs.task_values(view)
         for task, task_state in jobs.task_states(view):
             run = view.folder / "tasks" / str(task)
+            own = f" | {values[task]}" if values.get(task) else ""
             print(f"  task {task}: {task_state} | {view.progress_detail(run, not jobs.is_finished(task_state))} | "
-                  f"checkpoint {view.latest_checkpoint(run) or '-'}  (ft status {view.label}_{task})")
+                  f"checkpoint {view.latest_checkpoint(run) or '-'}{own}  (ft status {view.label}_{task})")
     else:
         print(f"progress   {view.progress_detail(running=not jobs.is_finished(job_state))}")
         print(f"checkpoint {view.latest_checkpoint() or '-'}")
