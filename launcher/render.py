@@ -174,7 +174,7 @@ def sbatch_options(job: Job, job_dir: Path, array_size: int = 0, dependency: str
         ("ntasks-per-node", t.devices),
     ]
     if t.accelerator == "gpu" and s.gpus_per_node_flag:
-        options.append(("gpus-per-node", t.devices))
+        options.append(("gpus-per-node", f"{t.gpu_type}:{t.devices}" if t.gpu_type else t.devices))
     optional = {
         "cpus-per-task": s.cpus_per_task,
         "mem": s.mem,
@@ -317,6 +317,11 @@ def data_problems(job: Job) -> list[str]:
             problems += err.problems
             continue
         if local is not None and local.is_file():
+            if formats.holds_nothing(local):
+                problems.append(f"data.{key}: {local} holds no records"
+                                + ("; leave data.val_path unset to hold out data.val_fraction of the training data"
+                                   if key == "val_path" else ""))
+                continue
             mismatch = formats.mismatch(local, job.data.format)
             if mismatch:
                 problems.append(f"data.{key}: {mismatch}")
