@@ -508,6 +508,18 @@ def merge_cmd(
     print(merge(checkpoint, out, dtype))
 
 
+@app.command("best")
+def best_cmd(job: str = JobArg) -> None:
+    """Print the kept checkpoint with the lowest validation loss: `ft export $(ft best JOB) --to vllm`."""
+    from launcher import locate
+
+    best = locate.best_checkpoint(job)
+    print(f"step {best.step}: val_loss {best.val_loss:.4f}", file=sys.stderr)
+    if best.note:
+        print(f"ft: note: {best.note}", file=sys.stderr)
+    print(best.folder)
+
+
 @app.command("generate")
 def generate_cmd(
     ckpt: str = CkptArg,
