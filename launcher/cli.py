@@ -562,7 +562,7 @@ def generate_cmd(
 @app.command("eval")
 def eval_cmd(
     ckpt: str = CkptArg,
-    data: Optional[str] = typer.Option(None, "--data", help="A .json/.jsonl file, ft:NAME (a file ft ships) or a hub dataset (default: the job's data.val_path)."),
+    data: Optional[str] = typer.Option(None, "--data", help="A .json/.jsonl file, ft:NAME (a file ft ships) or a hub dataset (default: the job's data.val_path, else the records it held out by data.val_fraction)."),
     split: str = typer.Option("validation", "--split", help="Split of a hub dataset."),
     fmt: Optional[str] = typer.Option(None, "--format", help="squad, alpaca or jsonl (default: the job's data.format)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Score only the first N records."),
@@ -573,13 +573,7 @@ def eval_cmd(
     """Validation loss on DATA (as training computes it); for SQuAD data, exact match and F1 too."""
     import json
 
-    checkpoint = _checkpoint(ckpt)
-    if data is None:
-        from ftcore.errors import UserError
-
-        data = (checkpoint.job_config.get("data") or {}).get("val_path")
-        if not data:
-            raise UserError("--data: name the file to score (this checkpoint's job has no data.val_path to default to)")
+    checkpoint = _checkpoint(ckpt)  # without --data: the job's validation records (val_path or held out)
     from fttools import require_stack
 
     require_stack()
