@@ -496,16 +496,26 @@ def merge_cmd(
     ckpt: str = CkptArg,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="New folder for the merged model (default: JOB/exports/STEP-merged)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16, fp16 or fp32 (default: the base model's dtype)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output folder (whole, once the new one is written)."),
 ) -> None:
-    """Fold a LoRA adapter into its base: a plain model folder AutoModelForCausalLM and vLLM load."""
+    """Fold a LoRA adapter into its base: a plain model folder AutoModelForCausalLM and vLLM load.
+
+    Run again, it keeps a folder it made from the same checkpoint and dtype; --overwrite remakes it.
+    """
     checkpoint = _checkpoint(ckpt)
     dtype = _dtype(dtype)
     from fttools import require_stack
 
     require_stack()
+    import time
+
     from fttools.merge import merge
 
-    print(merge(checkpoint, out, dtype))
+    started = time.time()
+    done = merge(checkpoint, out, dtype, overwrite)
+    if done.stat().st_mtime < started:
+        print(f"ft: {done} is already this merge, up to date (--overwrite to write it again)", file=sys.stderr)
+    print(done)
 
 
 @app.command("best")
@@ -605,6 +615,7 @@ def export_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="New folder (default: JOB/exports/STEP-vllm[-lora])."),
     merge: bool = typer.Option(False, "--merge", help="LoRA: fold the adapter into its base first."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="With --merge: bf16, fp16 or fp32."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output folder (whole, once the new one is written)."),
 ) -> None:
     """A folder vLLM serves (model, or LoRA adapter), with the exact `vllm serve` command."""
     from fttools import export, require_stack
@@ -613,8 +624,10 @@ def export_cmd(
     dtype = _dtype(dtype)
     if merge:
         require_stack()
-    done = export.export(checkpoint, to, out, merge, dtype)
+    done = export.export(checkpoint, to, out, merge, dtype, overwrite)
     err = _console(stderr=True)
+    if done.up_to_date:
+        err.print(f"ft: {done.out} is already this export, up to date (--overwrite to write it again)", markup=False)
     for warning in done.warnings:
         err.print(f"[bold yellow]ft: warning:[/] {warning}", markup=True, highlight=False)
     print(done.out)
