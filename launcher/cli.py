@@ -673,7 +673,7 @@ def plot_cmd(
 def plan_cmd(
     ctx: typer.Context,
     factory: Optional[str] = FactoryOpt,
-    gpu_memory: float = typer.Option(80.0, "--gpu-memory", help="Memory of one GPU in GiB."),
+    gpu_memory: Optional[float] = typer.Option(None, "--gpu-memory", help="Memory of one GPU in GiB (default: trainer.gpu_memory_gib, a site setting)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object for scripts."),
     rank: int = typer.Option(0, "--rank", min=0, help="Price this rank's shards (rank 0 holds the largest)."),
     profile: Optional[str] = ProfileOpt,
@@ -686,13 +686,13 @@ def plan_cmd(
     from ftcore.errors import UserError
     from launcher import config, plan
 
-    if not gpu_memory > 0 or gpu_memory == float("inf"):
+    if gpu_memory is not None and (not gpu_memory > 0 or gpu_memory == float("inf")):
         raise UserError(f"--gpu-memory {gpu_memory}: give one GPU's memory in GiB, a positive number like 80")
     factory, args = _factory(factory, list(ctx.args), "plan")
     job = config.resolve(factory, args, profile).job
     est = plan.estimate(job, gpu_memory, rank=rank)
     if as_json:
-        fit = plan.smallest_fit(job, gpu_memory) if est.on_gpu else None
+        fit = plan.smallest_fit(job, est.gpu_gib) if est.on_gpu else None
         smallest = {"num_nodes": fit.num_nodes, "devices": fit.devices, "strategy": fit.strategy} if fit else None
         print(json.dumps({**est.as_dict(), "smallest_fit": smallest}, indent=2))
         return

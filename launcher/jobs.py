@@ -75,6 +75,11 @@ def _last_line_record(path: Path, wanted: str | None = None) -> dict[str, Any]:
 UNKNOWN = "UNKNOWN"
 UNREADABLE = "UNREADABLE"
 _LIVE_FOLDER_STATES = ("PENDING", "RUNNING", "REQUEUED", "STARTING")
+# A record written before sbatch answered (submit.write), and what it means when no id followed.
+_UNFINISHED_SUBMISSION = {
+    "submitting": "its submission did not finish: sbatch is still answering, or ft was killed",
+    "interrupted": "interrupted while sbatch was answering: the job may exist (`squeue --me`)",
+}
 # `ft status 15_1`: task 1 of the sweep (SLURM job array) 15.
 _ARRAY_TASK = re.compile(r"^(\d+)_(\d+)$")
 
@@ -275,7 +280,8 @@ def _folder_state(view: JobView, run: Path | None = None) -> str:
         return "DRY-RUN"
     if not events:
         if view.executor == "slurm" and not view.job_id:
-            return f"{UNKNOWN} (sbatch's answer was unreadable; see {jobdir.RECORD})"
+            why = _UNFINISHED_SUBMISSION.get(view.record.get("submission"), "sbatch's answer was unreadable")
+            return f"{UNKNOWN} ({why}; see {jobdir.RECORD})"
         return "PENDING" if view.executor in SCHEDULED_EXECUTORS else "STARTING"
     last = events[-1]
     starts = [i for i, e in enumerate(events) if e["event"] == "start"]
@@ -540,8 +546,14 @@ def remove_dry_runs(views: list[JobView]) -> list[Path]:
 
     removed = []
     for view in dry_runs(views):
-        if (view.folder / jobdir.RECORD).exists():  # submitted meanwhile
+        try:
+            # Under the folder's lock, which `ft resubmit` holds while sbatch answers: a folder
+            # submitted meanwhile has a record by then, and one being submitted is skipped.
+            with jobdir.locked(view.folder, wait=0):
+                if (view.folder / jobdir.RECORD).exists():
+                    continue
+                shutil.rmtree(view.folder)
+        except UserError:
             continue
-        shutil.rmtree(view.folder)
         removed.append(view.folder)
     return removed

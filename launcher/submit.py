@@ -31,9 +31,10 @@ class Prepared:
     executor: str
     tasks: tuple[Resolved, ...] = ()  # a sweep: one resolved job per array task
     after: str | None = None  # job id this one waits for (afterok)
-    warnings: tuple[str, ...] = ()  # under --dry-run: what a real submission would refuse
+    warnings: tuple[str, ...] = ()  # what a real submission would refuse (under --dry-run), and the plan's guesses
     staged: tuple[staging.Staged, ...] = ()  # what --stage downloaded
     notes: tuple[str, ...] = ()  # under --dry-run: what a real submission would do first
+    dry_run: bool = False
 
     @property
     def job(self):
@@ -107,6 +108,7 @@ def prepare(factory: str, overrides: list[str], profile: str | None = None,
     host = host_python_problems(job)
     problems += [] if dry_run else host
     warnings = [*warnings, *host] if dry_run else warnings
+    warnings += plan_warnings(job)
     if executor == "local" and job.container.runtime != "none" and shutil.which(job.container.runtime) is None:
         problems.append(f"{job.container.runtime} is not on PATH here: run with container.runtime=none "
                         "to use this machine's Python")
@@ -123,7 +125,7 @@ def prepare(factory: str, overrides: list[str], profile: str | None = None,
     warnings += offline
     notes = _not_pulled_yet(job) if dry_run else []
     return Prepared(resolved, executor, tasks, _job_id_to_wait_for(after) if after else None,
-                    tuple(warnings), staged, tuple(notes))
+                    tuple(warnings), staged, tuple(notes), dry_run)
 
 
 def _offline_problems(jobs: list, stage_command: str, dry_run: bool) -> list[str]:
@@ -178,6 +180,13 @@ def plan_refusals(job, force: bool = False) -> list[str]:
     from launcher import plan
 
     return list(dict.fromkeys(plan.refusals(job, force=force)))
+
+
+def plan_warnings(job) -> list[str]:
+    """What the plan says without refusing: a fit check from a guessed model shape."""
+    from launcher import plan
+
+    return plan.warnings(job)
 
 
 HOST_CHECK_TIMEOUT_S = 60
@@ -323,7 +332,9 @@ def summary(p: Prepared) -> list[tuple[str, str]]:
 
 
 def write(p: Prepared, argv: list[str] | None = None, root: Path | None = None) -> Path:
-    """The complete job folder: resolved config(s), script, exact command line."""
+    """The complete job folder: resolved config(s), script, exact command line; for a real
+    submission also its record, from the first moment (`submitting`), so that no reader takes
+    the folder for a dry run (`ft clean --dry-runs`) while sbatch answers, or after a Ctrl-C."""
     job = p.job
     files = {jobdir.CONFIG: jobdir.config_text(job_to_dict(job)), jobdir.COMMAND: jobdir.command_line(argv)}
     for index, task in enumerate(p.tasks):
@@ -331,7 +342,9 @@ def write(p: Prepared, argv: list[str] | None = None, root: Path | None = None) 
 
     def contents(folder: Path) -> dict[str, str]:
         script = render.render_sbatch(job, folder, array_size=len(p.tasks), dependency=p.after)
-        return {**files, jobdir.SCRIPT: script}
+        record = {} if p.dry_run else {jobdir.RECORD: jobdir.record_text(
+            executor=p.executor, job_id=None, factory=job.name, folder=str(folder), history=[], submission="submitting")}
+        return {**files, jobdir.SCRIPT: script, **record}
 
     return jobdir.create(job.name, contents, root)
 
@@ -346,6 +359,12 @@ def _sbatch_and_record(folder: Path, factory: str, history: list[dict] | None, j
     record = {"executor": "slurm", "factory": factory, "folder": str(folder), "history": history or []}
     try:
         job_id = slurm.sbatch(folder / jobdir.SCRIPT)
+    except KeyboardInterrupt:
+        # sbatch may have queued the job before it was interrupted: keep the folder, say so.
+        jobdir.write_record(folder, **record, job_id=None, submission="interrupted")
+        raise UserError(f"interrupted while sbatch was answering: the job may have been submitted; its folder "
+                        f"{folder} was kept", hint=f"look for it with `squeue --me`; once it starts, `ft status "
+                                                   f"{folder}` shows its id. If it is not there, `ft resubmit {folder}`") from None
     except SubmissionUnclear as err:
         # The job may exist and run in this folder: keep it, and keep what sbatch said.
         jobdir.write_record(folder, **record, job_id=None, submission="unclear",
