@@ -760,6 +760,8 @@ def image_check_cmd(
     local = images.image_to_run(container)
     if images.is_uri(image) and not Path(local).is_file():
         raise UserError(f"{image} is not pulled yet", hint=f"ft image pull {image}")
+    if images.is_uri(image):
+        images.check_trusted(container, Path(local))
     report = images.check(container, local)
     print("\n".join(report.lines()))
     if report.problems:
@@ -780,6 +782,7 @@ def image_pull_cmd(
     container = _container(uri, runtime, profile, cache_dir=cache_dir)
     path, pulled = images.pull(uri, images.cache_dir(container), container.runtime, echo=images.echo_stderr)
     if not pulled:
+        images.check_trusted(container, path)
         _console(stderr=True).print(f"{uri} was pulled before")
     print(path)
 

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import os
 import re
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -293,20 +292,21 @@ def _folder_state(view: JobView, run: Path | None = None) -> str:
         if code == exits.REQUEUE and view.executor != "slurm":  # ft's own script requeues, or says why not
             return "PREEMPTED (checkpointed: requeue or run again to resume)"
         return "COMPLETED" if code == 0 else f"FAILED (exit {code})"
+    elsewhere = jobdir.other_host(view.record) if view.executor == "local" else None
+    if elsewhere:  # FT_HOME shared between machines: only ft there can see the processes
+        return f"RUNNING on {elsewhere} (as its records say; `ft status` there checks its processes)"
+    alive = jobdir.processes_alive(view.record) if view.executor == "local" else None
     if last["event"] == "cancel":
-        pids = view.record.get("pids") or [] if view.executor == "local" else []
-        if any(jobdir.pid_alive(int(p)) for p in pids if isinstance(p, int)):
+        if alive:
             return "RUNNING (cancelled: stops after writing a checkpoint)"
         return "CANCELLED"
     if last["event"] == "requeue":
         return "REQUEUED"
-    if view.executor == "local":
-        pids = view.record.get("pids") or []
-        if pids and not any(jobdir.pid_alive(int(p)) for p in pids if isinstance(p, int)):
-            # The process that records the exit is gone; the trainer's own record still says.
-            if trainer_finished(run):
-                return "COMPLETED"
-            return "CANCELLED" if cancelled else "FAILED (processes gone)"
+    if alive is False:
+        # The process that records the exit is gone; the trainer's own record still says.
+        if trainer_finished(run):
+            return "COMPLETED"
+        return "CANCELLED" if cancelled else "FAILED (processes gone)"
     return "RUNNING"
 
 
@@ -513,14 +513,9 @@ def cancel(view: JobView) -> JobView:
     if is_finished(current) and not unknown:
         raise UserError(f"job {view.label} already ended ({current}): nothing to cancel")
     if view.executor == "local":
-        layout.record_event(view.run_dirs[0], "cancel")
-        # pids[0] is the process that watches the tasks and records their exit: spare it.
-        pids = [p for p in view.record.get("pids", []) if isinstance(p, int)]
-        for pid in pids[1:] or pids:
-            try:
-                os.killpg(int(pid), signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        from launcher import local
+
+        local.cancel(view.record, view.label, view.run_dirs[0])
     elif view.job_id:
         try:
             slurm.scancel(view.label)
