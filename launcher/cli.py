@@ -383,7 +383,12 @@ def logs_cmd(
 
     view = jobs.find(job)
     printed = False
-    for line in jobs.log_lines(view, rank, follow):
+
+    def waiting(state: str) -> None:  # a job that has not started says why, on stderr
+        if not printed and state.startswith("PENDING"):
+            print(f"ft: job {view.label} is {state}; following its log once it starts", file=sys.stderr, flush=True)
+
+    for line in jobs.log_lines(view, rank, follow, on_state=waiting):
         print(line, flush=True)
         printed = True
     if not printed and not follow:

@@ -337,9 +337,11 @@ def state(view: JobView, ask_scheduler: bool = True) -> str:
             return folder_state  # no scheduler reachable here: the folder still knows
         if not info:
             return _forgotten(view, folder_state)
-        scheduler_state = info.get("JobState", UNKNOWN)
+        scheduler_state = slurm.describe_state(info)  # PENDING with SLURM's reason and estimated start
         if scheduler_state in ("COMPLETED", "FAILED") and folder_state.startswith("REQUEUED"):
             return "REQUEUED"
+        if scheduler_state.startswith("PENDING") and folder_state.startswith("CANCELLED"):
+            return "CANCELLED"  # `ft cancel` recorded it; SLURM is still removing it
         return scheduler_state
     return folder_state
 
@@ -469,8 +471,11 @@ def select_rank(lines: list[str], rank: int | None) -> list[str]:
     return [line.lstrip()[len(prefix):] for line in lines if line.lstrip().startswith(prefix)]
 
 
-def log_lines(view: JobView, rank: int | None = None, follow: bool = False, poll: float = 1.0) -> Iterator[str]:
-    """The job's output lines (one task's with `rank`); with `follow`, until the job has ended."""
+def log_lines(view: JobView, rank: int | None = None, follow: bool = False, poll: float = 1.0,
+              on_state=None) -> Iterator[str]:
+    """The job's output lines (one task's with `rank`); with `follow`, until the job has ended,
+    calling `on_state(state)` with the job's state each time it changes (a pending job's
+    reason included)."""
     if view.executor == "dry-run":
         raise UserError(f"{view.folder.name} is a dry run: it has no logs (submit it with `ft resubmit {view.folder}`)")
     offsets: dict[Path, int] = {}
@@ -496,8 +501,13 @@ def log_lines(view: JobView, rank: int | None = None, follow: bool = False, poll
             yield from ([f"[task {task}] {line}" for line in lines] if task is not None else lines)
 
     yield from drain()
+    said = None
     while follow:
-        finished = is_finished(state(view))
+        current = state(view)
+        if on_state is not None and current != said:
+            on_state(current)
+            said = current
+        finished = is_finished(current)
         yield from drain()
         if finished:
             return
@@ -522,10 +532,11 @@ def cancel(view: JobView) -> JobView:
         except UserError:
             if not unknown:
                 raise
-    if unknown:
-        with open(view.run_dirs[0] / layout.EVENTS, "a") as handle:
-            handle.write(json.dumps({"event": "cancel", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                     "job_id": view.job_id}) + "\n")
+    if view.executor != "local" and (view.job_id or unknown):
+        # The folder keeps the cancel: SLURM forgets the job (MinJobAge), the folder does not,
+        # so it reads CANCELLED then too, not UNKNOWN.
+        for run in view.run_dirs:
+            layout.record_event(run, "cancel", job_id=view.job_id)
     return view
 
 
