@@ -6,7 +6,7 @@
     ft merge …/checkpoints/step-000040     # one checkpoint (or any model folder)
 
 A checkpoint that holds only the distributed training state (every one but a run's final)
-gets its Hugging Face files first, from that state (`fttools.distributed`, passed in by the
+gets its Hugging Face files first, from that state (`fttools.hf_files`, passed in by the
 CLI as `make_hf_files`: the launcher itself never imports torch).
 """
 
