@@ -18,7 +18,7 @@ from typing import Any, TypedDict, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel
 
-from launcher import paths
+from launcher import paths, translate
 from ftcore.files import expand
 from ftcore.errors import UserError
 from ftcore import schema
@@ -278,13 +278,27 @@ def find_factory(spec: str, relative_to: Path | None = None) -> Path:
     raise UserError(f"unknown factory {spec!r}", hint=hint)
 
 
-def load_factory(spec: str, relative_to: Path | None = None, _seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any], Path]:
-    """A factory as a plain dict with its `extends:` chain merged in (the parent first)."""
+def load_factory(spec: str, relative_to: Path | None = None, _seen: tuple[Path, ...] = (),
+                 notes: list[str] | None = None) -> tuple[dict[str, Any], Path]:
+    """A factory as a plain dict with its `extends:` chain merged in (the parent first).
+
+    A NeMo AutoModel recipe is translated first (launcher.translate); its translation, one
+    line per key, is appended to `notes`."""
     path = find_factory(spec, relative_to).resolve()
     if path in _seen:
         chain = " -> ".join(str(p) for p in (*_seen, path))
         raise UserError(f"factory `extends:` chain loops: {chain}")
-    data = _layer(read_yaml(path, "factory"), str(path))
+    raw = read_yaml(path, "factory")
+    if translate.is_automodel(raw):
+        translation = translate.translate_automodel(raw, f"AutoModel recipe {path}")
+        if translation.refused:
+            raise UserError(*translation.refused, hint="these AutoModel settings have no ft equivalent: remove "
+                            "them (`ft show --factory FILE --explain` lists what ft has)")
+        raw = translation.data
+        if notes is not None:
+            notes.append(f"translated the NeMo AutoModel recipe {path} into an ft job:")
+            notes.extend(f"  {line}" for line in translation.lines)
+    data = _layer(raw, str(path))
     data.setdefault("name", path.stem)
     parent_spec = data.get("extends")
     if parent_spec:
@@ -473,6 +487,7 @@ class Override:
     key: str
     value: Any
     text: str
+    note: str | None = None  # how a NeMo-style word was read (launcher.translate)
 
 
 _NULL_WORDS = ("", "~", "null", "Null", "NULL")
@@ -551,6 +566,11 @@ def parse_overrides(args: list[str]) -> tuple[list[Override], list[str]]:
         if not text:
             problems.append(_empty_value(key))
             continue
+        if key == "model.pretrained_model_name_or_path":
+            key = "model.path"  # text, as model.path is: read like it
+            note = "model.pretrained_model_name_or_path read as model.path"
+        else:
+            note = None
         quoted = text[:1] in ("'", '"')
         annotation = _field(Job, key.split("."))
         if _wants_text(annotation) and not quoted:
@@ -562,7 +582,10 @@ def parse_overrides(args: list[str]) -> tuple[list[Override], list[str]]:
             except UserError as err:
                 problems.extend(err.problems)
                 continue
-        overrides.append(Override(key, value, word))
+        pairs, said = translate.translate_override(key, value)
+        note = note or said
+        for index, (ft_key, ft_value) in enumerate(pairs):
+            overrides.append(Override(ft_key, ft_value, word, note if index == 0 else None))
     return overrides, problems
 
 
@@ -643,13 +666,16 @@ class Resolved:
     factory_path: Path
     profile_path: Path | None
     overrides: tuple[Override, ...]
+    notes: tuple[str, ...] = ()  # how a foreign recipe or NeMo-style words were translated
 
 
 def resolve(factory: str, overrides: list[str], profile: str | None = None) -> Resolved:
     """Factory < profile < command line, validated. Override syntax and key problems, and
     type problems, are each reported all at once."""
     parsed, problems = parse_overrides(overrides)
-    data, factory_file = load_factory(factory)
+    notes: list[str] = []
+    data, factory_file = load_factory(factory, notes=notes)
+    notes += [o.note for o in parsed if o.note]
     site, site_path = load_profile(profile)
     merged, more = apply_overrides(deep_merge(normalise_switches(data), site), parsed)
     problems += more
@@ -659,4 +685,4 @@ def resolve(factory: str, overrides: list[str], profile: str | None = None) -> R
         problems += err.problems
     if problems:
         raise UserError(*problems)
-    return Resolved(job, factory_file, site_path, tuple(parsed))
+    return Resolved(job, factory_file, site_path, tuple(parsed), tuple(notes))

@@ -86,6 +86,7 @@ class JobView:
     config: dict[str, Any] = field(repr=False)
     problem: str | None = None  # why the folder cannot be read (then `ft jobs` says UNREADABLE)
     task: int | None = None  # one task of a sweep (`15_1`), or the whole job
+    earlier: str | None = None  # asked for by the id of an earlier submission (`ft resubmit`)
 
     @property
     def job_id(self) -> str | None:
@@ -171,9 +172,10 @@ class JobView:
         total = total if isinstance(total, int) else trainer.get("max_steps") if isinstance(trainer, dict) else None
         return f"{shown}/{total}" if isinstance(total, int) else str(shown)
 
-    def progress_detail(self, run: Path | None = None) -> str:
-        """`120/250 (48%), 0:30 elapsed, 0:32 left`, as the trainer's log line says it; at the
-        end, the trainer's summary."""
+    def progress_detail(self, run: Path | None = None, running: bool = True) -> str:
+        """`120/250 (48%), 0:30 elapsed, 0:32 left`, as the trainer's log line says it (no time
+        left once the run is not `running`: it stopped before its end); at the end, the
+        trainer's summary."""
         last = _last_line_record((run or self.run_dirs[0]) / layout.METRICS, "total_steps")
         try:
             if last.get("end"):
@@ -182,7 +184,7 @@ class JobView:
                     text += (f"; val_loss final {last['final_val_loss']:.4f}, best {last['best_val_loss']:.4f}"
                              f" (step {last['best_step']})")
                 return text
-            return progress.of_record(last) if last else self.progress()
+            return progress.of_record(last, running) if last else self.progress()
         except (KeyError, TypeError, ValueError):  # a record written by something else
             return self.progress()
 
@@ -246,7 +248,8 @@ def find(spec: str, root: Path | None = None) -> JobView:
     views = all_jobs(root)
     exact = [v for v in views if v.job_id == spec or v.folder.name == spec or spec in v.earlier_ids]
     if len(exact) == 1:
-        return exact[0]
+        found = exact[0]
+        return dataclasses.replace(found, earlier=spec) if spec in found.earlier_ids and spec != found.job_id else found
     matches = exact or [v for v in views if (v.job_id or "").startswith(spec) or v.folder.name.startswith(spec)]
     if not matches:
         raise UserError(f"no job {spec!r} among the {len(views)} job(s) under {root or paths.jobs_root()}",
@@ -351,6 +354,17 @@ def task_states(view: JobView, ask_scheduler: bool = True) -> list[tuple[int, st
             known = "REQUEUED"
         states.append((task, known or _folder_state(view, run)))
     return states
+
+
+def earlier_state(view: JobView) -> str:
+    """The state of the earlier submission a view was asked for by (`ft status 12` after
+    `ft resubmit 12` made it 15): the scheduler's while it knows that id, else that it ended."""
+    try:
+        info = slurm.job_info(view.earlier)
+    except UserError:
+        info = None
+    known = (info or {}).get("JobState")
+    return f"{known} (resubmitted as {view.label})" if known else f"ENDED (resubmitted as {view.label})"
 
 
 def is_finished(state_text: str) -> bool:

@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     """`ft train ...` and `python -m launcher train ...`: hand over to the trainer, or return 2."""
     parser = argparse.ArgumentParser(
         prog="ft train", allow_abbrev=False,
-        description="Train in this process: one task of srun or torchrun, or alone. Overrides as for ft submit.")
+        description="Train in this process: one task of srun or torchrun, or alone.",
+        epilog="Overrides: KEY=VALUE in dot notation after the options, as for ft submit, e.g. "
+               "trainer.max_steps=250 optim.lr=1e-4 trainer.devices=\"${SLURM_GPUS_PER_NODE}\".")
     parser.add_argument("--factory", "-f", required=True, help="factory name (see `ft factories`) or YAML path")
     parser.add_argument("--profile", help="cluster profile YAML (default: $FT_PROFILE or ~/.config/ft/cluster.yaml)")
     parser.add_argument("--job-dir", help="use this job folder (continue in it) instead of one named from SLURM's ids")

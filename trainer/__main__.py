@@ -26,6 +26,9 @@ from ftcore.schema import load_job
 
 
 def main(argv: list[str] | None = None) -> int:
+    from trainer import quiet_import_noise
+
+    quiet_import_noise()
     parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="the job's resolved config.yaml")
     parser.add_argument("--events", action="store_true",

@@ -230,8 +230,10 @@ class Setup:
             "schedule": {"name": job.optim.lr_scheduler.name, "total_steps": self.total_steps,
                          "warmup_steps": job.optim.lr_scheduler.warmup_steps},
         }
+        # hf_every_save: every checkpoint loads with PeftModel / AutoModelForCausalLM as it is
+        # (a full copy gathered on rank 0 each time; the final one always has it).
         path = checkpointing.save(self.job_dir, at_step, self.built, self.optimizer, self.tokenizer, state, self.env,
-                                  job.checkpoint.keep_last, self.base_ref, export)
+                                  job.checkpoint.keep_last, self.base_ref, export or job.checkpoint.hf_every_save)
         self.metrics.print(f"checkpoint {path}")
         return path
 
