@@ -255,6 +255,12 @@ class TrainerConfig(_Section):
     accelerator: Literal["gpu", "cpu"] = Field(
         "gpu", description="`gpu` asks SLURM for GPUs (--gpus-per-node); `cpu` for CPU-only tasks."
     )
+    gpu_memory_gib: float = Field(
+        80.0, gt=0, allow_inf_nan=False,
+        description="Memory of one of the site's GPUs in GiB, as CUDA reports it: what `ft plan` and "
+        "`ft submit`'s fit check price a job against. 80 for A100/H100 80GB; set it in the site "
+        "profile (H200: 140, H100 94GB NVL: 93.5, A100 40GB: 40).",
+    )
     gpu_type: str | None = Field(
         None,
         description="GPU type SLURM allocates (`--gpus-per-node=a100:2`); `trainer.devices=a100:2`, as "

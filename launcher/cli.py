@@ -208,10 +208,15 @@ def submit_cmd(
                   markup=False)
         print(line)
         return
+    if dry_run and p.tasks:
+        err.print(f"sweep: {len(p.tasks)} tasks in one SLURM array", markup=False)
+        for key, value in submit.summary(p)[1:len(p.tasks) + 1]:
+            err.print(f"{key}: {value}", markup=False)
     if not dry_run:
         _print_summary(p, err)
         if not yes:
-            _confirm("Submit this job?", "nothing was submitted (--dry-run only writes and prints the script)")
+            _confirm(f"Submit these {len(p.tasks)} tasks (one SLURM array)?" if p.tasks else "Submit this job?",
+                     "nothing was submitted (--dry-run only writes and prints the script)")
         for note in submit.ready_image(p.job, skip_image_check, echo=image.echo_stderr):
             err.print(note)
     folder = submit.write(p)
@@ -350,10 +355,12 @@ def status_cmd(job: str = JobArg) -> None:
     job_state = jobs.state(view)
     print(f"state      {job_state}")
     if view.is_sweep and view.task is None:
+        values = jobs.task_values(view)
         for task, task_state in jobs.task_states(view):
             run = view.folder / "tasks" / str(task)
+            own = f" | {values[task]}" if values.get(task) else ""
             print(f"  task {task}: {task_state} | {view.progress_detail(run, not jobs.is_finished(task_state))} | "
-                  f"checkpoint {view.latest_checkpoint(run) or '-'}  (ft status {view.label}_{task})")
+                  f"checkpoint {view.latest_checkpoint(run) or '-'}{own}  (ft status {view.label}_{task})")
     else:
         print(f"progress   {view.progress_detail(running=not jobs.is_finished(job_state))}")
         print(f"checkpoint {view.latest_checkpoint() or '-'}")
@@ -647,7 +654,7 @@ def plot_cmd(
 def plan_cmd(
     ctx: typer.Context,
     factory: Optional[str] = FactoryOpt,
-    gpu_memory: float = typer.Option(80.0, "--gpu-memory", help="Memory of one GPU in GiB."),
+    gpu_memory: Optional[float] = typer.Option(None, "--gpu-memory", help="Memory of one GPU in GiB (default: trainer.gpu_memory_gib, a site setting)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object for scripts."),
     rank: int = typer.Option(0, "--rank", min=0, help="Price this rank's shards (rank 0 holds the largest)."),
     profile: Optional[str] = ProfileOpt,
@@ -660,13 +667,13 @@ def plan_cmd(
     from ftcore.errors import UserError
     from launcher import config, plan
 
-    if not gpu_memory > 0 or gpu_memory == float("inf"):
+    if gpu_memory is not None and (not gpu_memory > 0 or gpu_memory == float("inf")):
         raise UserError(f"--gpu-memory {gpu_memory}: give one GPU's memory in GiB, a positive number like 80")
     factory, args = _factory(factory, list(ctx.args), "plan")
     job = config.resolve(factory, args, profile).job
     est = plan.estimate(job, gpu_memory, rank=rank)
     if as_json:
-        fit = plan.smallest_fit(job, gpu_memory) if est.on_gpu else None
+        fit = plan.smallest_fit(job, est.gpu_gib) if est.on_gpu else None
         smallest = {"num_nodes": fit.num_nodes, "devices": fit.devices, "strategy": fit.strategy} if fit else None
         print(json.dumps({**est.as_dict(), "smallest_fit": smallest}, indent=2))
         return

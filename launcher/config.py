@@ -55,6 +55,10 @@ for _tag, _pattern, _first in (
 _Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:merge", re.compile(r"^<<$"), ["<"])
 
 
+# Characters YAML reads as line breaks besides \n and \r (NEL, LINE and PARAGRAPH SEPARATOR).
+_LINE_BREAKS = "\x85\u2028\u2029"
+
+
 class _Dumper(yaml.SafeDumper):
     """Quotes every string that YAML 1.1 or 1.2 would read as something else, so a file ft
     writes reads back the same whichever loader reads it (the trainer uses PyYAML's)."""
@@ -65,6 +69,8 @@ class _Dumper(yaml.SafeDumper):
                       yaml.SafeLoader.resolve(yaml.SafeLoader, yaml.ScalarNode, data, (True, False)))
         if node.style is None and any(tag != "tag:yaml.org,2002:str" for tag in looks_like):
             node.style = "'"
+        if any(char in data for char in _LINE_BREAKS):
+            node.style = '"'  # escaped (\N, \L, \P): written raw, a reader takes them for line breaks
         return node
 
 
@@ -203,6 +209,28 @@ def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"optim": {"lr": 1e-3}}` → `{"optim.lr": 1e-3}` (lists and scalars are leaves)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def differing(jobs: list[dict[str, Any]]) -> list[str]:
+    """For each job dict, the dotted keys whose values are not the same in all of them, as
+    overrides read: what tells a sweep's tasks apart (`["optim.lr=1e-05", "optim.lr=3e-05"]`;
+    "" where all are the same)."""
+    flats = [flatten(job) for job in jobs]
+    keys = list(dict.fromkeys(k for flat in flats for k in flat))
+    varied = [k for k in keys if len({repr(flat.get(k)) for flat in flats}) > 1]
+    return [" ".join(f"{k}={flat.get(k)}" for k in varied) for flat in flats]
 
 
 # --------------------------------------------------------------------------- factories
@@ -547,6 +575,13 @@ def parse_overrides(args: list[str]) -> tuple[list[Override], list[str]]:
     overrides, problems = [], []
     for word in args:
         key, eq, text = word.partition("=")
+        try:
+            word.encode("utf-8")
+        except UnicodeEncodeError:  # bytes the terminal's encoding could not read (Python keeps them as surrogates)
+            shown = word.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            problems.append(f"{shown!r} is not UTF-8 text: write overrides in UTF-8 (check your terminal's "
+                            "or script's encoding)")
+            continue
         if word.startswith("-"):
             bare = word.lstrip("-")
             bare_key, has_value, bare_value = bare.partition("=")

@@ -75,6 +75,11 @@ def _last_line_record(path: Path, wanted: str | None = None) -> dict[str, Any]:
 UNKNOWN = "UNKNOWN"
 UNREADABLE = "UNREADABLE"
 _LIVE_FOLDER_STATES = ("PENDING", "RUNNING", "REQUEUED", "STARTING")
+# A record written before sbatch answered (submit.write), and what it means when no id followed.
+_UNFINISHED_SUBMISSION = {
+    "submitting": "its submission did not finish: sbatch is still answering, or ft was killed",
+    "interrupted": "interrupted while sbatch was answering: the job may exist (`squeue --me`)",
+}
 # `ft status 15_1`: task 1 of the sweep (SLURM job array) 15.
 _ARRAY_TASK = re.compile(r"^(\d+)_(\d+)$")
 
@@ -275,7 +280,8 @@ def _folder_state(view: JobView, run: Path | None = None) -> str:
         return "DRY-RUN"
     if not events:
         if view.executor == "slurm" and not view.job_id:
-            return f"{UNKNOWN} (sbatch's answer was unreadable; see {jobdir.RECORD})"
+            why = _UNFINISHED_SUBMISSION.get(view.record.get("submission"), "sbatch's answer was unreadable")
+            return f"{UNKNOWN} ({why}; see {jobdir.RECORD})"
         return "PENDING" if view.executor in SCHEDULED_EXECUTORS else "STARTING"
     last = events[-1]
     starts = [i for i, e in enumerate(events) if e["event"] == "start"]
@@ -365,6 +371,21 @@ def earlier_state(view: JobView) -> str:
         info = None
     known = (info or {}).get("JobState")
     return f"{known} (resubmitted as {view.label})" if known else f"ENDED (resubmitted as {view.label})"
+
+
+def task_values(view: JobView) -> dict[int, str]:
+    """Each sweep task's own settings (`optim.lr=1e-05`), read from tasks/<i>/config.yaml."""
+    from launcher.config import differing
+
+    runs = [run for run in view.run_dirs if run.name.isdigit()]
+    configs = []
+    for run in runs:
+        try:
+            loaded = load_yaml((run / jobdir.CONFIG).read_text(), jobdir.CONFIG)
+        except (OSError, UserError, ValueError, yaml.YAMLError):
+            loaded = None
+        configs.append(loaded if isinstance(loaded, dict) else {})
+    return {int(run.name): words for run, words in zip(runs, differing(configs))}
 
 
 def is_finished(state_text: str) -> bool:
@@ -525,8 +546,14 @@ def remove_dry_runs(views: list[JobView]) -> list[Path]:
 
     removed = []
     for view in dry_runs(views):
-        if (view.folder / jobdir.RECORD).exists():  # submitted meanwhile
+        try:
+            # Under the folder's lock, which `ft resubmit` holds while sbatch answers: a folder
+            # submitted meanwhile has a record by then, and one being submitted is skipped.
+            with jobdir.locked(view.folder, wait=0):
+                if (view.folder / jobdir.RECORD).exists():
+                    continue
+                shutil.rmtree(view.folder)
+        except UserError:
             continue
-        shutil.rmtree(view.folder)
         removed.append(view.folder)
     return removed

@@ -317,6 +317,11 @@ def data_problems(job: Job) -> list[str]:
             problems += err.problems
             continue
         if local is not None and local.is_file():
+            if formats.holds_nothing(local):
+                problems.append(f"data.{key}: {local} holds no records"
+                                + ("; leave data.val_path unset to hold out data.val_fraction of the training data"
+                                   if key == "val_path" else ""))
+                continue
             mismatch = formats.mismatch(local, job.data.format)
             if mismatch:
                 problems.append(f"data.{key}: {mismatch}")

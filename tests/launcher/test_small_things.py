@@ -82,3 +82,37 @@ def test_torchao_import_chatter_is_filtered():
     quiet = subprocess.run([sys.executable, "-c", f"from trainer import quiet_import_noise; quiet_import_noise(); "
                             f"{import_peft}"], capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[2])
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+
+
+def test_a_sweep_shows_its_tasks_before_asking_and_in_status(ft, isolated_home):
+    from launcher import submit
+
+    p = submit.prepare("tiny", [], sweeps=["optim.lr=1e-5,3e-5", "peft.dim=4,8"], dry_run=True)
+    rows = dict(submit.summary(p))
+    assert rows["sweep"].startswith("4 tasks in one SLURM array")
+    assert [rows[f"  task {i}"] for i in range(4)] == [
+        "peft.dim=4 optim.lr=1e-05", "peft.dim=8 optim.lr=1e-05", "peft.dim=4 optim.lr=3e-05", "peft.dim=8 optim.lr=3e-05"]
+    folder = submit.write(p)
+    jobdir.write_record(folder, executor="slurm", job_id="77", factory="tiny")
+    bare = isolated_home / "bin"  # no squeue: each task's folder answers
+    bare.mkdir()
+    shown = ft("status", "77", env={"PATH": str(bare)})
+    assert shown.returncode == 0, shown.stderr
+    assert "  task 3: PENDING | - | checkpoint - | peft.dim=8 optim.lr=3e-05  (ft status 77_3)" in shown.stdout
+    dry = ft("submit", "--factory", "tiny", "--sweep", "optim.lr=1e-5,3e-5", "--dry-run")
+    assert "sweep: 2 tasks in one SLURM array" in dry.stderr and "task 1: optim.lr=3e-05" in dry.stderr
+
+
+def test_a_job_without_container_is_checked_against_the_python_it_will_run_with(ft, tmp_path):
+    import subprocess
+    import sys
+
+    bare = tmp_path / "bare"  # a Python with nothing installed, as a light login node's
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    python = bare / "bin" / "python"
+    real = ft("submit", "--factory", "tiny", "--executor", "local", "--yes", f"container.python={python}")
+    assert real.returncode == 2, real.stdout + real.stderr
+    assert "torch is missing" in real.stderr and f"runs the job with {python}" in real.stderr
+    dry = ft("submit", "--factory", "tiny", "--dry-run", f"container.python={python}")
+    assert dry.returncode == 0 and "warning: torch is missing" in dry.stderr
+    assert ft("submit", "--factory", "tiny", "--dry-run").stderr.count("warning") == 0  # this Python has it all
