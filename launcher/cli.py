@@ -367,9 +367,11 @@ def status_cmd(job: str = JobArg) -> None:
     print(f"folder     {view.run_dirs[0] if view.task is not None else view.folder}")
     events = view.events
     if events:
-        starts = sum(1 for e in events if e["event"] == "start")
+        from ftcore import records
+
+        starts = sum(1 for e in events if e[records.EVENT] == records.START)
         last = events[-1]
-        print(f"runs       {starts} start(s); last event {last['event']} at {last.get('time')}")
+        print(f"runs       {starts} start(s); last event {last[records.EVENT]} at {last.get(records.TIME)}")
 
 
 @app.command("logs")

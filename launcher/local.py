@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from ftcore import layout
+from ftcore import layout, records
 from ftcore.errors import UserError
 from launcher import jobdir, render, stage
 from ftcore.schema import Job
@@ -29,7 +29,7 @@ def _free_port() -> int:
 
 def event(folder: Path, name: str, **fields: object) -> None:
     """The same event record the sbatch script writes, so `ft status` reads both alike."""
-    layout.record_event(folder, name, **fields)
+    records.record_event(folder, name, **fields)
 
 
 def start(job: Job, folder: Path) -> list[subprocess.Popen[bytes]]:
