@@ -55,6 +55,13 @@ FULL = "full"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+SUPERVISOR_LOG = "supervisor.err"  # under LOGS: a detached local run's supervisor
+RANK_LOGS = "rank-*.out"  # under LOGS: what rank_log names
+
+
+def rank_log(rank: int) -> str:
+    """The log file (under LOGS) of one training process of a local or `ft train` run."""
+    return f"rank-{rank}.out"
 
 
 # --- checkpoints of one run ----------------------------------------------------------------------

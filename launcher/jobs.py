@@ -405,9 +405,9 @@ def summary_rows(views: list[JobView], ask_scheduler: bool = True) -> list[dict[
 
 def log_files(view: JobView) -> list[Path]:
     """The job's log files in the order they were written; one sweep task's with `view.task`."""
-    logs = view.folder / "logs"
+    logs = view.folder / layout.LOGS
     if view.executor != "slurm":  # one file per process; `ft submit`'s script writes SLURM's own
-        return sorted(logs.glob("rank-*.out"))
+        return sorted(logs.glob(layout.RANK_LOGS))
 
     def mtime(path: Path) -> float:
         try:
@@ -446,7 +446,7 @@ def log_lines(view: JobView, rank: int | None = None, follow: bool = False, poll
     def drain() -> Iterator[str]:
         files = log_files(view)
         if view.executor != "slurm" and rank is not None:
-            files = [f for f in files if f.name == f"rank-{rank}.out"]
+            files = [f for f in files if f.name == layout.rank_log(rank)]
         for path in files:
             try:
                 with open(path, "rb") as handle:
