@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ftcore import dtypes, secrets, shipped
+from ftcore import dtypes, formats, secrets, shipped
 from ftcore.errors import UserError
 
 # Characters that may never reach a rendered script, whatever the quoting: a newline in an
@@ -189,7 +189,7 @@ class DataConfig(_Section):
         description="Training data: a local .json/.jsonl file, or a hub dataset name when the "
         "cluster has network. `ft:` prefixes a file shipped with ft (`ft:tiny_qa.jsonl`).",
     )
-    format: Literal["squad", "alpaca", "jsonl"] = Field(
+    format: Literal[formats.NAMES] = Field(
         ...,
         description="`squad` (context, question, answers), `alpaca` (instruction, input, "
         "output), `jsonl` (prompt/completion or chat `messages`).",
