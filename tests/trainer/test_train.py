@@ -96,6 +96,8 @@ def test_batch_layouts_train_like_the_plain_padded_order(tmp_path, method, optio
         assert plain and [r[key] for r in runs[True] if key in r] == pytest.approx(plain, rel=1e-5)
 
 
+@pytest.mark.compile
+@pytest.mark.timeout(1200)  # inductor compiles C++ on the CPU: minutes on a busy machine
 def test_compiled_layers_train_like_the_eager_ones(tmp_path):
     """trainer.compile=true under FSDP2 (full SFT): the same losses and gradient norms."""
     runs = {}
