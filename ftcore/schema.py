@@ -421,6 +421,11 @@ class ContainerConfig(_Section):
         "once, on the login node, and kept: a folder the compute nodes see. Default "
         "$FT_HOME/images.",
     )
+    trusted_owners: list[str] = Field(
+        default_factory=list,
+        description="Besides you and root, who may own the SIFs in a shared cache_dir that your "
+        "jobs run: user names, or `group:NAME` for a group's members. Others' images are refused.",
+    )
 
     @field_validator("image")
     @classmethod
@@ -470,6 +475,11 @@ class HubConfig(_Section):
         description="The compute nodes cannot reach the hub: the job runs with "
         "HF_HUB_OFFLINE=1, and `ft submit` refuses a job whose hub model or dataset is not "
         "staged in cache_dir (it prints the `ft stage` command). Set it in the site profile.",
+    )
+    trusted_owners: list[str] = Field(
+        default_factory=list,
+        description="Besides you and root, who may own the staged files in a shared cache_dir that "
+        "your jobs load: user names, or `group:NAME` for a group's members. Others' are refused.",
     )
 
     @field_validator("cache_dir")
