@@ -483,7 +483,7 @@ def _make_hf_files(folder: Path) -> None:
     from fttools import require_stack
 
     require_stack()
-    from fttools.distributed import write_hf_files
+    from fttools.hf_files import write_hf_files
 
     write_hf_files(folder)
 
