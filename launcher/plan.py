@@ -21,7 +21,7 @@ from typing import Any
 
 from ftcore import arch, policy
 from ftcore.errors import UserError
-from ftcore.policy import DTYPE_BYTES, Decision, Layout
+from ftcore.policy import DTYPE_BYTES, Decision, Topology
 from ftcore.schema import Job
 from launcher import modelconfig
 
@@ -109,28 +109,28 @@ class Estimate:
     notes: tuple[str, ...] = field(default=())
 
     @property
-    def layout(self) -> Layout:
-        return self.decision.layout
+    def topology(self) -> Topology:
+        return self.decision.topology
 
     @property
     def world_size(self) -> int:
-        return self.layout.world
+        return self.topology.world
 
     @property
     def num_nodes(self) -> int:
-        return self.layout.num_nodes
+        return self.topology.num_nodes
 
     @property
     def devices(self) -> int:
-        return self.layout.devices
+        return self.topology.devices
 
     @property
     def strategy(self) -> str:
-        return self.layout.strategy
+        return self.topology.strategy
 
     @property
     def on_gpu(self) -> bool:
-        return self.layout.on_gpu
+        return self.topology.on_gpu
 
     @property
     def total(self) -> float:
@@ -153,7 +153,7 @@ class Estimate:
         return {
             "params": self.params, "trainable": self.trainable, "dims_source": self.dims.source,
             "layout": {"num_nodes": self.num_nodes, "devices": self.devices, "world_size": self.world_size,
-                       "strategy": self.strategy, "accelerator": self.layout.accelerator},
+                       "strategy": self.strategy, "accelerator": self.topology.accelerator},
             "rank": self.rank,
             "decision": {"compute": self.decision.compute, "frozen": self.decision.frozen,
                          "trained": self.decision.trained, "gradients": self.decision.grad,
@@ -183,10 +183,10 @@ def estimate(job: Job, gpu_gib: float | None = None, num_nodes: int | None = Non
     glob matches no layer.
     """
     gpu_gib = gpu_gib or job.trainer.gpu_memory_gib
-    layout = Layout.of(job, num_nodes, devices, strategy)
+    topology = Topology.of(job, num_nodes, devices, strategy)
     dims = model_dims(job)
-    d = policy.decide(job, layout, dims)
-    W = layout.world if d.sharded else 1
+    d = policy.decide(job, topology, dims)
+    W = topology.world if d.sharded else 1
     c = DTYPE_BYTES[d.compute]
     notes: list[str] = []
     if not dims.exact:
@@ -277,7 +277,7 @@ def estimate(job: Job, gpu_gib: float | None = None, num_nodes: int | None = Non
     loss_tokens = min(tokens, policy.LOSS_CHUNK_TOKENS)
     rows.append(Row("logits", loss_tokens * dims.vocab * (c + 8),
                     f"{loss_tokens} tokens × vocab {dims.vocab} × ({c} + 4 + 4) B"))
-    if layout.on_gpu:
+    if topology.on_gpu:
         rows.append(Row("CUDA/NCCL overhead", OVERHEAD_GIB * GIB, "fixed"))
     return Estimate(tuple(rows), dims, d, params, n_trained, gpu_gib, rank, tuple(notes))
 

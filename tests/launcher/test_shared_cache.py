@@ -126,6 +126,21 @@ def test_a_group_shares_an_image_cache_and_runs_only_images_it_trusts(shared, co
     assert planted.returncode == 2 and f"belongs to {BOB}" in planted.stderr, planted.stderr
 
 
+def test_a_group_takes_turns_on_the_stage_lock(shared, container_site):
+    """`ft stage`'s lock per repository, taken by one user and then the other."""
+    root, cache = shared
+    take = ("import sys; from pathlib import Path; from launcher import stage\n"
+            "with stage._locked(Path(sys.argv[1]), 'models--org--tiny'):\n    print('locked')")
+    for user in (ALICE, BOB):
+        packages = [p for p in sys.path if p.endswith("site-packages")]
+        result = subprocess.run(["runuser", "-u", user, "--", "env", f"PYTHONPATH={os.pathsep.join([str(REPO), *packages])}",
+                                 "sh", "-c", 'umask 022 && exec "$@"', "sh", SYSTEM_PYTHON, "-c", take, str(cache)],
+                                capture_output=True, text=True, cwd=root, timeout=60)
+        assert result.returncode == 0 and result.stdout == "locked\n", (user, result.stderr)
+    assert stat.S_IMODE((cache / ".locks" / "ft-stage-models--org--tiny.lock").stat().st_mode) == 0o664
+    assert (cache / ".locks").stat().st_mode & 0o070 == 0o070  # made group-writable in the setgid cache
+
+
 def test_a_hub_snapshot_someone_else_put_in_the_cache_is_refused(shared, container_site):
     root, cache = shared
     snapshot = cache / "models--org--tiny" / "snapshots" / ("0" * 40)
