@@ -6,10 +6,12 @@
 
 `ftcore.policy.decide` says what each tensor is stored as and where (the trainer builds
 exactly that); this module multiplies it out over the model's tensors (`ftcore.arch`), shard
-by shard, for one rank. Weights, gradients at their peak and optimizer state are exact
-(tests/trainer/test_plan_vs_trainer.py holds them to the bytes the trainer holds); buffers,
-activations, logits and the CUDA overhead are estimates (docs/plan.md). No torch here:
-`ft submit` calls `refusals` for every job.
+by shard, for one rank, against the site's GPU memory (`trainer.gpu_memory_gib`). The model is
+the one its config.json describes (`launcher.modelconfig` finds it; a guess from
+`model.parameters_b` only when none can be read, and a guess never refuses). Weights, gradients
+at their peak and optimizer state are exact (tests/trainer/test_plan_vs_trainer.py holds them to
+the bytes the trainer holds); buffers, activations, logits and the CUDA overhead are estimates
+(docs/plan.md). No torch here: `ft submit` calls `refusals` and `warnings` for every job.
 """
 
 from __future__ import annotations
@@ -158,7 +160,10 @@ class Estimate:
                          "optimizer": self.decision.optim, "grad_sync": self.decision.grad_sync,
                          "quantization": self.decision.quantization, "cpu_offload": self.decision.cpu_offload,
                          "activation_checkpointing": self.decision.activation_checkpointing,
-                         "lora_targets": list(self.decision.lora_targets or []) or None},
+                         "lora_targets": list(self.decision.lora_targets or []) or None,
+                         "lora_parameters": list(self.decision.lora_parameters or []) or None,
+                         "adapter_compute": self.decision.adapter_compute},
+            "model": {"model_type": self.dims.model_type, "exact": self.dims.exact, "source": self.dims.source},
             "rows": [{"name": r.name, "bytes": r.bytes, "gib": r.bytes / GIB, "how": r.how, "exact": r.exact,
                       "on_device": r.on_device} for r in self.rows],
             "total_gib": self.total / GIB, "gpu_gib": self.gpu_gib, "fits": self.fits if self.on_gpu else None,
