@@ -36,9 +36,14 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def check_output(out: Path) -> Path:
-    """Refuse a destination that holds anything: ft never writes over files."""
+def check_output(out: Path, source: Path | None = None) -> Path:
+    """Refuse a destination that holds anything (ft never writes over files), or one inside
+    the `source` folder being read (a checkpoint would hold its own export)."""
     out = expand(out)
+    if source is not None:
+        inside, folder = out.absolute().resolve(), Path(source).absolute().resolve()
+        if inside == folder or folder in inside.parents:
+            raise UserError(f"--out {out} is inside {folder}, the folder being read: choose a folder outside it")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} already exists and is not empty: choose another --out, or remove it first")
     return out
@@ -51,14 +56,44 @@ def output_folder(out: Path) -> Iterator[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-"))
     try:
-        yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; a model folder is for sharing
+        try:
+            yield tmp
+        except Exception as err:
+            full = _as_full_disk(err, out)
+            if full is err:
+                raise
+            raise full from None
+        _shareable(tmp)  # mkdtemp makes it 0700, and some writers 0600 files; a model folder is for sharing
         if out.is_dir():
             out.rmdir()  # empty (checked above); fails if something appeared meanwhile
         os.rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _shareable(folder: Path) -> None:
+    """Modes as a plain `mkdir`/`open` under the user's umask would give them."""
+    umask = _umask()
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_symlink():
+            continue
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def _as_full_disk(err: Exception, out: Path) -> Exception:
+    """A full disk as OSError(ENOSPC), also when a library wraps it in its own error (safetensors
+    says `IoError(Os { code: 28, kind: StorageFull ... })`), so it reads as one line."""
+    import errno
+
+    if isinstance(err, OSError):
+        return err
+    text = str(err)
+    if "No space left on device" in text or "StorageFull" in text or "code: 28," in text:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out))
+    if "Disk quota exceeded" in text or "code: 122," in text:
+        return OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), str(out))
+    return err
 
 
 def _umask() -> int:

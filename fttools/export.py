@@ -131,7 +131,7 @@ def export(ckpt: Checkpoint, to: str = "vllm", out: Path | None = None, merge: b
     if dtype and not merge:
         raise UserError("--dtype applies with --merge only (an export copies the weights as they are)")
     lora = ckpt.is_lora and not merge
-    out = check_output(out or ckpt.default_output("vllm-lora" if lora else "vllm"))
+    out = check_output(out or ckpt.default_output("vllm-lora" if lora else "vllm"), source=ckpt.path)
     warnings: list[str] = []
     if lora:
         problems, warnings = check_adapter(ckpt.path)

@@ -44,7 +44,7 @@ def merge(ckpt: Checkpoint, out: Path | None = None, dtype: str | None = None) -
                         "nothing to merge",
                         hint="it already loads with AutoModelForCausalLM; `ft export CKPT --to vllm` "
                         "copies it into a serving folder")
-    out = check_output(out or ckpt.default_output("merged"))  # before loading gigabytes
+    out = check_output(out or ckpt.default_output("merged"), source=ckpt.path)  # before loading gigabytes
     with output_folder(out) as tmp:
         save_merged(ckpt, tmp, dtype or base_dtype(ckpt))
     return out
