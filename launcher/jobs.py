@@ -12,7 +12,6 @@ import dataclasses
 import json
 import os
 import re
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -360,20 +359,21 @@ def _folder_state(view: JobView, run: Path | None = None) -> str:
         if code == exits.REQUEUE and view.executor != "slurm":  # ft's own script requeues, or says why not
             return "PREEMPTED (checkpointed: requeue or run again to resume)"
         return "COMPLETED" if code == 0 else f"FAILED (exit {code})"
+    elsewhere = jobdir.other_host(view.record) if view.executor == "local" else None
+    if elsewhere:  # FT_HOME shared between machines: only ft there can see the processes
+        return f"RUNNING on {elsewhere} (as its records say; `ft status` there checks its processes)"
+    alive = jobdir.processes_alive(view.record) if view.executor == "local" else None
     if last["event"] == "cancel":
-        pids = view.record.get("pids") or [] if view.executor == "local" else []
-        if any(jobdir.pid_alive(int(p)) for p in pids if isinstance(p, int)):
+        if alive:
             return "RUNNING (cancelled: stops after writing a checkpoint)"
         return "CANCELLED"
     if last["event"] == "requeue":
         return "REQUEUED"
-    if view.executor == "local":
-        pids = view.record.get("pids") or []
-        if pids and not any(jobdir.pid_alive(int(p)) for p in pids if isinstance(p, int)):
-            # The process that records the exit is gone; the trainer's own record still says.
-            if trainer_finished(run):
-                return "COMPLETED"
-            return "CANCELLED" if cancelled else "FAILED (processes gone)"
+    if alive is False:
+        # The process that records the exit is gone; the trainer's own record still says.
+        if trainer_finished(run):
+            return "COMPLETED"
+        return "CANCELLED" if cancelled else "FAILED (processes gone)"
     return "RUNNING"
 
 
@@ -404,9 +404,11 @@ def state(view: JobView, ask_scheduler: bool = True) -> str:
             return folder_state  # no scheduler reachable here: the folder still knows
         if not info:
             return _forgotten(view, folder_state)
-        scheduler_state = info.get("JobState", UNKNOWN)
+        scheduler_state = slurm.describe_state(info)  # PENDING with SLURM's reason and estimated start
         if scheduler_state in ("COMPLETED", "FAILED") and folder_state.startswith("REQUEUED"):
             return "REQUEUED"
+        if scheduler_state.startswith("PENDING") and folder_state.startswith("CANCELLED"):
+            return "CANCELLED"  # `ft cancel` recorded it; SLURM is still removing it
         return scheduler_state
     return folder_state
 
@@ -536,8 +538,11 @@ def select_rank(lines: list[str], rank: int | None) -> list[str]:
     return [line.lstrip()[len(prefix):] for line in lines if line.lstrip().startswith(prefix)]
 
 
-def log_lines(view: JobView, rank: int | None = None, follow: bool = False, poll: float = 1.0) -> Iterator[str]:
-    """The job's output lines (one task's with `rank`); with `follow`, until the job has ended."""
+def log_lines(view: JobView, rank: int | None = None, follow: bool = False, poll: float = 1.0,
+              on_state=None) -> Iterator[str]:
+    """The job's output lines (one task's with `rank`); with `follow`, until the job has ended,
+    calling `on_state(state)` with the job's state each time it changes (a pending job's
+    reason included)."""
     if view.executor == "dry-run":
         raise UserError(f"{view.folder.name} is a dry run: it has no logs (submit it with `ft resubmit {view.folder}`)")
     offsets: dict[Path, int] = {}
@@ -563,8 +568,13 @@ def log_lines(view: JobView, rank: int | None = None, follow: bool = False, poll
             yield from ([f"[task {task}] {line}" for line in lines] if task is not None else lines)
 
     yield from drain()
+    said = None
     while follow:
-        finished = is_finished(state(view))
+        current = state(view)
+        if on_state is not None and current != said:
+            on_state(current)
+            said = current
+        finished = is_finished(current)
         yield from drain()
         if finished:
             return
@@ -580,24 +590,20 @@ def cancel(view: JobView) -> JobView:
     if is_finished(current) and not unknown:
         raise UserError(f"job {view.label} already ended ({current}): nothing to cancel")
     if view.executor == "local":
-        layout.record_event(view.run_dirs[0], "cancel")
-        # pids[0] is the process that watches the tasks and records their exit: spare it.
-        pids = [p for p in view.record.get("pids", []) if isinstance(p, int)]
-        for pid in pids[1:] or pids:
-            try:
-                os.killpg(int(pid), signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        from launcher import local
+
+        local.cancel(view.record, view.label, view.run_dirs[0])
     elif view.job_id:
         try:
             slurm.scancel(view.label)
         except UserError:
             if not unknown:
                 raise
-    if unknown:
-        with open(view.run_dirs[0] / layout.EVENTS, "a") as handle:
-            handle.write(json.dumps({"event": "cancel", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                     "job_id": view.job_id}) + "\n")
+    if view.executor != "local" and (view.job_id or unknown):
+        # The folder keeps the cancel: SLURM forgets the job (MinJobAge), the folder does not,
+        # so it reads CANCELLED then too, not UNKNOWN.
+        for run in view.run_dirs:
+            layout.record_event(run, "cancel", job_id=view.job_id)
     return view
 
 
