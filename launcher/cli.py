@@ -482,7 +482,7 @@ def _make_hf_files(folder: Path) -> None:
     from fttools import require_stack
 
     require_stack()
-    from fttools.distributed import write_hf_files
+    from fttools.hf_files import write_hf_files
 
     write_hf_files(folder)
 
@@ -542,22 +542,28 @@ def generate_cmd(
     context: Optional[str] = typer.Option(None, "--context", help="squad jobs: the context passage."),
     instruction: Optional[str] = typer.Option(None, "--instruction", help="alpaca jobs: the instruction."),
     input_text: Optional[str] = typer.Option(None, "--input", help="alpaca jobs: the optional input."),
+    message: Optional[str] = typer.Option(None, "--message", help="chat (messages) jobs: the user's turn; the tokenizer's chat template is applied."),
+    system: Optional[str] = typer.Option(None, "--system", help="chat jobs, with --message: a system message first."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n", min=1, help="Stop after this many new tokens."),
 ) -> None:
     """Greedy answer of a checkpoint (SFT, or base + LoRA adapter), in the prompt format its job trained on.
 
-    `ft generate JOB --question Q --context C` builds the prompt as training did; a PROMPT
-    argument is continued as raw text.
+    `ft generate JOB --question Q --context C` builds the prompt as training did; for a chat
+    job, `--message M [--system S]` renders the turn with the tokenizer's chat template; a
+    PROMPT argument is continued as raw text.
     """
     from ftcore.errors import UserError
 
     fields = {k: v for k, v in (("question", question), ("context", context), ("instruction", instruction),
                                 ("input", input_text)) if v is not None}
-    if bool(fields) == (prompt is not None):
-        raise UserError("give the record's fields (--question and --context for a squad job, --instruction for "
-                        "an alpaca job) or one raw PROMPT, not both" if fields else
+    if system is not None and message is None:
+        raise UserError("--system goes with --message (the user's turn of a chat job)")
+    modes = sum((bool(fields), prompt is not None, message is not None))
+    if modes != 1:
+        raise UserError("give one of: the record's fields (--question and --context for a squad job, --instruction "
+                        "for an alpaca job), --message for a chat job, or one raw PROMPT" if modes else
                         "nothing to answer: give --question and --context (squad jobs), --instruction (alpaca "
-                        "jobs), or a raw PROMPT")
+                        "jobs), --message (chat jobs), or a raw PROMPT")
     checkpoint = _checkpoint(ckpt)
     from fttools import require_stack
 
@@ -567,8 +573,8 @@ def generate_cmd(
     if fields:
         prompt = job_prompt(checkpoint, fields)
         print(f"prompt: {prompt!r}", file=sys.stderr)
-    text = generate(checkpoint, prompt, max_new_tokens)
-    print(text.strip() if fields else text)
+    text = generate(checkpoint, prompt, max_new_tokens, message=message, system=system)
+    print(text.strip() if fields or message is not None else text)
     if not text.strip():
         print("(the continuation is empty: the model ended it at once)", file=sys.stderr)
 

@@ -98,7 +98,7 @@ def build(job, env: DistEnv, device: torch.device, tokenizer, base_dir: Path | N
         lm = random_model(job, config, **common)
     else:
         extra = {}
-        if decision.layout.on_gpu and not sharded:
+        if decision.topology.on_gpu and not sharded:
             extra["device_map"] = {"": device}  # straight to this GPU, not via host memory
         lm = AutoModelForCausalLM.from_pretrained(
             job.model.path,
