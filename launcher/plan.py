@@ -190,7 +190,7 @@ def estimate(job: Job, gpu_gib: float | None = None, num_nodes: int | None = Non
     c = DTYPE_BYTES[d.compute]
     notes: list[str] = []
     if not dims.exact:
-        notes.append(f"model shape: {dims.source}: LoRA sizes and activations are rough, and a guess "
+        notes.append(f"model shape: {dims.source}. LoRA sizes and activations are rough, and a guess "
                      "never refuses a submission")
     if d.lora and d.lora_targets is None:
         notes.append("LoRA targets are resolved by the trainer (the architecture's layer names are not known here)")
@@ -394,6 +394,6 @@ def warnings(job: Job) -> list[str]:
     if est.dims.exact or not est.on_gpu:
         return []
     verdict = "fits" if est.fits else f"would NOT fit {est.gpu_gib:g} GiB"
-    return [f"the fit check is a guess ({est.dims.source}): about {est.total / GIB:.0f} GiB per GPU, {verdict}; "
-            "not refused. Make the model's config.json readable here (a local folder, `ft stage`, or the hub) "
-            "for an exact check"]
+    return [f"the fit check is {est.dims.source}: about {est.total / GIB:.0f} GiB per GPU, {verdict}; not "
+            "refused. Make the model's config.json readable here (a local folder, `ft stage`, or the hub) for an "
+            "exact check"]
