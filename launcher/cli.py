@@ -293,9 +293,8 @@ def jobs_cmd(
 
     from launcher import jobs
 
-    views = jobs.all_jobs()
-    hidden = [] if show_all else jobs.dry_runs(views)
-    rows = jobs.summary_rows([v for v in views if v not in hidden][:limit])
+    views, hidden = jobs.newest(limit, with_dry_runs=show_all)  # reads about `limit` folders, not all
+    rows = jobs.summary_rows(views)
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -312,7 +311,7 @@ def jobs_cmd(
         table.add_row(name, row["factory"], row["state"], row["progress"], row["age"])
     _console(soft_wrap=False).print(table)
     if hidden:
-        print(f"{len(hidden)} dry run(s) not shown: `ft jobs --all` lists them, `ft clean --dry-runs` removes them",
+        print(f"{hidden} dry run(s) not shown: `ft jobs --all` lists them, `ft clean --dry-runs` removes them",
               file=sys.stderr)
 
 
