@@ -293,9 +293,8 @@ def jobs_cmd(
 
     from launcher import jobs
 
-    views = jobs.all_jobs()
-    hidden = [] if show_all else jobs.dry_runs(views)
-    rows = jobs.summary_rows([v for v in views if v not in hidden][:limit])
+    views, hidden = jobs.newest(limit, with_dry_runs=show_all)  # reads about `limit` folders, not all
+    rows = jobs.summary_rows(views)
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -312,7 +311,7 @@ def jobs_cmd(
         table.add_row(name, row["factory"], row["state"], row["progress"], row["age"])
     _console(soft_wrap=False).print(table)
     if hidden:
-        print(f"{len(hidden)} dry run(s) not shown: `ft jobs --all` lists them, `ft clean --dry-runs` removes them",
+        print(f"{hidden} dry run(s) not shown: `ft jobs --all` lists them, `ft clean --dry-runs` removes them",
               file=sys.stderr)
 
 
@@ -544,22 +543,28 @@ def generate_cmd(
     context: Optional[str] = typer.Option(None, "--context", help="squad jobs: the context passage."),
     instruction: Optional[str] = typer.Option(None, "--instruction", help="alpaca jobs: the instruction."),
     input_text: Optional[str] = typer.Option(None, "--input", help="alpaca jobs: the optional input."),
+    message: Optional[str] = typer.Option(None, "--message", help="chat (messages) jobs: the user's turn; the tokenizer's chat template is applied."),
+    system: Optional[str] = typer.Option(None, "--system", help="chat jobs, with --message: a system message first."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n", min=1, help="Stop after this many new tokens."),
 ) -> None:
     """Greedy answer of a checkpoint (SFT, or base + LoRA adapter), in the prompt format its job trained on.
 
-    `ft generate JOB --question Q --context C` builds the prompt as training did; a PROMPT
-    argument is continued as raw text.
+    `ft generate JOB --question Q --context C` builds the prompt as training did; for a chat
+    job, `--message M [--system S]` renders the turn with the tokenizer's chat template; a
+    PROMPT argument is continued as raw text.
     """
     from ftcore.errors import UserError
 
     fields = {k: v for k, v in (("question", question), ("context", context), ("instruction", instruction),
                                 ("input", input_text)) if v is not None}
-    if bool(fields) == (prompt is not None):
-        raise UserError("give the record's fields (--question and --context for a squad job, --instruction for "
-                        "an alpaca job) or one raw PROMPT, not both" if fields else
+    if system is not None and message is None:
+        raise UserError("--system goes with --message (the user's turn of a chat job)")
+    modes = sum((bool(fields), prompt is not None, message is not None))
+    if modes != 1:
+        raise UserError("give one of: the record's fields (--question and --context for a squad job, --instruction "
+                        "for an alpaca job), --message for a chat job, or one raw PROMPT" if modes else
                         "nothing to answer: give --question and --context (squad jobs), --instruction (alpaca "
-                        "jobs), or a raw PROMPT")
+                        "jobs), --message (chat jobs), or a raw PROMPT")
     checkpoint = _checkpoint(ckpt)
     from fttools import require_stack
 
@@ -569,8 +574,8 @@ def generate_cmd(
     if fields:
         prompt = job_prompt(checkpoint, fields)
         print(f"prompt: {prompt!r}", file=sys.stderr)
-    text = generate(checkpoint, prompt, max_new_tokens)
-    print(text.strip() if fields else text)
+    text = generate(checkpoint, prompt, max_new_tokens, message=message, system=system)
+    print(text.strip() if fields or message is not None else text)
     if not text.strip():
         print("(the continuation is empty: the model ended it at once)", file=sys.stderr)
 

@@ -6,10 +6,12 @@
 
 `ftcore.policy.decide` says what each tensor is stored as and where (the trainer builds
 exactly that); this module multiplies it out over the model's tensors (`ftcore.arch`), shard
-by shard, for one rank. Weights, gradients at their peak and optimizer state are exact
-(tests/trainer/test_plan_vs_trainer.py holds them to the bytes the trainer holds); buffers,
-activations, logits and the CUDA overhead are estimates (docs/plan.md). No torch here:
-`ft submit` calls `refusals` for every job.
+by shard, for one rank, against the site's GPU memory (`trainer.gpu_memory_gib`). The model is
+the one its config.json describes (`launcher.modelconfig` finds it; a guess from
+`model.parameters_b` only when none can be read, and a guess never refuses). Weights, gradients
+at their peak and optimizer state are exact (tests/trainer/test_plan_vs_trainer.py holds them to
+the bytes the trainer holds); buffers, activations, logits and the CUDA overhead are estimates
+(docs/plan.md). No torch here: `ft submit` calls `refusals` and `warnings` for every job.
 """
 
 from __future__ import annotations
@@ -158,7 +160,10 @@ class Estimate:
                          "optimizer": self.decision.optim, "grad_sync": self.decision.grad_sync,
                          "quantization": self.decision.quantization, "cpu_offload": self.decision.cpu_offload,
                          "activation_checkpointing": self.decision.activation_checkpointing,
-                         "lora_targets": list(self.decision.lora_targets or []) or None},
+                         "lora_targets": list(self.decision.lora_targets or []) or None,
+                         "lora_parameters": list(self.decision.lora_parameters or []) or None,
+                         "adapter_compute": self.decision.adapter_compute},
+            "model": {"model_type": self.dims.model_type, "exact": self.dims.exact, "source": self.dims.source},
             "rows": [{"name": r.name, "bytes": r.bytes, "gib": r.bytes / GIB, "how": r.how, "exact": r.exact,
                       "on_device": r.on_device} for r in self.rows],
             "total_gib": self.total / GIB, "gpu_gib": self.gpu_gib, "fits": self.fits if self.on_gpu else None,
@@ -185,7 +190,7 @@ def estimate(job: Job, gpu_gib: float | None = None, num_nodes: int | None = Non
     c = DTYPE_BYTES[d.compute]
     notes: list[str] = []
     if not dims.exact:
-        notes.append(f"model shape: {dims.source}: LoRA sizes and activations are rough, and a guess "
+        notes.append(f"model shape: {dims.source}. LoRA sizes and activations are rough, and a guess "
                      "never refuses a submission")
     if d.lora and d.lora_targets is None:
         notes.append("LoRA targets are resolved by the trainer (the architecture's layer names are not known here)")
@@ -389,6 +394,6 @@ def warnings(job: Job) -> list[str]:
     if est.dims.exact or not est.on_gpu:
         return []
     verdict = "fits" if est.fits else f"would NOT fit {est.gpu_gib:g} GiB"
-    return [f"the fit check is a guess ({est.dims.source}): about {est.total / GIB:.0f} GiB per GPU, {verdict}; "
-            "not refused. Make the model's config.json readable here (a local folder, `ft stage`, or the hub) "
-            "for an exact check"]
+    return [f"the fit check is {est.dims.source}: about {est.total / GIB:.0f} GiB per GPU, {verdict}; not "
+            "refused. Make the model's config.json readable here (a local folder, `ft stage`, or the hub) for an "
+            "exact check"]

@@ -58,9 +58,17 @@ def users():
 
 
 @pytest.fixture
-def shared(users, container_site):
-    """The site's setgid cache folder, the stand-in registry readable by both users, and a
-    private FT_HOME for each."""
+def shared(site_cache, container_site):
+    """`site_cache`, with the stand-in registry and the tiny model readable by both users."""
+    subprocess.run(["chmod", "-R", "a+rX", str(container_site.root)], check=True)
+    container_site.log.touch()
+    os.chmod(container_site.log, 0o666)
+    return site_cache
+
+
+@pytest.fixture
+def site_cache(users):
+    """The site's setgid cache folder, and a private FT_HOME for each user."""
     root = Path(tempfile.mkdtemp(prefix="ft-shared-", dir="/srv"))
     os.chmod(root, 0o755)
     cache = root / "cache"
@@ -71,9 +79,6 @@ def shared(users, container_site):
         home = root / user
         home.mkdir()
         shutil.chown(home, user=user, group=GROUP)
-    subprocess.run(["chmod", "-R", "a+rX", str(container_site.root)], check=True)
-    container_site.log.touch()
-    os.chmod(container_site.log, 0o666)
     try:
         yield root, cache
     finally:
@@ -126,9 +131,9 @@ def test_a_group_shares_an_image_cache_and_runs_only_images_it_trusts(shared, co
     assert planted.returncode == 2 and f"belongs to {BOB}" in planted.stderr, planted.stderr
 
 
-def test_a_group_takes_turns_on_the_stage_lock(shared, container_site):
+def test_a_group_takes_turns_on_the_stage_lock(site_cache):
     """`ft stage`'s lock per repository, taken by one user and then the other."""
-    root, cache = shared
+    root, cache = site_cache
     take = ("import sys; from pathlib import Path; from launcher import stage\n"
             "with stage._locked(Path(sys.argv[1]), 'models--org--tiny'):\n    print('locked')")
     for user in (ALICE, BOB):
