@@ -161,8 +161,8 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
     reported_skips = 0
 
     def collate_fn(samples):
-        return collate(samples, tokenizer.pad_token_id, job.model.attn_implementation, built.compute_dtype, device,
-                       job.data.padding_free)
+        return collate(samples, tokenizer.pad_token_id, built.attention.name, built.compute_dtype, device,
+                       built.attention.padding_free)
 
     if job.trainer.check_loss and step < total_steps:
         check_loss(built, collate_fn([check_sample(batches.micro_batches(step)[0][0])]), job)
@@ -333,8 +333,8 @@ def evaluate(built, samples, job, env, device, pad_id) -> tuple[float, int]:
         for batch_samples, counts in val_batches(
             samples, job.data.micro_batch_size, env.world_size, env.rank, job.trainer.limit_val_batches
         ):
-            batch = collate(batch_samples, pad_id, job.model.attn_implementation, built.compute_dtype, device,
-                                 job.data.padding_free)
+            batch = collate(batch_samples, pad_id, built.attention.name, built.compute_dtype, device,
+                                 built.attention.padding_free)
             loss = model(**batch)
             if counts:
                 totals += torch.stack([loss.double(), torch.tensor(float(sum(s.answer_tokens for s in batch_samples)), dtype=torch.float64, device=device)])
