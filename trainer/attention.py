@@ -29,6 +29,8 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
+from ftcore import contract
+
 NAME = "ft_varlen"
 CU_SEQ_LENS = "cu_seq_lens_q"  # transformers' keyword names (FlashAttentionKwargs)
 MAX_LENGTH = "max_length_q"
@@ -48,7 +50,7 @@ def kernel(query: torch.Tensor) -> str:
     if query.is_cuda and query.dtype in (torch.bfloat16, torch.float16):
         if importlib.util.find_spec("flash_attn") is not None:
             return "flash_attn"
-        if importlib.util.find_spec("torch.nn.attention.varlen") is not None:
+        if contract.torch_varlen_attn() is not None:  # present, and with the keywords ft passes
             return "torch_varlen"
     return "sdpa_per_example"
 
@@ -71,9 +73,7 @@ def varlen_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
         out = flash_attn_varlen_func(q, k, v, cu, cu, longest, longest, dropout_p=dropout, softmax_scale=scaling,
                                      causal=True)
     elif chosen == "torch_varlen" and dropout == 0.0:
-        from torch.nn.attention.varlen import varlen_attn
-
-        out = varlen_attn(q, k, v, cu, cu, longest, longest, scale=scaling, window_size=(-1, 0), enable_gqa=True)
+        out = contract.torch_varlen_attn()(q, k, v, cu, cu, longest, longest, scale=scaling, window_size=(-1, 0), enable_gqa=True)
     else:
         return _per_example(query, key, value, cu, dropout, scaling), None
     return out[None], None

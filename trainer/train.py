@@ -42,7 +42,7 @@ from . import checkpointing, data, dist, update
 from .batching import StepBatches, val_batches
 from .collate import Prefetcher, collate
 from .metrics import Metrics, memory_gib
-from .model import build
+from .model import build, graph_breaks
 from .tokenizer import load_tokenizer
 
 
@@ -234,6 +234,8 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
                 metrics.step(record)
         if on_step is not None:
             on_step(record)
+        if job.trainer.compile and step == started + 1:  # the first step ran every compiled layer
+            metrics.print(graph_breaks())
 
         if stop_requested and step < total_steps:
             metrics.print(f"stop requested (SIGUSR1/SIGTERM): checkpointing step {step}, exit {exits.REQUEUE}")
