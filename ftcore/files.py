@@ -36,29 +36,94 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def check_output(out: Path) -> Path:
-    """Refuse a destination that holds anything: ft never writes over files."""
+# Written into each folder ft merge/export make: what it was made from, so a re-run knows
+# whether the folder is current (the folder itself appears whole, by one rename).
+OUTPUT_STAMP = "ft_output.json"
+
+
+def check_output(out: Path, overwrite: bool = False, source: Path | None = None) -> Path:
+    """Refuse a destination that holds anything, unless `overwrite` (then it is replaced whole,
+    only once the new folder is complete): ft never writes over files. Refuse one inside the
+    `source` folder being read, always (a checkpoint would hold its own export)."""
     out = expand(out)
+    if source is not None:
+        inside, folder = out.absolute().resolve(), Path(source).absolute().resolve()
+        if inside == folder or folder in inside.parents:
+            raise UserError(f"--out {out} is inside {folder}, the folder being read: choose a folder outside it")
+    if overwrite and out.is_dir():
+        return out
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out} already exists and is not empty: choose another --out, or remove it first")
+        raise UserError(f"{out} already exists and is not empty: choose another --out, or --overwrite to replace it")
     return out
 
 
+def made_from(out: Path, stamp: dict) -> bool:
+    """`out` is a complete folder that ft made from exactly `stamp` (the same source and settings)."""
+    import json
+
+    try:
+        return json.loads((expand(out) / OUTPUT_STAMP).read_text()) == stamp
+    except (OSError, ValueError):
+        return False
+
+
 @contextlib.contextmanager
-def output_folder(out: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `out`; rename it to `out` once the block succeeds."""
-    out = check_output(out).absolute()
+def output_folder(out: Path, overwrite: bool = False, stamp: dict | None = None) -> Iterator[Path]:
+    """Yield a temporary folder beside `out`; rename it to `out` once the block succeeds (with
+    `stamp` written into it). `overwrite`: an existing `out` is moved aside first and removed
+    after, so `out` is never half old, half new."""
+    import json
+
+    out = check_output(out, overwrite).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-"))
     try:
-        yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; a model folder is for sharing
-        if out.is_dir():
+        try:
+            yield tmp
+        except Exception as err:
+            full = _as_full_disk(err, out)
+            if full is err:
+                raise
+            raise full from None
+        if stamp is not None:
+            (tmp / OUTPUT_STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
+        _shareable(tmp)  # mkdtemp makes it 0700, and some writers 0600 files; a model folder is for sharing
+        old = None
+        if overwrite and out.is_dir() and any(out.iterdir()):
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".old-{out.name}-"))
+            os.rename(out, old / out.name)
+        elif out.is_dir():
             out.rmdir()  # empty (checked above); fails if something appeared meanwhile
         os.rename(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _shareable(folder: Path) -> None:
+    """Modes as a plain `mkdir`/`open` under the user's umask would give them."""
+    umask = _umask()
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_symlink():
+            continue
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def _as_full_disk(err: Exception, out: Path) -> Exception:
+    """A full disk as OSError(ENOSPC), also when a library wraps it in its own error (safetensors
+    says `IoError(Os { code: 28, kind: StorageFull ... })`), so it reads as one line."""
+    import errno
+
+    if isinstance(err, OSError):
+        return err
+    text = str(err)
+    if "No space left on device" in text or "StorageFull" in text or "code: 28," in text:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out))
+    if "Disk quota exceeded" in text or "code: 122," in text:
+        return OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), str(out))
+    return err
 
 
 def _umask() -> int:

@@ -1,7 +1,7 @@
 """The memory and precision policy: what the trainer builds and `ft plan` prices.
 
-    decision = policy.decide(job)                      # the job's own layout
-    decision = policy.decide(job, Layout(1, 8, "fsdp2", "gpu"), dims)   # another one, for the planner
+    decision = policy.decide(job)                        # the job's own topology
+    decision = policy.decide(job, Topology(1, 8, "fsdp2", "gpu"), dims)   # another one, for the planner
 
 One owner for each rule both halves need: the trainer turns a `Decision` into tensors
 (trainer/model.py) and the planner multiplies it out (launcher/plan.py); neither decides a
@@ -9,10 +9,15 @@ dtype, a residency or a target list by itself, so they cannot drift apart. Torch
 
 The rules, and why:
 
-* Compute runs in `model.dtype` on GPUs and in fp32 on CPUs (CPUs have no fast bf16 matmul).
+* Compute runs in `model.dtype` on GPUs and in fp32 on CPUs (CPUs have no fast bf16 matmul):
+  `compute_dtype`, the one place that rule lives.
 * LoRA: the base is frozen and stored in the compute dtype, or in NF4 (4 bits, torchao) for
   each decoder projection whose shape NF4 can hold and shard (`nf4_fits`); the adapters, their
   gradients and Adam moments are fp32 (peft's default), so small updates are not rounded away.
+  The adapters *compute* in the compute dtype under every strategy (`adapter_compute`): FSDP2's
+  mixed precision gathers them in it, and data parallelism casts each adapter weight to it per
+  matmul (trainer/lora.py) instead of peft's default, which would copy every adapted layer's
+  input to fp32 and run the adapter path in fp32 (about 20 GiB of extra activations for 8B).
 * Full SFT sharded with FSDP2: the trained weights are fp32 shards (the master weights; each
   layer is cast to the compute dtype when gathered), fp32 gradients and moments.
   Full SFT with data parallelism (`strategy=ddp`) would train the compute-dtype weights
@@ -116,7 +121,7 @@ def nf4_bytes(numel: int, dtype_bytes: int) -> int:
     return numel // 2 + numel // NF4_BLOCK + (numel // (NF4_BLOCK * NF4_SCALER_BLOCK) + 1 + 16) * dtype_bytes
 
 
-# --- layout and decision -------------------------------------------------------------------------
+# --- topology and decision -----------------------------------------------------------------------
 
 
 def shard_rows(rows: int, world: int, rank: int = 0) -> int:
@@ -126,7 +131,9 @@ def shard_rows(rows: int, world: int, rank: int = 0) -> int:
 
 
 @dataclass(frozen=True)
-class Layout:
+class Topology:
+    """Where the training processes run and how they split the model (not the job folder: ftcore.layout)."""
+
     num_nodes: int = 1
     devices: int = 1
     strategy: str = "ddp"  # "ddp" | "fsdp2"
@@ -142,8 +149,8 @@ class Layout:
 
     @classmethod
     def of(cls, job, num_nodes: int | None = None, devices: int | None = None,
-           strategy: str | None = None) -> "Layout":
-        """The job's own layout, or the same job on other nodes, devices or strategy."""
+           strategy: str | None = None) -> "Topology":
+        """The job's own topology, or the same job on other nodes, devices or strategy."""
         return cls(num_nodes or job.trainer.num_nodes, devices or job.trainer.devices,
                    strategy or job.strategy, job.trainer.accelerator)
 
@@ -152,7 +159,7 @@ class Layout:
 class Decision:
     """What one training process stores, in what dtype, and where: the trainer builds this."""
 
-    layout: Layout
+    topology: Topology
     lora: bool
     compute: str  # dtype of matmuls and activations
     frozen: str | None  # dtype of the frozen base (LoRA); its NF4-able projections are "nf4" when quantized
@@ -163,12 +170,18 @@ class Decision:
     quantization: str | None  # "nf4": the frozen decoder projections, where nf4_fits
     cpu_offload: bool  # FSDP2 keeps the sharded weights, gradients and optimizer state in host memory
     activation_checkpointing: bool
-    accum_steps: int  # micro batches per optimizer step on this layout
+    accum_steps: int  # micro batches per optimizer step on this topology
     lora_targets: tuple[str, ...] | None = field(default=None)  # resolved here for a named architecture
+    lora_parameters: tuple[str, ...] | None = field(default=None)  # adapted 3-D expert weights (peft target_parameters)
+
+    @property
+    def adapter_compute(self) -> str | None:
+        """The dtype LoRA's adapter matmuls run in: the compute dtype, on every strategy."""
+        return self.compute if self.lora else None
 
     @property
     def sharded(self) -> bool:
-        return self.layout.strategy == "fsdp2"
+        return self.topology.strategy == "fsdp2"
 
     @property
     def master_weights(self) -> bool:
@@ -183,7 +196,7 @@ class Decision:
 
     def stores_nf4(self, rows: int, cols: int) -> bool:
         """Whether a frozen decoder projection of this shape is stored in NF4."""
-        return self.quantization == "nf4" and nf4_fits(rows, cols, self.layout.world if self.sharded else 1)
+        return self.quantization == "nf4" and nf4_fits(rows, cols, self.topology.world if self.sharded else 1)
 
     def describe(self) -> list[str]:
         """One line per decision, for `ft plan` and the trainer's first log lines."""
@@ -193,7 +206,8 @@ class Decision:
             if self.quantization:
                 base += f", its decoder projections in {self.quantization.upper()} (torchao)"
             lines.append(base)
-            lines.append(f"LoRA adapters, gradients and Adam moments in {self.trained}")
+            lines.append(f"LoRA adapters, gradients and Adam moments in {self.trained}"
+                         + (f", adapters computed in {self.adapter_compute}" if self.adapter_compute != self.trained else ""))
         else:
             lines.append(f"trained weights in {self.trained}" + (" (the master weights)" if self.master_weights else "")
                          + f", gradients in {self.grad}, Adam moments in {self.optim}")
@@ -209,24 +223,30 @@ class Decision:
         return lines
 
 
-def decide(job, layout: Layout | None = None, dims=None) -> Decision:
-    """The decision for `job` on `layout` (default: its own). With `dims` (ftcore.arch.Dims) of
+def compute_dtype(job, topology: Topology) -> str:
+    """The dtype of matmuls and activations: `model.dtype` on GPUs, fp32 on CPUs (no fast bf16
+    matmul there). Tests replace this function to run the GPU dtypes on a CPU."""
+    return job.model.dtype if topology.on_gpu else "fp32"
+
+
+def decide(job, topology: Topology | None = None, dims=None) -> Decision:
+    """The decision for `job` on `topology` (default: its own). With `dims` (ftcore.arch.Dims) of
     a named architecture the LoRA targets are resolved too, raising UserError when a glob
     matches nothing."""
-    layout = layout or Layout.of(job)
+    topology = topology or Topology.of(job)
     lora = job.peft is not None
-    compute = job.model.dtype if layout.on_gpu else "fp32"
-    sharded = layout.strategy == "fsdp2"
+    compute = compute_dtype(job, topology)
+    sharded = topology.strategy == "fsdp2"
     if lora:
         trained = "fp32"
     else:
         trained = "fp32" if sharded else compute
-    per_step = job.data.micro_batch_size * layout.world
+    per_step = job.data.micro_batch_size * topology.world
     targets = None
     if lora and dims is not None and dims.named:
-        targets = tuple(lora_targets(dims.linear_names(), "lm_head", job.peft))
+        targets = tuple(lora_targets(dims.linear_names(), dims.head_name, job.peft))
     return Decision(
-        layout=layout,
+        topology=topology,
         lora=lora,
         compute=compute,
         frozen=compute if lora else None,

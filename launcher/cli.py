@@ -293,9 +293,8 @@ def jobs_cmd(
 
     from launcher import jobs
 
-    views = jobs.all_jobs()
-    hidden = [] if show_all else jobs.dry_runs(views)
-    rows = jobs.summary_rows([v for v in views if v not in hidden][:limit])
+    views, hidden = jobs.newest(limit, with_dry_runs=show_all)  # reads about `limit` folders, not all
+    rows = jobs.summary_rows(views)
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -312,7 +311,7 @@ def jobs_cmd(
         table.add_row(name, row["factory"], row["state"], row["progress"], row["age"])
     _console(soft_wrap=False).print(table)
     if hidden:
-        print(f"{len(hidden)} dry run(s) not shown: `ft jobs --all` lists them, `ft clean --dry-runs` removes them",
+        print(f"{hidden} dry run(s) not shown: `ft jobs --all` lists them, `ft clean --dry-runs` removes them",
               file=sys.stderr)
 
 
@@ -383,7 +382,12 @@ def logs_cmd(
 
     view = jobs.find(job)
     printed = False
-    for line in jobs.log_lines(view, rank, follow):
+
+    def waiting(state: str) -> None:  # a job that has not started says why, on stderr
+        if not printed and state.startswith("PENDING"):
+            print(f"ft: job {view.label} is {state}; following its log once it starts", file=sys.stderr, flush=True)
+
+    for line in jobs.log_lines(view, rank, follow, on_state=waiting):
         print(line, flush=True)
         printed = True
     if not printed and not follow:
@@ -478,7 +482,7 @@ def _make_hf_files(folder: Path) -> None:
     from fttools import require_stack
 
     require_stack()
-    from fttools.distributed import write_hf_files
+    from fttools.hf_files import write_hf_files
 
     write_hf_files(folder)
 
@@ -496,16 +500,38 @@ def merge_cmd(
     ckpt: str = CkptArg,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="New folder for the merged model (default: JOB/exports/STEP-merged)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16, fp16 or fp32 (default: the base model's dtype)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output folder (whole, once the new one is written)."),
 ) -> None:
-    """Fold a LoRA adapter into its base: a plain model folder AutoModelForCausalLM and vLLM load."""
+    """Fold a LoRA adapter into its base: a plain model folder AutoModelForCausalLM and vLLM load.
+
+    Run again, it keeps a folder it made from the same checkpoint and dtype; --overwrite remakes it.
+    """
     checkpoint = _checkpoint(ckpt)
     dtype = _dtype(dtype)
     from fttools import require_stack
 
     require_stack()
+    import time
+
     from fttools.merge import merge
 
-    print(merge(checkpoint, out, dtype))
+    started = time.time()
+    done = merge(checkpoint, out, dtype, overwrite)
+    if done.stat().st_mtime < started:
+        print(f"ft: {done} is already this merge, up to date (--overwrite to write it again)", file=sys.stderr)
+    print(done)
+
+
+@app.command("best")
+def best_cmd(job: str = JobArg) -> None:
+    """Print the kept checkpoint with the lowest validation loss: `ft export $(ft best JOB) --to vllm`."""
+    from launcher import locate
+
+    best = locate.best_checkpoint(job)
+    print(f"step {best.step}: val_loss {best.val_loss:.4f}", file=sys.stderr)
+    if best.note:
+        print(f"ft: note: {best.note}", file=sys.stderr)
+    print(best.folder)
 
 
 @app.command("generate")
@@ -516,22 +542,28 @@ def generate_cmd(
     context: Optional[str] = typer.Option(None, "--context", help="squad jobs: the context passage."),
     instruction: Optional[str] = typer.Option(None, "--instruction", help="alpaca jobs: the instruction."),
     input_text: Optional[str] = typer.Option(None, "--input", help="alpaca jobs: the optional input."),
+    message: Optional[str] = typer.Option(None, "--message", help="chat (messages) jobs: the user's turn; the tokenizer's chat template is applied."),
+    system: Optional[str] = typer.Option(None, "--system", help="chat jobs, with --message: a system message first."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n", min=1, help="Stop after this many new tokens."),
 ) -> None:
     """Greedy answer of a checkpoint (SFT, or base + LoRA adapter), in the prompt format its job trained on.
 
-    `ft generate JOB --question Q --context C` builds the prompt as training did; a PROMPT
-    argument is continued as raw text.
+    `ft generate JOB --question Q --context C` builds the prompt as training did; for a chat
+    job, `--message M [--system S]` renders the turn with the tokenizer's chat template; a
+    PROMPT argument is continued as raw text.
     """
     from ftcore.errors import UserError
 
     fields = {k: v for k, v in (("question", question), ("context", context), ("instruction", instruction),
                                 ("input", input_text)) if v is not None}
-    if bool(fields) == (prompt is not None):
-        raise UserError("give the record's fields (--question and --context for a squad job, --instruction for "
-                        "an alpaca job) or one raw PROMPT, not both" if fields else
+    if system is not None and message is None:
+        raise UserError("--system goes with --message (the user's turn of a chat job)")
+    modes = sum((bool(fields), prompt is not None, message is not None))
+    if modes != 1:
+        raise UserError("give one of: the record's fields (--question and --context for a squad job, --instruction "
+                        "for an alpaca job), --message for a chat job, or one raw PROMPT" if modes else
                         "nothing to answer: give --question and --context (squad jobs), --instruction (alpaca "
-                        "jobs), or a raw PROMPT")
+                        "jobs), --message (chat jobs), or a raw PROMPT")
     checkpoint = _checkpoint(ckpt)
     from fttools import require_stack
 
@@ -541,8 +573,8 @@ def generate_cmd(
     if fields:
         prompt = job_prompt(checkpoint, fields)
         print(f"prompt: {prompt!r}", file=sys.stderr)
-    text = generate(checkpoint, prompt, max_new_tokens)
-    print(text.strip() if fields else text)
+    text = generate(checkpoint, prompt, max_new_tokens, message=message, system=system)
+    print(text.strip() if fields or message is not None else text)
     if not text.strip():
         print("(the continuation is empty: the model ended it at once)", file=sys.stderr)
 
@@ -550,7 +582,7 @@ def generate_cmd(
 @app.command("eval")
 def eval_cmd(
     ckpt: str = CkptArg,
-    data: Optional[str] = typer.Option(None, "--data", help="A .json/.jsonl file, ft:NAME (a file ft ships) or a hub dataset (default: the job's data.val_path)."),
+    data: Optional[str] = typer.Option(None, "--data", help="A .json/.jsonl file, ft:NAME (a file ft ships) or a hub dataset (default: the job's data.val_path, else the records it held out by data.val_fraction)."),
     split: str = typer.Option("validation", "--split", help="Split of a hub dataset."),
     fmt: Optional[str] = typer.Option(None, "--format", help="squad, alpaca or jsonl (default: the job's data.format)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Score only the first N records."),
@@ -561,13 +593,7 @@ def eval_cmd(
     """Validation loss on DATA (as training computes it); for SQuAD data, exact match and F1 too."""
     import json
 
-    checkpoint = _checkpoint(ckpt)
-    if data is None:
-        from ftcore.errors import UserError
-
-        data = (checkpoint.job_config.get("data") or {}).get("val_path")
-        if not data:
-            raise UserError("--data: name the file to score (this checkpoint's job has no data.val_path to default to)")
+    checkpoint = _checkpoint(ckpt)  # without --data: the job's validation records (val_path or held out)
     from fttools import require_stack
 
     require_stack()
@@ -599,6 +625,7 @@ def export_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="New folder (default: JOB/exports/STEP-vllm[-lora])."),
     merge: bool = typer.Option(False, "--merge", help="LoRA: fold the adapter into its base first."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="With --merge: bf16, fp16 or fp32."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output folder (whole, once the new one is written)."),
 ) -> None:
     """A folder vLLM serves (model, or LoRA adapter), with the exact `vllm serve` command."""
     from fttools import export, require_stack
@@ -607,8 +634,10 @@ def export_cmd(
     dtype = _dtype(dtype)
     if merge:
         require_stack()
-    done = export.export(checkpoint, to, out, merge, dtype)
+    done = export.export(checkpoint, to, out, merge, dtype, overwrite)
     err = _console(stderr=True)
+    if done.up_to_date:
+        err.print(f"ft: {done.out} is already this export, up to date (--overwrite to write it again)", markup=False)
     for warning in done.warnings:
         err.print(f"[bold yellow]ft: warning:[/] {warning}", markup=True, highlight=False)
     print(done.out)
@@ -654,7 +683,7 @@ def plot_cmd(
 def plan_cmd(
     ctx: typer.Context,
     factory: Optional[str] = FactoryOpt,
-    gpu_memory: float = typer.Option(80.0, "--gpu-memory", help="Memory of one GPU in GiB."),
+    gpu_memory: Optional[float] = typer.Option(None, "--gpu-memory", help="Memory of one GPU in GiB (default: trainer.gpu_memory_gib, a site setting)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object for scripts."),
     rank: int = typer.Option(0, "--rank", min=0, help="Price this rank's shards (rank 0 holds the largest)."),
     profile: Optional[str] = ProfileOpt,
@@ -667,13 +696,13 @@ def plan_cmd(
     from ftcore.errors import UserError
     from launcher import config, plan
 
-    if not gpu_memory > 0 or gpu_memory == float("inf"):
+    if gpu_memory is not None and (not gpu_memory > 0 or gpu_memory == float("inf")):
         raise UserError(f"--gpu-memory {gpu_memory}: give one GPU's memory in GiB, a positive number like 80")
     factory, args = _factory(factory, list(ctx.args), "plan")
     job = config.resolve(factory, args, profile).job
     est = plan.estimate(job, gpu_memory, rank=rank)
     if as_json:
-        fit = plan.smallest_fit(job, gpu_memory) if est.on_gpu else None
+        fit = plan.smallest_fit(job, est.gpu_gib) if est.on_gpu else None
         smallest = {"num_nodes": fit.num_nodes, "devices": fit.devices, "strategy": fit.strategy} if fit else None
         print(json.dumps({**est.as_dict(), "smallest_fit": smallest}, indent=2))
         return
@@ -741,6 +770,8 @@ def image_check_cmd(
     local = images.image_to_run(container)
     if images.is_uri(image) and not Path(local).is_file():
         raise UserError(f"{image} is not pulled yet", hint=f"ft image pull {image}")
+    if images.is_uri(image):
+        images.check_trusted(container, Path(local))
     report = images.check(container, local)
     print("\n".join(report.lines()))
     if report.problems:
@@ -761,6 +792,7 @@ def image_pull_cmd(
     container = _container(uri, runtime, profile, cache_dir=cache_dir)
     path, pulled = images.pull(uri, images.cache_dir(container), container.runtime, echo=images.echo_stderr)
     if not pulled:
+        images.check_trusted(container, path)
         _console(stderr=True).print(f"{uri} was pulled before")
     print(path)
 

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import os
 import re
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ import yaml
 from ftcore import exits, layout, progress
 from ftcore.files import expand
 from ftcore.errors import UserError
-from launcher import jobdir, paths, slurm
+from launcher import jobdir, jobindex, paths, slurm
 from launcher.config import load_yaml
 
 
@@ -224,17 +223,63 @@ def load(folder: Path) -> JobView:
     return JobView(folder, record, config if isinstance(config, dict) else {}, "; ".join(problems) or None)
 
 
-def all_jobs(root: Path | None = None) -> list[JobView]:
-    """Every job folder, newest first (temporary folders being written are skipped)."""
-    root = root or paths.jobs_root()
+def _folders(root: Path) -> list[os.DirEntry]:
+    """The job folders under `root` (temporary folders being written, and the index, skipped)."""
     try:
-        folders = [p for p in root.iterdir() if not p.name.startswith(".") and p.is_dir()]
+        with os.scandir(root) as entries:
+            return [e for e in entries if not e.name.startswith(".") and _is_dir(e)]
     except FileNotFoundError:
         return []
     except OSError as err:
         raise UserError(f"cannot read the job folders in {root}: {err.strerror}") from None
-    views = [load(p) for p in folders]
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a symlink loop, a vanished entry: not a job folder
+        return False
+
+
+def _created(folder: str) -> float:
+    """What `JobView.created` says, from one stat (no file read)."""
+    for name in (jobdir.CONFIG, ""):
+        try:
+            return os.stat(os.path.join(folder, name)).st_mtime
+        except OSError:
+            continue
+    return 0
+
+
+def all_jobs(root: Path | None = None) -> list[JobView]:
+    """Every job folder, newest first (temporary folders being written are skipped)."""
+    root = root or paths.jobs_root()
+    views = [load(Path(e.path)) for e in _folders(root)]
     return sorted(views, key=lambda v: (v.created, v.folder.name), reverse=True)
+
+
+def newest(limit: int, with_dry_runs: bool = False, root: Path | None = None) -> tuple[list[JobView], int]:
+    """(the `limit` newest jobs, how many dry runs were left out): `ft jobs -n 20` reads the
+    folders it shows, not every folder. The order is `all_jobs`'s, from one stat per folder;
+    a folder without a record is a dry run (`dry_runs`), read to be sure only while the list
+    still has room (past it, one whose config is unreadable counts among the dry runs)."""
+    root = root or paths.jobs_root()
+    order = sorted(((_created(e.path), e.name) for e in _folders(root)), reverse=True)
+    shown: list[JobView] = []
+    hidden = 0
+    for _, name in order:
+        folder = root / name
+        full = len(shown) >= limit
+        if not with_dry_runs and not (folder / jobdir.RECORD).exists():
+            if full or dry_runs([load(folder)]):
+                hidden += 1
+                continue
+        if full:
+            if with_dry_runs:
+                break
+            continue
+        shown.append(load(folder))
+    return shown, hidden
 
 
 def find(spec: str, root: Path | None = None) -> JobView:
@@ -250,7 +295,12 @@ def find(spec: str, root: Path | None = None) -> JobView:
     array_task = _ARRAY_TASK.match(spec)
     if array_task:
         return find(array_task.group(1), root).with_task(int(array_task.group(2)))
+    known = _known(spec, root or paths.jobs_root())
+    if known is not None:
+        return known
     views = all_jobs(root)
+    for view in views:  # the index, rebuilt from the scan: the next `ft status ID` reads one folder
+        jobindex.record(view.folder, [view.job_id, *view.earlier_ids])
     exact = [v for v in views if v.job_id == spec or v.folder.name == spec or spec in v.earlier_ids]
     if len(exact) == 1:
         found = exact[0]
@@ -263,6 +313,22 @@ def find(spec: str, root: Path | None = None) -> JobView:
         names = ", ".join(f"{v.job_id or '-'} ({v.folder.name})" for v in matches[:6])
         raise UserError(f"{spec!r} matches {len(matches)} jobs: {names}", hint="give more of the id or folder name")
     return matches[0]
+
+
+def _known(spec: str, root: Path) -> JobView | None:
+    """The job `spec` names exactly, read from the one folder the index (or its name) points
+    at; None when the index has no entry, or a stale one (then every folder is read)."""
+    folder = jobindex.lookup(root, spec)
+    if folder is not None:
+        view = load(folder)
+        if view.job_id == spec:
+            return view
+        if spec in view.earlier_ids:
+            return dataclasses.replace(view, earlier=spec)
+    named = root / spec
+    if not spec.startswith(".") and "/" not in spec and (named / jobdir.CONFIG).is_file():
+        return load(named)
+    return None
 
 
 def trainer_finished(run: Path) -> bool:
@@ -293,20 +359,21 @@ def _folder_state(view: JobView, run: Path | None = None) -> str:
         if code == exits.REQUEUE and view.executor != "slurm":  # ft's own script requeues, or says why not
             return "PREEMPTED (checkpointed: requeue or run again to resume)"
         return "COMPLETED" if code == 0 else f"FAILED (exit {code})"
+    elsewhere = jobdir.other_host(view.record) if view.executor == "local" else None
+    if elsewhere:  # FT_HOME shared between machines: only ft there can see the processes
+        return f"RUNNING on {elsewhere} (as its records say; `ft status` there checks its processes)"
+    alive = jobdir.processes_alive(view.record) if view.executor == "local" else None
     if last["event"] == "cancel":
-        pids = view.record.get("pids") or [] if view.executor == "local" else []
-        if any(jobdir.pid_alive(int(p)) for p in pids if isinstance(p, int)):
+        if alive:
             return "RUNNING (cancelled: stops after writing a checkpoint)"
         return "CANCELLED"
     if last["event"] == "requeue":
         return "REQUEUED"
-    if view.executor == "local":
-        pids = view.record.get("pids") or []
-        if pids and not any(jobdir.pid_alive(int(p)) for p in pids if isinstance(p, int)):
-            # The process that records the exit is gone; the trainer's own record still says.
-            if trainer_finished(run):
-                return "COMPLETED"
-            return "CANCELLED" if cancelled else "FAILED (processes gone)"
+    if alive is False:
+        # The process that records the exit is gone; the trainer's own record still says.
+        if trainer_finished(run):
+            return "COMPLETED"
+        return "CANCELLED" if cancelled else "FAILED (processes gone)"
     return "RUNNING"
 
 
@@ -337,9 +404,11 @@ def state(view: JobView, ask_scheduler: bool = True) -> str:
             return folder_state  # no scheduler reachable here: the folder still knows
         if not info:
             return _forgotten(view, folder_state)
-        scheduler_state = info.get("JobState", UNKNOWN)
+        scheduler_state = slurm.describe_state(info)  # PENDING with SLURM's reason and estimated start
         if scheduler_state in ("COMPLETED", "FAILED") and folder_state.startswith("REQUEUED"):
             return "REQUEUED"
+        if scheduler_state.startswith("PENDING") and folder_state.startswith("CANCELLED"):
+            return "CANCELLED"  # `ft cancel` recorded it; SLURM is still removing it
         return scheduler_state
     return folder_state
 
@@ -469,8 +538,11 @@ def select_rank(lines: list[str], rank: int | None) -> list[str]:
     return [line.lstrip()[len(prefix):] for line in lines if line.lstrip().startswith(prefix)]
 
 
-def log_lines(view: JobView, rank: int | None = None, follow: bool = False, poll: float = 1.0) -> Iterator[str]:
-    """The job's output lines (one task's with `rank`); with `follow`, until the job has ended."""
+def log_lines(view: JobView, rank: int | None = None, follow: bool = False, poll: float = 1.0,
+              on_state=None) -> Iterator[str]:
+    """The job's output lines (one task's with `rank`); with `follow`, until the job has ended,
+    calling `on_state(state)` with the job's state each time it changes (a pending job's
+    reason included)."""
     if view.executor == "dry-run":
         raise UserError(f"{view.folder.name} is a dry run: it has no logs (submit it with `ft resubmit {view.folder}`)")
     offsets: dict[Path, int] = {}
@@ -496,8 +568,13 @@ def log_lines(view: JobView, rank: int | None = None, follow: bool = False, poll
             yield from ([f"[task {task}] {line}" for line in lines] if task is not None else lines)
 
     yield from drain()
+    said = None
     while follow:
-        finished = is_finished(state(view))
+        current = state(view)
+        if on_state is not None and current != said:
+            on_state(current)
+            said = current
+        finished = is_finished(current)
         yield from drain()
         if finished:
             return
@@ -513,24 +590,20 @@ def cancel(view: JobView) -> JobView:
     if is_finished(current) and not unknown:
         raise UserError(f"job {view.label} already ended ({current}): nothing to cancel")
     if view.executor == "local":
-        layout.record_event(view.run_dirs[0], "cancel")
-        # pids[0] is the process that watches the tasks and records their exit: spare it.
-        pids = [p for p in view.record.get("pids", []) if isinstance(p, int)]
-        for pid in pids[1:] or pids:
-            try:
-                os.killpg(int(pid), signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        from launcher import local
+
+        local.cancel(view.record, view.label, view.run_dirs[0])
     elif view.job_id:
         try:
             slurm.scancel(view.label)
         except UserError:
             if not unknown:
                 raise
-    if unknown:
-        with open(view.run_dirs[0] / layout.EVENTS, "a") as handle:
-            handle.write(json.dumps({"event": "cancel", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                     "job_id": view.job_id}) + "\n")
+    if view.executor != "local" and (view.job_id or unknown):
+        # The folder keeps the cancel: SLURM forgets the job (MinJobAge), the folder does not,
+        # so it reads CANCELLED then too, not UNKNOWN.
+        for run in view.run_dirs:
+            layout.record_event(run, "cancel", job_id=view.job_id)
     return view
 
 

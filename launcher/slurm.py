@@ -122,6 +122,21 @@ def job_info(job_id: str) -> dict[str, str] | None:
     return fields
 
 
+def describe_state(info: dict[str, str]) -> str:
+    """The job's state as a person reads it; a pending job with SLURM's reason and its
+    estimated start (squeue's %r and %S): `PENDING (Dependency)`,
+    `PENDING (Resources; estimated start 2026-12-02T19:00:00)`."""
+    state = info.get("JobState") or "UNKNOWN"
+    if state != "PENDING":
+        return state
+    reason = info.get("Reason") or ""
+    start = info.get("StartTime") or ""
+    parts = [reason] if reason and reason != "None" else []
+    if start and start not in ("Unknown", "None", "N/A"):
+        parts.append(f"estimated start {start}")
+    return f"PENDING ({'; '.join(parts)})" if parts else "PENDING"
+
+
 def queue_states(user: str | None = None, job_id: str | None = None) -> dict[str, str]:
     """Job id → state for jobs squeue still lists (pending, running, recently ended); each
     task of a job array on its own line (`15_0`, `15_1`: `--array`)."""

@@ -177,15 +177,27 @@ def train(job_dir: Path, raw: dict, on_step=None) -> int:
 NF4_LLAMA = {**TINY_LLAMA, "hidden_size": 256, "intermediate_size": 512}
 
 
-def held_run(rank: int, world: int, config: str, port: int) -> None:
+def gpu_dtypes_on_cpu(job, layout) -> str:
+    """ftcore.policy.compute_dtype as on a GPU: `model.dtype` (bf16) on this CPU too, so the
+    GPU's dtype policy (bf16 frozen base and compute, fp32 adapters, master weights and Adam
+    state) runs in a CPU test."""
+    return job.model.dtype
+
+
+def held_run(rank: int, world: int, config: str, port: int, gpu_dtypes: bool = False) -> None:
     """One rank of a job trained in this process (torch.multiprocessing for world > 1); writes
     `held-<rank>.json` beside the config: the peak bytes of weights, gradients and optimizer
-    state the trainer held (trainer.memory), at every micro batch and step."""
+    state the trainer held (trainer.memory), at every micro batch and step. `gpu_dtypes`: with
+    the GPU's dtype policy (`gpu_dtypes_on_cpu`)."""
     import torch
 
+    from ftcore import policy
     from ftcore.schema import load_job
     from trainer import memory
     from trainer.train import run
+
+    if gpu_dtypes:
+        policy.compute_dtype = gpu_dtypes_on_cpu
 
     if world > 1:
         os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",

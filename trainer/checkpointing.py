@@ -13,7 +13,7 @@
     JOB/checkpoints/latest            names the newest complete folder (replaced atomically)
 
 ft's after-training commands accept any checkpoint: for one without the Hugging Face files,
-`write_hf_from_state` makes them from ``ft_state/dcp`` on the CPU (fttools.distributed).
+`write_hf_from_state` makes them from ``ft_state/dcp`` on the CPU (fttools.hf_files).
 
 A checkpoint is written into ``.tmp-step-000012`` and renamed into place once complete, so a
 job killed mid-save leaves the previous checkpoint as the newest complete one
@@ -32,12 +32,27 @@ from pathlib import Path
 
 import torch
 
+<<<<<<< HEAD
 from ftcore import contract
+=======
+from ftcore import policy
+>>>>>>> main
 from ftcore.errors import UserError
-from ftcore.layout import (CHECKPOINTS, COMPLETE_MARKER, LATEST, TRAINER_STATE, TRAINING_STATE, complete_checkpoints,
+from ftcore.layout import (BASE_MODEL, CHECKPOINTS, COMPLETE_MARKER, LATEST, TRAINER_STATE, TRAINING_STATE, complete_checkpoints,
                            is_complete, newest_complete, step_dir)
 
 from . import dist
+
+
+def base_reference(job, job_dir: Path) -> tuple[Path | None, str | None]:
+    """(folder to save a random base into, what adapter_config.json names as the base)."""
+    if job.peft is None:
+        return None, None
+    if job.model.init == "random":
+        base_dir = (job_dir / BASE_MODEL).resolve()
+        return base_dir, str(base_dir)
+    local = Path(job.model.path)
+    return None, str(local.resolve()) if local.exists() else job.model.path
 
 
 def _state_dicts(built, optimizer):
@@ -348,5 +363,10 @@ def write_hf_from_state(checkpoint: Path, job, base_ref: str | None, folder: Pat
     missing = [k for k, v in lm.state_dict().items() if v.is_meta]
     if missing:
         raise ValueError(f"{checkpoint} has no weights for {missing[:3]} ({len(missing)} in all)")
+<<<<<<< HEAD
     dtype = DTYPES[job.model.dtype] if job.trainer.accelerator == "gpu" else torch.float32
     _export(lm, folder, base_ref, {k: v.to(dtype) for k, v in lm.state_dict().items()}, dtype)
+=======
+    dtype = DTYPES[policy.decide(job).compute]
+    _export(lm, folder, base_ref, lm.state_dict(), dtype)
+>>>>>>> main
