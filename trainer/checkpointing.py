@@ -32,11 +32,7 @@ from pathlib import Path
 
 import torch
 
-<<<<<<< HEAD
-from ftcore import contract
-=======
-from ftcore import policy
->>>>>>> main
+from ftcore import contract, policy
 from ftcore.errors import UserError
 from ftcore.layout import (BASE_MODEL, CHECKPOINTS, COMPLETE_MARKER, LATEST, TRAINER_STATE, TRAINING_STATE, complete_checkpoints,
                            is_complete, newest_complete, step_dir)
@@ -363,10 +359,5 @@ def write_hf_from_state(checkpoint: Path, job, base_ref: str | None, folder: Pat
     missing = [k for k, v in lm.state_dict().items() if v.is_meta]
     if missing:
         raise ValueError(f"{checkpoint} has no weights for {missing[:3]} ({len(missing)} in all)")
-<<<<<<< HEAD
-    dtype = DTYPES[job.model.dtype] if job.trainer.accelerator == "gpu" else torch.float32
-    _export(lm, folder, base_ref, {k: v.to(dtype) for k, v in lm.state_dict().items()}, dtype)
-=======
     dtype = DTYPES[policy.decide(job).compute]
-    _export(lm, folder, base_ref, lm.state_dict(), dtype)
->>>>>>> main
+    _export(lm, folder, base_ref, {k: v.to(dtype) for k, v in lm.state_dict().items()}, dtype)
