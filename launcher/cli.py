@@ -704,7 +704,10 @@ def plan_cmd(
     if as_json:
         fit = plan.smallest_fit(job, est.gpu_gib) if est.on_gpu else None
         smallest = {"num_nodes": fit.num_nodes, "devices": fit.devices, "strategy": fit.strategy} if fit else None
-        print(json.dumps({**est.as_dict(), "smallest_fit": smallest}, indent=2))
+        path = plan.attention(job)
+        print(json.dumps({**est.as_dict(), "smallest_fit": smallest,
+                          "attention": {"name": path.name, "padding_free": path.padding_free,
+                                        "packing": path.packing, "reason": path.reason}}, indent=2))
         return
     scale, unit = (plan.GIB, "GiB") if est.total >= plan.GIB else (2**20, "MiB")
     unit += " per GPU" if est.on_gpu else ""
@@ -723,7 +726,8 @@ def plan_cmd(
     table.add_row("total", f"{est.total / scale:.2f}", "", style="bold")
     console = _console()
     console.print(table)
-    for line in ["policy: " + "; ".join(est.decision.describe()), *est.notes, *plan.verdict(est, job)]:
+    for line in ["policy: " + "; ".join(est.decision.describe()), plan.attention(job).describe(), *est.notes,
+                 *plan.verdict(est, job)]:
         console.print(line, markup=False)
 
 

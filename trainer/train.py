@@ -219,8 +219,8 @@ class Setup:
 
     def collate(self, samples) -> dict:
         job = self.job
-        return collate(samples, self.tokenizer.pad_token_id, job.model.attn_implementation, self.built.compute_dtype,
-                       self.device, job.data.padding_free)
+        return collate(samples, self.tokenizer.pad_token_id, self.built.attention.name, self.built.compute_dtype,
+                       self.device, self.built.attention.padding_free)
 
     def save(self, at_step: int, export: bool = False) -> Path:
         job = self.job
@@ -395,8 +395,8 @@ def evaluate(built, samples, job, env, device, pad_id, stop: "StopSignal | None"
             if stop is not None and _any_rank_stopping(stop, env, device):
                 model.train()
                 return None
-            batch = collate(batch_samples, pad_id, job.model.attn_implementation, built.compute_dtype, device,
-                                 job.data.padding_free)
+            batch = collate(batch_samples, pad_id, built.attention.name, built.compute_dtype, device,
+                            built.attention.padding_free)
             loss = model(**batch)
             if counts:
                 totals += torch.stack([loss.double(), torch.tensor(float(sum(s.answer_tokens for s in batch_samples)), dtype=torch.float64, device=device)])
