@@ -198,7 +198,7 @@ def set_config_dtype(config, dtype) -> None:
 def torch_varlen_attn():
     """torch's variable-length attention when it takes what ft passes (causal through
     `window_size`, grouped-query heads through `enable_gqa`), else None: its signature
-    changed across torch releases, and ft then runs per-example SDPA instead."""
+    changed across torch releases, and ft then runs SDPA with a block mask instead."""
     import inspect
 
     try:
@@ -261,7 +261,7 @@ def _probe_dcp():
 
 def _probe_torch_varlen():
     if torch_varlen_attn() is None:
-        return "absent or another signature: padding-free rows on a GPU run per-example SDPA (one host read per layer)"
+        return "absent or another signature: padding-free rows on a GPU without flash-attn run SDPA with a block mask"
 
 
 def _probe_peft_lora():
