@@ -14,6 +14,7 @@ import torch
 
 from ftcore.formats import FORMATS
 from ftcore.layout import Checkpoint
+from ftcore import contract
 from ftcore.errors import UserError
 
 from trainer.hub import hf_token
@@ -45,7 +46,7 @@ def load_base(ckpt: Checkpoint, dtype: torch.dtype | str = "auto", device: torch
     if not base:
         raise UserError(f"{ckpt.path / 'adapter_config.json'} names no base_model_name_or_path")
     try:
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, token=hf_token(), **_placement(device))
+        model = AutoModelForCausalLM.from_pretrained(base, **contract.with_dtype(dtype), token=hf_token(), **_placement(device))
     except OSError as err:
         raise UserError(f"cannot load the base model {base} named by {ckpt.path / 'adapter_config.json'}: {err}",
                         hint="a hub id needs network and, for gated models, HF_TOKEN in the environment") from None
@@ -71,7 +72,7 @@ def load_model(ckpt: Checkpoint, dtype: str | None = None, device: torch.device 
 
         model = PeftModel.from_pretrained(load_base(ckpt, torch_dtype, device), ckpt.path)
     else:
-        model = AutoModelForCausalLM.from_pretrained(ckpt.path, dtype=torch_dtype, **_placement(device)).to(device)
+        model = AutoModelForCausalLM.from_pretrained(ckpt.path, **contract.with_dtype(torch_dtype), **_placement(device)).to(device)
     return model.eval()
 
 

@@ -41,7 +41,7 @@ from . import checkpointing, data, dist, update
 from .batching import StepBatches, val_batches
 from .collate import Prefetcher, collate
 from .metrics import Metrics, memory_gib
-from .model import Built, build
+from .model import Built, build, graph_breaks
 from .stop import StopSignal
 from .tokenizer import load_tokenizer
 
@@ -139,6 +139,8 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
                 metrics.step(record)
         if on_step is not None:
             on_step(record)
+        if job.trainer.compile and step == started + 1:  # the first step ran every compiled layer
+            metrics.print(graph_breaks())
 
         if stop_requested and step < total_steps:
             return s.stop_now(step, "a stop signal")
