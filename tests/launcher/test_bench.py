@@ -38,3 +38,19 @@ def test_gpu_suite_runs_end_to_end_in_dry_mode():
                   "speed: Llama-3.2-1B full SFT", "speed: Llama-3.1-8B LoRA r=16"):
         assert re.search(rf"^- PASS {re.escape(check)}", out, re.M), out[-3000:]
     assert out.count("| ft plan ÷ ft peak |") == 2
+
+
+def test_the_gpu_suite_fails_on_a_gpu_unless_every_check_ran():
+    """A skipped check on the GPU is one the GPU did not pass: all-skipped must not pass."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_suite", REPO / "bench" / "gpu_suite.py")
+    suite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(suite)
+    passed, skipped, failed = ("a", "PASS", ""), ("b", "SKIP", "needs torchao"), ("c", "FAIL", "")
+    assert suite.exit_status([passed, passed], dry=False) == 0
+    assert suite.exit_status([skipped, skipped], dry=False) == 1
+    assert suite.exit_status([passed, skipped], dry=False) == 1
+    assert suite.exit_status([passed, skipped], dry=True) == 0
+    assert suite.exit_status([passed, failed], dry=True) == 1
+    assert suite.exit_status([], dry=False) == 1
