@@ -98,7 +98,7 @@ def main() -> None:
             jobs.state(view, ask_scheduler=False)
 
         def status_rebuild():  # the index lost: the scan, which writes it again
-            shutil.rmtree(root / jobindex.INDEX, ignore_errors=True)
+            shutil.rmtree(jobindex.folder(root), ignore_errors=True)
             jobs.state(jobs.find(target), ask_scheduler=False)
 
         def status_now():
