@@ -38,3 +38,13 @@ def test_gpu_suite_runs_end_to_end_in_dry_mode():
                   "speed: Llama-3.2-1B full SFT", "speed: Llama-3.1-8B LoRA r=16"):
         assert re.search(rf"^- PASS {re.escape(check)}", out, re.M), out[-3000:]
     assert out.count("| ft plan ÷ ft peak |") == 2
+
+
+def test_jobs_scale_runs_and_prints_the_ratios():
+    """bench/jobs_scale.py on 60 folders: both ways agree on the job, and the table prints."""
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "jobs_scale.py"), "--folders", "60", "--repeat", "1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for row in ("jobs -n 20 (library)", "status ID (library)"):
+        assert re.search(rf"^\| {re.escape(row)} \| [\d.]+ \| [\d.]+ \| \d+× \|$", done.stdout, re.M), done.stdout
+    assert "ft status ID (command line)" in done.stdout
