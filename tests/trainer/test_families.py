@@ -234,3 +234,15 @@ def test_a_family_without_its_usual_names_asks_for_targets():
     job = validate(family_job("gpt2"))
     with pytest.raises(UserError, match="set peft.target_modules"):
         policy.lora_targets(["transformer.h.0.other"], None, job.peft, "gpt2")
+
+
+def test_the_trainer_entry_says_which_attention_path_and_why(tmp_path):
+    """Through `python -m trainer --config`, as a job runs: Gemma 2 trains on its own eager
+    attention, padded, and the log's first lines say so once."""
+    from trainer_helpers import describe, launch, write_config
+
+    raw = family_job("gemma2", data={"limit_samples": 16}, trainer={"max_steps": 1})
+    results = launch(write_config(tmp_path, raw), 1)
+    assert results[0].returncode == exits.OK, describe(results)
+    out = " ".join(results[0].stdout.split())
+    assert out.count("attention: eager, padded rows (Gemma 2: attention-logit soft-capping") == 1, out[:2000]
