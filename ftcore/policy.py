@@ -36,13 +36,14 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from ftcore import dtypes, families
 from ftcore.errors import UserError
 
 # Above this many answer tokens the vocabulary projection runs in checkpointed chunks, so the
 # (tokens × vocab) fp32 logits never exist all at once: 8k tokens × 128k vocab is 4 GiB.
 LOSS_CHUNK_TOKENS = 4096
 
-DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+DTYPE_BYTES = dtypes.BYTES
 
 
 # --- LoRA targets --------------------------------------------------------------------------------
@@ -68,15 +69,24 @@ def glob_matches(name: str, globs: Iterable[str]) -> bool:
     return False
 
 
-def lora_targets(linear_names: list[str], head_name: str | None, peft) -> list[str]:
+def lora_targets(linear_names: list[str], head_name: str | None, peft, model_type: str | None = None) -> list[str]:
     """The linear layers a `peft` section adapts, from a model's linear-layer names.
 
-    `match_all_linear` takes every linear layer but the output head (NeMo AutoModel's takes the
-    head too; an adapter on a 128k-vocabulary head is rarely wanted and breaks vLLM serving).
-    A glob that matches no linear layer is an error, not silence; so is excluding everything.
+    Unset `target_modules`: the family's attention and MLP projections (`ftcore.families`; a
+    name this model lacks is skipped), or every linear layer but the head for a family ft does
+    not know. `match_all_linear` takes every linear layer but the output head (NeMo AutoModel's
+    takes the head too; an adapter on a 128k-vocabulary head is rarely wanted and breaks vLLM
+    serving). "Linear" includes GPT-2's Conv1D. A glob that matches no linear layer is an error,
+    not silence; so is excluding everything.
     """
-    if peft.match_all_linear:
+    defaults = families.default_targets(model_type)
+    if peft.match_all_linear or (peft.target_modules is None and defaults is None):
         chosen = [n for n in linear_names if n != head_name]
+    elif peft.target_modules is None:
+        chosen = [n for n in linear_names if n != head_name and n.rsplit(".", 1)[-1] in defaults]
+        if not chosen:
+            raise UserError(f"none of {families.get(model_type).name}'s usual projections "
+                            f"({', '.join(defaults)}) is in this model: set peft.target_modules")
     else:
         chosen, unmatched = [], []
         for glob in peft.target_modules:
@@ -95,6 +105,16 @@ def lora_targets(linear_names: list[str], head_name: str | None, peft) -> list[s
     if not chosen:
         raise UserError("peft: every targeted layer is excluded by peft.exclude_modules")
     return sorted(chosen)
+
+
+def expert_targets(parameter_names: list[str], peft, model_type: str | None) -> list[str]:
+    """The 3-D MoE expert parameters a `peft` section adapts (peft's `target_parameters`), by
+    their module path and parameter name (`model.layers.0.mlp.experts.gate_up_proj`)."""
+    suffixes = families.expert_parameters(model_type)
+    if not families.adapts_experts(peft) or not suffixes:
+        return []
+    chosen = [n for n in parameter_names if n.rsplit(".", 1)[-1] in suffixes and ".experts." in n]
+    return [n for n in chosen if not glob_matches(n, peft.exclude_modules)]
 
 
 # --- NF4 (torchao's layout) ----------------------------------------------------------------------
@@ -244,7 +264,7 @@ def decide(job, topology: Topology | None = None, dims=None) -> Decision:
     per_step = job.data.micro_batch_size * topology.world
     targets = None
     if lora and dims is not None and dims.named:
-        targets = tuple(lora_targets(dims.linear_names(), dims.head_name, job.peft))
+        targets = tuple(lora_targets(dims.linear_names(), dims.head_name, job.peft, getattr(dims, "model_type", None)))
     return Decision(
         topology=topology,
         lora=lora,

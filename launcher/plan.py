@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ftcore import arch, policy
+from ftcore import arch, families, policy
 from ftcore.errors import UserError
 from ftcore.policy import DTYPE_BYTES, Decision, Topology
 from ftcore.schema import Job
@@ -368,10 +368,20 @@ def verdict(est: Estimate, job: Job) -> list[str]:
     return [f"total ≈ {est.total / GIB:.1f} GiB per GPU: does NOT fit {where}", *advice(job, est)]
 
 
+def attention(job: Job) -> families.AttentionPath:
+    """The attention path the trainer will build for this model (ftcore.families decides for both)."""
+    return families.attention_path(job, modelconfig.find(job).config)
+
+
 def refusals(job: Job, gpu_gib: float | None = None, force: bool = False) -> list[str]:
     """Why `ft submit` must not queue this job, as far as the plan knows: LoRA globs that match
     no layer of a known architecture, and (unless `force`) a GPU job that does not fit. A plan
-    from a guessed shape refuses nothing (`warnings` says so)."""
+    from a guessed shape refuses nothing (`warnings` says so). Also what the model's own
+    config.json rules out (ftcore.families: packing across a sliding window, ...)."""
+    config = modelconfig.find(job).config
+    found = families.problems(job, config) if config is not None else []
+    if found:
+        return found
     try:
         est = estimate(job, gpu_gib)
     except UserError as err:

@@ -146,3 +146,25 @@ def test_activations_follow_the_family():
     assert llama.activations_per_token(True) < llama.activations_per_token(False)
     unknown = arch.dims_from_config({"model_type": "brand_new", **TINY}, "config.json")
     assert not unknown.exact and not unknown.named and "priced as a Llama-shaped decoder" in unknown.source
+
+
+def test_activations_are_what_autograd_keeps_within_a_factor_of_about_two(family):
+    """One forward of the tiny model on 120 tokens: the bytes autograd keeps for backward (each
+    storage once, weights and one copy of the logits aside) against the plan's per-token
+    elements. Loose by design: the plan prices memory-efficient attention, while eager attention
+    (GPT-2, Gemma 2, gpt-oss here) also keeps its (tokens × tokens) probabilities."""
+    model_type, model, _ = family
+    dims = arch.dims_from_config(model.config.to_dict(), "")
+    tokens = 120  # GPT-2's tiny model has 128 positions
+    kept: dict[int, int] = {}
+
+    def pack(tensor):
+        kept[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(input_ids=torch.randint(0, 300, (1, tokens)))
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    measured = sum(size for ptr, size in kept.items() if ptr not in weights) - tokens * dims.vocab * 4
+    planned = tokens * dims.activations_per_token(checkpointed=False) * 4
+    assert 0.4 < measured / planned < 2.5, (model_type, measured / planned)
