@@ -36,14 +36,14 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from ftcore import families
+from ftcore import dtypes, families
 from ftcore.errors import UserError
 
 # Above this many answer tokens the vocabulary projection runs in checkpointed chunks, so the
 # (tokens × vocab) fp32 logits never exist all at once: 8k tokens × 128k vocab is 4 GiB.
 LOSS_CHUNK_TOKENS = 4096
 
-DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+DTYPE_BYTES = dtypes.BYTES
 
 
 # --- LoRA targets --------------------------------------------------------------------------------
@@ -262,9 +262,10 @@ def decide(job, topology: Topology | None = None, dims=None) -> Decision:
     else:
         trained = "fp32" if sharded else compute
     per_step = job.data.micro_batch_size * topology.world
-    targets = None
+    targets = parameters = None
     if lora and dims is not None and dims.named:
-        targets = tuple(lora_targets(dims.linear_names(), dims.head_name, job.peft, getattr(dims, "model_type", None)))
+        targets = tuple(lora_targets(dims.linear_names(), dims.head_name, job.peft, dims.model_type))
+        parameters = tuple(expert_targets([e.name for e in dims.experts()], job.peft, dims.model_type)) or None
     return Decision(
         topology=topology,
         lora=lora,
@@ -279,4 +280,5 @@ def decide(job, topology: Topology | None = None, dims=None) -> Decision:
         activation_checkpointing=job.model.activation_checkpointing,
         accum_steps=max(1, job.data.global_batch_size // per_step),
         lora_targets=targets,
+        lora_parameters=parameters,
     )

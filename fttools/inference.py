@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ftcore.formats import FORMATS
 from ftcore.layout import Checkpoint
 from ftcore import contract
 from ftcore.errors import UserError
@@ -103,10 +104,6 @@ def greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batc
     return texts
 
 
-# The record fields `ft generate` takes as options, by data.format: (required, optional).
-PROMPT_FIELDS = {"squad": (("context", "question"), ()), "alpaca": (("instruction",), ("input",))}
-
-
 def trained_on_chat(ckpt: Checkpoint) -> bool | None:
     """Whether the checkpoint's job trained on chat `messages` (jsonl records with messages):
     read from its data file's first records; None when that cannot be told here (a hub
@@ -155,13 +152,14 @@ def job_prompt(ckpt: Checkpoint, fields: dict[str, str]) -> str:
 
     job_data = ckpt.job_config.get("data") or {}
     fmt = job_data.get("format")
-    if fmt not in PROMPT_FIELDS:
+    spec = FORMATS.get(fmt)
+    if spec is None or spec.prompt_fields is None:
         given = ", ".join(f"--{k}" for k in fields)
         why = (f"its job trained on data.format={fmt}" if fmt else f"{ckpt.path} comes from no ft job")
         instead = ("--message (and --system): its job trained on chat messages" if trained_on_chat(ckpt)
                    else "the whole prompt as text")
         raise UserError(f"{given}: {why}, which has no such prompt fields; give {instead} instead")
-    required, optional = PROMPT_FIELDS[fmt]
+    required, optional = spec.prompt_fields
     wrong = sorted(set(fields) - set(required) - set(optional)) + [k for k in required if k not in fields]
     if wrong:
         raise UserError(f"a {fmt} job's prompt is built from {' and '.join('--' + k for k in required)}"

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from fttools import source_stamp
+from ftcore import dtypes
 from ftcore.files import check_output, made_from, output_folder
 from ftcore.layout import Checkpoint
 from ftcore import contract
@@ -24,8 +23,6 @@ from ftcore.errors import UserError
 from .inference import load_base, load_tokenizer
 from trainer.hub import hf_token
 from trainer.model import DTYPES
-
-DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 
 
 def base_dtype(ckpt: Checkpoint) -> str:
@@ -36,7 +33,7 @@ def base_dtype(ckpt: Checkpoint) -> str:
         saved = contract.config_dtype(AutoConfig.from_pretrained(ckpt.base, token=hf_token()))
     except (OSError, ValueError) as err:
         raise UserError(f"cannot read the config of the base model {ckpt.base}: {err}") from None
-    return DTYPE_NAMES.get(saved if isinstance(saved, torch.dtype) else getattr(torch, str(saved), None), "fp32")
+    return dtypes.name_of(saved) or "fp32"
 
 
 def merge(ckpt: Checkpoint, out: Path | None = None, dtype: str | None = None, overwrite: bool = False) -> Path:

@@ -9,7 +9,6 @@ has the last word on its state.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import time
@@ -19,7 +18,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from ftcore import exits, layout, progress
+from ftcore import exits, layout, progress, records
 from ftcore.files import expand
 from ftcore.errors import UserError
 from launcher import jobdir, jobindex, paths, slurm
@@ -32,42 +31,6 @@ SCHEDULED_EXECUTORS = ("slurm", "srun")
 OWN_SCRIPT_EXECUTORS = ("srun", "torchrun")
 # Every executor a record may name; anything else in a record reads as a dry run.
 EXECUTORS = ("slurm", "local", "dry-run", *OWN_SCRIPT_EXECUTORS)
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The JSON-object lines of a file; a torn or foreign line is skipped."""
-    records = []
-    try:
-        lines = path.read_bytes().decode(errors="replace").splitlines()
-    except OSError:
-        return records
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a line being written right now
-        if isinstance(record, dict):
-            records.append(record)
-    return records
-
-
-def _last_line_record(path: Path, wanted: str | None = None) -> dict[str, Any]:
-    """The last complete JSON-object line (holding `wanted`) of a file that may be large and growing."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - 16384))
-            lines = handle.read().decode(errors="replace").splitlines()
-    except OSError:
-        return {}
-    for line in reversed(lines):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and (wanted is None or wanted in record):
-            return record
-    return {}
 
 
 # States in which a job cannot be running, besides the scheduler's terminal ones.
@@ -151,7 +114,7 @@ class JobView:
 
     @property
     def events(self) -> list[dict[str, Any]]:
-        return [e for e in _read_jsonl(self.run_dirs[0] / layout.EVENTS) if isinstance(e.get("event"), str)]
+        return records.events(self.run_dirs[0])
 
     @property
     def created(self) -> float:
@@ -166,8 +129,8 @@ class JobView:
         """Steps done of total, as short as a table column wants (the slowest task of a sweep)."""
         steps = []
         for run in self.run_dirs:
-            last = _last_line_record(run / layout.METRICS)
-            steps.append((last.get("step"), last.get("total_steps")))
+            last = records.last_jsonl(run / layout.METRICS)
+            steps.append((last.get(records.STEP), last.get(records.TOTAL_STEPS)))
         done = [(s, t) for s, t in steps if isinstance(s, int) and not isinstance(s, bool)]
         if not done:
             return "-"
@@ -180,9 +143,9 @@ class JobView:
         """`120/250 (48%), 0:30 elapsed, 0:32 left`, as the trainer's log line says it (no time
         left once the run is not `running`: it stopped before its end); at the end, the
         trainer's summary."""
-        last = _last_line_record((run or self.run_dirs[0]) / layout.METRICS, "total_steps")
+        last = records.last_jsonl((run or self.run_dirs[0]) / layout.METRICS, records.TOTAL_STEPS)
         try:
-            if last.get("end"):
+            if last.get(records.END):
                 text = f"{last['step']} steps done in {progress.clock(last.get('elapsed_s', 0))}"
                 if "final_val_loss" in last:
                     text += (f"; val_loss final {last['final_val_loss']:.4f}, best {last['best_val_loss']:.4f}"
@@ -333,7 +296,7 @@ def _known(spec: str, root: Path) -> JobView | None:
 
 def trainer_finished(run: Path) -> bool:
     """The trainer wrote its end-of-run summary (trainer/metrics.py) into this run's metrics."""
-    return bool(_last_line_record(run / layout.METRICS, "end").get("end"))
+    return bool(records.last_jsonl(run / layout.METRICS, records.END).get(records.END))
 
 
 def _folder_state(view: JobView, run: Path | None = None) -> str:
@@ -341,7 +304,7 @@ def _folder_state(view: JobView, run: Path | None = None) -> str:
     if view.problem:
         return f"{UNREADABLE} ({view.problem})"
     run = run or view.run_dirs[0]
-    events = [e for e in _read_jsonl(run / layout.EVENTS) if isinstance(e.get("event"), str)]
+    events = records.events(run)
     if view.executor == "dry-run":
         return "DRY-RUN"
     if not events:
@@ -350,10 +313,10 @@ def _folder_state(view: JobView, run: Path | None = None) -> str:
             return f"{UNKNOWN} ({why}; see {jobdir.RECORD})"
         return "PENDING" if view.executor in SCHEDULED_EXECUTORS else "STARTING"
     last = events[-1]
-    starts = [i for i, e in enumerate(events) if e["event"] == "start"]
-    cancelled = any(e["event"] == "cancel" for e in events[starts[-1] if starts else 0:])
-    if last["event"] == "exit":
-        code = last.get("code")
+    starts = [i for i, e in enumerate(events) if e[records.EVENT] == records.START]
+    cancelled = any(e[records.EVENT] == records.CANCEL for e in events[starts[-1] if starts else 0:])
+    if last[records.EVENT] == records.EXIT:
+        code = last.get(records.CODE)
         if code != 0 and cancelled:  # `ft cancel`: the trainer checkpointed and stopped
             return "CANCELLED"
         if code == exits.REQUEUE and view.executor != "slurm":  # ft's own script requeues, or says why not
@@ -363,11 +326,11 @@ def _folder_state(view: JobView, run: Path | None = None) -> str:
     if elsewhere:  # FT_HOME shared between machines: only ft there can see the processes
         return f"RUNNING on {elsewhere} (as its records say; `ft status` there checks its processes)"
     alive = jobdir.processes_alive(view.record) if view.executor == "local" else None
-    if last["event"] == "cancel":
+    if last[records.EVENT] == records.CANCEL:
         if alive:
             return "RUNNING (cancelled: stops after writing a checkpoint)"
         return "CANCELLED"
-    if last["event"] == "requeue":
+    if last[records.EVENT] == records.REQUEUE:
         return "REQUEUED"
     if alive is False:
         # The process that records the exit is gone; the trainer's own record still says.
@@ -509,9 +472,9 @@ def summary_rows(views: list[JobView], ask_scheduler: bool = True) -> list[dict[
 
 def log_files(view: JobView) -> list[Path]:
     """The job's log files in the order they were written; one sweep task's with `view.task`."""
-    logs = view.folder / "logs"
+    logs = view.folder / layout.LOGS
     if view.executor != "slurm":  # one file per process; `ft submit`'s script writes SLURM's own
-        return sorted(logs.glob("rank-*.out"))
+        return sorted(logs.glob(layout.RANK_LOGS))
 
     def mtime(path: Path) -> float:
         try:
@@ -550,7 +513,7 @@ def log_lines(view: JobView, rank: int | None = None, follow: bool = False, poll
     def drain() -> Iterator[str]:
         files = log_files(view)
         if view.executor != "slurm" and rank is not None:
-            files = [f for f in files if f.name == f"rank-{rank}.out"]
+            files = [f for f in files if f.name == layout.rank_log(rank)]
         for path in files:
             try:
                 with open(path, "rb") as handle:
@@ -603,7 +566,7 @@ def cancel(view: JobView) -> JobView:
         # The folder keeps the cancel: SLURM forgets the job (MinJobAge), the folder does not,
         # so it reads CANCELLED then too, not UNKNOWN.
         for run in view.run_dirs:
-            layout.record_event(run, "cancel", job_id=view.job_id)
+            records.record_event(run, records.CANCEL, job_id=view.job_id)
     return view
 
 

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from ftcore import layout
+from ftcore import layout, records
 from ftcore.errors import UserError
 from launcher import jobdir, render, stage
 from ftcore.schema import Job
@@ -29,7 +29,7 @@ def _free_port() -> int:
 
 def event(folder: Path, name: str, **fields: object) -> None:
     """The same event record the sbatch script writes, so `ft status` reads both alike."""
-    layout.record_event(folder, name, **fields)
+    records.record_event(folder, name, **fields)
 
 
 def start(job: Job, folder: Path) -> list[subprocess.Popen[bytes]]:
@@ -41,7 +41,7 @@ def start(job: Job, folder: Path) -> list[subprocess.Popen[bytes]]:
                    WORLD_SIZE=str(job.world_size), LOCAL_WORLD_SIZE=str(job.world_size),
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=port, PYTHONUNBUFFERED="1",
                    **stage.environment(job))
-        log = open(folder / "logs" / f"rank-{rank}.out", "ab")
+        log = open(folder / layout.LOGS / layout.rank_log(rank), "ab")
         procs.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
                                       start_new_session=True))
         log.close()
@@ -57,12 +57,12 @@ def run(job: Job, folder: Path, detach: bool = False, echo=sys.stdout.write, his
     if detach:
         supervisor = subprocess.Popen([sys.executable, "-m", "launcher.local", str(folder)],
                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                      stderr=open(folder / "logs" / "supervisor.err", "ab"),
+                                      stderr=open(folder / layout.LOGS / layout.SUPERVISOR_LOG, "ab"),
                                       start_new_session=True, env=dict(os.environ, PYTHONPATH=_pythonpath()))
         jobdir.write_record(folder, executor="local", job_id=None, factory=job.name,
                             folder=str(folder), pids=[jobdir.process_stamp(supervisor.pid)], history=history)
         return 0
-    log = folder / "logs" / "rank-0.out"
+    log = folder / layout.LOGS / layout.rank_log(0)
     shown = log.stat().st_size if log.exists() else 0  # a resumed job's log goes on: show the new part
     procs = start(job, folder)
     event(folder, "start", executor="local", pids=[p.pid for p in procs])

@@ -20,7 +20,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ftcore import contract, exits, layout, rendezvous, schema, shipped
+from ftcore import contract, exits, layout, records, rendezvous, schema, shipped
 from ftcore.errors import UserError
 from ftcore.files import expand
 from ftcore.schema import WRITTEN_PATHS, Job
@@ -230,6 +230,7 @@ def render_sbatch(job: Job, job_dir: Path, template: str | None = None, array_si
             script_path=q(job_dir / layout.SCRIPT),
             config_name=q(layout.CONFIG),
             events_name=q(layout.EVENTS),
+            event=records.event_shell(),
             sbatch_options=sbatch_options(job, job_dir, array_size, dependency),
             modules=[q(m) for m in job.slurm.modules],
             setup=list(job.slurm.setup),

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ftcore import contract, families, policy
+from ftcore import contract, dtypes, families, policy
 from ftcore.errors import UserError
 
 from . import attention, meta_init, quantize, sharding
@@ -27,7 +27,7 @@ from .lora import add_lora, compute_adapters_in_compute_dtype
 from .loss import CausalLMLoss, use_liger
 from .weights import random_model
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPES = {name: getattr(torch, attr) for name, attr in dtypes.TORCH.items()}  # ftcore.dtypes, as torch dtypes
 
 
 @dataclass

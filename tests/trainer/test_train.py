@@ -16,7 +16,7 @@ from trainer_helpers import assert_same_tensors, read_metrics, tiny_job, train, 
 from ftcore import exits, layout
 from ftcore.errors import UserError
 from trainer import dist
-from trainer.formats import PROMPTS
+from ftcore.formats import FORMATS
 from trainer.records import read_records
 from trainer.train import lr_at, preflight
 
@@ -56,7 +56,7 @@ def test_lora_learns_and_the_adapter_loads_with_peft(tmp_path):
     right = 0
     records = read_records("ft:tiny_qa.jsonl")[:8]  # limit_samples=32 trained on the first 32
     for record in records:
-        prompt = PROMPTS["squad"].format(**record.fields)
+        prompt = FORMATS["squad"].prompt.format(**record.fields)
         ids = tokenizer(prompt, return_tensors="pt")
         out = model.generate(**ids, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
         answer = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
@@ -96,6 +96,8 @@ def test_batch_layouts_train_like_the_plain_padded_order(tmp_path, method, optio
         assert plain and [r[key] for r in runs[True] if key in r] == pytest.approx(plain, rel=1e-5)
 
 
+@pytest.mark.compile
+@pytest.mark.timeout(1200)  # inductor compiles C++ on the CPU: minutes on a busy machine
 def test_compiled_layers_train_like_the_eager_ones_and_the_log_names_graph_breaks(tmp_path, capsys):
     """trainer.compile=true under FSDP2 (full SFT): the same losses and gradient norms. On a CPU
     padding-free attention runs per example, eagerly (torch.compiler.disable): a graph break in
