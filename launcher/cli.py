@@ -161,7 +161,7 @@ def submit_cmd(
     from rich.markup import escape
 
     from ftcore.errors import UserError
-    from launcher import image, submit
+    from launcher import image, scheduler, submit
 
     if print_srun and (not dry_run or sweep or after or executor != "slurm"):
         raise UserError("--print-srun prints one job's srun line for your own script and submits nothing: "
@@ -190,7 +190,7 @@ def submit_cmd(
         sys.stdout.write((folder / "job.sbatch").read_text())
         err.print(f"dry run: nothing submitted. Job folder: {folder}")
         return
-    if executor == "local":
+    if scheduler.get(executor).runs_here:
         from launcher import local
 
         err.print(f"Job folder: {folder}")
@@ -198,7 +198,7 @@ def submit_cmd(
         if detach:
             err.print(f"running in the background; follow with: ft logs {folder} -f")
         raise typer.Exit(status)
-    job_id = submit.submit(folder, p.job.name, job_name=p.job.job_name)
+    job_id = submit.submit(folder, p.job.name, job_name=p.job.job_name, executor=executor)
     print(f"Submitted batch job {job_id}")
     print(f"Job folder: {folder}")
 
@@ -372,7 +372,7 @@ def resubmit_cmd(
     Overrides (key=value) apply on top of the folder's config. Every submission is kept in the
     folder's command.txt and submission.json history.
     """
-    from launcher import jobs, submit
+    from launcher import jobs, scheduler, submit
 
     view = jobs.find(job)
     r = submit.prepare_resubmit(view, list(ctx.args), profile, executor, dry_run)
@@ -386,8 +386,8 @@ def resubmit_cmd(
     if not yes:
         _confirm(f"Submit {view.label} again ({r.executor})?", "nothing was submitted, the folder is unchanged")
     earlier = submit.history(jobs.load(view.folder))
-    job_id = submit.apply_resubmit(r)  # sbatch for SLURM; a local job runs below
-    if r.executor == "local":
+    job_id = submit.apply_resubmit(r)  # handed to the scheduler; a local job runs below
+    if scheduler.get(r.executor).runs_here:
         from launcher import local
 
         err.print(f"Job folder: {view.folder}")

@@ -12,10 +12,9 @@ import dataclasses
 import json
 import os
 import re
-import signal
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Iterator
 
 import yaml
@@ -23,26 +22,23 @@ import yaml
 from ftcore import exits, layout, progress
 from ftcore.files import expand
 from ftcore.errors import UserError
-from launcher import jobdir, paths, slurm
+from launcher import jobdir, paths, scheduler
 from launcher.config import load_yaml
+from launcher.jobfiles import JobFiles, LocalFiles
+from launcher.scheduler import Scheduler, TERMINAL_STATES
 
 
-# Executors whose jobs SLURM knows by id (`ft submit`'s script, or a workshop's script running
-# `ft train` under srun), and those whose script ft did not write (`ft train`, however started).
-SCHEDULED_EXECUTORS = ("slurm", "srun")
-OWN_SCRIPT_EXECUTORS = ("srun", "torchrun")
-# Every executor a record may name; anything else in a record reads as a dry run.
-EXECUTORS = ("slurm", "local", "dry-run", *OWN_SCRIPT_EXECUTORS)
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def _read_jsonl(files: JobFiles, name: str | PurePath) -> list[dict[str, Any]]:
     """The JSON-object lines of a file; a torn or foreign line is skipped."""
-    records = []
     try:
-        lines = path.read_bytes().decode(errors="replace").splitlines()
+        return _records(files.read_bytes(name))
     except OSError:
-        return records
-    for line in lines:
+        return []
+
+
+def _records(data: bytes) -> list[dict[str, Any]]:
+    records = []
+    for line in data.decode(errors="replace").splitlines():
         try:
             record = json.loads(line)
         except ValueError:
@@ -52,21 +48,14 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _last_line_record(path: Path, wanted: str | None = None) -> dict[str, Any]:
+def _last_line_record(files: JobFiles, name: str | PurePath, wanted: str | None = None) -> dict[str, Any]:
     """The last complete JSON-object line (holding `wanted`) of a file that may be large and growing."""
     try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - 16384))
-            lines = handle.read().decode(errors="replace").splitlines()
+        data = files.tail(name, 16384)
     except OSError:
         return {}
-    for line in reversed(lines):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and (wanted is None or wanted in record):
+    for record in reversed(_records(data)):
+        if wanted is None or wanted in record:
             return record
     return {}
 
@@ -92,11 +81,12 @@ class JobView:
         """The scheduler's id: from the record, else from the job's own start event (when
         sbatch's answer was lost, the script still wrote its SLURM_JOB_ID)."""
         recorded = self.record.get("job_id")
-        if slurm.is_job_id(recorded):
+        if scheduler.is_job_id(recorded):
             return recorded
-        if self.executor == "slurm":
+        ran = self.scheduler
+        if ran and ran.by_id and ran.ft_script:
             for event in self.events:
-                if slurm.is_job_id(event.get("job_id")):
+                if ran.is_job_id(event.get("job_id")):
                     return event["job_id"]
         return None
 
@@ -115,12 +105,17 @@ class JobView:
         """Ids of earlier submissions of this folder (`ft resubmit`)."""
         history = self.record.get("history")
         entries = history if isinstance(history, list) else []
-        return [h["job_id"] for h in entries if isinstance(h, dict) and slurm.is_job_id(h.get("job_id"))]
+        return [h["job_id"] for h in entries if isinstance(h, dict) and scheduler.is_job_id(h.get("job_id"))]
 
     @property
     def executor(self) -> str:
-        executor = self.record.get("executor", "dry-run")
-        return executor if executor in EXECUTORS else "dry-run"
+        """What ran the job, as its record names it; anything unknown reads as a dry run."""
+        return self.scheduler.name if self.scheduler else "dry-run"
+
+    @property
+    def scheduler(self) -> Scheduler | None:
+        """What ran the job (None: a dry run, never submitted)."""
+        return scheduler.for_record(self.record.get("executor", "dry-run"))
 
     @property
     def factory(self) -> str:
@@ -145,8 +140,12 @@ class JobView:
         return dataclasses.replace(self, task=task)
 
     @property
+    def files(self) -> JobFiles:
+        return LocalFiles(self.folder)
+
+    @property
     def events(self) -> list[dict[str, Any]]:
-        return [e for e in _read_jsonl(self.run_dirs[0] / layout.EVENTS) if isinstance(e.get("event"), str)]
+        return [e for e in _read_jsonl(self.files, self.run_dirs[0] / layout.EVENTS) if isinstance(e.get("event"), str)]
 
     @property
     def created(self) -> float:
@@ -161,7 +160,7 @@ class JobView:
         """Steps done of total, as short as a table column wants (the slowest task of a sweep)."""
         steps = []
         for run in self.run_dirs:
-            last = _last_line_record(run / layout.METRICS)
+            last = _last_line_record(self.files, run / layout.METRICS)
             steps.append((last.get("step"), last.get("total_steps")))
         done = [(s, t) for s, t in steps if isinstance(s, int) and not isinstance(s, bool)]
         if not done:
@@ -174,7 +173,7 @@ class JobView:
     def progress_detail(self, run: Path | None = None) -> str:
         """`120/250 (48%), 0:30 elapsed, 0:32 left`, as the trainer's log line says it; at the
         end, the trainer's summary."""
-        last = _last_line_record((run or self.run_dirs[0]) / layout.METRICS, "total_steps")
+        last = _last_line_record(self.files, (run or self.run_dirs[0]) / layout.METRICS, "total_steps")
         try:
             if last.get("end"):
                 text = f"{last['step']} steps done in {progress.clock(last.get('elapsed_s', 0))}"
@@ -211,7 +210,7 @@ def load(folder: Path) -> JobView:
     except ValueError as err:
         record = {}
         problems.append(str(err))
-    if "job_id" in record and record["job_id"] is not None and not slurm.is_job_id(record["job_id"]):
+    if "job_id" in record and record["job_id"] is not None and not scheduler.is_job_id(record["job_id"]):
         problems.append(f"{jobdir.RECORD}: job_id {str(record['job_id'])[:40]!r} is not a SLURM job id")
         record = {k: v for k, v in record.items() if k != "job_id"}
     return JobView(folder, record, config if isinstance(config, dict) else {}, "; ".join(problems) or None)
@@ -257,9 +256,9 @@ def find(spec: str, root: Path | None = None) -> JobView:
     return matches[0]
 
 
-def trainer_finished(run: Path) -> bool:
+def trainer_finished(view: JobView, run: Path) -> bool:
     """The trainer wrote its end-of-run summary (trainer/metrics.py) into this run's metrics."""
-    return bool(_last_line_record(run / layout.METRICS, "end").get("end"))
+    return bool(_last_line_record(view.files, run / layout.METRICS, "end").get("end"))
 
 
 def _folder_state(view: JobView, run: Path | None = None) -> str:
@@ -267,13 +266,14 @@ def _folder_state(view: JobView, run: Path | None = None) -> str:
     if view.problem:
         return f"{UNREADABLE} ({view.problem})"
     run = run or view.run_dirs[0]
-    events = [e for e in _read_jsonl(run / layout.EVENTS) if isinstance(e.get("event"), str)]
-    if view.executor == "dry-run":
+    events = [e for e in _read_jsonl(view.files, run / layout.EVENTS) if isinstance(e.get("event"), str)]
+    ran = view.scheduler
+    if ran is None:
         return "DRY-RUN"
     if not events:
-        if view.executor == "slurm" and not view.job_id:
-            return f"{UNKNOWN} (sbatch's answer was unreadable; see {jobdir.RECORD})"
-        return "PENDING" if view.executor in SCHEDULED_EXECUTORS else "STARTING"
+        if ran.by_id and ran.ft_script and not view.job_id:
+            return f"{UNKNOWN} (the scheduler's answer was unreadable; see {jobdir.RECORD})"
+        return "PENDING" if ran.by_id else "STARTING"
     last = events[-1]
     starts = [i for i, e in enumerate(events) if e["event"] == "start"]
     cancelled = any(e["event"] == "cancel" for e in events[starts[-1] if starts else 0:])
@@ -281,23 +281,20 @@ def _folder_state(view: JobView, run: Path | None = None) -> str:
         code = last.get("code")
         if code != 0 and cancelled:  # `ft cancel`: the trainer checkpointed and stopped
             return "CANCELLED"
-        if code == exits.REQUEUE and view.executor != "slurm":  # ft's own script requeues, or says why not
+        if code == exits.REQUEUE and not ran.requeues_itself:  # ft's own script requeues, or says why not
             return "PREEMPTED (checkpointed: requeue or run again to resume)"
         return "COMPLETED" if code == 0 else f"FAILED (exit {code})"
     if last["event"] == "cancel":
-        pids = view.record.get("pids") or [] if view.executor == "local" else []
-        if any(jobdir.pid_alive(int(p)) for p in pids if isinstance(p, int)):
+        if ran.processes_alive(view):
             return "RUNNING (cancelled: stops after writing a checkpoint)"
         return "CANCELLED"
     if last["event"] == "requeue":
         return "REQUEUED"
-    if view.executor == "local":
-        pids = view.record.get("pids") or []
-        if pids and not any(jobdir.pid_alive(int(p)) for p in pids if isinstance(p, int)):
-            # The process that records the exit is gone; the trainer's own record still says.
-            if trainer_finished(run):
-                return "COMPLETED"
-            return "CANCELLED" if cancelled else "FAILED (processes gone)"
+    if ran.processes_alive(view) is False:
+        # The process that records the exit is gone; the trainer's own record still says.
+        if trainer_finished(view, run):
+            return "COMPLETED"
+        return "CANCELLED" if cancelled else "FAILED (processes gone)"
     return "RUNNING"
 
 
@@ -321,14 +318,14 @@ def state(view: JobView, ask_scheduler: bool = True) -> str:
             return next(iter(counts))
         return ", ".join(f"{n} {s}" for s, n in counts.items())
     folder_state = _folder_state(view)
-    if ask_scheduler and view.executor in SCHEDULED_EXECUTORS and view.job_id and not view.problem:
+    ran = view.scheduler
+    if ask_scheduler and ran and ran.by_id and view.job_id and not view.problem:
         try:
-            info = slurm.job_info(view.label)
+            scheduler_state = ran.job_state(view.label)
         except UserError:
             return folder_state  # no scheduler reachable here: the folder still knows
-        if not info:
+        if not scheduler_state:
             return _forgotten(view, folder_state)
-        scheduler_state = info.get("JobState", UNKNOWN)
         if scheduler_state in ("COMPLETED", "FAILED") and folder_state.startswith("REQUEUED"):
             return "REQUEUED"
         return scheduler_state
@@ -338,9 +335,10 @@ def state(view: JobView, ask_scheduler: bool = True) -> str:
 def task_states(view: JobView, ask_scheduler: bool = True) -> list[tuple[int, str]]:
     """(task, state) for each task of a sweep: squeue's word (one call) while it lists the task."""
     queue: dict[str, str] = {}
-    if ask_scheduler and view.executor in SCHEDULED_EXECUTORS and view.job_id:
+    ran = view.scheduler
+    if ask_scheduler and ran and ran.by_id and view.job_id:
         try:
-            queue = slurm.queue_states(job_id=view.job_id)
+            queue = ran.queue_states(job_id=view.job_id)
         except UserError:
             queue = {}
     states = []
@@ -360,7 +358,7 @@ def is_finished(state_text: str) -> bool:
         parts = [words[1] for words in map(str.split, state_text.split(", ")) if len(words) > 1]
     else:
         parts = [state_text.split()[0]]
-    return all(word in slurm.TERMINAL_STATES or word in ("DRY-RUN", UNKNOWN, UNREADABLE) for word in parts)
+    return all(word in TERMINAL_STATES or word in ("DRY-RUN", UNKNOWN, UNREADABLE) for word in parts)
 
 
 def age(view: JobView) -> str:
@@ -372,21 +370,25 @@ def age(view: JobView) -> str:
 
 
 def summary_rows(views: list[JobView], ask_scheduler: bool = True) -> list[dict[str, Any]]:
-    states: dict[str, str] | None = None
-    if ask_scheduler and any(v.executor in SCHEDULED_EXECUTORS for v in views):
-        try:
-            states = slurm.queue_states()
-        except UserError:
-            states = None
+    # One queue listing per scheduler (squeue once, however many SLURM jobs there are).
+    queues: dict[str, dict[str, str] | None] = {}
+    for view in views:
+        ran = view.scheduler
+        if ask_scheduler and ran and ran.by_id and ran.queue not in queues:
+            try:
+                queues[ran.queue] = ran.queue_states()
+            except UserError:
+                queues[ran.queue] = None
     rows = []
     for view in views:
         try:
             folder_state = state(view, ask_scheduler=False)
+            ran = view.scheduler
+            states = queues.get(ran.queue) if ran else None
             known = (states or {}).get(view.job_id or "")
             if view.is_sweep and view.job_id and any(k.startswith(f"{view.job_id}_") for k in states or {}):
                 known = state(view)  # some tasks still queued: each task's own word
-            elif not known and states is not None and view.executor == "slurm" and view.job_id \
-                    and not view.is_sweep:
+            elif not known and states is not None and ran.ft_script and view.job_id and not view.is_sweep:
                 known = _forgotten(view, folder_state)
             rows.append({
                 "id": view.job_id,
@@ -403,59 +405,35 @@ def summary_rows(views: list[JobView], ask_scheduler: bool = True) -> list[dict[
     return rows
 
 
-def log_files(view: JobView) -> list[Path]:
+def log_files(view: JobView) -> list[PurePath]:
     """The job's log files in the order they were written; one sweep task's with `view.task`."""
-    logs = view.folder / "logs"
-    if view.executor != "slurm":  # one file per process; `ft submit`'s script writes SLURM's own
-        return sorted(logs.glob("rank-*.out"))
-
-    def mtime(path: Path) -> float:
-        try:
-            return path.stat().st_mtime
-        except OSError:
-            return 0
-
-    # A sweep's tasks log to slurm-<job>_<task>.out (every submission of the folder).
-    pattern = "slurm-*.out" if view.task is None else f"slurm-*_{view.task}.out"
-    return sorted(logs.glob(pattern), key=mtime)
+    return view.scheduler.log_files(view) if view.scheduler else []
 
 
-def _task_of_log(path: Path) -> str | None:
+def _task_of_log(path: PurePath) -> str | None:
     """`3` for slurm-15_3.out, a sweep task's log."""
     stem = path.stem.partition("-")[2]
     return stem.partition("_")[2] or None
 
 
-def select_rank(lines: list[str], rank: int | None) -> list[str]:
-    """srun --label prefixes each task's line with `N: ` (space-padded); keep one task's lines."""
-    if rank is None:
-        return lines
-    prefix = f"{rank}: "
-    return [line.lstrip()[len(prefix):] for line in lines if line.lstrip().startswith(prefix)]
-
-
 def log_lines(view: JobView, rank: int | None = None, follow: bool = False, poll: float = 1.0) -> Iterator[str]:
     """The job's output lines (one task's with `rank`); with `follow`, until the job has ended."""
-    if view.executor == "dry-run":
+    ran = view.scheduler
+    if ran is None:
         raise UserError(f"{view.folder.name} is a dry run: it has no logs (submit it with `ft resubmit {view.folder}`)")
-    offsets: dict[Path, int] = {}
+    offsets: dict[PurePath, int] = {}
 
     def drain() -> Iterator[str]:
-        files = log_files(view)
-        if view.executor != "slurm" and rank is not None:
-            files = [f for f in files if f.name == f"rank-{rank}.out"]
-        for path in files:
+        for path in log_files(view):
             try:
-                with open(path, "rb") as handle:
-                    handle.seek(offsets.get(path, 0))
-                    data = handle.read()
+                data = view.files.read_from(path, offsets.get(path, 0))
             except OSError:
                 continue
             # Following: keep a partial last line for the next round.
             cut = data.rfind(b"\n") + 1 if follow else len(data)
             offsets[path] = offsets.get(path, 0) + cut
             lines = data[:cut].decode(errors="replace").splitlines()
-            lines = select_rank(lines, rank) if view.executor == "slurm" else lines
+            lines = ran.rank_lines(path, lines, rank)
             task = _task_of_log(path) if view.is_sweep and view.task is None else None
             # Several tasks' logs one after another: each line says whose it is.
             yield from ([f"[task {task}] {line}" for line in lines] if task is not None else lines)
@@ -470,25 +448,17 @@ def log_lines(view: JobView, rank: int | None = None, follow: bool = False, poll
 
 
 def cancel(view: JobView) -> JobView:
-    """Cancel a pending or running job: scancel, or SIGTERM to a local job's task groups (the
-    trainer checkpoints and stops; the folder records the cancel, so it reads CANCELLED).
+    """Cancel a pending or running job, as its scheduler does (scancel; SIGTERM to a local
+    job's task groups: the trainer checkpoints and stops, and the folder reads CANCELLED).
     A job in an UNKNOWN state is cancelled as far as it can be, and its folder says so."""
     current = state(view)
     unknown = current.startswith(UNKNOWN)
     if is_finished(current) and not unknown:
         raise UserError(f"job {view.label} already ended ({current}): nothing to cancel")
-    if view.executor == "local":
-        layout.record_event(view.run_dirs[0], "cancel")
-        # pids[0] is the process that watches the tasks and records their exit: spare it.
-        pids = [p for p in view.record.get("pids", []) if isinstance(p, int)]
-        for pid in pids[1:] or pids:
-            try:
-                os.killpg(int(pid), signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-    elif view.job_id:
+    ran = view.scheduler
+    if ran and (view.job_id or not ran.by_id):
         try:
-            slurm.scancel(view.label)
+            ran.cancel(view)
         except UserError:
             if not unknown:
                 raise
@@ -502,7 +472,7 @@ def cancel(view: JobView) -> JobView:
 def dry_runs(views: list[JobView]) -> list[JobView]:
     """Folders written by `--dry-run` and never submitted (no record at all: a record ft cannot
     read is shown, not hidden)."""
-    return [v for v in views if v.executor == "dry-run" and not v.problem and not (v.folder / jobdir.RECORD).exists()]
+    return [v for v in views if v.scheduler is None and not v.problem and not (v.folder / jobdir.RECORD).exists()]
 
 
 def remove_dry_runs(views: list[JobView]) -> list[Path]:

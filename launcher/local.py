@@ -8,6 +8,8 @@ is the job's; `--detach` returns at once and leaves the processes running.
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -16,7 +18,39 @@ from pathlib import Path
 
 from ftcore import layout
 from launcher import jobdir, render, stage
+from launcher.scheduler import Scheduler
 from ftcore.schema import Job
+
+
+class Local(Scheduler):
+    """Processes on this machine, started by `run` below (the CLI calls it after submit)."""
+
+    name = "local"
+    runs_here = True
+
+    def preflight(self, job: Job, dry_run: bool) -> list[str]:
+        if job.container.runtime != "none" and shutil.which(job.container.runtime) is None:
+            return [f"{job.container.runtime} is not on PATH here: run with container.runtime=none "
+                    "to use this machine's Python"]
+        return []
+
+    def processes_alive(self, view) -> bool | None:
+        pids = [p for p in view.record.get("pids") or [] if isinstance(p, int)]
+        if not pids:
+            return None
+        return any(jobdir.pid_alive(p) for p in pids)
+
+    def cancel(self, view) -> None:
+        """SIGTERM to the task groups: the trainer checkpoints and stops; the folder records
+        the cancel first, so it reads CANCELLED."""
+        layout.record_event(view.run_dirs[0], "cancel")
+        # pids[0] is the process that watches the tasks and records their exit: spare it.
+        pids = [p for p in view.record.get("pids", []) if isinstance(p, int)]
+        for pid in pids[1:] or pids:
+            try:
+                os.killpg(int(pid), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
 
 def _free_port() -> int:

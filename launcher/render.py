@@ -300,18 +300,14 @@ def data_problems(job: Job) -> list[str]:
     return problems
 
 
-def preflight(job: Job, need_sbatch: bool, job_dir: Path | None = None, dry_run: bool = False) -> tuple[list[str], list[str]]:
+def preflight(job: Job, job_dir: Path | None = None, dry_run: bool = False) -> tuple[list[str], list[str]]:
     """(problems, warnings): what would make the job fail at once on the cluster, found on the
-    login node. Under --dry-run a missing path is only a warning."""
-    import shutil
-
+    login node. Under --dry-run a missing path is only a warning. What the scheduler itself
+    needs (sbatch on PATH) is its own `Scheduler.preflight`."""
     job_dir = job_dir or paths.jobs_root() / "NEW"
     problems = plan_binds(job, job_dir)[1] if job.container.runtime != "none" else []
     missing = path_problems(job, job_dir)
     warnings = missing if dry_run else []
     problems += [] if dry_run else missing
     problems += data_problems(job)
-    if need_sbatch and shutil.which("sbatch") is None:
-        problems.append("sbatch is not on PATH: run ft on a SLURM login node, or use --dry-run to "
-                        "write and print the script, or --executor local to run here")
     return problems, warnings
