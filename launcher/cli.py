@@ -45,6 +45,8 @@ _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 FactoryOpt = typer.Option(..., "--factory", "-f", help="Factory name (see `ft factories`) or path to a YAML file.")
 ProfileOpt = typer.Option(None, "--profile", help="Cluster profile YAML (default: $FT_PROFILE or ~/.config/ft/cluster.yaml).")
+ClusterOpt = typer.Option(None, "--cluster", help="Run it on this cluster's login node over ssh: a Host of "
+                          "~/.ssh/config or a `clusters:` entry of ft's config.")
 
 
 def _print_version(value: bool) -> None:
@@ -156,6 +158,7 @@ def submit_cmd(
     force: bool = typer.Option(False, "--force", help="Submit even though `ft plan` says it will not fit its GPUs."),
     stage: bool = typer.Option(False, "--stage", help="First download the job's hub model and dataset into the shared cache (as `ft stage`); the job then runs offline."),
     profile: Optional[str] = ProfileOpt,
+    cluster: Optional[str] = ClusterOpt,
 ) -> None:
     """Resolve, validate, write the job folder, render the sbatch script and submit it."""
     from rich.markup import escape
@@ -166,6 +169,10 @@ def submit_cmd(
     if print_srun and (not dry_run or sweep or after or executor != "slurm"):
         raise UserError("--print-srun prints one job's srun line for your own script and submits nothing: "
                         "use it with --dry-run, without --sweep, --after or --executor local")
+    if cluster:
+        _submit_on_cluster(cluster, factory, list(ctx.args), profile, executor, dry_run, yes, sweep, after,
+                           stage, force, skip_image_check, print_srun)
+        return
     p = submit.prepare(factory, list(ctx.args), profile, executor, dry_run, sweep, after, stage, force)
     err = _console(stderr=True)
     for staged in p.staged:
@@ -201,6 +208,53 @@ def submit_cmd(
     job_id = submit.submit(folder, p.job.name, job_name=p.job.job_name, executor=executor)
     print(f"Submitted batch job {job_id}")
     print(f"Job folder: {folder}")
+
+
+def _submit_on_cluster(name: str, factory: str, overrides: list[str], profile: Optional[str], executor: str,
+                       dry_run: bool, yes: bool, sweep: List[str], after: Optional[str], stage: bool, force: bool,
+                       skip_image_check: bool, print_srun: bool) -> None:
+    """`ft submit --cluster NAME`: every check that needs no cluster here, before connecting;
+    the same summary and question; then the resolved job and its small files go to the
+    login node, whose ft submits it (its sbatch line and job folder are printed)."""
+    import os
+    from pathlib import PurePosixPath
+
+    from ftcore.errors import UserError
+    from launcher import remote, scheduler, submit
+
+    if executor != "slurm" or print_srun:
+        raise UserError("--cluster submits to the cluster's SLURM: drop --executor and --print-srun")
+    c = remote.cluster(name)
+    # The job is resolved here against the cluster's profile (this machine's copy of it, if
+    # any) and nothing else: the login node then adds no profile of its own.
+    profile = profile or (str(c.profile) if c.profile else os.devnull)
+    p = submit.prepare(factory, overrides, profile, "slurm", dry_run, sweep, after, stage, force, elsewhere=True)
+    upload = remote.plan_upload(p.job, c.name)
+    err = _console(stderr=True)
+    _warn(p.warnings, err)
+    if dry_run:
+        home = PurePosixPath(c.ft_home or "~/ft")
+        sys.stdout.write(scheduler.get("slurm").render(p.job, home / "jobs" / "NEW", len(p.tasks)))
+        for line in upload.sent:
+            err.print(line, markup=False)
+        err.print(f"dry run for cluster {c.name}: nothing sent, nothing written here", markup=False)
+        return
+    _print_summary(p, err)
+    err.print(f"cluster    {c.name} ({c.ssh_line}; ft there: {' '.join(c.ft)})", markup=False)
+    for line in upload.sent:
+        err.print(f"sent       {line}", markup=False)
+    if not yes:
+        _confirm(f"Submit this job on {c.name}?", "nothing was sent or submitted")
+    job_yaml, empty_profile = remote.send(c, upload, p.job.name)
+    words = remote.submit_words(job_yaml, empty_profile, sweep, after, stage, force, skip_image_check)
+    raise typer.Exit(remote.ft_passthrough(c, words))
+
+
+def _on_cluster(name: str, words: list[str]) -> None:
+    """Run `ft WORDS` on the cluster's login node; its output is ours, and so is its exit status."""
+    from launcher import remote
+
+    raise typer.Exit(remote.ft_passthrough(remote.cluster(name), words))
 
 
 @app.command("train", context_settings={**_PASS_THROUGH, "help_option_names": []}, add_help_option=False)
@@ -249,6 +303,7 @@ def jobs_cmd(
     as_json: bool = typer.Option(False, "--json", help="One JSON list for scripts."),
     limit: int = typer.Option(50, "--limit", "-n", min=1, help="Show at most this many, newest first."),
     show_all: bool = typer.Option(False, "--all", "-a", help="Dry runs too (hidden by default)."),
+    cluster: Optional[str] = ClusterOpt,
 ) -> None:
     """Your jobs, newest first: job (SLURM id, else folder name), factory, state, progress, age."""
     import json
@@ -257,6 +312,9 @@ def jobs_cmd(
     from rich.table import Table
 
     from launcher import jobs
+
+    if cluster:
+        _on_cluster(cluster, ["jobs", "--limit", str(limit), *["--json"] * as_json, *["--all"] * show_all])
 
     views = jobs.all_jobs()
     hidden = [] if show_all else jobs.dry_runs(views)
@@ -305,10 +363,13 @@ def clean_cmd(
 
 
 @app.command("status")
-def status_cmd(job: str = JobArg) -> None:
+def status_cmd(job: str = JobArg, cluster: Optional[str] = ClusterOpt) -> None:
     """State of one job (or one sweep task, `ID_TASK`): the scheduler's while it knows the job, then
     the job folder's own record; progress with elapsed and remaining time; newest checkpoint."""
     from launcher import jobs
+
+    if cluster:
+        _on_cluster(cluster, ["status", job])
 
     view = jobs.find(job)
     print(f"job        {view.label} ({view.executor})")
@@ -335,9 +396,13 @@ def logs_cmd(
     job: str = JobArg,
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing while the job runs."),
     rank: Optional[int] = typer.Option(None, "--rank", min=0, help="Only this task's lines."),
+    cluster: Optional[str] = ClusterOpt,
 ) -> None:
     """The job's output; with -f, follow it until the job ends."""
     from launcher import jobs
+
+    if cluster:
+        _on_cluster(cluster, ["logs", job, *["--follow"] * follow, *(["--rank", str(rank)] if rank is not None else [])])
 
     view = jobs.find(job)
     printed = False
@@ -349,9 +414,12 @@ def logs_cmd(
 
 
 @app.command("cancel")
-def cancel_cmd(job: str = JobArg) -> None:
+def cancel_cmd(job: str = JobArg, cluster: Optional[str] = ClusterOpt) -> None:
     """Cancel a pending or running job."""
     from launcher import jobs
+
+    if cluster:
+        _on_cluster(cluster, ["cancel", job])
 
     view = jobs.cancel(jobs.find(job))
     print(f"cancelled {view.label} ({view.folder})")
@@ -366,13 +434,23 @@ def resubmit_cmd(
     executor: Optional[str] = typer.Option(None, "--executor", help="`slurm` or `local` (default: where the job ran)."),
     detach: bool = typer.Option(False, "--detach", help="With --executor local: run in the background."),
     profile: Optional[str] = ProfileOpt,
+    cluster: Optional[str] = ClusterOpt,
 ) -> None:
     """Submit a job again in the same folder: it continues from its latest checkpoint.
 
     Overrides (key=value) apply on top of the folder's config. Every submission is kept in the
     folder's command.txt and submission.json history.
     """
+    from ftcore.errors import UserError
     from launcher import jobs, scheduler, submit
+
+    if cluster:
+        if executor or detach or profile:
+            raise UserError("--cluster resubmits to the cluster's SLURM, with its folder's settings: "
+                            "drop --executor, --detach and --profile")
+        if not (yes or dry_run):
+            _confirm(f"Submit {job} again on {cluster}?", "nothing was submitted")
+        _on_cluster(cluster, ["resubmit", job, *(["--dry-run"] if dry_run else ["--yes"]), *ctx.args])
 
     view = jobs.find(job)
     r = submit.prepare_resubmit(view, list(ctx.args), profile, executor, dry_run)
@@ -600,10 +678,24 @@ def push_cmd(
 def plot_cmd(
     job: List[str] = typer.Argument(..., help="Jobs (id, folder or unique prefix); several share one figure."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG to write (default: JOB/metrics.png, or ./ft-plot.png for several)."),
+    cluster: Optional[str] = ClusterOpt,
+    list_runs: bool = typer.Option(False, "--list-runs", hidden=True, help="Print the runs as JSON; draw nothing."),
 ) -> None:
-    """Loss (train and validation), learning rate, tokens/s and memory against the step, as a PNG."""
+    """Loss (train and validation), learning rate, tokens/s and memory against the step, as a PNG.
+
+    With --cluster only the metrics it draws come over; the PNG is written here."""
+    import json
+
     from launcher import plot
 
+    if cluster:
+        from launcher import remote
+
+        print(remote.plot(remote.cluster(cluster), list(job), out))
+        return
+    if list_runs:
+        print(json.dumps(plot.list_runs(list(job))))
+        return
     print(plot.plot(list(job), out))
 
 

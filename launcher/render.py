@@ -300,13 +300,15 @@ def data_problems(job: Job) -> list[str]:
     return problems
 
 
-def preflight(job: Job, job_dir: Path | None = None, dry_run: bool = False) -> tuple[list[str], list[str]]:
+def preflight(job: Job, job_dir: Path | None = None, dry_run: bool = False,
+              paths_here: bool = True) -> tuple[list[str], list[str]]:
     """(problems, warnings): what would make the job fail at once on the cluster, found on the
-    login node. Under --dry-run a missing path is only a warning. What the scheduler itself
-    needs (sbatch on PATH) is its own `Scheduler.preflight`."""
+    login node. Under --dry-run a missing path is only a warning; with `paths_here` False (a
+    job for another machine, `--cluster`) paths are that machine's to check. What the
+    scheduler itself needs (sbatch on PATH) is its own `Scheduler.preflight`."""
     job_dir = job_dir or paths.jobs_root() / "NEW"
     problems = plan_binds(job, job_dir)[1] if job.container.runtime != "none" else []
-    missing = path_problems(job, job_dir)
+    missing = path_problems(job, job_dir) if paths_here else []
     warnings = missing if dry_run else []
     problems += [] if dry_run else missing
     problems += data_problems(job)

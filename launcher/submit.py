@@ -73,7 +73,8 @@ def sweep_overrides(sweeps: list[str]) -> list[list[str]]:
 
 def prepare(factory: str, overrides: list[str], profile: str | None = None,
             executor: str = "slurm", dry_run: bool = False, sweeps: list[str] | None = None,
-            after: str | None = None, stage: bool = False, force: bool = False) -> Prepared:
+            after: str | None = None, stage: bool = False, force: bool = False,
+            elsewhere: bool = False) -> Prepared:
     """Everything short of writing: resolution, validation, pre-flight checks, rendering.
 
     `after` names a job (id, folder or prefix) this one waits for (afterok). `stage`
@@ -81,6 +82,10 @@ def prepare(factory: str, overrides: list[str], profile: str | None = None,
     runs offline (hub.offline) from that cache. `force` submits a job the plan says will not
     fit its GPUs (a plan is an estimate); never one it knows cannot start (LoRA globs that
     match no layer).
+
+    `elsewhere`: the job runs on another machine (`--cluster`): everything that can be checked
+    without it is checked here; its paths, scheduler, staged files and `after` are that
+    machine's ft's to check.
     """
     runner = scheduler.get(executor)
     render.check_folder(paths.jobs_root())
@@ -98,8 +103,8 @@ def prepare(factory: str, overrides: list[str], profile: str | None = None,
     resolved = tasks[0] if tasks else resolve(factory, overrides, profile)
     job = resolved.job
     problems = refuse_secrets(resolved, tasks, [*overrides, *(sweeps or []), after or ""])
-    found, warnings = render.preflight(job, dry_run=dry_run)
-    problems += found + runner.preflight(job, dry_run)
+    found, warnings = render.preflight(job, dry_run=dry_run, paths_here=not elsewhere)
+    problems += found + ([] if elsewhere else runner.preflight(job, dry_run))
     for task in tasks or (resolved,):
         problems += plan_refusals(task.job, force)
     if tasks:
@@ -108,6 +113,8 @@ def prepare(factory: str, overrides: list[str], profile: str | None = None,
         raise UserError(*problems)
     runner.render(job, Path("/JOB_DIR"))  # template errors surface before anything is written
     jobs = [t.job for t in tasks] or [job]
+    if elsewhere:
+        return Prepared(resolved, executor, tasks, after, tuple(warnings))
     staged = tuple(s for j in jobs for s in staging.stage(j)) if stage else ()  # downloads: last
     offline = _offline_problems(jobs, staging.command(factory, given, profile, sweeps), dry_run)
     if offline and not dry_run:
