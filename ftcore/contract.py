@@ -144,6 +144,29 @@ def report() -> dict:
     return result
 
 
+def installed() -> dict:
+    """report()'s answer from package metadata alone, importing nothing: what `ft submit` asks
+    the Python a job without a container will run with (a second, not the minute an import of
+    torch can take on a login node). A broken install shows only when the trainer imports it."""
+    import importlib.util
+    import sys
+
+    result = {"python": "%d.%d.%d" % sys.version_info[:3], "executable": sys.executable,
+              "python_ok": sys.version_info[:2] >= PYTHON_MIN, "packages": {}, "cuda": None}
+    for package in REQUIRED + OPTIONAL + (Package("trainer", DISTRIBUTION, "0"),):
+        entry = {"dist": package.dist, "minimum": package.minimum, "required": package in REQUIRED,
+                 "version": None, "error": None}
+        try:
+            if importlib.util.find_spec(package.module) is None:
+                entry["error"] = "not installed"
+            else:
+                entry["version"] = _dist_version(package.dist)
+        except Exception as err:
+            entry["error"] = "%s: %s" % (type(err).__name__, err)
+        result["packages"][package.module] = entry
+    return result
+
+
 def _dist_version(dist: str) -> str:
     try:
         from importlib.metadata import version
@@ -164,7 +187,7 @@ def problems(found: dict) -> list:
         if entry["error"]:
             lines.append("%s is missing (%s); the contract needs %s>=%s"
                          % (entry["dist"], entry["error"], entry["dist"], entry["minimum"]))
-        elif version_tuple(entry["version"]) < version_tuple(entry["minimum"]):
+        elif entry["version"] != "unknown" and version_tuple(entry["version"]) < version_tuple(entry["minimum"]):
             lines.append("%s %s is older than the contract's %s>=%s"
                          % (entry["dist"], entry["version"], entry["dist"], entry["minimum"]))
     return lines
@@ -172,5 +195,6 @@ def problems(found: dict) -> list:
 
 if __name__ == "__main__":
     import json
+    import sys
 
-    print(json.dumps(report()))
+    print(json.dumps(installed() if "--installed" in sys.argv[1:] else report()))

@@ -23,6 +23,7 @@ FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
 }
 FIRST_RECORDS = 5
 _MAX_JSON_BYTES = 256 * 2**20  # a .json file is read whole: beyond this, leave it to the trainer
+_MAX_LINE_BYTES = 4 * 2**20  # the login node reads no longer line of a .jsonl file
 
 
 def fits(fmt: str, record: dict[str, Any]) -> bool:
@@ -43,8 +44,14 @@ def first_records(path: Path, count: int = FIRST_RECORDS) -> list[tuple[str, dic
     found: list[tuple[str, dict[str, Any]]] = []
     try:
         if path.suffix == ".jsonl":
-            with open(path, encoding="utf-8") as handle:
-                for number, line in enumerate(handle, start=1):
+            with open(path, "rb") as handle:
+                for number in range(1, 10**9):
+                    raw = handle.readline(_MAX_LINE_BYTES + 1)  # bounded: one line may be 600 MB
+                    if not raw:
+                        break
+                    if len(raw) > _MAX_LINE_BYTES:
+                        break  # a line this long is the trainer's to read (and name)
+                    line = raw.decode("utf-8")
                     if line.strip():
                         record = json.loads(line)
                         if isinstance(record, dict):
@@ -61,6 +68,16 @@ def first_records(path: Path, count: int = FIRST_RECORDS) -> list[tuple[str, dic
     except (OSError, ValueError, AttributeError, TypeError):
         return found
     return found[:count]
+
+
+def holds_nothing(path: Path) -> bool:
+    """The file holds no record at all: empty, blank lines only, or an empty JSON list."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(2**20 + 1)
+    except OSError:
+        return False
+    return len(head) <= 2**20 and head.strip() in (b"", b"[]")
 
 
 def mismatch(path: Path, fmt: str) -> str | None:

@@ -42,11 +42,12 @@ def times(elapsed_s: float | None, remaining_s: float | None) -> str:
     return ", ".join(parts)
 
 
-def of_record(record: dict[str, Any]) -> str:
-    """The progress a metrics.jsonl step record carries: `120/250 (48%), 0:30 elapsed, 0:32 left`."""
+def of_record(record: dict[str, Any], running: bool = True) -> str:
+    """The progress a metrics.jsonl step record carries: `120/250 (48%), 0:30 elapsed, 0:32 left`;
+    for a run that is no longer running, no time left (`120/250 (48%), 0:30 elapsed`)."""
     step = record.get("step")
     if not isinstance(step, int):
         return "-"
     text = steps(step, record.get("total_steps"))
-    clocks = times(record.get("elapsed_s"), record.get("remaining_s"))
+    clocks = times(record.get("elapsed_s"), record.get("remaining_s") if running else None)
     return f"{text}, {clocks}" if clocks else text

@@ -103,15 +103,36 @@ class DistEnv:
         return self.world_size > 1
 
 
+def number(env: Mapping[str, str], name: str, default: int | None = None) -> int:
+    """A variable the launcher sets to a whole number; anything else is named, not a traceback."""
+    text = env.get(name)
+    if text in (None, "") and default is not None:
+        return default
+    text = str(text).strip()
+    if not text.isascii() or not text.isdigit():
+        raise UserError(f"${name} is {str(text)[:40]!r}, not a whole number: it should be set by srun or "
+                        "torchrun, not by hand", hint=f"unset {name} (or start the job with srun/torchrun)")
+    return int(text)
+
+
+def job_id(env: Mapping[str, str]) -> str | None:
+    """SLURM's id of this job (`15`, or `15_3` for task 3 of an array), checked: it names folders."""
+    if not env.get("SLURM_JOB_ID"):
+        return None
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{number(env, 'SLURM_ARRAY_JOB_ID')}_{number(env, 'SLURM_ARRAY_TASK_ID')}"
+    return str(number(env, "SLURM_JOB_ID"))
+
+
 def detect(env: Mapping[str, str]) -> DistEnv:
     """Rank and rendezvous from the environment; torchrun's variables win over SLURM's."""
     if "RANK" in env and "WORLD_SIZE" in env:
         return DistEnv(
-            rank=int(env["RANK"]),
-            world_size=int(env["WORLD_SIZE"]),
-            local_rank=int(env.get("LOCAL_RANK", 0)),
+            rank=number(env, "RANK"),
+            world_size=number(env, "WORLD_SIZE"),
+            local_rank=number(env, "LOCAL_RANK", 0),
             master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
-            master_port=int(env.get("MASTER_PORT", 29500)),
+            master_port=number(env, "MASTER_PORT", 29500),
             launcher="torchrun",
         )
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
@@ -129,13 +150,12 @@ def _from_slurm(env: Mapping[str, str]) -> DistEnv:
         except ValueError as err:
             raise UserError(f"cannot find the first node of this job: {err}") from None
         master_addr = hosts[0] if hosts else "127.0.0.1"
-    job_id = int(env.get("SLURM_JOB_ID", "0") or 0)
     return DistEnv(
-        rank=int(env["SLURM_PROCID"]),
-        world_size=int(env["SLURM_NTASKS"]),
-        local_rank=int(env.get("SLURM_LOCALID", 0)),
+        rank=number(env, "SLURM_PROCID"),
+        world_size=number(env, "SLURM_NTASKS"),
+        local_rank=number(env, "SLURM_LOCALID", 0),
         master_addr=master_addr,
-        master_port=int(env.get("MASTER_PORT") or master_port(job_id)),
+        master_port=number(env, "MASTER_PORT", 0) or master_port(number(env, "SLURM_JOB_ID", 0)),
         launcher="slurm",
     )
 

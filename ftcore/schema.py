@@ -30,7 +30,7 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SBATCH_OPTION = re.compile(r"^[a-z][a-z0-9-]*$")
 _SLURM_TIME = re.compile(r"^(\d+-)?\d{1,3}(:\d{2}){0,2}$|^\d+-\d{1,2}$|^UNLIMITED$|^INFINITE$")
 # $SLURM_GPUS_PER_NODE: a count, optionally after a GPU type (`a100:2`, `gpu:a100:2`).
-_SLURM_GPUS = re.compile(r"^(?:gpu:)?(?:[A-Za-z0-9_.-]+:)?(\d+)$")
+_SLURM_GPUS = re.compile(r"^(?:gpu:)?(?:([A-Za-z0-9_.-]+):)?(\d+)$")
 # #SBATCH options ft derives from the job itself: set through these keys, never `slurm.extra`
 # (sbatch takes the last of two, so an extra one would silently undo the derived value).
 DERIVED_SBATCH_OPTIONS = {
@@ -255,16 +255,42 @@ class TrainerConfig(_Section):
     accelerator: Literal["gpu", "cpu"] = Field(
         "gpu", description="`gpu` asks SLURM for GPUs (--gpus-per-node); `cpu` for CPU-only tasks."
     )
+    gpu_type: str | None = Field(
+        None,
+        description="GPU type SLURM allocates (`--gpus-per-node=a100:2`); `trainer.devices=a100:2`, as "
+        "$SLURM_GPUS_PER_NODE writes it, sets both. Null: any GPU.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_gpu_count(cls, raw: Any) -> Any:
+        """`devices: a100:2` (as SLURM writes $SLURM_GPUS_PER_NODE) is a count and a GPU type."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("devices"), str):
+            return raw
+        match = _SLURM_GPUS.match(raw["devices"].strip())
+        if not match or not match.group(1):
+            return raw  # a plain count, or not one: the field says which
+        given = raw.get("gpu_type")
+        if given not in (None, match.group(1)):
+            raise ValueError(f"trainer.devices={raw['devices']} and trainer.gpu_type={given} name two GPU types: give one")
+        return {**raw, "devices": int(match.group(2)), "gpu_type": match.group(1)}
 
     @field_validator("devices", mode="before")
     @classmethod
     def _slurm_gpu_count(cls, value: Any) -> Any:
-        """As SLURM writes $SLURM_GPUS_PER_NODE: `2`, or `a100:2` with a GPU type."""
+        """As SLURM writes $SLURM_GPUS_PER_NODE: `2` (a typed `a100:2` is split above)."""
         if isinstance(value, str):
             match = _SLURM_GPUS.match(value.strip())
             if not match:
                 raise ValueError(f"expected a GPU count like 2 or a100:2 (as $SLURM_GPUS_PER_NODE gives it), got {value!r}")
-            return int(match.group(1))
+            return int(match.group(2))
+        return value
+
+    @field_validator("gpu_type")
+    @classmethod
+    def _gpu_type_word(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[A-Za-z0-9_.-]+$", value):
+            raise ValueError(f"{value!r} is not a GPU type name like a100 or h100")
         return value
     max_steps: int | None = Field(
         None, ge=1, description="Optimizer steps to run; wins over num_epochs when both are set."
@@ -332,6 +358,13 @@ class CheckpointConfig(_Section):
     )
     keep_last: int | None = Field(
         2, ge=1, description="Keep the newest N step checkpoints; null keeps all."
+    )
+    hf_every_save: bool = Field(
+        False,
+        description="Write the Hugging Face files (LoRA adapter, or SFT model) into every checkpoint, "
+        "not only the final one, so `PeftModel.from_pretrained(base, JOB/checkpoints/step-N)` loads "
+        "any of them as it is. Costs a full gather on rank 0 at each save. (AutoModel's "
+        "`checkpoint.save_consolidated`.)",
     )
 
 

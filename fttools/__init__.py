@@ -17,7 +17,9 @@ def require_stack() -> None:
 
     from ftcore.contract import install_line
     from ftcore.errors import UserError
+    from trainer import quiet_import_noise
 
+    quiet_import_noise()
     try:
         for name in ("torch", "peft"):
             importlib.import_module(name)

@@ -40,10 +40,29 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-OVERRIDES_HELP = "Overrides as key=value in dot notation, e.g. trainer.max_steps=250 optim.lr=1e-4."
+# What the commands that resolve a job take after their options (Typer lists only options).
+OVERRIDES_EPILOG = ("Overrides: KEY=VALUE in dot notation after the options, values read as YAML, e.g. "
+                    "trainer.max_steps=250 optim.lr=1e-4 peft=none data.global_batch_size=8; "
+                    "`ft show --factory NAME --explain` lists every key.")
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
-FactoryOpt = typer.Option(..., "--factory", "-f", help="Factory name (see `ft factories`) or path to a YAML file.")
+FactoryOpt = typer.Option(None, "--factory", "-f", help="Factory name (see `ft factories`) or path to a YAML file.",
+                          show_default=False)
+
+
+def _factory(factory: str | None, args: list[str], command: str) -> tuple[str, list[str]]:
+    """--factory, or the mistake of giving the name without it (`ft submit llama31_8b`)."""
+    from ftcore.errors import UserError
+
+    if factory is not None:
+        return factory, args
+    named = [word for word in args if "=" not in word and not word.startswith("-")]
+    if named:
+        rest = " ".join(word for word in args if word != named[0])
+        raise UserError(f"the factory is given with --factory: ft {command} --factory {named[0]}"
+                        + (f" {rest}" if rest else ""), hint="`ft factories` lists the factories")
+    raise UserError(f"missing --factory NAME|FILE: ft {command} --factory NAME [KEY=VALUE ...]",
+                    hint="`ft factories` lists the factories")
 ProfileOpt = typer.Option(None, "--profile", help="Cluster profile YAML (default: $FT_PROFILE or ~/.config/ft/cluster.yaml).")
 ClusterOpt = typer.Option(None, "--cluster", help="Run it on this cluster's login node over ssh: a Host of "
                           "~/.ssh/config or a `clusters:` entry of ft's config.")
@@ -117,10 +136,11 @@ def factories_cmd(
             print(textwrap.fill(about, width - 1, initial_indent="    ", subsequent_indent="    "))
 
 
-@app.command("show", context_settings=_PASS_THROUGH)
+@app.command("show", context_settings=_PASS_THROUGH, epilog=OVERRIDES_EPILOG,
+             options_metavar="[OPTIONS] [KEY=VALUE]...")
 def show_cmd(
     ctx: typer.Context,
-    factory: str = FactoryOpt,
+    factory: Optional[str] = FactoryOpt,
     explain: bool = typer.Option(False, "--explain", help="Print each field's description and default."),
     profile: Optional[str] = ProfileOpt,
 ) -> None:
@@ -128,12 +148,15 @@ def show_cmd(
     from ftcore import schema
     from launcher import config, explain as explain_mod
 
-    resolved = config.resolve(factory, list(ctx.args), profile)
+    factory, args = _factory(factory, list(ctx.args), "show")
+    resolved = config.resolve(factory, args, profile)
     # Comments, so the output stays the YAML of the job: which files it was resolved from.
     source = config.factory_source(resolved.factory_path)
     print(f"# factory {resolved.job.name}: {resolved.factory_path} ({source})")
     if resolved.profile_path:
         print(f"# cluster profile: {resolved.profile_path}")
+    for note in resolved.notes:
+        print(f"# {note}")
     if explain:
         sys.stdout.write(explain_mod.explain(resolved.job))
     else:
@@ -142,10 +165,11 @@ def show_cmd(
         sys.stdout.write(yaml.safe_dump(schema.job_to_dict(resolved.job), sort_keys=False))
 
 
-@app.command("submit", context_settings=_PASS_THROUGH)
+@app.command("submit", context_settings=_PASS_THROUGH, epilog=OVERRIDES_EPILOG,
+             options_metavar="[OPTIONS] [KEY=VALUE]...")
 def submit_cmd(
     ctx: typer.Context,
-    factory: str = FactoryOpt,
+    factory: Optional[str] = FactoryOpt,
     dry_run: bool = typer.Option(False, "--dry-run", help="Write the job folder and print the script; never call sbatch."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Submit without asking."),
     executor: str = typer.Option("slurm", "--executor", help="`slurm` (sbatch) or `local` (run here, no scheduler)."),
@@ -169,12 +193,15 @@ def submit_cmd(
     if print_srun and (not dry_run or sweep or after or executor != "slurm"):
         raise UserError("--print-srun prints one job's srun line for your own script and submits nothing: "
                         "use it with --dry-run, without --sweep, --after or --executor local")
+    factory, args = _factory(factory, list(ctx.args), "submit")
     if cluster:
-        _submit_on_cluster(cluster, factory, list(ctx.args), profile, executor, dry_run, yes, sweep, after,
+        _submit_on_cluster(cluster, factory, args, profile, executor, dry_run, yes, sweep, after,
                            stage, force, skip_image_check, print_srun)
         return
-    p = submit.prepare(factory, list(ctx.args), profile, executor, dry_run, sweep, after, stage, force)
+    p = submit.prepare(factory, args, profile, executor, dry_run, sweep, after, stage, force)
     err = _console(stderr=True)
+    for note in p.resolved.notes:
+        err.print(f"ft: {note}" if not note.startswith("  ") else note, markup=False)
     for staged in p.staged:
         err.print(staged.line(), markup=False)
     for warning in p.warnings:
@@ -183,13 +210,20 @@ def submit_cmd(
         err.print(note, markup=False)
     if print_srun:
         line, header = submit.srun_line(p, factory)
-        err.print("# the allocation this line expects (one task per GPU):\n" + "\n".join(header), markup=False)
+        each = "one per GPU" if p.job.trainer.accelerator == "gpu" else "CPU processes, no GPUs"
+        err.print(f"# the allocation this line expects ({p.job.world_size} task(s), {each}):\n" + "\n".join(header),
+                  markup=False)
         print(line)
         return
+    if dry_run and p.tasks:
+        err.print(f"sweep: {len(p.tasks)} tasks in one SLURM array", markup=False)
+        for key, value in submit.summary(p)[1:len(p.tasks) + 1]:
+            err.print(f"{key}: {value}", markup=False)
     if not dry_run:
         _print_summary(p, err)
         if not yes:
-            _confirm("Submit this job?", "nothing was submitted (--dry-run only writes and prints the script)")
+            _confirm(f"Submit these {len(p.tasks)} tasks (one SLURM array)?" if p.tasks else "Submit this job?",
+                     "nothing was submitted (--dry-run only writes and prints the script)")
         for note in submit.ready_image(p.job, skip_image_check, echo=image.echo_stderr):
             err.print(note)
     folder = submit.write(p)
@@ -268,10 +302,11 @@ def train_cmd(ctx: typer.Context) -> None:
     raise typer.Exit(train.main(list(ctx.args)))
 
 
-@app.command("stage", context_settings=_PASS_THROUGH)
+@app.command("stage", context_settings=_PASS_THROUGH, epilog=OVERRIDES_EPILOG,
+             options_metavar="[OPTIONS] [KEY=VALUE]...")
 def stage_cmd(
     ctx: typer.Context,
-    factory: str = FactoryOpt,
+    factory: Optional[str] = FactoryOpt,
     sweep: List[str] = typer.Option([], "--sweep", help="key=v1,v2,...: stage what every task of the sweep names."),
     profile: Optional[str] = ProfileOpt,
 ) -> None:
@@ -279,7 +314,7 @@ def stage_cmd(
     login node, so that compute nodes without internet run it offline."""
     from launcher import config, stage, submit
 
-    overrides = list(ctx.args)
+    factory, overrides = _factory(factory, list(ctx.args), "stage")
     combos = submit.sweep_overrides(sweep) if sweep else [[]]
     jobs = [config.resolve(factory, [*overrides, *combo], profile).job for combo in combos]
     seen = set()
@@ -372,16 +407,23 @@ def status_cmd(job: str = JobArg, cluster: Optional[str] = ClusterOpt) -> None:
         _on_cluster(cluster, ["status", job])
 
     view = jobs.find(job)
+    if view.earlier:  # an earlier submission of a resubmitted folder: its own state first
+        print(f"job        {view.earlier} ({view.executor}), an earlier submission of this folder")
+        print(f"state      {jobs.earlier_state(view)}")
+        print(f"now        {view.label}: `ft status {view.label}` (below)")
     print(f"job        {view.label} ({view.executor})")
     print(f"factory    {view.factory}")
-    print(f"state      {jobs.state(view)}")
+    job_state = jobs.state(view)
+    print(f"state      {job_state}")
     if view.is_sweep and view.task is None:
+        values = jobs.task_values(view)
         for task, task_state in jobs.task_states(view):
             run = view.folder / "tasks" / str(task)
-            print(f"  task {task}: {task_state} | {view.progress_detail(run)} | "
-                  f"checkpoint {view.latest_checkpoint(run) or '-'}  (ft status {view.label}_{task})")
+            own = f" | {values[task]}" if values.get(task) else ""
+            print(f"  task {task}: {task_state} | {view.progress_detail(run, not jobs.is_finished(task_state))} | "
+                  f"checkpoint {view.latest_checkpoint(run) or '-'}{own}  (ft status {view.label}_{task})")
     else:
-        print(f"progress   {view.progress_detail()}")
+        print(f"progress   {view.progress_detail(running=not jobs.is_finished(job_state))}")
         print(f"checkpoint {view.latest_checkpoint() or '-'}")
     print(f"folder     {view.run_dirs[0] if view.task is not None else view.folder}")
     events = view.events
@@ -425,7 +467,7 @@ def cancel_cmd(job: str = JobArg, cluster: Optional[str] = ClusterOpt) -> None:
     print(f"cancelled {view.label} ({view.folder})")
 
 
-@app.command("resubmit", context_settings=_PASS_THROUGH)
+@app.command("resubmit", context_settings=_PASS_THROUGH, epilog=OVERRIDES_EPILOG)
 def resubmit_cmd(
     ctx: typer.Context,
     job: str = JobArg,
@@ -699,10 +741,11 @@ def plot_cmd(
     print(plot.plot(list(job), out))
 
 
-@app.command("plan", context_settings=_PASS_THROUGH)
+@app.command("plan", context_settings=_PASS_THROUGH, epilog=OVERRIDES_EPILOG,
+             options_metavar="[OPTIONS] [KEY=VALUE]...")
 def plan_cmd(
     ctx: typer.Context,
-    factory: str = FactoryOpt,
+    factory: Optional[str] = FactoryOpt,
     gpu_memory: float = typer.Option(80.0, "--gpu-memory", help="Memory of one GPU in GiB."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object for scripts."),
     rank: int = typer.Option(0, "--rank", min=0, help="Price this rank's shards (rank 0 holds the largest)."),
@@ -718,7 +761,8 @@ def plan_cmd(
 
     if not gpu_memory > 0 or gpu_memory == float("inf"):
         raise UserError(f"--gpu-memory {gpu_memory}: give one GPU's memory in GiB, a positive number like 80")
-    job = config.resolve(factory, list(ctx.args), profile).job
+    factory, args = _factory(factory, list(ctx.args), "plan")
+    job = config.resolve(factory, args, profile).job
     est = plan.estimate(job, gpu_memory, rank=rank)
     if as_json:
         fit = plan.smallest_fit(job, gpu_memory) if est.on_gpu else None
@@ -763,7 +807,8 @@ def _container(image: str, runtime: str | None, profile: str | None, **fields):
     wanted = runtime or (settings.get("runtime") if settings.get("runtime") not in (None, "none") else None)
     found = images.find_runtime(wanted)
     if found is None:
-        raise UserError(f"{wanted or 'neither apptainer nor singularity'} is not on PATH here",
+        raise UserError(f"{wanted} is not on PATH here" if wanted else
+                        "neither apptainer nor singularity is on PATH here",
                         hint="run this where the container runtime is installed (often the login node, "
                              "or a compute node through srun)")
     settings["runtime"] = found

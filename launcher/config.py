@@ -18,7 +18,7 @@ from typing import Any, TypedDict, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel
 
-from launcher import paths
+from launcher import paths, translate
 from ftcore.files import expand
 from ftcore.errors import UserError
 from ftcore import schema
@@ -55,6 +55,10 @@ for _tag, _pattern, _first in (
 _Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:merge", re.compile(r"^<<$"), ["<"])
 
 
+# Characters YAML reads as line breaks besides \n and \r (NEL, LINE and PARAGRAPH SEPARATOR).
+_LINE_BREAKS = "\x85\u2028\u2029"
+
+
 class _Dumper(yaml.SafeDumper):
     """Quotes every string that YAML 1.1 or 1.2 would read as something else, so a file ft
     writes reads back the same whichever loader reads it (the trainer uses PyYAML's)."""
@@ -65,6 +69,8 @@ class _Dumper(yaml.SafeDumper):
                       yaml.SafeLoader.resolve(yaml.SafeLoader, yaml.ScalarNode, data, (True, False)))
         if node.style is None and any(tag != "tag:yaml.org,2002:str" for tag in looks_like):
             node.style = "'"
+        if any(char in data for char in _LINE_BREAKS):
+            node.style = '"'  # escaped (\N, \L, \P): written raw, a reader takes them for line breaks
         return node
 
 
@@ -205,6 +211,28 @@ def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"optim": {"lr": 1e-3}}` → `{"optim.lr": 1e-3}` (lists and scalars are leaves)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def differing(jobs: list[dict[str, Any]]) -> list[str]:
+    """For each job dict, the dotted keys whose values are not the same in all of them, as
+    overrides read: what tells a sweep's tasks apart (`["optim.lr=1e-05", "optim.lr=3e-05"]`;
+    "" where all are the same)."""
+    flats = [flatten(job) for job in jobs]
+    keys = list(dict.fromkeys(k for flat in flats for k in flat))
+    varied = [k for k in keys if len({repr(flat.get(k)) for flat in flats}) > 1]
+    return [" ".join(f"{k}={flat.get(k)}" for k in varied) for flat in flats]
+
+
 # --------------------------------------------------------------------------- factories
 
 
@@ -283,13 +311,27 @@ def find_factory(spec: str, relative_to: Path | None = None) -> Path:
     raise UserError(f"unknown factory {spec!r}", hint=hint)
 
 
-def load_factory(spec: str, relative_to: Path | None = None, _seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any], Path]:
-    """A factory as a plain dict with its `extends:` chain merged in (the parent first)."""
+def load_factory(spec: str, relative_to: Path | None = None, _seen: tuple[Path, ...] = (),
+                 notes: list[str] | None = None) -> tuple[dict[str, Any], Path]:
+    """A factory as a plain dict with its `extends:` chain merged in (the parent first).
+
+    A NeMo AutoModel recipe is translated first (launcher.translate); its translation, one
+    line per key, is appended to `notes`."""
     path = find_factory(spec, relative_to).resolve()
     if path in _seen:
         chain = " -> ".join(str(p) for p in (*_seen, path))
         raise UserError(f"factory `extends:` chain loops: {chain}")
-    data = _layer(read_yaml(path, "factory"), str(path))
+    raw = read_yaml(path, "factory")
+    if translate.is_automodel(raw):
+        translation = translate.translate_automodel(raw, f"AutoModel recipe {path}")
+        if translation.refused:
+            raise UserError(*translation.refused, hint="these AutoModel settings have no ft equivalent: remove "
+                            "them (`ft show --factory FILE --explain` lists what ft has)")
+        raw = translation.data
+        if notes is not None:
+            notes.append(f"translated the NeMo AutoModel recipe {path} into an ft job:")
+            notes.extend(f"  {line}" for line in translation.lines)
+    data = _layer(raw, str(path))
     data.setdefault("name", path.stem)
     parent_spec = data.get("extends")
     if parent_spec:
@@ -480,6 +522,7 @@ class Override:
     key: str
     value: Any
     text: str
+    note: str | None = None  # how a NeMo-style word was read (launcher.translate)
 
 
 _NULL_WORDS = ("", "~", "null", "Null", "NULL")
@@ -539,6 +582,13 @@ def parse_overrides(args: list[str]) -> tuple[list[Override], list[str]]:
     overrides, problems = [], []
     for word in args:
         key, eq, text = word.partition("=")
+        try:
+            word.encode("utf-8")
+        except UnicodeEncodeError:  # bytes the terminal's encoding could not read (Python keeps them as surrogates)
+            shown = word.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            problems.append(f"{shown!r} is not UTF-8 text: write overrides in UTF-8 (check your terminal's "
+                            "or script's encoding)")
+            continue
         if word.startswith("-"):
             bare = word.lstrip("-")
             bare_key, has_value, bare_value = bare.partition("=")
@@ -558,6 +608,11 @@ def parse_overrides(args: list[str]) -> tuple[list[Override], list[str]]:
         if not text:
             problems.append(_empty_value(key))
             continue
+        if key == "model.pretrained_model_name_or_path":
+            key = "model.path"  # text, as model.path is: read like it
+            note = "model.pretrained_model_name_or_path read as model.path"
+        else:
+            note = None
         quoted = text[:1] in ("'", '"')
         annotation = _field(Job, key.split("."))
         if _wants_text(annotation) and not quoted:
@@ -569,7 +624,10 @@ def parse_overrides(args: list[str]) -> tuple[list[Override], list[str]]:
             except UserError as err:
                 problems.extend(err.problems)
                 continue
-        overrides.append(Override(key, value, word))
+        pairs, said = translate.translate_override(key, value)
+        note = note or said
+        for index, (ft_key, ft_value) in enumerate(pairs):
+            overrides.append(Override(ft_key, ft_value, word, note if index == 0 else None))
     return overrides, problems
 
 
@@ -650,13 +708,16 @@ class Resolved:
     factory_path: Path
     profile_path: Path | None
     overrides: tuple[Override, ...]
+    notes: tuple[str, ...] = ()  # how a foreign recipe or NeMo-style words were translated
 
 
 def resolve(factory: str, overrides: list[str], profile: str | None = None) -> Resolved:
     """Factory < profile < command line, validated. Override syntax and key problems, and
     type problems, are each reported all at once."""
     parsed, problems = parse_overrides(overrides)
-    data, factory_file = load_factory(factory)
+    notes: list[str] = []
+    data, factory_file = load_factory(factory, notes=notes)
+    notes += [o.note for o in parsed if o.note]
     site, site_path = load_profile(profile)
     merged, more = apply_overrides(deep_merge(normalise_switches(data), site), parsed)
     problems += more
@@ -666,4 +727,4 @@ def resolve(factory: str, overrides: list[str], profile: str | None = None) -> R
         problems += err.problems
     if problems:
         raise UserError(*problems)
-    return Resolved(job, factory_file, site_path, tuple(parsed))
+    return Resolved(job, factory_file, site_path, tuple(parsed), tuple(notes))

@@ -32,6 +32,7 @@ from ftcore.layout import COMMAND, CONFIG, LOGS, RECORD, SCRIPT  # noqa: F401  (
 from launcher import __version__, paths
 
 LOCK = ".lock"
+RUN_LOCK = ".run.lock"  # held by the one process that trains in the folder (`ft train`), until it exits
 TMP_PREFIX = ".tmp-"
 # A temporary folder older than this whose owner process is gone is a leftover; one from
 # another machine (FT_HOME on a shared filesystem) is trusted to be a leftover only after a day.
@@ -120,6 +121,50 @@ def locked(folder: Path, wait: float | None = None) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def hold_run_lock(folder: Path, job_id: str | None) -> None:
+    """Take the folder's run lock for this process and whatever it `exec`s (the fd is inherited),
+    or refuse, naming the run that holds it. Never released by hand: the process's exit does."""
+    path = folder / RUN_LOCK
+    if str(path) in _HELD:  # this process holds it already (one run prepares once; tests call again)
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        raise UserError(f"cannot lock {folder}: {err.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            os.close(fd)
+            raise UserError(f"cannot lock {folder}: {err.strerror}") from None
+        holder = os.read(fd, 4096).decode(errors="replace")
+        os.close(fd)
+        try:
+            who = json.loads(holder)
+            who = f"job {who.get('job_id') or '(no scheduler)'}, process {who.get('pid')} on {who.get('host')}, " \
+                  f"since {who.get('time')}"
+        except (ValueError, AttributeError):
+            who = "another process"
+        raise UserError(f"{folder} is in use: a run trains in it right now ({who})",
+                        hint="wait for it to end (or cancel it); two runs in one folder would mix their "
+                             "checkpoints. Another run wants another folder: --job-dir NEW_FOLDER") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps({"job_id": job_id, "pid": os.getpid(), "host": socket.gethostname(),
+                             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode())
+    os.set_inheritable(fd, True)  # kept across exec: the trainer holds it to its end
+    _HELD[str(path)] = fd
+
+
+_HELD: dict[str, int] = {}
+
+
+def release_run_lock(folder: Path) -> None:
+    """Let go of the run lock this process holds (a run that ends without becoming the trainer)."""
+    fd = _HELD.pop(str(folder / RUN_LOCK), None)
+    if fd is not None:
+        os.close(fd)
 
 
 def safe_name(text: str) -> str:

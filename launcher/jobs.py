@@ -64,6 +64,11 @@ def _last_line_record(files: JobFiles, name: str | PurePath, wanted: str | None 
 UNKNOWN = "UNKNOWN"
 UNREADABLE = "UNREADABLE"
 _LIVE_FOLDER_STATES = ("PENDING", "RUNNING", "REQUEUED", "STARTING")
+# A record written before sbatch answered (submit.write), and what it means when no id followed.
+_UNFINISHED_SUBMISSION = {
+    "submitting": "its submission did not finish: sbatch is still answering, or ft was killed",
+    "interrupted": "interrupted while sbatch was answering: the job may exist (`squeue --me`)",
+}
 # `ft status 15_1`: task 1 of the sweep (SLURM job array) 15.
 _ARRAY_TASK = re.compile(r"^(\d+)_(\d+)$")
 
@@ -75,6 +80,7 @@ class JobView:
     config: dict[str, Any] = field(repr=False)
     problem: str | None = None  # why the folder cannot be read (then `ft jobs` says UNREADABLE)
     task: int | None = None  # one task of a sweep (`15_1`), or the whole job
+    earlier: str | None = None  # asked for by the id of an earlier submission (`ft resubmit`)
 
     @property
     def job_id(self) -> str | None:
@@ -170,9 +176,10 @@ class JobView:
         total = total if isinstance(total, int) else trainer.get("max_steps") if isinstance(trainer, dict) else None
         return f"{shown}/{total}" if isinstance(total, int) else str(shown)
 
-    def progress_detail(self, run: Path | None = None) -> str:
-        """`120/250 (48%), 0:30 elapsed, 0:32 left`, as the trainer's log line says it; at the
-        end, the trainer's summary."""
+    def progress_detail(self, run: Path | None = None, running: bool = True) -> str:
+        """`120/250 (48%), 0:30 elapsed, 0:32 left`, as the trainer's log line says it (no time
+        left once the run is not `running`: it stopped before its end); at the end, the
+        trainer's summary."""
         last = _last_line_record(self.files, (run or self.run_dirs[0]) / layout.METRICS, "total_steps")
         try:
             if last.get("end"):
@@ -181,7 +188,7 @@ class JobView:
                     text += (f"; val_loss final {last['final_val_loss']:.4f}, best {last['best_val_loss']:.4f}"
                              f" (step {last['best_step']})")
                 return text
-            return progress.of_record(last) if last else self.progress()
+            return progress.of_record(last, running) if last else self.progress()
         except (KeyError, TypeError, ValueError):  # a record written by something else
             return self.progress()
 
@@ -245,7 +252,8 @@ def find(spec: str, root: Path | None = None) -> JobView:
     views = all_jobs(root)
     exact = [v for v in views if v.job_id == spec or v.folder.name == spec or spec in v.earlier_ids]
     if len(exact) == 1:
-        return exact[0]
+        found = exact[0]
+        return dataclasses.replace(found, earlier=spec) if spec in found.earlier_ids and spec != found.job_id else found
     matches = exact or [v for v in views if (v.job_id or "").startswith(spec) or v.folder.name.startswith(spec)]
     if not matches:
         raise UserError(f"no job {spec!r} among the {len(views)} job(s) under {root or paths.jobs_root()}",
@@ -272,7 +280,8 @@ def _folder_state(view: JobView, run: Path | None = None) -> str:
         return "DRY-RUN"
     if not events:
         if ran.by_id and ran.ft_script and not view.job_id:
-            return f"{UNKNOWN} (the scheduler's answer was unreadable; see {jobdir.RECORD})"
+            why = _UNFINISHED_SUBMISSION.get(view.record.get("submission"), "sbatch's answer was unreadable")
+            return f"{UNKNOWN} ({why}; see {jobdir.RECORD})"
         return "PENDING" if ran.by_id else "STARTING"
     last = events[-1]
     starts = [i for i, e in enumerate(events) if e["event"] == "start"]
@@ -349,6 +358,32 @@ def task_states(view: JobView, ask_scheduler: bool = True) -> list[tuple[int, st
             known = "REQUEUED"
         states.append((task, known or _folder_state(view, run)))
     return states
+
+
+def earlier_state(view: JobView) -> str:
+    """The state of the earlier submission a view was asked for by (`ft status 12` after
+    `ft resubmit 12` made it 15): the scheduler's while it knows that id, else that it ended."""
+    ran = view.scheduler
+    try:
+        known = ran.job_state(view.earlier) if ran and view.earlier else None
+    except UserError:
+        known = None
+    return f"{known} (resubmitted as {view.label})" if known else f"ENDED (resubmitted as {view.label})"
+
+
+def task_values(view: JobView) -> dict[int, str]:
+    """Each sweep task's own settings (`optim.lr=1e-05`), read from tasks/<i>/config.yaml."""
+    from launcher.config import differing
+
+    runs = [run for run in view.run_dirs if run.name.isdigit()]
+    configs = []
+    for run in runs:
+        try:
+            loaded = load_yaml((run / jobdir.CONFIG).read_text(), jobdir.CONFIG)
+        except (OSError, UserError, ValueError, yaml.YAMLError):
+            loaded = None
+        configs.append(loaded if isinstance(loaded, dict) else {})
+    return {int(run.name): words for run, words in zip(runs, differing(configs))}
 
 
 def is_finished(state_text: str) -> bool:
@@ -481,8 +516,14 @@ def remove_dry_runs(views: list[JobView]) -> list[Path]:
 
     removed = []
     for view in dry_runs(views):
-        if (view.folder / jobdir.RECORD).exists():  # submitted meanwhile
+        try:
+            # Under the folder's lock, which `ft resubmit` holds while sbatch answers: a folder
+            # submitted meanwhile has a record by then, and one being submitted is skipped.
+            with jobdir.locked(view.folder, wait=0):
+                if (view.folder / jobdir.RECORD).exists():
+                    continue
+                shutil.rmtree(view.folder)
+        except UserError:
             continue
-        shutil.rmtree(view.folder)
         removed.append(view.folder)
     return removed

@@ -116,18 +116,29 @@ def run(job: Job, folder: Path, detach: bool = False, echo=sys.stdout.write, his
                             p.terminate()
                     codes = [p.wait() for p in procs]
                     echo(handle.read().decode(errors="replace"))
-                    status = next((c for c in codes if c != 0), 0)
-                    status = 128 - status if status < 0 else status  # killed by a signal: shell style
+                    status = _job_status(codes)
                     break
                 time.sleep(0.2)
     except KeyboardInterrupt:
+        # Ctrl-C is a stop signal: the tasks (in sessions of their own, so the terminal's
+        # SIGINT reached only this process) checkpoint and exit 75; a second Ctrl-C must not
+        # cut that save short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        event(folder, "signal", signal="SIGINT")
+        echo(f"\nft: Ctrl-C: the job checkpoints and stops; `ft resubmit {folder}` continues it\n")
         for p in procs:
             if p.poll() is None:
-                p.send_signal(2)
+                p.send_signal(signal.SIGINT)
         codes = [p.wait() for p in procs]
-        status = 130
+        status = _job_status(codes)
     event(folder, "exit", code=status)
     return status
+
+
+def _job_status(codes: list[int]) -> int:
+    """The first task's failure (killed by a signal: shell style, 128 + N), else 0."""
+    status = next((c for c in codes if c != 0), 0)
+    return 128 - status if status < 0 else status
 
 
 def _pythonpath() -> str:

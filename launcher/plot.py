@@ -14,6 +14,7 @@ matplotlib is imported only when a plot is drawn, with the Agg backend (no displ
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,8 +62,24 @@ def parse_metrics(data: bytes) -> dict[str, list[tuple[int, float]]]:
             continue
         for name, value in record.items():
             if name not in ("step", "time", "epoch") and isinstance(value, (int, float)) and not isinstance(value, bool):
-                by_name.setdefault(name, {})[step] = float(value)
+                number = _plottable(value)
+                if number is not None:
+                    by_name.setdefault(name, {})[step] = number
     return {name: sorted(points.items()) for name, points in by_name.items()}
+
+
+# Beyond this a value is a diverged run's, and an axis spanning it overflows matplotlib's arithmetic.
+PLOTTABLE = 1e100
+
+
+def _plottable(value: int | float) -> float | None:
+    """The value as a float an axis can hold; None for NaN, ±Infinity, a 400-digit integer or
+    1.7e308 (a diverged step: the trainer skips those, a hand-written file may hold them)."""
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) and abs(number) <= PLOTTABLE else None
 
 
 def runs_of(spec: str, root: Path | None = None) -> list[Run]:

@@ -4,12 +4,18 @@ Every value is computed and shell-quoted here, in Python; the Jinja template onl
 what it is given (StrictUndefined, loops over ready-made strings). The only text that
 reaches the script unquoted is `slurm.setup`, which is shell written by the site or user
 on purpose, one validated line per item.
+
+A template may come from a factory or a site (`slurm.template`) and is rendered when a user
+only inspects a recipe (`--dry-run`), so it is data: a sandboxed Jinja environment without
+globals (no attribute of Python's internals, no call that changes anything), and the script
+it makes holds no character that would hide text from the person reading it.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -168,7 +174,7 @@ def sbatch_options(job: Job, job_dir: Path, array_size: int = 0, dependency: str
         ("ntasks-per-node", t.devices),
     ]
     if t.accelerator == "gpu" and s.gpus_per_node_flag:
-        options.append(("gpus-per-node", t.devices))
+        options.append(("gpus-per-node", f"{t.gpu_type}:{t.devices}" if t.gpu_type else t.devices))
     optional = {
         "cpus-per-task": s.cpus_per_task,
         "mem": s.mem,
@@ -217,13 +223,13 @@ def render_sbatch(job: Job, job_dir: Path, template: str | None = None, array_si
     else:
         run_dir_line = 'FT_RUN_DIR="$FT_JOB_DIR"'
     try:
-        return env.get_template(template_path.name).render(
-            version=__version__,
+        script = env.get_template(template_path.name).render(
+            version=q(__version__),
             factory=q(job.name),
             job_dir=q(job_dir),
             script_path=q(job_dir / layout.SCRIPT),
-            config_name=layout.CONFIG,
-            events_name=layout.EVENTS,
+            config_name=q(layout.CONFIG),
+            events_name=q(layout.EVENTS),
             sbatch_options=sbatch_options(job, job_dir, array_size, dependency),
             modules=[q(m) for m in job.slurm.modules],
             setup=list(job.slurm.setup),
@@ -238,6 +244,15 @@ def render_sbatch(job: Job, job_dir: Path, template: str | None = None, array_si
         )
     except jinja2.TemplateError as err:
         raise UserError(f"sbatch template {template_path}: {err}") from None
+    except Exception as err:  # the sandbox's own limits (a huge range), or a template's 1/0
+        raise UserError(f"sbatch template {template_path}: {type(err).__name__}: {err}") from None
+    hidden = _HIDDEN.search(script)
+    if hidden:
+        line = script.count("\n", 0, hidden.start()) + 1
+        raise UserError(f"sbatch template {template_path}: line {line} of the script it makes holds the invisible "
+                        f"character U+{ord(hidden.group()):04X}, which would hide text from anyone reading it",
+                        hint="remove it from the template (or from the setting that put it there)")
+    return script
 
 
 def check_folder(job_dir: Path) -> None:
@@ -248,12 +263,18 @@ def check_folder(job_dir: Path) -> None:
                         hint=f"set {paths.HOME_ENV} to a folder whose path is plain text")
 
 
+# Control characters other than tab and newline, C1 controls, zero-width and bidirectional
+# marks: a terminal or an editor shows the script without what they hide or reorder.
+_HIDDEN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+
+
 @functools.lru_cache(maxsize=8)
 def _environment(folder: str):
-    """One Jinja environment per template folder, so a template compiles once per process."""
+    """One sandboxed Jinja environment per template folder, so a template compiles once per process."""
     import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    return jinja2.Environment(
+    env = ImmutableSandboxedEnvironment(
         loader=jinja2.FileSystemLoader(folder),
         undefined=jinja2.StrictUndefined,
         autoescape=False,
@@ -261,6 +282,8 @@ def _environment(folder: str):
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    env.globals.clear()  # range, lipsum, cycler, joiner, namespace, dict: a template places values, no more
+    return env
 
 
 def path_problems(job: Job, job_dir: Path) -> list[str]:
@@ -294,6 +317,11 @@ def data_problems(job: Job) -> list[str]:
             problems += err.problems
             continue
         if local is not None and local.is_file():
+            if formats.holds_nothing(local):
+                problems.append(f"data.{key}: {local} holds no records"
+                                + ("; leave data.val_path unset to hold out data.val_fraction of the training data"
+                                   if key == "val_path" else ""))
+                continue
             mismatch = formats.mismatch(local, job.data.format)
             if mismatch:
                 problems.append(f"data.{key}: {mismatch}")

@@ -19,7 +19,7 @@ from ftcore.errors import UserError
 from ftcore.files import write_atomic
 from ftcore.schema import job_to_dict
 from launcher import jobdir, paths, render, scheduler, stage as staging
-from launcher.config import Resolved, resolve
+from launcher.config import Resolved, differing, resolve
 from launcher.scheduler import SchedulerError, SubmissionUnclear
 
 
@@ -32,6 +32,7 @@ class Prepared:
     warnings: tuple[str, ...] = ()  # under --dry-run: what a real submission would refuse
     staged: tuple[staging.Staged, ...] = ()  # what --stage downloaded
     notes: tuple[str, ...] = ()  # under --dry-run: what a real submission would do first
+    dry_run: bool = False
 
     @property
     def job(self):
@@ -107,6 +108,9 @@ def prepare(factory: str, overrides: list[str], profile: str | None = None,
     problems += found + ([] if elsewhere else runner.preflight(job, dry_run))
     for task in tasks or (resolved,):
         problems += plan_refusals(task.job, force)
+    host = [] if elsewhere else host_python_problems(job)
+    problems += [] if dry_run else host
+    warnings = [*warnings, *host] if dry_run else warnings
     if tasks:
         problems += _sweeps_that_shape_the_script(tasks, combos)
     if problems:
@@ -122,7 +126,7 @@ def prepare(factory: str, overrides: list[str], profile: str | None = None,
     warnings += offline
     notes = _not_pulled_yet(job) if dry_run else []
     return Prepared(resolved, executor, tasks, _job_id_to_wait_for(after) if after else None,
-                    tuple(warnings), staged, tuple(notes))
+                    tuple(warnings), staged, tuple(notes), dry_run)
 
 
 def _array_schedulers() -> str:
@@ -180,31 +184,45 @@ def plan_refusals(job, force: bool = False) -> list[str]:
     """What the plan and the policy know against this job before it waits in a queue."""
     from launcher import plan
 
-    problems = plan.refusals(job, force=force)
-    if job.model.quantization and job.container.runtime == "none":
-        problems += missing_quantization_library(job)
-    return list(dict.fromkeys(problems))
+    return list(dict.fromkeys(plan.refusals(job, force=force)))
 
 
-def missing_quantization_library(job) -> list[str]:
-    """Without a container, the Python that will train is known here: does it have torchao?
-    (Inside an image, `ft image check` answers, and the trainer refuses before loading.)"""
-    import importlib.util
+HOST_CHECK_TIMEOUT_S = 60
+
+
+def host_python_problems(job) -> list[str]:
+    """Without a container (container.runtime=none) the job runs with a Python of this
+    machine: the one ft runs with, or container.python. Ask that Python what it has of the
+    image contract (ftcore.contract, from package metadata: no torch imported), as
+    `ft image check` asks an image, so a job that would die at `import torch` is refused here."""
+    import json
     import subprocess
     import sys
 
-    python = job.container.python or sys.executable
-    if python == sys.executable:
-        found = importlib.util.find_spec("torchao") is not None
-    else:
-        probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('torchao') is None)"
-        try:
-            found = subprocess.run([python, "-c", probe], capture_output=True, timeout=60).returncode == 0
-        except (OSError, subprocess.TimeoutExpired):
-            return []  # that Python cannot be asked here; the trainer checks again
-    if found:
+    if job.container.runtime != "none":
         return []
-    return [contract.quantization_missing(python)]
+    python = job.container.python or sys.executable
+    probe = Path(contract.__file__).read_text()  # run as a script: `--installed` prints installed()
+    try:
+        done = subprocess.run([python, "-c", probe, "--installed"], capture_output=True, text=True, timeout=HOST_CHECK_TIMEOUT_S,
+                              cwd="/")  # not this folder: a checkout here would hide a missing ft
+        found = json.loads(done.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError) as err:
+        why = getattr(err, "strerror", None) or type(err).__name__
+        return [f"container.runtime=none runs the job with {python}, which could not be asked what it has "
+                f"installed ({why}): give a working Python as container.python"]
+    lines = contract.problems(found)
+    if lines:
+        lines.append(f"container.runtime=none runs the job with {python} (this machine's, no container), which "
+                     f"cannot run ft's trainer: install what it lacks there ({contract.install_line('train')}), or "
+                     "run in an image (container.runtime=apptainer container.image=IMAGE; `ft image check IMAGE`)")
+    if found["packages"].get("trainer", {}).get("error"):
+        lines.append(f"ft's trainer is not installed for {python}: {contract.install_line()} there "
+                     "(or give ft's own Python as container.python)")
+    quantization = found["packages"].get(contract.QUANTIZATION.module, {})
+    if job.model.quantization and quantization.get("error"):
+        lines.append(contract.quantization_missing(python))
+    return lines
 
 
 def _not_pulled_yet(job) -> list[str]:
@@ -290,11 +308,17 @@ def summary(p: Prepared) -> list[tuple[str, str]]:
     t = job.trainer
     unit = "GPU" if t.accelerator == "gpu" else "task"
     image = job.container.image if job.container.runtime != "none" else "none (host Python)"
-    return [
+    sweep = []
+    if p.tasks:
+        sweep = [("sweep", f"{len(p.tasks)} tasks in one SLURM array, each with the resources below")]
+        sweep += [(f"  task {i}", values or "(the same as the others)")
+                  for i, values in enumerate(differing([job_to_dict(r.job) for r in p.tasks]))]
+    return [*sweep,
         ("factory", f"{job.name} ({p.resolved.factory_path})"),
         ("method", "LoRA" if job.peft else "full SFT"),
         ("model", str(job.model.path or f"random init ({job.model.config.get('model_type', '?')})")),
-        ("resources", f"{t.num_nodes} node(s) × {t.devices} {unit}(s) = {job.world_size} {unit}(s)"),
+        ("resources", f"{t.num_nodes} node(s) × {t.devices} {unit}(s) = {job.world_size} {unit}(s)"
+                      + (", for each sweep task" if p.tasks else "")),
         ("batch", f"global {job.data.global_batch_size} = micro {job.data.micro_batch_size} × "
                   f"accumulation {job.grad_accum_steps} × data-parallel {job.world_size}"),
         ("steps", str(t.max_steps) if t.max_steps else f"{t.num_epochs} epoch(s)"),
@@ -306,7 +330,9 @@ def summary(p: Prepared) -> list[tuple[str, str]]:
 
 
 def write(p: Prepared, argv: list[str] | None = None, root: Path | None = None) -> Path:
-    """The complete job folder: resolved config(s), script, exact command line."""
+    """The complete job folder: resolved config(s), script, exact command line; for a real
+    submission also its record, from the first moment (`submitting`), so that no reader takes
+    the folder for a dry run (`ft clean --dry-runs`) while sbatch answers, or after a Ctrl-C."""
     job = p.job
     files = {jobdir.CONFIG: jobdir.config_text(job_to_dict(job)), jobdir.COMMAND: jobdir.command_line(argv)}
     for index, task in enumerate(p.tasks):
@@ -314,7 +340,9 @@ def write(p: Prepared, argv: list[str] | None = None, root: Path | None = None) 
 
     def contents(folder: Path) -> dict[str, str]:
         script = scheduler.get(p.executor).render(job, folder, array_size=len(p.tasks), dependency=p.after)
-        return {**files, jobdir.SCRIPT: script}
+        record = {} if p.dry_run else {jobdir.RECORD: jobdir.record_text(
+            executor=p.executor, job_id=None, factory=job.name, folder=str(folder), history=[], submission="submitting")}
+        return {**files, jobdir.SCRIPT: script, **record}
 
     return jobdir.create(job.name, contents, root)
 
@@ -332,6 +360,12 @@ def _submit_and_record(folder: Path, factory: str, history: list[dict] | None, j
     record = {"executor": executor, "factory": factory, "folder": str(folder), "history": history or []}
     try:
         job_id = scheduler.get(executor).submit(folder)
+    except KeyboardInterrupt:
+        # sbatch may have queued the job before it was interrupted: keep the folder, say so.
+        jobdir.write_record(folder, **record, job_id=None, submission="interrupted")
+        raise UserError(f"interrupted while sbatch was answering: the job may have been submitted; its folder "
+                        f"{folder} was kept", hint=f"look for it with `squeue --me`; once it starts, `ft status "
+                                                   f"{folder}` shows its id. If it is not there, `ft resubmit {folder}`") from None
     except SubmissionUnclear as err:
         # The job may exist and run in this folder: keep it, and keep what sbatch said.
         jobdir.write_record(folder, **record, job_id=None, submission="unclear",
@@ -394,6 +428,7 @@ def prepare_resubmit(view, overrides: list[str], profile: str | None = None, exe
     found, missing = render.preflight(job, job_dir=view.folder, dry_run=dry_run)
     problems = (refuse_secrets(resolved, words=overrides) + found + runner.preflight(job, dry_run)
                 + plan_refusals(job, force=True))
+    problems += [] if dry_run else host_python_problems(job)
     if problems:
         raise UserError(*problems)
     script = runner.render(job, view.folder, tasks)

@@ -30,7 +30,7 @@ from ftcore import layout, rendezvous
 from ftcore.errors import UserError
 from ftcore.rendezvous import DistEnv
 from ftcore.schema import Job, job_to_dict
-from launcher import config, jobdir, paths, stage
+from launcher import config, jobdir, jobs, paths, stage
 
 # How long tasks other than 0 wait for task 0 to write the job folder (a shared filesystem
 # may show a new folder on other nodes only after its attribute cache expires).
@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     """`ft train ...` and `python -m launcher train ...`: hand over to the trainer, or return 2."""
     parser = argparse.ArgumentParser(
         prog="ft train", allow_abbrev=False,
-        description="Train in this process: one task of srun or torchrun, or alone. Overrides as for ft submit.")
+        description="Train in this process: one task of srun or torchrun, or alone.",
+        epilog="Overrides: KEY=VALUE in dot notation after the options, as for ft submit, e.g. "
+               "trainer.max_steps=250 optim.lr=1e-4 trainer.devices=\"${SLURM_GPUS_PER_NODE}\".")
     parser.add_argument("--factory", "-f", required=True, help="factory name (see `ft factories`) or YAML path")
     parser.add_argument("--profile", help="cluster profile YAML (default: $FT_PROFILE or ~/.config/ft/cluster.yaml)")
     parser.add_argument("--job-dir", help="use this job folder (continue in it) instead of one named from SLURM's ids")
@@ -105,16 +107,13 @@ def prepare(factory: str, overrides: list[str], profile: str | None = None, job_
 def folder_for(job: Job, env: Mapping[str, str], job_dir: str | None = None) -> tuple[Path, str, str | None]:
     """(job folder, executor, job id). Every task of one run computes the same folder; a
     requeued SLURM job (same id) or a restarted torchrun (same run id) the same again."""
-    job_id = None
-    if env.get("SLURM_JOB_ID"):
-        array = env.get("SLURM_ARRAY_JOB_ID")
-        job_id = f"{array}_{env['SLURM_ARRAY_TASK_ID']}" if array and env.get("SLURM_ARRAY_TASK_ID") else env["SLURM_JOB_ID"]
+    job_id = rendezvous.job_id(env)  # digits only: it names a folder under $FT_HOME/jobs
     if job_dir:
         executor = "srun" if job_id else ("torchrun" if "TORCHELASTIC_RUN_ID" in env else "local")
         return Path(job_dir).expanduser().absolute(), executor, job_id
     root = paths.jobs_root()
     if job_id:
-        step = env.get("SLURM_STEP_ID") or "batch"
+        step = jobdir.safe_name(env.get("SLURM_STEP_ID") or "batch")
         return root / f"slurm-{job_id}.{step}-{jobdir.safe_name(job.name)}", "srun", job_id
     if "TORCHELASTIC_RUN_ID" in env:
         run_id = env["TORCHELASTIC_RUN_ID"]
@@ -179,18 +178,64 @@ def _write(plan: Plan, wanted: dict[str, Any], command: str) -> None:
     record = {"executor": plan.executor, "job_id": plan.job_id, "factory": plan.job.name, "folder": str(plan.folder),
               "submit_dir": plan.submit_dir, "pids": [os.getpid()]}
     files = {layout.CONFIG: jobdir.config_text(wanted), layout.COMMAND: command, layout.RECORD: jobdir.record_text(**record)}
-    if jobdir.create_at(plan.folder, lambda final: files):
+    created = jobdir.create_at(plan.folder, lambda final: files)
+    # One run at a time in a folder: the lock is held until the trainer (this process, after
+    # exec) exits, so a second `ft train --job-dir` of the same folder is refused, not mixed in.
+    jobdir.hold_run_lock(plan.folder, plan.job_id)
+    if created:
         return
-    # The folder exists: this job was requeued, or --job-dir names an earlier job's folder.
-    earlier = jobdir.read_record(plan.folder)
+    # The folder exists: this job was requeued, or --job-dir names an earlier run's folder.
+    earlier = _earlier_run(plan)
     history = list(earlier.get("history", []))
     if earlier.get("job_id") and earlier.get("job_id") != plan.job_id:
         history.append({k: earlier.get(k) for k in ("job_id", "time")})
-    if _config_in(plan.folder) != wanted:
+    found = _config_in(plan.folder)
+    if found != wanted:
+        if found is not None:  # (none: an empty folder given with --job-dir)
+            changed = [f"{key}: {old!r} → {new!r}" for key, old, new in _differences(found, wanted)]
+            print(f"ft train: continuing {plan.folder} with changed settings: {'; '.join(changed[:8])}",
+                  file=sys.stderr, flush=True)
         jobdir.write_atomic(plan.folder / layout.CONFIG, files[layout.CONFIG])
-        jobdir.write_atomic(plan.folder / layout.COMMAND, command)
+    commands = _text(plan.folder / layout.COMMAND)
+    if not commands.endswith(command):  # every run's command line, as `ft resubmit` keeps them
+        jobdir.write_atomic(plan.folder / layout.COMMAND, commands + command)
     (plan.folder / layout.LOGS).mkdir(exist_ok=True)
     jobdir.write_record(plan.folder, **record, history=history)
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return ""
+
+
+def _earlier_run(plan: Plan) -> dict[str, Any]:
+    """The record of the folder's earlier run, when it is one this run may continue: the same
+    job requeued, or (--job-dir) a folder `ft train` made for a job of the same factory. Any
+    other folder is refused, naming whose it is: its checkpoints are not this job's."""
+    folder = plan.folder
+    try:
+        earlier = jobdir.read_record(folder)
+    except ValueError as err:
+        raise UserError(f"{folder} holds a damaged record ({err}): ft cannot tell whose job folder it is",
+                        hint="give a new folder with --job-dir, or move that one aside") from None
+    config = _config_in(folder)
+    if not earlier and config is None:
+        if any(p.name not in (layout.LOGS, jobdir.LOCK, jobdir.RUN_LOCK) for p in folder.iterdir()):
+            raise UserError(f"{folder} is not empty and not a job folder: ft train does not write into other files",
+                            hint="give a new or empty folder with --job-dir")
+        return {}
+    owner = earlier.get("job_id") or folder.name
+    factory = earlier.get("factory") or (config or {}).get("name") or "?"
+    if earlier.get("executor") not in (*jobs.OWN_SCRIPT_EXECUTORS, "local") or (folder / layout.SCRIPT).exists():
+        raise UserError(f"{folder} belongs to job {owner} ({factory}), which `ft submit` made: `ft train` "
+                        "cannot continue it", hint=f"continue it with `ft resubmit {folder}`, or give "
+                                                   "`ft train` a new folder with --job-dir")
+    if factory != plan.job.name:
+        raise UserError(f"{folder} belongs to job {owner} of factory {factory}, not {plan.job.name}: its "
+                        "checkpoints are not this job's", hint="give a new folder with --job-dir")
+    return earlier
 
 
 def trainer_argv(plan: Plan) -> list[str]:

@@ -5,7 +5,8 @@
 
 Outputs go to the config's folder (for a sweep, each array task's own tasks/<i>/). Exit status:
 0 done, 2 a problem with the config or data (message on stderr, no traceback), 75 stopped by
-SIGUSR1/SIGTERM after writing a checkpoint (requeue to resume).
+SIGUSR1/SIGTERM/SIGINT (after writing a checkpoint once training has begun; at once during
+start-up): requeue, or run it again, to resume.
 
 `--events` and `--copy-output` are for `ft train`, which runs under a script ft did not
 write: rank 0 then records start, signal and exit itself (ft's sbatch script does that for
@@ -24,8 +25,13 @@ from ftcore import exits, layout, rendezvous
 from ftcore.errors import UserError
 from ftcore.schema import load_job
 
+from .stop import StopSignal
+
 
 def main(argv: list[str] | None = None) -> int:
+    from trainer import quiet_import_noise
+
+    quiet_import_noise()
     parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="the job's resolved config.yaml")
     parser.add_argument("--events", action="store_true",
@@ -35,15 +41,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.copy_output:
         _copy_output(Path(args.copy_output))
     job_dir = Path(args.config).resolve().parent
-    record = _events(job_dir) if args.events else None
+    try:
+        record = _events(job_dir) if args.events else None
+    except UserError as e:  # the launcher's variables say nonsense (a hand-set SLURM_PROCID)
+        print("ft trainer: " + "\n  ".join(e.problems), file=sys.stderr)
+        return e.exit_code
     code = exits.USER_ERROR
+    # Before the slow imports: a stop while the job is still starting ends it with the requeue status.
+    stop = StopSignal(on_signal=(lambda name: record("signal", signal=name)) if record else None,
+                      on_exit=(lambda status: record("exit", code=status)) if record else None)
+    stop.install()
     try:
         job = load_job(args.config)
         if record:
             record("start", nodes=os.environ.get("SLURM_JOB_NODELIST") or os.uname().nodename)
         from .train import run  # torch is imported only once the config is known to be good
 
-        code = run(job, job_dir, on_signal=(lambda name: record("signal", signal=name)) if record else None)
+        code = run(job, job_dir, stop=stop)
         if record and code == exits.REQUEUE:
             _say_how_to_resume(job_dir)
         return code
@@ -51,20 +65,23 @@ def main(argv: list[str] | None = None) -> int:
         print("ft trainer: " + "\n  ".join(e.problems), file=sys.stderr)
         if e.hint:
             print(f"ft trainer: hint: {e.hint}", file=sys.stderr)
-        return exits.USER_ERROR
+        code = e.exit_code
+        return code
     except BaseException:
         code = 1  # the traceback follows; SLURM sees the same status
         raise
     finally:
         if record:
             record("exit", code=code)
+        stop.uninstall()  # (kept while stopping: a late signal must not turn 75 into a death by signal)
 
 
 def _events(job_dir: Path):
     """A recorder of this run's events on rank 0 (a no-op on the others)."""
     if not rendezvous.detect(os.environ).is_main:
         return lambda name, **fields: None
-    ids = {"job_id": os.environ.get("SLURM_JOB_ID", ""), "restart": int(os.environ.get("SLURM_RESTART_COUNT") or 0)}
+    ids = {"job_id": rendezvous.job_id({"SLURM_JOB_ID": os.environ.get("SLURM_JOB_ID", "")}) or "",
+           "restart": rendezvous.number(os.environ, "SLURM_RESTART_COUNT", 0)}
     return lambda name, **fields: layout.record_event(job_dir, name, **ids, **fields)
 
 

@@ -6,7 +6,8 @@
         ft_state/trainer_state.json   step, data position, schedule
         ft_state/COMPLETE             written last: only folders with it count
         tokenizer files
-      and in the final checkpoint only (gathering a full copy on rank 0 stalls every rank):
+      and in the final checkpoint only (gathering a full copy on rank 0 stalls every rank), or in
+      every one with checkpoint.hf_every_save:
         adapter_model.safetensors, adapter_config.json   LoRA: PeftModel.from_pretrained(base, here)
         model.safetensors, config.json                   SFT: AutoModelForCausalLM.from_pretrained(here)
     JOB/checkpoints/latest            names the newest complete folder (replaced atomically)
@@ -24,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -177,7 +179,7 @@ def load(folder: Path, built, optimizer, env: dist.DistEnv) -> dict:
     model_sd, optim_sd, options = _state_dicts(built, optimizer)
     # dcp.load fails on any key the checkpoint lacks; strict=False only lets the frozen
     # base (deliberately not saved) stay as loaded from model.path.
-    dcp.load({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(folder / TRAINING_STATE / "dcp"))
+    dcp.load({"model": model_sd, "optim": optim_sd}, storage_reader=state_reader(folder))
     options = dataclasses.replace(options, strict=False)
     set_state_dict(built.module, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd, options=options)
     rng_file = folder / TRAINING_STATE / f"rng-rank{env.rank:05d}.pt"
@@ -186,6 +188,79 @@ def load(folder: Path, built, optimizer, env: dist.DistEnv) -> dict:
     else:  # resumed with more ranks than before: new ranks start fresh streams
         torch.manual_seed(int(json.loads((folder / TRAINING_STATE / "trainer_state.json").read_text())["seed"]) + env.rank)
     return json.loads((folder / TRAINING_STATE / "trainer_state.json").read_text())
+
+
+# --- reading the distributed state's index without running code from it -------------------------
+
+# torch's reader unpickles ft_state/dcp/.metadata with plain pickle: a tampered index would run
+# code on resume and on the login node. This reader admits only what DCP's own writer puts there
+# (found by reading torch/distributed/checkpoint/{metadata,filesystem}.py and real indexes).
+_DCP_INDEX_CLASSES = {
+    ("torch.distributed.checkpoint.metadata", name)
+    for name in ("Metadata", "StorageMeta", "MetadataIndex", "TensorStorageMetadata", "BytesStorageMetadata",
+                 "ChunkStorageMetadata", "TensorProperties", "_MEM_FORMAT_ENCODING")
+} | {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),  # a layout by its name
+    ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"),  # the writer's checkpoint_id
+    ("collections", "OrderedDict"),
+}
+
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+    """Unpickles a DCP index; any other class or function is refused before it is touched."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _DCP_INDEX_CLASSES:
+            return super().find_class(module, name)
+        value = vars(torch).get(name) if module == "torch" else None
+        if isinstance(value, torch.dtype):
+            return value  # dtypes pickle as torch.<name>
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a checkpoint index")
+
+
+def read_state_index(dcp_dir: Path):
+    """The checkpoint's DCP index (a torch Metadata), refusing one that asks to run code."""
+    from torch.distributed.checkpoint.metadata import Metadata
+
+    path = dcp_dir / ".metadata"
+    try:
+        with open(path, "rb") as f:
+            metadata = _DataOnlyUnpickler(f).load()
+    except Exception as err:  # refused, damaged or cut short: all the same to a resume
+        raise UserError(f"{path} is not an index torch.distributed.checkpoint writes ({err}); it was not loaded, "
+                        "nothing in it ran",
+                        hint="resume from another checkpoint of the job, or from a copy you trust") from None
+    if not isinstance(metadata, Metadata):
+        raise UserError(f"{path} holds a {type(metadata).__name__}, not a checkpoint index; it was not loaded",
+                        hint="resume from another checkpoint of the job, or from a copy you trust")
+    return metadata
+
+
+def state_reader(checkpoint: Path):
+    """A DCP reader of `checkpoint`'s ft_state/dcp whose index goes through `read_state_index`.
+
+    The index is checked here, before torch's collectives would wrap the error, so every rank
+    stops with the same clear message.
+    """
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    dcp_dir = checkpoint / TRAINING_STATE / "dcp"
+
+    class Reader(FileSystemReader):
+        def read_metadata(self, *args, **kwargs):
+            if kwargs.get("rank") is not None:  # per-rank indexes: ft never writes them
+                raise UserError(f"{dcp_dir} has per-rank indexes, which ft does not write; it was not loaded")
+            metadata = read_state_index(dcp_dir)
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    read_state_index(dcp_dir)
+    return Reader(str(dcp_dir))
 
 
 def _rng_state() -> dict:
@@ -227,7 +302,7 @@ def write_hf_from_state(checkpoint: Path, job, base_ref: str | None, folder: Pat
     from .lora import add_lora
     from .model import DTYPES, model_config
 
-    reader = dcp.FileSystemReader(str(checkpoint / TRAINING_STATE / "dcp"))
+    reader = state_reader(checkpoint)
     entries = {k: v for k, v in reader.read_metadata().state_dict_metadata.items() if k.startswith("model.")}
     state = {k.removeprefix("model."): torch.empty(v.size, dtype=v.properties.dtype) for k, v in entries.items()}
     dcp.load({"model": state}, storage_reader=reader, no_dist=True)

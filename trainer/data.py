@@ -14,7 +14,9 @@ import json
 import math
 import os
 import random
+import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,38 +49,116 @@ class Data:
         )
 
 
+# Rank 0 touches its heartbeat file this often while it tokenizes; a waiting rank that sees
+# no heartbeat for PEER_SILENT_S takes rank 0 for dead (a shared filesystem may show a change
+# on other nodes only after its attribute cache, about a minute, expires).
+# $FT_PEER_SILENT_S changes the patience (a slow shared filesystem, or a test).
+def _patience(default: float = 180.0) -> float:
+    try:
+        value = float(os.environ.get("FT_PEER_SILENT_S") or default)
+    except ValueError:
+        return default
+    return value if 0 < value < float("inf") else default
+
+
+PEER_SILENT_S = _patience()
+HEARTBEAT_S = min(5.0, PEER_SILENT_S / 4)
+
+
+class PeerGone(UserError):
+    """Rank 0 died while the others waited for its tokenized data: not the user's mistake."""
+
+    exit_code = 1
+
+
 def load(cfg, tokenizer, seed: int, cache: Path | None = None, is_main: bool = True) -> Data:
     """The job's data (`cfg`: DataConfig), tokenized once per job.
 
     With a `cache` folder (shared by all ranks: the job folder's), rank 0 tokenizes into
     ``tokens-<key>.pt`` while the other ranks wait for that file, not in a collective (a long
-    tokenization would time one out); a resubmitted job finds the file and tokenizes nothing.
-    The key covers the data files' contents, the tokenizer and every setting that changes the
-    result, so a change makes a new file.
+    tokenization would time one out); they give up with a message when rank 0 stops beating
+    its heartbeat (it died). A resubmitted job finds the file and tokenizes nothing; a file
+    that cannot be read back (damaged) is made again. The key covers the data files'
+    contents, the tokenizer and every setting that changes the result, so a change makes a
+    new file.
     """
     if cache is None:
         return tokenize_all(cfg, tokenizer, seed)
     key = dist.broadcast_object(cache_key(cfg, tokenizer, seed) if is_main else None)
     path = Path(cache) / f"tokens-{key}.pt"
-    failed = path.with_suffix(".error")
-    if is_main and not path.exists():
+    failed, busy = path.with_suffix(".error"), path.with_suffix(".busy")
+    if is_main:
+        if path.exists():
+            data = _read(path)
+            if data is not None:
+                return data
+            # Damaged (a disk that filled, a copy cut short): made again below, not a failed resume.
         Path(cache).mkdir(parents=True, exist_ok=True)
         failed.unlink(missing_ok=True)
-        try:
-            data = tokenize_all(cfg, tokenizer, seed)
-        except UserError as err:
-            failed.write_text(json.dumps(err.problems))  # the waiting ranks stop with the same message
-            raise
-        _write(path, data)
+        with _Heartbeat(busy):
+            try:
+                data = tokenize_all(cfg, tokenizer, seed)
+            except UserError as err:
+                failed.write_text(json.dumps(err.problems))  # the waiting ranks stop with the same message
+                raise
+            except Exception as err:
+                failed.write_text(json.dumps([f"rank 0 failed while tokenizing the data ({type(err).__name__}: "
+                                              f"{err}); its log shows where"]))
+                raise
+            _write(path, data)
         for old in Path(cache).glob("tokens-*.pt"):
             if old != path:
                 old.unlink(missing_ok=True)
         return data
-    while not path.exists():
+    return _wait_for(path, failed, busy)
+
+
+def _wait_for(path: Path, failed: Path, busy: Path) -> Data:
+    """The other ranks: rank 0's file once it is there (and readable), or rank 0's error."""
+    started = time.monotonic()
+    while True:
         if failed.exists():
             raise UserError(*json.loads(failed.read_text()))
+        if path.exists() and not busy.exists():
+            data = _read(path)
+            if data is not None:
+                return data
+        waited = time.monotonic() - started
+        try:  # (a heartbeat left by an earlier, killed run counts only from when this rank began to wait)
+            silent = min(waited, time.time() - busy.stat().st_mtime)
+        except OSError:  # not started yet (or just done)
+            silent = waited
+        if silent > PEER_SILENT_S:
+            raise PeerGone(f"rank 0 stopped tokenizing the data: nothing from it for {silent:.0f} s "
+                           f"(its heartbeat {busy.name} in {busy.parent}); it died or hangs, and its own "
+                           "log says why. This rank gives up instead of waiting for ever",
+                           hint="fix what rank 0 reports and run the job again: the others follow it")
         time.sleep(0.2)
-    return _read(path)
+
+
+class _Heartbeat:
+    """Rank 0's sign of life while it tokenizes: a file whose time it renews every HEARTBEAT_S."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self._done = path, threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="ft-tokenize-heartbeat", daemon=True)
+
+    def _beat(self) -> None:
+        while not self._done.wait(HEARTBEAT_S):
+            try:
+                os.utime(self.path)
+            except OSError:
+                pass
+
+    def __enter__(self) -> "_Heartbeat":
+        self.path.write_text(json.dumps({"host": os.uname().nodename, "pid": os.getpid()}))
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+        self.path.unlink(missing_ok=True)
 
 
 def cache_key(cfg, tokenizer, seed: int) -> str:
@@ -125,11 +205,20 @@ def _write(path: Path, data: Data) -> None:
     os.replace(tmp, path)  # whole or absent: the waiting ranks never read half a file
 
 
-def _read(path: Path) -> Data:
-    saved = torch.load(path, weights_only=True)
-    stats = Stats(**saved["stats"])
+def _read(path: Path) -> Data | None:
+    """The tokenized data of `path`, or None when the file is damaged (then it is made again)."""
+    try:
+        saved = torch.load(path, weights_only=True)
+        stats = Stats(**saved["stats"])
+        data = Data(_unpack_rows(saved["train"]), _unpack_rows(saved["val"]), stats)
+    except FileNotFoundError:
+        return None
+    except Exception as err:  # a truncated zip, garbage, another layout: whatever torch and we say
+        print(f"ft trainer: the token cache {path} cannot be read ({type(err).__name__}); tokenizing again",
+              file=sys.stderr, flush=True)
+        return None
     stats.notes.append(f"tokenized once, read from {path}")
-    return Data(_unpack_rows(saved["train"]), _unpack_rows(saved["val"]), stats)
+    return data
 
 
 def tokenize_all(cfg, tokenizer, seed: int) -> Data:
@@ -140,6 +229,9 @@ def tokenize_all(cfg, tokenizer, seed: int) -> Data:
         records = records[: cfg.limit_samples]
     if cfg.val_path:
         val_records = read_records(cfg.val_path, cfg.val_split)
+        if not val_records:  # no validation would run, and nothing would say so
+            raise UserError(f"data.val_path {cfg.val_path} holds no records: give a file with records, or leave "
+                            "data.val_path unset to hold out data.val_fraction of the training data")
     elif cfg.val_fraction > 0 and len(records) > 1:
         # Held out once, by record and by seed: the same records on every rank and every resume.
         order = list(range(len(records)))

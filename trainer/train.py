@@ -24,9 +24,6 @@ import importlib.util
 import logging
 import math
 import os
-import signal
-import sys
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -42,38 +39,46 @@ from . import checkpointing, data, dist, update
 from .batching import StepBatches, val_batches
 from .collate import Prefetcher, collate
 from .metrics import Metrics, memory_gib
+from .stop import StopSignal
 from .model import build
 from .tokenizer import load_tokenizer
 
 
 def run(job, job_dir: str | Path, on_step: Callable[[dict], None] | None = None,
         on_signal: Callable[[str], None] | None = None,
-        watch: Callable[[str, object, object], None] | None = None) -> int:
+        watch: Callable[[str, object, object], None] | None = None,
+        stop: StopSignal | None = None) -> int:
     """Train `job` (a validated ftcore.schema.Job) writing into `job_dir`; return the exit code.
 
     `on_step(record)` is called on every rank after each optimizer step (tests, benchmarks);
-    `on_signal(name)` when a stop signal arrives; `watch(event, built, optimizer)` after every
+    `on_signal(name)` when a stop signal arrives; `stop`: a `StopSignal` installed already (by
+    `python -m trainer`, before torch is imported); `watch(event, built, optimizer)` after every
     micro batch's backward ("backward") and every optimizer step before the gradients are
     dropped ("step"): the tests that hold the trainer's tensors to `ft plan` look there.
     Raises UserError for problems the user must fix, before any training.
     """
-    env = dist.detect()
-    preflight(job, env)
-    device = torch.device("cpu")
-    if job.trainer.accelerator == "gpu":
-        # srun may show each task all of the node's GPUs or only its own.
-        device = torch.device("cuda", env.local_rank % torch.cuda.device_count())
-        torch.cuda.set_device(device)
-    _quiet_libraries(env)
-    stop = StopSignal(on_signal)
-    stop.install()
-    dist.init(env, device, alone_too=job.strategy == "fsdp2")
+    # From the first moment: a stop during start-up (rendezvous, tokenizing, loading, the first
+    # step's compile) ends the process at once with the requeue status.
+    own_stop = stop is None
+    if stop is None:
+        stop = StopSignal(on_signal)
+        stop.install()
     try:
+        env = dist.detect()
+        preflight(job, env)
+        device = torch.device("cpu")
+        if job.trainer.accelerator == "gpu":
+            # srun may show each task all of the node's GPUs or only its own.
+            device = torch.device("cuda", env.local_rank % torch.cuda.device_count())
+            torch.cuda.set_device(device)
+        _quiet_libraries(env)
+        dist.init(env, device, alone_too=job.strategy == "fsdp2")
         job_dir = Path(job_dir)
         job_dir.mkdir(parents=True, exist_ok=True)
         return train(job, job_dir, env, device, stop, on_step, watch)
     finally:
-        stop.uninstall()
+        if own_stop:
+            stop.uninstall()
         dist.shutdown()
 
 
@@ -141,15 +146,27 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
             "schedule": {"name": job.optim.lr_scheduler.name, "total_steps": total_steps,
                          "warmup_steps": job.optim.lr_scheduler.warmup_steps},
         }
+        # hf_every_save: every checkpoint loads with PeftModel / AutoModelForCausalLM as it is
+        # (a full copy gathered on rank 0 each time; the final one always has it).
         path = checkpointing.save(job_dir, at_step, built, optimizer, tokenizer, state, env, job.checkpoint.keep_last,
-                                  base_ref, export)
+                                  base_ref, export or job.checkpoint.hf_every_save)
         metrics.print(f"checkpoint {path}")
         return path
 
-    def validate(at_step: int) -> None:
+    def validate(at_step: int) -> bool:
+        """Validate at `at_step`; False when a stop signal cut the pass short (nothing recorded)."""
         if dataset.val and job.trainer.limit_val_batches != 0:
-            loss, tokens = evaluate(built, dataset.val, job, env, device, tokenizer.pad_token_id)
-            metrics.validation(at_step, loss, tokens)
+            result = evaluate(built, dataset.val, job, env, device, tokenizer.pad_token_id, stop)
+            if result is None:
+                return False
+            metrics.validation(at_step, *result)
+        return True
+
+    def stop_now(at_step: int, where: str) -> int:
+        metrics.print(f"stop requested ({where}): checkpointing step {at_step}, exit {exits.REQUEUE}")
+        save(at_step)
+        metrics.close()
+        return exits.REQUEUE
 
     # --- loop
     model = built.module
@@ -199,6 +216,7 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
         lr = lr_at(step + 1, total_steps, job.optim)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        stop.training()  # from this update on, a stop signal checkpoints instead of ending at once
         optimizer.step()  # skipped on the device when the guard found a non-finite gradient
         if watch is not None:
             watch("step", built, optimizer)
@@ -236,13 +254,10 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
             on_step(record)
 
         if stop_requested and step < total_steps:
-            metrics.print(f"stop requested (SIGUSR1/SIGTERM): checkpointing step {step}, exit {exits.REQUEUE}")
-            save(step)
-            metrics.close()
-            return exits.REQUEUE
+            return stop_now(step, "a stop signal")
         if step < total_steps:
-            if job.trainer.val_every_steps and step % job.trainer.val_every_steps == 0:
-                validate(step)
+            if job.trainer.val_every_steps and step % job.trainer.val_every_steps == 0 and not validate(step):
+                return stop_now(step, "a stop signal during validation")
             if job.checkpoint.every_steps and step % job.checkpoint.every_steps == 0:
                 save(step)
 
@@ -250,7 +265,7 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
     if step == started:
         metrics.print(f"nothing to do: the checkpoint at step {step} already completes {total_steps} steps")
     elif not stop_requested:  # told to stop at the last step: no time for a validation pass
-        validate(step)
+        validate(step)  # cut short by a stop signal: the final checkpoint below is written all the same
     metrics.finish(step, save(step, export=True))
     metrics.close()
     return exits.OK
@@ -324,8 +339,9 @@ def check_loss(built, batch: dict, job) -> None:
         )
 
 
-def evaluate(built, samples, job, env, device, pad_id) -> tuple[float, int]:
-    """Mean loss per answer token over the validation set (or its first limit_val_batches)."""
+def evaluate(built, samples, job, env, device, pad_id, stop: "StopSignal | None" = None) -> tuple[float, int] | None:
+    """Mean loss per answer token over the validation set (or its first limit_val_batches);
+    None when a stop signal arrived meanwhile (a long pass must not outlast the site's grace)."""
     model = built.module
     model.eval()
     totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, answer tokens
@@ -333,6 +349,9 @@ def evaluate(built, samples, job, env, device, pad_id) -> tuple[float, int]:
         for batch_samples, counts in val_batches(
             samples, job.data.micro_batch_size, env.world_size, env.rank, job.trainer.limit_val_batches
         ):
+            if stop is not None and _any_rank_stopping(stop, env, device):
+                model.train()
+                return None
             batch = collate(batch_samples, pad_id, job.model.attn_implementation, built.compute_dtype, device,
                                  job.data.padding_free)
             loss = model(**batch)
@@ -342,6 +361,17 @@ def evaluate(built, samples, job, env, device, pad_id) -> tuple[float, int]:
     dist.all_reduce_sum(totals)
     loss_sum, tokens = totals.tolist()
     return loss_sum / max(tokens, 1), int(tokens)
+
+
+def _any_rank_stopping(stop: "StopSignal", env, device: torch.device) -> bool:
+    """Whether any rank was told to stop; all ranks must agree to leave a pass together. Alone
+    it is a flag; with peers it is one small all-reduce per validation batch (a host sync, in a
+    pass that is not the training step)."""
+    if not env.distributed:
+        return stop.requested
+    flag = torch.full((), float(stop.requested), device=device)
+    dist.all_reduce_sum(flag)
+    return flag.item() > 0
 
 
 def base_reference(job, job_dir: Path) -> tuple[Path | None, str | None]:
@@ -379,33 +409,6 @@ def preflight(job, env: dist.DistEnv) -> None:
     problems += job.missing_paths()
     if problems:
         raise UserError(*problems)
-
-
-class StopSignal:
-    """SIGUSR1 (SLURM's warning before the time limit) or SIGTERM (preemption): stop after this step."""
-
-    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
-
-    def __init__(self, on_signal: Callable[[str], None] | None = None) -> None:
-        self.requested = False
-        self._previous: dict = {}
-        self._on_signal = on_signal
-
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
-        name = signal.Signals(signum).name
-        sys.stderr.write(f"ft trainer: got {name}; will checkpoint after this step\n")
-        if self._on_signal is not None:
-            self._on_signal(name)
-
-    def install(self) -> None:
-        if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-
-    def uninstall(self) -> None:
-        for s, previous in self._previous.items():
-            signal.signal(s, previous)
-        self._previous = {}
 
 
 def _quiet_libraries(env: dist.DistEnv) -> None:

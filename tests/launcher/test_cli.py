@@ -123,3 +123,16 @@ def test_submission_record_round_trips(tmp_path):
     record = json.loads((tmp_path / jobdir.RECORD).read_text())
     assert record["job_id"] == "42" and record["ft_version"]
     assert jobdir.read_record(tmp_path)["job_id"] == "42"
+
+
+def test_help_names_overrides_and_a_bare_factory_name_gets_the_command(ft):
+    for command in ("submit", "show", "plan", "stage"):
+        shown = ft(command, "--help")
+        assert "[KEY=VALUE]" in shown.stdout and "trainer.max_steps=250" in shown.stdout, command
+    assert "KEY=VALUE" in ft("train", "--help").stdout
+    result = ft("submit", "llama31_8b", "trainer.max_steps=3")
+    assert result.returncode == 2
+    assert "ft submit --factory llama31_8b trainer.max_steps=3" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = ft("show")
+    assert result.returncode == 2 and "missing --factory" in result.stderr

@@ -57,7 +57,8 @@ def test_peft_switches_between_lora_and_sft():
     back = resolve("peft=lora", "peft.dim=4", "model.meta_init=false", factory="llama3_8b_sft")
     assert back.peft.dim == 4 and back.strategy == "ddp"
     with pytest.raises(UserError, match="choose one of lora, none"):
-        resolve("peft=qlora")
+        resolve("peft=prefix_tuning")
+    assert resolve("peft=qlora").model.quantization == "nf4"  # NeMo's word: LoRA over an NF4 base
 
 
 def test_all_problems_in_one_command_line_are_reported_together():

@@ -150,3 +150,49 @@ def test_a_killed_build_is_cleaned_up_by_the_next(isolated_home, monkeypatch):
     monkeypatch.setattr(jobdir, "STALE_AFTER_S", 0)
     submit.write(prepared)
     assert not leftover.exists()
+
+
+def _submit_in_background(tmp_path: Path) -> subprocess.Popen:
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    return subprocess.Popen([sys.executable, "-m", "launcher", "submit", "--factory", "tiny", "--yes",
+                             "--skip-image-check", "container.runtime=none"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+
+
+def _wait_for_sbatch(calls: Path, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 120
+    while not calls.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+
+
+def test_ft_clean_during_a_slow_submit_keeps_the_new_folder(ft, tmp_path, monkeypatch, isolated_home):
+    calls = tmp_path / "sbatch-called"
+    fake_scheduler(tmp_path, monkeypatch, f"touch {calls}\nsleep 3\necho 4242\n")
+    proc = _submit_in_background(tmp_path)
+    _wait_for_sbatch(calls, proc)
+    cleaned = ft("clean", "--dry-runs", "--yes")
+    assert cleaned.returncode == 0 and "no dry runs to remove" in cleaned.stdout, cleaned.stdout + cleaned.stderr
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    (folder,) = (isolated_home / "jobs").iterdir()
+    assert json.loads((folder / layout.RECORD).read_text())["job_id"] == "4242"
+
+
+def test_ctrl_c_while_sbatch_answers_keeps_a_folder_that_is_not_a_dry_run(ft, tmp_path, monkeypatch, isolated_home):
+    import signal
+
+    calls = tmp_path / "sbatch-called"
+    fake_scheduler(tmp_path, monkeypatch, f"touch {calls}\nsleep 60\necho 4242\n")
+    proc = _submit_in_background(tmp_path)
+    _wait_for_sbatch(calls, proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in err, err
+    assert "interrupted while sbatch was answering: the job may have been submitted" in err
+    (folder,) = (isolated_home / "jobs").iterdir()
+    assert ft("clean", "--dry-runs", "--yes").stdout.strip() == "no dry runs to remove"
+    listed = ft("jobs").stdout
+    assert folder.name in listed and "interrupted" in listed.replace("\n", " ") and "dry run" not in listed

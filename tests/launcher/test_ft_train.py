@@ -10,6 +10,7 @@ import shlex
 import subprocess
 import sys
 import textwrap
+import time
 import tomllib
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import yaml
 
 from ftcore import contract, layout
 from ftcore.errors import UserError
-from launcher import jobs, train
+from launcher import jobdir, jobs, train
 
 REPO = Path(__file__).resolve().parents[2]
 SHORT = ["trainer.max_steps=3", "trainer.val_every_steps=null", "checkpoint.every_steps=2", "data.max_seq_length=64"]
@@ -110,7 +111,7 @@ def test_task_0_writes_the_folder_whole_and_the_others_wait_for_it(isolated_home
     train.agree_on_folder(plans[0], "ft train --factory tiny\n")
     train.agree_on_folder(plans[1], "ft train --factory tiny\n", wait_s=0.3)
     folder = plans[0].folder
-    assert sorted(p.name for p in folder.iterdir()) == ["command.txt", "config.yaml", "logs", "submission.json"]
+    assert sorted(p.name for p in folder.iterdir()) == [".run.lock", "command.txt", "config.yaml", "logs", "submission.json"]
     record = json.loads((folder / "submission.json").read_text())
     assert (record["executor"], record["job_id"], record["submit_dir"]) == ("srun", "4242", "/w")
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no temporary folder left
@@ -243,3 +244,77 @@ def test_under_torchrun_two_processes_share_one_folder(tmp_path, isolated_home):
     assert sorted(p.name for p in (folder / "logs").iterdir()) == ["rank-0.out", "rank-1.out"]
     assert json.loads((folder / "submission.json").read_text())["executor"] == "torchrun"
     assert (folder / "checkpoints" / "step-000003").is_dir()
+
+
+# --- --job-dir: one run per folder, and only a folder of the same job ---------------------------
+
+
+def test_two_ft_train_in_one_folder_the_second_is_refused_naming_the_first(ft, tmp_path):
+    folder = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    first = subprocess.Popen([sys.executable, "-m", "launcher", "train", "--factory", "tiny", "--job-dir", str(folder),
+                              "trainer.max_steps=100000", "trainer.log_every_steps=1"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 180
+        while not (folder / layout.METRICS).exists():
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.1)
+        config = (folder / "config.yaml").read_text()
+        second = ft("train", "--factory", "tiny", "--job-dir", str(folder), "trainer.max_steps=7")
+        assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr
+        assert f"{folder} is in use: a run trains in it right now" in second.stderr
+        assert f"process {first.pid} on " in second.stderr  # the trainer is `ft train` itself, after exec
+        assert (folder / "config.yaml").read_text() == config
+    finally:
+        first.terminate()
+        first.communicate(timeout=120)
+    assert first.returncode == 75
+
+
+def test_ft_train_refuses_a_folder_of_another_job_and_says_whose(ft, tmp_path):
+    dry = ft("submit", "--factory", "tiny", "--dry-run")
+    submitted = Path(dry.stderr.rsplit("Job folder: ", 1)[1].strip())
+    before = {p.name: p.read_bytes() for p in submitted.iterdir() if p.is_file()}
+    result = ft("train", "--factory", "tiny", "--job-dir", str(submitted))
+    assert result.returncode == 2 and "which `ft submit` made" in result.stderr and "ft resubmit" in result.stderr
+    assert {p.name: p.read_bytes() for p in submitted.iterdir() if p.is_file() and p.name != ".run.lock"} == before
+
+    other = tmp_path / "other"
+    train.agree_on_folder(train.prepare("tiny", [], None, str(other), environ={}), "ft train\n")
+    jobdir.release_run_lock(other)  # that run is over
+    layout_config = yaml.safe_load((other / "config.yaml").read_text())
+    (other / "config.yaml").write_text(yaml.safe_dump({**layout_config, "name": "llama3_8b_lora"}))
+    json_record = json.loads((other / "submission.json").read_text())
+    (other / "submission.json").write_text(json.dumps({**json_record, "factory": "llama3_8b_lora"}))
+    result = ft("train", "--factory", "tiny", "--job-dir", str(other))
+    assert result.returncode == 2 and "of factory llama3_8b_lora, not tiny" in result.stderr, result.stderr
+
+    strange = tmp_path / "papers"
+    strange.mkdir()
+    (strange / "thesis.tex").write_text("x")
+    result = ft("train", "--factory", "tiny", "--job-dir", str(strange))
+    assert result.returncode == 2 and "not empty and not a job folder" in result.stderr
+    assert sorted(p.name for p in strange.iterdir()) == [".run.lock", "thesis.tex"]
+
+
+@pytest.mark.parametrize("garbage", [b"\xff\xfe{", b"[1, 2]", b'{"job_id": '])
+def test_a_garbage_record_under_job_dir_is_one_line(ft, tmp_path, garbage):
+    folder = tmp_path / "run"
+    train.agree_on_folder(train.prepare("tiny", [], None, str(folder), environ={}), "ft train\n")
+    jobdir.release_run_lock(folder)
+    (folder / "submission.json").write_bytes(garbage)
+    result = ft("train", "--factory", "tiny", "--job-dir", str(folder))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "holds a damaged record" in result.stderr and (folder / "submission.json").read_bytes() == garbage
+
+
+def test_continuing_with_other_settings_says_so_and_keeps_every_command(isolated_home, capsys):
+    first = train.prepare("tiny", SHORT, None, str(isolated_home / "run"), environ={})
+    train.agree_on_folder(first, "ft train --job-dir run\n")
+    more = train.prepare("tiny", [*SHORT, "trainer.max_steps=5"], None, str(isolated_home / "run"), environ={})
+    train.agree_on_folder(more, "ft train --job-dir run trainer.max_steps=5\n")
+    said = capsys.readouterr().err
+    assert f"continuing {first.folder} with changed settings: trainer.max_steps: 3 → 5" in said
+    assert (first.folder / "command.txt").read_text() == (
+        "ft train --job-dir run\nft train --job-dir run trainer.max_steps=5\n")

@@ -292,3 +292,94 @@ def test_a_missing_optional_extra_says_how_to_install_it(tmp_path, monkeypatch):
     with pytest.raises(UserError) as err:
         contract.require_extra("plot", "ft plot")
     assert err.value.exit_code == 2 and "pip install 'matplotlib>=3.7'" in err.value.hint and "pip install 'ft-launch[plot]'" in str(err.value)
+
+
+# --- round two: values that used to end in a traceback ------------------------------------------
+
+
+def test_non_utf8_bytes_in_an_override_are_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]), LC_ALL="C.UTF-8")
+    result = subprocess.run([sys.executable.encode(), b"-m", b"launcher", b"submit", b"--factory", b"tiny",
+                             b"--dry-run", b"description=caf\xe9"], capture_output=True, env=env, cwd=tmp_path)
+    err = result.stderr.decode(errors="replace")
+    assert result.returncode == 2 and "Traceback" not in err, err
+    assert "is not UTF-8 text" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("variables, named", [
+    ({"SLURM_JOB_ID": "../../../tmp/x", "SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, "SLURM_JOB_ID"),
+    ({"SLURM_JOB_ID": "12/../..", "SLURM_STEP_ID": "0", "SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, "SLURM_JOB_ID"),
+    ({"SLURM_JOB_ID": "12", "SLURM_STEP_ID": "0", "SLURM_PROCID": "zero", "SLURM_NTASKS": "1"}, "SLURM_PROCID"),
+    ({"RANK": "0", "WORLD_SIZE": "two"}, "WORLD_SIZE"),
+])
+def test_launcher_variables_that_are_not_numbers_are_named(variables, named, ft, tmp_path, isolated_home):
+    result = ft("train", "--factory", "tiny", env=variables)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"${named} is " in result.stderr and "not a whole number" in result.stderr
+    assert not (tmp_path / "x").exists() and not list(tmp_path.parent.glob("*.batch-tiny"))
+    resolved = tmp_path / "job" / "config.yaml"
+    resolved.parent.mkdir()
+    resolved.write_text(jobdir.config_text(submit.job_to_dict(config.resolve("tiny", []).job)))
+    import subprocess
+    import sys
+
+    trainer = subprocess.run([sys.executable, "-m", "trainer", "--config", str(resolved), "--events"],
+                             capture_output=True, text=True, timeout=300,
+                             env=dict(os.environ, **variables, PYTHONPATH=str(Path(__file__).resolve().parents[2])))
+    assert trainer.returncode == 2 and "Traceback" not in trainer.stderr, trainer.stderr
+    assert f"${named} is " in trainer.stderr
+
+
+@pytest.mark.parametrize("char", ["\x85", "\u2028", "\u2029"])
+def test_line_break_characters_in_a_setting_survive_config_yaml(char):
+    from ftcore.schema import load_job
+
+    text = f"before{char}after {char}"
+    job = config.resolve("tiny", [f"description={text}", f"data.prompt_template=Q: {{question}}{char}A:"]).job
+    folder = submit.write(submit.prepare("tiny", [f"description={text}", f"data.prompt_template=Q: {{question}}{char}A:"],
+                                         dry_run=True))
+    again = load_job(folder / "config.yaml")  # the trainer's plain PyYAML
+    assert again.description == job.description == text
+    assert again.data.prompt_template == job.data.prompt_template == f"Q: {{question}}{char}A:"
+
+
+@pytest.mark.parametrize("value", ["Infinity", "-Infinity", "NaN", "1.7e308", "9" * 400])
+def test_ft_plot_of_values_an_axis_cannot_hold_draws_the_rest(value, ft, tmp_path):
+    pytest.importorskip("matplotlib")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n' f'{{"step": 2, "loss": {value}}}\n'
+                                       '{"step": 3, "loss": 1.0}\n')
+    result = ft("plot", str(run), "--out", str(tmp_path / "p.png"))
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert (tmp_path / "p.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("content", ["", "\n\n  \n", "[]"])
+def test_an_empty_validation_file_is_refused_at_submit(content, tmp_path):
+    val = tmp_path / ("val.json" if content == "[]" else "val.jsonl")
+    val.write_text(content)
+    with pytest.raises(UserError, match=f"data.val_path: {val} holds no records"):
+        submit.prepare("tiny", [f"data.val_path={val}"], dry_run=False)
+
+
+def test_the_login_node_reads_a_huge_line_bounded(tmp_path):
+    """A 600 MB line (here 32 MB) is not read whole to check the format: the check stops at
+    its bound and leaves the file to the trainer."""
+    import tracemalloc
+
+    from ftcore import formats
+
+    big = tmp_path / "big.jsonl"
+    with open(big, "w") as handle:
+        handle.write('{"context": "' + "x" * (32 * 2**20) + '", "question": "q", "answers": {"text": ["a"]}}\n')
+    tracemalloc.start()
+    try:
+        assert formats.mismatch(big, "alpaca") is None  # nothing read: nothing to say
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2**20, f"read {peak / 2**20:.0f} MiB to check the format"

@@ -113,3 +113,28 @@ def test_a_killed_ft_whose_trainer_finished_reads_what_the_trainer_recorded(ft, 
     assert not any('"exit"' in line for line in (folder / "events.jsonl").read_text().splitlines())
     status = settled_status(ft, folder)
     assert "state      COMPLETED" in status and "40 steps done" in status, status
+
+
+def test_ctrl_c_of_a_foreground_local_run_checkpoints_and_resumes(ft, tmp_path):
+    """Ctrl-C (SIGINT to ft, not to its tasks' sessions) is a stop signal: the steps since the
+    last checkpoint are saved, ft exits 75, the folder does not read FAILED, and a second
+    Ctrl-C during the save changes none of it."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "launcher", "submit", "--factory", "tiny", "--executor", "local",
+                             "--yes", "trainer.max_steps=100000", "trainer.val_every_steps=null",
+                             "checkpoint.every_steps=null", "trainer.log_every_steps=1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    folder = wait_for(lambda: next((p for p in (Path(os.environ["FT_HOME"]) / "jobs").glob("2*")), None))
+    wait_for(lambda: (folder / "metrics.jsonl").is_file() and "loss" in (folder / "metrics.jsonl").read_text(),
+             every=0.05)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 75, err[-2000:]
+    assert "Ctrl-C: the job checkpoints and stops" in out and "Traceback" not in err
+    status = ft("status", str(folder)).stdout
+    assert "FAILED" not in status and "PREEMPTED" in status, status
+    saved = int(re.search(r"checkpoint step-(\d{6})", status).group(1))
+    again = ft("resubmit", str(folder), f"trainer.max_steps={saved + 1}", "--yes")
+    assert again.returncode == 0 and f"at step {saved}" in again.stdout, again.stderr[-2000:]

@@ -1,0 +1,138 @@
+"""Stop signals wherever the job is, through `python -m trainer` as srun and `ft train` start it.
+
+A preempted or timed-out job must exit 75 (requeue me) whether the signal finds it importing,
+tokenizing, validating or training; a second signal must not turn that 75 into a death by
+signal; Ctrl-C (SIGINT) is a stop signal too. And a rank whose rank 0 died while tokenizing
+gives up with a message instead of waiting for ever.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from trainer_helpers import REPO, SQUAD, clean_env, describe, finish, read_metrics, start, tiny_job, write_config, \
+    write_jsonl
+
+from ftcore import exits, layout
+
+pytestmark = pytest.mark.train
+
+
+def _trainer(config: Path, **env: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "trainer", "--config", str(config), "--events"], cwd=REPO,
+                            env=clean_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _events(job_dir: Path) -> list[dict]:
+    path = job_dir / layout.EVENTS
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the trainer ended before {what}: {proc.communicate()}"
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.01)
+
+
+def _many_records(path: Path, n: int) -> Path:
+    return write_jsonl(path, [{**SQUAD, "question": f"Where does Ada live, number {i}?"} for i in range(n)])
+
+
+def test_a_stop_while_importing_exits_75_at_once_and_is_recorded(tmp_path):
+    """The signal finds the trainer importing torch (right after its start event): it ends at
+    once with 75, not killed (143), and the folder records the signal and the exit."""
+    config = write_config(tmp_path / "job", tiny_job(trainer={"max_steps": 2}))
+    proc = _trainer(config)
+    _wait_for(lambda: _events(tmp_path / "job"), proc, "start event")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == exits.REQUEUE, err
+    assert "during start-up" in err and "Traceback" not in err
+    assert [e["event"] for e in _events(tmp_path / "job")] == ["start", "signal", "exit"]
+    assert _events(tmp_path / "job")[-1]["code"] == exits.REQUEUE
+    assert layout.newest_complete(tmp_path / "job") is None
+
+
+def test_a_stop_while_tokenizing_ends_inside_the_work(tmp_path):
+    data = _many_records(tmp_path / "big.jsonl", 15_000)
+    raw = tiny_job(data={"path": str(data), "val_fraction": 0.0}, trainer={"max_steps": 1})
+    config = write_config(tmp_path / "job", raw)
+    proc = _trainer(config)
+    cache = tmp_path / "job" / layout.TOKEN_CACHE
+    _wait_for(lambda: list(cache.glob("*.busy")), proc, "tokenizing")
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGUSR1)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == exits.REQUEUE, err
+    assert time.monotonic() - signalled < 5, "it went on tokenizing instead of stopping"
+    assert not list(cache.glob("tokens-*.pt")), "half a token cache was kept"
+
+
+def test_a_stop_during_validation_checkpoints_that_step(tmp_path):
+    """A long validation pass is cut short: the step just trained is checkpointed, exit 75."""
+    val = _many_records(tmp_path / "val.jsonl", 3000)
+    raw = tiny_job(data={"val_path": str(val), "val_fraction": 0.0, "micro_batch_size": 1, "global_batch_size": 2},
+                   trainer={"max_steps": 4, "val_every_steps": 1, "log_every_steps": 1})
+    config = write_config(tmp_path / "job", raw)
+    proc = _trainer(config)
+    _wait_for(lambda: any("loss" in r for r in read_metrics(tmp_path / "job")), proc, "first step")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == exits.REQUEUE, err
+    assert "stop requested (a stop signal during validation): checkpointing step 1" in out
+    assert layout.newest_complete(tmp_path / "job").name == "step-000001"
+    assert not [r for r in read_metrics(tmp_path / "job") if "val_loss" in r], "a cut validation was recorded"
+
+
+def test_ctrl_c_checkpoints_and_later_signals_keep_the_requeue_status(tmp_path):
+    """SIGINT stops like SIGTERM; a volley of signals after it (a site's scancel, a second
+    Ctrl-C) is only noted: the exit stays 75, so the job is requeued."""
+    raw = tiny_job(trainer={"max_steps": 2000, "log_every_steps": 1})
+    config = write_config(tmp_path / "job", raw)
+    proc = _trainer(config)
+    _wait_for(lambda: any("loss" in r for r in read_metrics(tmp_path / "job")), proc, "first step")
+    proc.send_signal(signal.SIGINT)
+    _wait_for(lambda: any(e["event"] == "signal" for e in _events(tmp_path / "job")), proc, "the signal noted")
+    while proc.poll() is None:  # until it has exited: through the save, the shutdown and the exit
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+            try:
+                proc.send_signal(signum)
+            except ProcessLookupError:
+                break
+        time.sleep(0.005)
+    out, err = proc.communicate()
+    assert proc.returncode == exits.REQUEUE, err
+    assert "got SIGINT; will checkpoint after this step" in err and err.count("already stopping") == 1
+    stopped = layout.newest_complete(tmp_path / "job")
+    assert stopped is not None and int(stopped.name.split("-")[1]) < 2000
+    events = _events(tmp_path / "job")
+    assert [(e["event"], e.get("signal"), e.get("code")) for e in events] == [
+        ("start", None, None), ("signal", "SIGINT", None), ("exit", None, exits.REQUEUE)]
+
+
+def test_the_other_ranks_give_up_when_rank_0_dies_while_tokenizing(tmp_path):
+    data = _many_records(tmp_path / "big.jsonl", 15_000)
+    raw = tiny_job(data={"path": str(data), "val_fraction": 0.0}, trainer={"max_steps": 1, "devices": 2})
+    config = write_config(tmp_path / "job", raw)
+    procs = start(config, nprocs=2)
+    cache = tmp_path / "job" / layout.TOKEN_CACHE
+    _wait_for(lambda: list(cache.glob("*.busy")), procs[0], "tokenizing")
+    procs[0].kill()
+    killed = time.monotonic()
+    results = finish(procs, timeout=120)
+    assert results[1].returncode == 1, describe(results)
+    assert time.monotonic() - killed < 60
+    assert "rank 0 stopped tokenizing the data" in results[1].stderr and "Traceback" not in results[1].stderr
+
+
+@pytest.fixture(autouse=True)
+def _patience(monkeypatch):
+    monkeypatch.setenv("FT_PEER_SILENT_S", "4")
