@@ -75,7 +75,7 @@ def test_submit_from_a_laptop_folder_follow_status_jobs_and_plot(slurm_cluster, 
     laptop = laptop_folder(tmp_path)
     assert ssh_cluster.ssh("test", "-r", str(laptop / "qa.jsonl")).returncode != 0, "the cluster must not see the laptop"
     result = ft("submit", "--cluster", "ftc", "--factory", "my.yaml", "data.path=./qa.jsonl",
-                *SHORT, "trainer.max_steps=20", "--yes", cwd=laptop)
+                *SHORT, "trainer.max_steps=12", "--yes", cwd=laptop)
     job_id, folder = submitted(result)
     assert "data.path: ./qa.jsonl → sent with the job" in result.stderr
     assert str(folder).startswith(str(ssh_cluster.ft_home / "jobs"))
@@ -92,11 +92,11 @@ def test_submit_from_a_laptop_folder_follow_status_jobs_and_plot(slurm_cluster, 
     lines = []
     for line in follow.stdout:
         lines.append(line)
-        if first_step_state is None and "step 1/20" in line:
+        if first_step_state is None and "step 1/12" in line:
             first_step_state = job_fields(job_id)["JobState"]
     assert follow.wait(timeout=300) == 0, follow.stderr.read() if follow.stderr else ""
     assert first_step_state == "RUNNING", "".join(lines)
-    assert any("step 20/20" in line for line in lines), "".join(lines)
+    assert any("step 12/12" in line for line in lines), "".join(lines)
 
     status = ft("status", "--cluster", "ftc", job_id, cwd=laptop)
     assert status.returncode == 0 and "COMPLETED" in status.stdout and str(folder) in status.stdout
