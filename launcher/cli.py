@@ -265,6 +265,8 @@ def _submit_on_cluster(name: str, factory: str, overrides: list[str], profile: O
     p = submit.prepare(factory, overrides, profile, "slurm", dry_run, sweep, after, stage, force, elsewhere=True)
     upload = remote.plan_upload(p.job, c.name)
     err = _console(stderr=True)
+    for note in p.resolved.notes:
+        err.print(f"ft: {note}" if not note.startswith("  ") else note, markup=False)
     _warn(p.warnings, err)
     if dry_run:
         home = PurePosixPath(c.ft_home or "~/ft")
