@@ -28,10 +28,7 @@ from ftcore import arch  # noqa: E402
 from ftcore.schema import validate  # noqa: E402
 from launcher import plan  # noqa: E402
 
-d = arch.KNOWN["meta-llama/Llama-3.2-1B"]
-MODEL = {"model_type": "llama", "hidden_size": d.hidden, "intermediate_size": d.intermediate,
-         "num_hidden_layers": d.layers, "num_attention_heads": d.heads, "num_key_value_heads": d.kv_heads,
-         "vocab_size": d.vocab, "tie_word_embeddings": d.tied, "max_position_embeddings": 4096}
+MODEL = {**arch.PUBLISHED["meta-llama/Llama-3.2-1B"], "max_position_embeddings": 4096}
 
 
 def job(gpus: int, **model) -> dict:

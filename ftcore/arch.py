@@ -1,194 +1,652 @@
-"""The shape of a model from its job alone, without torch: what `ft plan` prices and the policy names.
+"""The shape of a model from its `config.json` alone, without torch: what `ft plan` prices.
 
-A Llama-shaped decoder (Llama, Qwen2, Mistral) is described by a few numbers (`Dims`); from
-them follow every tensor the trainer will hold (`Dims.tensors`) and the Hugging Face names of
-its linear layers (`Dims.linear_names`), so the planner and the trainer's policy can resolve
-LoRA globs and price each tensor before the job waits in a queue.
+    dims = arch.dims_from_config(json.load(open("config.json")), "config.json")
+    dims.params, dims.tensors(), dims.linear_names(), dims.experts()
+
+For every family the installed transformers builds (`FAMILIES`: Llama, Mistral, Qwen2/3,
+Qwen3-MoE, Mixtral, Gemma 1-3, Phi-2/3, OLMo 2, Granite, Cohere, SmolLM3, StableLM, GPT-NeoX,
+GPT-2, Falcon, gpt-oss, DeepSeek-V3, Qwen3-Next) the tensors are written here as the family's
+modeling file creates them: fused projections (`qkv_proj`, `query_key_value`, `gate_up_proj`),
+GPT-2's `Conv1D` (weights stored in × out), MLA's low-rank projections, MoE experts as 3-D
+parameters, per-layer differences (dense and sparse layers, linear and full attention), biases
+and tied heads. tests/launcher/test_arch.py builds each family with transformers' own config
+class and holds parameter counts, module names and LoRA sizes to the built model.
+
+A config whose `model_type` is not here is priced as a Llama-shaped decoder and marked inexact
+(`Dims.exact`): its layer names are not known (`Dims.named`), so LoRA globs are left to the
+trainer. Which modules a family adapts by default is the trainer's registry's
+(`ftcore.families`), not this module's.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any, NamedTuple
-
-from ftcore.errors import UserError
-from ftcore.files import expand
+from dataclasses import dataclass, field
+from typing import Any, Callable, NamedTuple
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
-# model_type values whose modules are named and shaped like Llama's in transformers.
-LLAMA_LIKE = ("llama", "qwen2", "mistral")
 HEAD = "lm_head"
 
 
 class Tensor(NamedTuple):
-    """One parameter tensor: rows (dim 0, what FSDP2 shards) × cols, and what it is."""
+    """One parameter tensor: rows (dim 0, what FSDP2 shards) × cols (the other dims), and what it is."""
 
     name: str
     rows: int
-    cols: int  # 1 for vectors
-    kind: str  # "linear" (a decoder projection), "embedding", "head", "norm", "bias"
+    cols: int  # 1 for vectors; the product of the other dims for 3-D expert weights
+    kind: str  # "linear" (a decoder nn.Linear), "conv1d", "experts", "embedding", "head", "norm", "bias", "other"
 
     @property
     def numel(self) -> int:
         return self.rows * self.cols
 
 
+class Linear(NamedTuple):
+    """A module LoRA can adapt as a layer (nn.Linear or GPT-2's Conv1D): A is r × in, B out × r."""
+
+    name: str
+    fan_in: int
+    fan_out: int
+
+
+class Experts(NamedTuple):
+    """A 3-D MoE expert parameter (experts × … × …) LoRA reaches through peft's target_parameters:
+    A is (r·experts) × in, B out × (r·experts)."""
+
+    name: str
+    experts: int
+    fan_in: int
+    fan_out: int
+
+
 @dataclass(frozen=True)
 class Dims:
-    """A Llama-shaped decoder: what the memory terms and the layer names need."""
+    """A decoder's tensors, adaptable modules and the numbers the estimates need."""
 
+    model_type: str
     hidden: int
     layers: int
-    intermediate: int
     heads: int
     kv_heads: int
     vocab: int
-    head_dim: int | None = None
-    tied: bool = False  # output head shares the embedding matrix
-    qkv_bias: bool = False
-    source: str = ""
-    exact: bool = True  # False: shape guessed from model.parameters_b
-    named: bool = True  # layer names known (a Llama-like model_type), so globs can be resolved here
-
-    @property
-    def hd(self) -> int:
-        return self.head_dim or self.hidden // self.heads
-
-    def projections(self) -> dict[str, tuple[int, int]]:
-        """(in, out) features of each linear layer in one decoder layer."""
-        h, q, kv, i = self.hidden, self.heads * self.hd, self.kv_heads * self.hd, self.intermediate
-        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
-                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
-
-    @staticmethod
-    def linear_name(layer: int, projection: str) -> str:
-        """transformers' name of a decoder projection (`model.layers.3.self_attn.q_proj`)."""
-        block = "self_attn" if projection in ATTENTION else "mlp"
-        return f"model.layers.{layer}.{block}.{projection}"
-
-    def linear_names(self) -> list[str]:
-        """Every nn.Linear of the model, the output head last, as named_modules() names them."""
-        return [self.linear_name(n, p) for n in range(self.layers) for p in ATTENTION + MLP] + [HEAD]
+    intermediate: int  # the dense MLP's width (the guess and the docs' formulas use it)
+    tied: bool
+    source: str
+    exact: bool = True  # False: a guess (from model.parameters_b, or an unknown model_type)
+    named: bool = True  # module names known, so LoRA globs are resolved here
+    layer_tensors: tuple[tuple[Tensor, ...], ...] = field(default=(), repr=False)  # per decoder layer
+    outer_tensors: tuple[Tensor, ...] = field(default=(), repr=False)  # embeddings, final norm, head
+    linears: tuple[Linear, ...] = field(default=(), repr=False)  # decoder layers' then the head's
+    expert_params: tuple[Experts, ...] = field(default=(), repr=False)
+    layer_activations: tuple[int, ...] = field(default=(), repr=False)  # elements autograd keeps per token, per layer
+    outer_activations: int = 0  # … outside the layers (embedding output, final norm)
+    head_name: str | None = HEAD
 
     def tensors(self) -> list[Tensor]:
         """Every parameter tensor (a tied head counted once, as model.parameters() does)."""
-        h, V = self.hidden, self.vocab
-        found = [Tensor("model.embed_tokens.weight", V, h, "embedding")]
-        for n in range(self.layers):
-            for p, (fan_in, fan_out) in self.projections().items():
-                found.append(Tensor(f"{self.linear_name(n, p)}.weight", fan_out, fan_in, "linear"))
-                if self.qkv_bias and p in ("q_proj", "k_proj", "v_proj"):
-                    found.append(Tensor(f"{self.linear_name(n, p)}.bias", fan_out, 1, "bias"))
-            for norm in ("input_layernorm", "post_attention_layernorm"):
-                found.append(Tensor(f"model.layers.{n}.{norm}.weight", h, 1, "norm"))
-        found.append(Tensor("model.norm.weight", h, 1, "norm"))
-        if not self.tied:
-            found.append(Tensor(f"{HEAD}.weight", V, h, "head"))
-        return found
+        first = [t for t in self.outer_tensors if t.kind == "embedding"]
+        last = [t for t in self.outer_tensors if t.kind != "embedding"]
+        return first + [t for layer in self.layer_tensors for t in layer] + last
+
+    def linear_names(self) -> list[str]:
+        """Every adaptable layer (nn.Linear or Conv1D) as named_modules() names it, the head last."""
+        return [m.name for m in self.linears]
+
+    def experts(self) -> list[Experts]:
+        return list(self.expert_params)
 
     def shape_of(self, linear: str) -> tuple[int, int]:
-        """(in, out) of a linear layer named as in `linear_names`."""
-        if linear == HEAD:
-            return self.hidden, self.vocab
-        return self.projections()[linear.rsplit(".", 1)[-1]]
+        """(in, out) of a layer named as in `linear_names`."""
+        return self._by_name[linear]
+
+    @property
+    def _by_name(self) -> dict[str, tuple[int, int]]:
+        return {m.name: (m.fan_in, m.fan_out) for m in self.linears}
 
     @property
     def layer_params(self) -> int:
-        return sum(t.numel for t in self.tensors() if t.name.startswith("model.layers.0."))
+        """Parameters of the largest decoder layer: one FSDP2 unit."""
+        return max((sum(t.numel for t in layer) for layer in self.layer_tensors), default=0)
+
+    def largest_layer(self) -> tuple[Tensor, ...]:
+        return max(self.layer_tensors, key=lambda layer: sum(t.numel for t in layer), default=())
 
     @property
     def outer_params(self) -> int:
-        """Embedding, final norm and output head: what FSDP2 keeps in the root unit."""
-        return self.vocab * self.hidden * (1 if self.tied else 2) + self.hidden
+        """Embeddings, final norm and output head: what FSDP2 keeps in the root unit."""
+        return sum(t.numel for t in self.outer_tensors)
 
     @property
     def params(self) -> int:
-        return self.outer_params + self.layers * self.layer_params
+        return sum(t.numel for t in self.tensors())
+
+    def activations_per_token(self, checkpointed: bool) -> int:
+        """Elements autograd keeps per token through the layers (see docs/plan.md): every layer's,
+        or with activation checkpointing each layer's input and one layer's again in backward."""
+        if checkpointed:
+            return self.layers * self.hidden + max(self.layer_activations, default=0) + self.outer_activations
+        return sum(self.layer_activations) + self.outer_activations
 
 
-def _llama(hidden, layers, intermediate, heads, kv_heads, vocab, **more) -> Dims:
-    return Dims(hidden, layers, intermediate, heads, kv_heads, vocab, **more)
+# --- building the tensors ---------------------------------------------------------------------------
 
 
-# Published configs (config.json on the hub), keyed by hub id; an -Instruct variant or a
-# local folder of the same name has the same shape.
-KNOWN: dict[str, Dims] = {
-    "meta-llama/Llama-3.1-8B": _llama(4096, 32, 14336, 32, 8, 128256),
-    "meta-llama/Meta-Llama-3-8B": _llama(4096, 32, 14336, 32, 8, 128256),
-    "meta-llama/Llama-3.2-1B": _llama(2048, 16, 8192, 32, 8, 128256, tied=True),
-    "meta-llama/Llama-3.1-70B": _llama(8192, 80, 28672, 64, 8, 128256),
-    "meta-llama/Llama-3.1-405B": _llama(16384, 126, 53248, 128, 8, 128256),
-    "Qwen/Qwen2.5-1.5B": _llama(1536, 28, 8960, 12, 2, 151936, tied=True, qkv_bias=True),
+@dataclass
+class _Layer:
+    """Collects one decoder layer's tensors and adaptable modules, in the modeling file's terms."""
+
+    prefix: str
+    hidden: int
+    tensors: list[Tensor] = field(default_factory=list)
+    linears: list[Linear] = field(default_factory=list)
+    experts: list[Experts] = field(default_factory=list)
+    activations: int = 0
+
+    def linear(self, name: str, fan_in: int, fan_out: int, bias: bool = False) -> None:
+        full = f"{self.prefix}.{name}"
+        self.tensors.append(Tensor(f"{full}.weight", fan_out, fan_in, "linear"))
+        if bias:
+            self.tensors.append(Tensor(f"{full}.bias", fan_out, 1, "bias"))
+        self.linears.append(Linear(full, fan_in, fan_out))
+
+    def conv1d(self, name: str, fan_in: int, fan_out: int) -> None:
+        """GPT-2's Conv1D: a linear layer whose weight is stored in × out, with a bias."""
+        full = f"{self.prefix}.{name}"
+        self.tensors += [Tensor(f"{full}.weight", fan_in, fan_out, "conv1d"), Tensor(f"{full}.bias", fan_out, 1, "bias")]
+        self.linears.append(Linear(full, fan_in, fan_out))
+
+    def norm(self, name: str, size: int, bias: bool = False, rows: int = 1) -> None:
+        full = f"{self.prefix}.{name}"
+        self.tensors.append(Tensor(f"{full}.weight", rows, size, "norm") if rows > 1 else Tensor(f"{full}.weight", size, 1, "norm"))
+        if bias:
+            self.tensors.append(Tensor(f"{full}.bias", size, 1, "bias"))
+        if size == self.hidden and rows == 1:
+            self.activations += 6 * self.hidden  # its input, the fp32 upcast and the normalised output
+
+    def param(self, name: str, *shape: int, kind: str = "other") -> None:
+        rows, cols = shape[0], 1
+        for d in shape[1:]:
+            cols *= d
+        self.tensors.append(Tensor(f"{self.prefix}.{name}", rows, cols, kind))
+
+    def experts_param(self, name: str, experts: int, dim1: int, dim2: int, transposed: bool) -> None:
+        """A 3-D expert weight: (experts, out, in), or (experts, in, out) when `transposed` (gpt-oss)."""
+        full = f"{self.prefix}.{name}"
+        self.tensors.append(Tensor(full, experts, dim1 * dim2, "experts"))
+        fan_in, fan_out = (dim1, dim2) if transposed else (dim2, dim1)
+        self.experts.append(Experts(full, experts, fan_in, fan_out))
+
+    # Blocks shared by many families -------------------------------------------------------------
+
+    def attention(self, c: "_Config", q_out: int | None = None, o_in: int | None = None, bias: bool = False,
+                  o_bias: bool | None = None, block: str = "self_attn") -> None:
+        h, hd = c.hidden, c.head_dim
+        q, kv = c.heads * hd, c.kv_heads * hd
+        self.linear(f"{block}.q_proj", h, q_out or q, bias)
+        self.linear(f"{block}.k_proj", h, kv, bias)
+        self.linear(f"{block}.v_proj", h, kv, bias)
+        self.linear(f"{block}.o_proj", o_in or q, h, bias if o_bias is None else o_bias)
+        self.activations += 4 * q  # q, k and v as attention reads them, its output (k, v ≤ q)
+
+    def gated_mlp(self, h: int, i: int, bias: bool = False, block: str = "mlp") -> None:
+        for name in ("gate_proj", "up_proj"):
+            self.linear(f"{block}.{name}", h, i, bias)
+        self.linear(f"{block}.down_proj", i, h, bias)
+        self.activations += 4 * i  # gate, up, the activation and their product
+
+    def moe(self, c: "_Config", experts: int, i: int, top_k: int, router_bias: bool = False,
+            router: str = "gate", expert_bias: bool = False, transposed: bool = False) -> None:
+        """transformers' fused experts: a router (not an nn.Linear) and 3-D gate_up / down weights."""
+        h = c.hidden
+        self.param(f"mlp.{router}.weight", experts, h)
+        if router_bias:
+            self.param(f"mlp.{router}.bias", experts, kind="bias")
+        if transposed:
+            self.experts_param("mlp.experts.gate_up_proj", experts, h, 2 * i, True)
+        else:
+            self.experts_param("mlp.experts.gate_up_proj", experts, 2 * i, h, False)
+        if expert_bias:
+            self.param("mlp.experts.gate_up_proj_bias", experts, 2 * i, kind="bias")
+        if transposed:
+            self.experts_param("mlp.experts.down_proj", experts, i, h, True)
+        else:
+            self.experts_param("mlp.experts.down_proj", experts, h, i, False)
+        if expert_bias:
+            self.param("mlp.experts.down_proj_bias", experts, h, kind="bias")
+        self.activations += top_k * (4 * i + 2 * h) + experts  # each token's experts, their gathered input and output
+
+
+class _Config:
+    """A config.json over its family's defaults, with the numbers every family has."""
+
+    def __init__(self, raw: dict[str, Any], defaults: dict[str, Any], aliases: dict[str, str] | None = None):
+        self.raw = {**defaults, **raw}
+        for alias, key in (aliases or {}).items():
+            if alias in raw and raw[alias] is not None:
+                self.raw[key] = raw[alias]
+        self.hidden = int(self["hidden_size"])
+        self.layers = int(self["num_hidden_layers"])
+        self.heads = int(self["num_attention_heads"])
+        self.kv_heads = int(self.get("num_key_value_heads") or self.heads)
+        self.vocab = int(self["vocab_size"])
+        self.head_dim = int(self.get("head_dim") or self.hidden // self.heads)
+        self.intermediate = int(self.get("intermediate_size") or 4 * self.hidden)
+        self.tied = bool(self.get("tie_word_embeddings", False))
+
+    def __getitem__(self, key: str) -> Any:
+        return self.raw[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self.raw.get(key, default)
+        return default if value is None else value
+
+
+# --- the families -----------------------------------------------------------------------------------
+# Each builds decoder layer `n` as the family's modeling_*.py in transformers does.
+
+
+def _llama(b: _Layer, c: _Config, n: int) -> None:
+    """Llama, Mistral, Granite, SmolLM3: q/k/v/o and a gated MLP, two RMSNorms."""
+    b.attention(c, bias=bool(c.get("attention_bias")))
+    b.gated_mlp(c.hidden, c.intermediate, bias=bool(c.get("mlp_bias")))
+    b.norm("input_layernorm", c.hidden)
+    b.norm("post_attention_layernorm", c.hidden)
+
+
+def _qwen2(b: _Layer, c: _Config, n: int) -> None:
+    b.attention(c, bias=True, o_bias=False)
+    b.gated_mlp(c.hidden, c.intermediate)
+    b.norm("input_layernorm", c.hidden)
+    b.norm("post_attention_layernorm", c.hidden)
+
+
+def _sparse(c: _Config, n: int, experts: int) -> bool:
+    """Qwen3-MoE and Qwen3-Next: which layers have experts."""
+    return n not in (c.get("mlp_only_layers") or []) and experts > 0 and (n + 1) % int(c.get("decoder_sparse_step", 1)) == 0
+
+
+def _qwen3(b: _Layer, c: _Config, n: int) -> None:
+    b.attention(c, bias=bool(c.get("attention_bias")))
+    b.norm("self_attn.q_norm", c.head_dim)
+    b.norm("self_attn.k_norm", c.head_dim)
+    experts = int(c.get("num_experts", 0)) if c["model_type"] == "qwen3_moe" else 0
+    if _sparse(c, n, experts):
+        b.moe(c, experts, int(c["moe_intermediate_size"]), int(c["num_experts_per_tok"]))
+    else:
+        b.gated_mlp(c.hidden, c.intermediate)
+    b.norm("input_layernorm", c.hidden)
+    b.norm("post_attention_layernorm", c.hidden)
+
+
+def _mixtral(b: _Layer, c: _Config, n: int) -> None:
+    b.attention(c)
+    b.moe(c, int(c["num_local_experts"]), c.intermediate, int(c["num_experts_per_tok"]))
+    b.norm("input_layernorm", c.hidden)
+    b.norm("post_attention_layernorm", c.hidden)
+
+
+def _gemma(b: _Layer, c: _Config, n: int) -> None:
+    """Gemma (2 norms), Gemma 2 (4 norms), Gemma 3 text (4 norms and q/k norms)."""
+    b.attention(c, bias=bool(c.get("attention_bias")))
+    if c["model_type"] == "gemma3_text":
+        b.norm("self_attn.q_norm", c.head_dim)
+        b.norm("self_attn.k_norm", c.head_dim)
+    b.gated_mlp(c.hidden, c.intermediate)
+    b.norm("input_layernorm", c.hidden)
+    b.norm("post_attention_layernorm", c.hidden)
+    if c["model_type"] != "gemma":
+        b.norm("pre_feedforward_layernorm", c.hidden)
+        b.norm("post_feedforward_layernorm", c.hidden)
+
+
+def _phi3(b: _Layer, c: _Config, n: int) -> None:
+    """Phi-3: fused qkv_proj and gate_up_proj."""
+    h, hd, i = c.hidden, c.head_dim, c.intermediate
+    b.linear("self_attn.o_proj", c.heads * hd, h)
+    b.linear("self_attn.qkv_proj", h, (c.heads + 2 * c.kv_heads) * hd)
+    b.activations += 4 * c.heads * hd
+    b.linear("mlp.gate_up_proj", h, 2 * i)
+    b.linear("mlp.down_proj", i, h)
+    b.activations += 4 * i
+    b.norm("input_layernorm", h)
+    b.norm("post_attention_layernorm", h)
+
+
+def _phi(b: _Layer, c: _Config, n: int) -> None:
+    """Phi(-2): biased q/k/v and `dense`, a plain fc1/fc2 MLP, one LayerNorm (parallel blocks)."""
+    h, hd, i = c.hidden, c.head_dim, c.intermediate
+    for name, out in (("q_proj", c.heads * hd), ("k_proj", c.kv_heads * hd), ("v_proj", c.kv_heads * hd)):
+        b.linear(f"self_attn.{name}", h, out, bias=True)
+    b.linear("self_attn.dense", c.heads * hd, h, bias=True)
+    b.activations += 4 * c.heads * hd
+    if c.get("qk_layernorm"):
+        b.norm("self_attn.q_layernorm", hd, bias=True)
+        b.norm("self_attn.k_layernorm", hd, bias=True)
+    b.linear("mlp.fc1", h, i, bias=True)
+    b.linear("mlp.fc2", i, h, bias=True)
+    b.activations += 2 * i  # fc1's output and the activation
+    b.norm("input_layernorm", h, bias=True)
+
+
+def _olmo2(b: _Layer, c: _Config, n: int) -> None:
+    b.attention(c, bias=bool(c.get("attention_bias")))
+    b.norm("self_attn.q_norm", c.heads * c.head_dim)
+    b.norm("self_attn.k_norm", c.kv_heads * c.head_dim)
+    b.gated_mlp(c.hidden, c.intermediate)
+    b.norm("post_attention_layernorm", c.hidden)
+    b.norm("post_feedforward_layernorm", c.hidden)
+
+
+def _cohere(b: _Layer, c: _Config, n: int) -> None:
+    """Cohere: parallel attention and MLP after one weight-only LayerNorm; optional per-head q/k norms."""
+    b.attention(c, bias=bool(c.get("attention_bias")))
+    if c.get("use_qk_norm"):
+        b.norm("self_attn.q_norm", c.head_dim, rows=c.heads)
+        b.norm("self_attn.k_norm", c.head_dim, rows=c.kv_heads)
+    b.gated_mlp(c.hidden, c.intermediate)
+    b.norm("input_layernorm", c.hidden)
+
+
+def _stablelm(b: _Layer, c: _Config, n: int) -> None:
+    qkv_bias = bool(c.get("use_qkv_bias"))
+    h, hd = c.hidden, c.head_dim
+    b.linear("self_attn.q_proj", h, c.heads * hd, qkv_bias)
+    b.linear("self_attn.k_proj", h, c.kv_heads * hd, qkv_bias)
+    b.linear("self_attn.v_proj", h, c.kv_heads * hd, qkv_bias)
+    b.linear("self_attn.o_proj", h, h)
+    b.activations += 4 * h
+    if c.get("qk_layernorm"):
+        for which, count in (("q", c.heads), ("k", c.kv_heads)):
+            for head in range(count):
+                b.norm(f"self_attn.{which}_layernorm.norms.{head}", hd)
+    b.gated_mlp(h, c.intermediate)
+    b.norm("input_layernorm", h, bias=True)
+    if not c.get("use_parallel_residual"):
+        b.norm("post_attention_layernorm", h, bias=True)
+
+
+def _gpt_neox(b: _Layer, c: _Config, n: int) -> None:
+    h, i, bias = c.hidden, c.intermediate, bool(c.get("attention_bias", True))
+    b.linear("attention.query_key_value", h, 3 * h, bias)
+    b.linear("attention.dense", h, h, bias)
+    b.activations += 4 * h
+    b.linear("mlp.dense_h_to_4h", h, i, True)
+    b.linear("mlp.dense_4h_to_h", i, h, True)
+    b.activations += 2 * i
+    b.norm("input_layernorm", h, bias=True)
+    b.norm("post_attention_layernorm", h, bias=True)
+
+
+def _gpt2(b: _Layer, c: _Config, n: int) -> None:
+    h, i = c.hidden, int(c.get("n_inner") or 4 * c.hidden)
+    b.norm("ln_1", h, bias=True)
+    b.conv1d("attn.c_attn", h, 3 * h)
+    b.conv1d("attn.c_proj", h, h)
+    b.activations += 4 * h
+    b.norm("ln_2", h, bias=True)
+    b.conv1d("mlp.c_fc", h, i)
+    b.conv1d("mlp.c_proj", i, h)
+    b.activations += 2 * i
+
+
+def _falcon(b: _Layer, c: _Config, n: int) -> None:
+    h, hd, bias = c.hidden, c.hidden // c.heads, bool(c.get("bias"))
+    new = bool(c.get("new_decoder_architecture"))
+    kv_heads = int(c.get("num_kv_heads") or c.heads)
+    qkv = (2 * kv_heads + c.heads) * hd if new else h + 2 * hd if c.get("multi_query", True) else 3 * h
+    b.linear("self_attention.query_key_value", h, qkv, bias)
+    b.linear("self_attention.dense", h, h, bias)
+    b.activations += 4 * h
+    i = int(c.get("ffn_hidden_size") or 4 * h)
+    b.linear("mlp.dense_h_to_4h", h, i, bias)
+    b.linear("mlp.dense_4h_to_h", i, h, bias)
+    b.activations += 2 * i
+    lns = c.get("num_ln_in_parallel_attn") or (2 if new else None)
+    if not c.get("parallel_attn", True):
+        b.norm("post_attention_layernorm", h, bias=True)
+        b.norm("input_layernorm", h, bias=True)
+    elif lns == 2:
+        b.norm("ln_attn", h, bias=True)
+        b.norm("ln_mlp", h, bias=True)
+    else:
+        b.norm("input_layernorm", h, bias=True)
+
+
+def _gpt_oss(b: _Layer, c: _Config, n: int) -> None:
+    b.attention(c, bias=bool(c.get("attention_bias", True)))
+    b.param("self_attn.sinks", c.heads)
+    b.moe(c, int(c["num_local_experts"]), c.intermediate, int(c["num_experts_per_tok"]), router_bias=True,
+          router="router", expert_bias=True, transposed=True)
+    b.norm("input_layernorm", c.hidden)
+    b.norm("post_attention_layernorm", c.hidden)
+
+
+def _deepseek_v3(b: _Layer, c: _Config, n: int) -> None:
+    """Multi-head latent attention (low-rank q and kv), dense MLPs first, then experts with shared ones."""
+    h, heads, bias = c.hidden, c.heads, bool(c.get("attention_bias"))
+    nope, rope, v = int(c["qk_nope_head_dim"]), int(c["qk_rope_head_dim"]), int(c["v_head_dim"])
+    q_rank, kv_rank = c.get("q_lora_rank"), int(c["kv_lora_rank"])
+    if q_rank is None:
+        b.linear("self_attn.q_proj", h, heads * (nope + rope))
+    else:
+        b.linear("self_attn.q_a_proj", h, int(q_rank), bias)
+        b.norm("self_attn.q_a_layernorm", int(q_rank))
+        b.linear("self_attn.q_b_proj", int(q_rank), heads * (nope + rope))
+    b.linear("self_attn.kv_a_proj_with_mqa", h, kv_rank + rope, bias)
+    b.norm("self_attn.kv_a_layernorm", kv_rank)
+    b.linear("self_attn.kv_b_proj", kv_rank, heads * (nope + v))
+    b.linear("self_attn.o_proj", heads * v, h, bias)
+    b.activations += 4 * heads * (nope + rope)
+    if n >= int(c.get("first_k_dense_replace", 0)):
+        i = int(c["moe_intermediate_size"])
+        b.moe(c, int(c["n_routed_experts"]), i, int(c["num_experts_per_tok"]))
+        b.gated_mlp(h, i * int(c.get("n_shared_experts") or 1), block="mlp.shared_experts")
+    else:
+        b.gated_mlp(h, c.intermediate)
+    b.norm("input_layernorm", h)
+    b.norm("post_attention_layernorm", h)
+
+
+def _qwen3_next_layer_types(c: _Config) -> list[str]:
+    interval = int(c.get("full_attention_interval", 4))
+    return c.get("layer_types") or ["full_attention" if (i + 1) % interval == 0 else "linear_attention"
+                                    for i in range(c.layers)]
+
+
+def _qwen3_next(b: _Layer, c: _Config, n: int) -> None:
+    """Linear (gated delta-net) and full (gated q) attention layers; experts with a shared expert."""
+    h = c.hidden
+    if _qwen3_next_layer_types(c)[n] == "linear_attention":
+        k_heads, v_heads = int(c["linear_num_key_heads"]), int(c["linear_num_value_heads"])
+        k_dim, v_dim = k_heads * int(c["linear_key_head_dim"]), v_heads * int(c["linear_value_head_dim"])
+        b.param("linear_attn.dt_bias", v_heads)
+        b.param("linear_attn.A_log", v_heads)
+        conv = 2 * k_dim + v_dim
+        b.param("linear_attn.conv1d.weight", conv, 1, int(c.get("linear_conv_kernel_dim", 4)))
+        b.linear("linear_attn.in_proj_qkvz", h, 2 * k_dim + 2 * v_dim)
+        b.linear("linear_attn.in_proj_ba", h, 2 * v_heads)
+        b.norm("linear_attn.norm", int(c["linear_value_head_dim"]))
+        b.linear("linear_attn.out_proj", v_dim, h)
+        b.activations += 2 * (2 * k_dim + 2 * v_dim) + 2 * v_dim
+    else:
+        q = c.heads * c.head_dim
+        b.attention(c, q_out=2 * q, o_in=q, bias=bool(c.get("attention_bias")))
+        b.norm("self_attn.q_norm", c.head_dim)
+        b.norm("self_attn.k_norm", c.head_dim)
+    experts = int(c.get("num_experts", 0))
+    if _sparse(c, n, experts):
+        b.moe(c, experts, int(c["moe_intermediate_size"]), int(c["num_experts_per_tok"]))
+        b.gated_mlp(h, int(c["shared_expert_intermediate_size"]), block="mlp.shared_expert")
+        b.linear("mlp.shared_expert_gate", h, 1)
+    else:
+        b.gated_mlp(h, c.intermediate)
+    b.norm("input_layernorm", h)
+    b.norm("post_attention_layernorm", h)
+
+
+class Family(NamedTuple):
+    layer: Callable[[_Layer, _Config, int], None]
+    defaults: dict[str, Any]  # the config class's defaults for the keys the shapes read
+    layers_at: str = "model.layers"
+    embed: str = "model.embed_tokens"
+    final_norm: str = "model.norm"
+    final_norm_bias: bool = False
+    head_bias: bool = False
+    positions: str | None = None  # learned position embeddings (GPT-2)
+    aliases: dict[str, str] = {}
+
+
+_LLAMA = {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+          "num_attention_heads": 32, "tie_word_embeddings": False}
+
+# Defaults as transformers' configuration_*.py has them (a hub config.json may leave keys out).
+FAMILIES: dict[str, Family] = {
+    "llama": Family(_llama, _LLAMA),
+    "mistral": Family(_llama, {**_LLAMA, "intermediate_size": 14336, "num_key_value_heads": 8}),
+    "granite": Family(_llama, _LLAMA),
+    "smollm3": Family(_llama, {**_LLAMA, "vocab_size": 128256, "hidden_size": 2048, "num_hidden_layers": 36,
+                               "num_attention_heads": 16, "num_key_value_heads": 4, "tie_word_embeddings": True}),
+    "qwen2": Family(_qwen2, {**_LLAMA, "vocab_size": 151936, "intermediate_size": 22016}),
+    "qwen3": Family(_qwen3, {**_LLAMA, "vocab_size": 151936, "intermediate_size": 22016, "head_dim": 128}),
+    "qwen3_moe": Family(_qwen3, {**_LLAMA, "vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 6144,
+                                 "num_hidden_layers": 24, "num_key_value_heads": 4, "moe_intermediate_size": 768,
+                                 "num_experts_per_tok": 8, "num_experts": 128, "decoder_sparse_step": 1},
+                        aliases={"num_local_experts": "num_experts"}),
+    "mixtral": Family(_mixtral, {**_LLAMA, "intermediate_size": 14336, "num_key_value_heads": 8,
+                                 "num_experts_per_tok": 2, "num_local_experts": 8},
+                      aliases={"num_experts": "num_local_experts"}),
+    "gemma": Family(_gemma, {"vocab_size": 256000, "hidden_size": 3072, "intermediate_size": 24576,
+                             "num_hidden_layers": 28, "num_attention_heads": 16, "head_dim": 256,
+                             "tie_word_embeddings": True}),
+    "gemma2": Family(_gemma, {"vocab_size": 256000, "hidden_size": 2304, "intermediate_size": 9216,
+                              "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4,
+                              "head_dim": 256, "tie_word_embeddings": True}),
+    "gemma3_text": Family(_gemma, {"vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216,
+                                   "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4,
+                                   "head_dim": 256, "tie_word_embeddings": True}),
+    "phi3": Family(_phi3, {**_LLAMA, "vocab_size": 32064, "hidden_size": 3072, "intermediate_size": 8192}),
+    "phi": Family(_phi, {**_LLAMA, "vocab_size": 51200, "hidden_size": 2048, "intermediate_size": 8192,
+                         "num_hidden_layers": 24}, final_norm="model.final_layernorm", final_norm_bias=True,
+                  head_bias=True),
+    "olmo2": Family(_olmo2, {**_LLAMA, "vocab_size": 50304}),
+    "cohere": Family(_cohere, {**_LLAMA, "vocab_size": 256000, "hidden_size": 8192, "intermediate_size": 22528,
+                               "num_hidden_layers": 40, "num_attention_heads": 64, "tie_word_embeddings": True}),
+    "stablelm": Family(_stablelm, {**_LLAMA, "vocab_size": 50304, "intermediate_size": 6912, "hidden_size": 2560},
+                       final_norm_bias=True),
+    "gpt_neox": Family(_gpt_neox, {**_LLAMA, "vocab_size": 50432, "hidden_size": 6144, "num_hidden_layers": 44,
+                                   "num_attention_heads": 64, "intermediate_size": 24576},
+                       layers_at="gpt_neox.layers", embed="gpt_neox.embed_in", final_norm="gpt_neox.final_layer_norm",
+                       final_norm_bias=True),
+    "gpt2": Family(_gpt2, {"vocab_size": 50257, "n_positions": 1024, "hidden_size": 768, "num_hidden_layers": 12,
+                           "num_attention_heads": 12, "tie_word_embeddings": True},
+                   layers_at="transformer.h", embed="transformer.wte", final_norm="transformer.ln_f",
+                   final_norm_bias=True, positions="transformer.wpe",
+                   aliases={"n_embd": "hidden_size", "n_layer": "num_hidden_layers", "n_head": "num_attention_heads"}),
+    "falcon": Family(_falcon, {"vocab_size": 65024, "hidden_size": 4544, "num_hidden_layers": 32,
+                               "num_attention_heads": 71, "tie_word_embeddings": True,
+                               "multi_query": True, "parallel_attn": True},
+                     layers_at="transformer.h", embed="transformer.word_embeddings", final_norm="transformer.ln_f",
+                     final_norm_bias=True,
+                     aliases={"n_embed": "hidden_size", "n_layer": "num_hidden_layers", "n_head": "num_attention_heads",
+                              "n_head_kv": "num_kv_heads"}),
+    "gpt_oss": Family(_gpt_oss, {"vocab_size": 201088, "hidden_size": 2880, "intermediate_size": 2880,
+                                 "num_hidden_layers": 36, "num_attention_heads": 64, "num_key_value_heads": 8,
+                                 "head_dim": 64, "num_local_experts": 128, "num_experts_per_tok": 4,
+                                 "attention_bias": True, "tie_word_embeddings": False},
+                      aliases={"num_experts": "num_local_experts"}),
+    "deepseek_v3": Family(_deepseek_v3, {"vocab_size": 129280, "hidden_size": 7168, "intermediate_size": 18432,
+                                         "moe_intermediate_size": 2048, "num_hidden_layers": 61,
+                                         "num_attention_heads": 128, "n_shared_experts": 1, "n_routed_experts": 256,
+                                         "kv_lora_rank": 512, "q_lora_rank": 1536, "qk_rope_head_dim": 64,
+                                         "v_head_dim": 128, "qk_nope_head_dim": 128, "num_experts_per_tok": 8,
+                                         "first_k_dense_replace": 3, "tie_word_embeddings": False},
+                          aliases={"num_local_experts": "n_routed_experts"}),
+    "qwen3_next": Family(_qwen3_next, {"vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 5632,
+                                       "num_hidden_layers": 48, "num_attention_heads": 16, "num_key_value_heads": 2,
+                                       "head_dim": 256, "linear_conv_kernel_dim": 4, "linear_key_head_dim": 128,
+                                       "linear_value_head_dim": 128, "linear_num_key_heads": 16,
+                                       "linear_num_value_heads": 32, "decoder_sparse_step": 1,
+                                       "moe_intermediate_size": 512, "shared_expert_intermediate_size": 512,
+                                       "num_experts_per_tok": 10, "num_experts": 512, "tie_word_embeddings": False}),
 }
-# What each known hub id's config.json says its model_type is (the shrunk factories use it).
-MODEL_TYPES = {"Qwen/Qwen2.5-1.5B": "qwen2"}
-_ALIASES = {"meta-llama-3.1-8b": "meta-llama/Llama-3.1-8B", "meta-llama-3.1-405b": "meta-llama/Llama-3.1-405B",
-            "meta-llama-3.1-70b": "meta-llama/Llama-3.1-70B"}
-
-# transformers' LlamaConfig defaults, for keys a random-init config leaves out.
-_CONFIG_DEFAULTS = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
-                    "num_attention_heads": 32, "vocab_size": 32000}
-
-
-def known_key(name: str) -> str | None:
-    """The KNOWN key for a hub id, or for the last part of a path (`/models/Meta-Llama-3-8B`)."""
-    if name in KNOWN:
-        return name
-    base = name.rstrip("/").rsplit("/", 1)[-1].lower().removesuffix("-instruct")
-    by_base = {key.rsplit("/", 1)[-1].lower(): key for key in KNOWN} | _ALIASES
-    return by_base.get(base)
-
-
-def known_dims(name: str) -> Dims | None:
-    key = known_key(name)
-    if key is None:
-        return None
-    how = f"known config of {key}" + ("" if key == name else f" (by name: {name})")
-    return replace(KNOWN[key], source=how)
 
 
 def dims_from_config(config: dict[str, Any], source: str) -> Dims:
-    c = {**_CONFIG_DEFAULTS, **config}
-    heads = int(c["num_attention_heads"])
-    return Dims(
-        hidden=int(c["hidden_size"]), layers=int(c["num_hidden_layers"]), intermediate=int(c["intermediate_size"]),
-        heads=heads, kv_heads=int(c.get("num_key_value_heads") or heads), vocab=int(c["vocab_size"]),
-        head_dim=c.get("head_dim"), tied=bool(c.get("tie_word_embeddings", False)),
-        qkv_bias=bool(c.get("attention_bias", False)) or c.get("model_type") == "qwen2", source=source,
-        named=c.get("model_type", "llama") in LLAMA_LIKE,
-    )
+    """The model a config.json describes. An unknown `model_type` is priced as a Llama-shaped
+    decoder from the keys it shares with Llama, and marked inexact and unnamed."""
+    model_type = config.get("model_type") or "llama"
+    family = FAMILIES.get(model_type)
+    known = family is not None
+    if not known:
+        family = FAMILIES["llama"]
+        source = f"{source} (model_type {model_type!r} priced as a Llama-shaped decoder)"
+    c = _Config({**config, "model_type": model_type if known else "llama"}, family.defaults, family.aliases)
+    layers, linears, experts, activations = [], [], [], []
+    for n in range(c.layers):
+        b = _Layer(f"{family.layers_at}.{n}", c.hidden)
+        family.layer(b, c, n)
+        layers.append(tuple(b.tensors))
+        linears += b.linears
+        experts += b.experts
+        activations.append(b.activations)
+    outer = [Tensor(f"{family.embed}.weight", c.vocab, c.hidden, "embedding")]
+    if family.positions:
+        outer.append(Tensor(f"{family.positions}.weight", int(c.get("n_positions", 1024)), c.hidden, "embedding"))
+    outer.append(Tensor(f"{family.final_norm}.weight", c.hidden, 1, "norm"))
+    if family.final_norm_bias:
+        outer.append(Tensor(f"{family.final_norm}.bias", c.hidden, 1, "bias"))
+    if not c.tied:
+        outer.append(Tensor(f"{HEAD}.weight", c.vocab, c.hidden, "head"))
+    if family.head_bias:
+        outer.append(Tensor(f"{HEAD}.bias", c.vocab, 1, "bias"))
+    linears.append(Linear(HEAD, c.hidden, c.vocab))
+    return Dims(model_type=model_type, hidden=c.hidden, layers=c.layers, heads=c.heads, kv_heads=c.kv_heads,
+                vocab=c.vocab, intermediate=c.intermediate, tied=c.tied, source=source, exact=known, named=known,
+                layer_tensors=tuple(layers), outer_tensors=tuple(outer), linears=tuple(linears),
+                expert_params=tuple(experts), layer_activations=tuple(activations), outer_activations=8 * c.hidden)
 
 
-def dims_from_size(parameters_b: float) -> Dims:
-    """A Llama-shaped guess from the parameter count alone (rough: LoRA sizes and activations).
+def dims_from_size(parameters_b: float, why: str = "") -> Dims:
+    """A Llama-shaped guess from the parameter count alone (rough: a plan from it never refuses).
 
     Llama models keep hidden/layers ≈ 128 and intermediate ≈ 3.5 × hidden, so a decoder of
     P parameters has about P ≈ 13 h³ / 128 (embeddings aside).
     """
     hidden = max(128, round((128 * parameters_b * 1e9 / 13) ** (1 / 3) / 128) * 128)
-    return Dims(hidden, max(1, hidden // 128), round(3.5 * hidden / 256) * 256, hidden // 128, 8, 128256,
-                source=f"guessed from model.parameters_b={parameters_b}", exact=False, named=False)
+    config = {"model_type": "llama", "hidden_size": hidden, "num_hidden_layers": max(1, hidden // 128),
+              "intermediate_size": round(3.5 * hidden / 256) * 256, "num_attention_heads": hidden // 128,
+              "num_key_value_heads": 8, "vocab_size": 128256}
+    guess = dims_from_config(config, "")
+    return _replace(guess, source=f"a guess from model.parameters_b={parameters_b}" + (f" ({why})" if why else ""),
+                    exact=False, named=False)
 
 
-def model_dims(job) -> Dims:
-    """From model.config (random init), a local config.json, the known table, or parameters_b."""
-    model = job.model
-    if model.init == "random":
-        return dims_from_config(dict(model.config), "model.config (random init)")
-    local = expand(model.path or "") / "config.json"
-    if model.path and local.is_file():
-        try:
-            config = json.loads(local.read_text())
-        except ValueError as err:
-            raise UserError(f"{local} is not valid JSON ({err})") from None
-        return dims_from_config({**config, **model.config}, str(local))
-    known = known_dims(model.path or "")
-    if known:
-        return known
-    if model.parameters_b:
-        return dims_from_size(model.parameters_b)
-    raise UserError(f"cannot size {model.path}: it is not a local folder with config.json nor a model "
-                    f"ft knows ({', '.join(KNOWN)})", hint="set model.parameters_b=<billions> for a rough plan")
+def _replace(dims: Dims, **changes) -> Dims:
+    from dataclasses import replace
+
+    return replace(dims, **changes)
+
+
+# --- published configs ------------------------------------------------------------------------------
+# The config.json of the hub models the shipped factories name (their shape keys), so `ft plan` and
+# `ft submit` price them exactly without the network; other hub ids are read from the hub.
+
+_LLAMA3 = {"model_type": "llama", "vocab_size": 128256, "num_key_value_heads": 8, "tie_word_embeddings": False}
+PUBLISHED: dict[str, dict[str, Any]] = {
+    "meta-llama/Llama-3.1-8B": {**_LLAMA3, "hidden_size": 4096, "num_hidden_layers": 32, "intermediate_size": 14336,
+                                "num_attention_heads": 32},
+    "meta-llama/Meta-Llama-3-8B": {**_LLAMA3, "hidden_size": 4096, "num_hidden_layers": 32,
+                                   "intermediate_size": 14336, "num_attention_heads": 32},
+    "meta-llama/Llama-3.2-1B": {**_LLAMA3, "hidden_size": 2048, "num_hidden_layers": 16, "intermediate_size": 8192,
+                                "num_attention_heads": 32, "head_dim": 64, "tie_word_embeddings": True},
+    "meta-llama/Llama-3.1-70B": {**_LLAMA3, "hidden_size": 8192, "num_hidden_layers": 80,
+                                 "intermediate_size": 28672, "num_attention_heads": 64},
+    "meta-llama/Llama-3.1-405B": {**_LLAMA3, "hidden_size": 16384, "num_hidden_layers": 126,
+                                  "intermediate_size": 53248, "num_attention_heads": 128},
+    "Qwen/Qwen2.5-1.5B": {"model_type": "qwen2", "vocab_size": 151936, "hidden_size": 1536, "num_hidden_layers": 28,
+                          "intermediate_size": 8960, "num_attention_heads": 12, "num_key_value_heads": 2,
+                          "tie_word_embeddings": True},
+}
+# An -Instruct variant has its base's shapes.
+for _id in list(PUBLISHED):
+    PUBLISHED[f"{_id}-Instruct"] = PUBLISHED[_id]

@@ -36,26 +36,56 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def check_output(out: Path) -> Path:
-    """Refuse a destination that holds anything: ft never writes over files."""
+# Written into each folder ft merge/export make: what it was made from, so a re-run knows
+# whether the folder is current (the folder itself appears whole, by one rename).
+OUTPUT_STAMP = "ft_output.json"
+
+
+def check_output(out: Path, overwrite: bool = False) -> Path:
+    """Refuse a destination that holds anything, unless `overwrite` (then it is replaced whole,
+    only once the new folder is complete): ft never writes over files."""
     out = expand(out)
+    if overwrite and out.is_dir():
+        return out
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out} already exists and is not empty: choose another --out, or remove it first")
+        raise UserError(f"{out} already exists and is not empty: choose another --out, or --overwrite to replace it")
     return out
 
 
+def made_from(out: Path, stamp: dict) -> bool:
+    """`out` is a complete folder that ft made from exactly `stamp` (the same source and settings)."""
+    import json
+
+    try:
+        return json.loads((expand(out) / OUTPUT_STAMP).read_text()) == stamp
+    except (OSError, ValueError):
+        return False
+
+
 @contextlib.contextmanager
-def output_folder(out: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `out`; rename it to `out` once the block succeeds."""
-    out = check_output(out).absolute()
+def output_folder(out: Path, overwrite: bool = False, stamp: dict | None = None) -> Iterator[Path]:
+    """Yield a temporary folder beside `out`; rename it to `out` once the block succeeds (with
+    `stamp` written into it). `overwrite`: an existing `out` is moved aside first and removed
+    after, so `out` is never half old, half new."""
+    import json
+
+    out = check_output(out, overwrite).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-"))
     try:
         yield tmp
+        if stamp is not None:
+            (tmp / OUTPUT_STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; a model folder is for sharing
-        if out.is_dir():
+        old = None
+        if overwrite and out.is_dir() and any(out.iterdir()):
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".old-{out.name}-"))
+            os.rename(out, old / out.name)
+        elif out.is_dir():
             out.rmdir()  # empty (checked above); fails if something appeared meanwhile
         os.rename(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -80,16 +80,17 @@ def holds_nothing(path: Path) -> bool:
     return len(head) <= 2**20 and head.strip() in (b"", b"[]")
 
 
-def mismatch(path: Path, fmt: str) -> str | None:
-    """A problem when the file's first records do not fit `fmt`, naming the format that does."""
+def mismatch(path: Path, fmt: str, setting: str = "data.format=") -> str | None:
+    """A problem when the file's first records do not fit `fmt`, naming the format that does
+    (as `setting` spells it: `data.format=`, or `--format ` for ft eval)."""
     records = first_records(path)
     wrong = [(where, record) for where, record in records if not fits(fmt, record)]
     if fmt not in FIELDS or not wrong:
         return None
     where, record = wrong[0]
     fitting = [f for f in FIELDS if all(fits(f, r) for _, r in records)]
-    advice = (f"data.format={fitting[0]} fits them" if fitting else
+    advice = (f"{setting}{fitting[0]} fits them" if fitting else
               f"no format fits them (squad needs {needs('squad')}; alpaca {needs('alpaca')}; jsonl {needs('jsonl')})")
     present = ", ".join(sorted(record)) or "none"
-    return (f"{path}: its records do not fit data.format={fmt}, which needs {needs(fmt)} ({where} has {present}); "
+    return (f"{path}: its records do not fit {setting}{fmt}, which needs {needs(fmt)} ({where} has {present}); "
             f"{advice}")

@@ -9,10 +9,15 @@ dtype, a residency or a target list by itself, so they cannot drift apart. Torch
 
 The rules, and why:
 
-* Compute runs in `model.dtype` on GPUs and in fp32 on CPUs (CPUs have no fast bf16 matmul).
+* Compute runs in `model.dtype` on GPUs and in fp32 on CPUs (CPUs have no fast bf16 matmul):
+  `compute_dtype`, the one place that rule lives.
 * LoRA: the base is frozen and stored in the compute dtype, or in NF4 (4 bits, torchao) for
   each decoder projection whose shape NF4 can hold and shard (`nf4_fits`); the adapters, their
   gradients and Adam moments are fp32 (peft's default), so small updates are not rounded away.
+  The adapters *compute* in the compute dtype under every strategy (`adapter_compute`): FSDP2's
+  mixed precision gathers them in it, and data parallelism casts each adapter weight to it per
+  matmul (trainer/lora.py) instead of peft's default, which would copy every adapted layer's
+  input to fp32 and run the adapter path in fp32 (about 20 GiB of extra activations for 8B).
 * Full SFT sharded with FSDP2: the trained weights are fp32 shards (the master weights; each
   layer is cast to the compute dtype when gathered), fp32 gradients and moments.
   Full SFT with data parallelism (`strategy=ddp`) would train the compute-dtype weights
@@ -165,6 +170,12 @@ class Decision:
     activation_checkpointing: bool
     accum_steps: int  # micro batches per optimizer step on this layout
     lora_targets: tuple[str, ...] | None = field(default=None)  # resolved here for a named architecture
+    lora_parameters: tuple[str, ...] | None = field(default=None)  # adapted 3-D expert weights (peft target_parameters)
+
+    @property
+    def adapter_compute(self) -> str | None:
+        """The dtype LoRA's adapter matmuls run in: the compute dtype, on every strategy."""
+        return self.compute if self.lora else None
 
     @property
     def sharded(self) -> bool:
@@ -193,7 +204,8 @@ class Decision:
             if self.quantization:
                 base += f", its decoder projections in {self.quantization.upper()} (torchao)"
             lines.append(base)
-            lines.append(f"LoRA adapters, gradients and Adam moments in {self.trained}")
+            lines.append(f"LoRA adapters, gradients and Adam moments in {self.trained}"
+                         + (f", adapters computed in {self.adapter_compute}" if self.adapter_compute != self.trained else ""))
         else:
             lines.append(f"trained weights in {self.trained}" + (" (the master weights)" if self.master_weights else "")
                          + f", gradients in {self.grad}, Adam moments in {self.optim}")
@@ -209,13 +221,19 @@ class Decision:
         return lines
 
 
+def compute_dtype(job, layout: Layout) -> str:
+    """The dtype of matmuls and activations: `model.dtype` on GPUs, fp32 on CPUs (no fast bf16
+    matmul there). Tests replace this function to run the GPU dtypes on a CPU."""
+    return job.model.dtype if layout.on_gpu else "fp32"
+
+
 def decide(job, layout: Layout | None = None, dims=None) -> Decision:
     """The decision for `job` on `layout` (default: its own). With `dims` (ftcore.arch.Dims) of
     a named architecture the LoRA targets are resolved too, raising UserError when a glob
     matches nothing."""
     layout = layout or Layout.of(job)
     lora = job.peft is not None
-    compute = job.model.dtype if layout.on_gpu else "fp32"
+    compute = compute_dtype(job, layout)
     sharded = layout.strategy == "fsdp2"
     if lora:
         trained = "fp32"
@@ -224,7 +242,7 @@ def decide(job, layout: Layout | None = None, dims=None) -> Decision:
     per_step = job.data.micro_batch_size * layout.world
     targets = None
     if lora and dims is not None and dims.named:
-        targets = tuple(lora_targets(dims.linear_names(), "lm_head", job.peft))
+        targets = tuple(lora_targets(dims.linear_names(), dims.head_name, job.peft))
     return Decision(
         layout=layout,
         lora=lora,

@@ -255,6 +255,12 @@ class TrainerConfig(_Section):
     accelerator: Literal["gpu", "cpu"] = Field(
         "gpu", description="`gpu` asks SLURM for GPUs (--gpus-per-node); `cpu` for CPU-only tasks."
     )
+    gpu_memory_gib: float = Field(
+        80.0, gt=0, allow_inf_nan=False,
+        description="Memory of one of the site's GPUs in GiB, as CUDA reports it: what `ft plan` and "
+        "`ft submit`'s fit check price a job against. 80 for A100/H100 80GB; set it in the site "
+        "profile (H200: 140, H100 94GB NVL: 93.5, A100 40GB: 40).",
+    )
     gpu_type: str | None = Field(
         None,
         description="GPU type SLURM allocates (`--gpus-per-node=a100:2`); `trainer.devices=a100:2`, as "
@@ -415,6 +421,11 @@ class ContainerConfig(_Section):
         "once, on the login node, and kept: a folder the compute nodes see. Default "
         "$FT_HOME/images.",
     )
+    trusted_owners: list[str] = Field(
+        default_factory=list,
+        description="Besides you and root, who may own the SIFs in a shared cache_dir that your "
+        "jobs run: user names, or `group:NAME` for a group's members. Others' images are refused.",
+    )
 
     @field_validator("image")
     @classmethod
@@ -464,6 +475,11 @@ class HubConfig(_Section):
         description="The compute nodes cannot reach the hub: the job runs with "
         "HF_HUB_OFFLINE=1, and `ft submit` refuses a job whose hub model or dataset is not "
         "staged in cache_dir (it prints the `ft stage` command). Set it in the site profile.",
+    )
+    trusted_owners: list[str] = Field(
+        default_factory=list,
+        description="Besides you and root, who may own the staged files in a shared cache_dir that "
+        "your jobs load: user names, or `group:NAME` for a group's members. Others' are refused.",
     )
 
     @field_validator("cache_dir")

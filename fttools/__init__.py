@@ -30,3 +30,17 @@ def require_stack() -> None:
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+
+
+def source_stamp(ckpt, kind: str, **settings) -> dict:
+    """What a merge or export is made from: the checkpoint, its model files (size and time),
+    the settings. A re-run that finds this stamp in its output folder has nothing to do."""
+    from pathlib import Path
+
+    from ftcore.layout import model_files
+
+    files = []
+    for path in model_files(ckpt.path):
+        info = path.stat()
+        files.append([str(path.relative_to(ckpt.path)), info.st_size, info.st_mtime_ns])
+    return {"kind": kind, "checkpoint": str(Path(ckpt.path).absolute()), "files": sorted(files), **settings}

@@ -15,11 +15,15 @@ every gold answer with the official normalisation (fttools/squad_metrics.py).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from ftcore import shipped
 from ftcore.errors import UserError
+from ftcore.formats import mismatch
+from ftcore.schema import looks_local
 from ftcore.layout import Checkpoint
 from trainer.batching import val_batches
 from trainer.collate import collate
@@ -35,15 +39,21 @@ FORMATS = ("squad", "alpaca", "jsonl")
 _SAMPLES_SHOWN = 5
 
 
-def evaluate(ckpt: Checkpoint, data_path: str, fmt: str | None = None, limit: int | None = None,
+def evaluate(ckpt: Checkpoint, data_path: str | None, fmt: str | None = None, limit: int | None = None,
              max_new_tokens: int = 32, answers: bool = True, split: str = "validation") -> dict[str, Any]:
     """`ft eval`: a dict of the figures (what `--json` prints); `answers=False` skips SQuAD's
-    generation (the slow part) and scores the loss only. `split` applies to hub datasets."""
+    generation (the slow part) and scores the loss only. `split` applies to hub datasets.
+    Without `data_path`: the job's validation data, its val_path or else the records it held
+    out of its training data (data.val_fraction, the same split as training)."""
     job_data = ckpt.job_config.get("data") or {}
     fmt = fmt or job_data.get("format")
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt}: choose one of {', '.join(FORMATS)}" if fmt else
                         f"{ckpt.path} comes from no ft job, so the data format is unknown: pass --format")
+    if data_path is not None and looks_local(data_path) and Path(shipped.expand(data_path)).is_file():
+        problem = mismatch(Path(shipped.expand(data_path)), fmt, setting="--format ")
+        if problem:
+            raise UserError(problem)
     # The job's own prompt template and length, so the loss means what training's meant.
     template = job_data.get("prompt_template") if job_data.get("format") == fmt else None
     max_len = int(job_data.get("max_seq_length") or 2048)
@@ -51,7 +61,11 @@ def evaluate(ckpt: Checkpoint, data_path: str, fmt: str | None = None, limit: in
     if limit is not None and limit < 1:
         raise UserError("--limit must be at least 1")
 
-    records = read_records(data_path, split)[:limit]
+    if data_path is None:
+        records, data_path = job_validation_records(ckpt)
+    else:
+        records = read_records(data_path, split)
+    records = records[:limit]
     tokenizer = load_tokenizer(ckpt)
     stats = Stats(records=len(records))
     samples = tokenize(records, fmt, tokenizer, max_len, template, stats)
@@ -74,6 +88,27 @@ def evaluate(ckpt: Checkpoint, data_path: str, fmt: str | None = None, limit: in
     if fmt == "squad" and answers:
         result.update(squad_scores(model, tokenizer, records, template, max_new_tokens, micro_batch))
     return result
+
+
+def job_validation_records(ckpt: Checkpoint) -> tuple[list[Record], str]:
+    """The records the checkpoint's job validated on, and how to name them: its val_path, or
+    the share of its training data it held out (trainer.data.hold_out, seeded as training was)."""
+    from trainer.data import hold_out
+
+    job = ckpt.job_config
+    data = job.get("data") or {}
+    if data.get("val_path"):
+        return read_records(data["val_path"], data.get("val_split") or "validation"), data["val_path"]
+    fraction = float(data.get("val_fraction") or 0)
+    if not data.get("path") or fraction <= 0:
+        raise UserError("--data: name the file to score (this checkpoint's job has no data.val_path, and held "
+                        "nothing out: data.val_fraction=0)")
+    records = read_records(data["path"], data.get("split") or "train")
+    if data.get("limit_samples"):
+        records = records[: int(data["limit_samples"])]
+    seed = int((job.get("trainer") or {}).get("seed", 1234))
+    _, held = hold_out(records, fraction, seed)
+    return held, f"{data['path']} (the {fraction:g} held out in training, seed {seed})"
 
 
 @torch.no_grad()

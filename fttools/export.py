@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ftcore.files import check_output, output_folder
+from ftcore.files import check_output, expand, made_from, output_folder
 from ftcore.layout import Checkpoint, model_files
 from ftcore.errors import UserError
 
@@ -47,6 +47,7 @@ class Exported:
     out: Path
     command: str
     warnings: list[str] = field(default_factory=list)
+    up_to_date: bool = False  # the folder was made before from the same checkpoint, the same way
 
 
 def safetensors_header(path: Path) -> dict[str, Any]:
@@ -122,8 +123,9 @@ def serve_name(ckpt: Checkpoint) -> str:
 
 
 def export(ckpt: Checkpoint, to: str = "vllm", out: Path | None = None, merge: bool = False,
-           dtype: str | None = None) -> Exported:
-    """`ft export`: check first, then write `out` (default beside the checkpoint) in one rename."""
+           dtype: str | None = None, overwrite: bool = False) -> Exported:
+    """`ft export`: check first, then write `out` (default beside the checkpoint) in one rename.
+    A folder this checkpoint was exported into before, the same way, is kept as it is."""
     if to not in TARGETS:
         raise UserError(f"--to {to}: ft exports for {', '.join(TARGETS)}")
     if merge and not ckpt.is_lora:
@@ -131,7 +133,14 @@ def export(ckpt: Checkpoint, to: str = "vllm", out: Path | None = None, merge: b
     if dtype and not merge:
         raise UserError("--dtype applies with --merge only (an export copies the weights as they are)")
     lora = ckpt.is_lora and not merge
-    out = check_output(out or ckpt.default_output("vllm-lora" if lora else "vllm"))
+    out = out or ckpt.default_output("vllm-lora" if lora else "vllm")
+    from fttools import source_stamp
+
+    stamp = source_stamp(ckpt, f"{to}-export", merge=merge, dtype=dtype)
+    if not overwrite and made_from(out, stamp):
+        command = (expand(out) / "vllm_serve.txt").read_text().strip()
+        return Exported(expand(out), command, [], up_to_date=True)
+    out = check_output(out, overwrite)
     warnings: list[str] = []
     if lora:
         problems, warnings = check_adapter(ckpt.path)
@@ -148,7 +157,7 @@ def export(ckpt: Checkpoint, to: str = "vllm", out: Path | None = None, merge: b
     else:
         command = shlex.join(["vllm", "serve", str(out.absolute()), "--served-model-name", serve_name(ckpt)])
 
-    with output_folder(out) as tmp:
+    with output_folder(out, overwrite, stamp) as tmp:
         if merge:
             from fttools.merge import base_dtype, save_merged  # torch, transformers, peft: only here
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from ftcore.files import check_output, output_folder
+from fttools import source_stamp
+from ftcore.files import check_output, made_from, output_folder
 from ftcore.layout import Checkpoint
 from ftcore.errors import UserError
 
@@ -37,16 +38,22 @@ def base_dtype(ckpt: Checkpoint) -> str:
     return DTYPE_NAMES.get(saved if isinstance(saved, torch.dtype) else getattr(torch, str(saved), None), "fp32")
 
 
-def merge(ckpt: Checkpoint, out: Path | None = None, dtype: str | None = None) -> Path:
-    """`ft merge`: write the merged model to `out` (default: beside the checkpoint)."""
+def merge(ckpt: Checkpoint, out: Path | None = None, dtype: str | None = None, overwrite: bool = False) -> Path:
+    """`ft merge`: write the merged model to `out` (default: beside the checkpoint). A folder
+    this checkpoint was merged into before, with the same dtype, is kept as it is."""
     if not ckpt.is_lora:
         raise UserError(f"{ckpt.path} is a full model (an SFT checkpoint), not a LoRA adapter: there is "
                         "nothing to merge",
                         hint="it already loads with AutoModelForCausalLM; `ft export CKPT --to vllm` "
                         "copies it into a serving folder")
-    out = check_output(out or ckpt.default_output("merged"))  # before loading gigabytes
-    with output_folder(out) as tmp:
-        save_merged(ckpt, tmp, dtype or base_dtype(ckpt))
+    out = out or ckpt.default_output("merged")
+    dtype = dtype or base_dtype(ckpt)
+    stamp = source_stamp(ckpt, "merged", dtype=dtype)
+    if not overwrite and made_from(out, stamp):
+        return out  # complete and current: nothing to do
+    out = check_output(out, overwrite)  # before loading gigabytes
+    with output_folder(out, overwrite, stamp) as tmp:
+        save_merged(ckpt, tmp, dtype)
     return out
 
 

@@ -450,7 +450,12 @@ def logs_cmd(
 
     view = jobs.find(job)
     printed = False
-    for line in jobs.log_lines(view, rank, follow):
+
+    def waiting(state: str) -> None:  # a job that has not started says why, on stderr
+        if not printed and state.startswith("PENDING"):
+            print(f"ft: job {view.label} is {state}; following its log once it starts", file=sys.stderr, flush=True)
+
+    for line in jobs.log_lines(view, rank, follow, on_state=waiting):
         print(line, flush=True)
         printed = True
     if not printed and not follow:
@@ -576,16 +581,38 @@ def merge_cmd(
     ckpt: str = CkptArg,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="New folder for the merged model (default: JOB/exports/STEP-merged)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16, fp16 or fp32 (default: the base model's dtype)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output folder (whole, once the new one is written)."),
 ) -> None:
-    """Fold a LoRA adapter into its base: a plain model folder AutoModelForCausalLM and vLLM load."""
+    """Fold a LoRA adapter into its base: a plain model folder AutoModelForCausalLM and vLLM load.
+
+    Run again, it keeps a folder it made from the same checkpoint and dtype; --overwrite remakes it.
+    """
     checkpoint = _checkpoint(ckpt)
     dtype = _dtype(dtype)
     from fttools import require_stack
 
     require_stack()
+    import time
+
     from fttools.merge import merge
 
-    print(merge(checkpoint, out, dtype))
+    started = time.time()
+    done = merge(checkpoint, out, dtype, overwrite)
+    if done.stat().st_mtime < started:
+        print(f"ft: {done} is already this merge, up to date (--overwrite to write it again)", file=sys.stderr)
+    print(done)
+
+
+@app.command("best")
+def best_cmd(job: str = JobArg) -> None:
+    """Print the kept checkpoint with the lowest validation loss: `ft export $(ft best JOB) --to vllm`."""
+    from launcher import locate
+
+    best = locate.best_checkpoint(job)
+    print(f"step {best.step}: val_loss {best.val_loss:.4f}", file=sys.stderr)
+    if best.note:
+        print(f"ft: note: {best.note}", file=sys.stderr)
+    print(best.folder)
 
 
 @app.command("generate")
@@ -630,7 +657,7 @@ def generate_cmd(
 @app.command("eval")
 def eval_cmd(
     ckpt: str = CkptArg,
-    data: Optional[str] = typer.Option(None, "--data", help="A .json/.jsonl file, ft:NAME (a file ft ships) or a hub dataset (default: the job's data.val_path)."),
+    data: Optional[str] = typer.Option(None, "--data", help="A .json/.jsonl file, ft:NAME (a file ft ships) or a hub dataset (default: the job's data.val_path, else the records it held out by data.val_fraction)."),
     split: str = typer.Option("validation", "--split", help="Split of a hub dataset."),
     fmt: Optional[str] = typer.Option(None, "--format", help="squad, alpaca or jsonl (default: the job's data.format)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Score only the first N records."),
@@ -641,13 +668,7 @@ def eval_cmd(
     """Validation loss on DATA (as training computes it); for SQuAD data, exact match and F1 too."""
     import json
 
-    checkpoint = _checkpoint(ckpt)
-    if data is None:
-        from ftcore.errors import UserError
-
-        data = (checkpoint.job_config.get("data") or {}).get("val_path")
-        if not data:
-            raise UserError("--data: name the file to score (this checkpoint's job has no data.val_path to default to)")
+    checkpoint = _checkpoint(ckpt)  # without --data: the job's validation records (val_path or held out)
     from fttools import require_stack
 
     require_stack()
@@ -679,6 +700,7 @@ def export_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="New folder (default: JOB/exports/STEP-vllm[-lora])."),
     merge: bool = typer.Option(False, "--merge", help="LoRA: fold the adapter into its base first."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="With --merge: bf16, fp16 or fp32."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output folder (whole, once the new one is written)."),
 ) -> None:
     """A folder vLLM serves (model, or LoRA adapter), with the exact `vllm serve` command."""
     from fttools import export, require_stack
@@ -687,8 +709,10 @@ def export_cmd(
     dtype = _dtype(dtype)
     if merge:
         require_stack()
-    done = export.export(checkpoint, to, out, merge, dtype)
+    done = export.export(checkpoint, to, out, merge, dtype, overwrite)
     err = _console(stderr=True)
+    if done.up_to_date:
+        err.print(f"ft: {done.out} is already this export, up to date (--overwrite to write it again)", markup=False)
     for warning in done.warnings:
         err.print(f"[bold yellow]ft: warning:[/] {warning}", markup=True, highlight=False)
     print(done.out)
@@ -748,7 +772,7 @@ def plot_cmd(
 def plan_cmd(
     ctx: typer.Context,
     factory: Optional[str] = FactoryOpt,
-    gpu_memory: float = typer.Option(80.0, "--gpu-memory", help="Memory of one GPU in GiB."),
+    gpu_memory: Optional[float] = typer.Option(None, "--gpu-memory", help="Memory of one GPU in GiB (default: trainer.gpu_memory_gib, a site setting)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object for scripts."),
     rank: int = typer.Option(0, "--rank", min=0, help="Price this rank's shards (rank 0 holds the largest)."),
     profile: Optional[str] = ProfileOpt,
@@ -761,13 +785,13 @@ def plan_cmd(
     from ftcore.errors import UserError
     from launcher import config, plan
 
-    if not gpu_memory > 0 or gpu_memory == float("inf"):
+    if gpu_memory is not None and (not gpu_memory > 0 or gpu_memory == float("inf")):
         raise UserError(f"--gpu-memory {gpu_memory}: give one GPU's memory in GiB, a positive number like 80")
     factory, args = _factory(factory, list(ctx.args), "plan")
     job = config.resolve(factory, args, profile).job
     est = plan.estimate(job, gpu_memory, rank=rank)
     if as_json:
-        fit = plan.smallest_fit(job, gpu_memory) if est.on_gpu else None
+        fit = plan.smallest_fit(job, est.gpu_gib) if est.on_gpu else None
         smallest = {"num_nodes": fit.num_nodes, "devices": fit.devices, "strategy": fit.strategy} if fit else None
         print(json.dumps({**est.as_dict(), "smallest_fit": smallest}, indent=2))
         return
@@ -835,6 +859,8 @@ def image_check_cmd(
     local = images.image_to_run(container)
     if images.is_uri(image) and not Path(local).is_file():
         raise UserError(f"{image} is not pulled yet", hint=f"ft image pull {image}")
+    if images.is_uri(image):
+        images.check_trusted(container, Path(local))
     report = images.check(container, local)
     print("\n".join(report.lines()))
     if report.problems:
@@ -855,6 +881,7 @@ def image_pull_cmd(
     container = _container(uri, runtime, profile, cache_dir=cache_dir)
     path, pulled = images.pull(uri, images.cache_dir(container), container.runtime, echo=images.echo_stderr)
     if not pulled:
+        images.check_trusted(container, path)
         _console(stderr=True).print(f"{uri} was pulled before")
     print(path)
 

@@ -223,14 +223,18 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def differing(jobs: list[dict[str, Any]]) -> list[str]:
-    """For each job dict, the dotted keys whose values are not the same in all of them, as
-    overrides read: what tells a sweep's tasks apart (`["optim.lr=1e-05", "optim.lr=3e-05"]`;
-    "" where all are the same)."""
+def varying(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each job dict, its dotted keys whose values are not the same in all of them: what
+    tells a sweep's tasks apart (`[{"optim.lr": 1e-05}, {"optim.lr": 3e-05}]`)."""
     flats = [flatten(job) for job in jobs]
     keys = list(dict.fromkeys(k for flat in flats for k in flat))
     varied = [k for k in keys if len({repr(flat.get(k)) for flat in flats}) > 1]
-    return [" ".join(f"{k}={flat.get(k)}" for k in varied) for flat in flats]
+    return [{k: flat.get(k) for k in varied} for flat in flats]
+
+
+def differing(jobs: list[dict[str, Any]]) -> list[str]:
+    """varying() as overrides read (`optim.lr=1e-05`); "" where all are the same."""
+    return [" ".join(f"{k}={v}" for k, v in values.items()) for values in varying(jobs)]
 
 
 # --------------------------------------------------------------------------- factories

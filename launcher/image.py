@@ -14,7 +14,7 @@ an image that cannot run the trainer. Nothing here imports torch.
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import hashlib
 import json
 import os
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ftcore import contract
 from ftcore.errors import UserError
-from launcher import paths
+from launcher import paths, sharedcache
 
 # Transports `singularity/apptainer pull` converts to a SIF.
 URI_PREFIXES = ("docker://", "docker-daemon://", "oras://", "library://", "shub://", "https://", "http://")
@@ -78,13 +78,14 @@ def pull(uri: str, folder: Path, runtime: str, echo=None) -> tuple[Path, bool]:
         raise UserError(f"pulling {uri} needs {runtime}, which is not on PATH here",
                         hint="run `ft image pull` where Apptainer or Singularity is installed (the login "
                              "node, or a compute node: the cache folder is shared), or give a .sif path")
-    folder.mkdir(parents=True, exist_ok=True)
+    sharedcache.make_dir(folder)
     final = folder / sif_name(uri)
-    with _locked(folder / f".{final.name}.lock"):
+    with sharedcache.lock(folder / f".{final.name}.lock"):
         if final.is_file():
             return final, False
         for stale in folder.glob(f".{final.name}.partial-*"):  # a killed pull's leftovers; we hold the lock
-            stale.unlink(missing_ok=True)
+            with contextlib.suppress(PermissionError):  # another user's: not ours to remove
+                stale.unlink(missing_ok=True)
         partial = folder / f".{final.name}.partial-{os.getpid()}"
         try:
             code, said = _stream([runtime, "pull", str(partial), uri], echo)
@@ -92,24 +93,27 @@ def pull(uri: str, folder: Path, runtime: str, echo=None) -> tuple[Path, bool]:
                 raise UserError(f"{runtime} pull {uri} failed (exit {code}); no image was kept",
                                 *[line for line in said if line.strip()][-15:],
                                 hint="nothing was submitted")
+            # What was pulled, so that a job can tell later that this is still it.
+            sharedcache.record_digest(final, sharedcache.sha256_of(partial))
             os.replace(partial, final)
         finally:
             partial.unlink(missing_ok=True)
     return final, True
 
 
-class _locked:
-    def __init__(self, path: Path):
-        self.path = path
+def trust_problem(container, sif: Path) -> str | None:
+    """Why a SIF in the image cache must not run (None: it may): another owner than you, root
+    or container.trusted_owners, for the SIF or its recorded digest; or a changed SIF."""
+    problem = sharedcache.untrusted([sif, sharedcache.digest_path(sif)], container.trusted_owners,
+                                    "container.trusted_owners")
+    return problem or sharedcache.digest_problem(sif)
 
-    def __enter__(self):
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
 
-    def __exit__(self, *exc):
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
+def check_trusted(container, sif: Path) -> None:
+    problem = trust_problem(container, sif)
+    if problem:
+        raise UserError(f"container.image {container.image}: the cached SIF is refused: {problem}",
+                        hint="nothing was submitted")
 
 
 def _stream(argv: list[str], echo) -> tuple[int, list[str]]:

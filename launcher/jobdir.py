@@ -61,6 +61,72 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+# --- which process is whose ------------------------------------------------------------------
+# A pid alone names a process only until it exits: the number is reused, and on another login
+# node sharing FT_HOME it names nothing. A job's record keeps a stamp per process (host, boot,
+# start time in clock ticks since boot); only a live process matching its stamp is the job's.
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _start_ticks(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat: when the process started (None: no such process here)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2:].split()  # the command name may hold spaces and ')'
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def process_stamp(pid: int) -> dict[str, Any]:
+    """What tells process `pid` (running now, on this machine) apart from any later holder of its number."""
+    return {"pid": pid, "host": socket.gethostname(), "boot_id": _boot_id(), "start": _start_ticks(pid)}
+
+
+def stamp_host(stamp: Any) -> str | None:
+    """The host a stamp was taken on (None: not a stamp, e.g. a bare pid)."""
+    host = stamp.get("host") if isinstance(stamp, dict) else None
+    return host if isinstance(host, str) and host else None
+
+
+def is_running(stamp: Any) -> bool:
+    """Whether the process a stamp describes still runs on this machine. A bare pid, a stamp from
+    another host or an earlier boot, or a pid now held by a process started at another time: no."""
+    if stamp_host(stamp) != socket.gethostname() or stamp.get("boot_id") != _boot_id():
+        return False
+    pid, start = stamp.get("pid"), stamp.get("start")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or not isinstance(start, int):
+        return False
+    return _start_ticks(pid) == start
+
+
+def stamps(record: dict) -> list:
+    """The process stamps a local job's record holds (anything but a list: none)."""
+    stamps = record.get("pids")
+    return stamps if isinstance(stamps, list) else []
+
+
+def other_host(record: dict) -> str | None:
+    """The host a local job's processes were started on, when that is not this one: ft here
+    cannot see them (FT_HOME shared between login nodes)."""
+    hosts = {stamp_host(stamp) for stamp in stamps(record)} - {None, socket.gethostname()}
+    return min(hosts) if hosts else None
+
+
+def processes_alive(record: dict) -> bool | None:
+    """Whether any process the record names is still the job's own (None: it names none)."""
+    recorded = stamps(record)
+    return any(is_running(stamp) for stamp in recorded) if recorded else None
+
+
 def is_stale(tmp: Path, now: float | None = None) -> bool:
     """A temporary job folder nobody is building any more."""
     try:

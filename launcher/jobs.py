@@ -293,13 +293,17 @@ def _folder_state(view: JobView, run: Path | None = None) -> str:
         if code == exits.REQUEUE and not ran.requeues_itself:  # ft's own script requeues, or says why not
             return "PREEMPTED (checkpointed: requeue or run again to resume)"
         return "COMPLETED" if code == 0 else f"FAILED (exit {code})"
+    elsewhere = ran.running_elsewhere(view)
+    if elsewhere:  # FT_HOME shared between machines: only ft there can see the processes
+        return f"RUNNING on {elsewhere} (as its records say; `ft status` there checks its processes)"
+    alive = ran.processes_alive(view)
     if last["event"] == "cancel":
-        if ran.processes_alive(view):
+        if alive:
             return "RUNNING (cancelled: stops after writing a checkpoint)"
         return "CANCELLED"
     if last["event"] == "requeue":
         return "REQUEUED"
-    if ran.processes_alive(view) is False:
+    if alive is False:
         # The process that records the exit is gone; the trainer's own record still says.
         if trainer_finished(view, run):
             return "COMPLETED"
@@ -337,6 +341,8 @@ def state(view: JobView, ask_scheduler: bool = True) -> str:
             return _forgotten(view, folder_state)
         if scheduler_state in ("COMPLETED", "FAILED") and folder_state.startswith("REQUEUED"):
             return "REQUEUED"
+        if scheduler_state.startswith("PENDING") and folder_state.startswith("CANCELLED"):
+            return "CANCELLED"  # `ft cancel` recorded it; SLURM is still removing it
         return scheduler_state
     return folder_state
 
@@ -451,8 +457,11 @@ def _task_of_log(path: PurePath) -> str | None:
     return stem.partition("_")[2] or None
 
 
-def log_lines(view: JobView, rank: int | None = None, follow: bool = False, poll: float = 1.0) -> Iterator[str]:
-    """The job's output lines (one task's with `rank`); with `follow`, until the job has ended."""
+def log_lines(view: JobView, rank: int | None = None, follow: bool = False, poll: float = 1.0,
+              on_state=None) -> Iterator[str]:
+    """The job's output lines (one task's with `rank`); with `follow`, until the job has ended,
+    calling `on_state(state)` with the job's state each time it changes (a pending job's
+    reason included)."""
     ran = view.scheduler
     if ran is None:
         raise UserError(f"{view.folder.name} is a dry run: it has no logs (submit it with `ft resubmit {view.folder}`)")
@@ -474,8 +483,13 @@ def log_lines(view: JobView, rank: int | None = None, follow: bool = False, poll
             yield from ([f"[task {task}] {line}" for line in lines] if task is not None else lines)
 
     yield from drain()
+    said = None
     while follow:
-        finished = is_finished(state(view))
+        current = state(view)
+        if on_state is not None and current != said:
+            on_state(current)
+            said = current
+        finished = is_finished(current)
         yield from drain()
         if finished:
             return
@@ -497,10 +511,11 @@ def cancel(view: JobView) -> JobView:
         except UserError:
             if not unknown:
                 raise
-    if unknown:
-        with open(view.run_dirs[0] / layout.EVENTS, "a") as handle:
-            handle.write(json.dumps({"event": "cancel", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                     "job_id": view.job_id}) + "\n")
+    if ran and ran.by_id and (view.job_id or unknown):
+        # The folder keeps the cancel: the scheduler forgets the job (SLURM's MinJobAge), the
+        # folder does not, so it reads CANCELLED then too, not UNKNOWN.
+        for run in view.run_dirs:
+            layout.record_event(run, "cancel", job_id=view.job_id)
     return view
 
 

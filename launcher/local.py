@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from ftcore import layout
+from ftcore.errors import UserError
 from launcher import jobdir, render, stage
 from launcher.scheduler import Scheduler
 from ftcore.schema import Job
@@ -35,22 +36,13 @@ class Local(Scheduler):
         return []
 
     def processes_alive(self, view) -> bool | None:
-        pids = [p for p in view.record.get("pids") or [] if isinstance(p, int)]
-        if not pids:
-            return None
-        return any(jobdir.pid_alive(p) for p in pids)
+        return jobdir.processes_alive(view.record)
+
+    def running_elsewhere(self, view) -> str | None:
+        return jobdir.other_host(view.record)
 
     def cancel(self, view) -> None:
-        """SIGTERM to the task groups: the trainer checkpoints and stops; the folder records
-        the cancel first, so it reads CANCELLED."""
-        layout.record_event(view.run_dirs[0], "cancel")
-        # pids[0] is the process that watches the tasks and records their exit: spare it.
-        pids = [p for p in view.record.get("pids", []) if isinstance(p, int)]
-        for pid in pids[1:] or pids:
-            try:
-                os.killpg(int(pid), signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        cancel(view.record, view.label, view.run_dirs[0])
 
 
 def _free_port() -> int:
@@ -92,14 +84,15 @@ def run(job: Job, folder: Path, detach: bool = False, echo=sys.stdout.write, his
                                       stderr=open(folder / "logs" / "supervisor.err", "ab"),
                                       start_new_session=True, env=dict(os.environ, PYTHONPATH=_pythonpath()))
         jobdir.write_record(folder, executor="local", job_id=None, factory=job.name,
-                            folder=str(folder), pids=[supervisor.pid], history=history)
+                            folder=str(folder), pids=[jobdir.process_stamp(supervisor.pid)], history=history)
         return 0
     log = folder / "logs" / "rank-0.out"
     shown = log.stat().st_size if log.exists() else 0  # a resumed job's log goes on: show the new part
     procs = start(job, folder)
     event(folder, "start", executor="local", pids=[p.pid for p in procs])
+    stamps = [jobdir.process_stamp(pid) for pid in (os.getpid(), *(p.pid for p in procs))]
     jobdir.write_record(folder, executor="local", job_id=None, factory=job.name,
-                        folder=str(folder), pids=[os.getpid(), *(p.pid for p in procs)], history=history)
+                        folder=str(folder), pids=stamps, history=history)
     status = None
     try:
         with open(log, "rb") as handle:
@@ -139,6 +132,35 @@ def _job_status(codes: list[int]) -> int:
     """The first task's failure (killed by a signal: shell style, 128 + N), else 0."""
     status = next((c for c in codes if c != 0), 0)
     return 128 - status if status < 0 else status
+
+
+def cancel(record: dict, label: str, run_dir: Path) -> list[int]:
+    """SIGTERM to the job's task groups (the trainer checkpoints and stops; `run_dir` records the
+    cancel first, so the job reads CANCELLED); the pids signalled. Only a process that matches
+    its stamp is signalled: a number reused since, or a process on another host, never is."""
+    host = jobdir.other_host(record)
+    if host:
+        raise UserError(f"job {label} runs on {host}, not here: its processes cannot be seen from this machine",
+                        hint=f"run `ft cancel {label}` on {host}")
+    event(run_dir, "cancel")
+    stamps = jobdir.stamps(record)
+    # pids[0] is the process that watches the tasks and records their exit: spare it.
+    signalled = []
+    for stamp in stamps[1:] or stamps:
+        if not jobdir.is_running(stamp):
+            continue
+        pid = stamp["pid"]
+        try:
+            # The tasks lead their own process groups (start_new_session): the group takes a
+            # container runtime's children too. Anything else gets the signal alone.
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, signal.SIGTERM)
+            else:
+                os.kill(pid, signal.SIGTERM)
+            signalled.append(pid)
+        except ProcessLookupError:
+            pass
+    return signalled
 
 
 def _pythonpath() -> str:

@@ -21,35 +21,66 @@ from ftcore import arch, policy
 from ftcore.errors import UserError
 from ftcore.policy import DTYPE_BYTES, Decision, Layout
 from ftcore.schema import Job
+from launcher import modelconfig
 
 GIB = 2**30
-DEFAULT_GPU_GIB = 80.0  # an "80 GB" A100/H100 has 80 GiB (81,559 MiB of it visible to CUDA)
 OVERHEAD_GIB = 3.0  # CUDA context, NCCL and cuBLAS buffers, allocator fragmentation
 MODEL_STATE = ("weights", "gradients", "optimizer")
-
-# Kept for callers that size models (bench/comm_model.py): the shapes live in ftcore.arch.
-model_dims = arch.model_dims
 Dims = arch.Dims
+
+
+def model_dims(job: Job) -> arch.Dims:
+    """The model's shapes from its config.json (`launcher.modelconfig`), else a guess from
+    `model.parameters_b` that says why the config could not be read."""
+    found = modelconfig.find(job)
+    if found.config is not None:
+        return arch.dims_from_config(found.config, found.source)
+    if job.model.parameters_b:
+        return arch.dims_from_size(job.model.parameters_b, why=found.source)
+    raise UserError(f"cannot size {job.model.path}: {found.source}",
+                    hint="set model.parameters_b=<billions> for a rough plan")
 
 
 # --- what is trained -----------------------------------------------------------------------------
 
 
 def lora_tensors(decision: Decision, dims: arch.Dims, r: int) -> list[arch.Tensor]:
-    """A (r × in) and B (out × r) of each adapted linear layer, as peft creates them."""
+    """The adapters peft creates: A (r × in) and B (out × r) for each adapted layer; for each
+    adapted 3-D expert parameter A ((r·experts) × in) and B (out × (r·experts))."""
     found = []
     for name in decision.lora_targets or ():
         fan_in, fan_out = dims.shape_of(name)
         found += [arch.Tensor(f"{name}.lora_A.weight", r, fan_in, "lora"),
                   arch.Tensor(f"{name}.lora_B.weight", fan_out, r, "lora")]
+    experts = {e.name: e for e in dims.experts()}
+    for name in decision.lora_parameters or ():
+        e = experts[name]
+        found += [arch.Tensor(f"{name}.lora_A.weight", r * e.experts, e.fan_in, "lora"),
+                  arch.Tensor(f"{name}.lora_B.weight", e.fan_out, r * e.experts, "lora")]
     return found
 
 
 def lora_params(job: Job, dims: arch.Dims) -> int:
-    """r × (in + out) for each adapted linear layer."""
+    """r × (in + out) for each adapted layer, r × experts × (in + out) for each adapted expert weight."""
     if job.peft is None:
         return 0
     return sum(t.numel for t in lora_tensors(policy.decide(job, dims=dims), dims, job.peft.dim))
+
+
+def lora_activations(job: Job, d: Decision, dims: arch.Dims) -> int:
+    """Elements per token the adapters add to what autograd keeps, in the compute dtype (the
+    policy computes them there, `Decision.adapter_compute`): lora_A's output (r) per adapted
+    layer, and with dropout the masked copy of its input. Checkpointed: one layer's worth."""
+    if not d.lora or d.lora_targets is None:
+        return 0
+    per_layer: dict[str, int] = {}
+    for name in d.lora_targets:
+        fan_in, _ = dims.shape_of(name)
+        layer = name.split(".layers.")[-1].split(".", 1)[0] if ".layers." in name else name
+        per_layer[layer] = per_layer.get(layer, 0) + job.peft.dim + (fan_in if job.peft.dropout else 0)
+    if not per_layer:
+        return 0
+    return max(per_layer.values()) if d.activation_checkpointing else sum(per_layer.values())
 
 
 # --- the estimate --------------------------------------------------------------------------------
@@ -139,21 +170,23 @@ def count(n: float) -> str:
     return f"{n / 1e9:.3g}B" if n >= 1e8 else f"{n / 1e6:.3g}M" if n >= 1e5 else f"{n:,.0f}"
 
 
-def estimate(job: Job, gpu_gib: float = DEFAULT_GPU_GIB, num_nodes: int | None = None,
+def estimate(job: Job, gpu_gib: float | None = None, num_nodes: int | None = None,
              devices: int | None = None, strategy: str | None = None, rank: int = 0) -> Estimate:
     """Peak memory of training process `rank` of `job`, optionally on another layout or strategy.
 
     Raises UserError when the model cannot be sized or (for a named architecture) a LoRA
     glob matches no layer.
     """
+    gpu_gib = gpu_gib or job.trainer.gpu_memory_gib
     layout = Layout.of(job, num_nodes, devices, strategy)
-    dims = arch.model_dims(job)
+    dims = model_dims(job)
     d = policy.decide(job, layout, dims)
     W = layout.world if d.sharded else 1
     c = DTYPE_BYTES[d.compute]
     notes: list[str] = []
     if not dims.exact:
-        notes.append(f"model shape {dims.source}: LoRA sizes and activations are rough")
+        notes.append(f"model shape: {dims.source}: LoRA sizes and activations are rough, and a guess "
+                     "never refuses a submission")
     if d.lora and d.lora_targets is None:
         notes.append("LoRA targets are resolved by the trainer (the architecture's layer names are not known here)")
 
@@ -164,7 +197,7 @@ def estimate(job: Job, gpu_gib: float = DEFAULT_GPU_GIB, num_nodes: int | None =
     base = dims.tensors()
     adapters = lora_tensors(d, dims, job.peft.dim) if d.lora else []
     trained = adapters if d.lora else base
-    params = dims.params if dims.exact or not job.model.parameters_b else int(job.model.parameters_b * 1e9)
+    params = dims.params if dims.exact or not job.model.parameters_b else round(job.model.parameters_b * 1e9)
     n_trained = sum(t.numel for t in trained)
     shard = f" / {W} ranks" if d.sharded and W > 1 else ""
     rows: list[Row] = []
@@ -204,7 +237,7 @@ def estimate(job: Job, gpu_gib: float = DEFAULT_GPU_GIB, num_nodes: int | None =
         return policy.nf4_bytes(t.numel, c) if d.lora and t.kind == "linear" and d.stores_nf4(t.rows, t.cols) \
             else t.numel * c
 
-    layer = [t for t in base if t.name.startswith("model.layers.0.")]
+    layer = dims.largest_layer()
     largest_nf4 = max((t.numel for t in layer if d.lora and t.kind == "linear" and d.stores_nf4(t.rows, t.cols)),
                       default=0)
     if d.sharded:
@@ -228,14 +261,13 @@ def estimate(job: Job, gpu_gib: float = DEFAULT_GPU_GIB, num_nodes: int | None =
 
     # --- activations and logits (estimates)
     tokens = job.data.micro_batch_size * job.data.max_seq_length
-    per_layer = 16 * dims.hidden + 4 * dims.intermediate  # elements saved per token, see docs/plan.md
-    if d.activation_checkpointing:
-        # Each layer keeps only its input; one layer's activations exist again in backward.
-        elements = dims.layers * dims.hidden + per_layer + 8 * dims.hidden
-        how = f"{tokens} tokens × (layers × h + (16h + 4i) + 8h) × {c} B (checkpointed)"
-    else:
-        elements = dims.layers * per_layer + 8 * dims.hidden
-        how = f"{tokens} tokens × (layers × (16h + 4i) + 8h) × {c} B"
+    elements = dims.activations_per_token(d.activation_checkpointing)
+    how = (f"{tokens} tokens × {elements:,} elements × {c} B "
+           + ("(each layer's input, one layer recomputed)" if d.activation_checkpointing else "(every layer's, per family)"))
+    adapter = lora_activations(job, d, dims)
+    if adapter:
+        elements += adapter
+        how += f" + LoRA {adapter:,} (r per adapted layer" + (", dropout's masked inputs" if job.peft.dropout else "") + ")"
     rows.append(Row("activations", tokens * elements * c, how))
     loss_tokens = min(tokens, policy.LOSS_CHUNK_TOKENS)
     rows.append(Row("logits", loss_tokens * dims.vocab * (c + 8),
@@ -272,7 +304,7 @@ class Fit:
         return text
 
 
-def smallest_fit(job: Job, gpu_gib: float = DEFAULT_GPU_GIB, gpus_per_node: int = 8) -> Fit | None:
+def smallest_fit(job: Job, gpu_gib: float | None = None, gpus_per_node: int = 8) -> Fit | None:
     """The fewest GPUs on which the job fits, with its strategy; failing that with FSDP2."""
     strategies = [job.strategy] + (["fsdp2"] if job.strategy != "fsdp2" else [])
     for strategy in strategies:
@@ -291,7 +323,7 @@ def _with(job: Job, **changes: dict[str, Any]) -> Job:
                                   for section, fields in changes.items()})
 
 
-def levers(job: Job, gpu_gib: float = DEFAULT_GPU_GIB) -> list[str]:
+def levers(job: Job, gpu_gib: float | None = None) -> list[str]:
     """What else would make the job fit on its own layout, each priced by the same plan."""
     tries: list[tuple[str, Job]] = []
     if job.peft is not None and not job.model.quantization:
@@ -331,17 +363,32 @@ def verdict(est: Estimate, job: Job) -> list[str]:
     return [f"total ≈ {est.total / GIB:.1f} GiB per GPU: does NOT fit {where}", *advice(job, est)]
 
 
-def refusals(job: Job, gpu_gib: float = DEFAULT_GPU_GIB, force: bool = False) -> list[str]:
+def refusals(job: Job, gpu_gib: float | None = None, force: bool = False) -> list[str]:
     """Why `ft submit` must not queue this job, as far as the plan knows: LoRA globs that match
-    no layer of a named architecture, and (unless `force`) a GPU job that does not fit."""
+    no layer of a known architecture, and (unless `force`) a GPU job that does not fit. A plan
+    from a guessed shape refuses nothing (`warnings` says so)."""
     try:
         est = estimate(job, gpu_gib)
     except UserError as err:
         if any("cannot size" in p for p in err.problems):
             return []  # a model ft cannot size: nothing known against it
         return list(err.problems)
-    if force or not est.on_gpu or est.fits:
+    if force or not est.on_gpu or est.fits or not est.dims.exact:
         return []
     where = f"{job.trainer.num_nodes} node(s) × {job.trainer.devices} GPU(s)"
-    return [f"this job needs about {est.total / GIB:.0f} GiB per GPU, more than the {gpu_gib:g} GiB of {where} "
-            "(`ft plan` shows the breakdown; --force submits it anyway)", *advice(job, est)]
+    return [f"this job needs about {est.total / GIB:.0f} GiB per GPU, more than the {est.gpu_gib:g} GiB of {where} "
+            "(trainer.gpu_memory_gib; `ft plan` shows the breakdown; --force submits it anyway)", *advice(job, est)]
+
+
+def warnings(job: Job) -> list[str]:
+    """What `ft submit` says but does not refuse: a fit check from a guessed model shape."""
+    try:
+        est = estimate(job)
+    except UserError as err:
+        return [f"the fit check was skipped: {p}" for p in err.problems if "cannot size" in p]
+    if est.dims.exact or not est.on_gpu:
+        return []
+    verdict = "fits" if est.fits else f"would NOT fit {est.gpu_gib:g} GiB"
+    return [f"the fit check is a guess ({est.dims.source}): about {est.total / GIB:.0f} GiB per GPU, {verdict}; "
+            "not refused. Make the model's config.json readable here (a local folder, `ft stage`, or the hub) "
+            "for an exact check"]

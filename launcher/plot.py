@@ -102,25 +102,17 @@ def swept_values(tasks: list[Path]) -> dict[Path, str]:
     """`lr=1e-3` for each task folder: the settings in which the tasks' configs differ."""
     import yaml
 
-    flat = {}
+    from launcher.config import varying
+
+    configs = []
     for run in tasks:
         try:
-            flat[run] = _flatten(yaml.safe_load((run / "config.yaml").read_text()) or {})
+            loaded = yaml.safe_load((run / "config.yaml").read_text())
         except (OSError, yaml.YAMLError):
-            flat[run] = {}
-    keys = sorted({k for f in flat.values() for k in f})
-    varying = [k for k in keys if len({repr(f.get(k)) for f in flat.values()}) > 1]
-    return {run: " ".join(f"{k.rpartition('.')[2]}={_short(f.get(k))}" for k in varying) for run, f in flat.items()}
-
-
-def _flatten(data: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+            loaded = None
+        configs.append(loaded if isinstance(loaded, dict) else {})
+    return {run: " ".join(f"{k.rpartition('.')[2]}={_short(v)}" for k, v in sorted(values.items()))
+            for run, values in zip(tasks, varying(configs))}
 
 
 def _short(value) -> str:

@@ -103,6 +103,10 @@ class Scheduler:
         """Whether the job's processes still run here; None when this scheduler cannot tell."""
         return None
 
+    def running_elsewhere(self, view: "JobView") -> str | None:
+        """The host whose processes run the job, when it is not this one (None: here, or unknown)."""
+        return None
+
     def cancel(self, view: "JobView") -> None:
         raise UserError(f"job {view.label} cannot be cancelled by ft ({self.name})")
 

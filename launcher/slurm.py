@@ -107,6 +107,21 @@ def job_info(job_id: str) -> dict[str, str] | None:
     return fields
 
 
+def describe_state(info: dict[str, str]) -> str:
+    """The job's state as a person reads it; a pending job with SLURM's reason and its
+    estimated start (squeue's %r and %S): `PENDING (Dependency)`,
+    `PENDING (Resources; estimated start 2026-12-02T19:00:00)`."""
+    state = info.get("JobState") or "UNKNOWN"
+    if state != "PENDING":
+        return state
+    reason = info.get("Reason") or ""
+    start = info.get("StartTime") or ""
+    parts = [reason] if reason and reason != "None" else []
+    if start and start not in ("Unknown", "None", "N/A"):
+        parts.append(f"estimated start {start}")
+    return f"PENDING ({'; '.join(parts)})" if parts else "PENDING"
+
+
 def queue_states(user: str | None = None, job_id: str | None = None) -> dict[str, str]:
     """Job id → state for jobs squeue still lists (pending, running, recently ended); each
     task of a job array on its own line (`15_0`, `15_1`: `--array`)."""
@@ -173,7 +188,7 @@ class Slurm(Scheduler):
 
     def job_state(self, job_id: str) -> str | None:
         info = job_info(job_id)
-        return None if info is None else info.get("JobState", "UNKNOWN")
+        return None if info is None else describe_state(info)  # PENDING with SLURM's reason and estimated start
 
     def queue_states(self, job_id: str | None = None) -> dict[str, str]:
         return queue_states(job_id=job_id)

@@ -28,7 +28,7 @@ from ftcore import hub
 from ftcore.errors import UserError
 from ftcore.hub import Artefact
 from ftcore.schema import Job
-from launcher import paths
+from launcher import paths, sharedcache
 
 REVISION = "main"  # what the trainer loads when a job names a hub id
 
@@ -151,6 +151,7 @@ def stage(job: Job) -> list[Staged]:
             done.append(_stage_one(artefact, root))
         except UserError as err:
             problems += err.problems
+    problems += untrusted(job)  # files someone else put there, which the download reused
     if problems:
         raise UserError(*problems)
     return done
@@ -170,7 +171,7 @@ def _stage_one(artefact: Artefact, root: Path) -> Staged:
     if lacking:
         raise UserError(f"{_label(artefact)}: the repository has {'; '.join(lacking)}, so the trainer "
                         f"cannot load it (files: {', '.join(repo_files[:12]) or 'none'})")
-    root.mkdir(parents=True, exist_ok=True)
+    sharedcache.make_dir(root)
     from huggingface_hub.file_download import repo_folder_name
 
     storage = root / repo_folder_name(repo_id=artefact.repo_id, repo_type=artefact.repo_type)
@@ -212,16 +213,30 @@ def _why(artefact: Artefact, err: Exception, hf) -> str:
             "nothing of it was kept: run ft stage again where the hub can be reached (the login node)")
 
 
-@contextlib.contextmanager
-def _locked(root: Path, name: str) -> Iterator[None]:
-    """One `ft stage` per repository at a time, so one's clean-up never removes another's files."""
-    import fcntl
+def _locked(root: Path, name: str):
+    """One `ft stage` per repository at a time, so one's clean-up never removes another's files
+    (a lock file every user of a shared cache can take)."""
+    return sharedcache.lock(root / ".locks" / f"ft-stage-{name}.lock")
 
-    lock = root / ".locks" / f"ft-stage-{name}.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
+
+def _storage(artefact: Artefact, root: Path) -> Path:
+    """huggingface_hub's folder for a repository: root/models--OWNER--NAME (refs, snapshots, blobs)."""
+    return root / f"{artefact.repo_type}s--{artefact.repo_id.replace('/', '--')}"
+
+
+def untrusted(job: Job) -> list[str]:
+    """A line for each hub repository of `job` whose cached files someone else owns than you,
+    root or hub.trusted_owners: the trainer would load them as if they came from the hub."""
+    root = cache_dir(job)
+    found = []
+    for artefact in hub.artefacts(job):
+        storage = _storage(artefact, root)
+        if not storage.is_dir():
+            continue
+        problem = sharedcache.untrusted([storage, *storage.rglob("*")], job.hub.trusted_owners, "hub.trusted_owners")
+        if problem:
+            found.append(f"{_label(artefact)} ({artefact.repo_type}) in the hub cache is refused: {problem}")
+    return found
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ from ftcore import contract, secrets
 from ftcore.errors import UserError
 from ftcore.files import write_atomic
 from ftcore.schema import job_to_dict
-from launcher import jobdir, paths, render, scheduler, stage as staging
+from launcher import jobdir, paths, render, scheduler, sharedcache, stage as staging
 from launcher.config import Resolved, differing, resolve
 from launcher.scheduler import SchedulerError, SubmissionUnclear
 
@@ -29,7 +29,7 @@ class Prepared:
     executor: str
     tasks: tuple[Resolved, ...] = ()  # a sweep: one resolved job per array task
     after: str | None = None  # job id this one waits for (afterok)
-    warnings: tuple[str, ...] = ()  # under --dry-run: what a real submission would refuse
+    warnings: tuple[str, ...] = ()  # what a real submission would refuse (under --dry-run), and the plan's guesses
     staged: tuple[staging.Staged, ...] = ()  # what --stage downloaded
     notes: tuple[str, ...] = ()  # under --dry-run: what a real submission would do first
     dry_run: bool = False
@@ -111,6 +111,7 @@ def prepare(factory: str, overrides: list[str], profile: str | None = None,
     host = [] if elsewhere else host_python_problems(job)
     problems += [] if dry_run else host
     warnings = [*warnings, *host] if dry_run else warnings
+    warnings += plan_warnings(job)
     if tasks:
         problems += _sweeps_that_shape_the_script(tasks, combos)
     if problems:
@@ -121,6 +122,7 @@ def prepare(factory: str, overrides: list[str], profile: str | None = None,
         return Prepared(resolved, executor, tasks, after, tuple(warnings))
     staged = tuple(s for j in jobs for s in staging.stage(j)) if stage else ()  # downloads: last
     offline = _offline_problems(jobs, staging.command(factory, given, profile, sweeps), dry_run)
+    offline += list(dict.fromkeys(line for j in jobs for line in staging.untrusted(j)))
     if offline and not dry_run:
         raise UserError(*offline)
     warnings += offline
@@ -187,6 +189,13 @@ def plan_refusals(job, force: bool = False) -> list[str]:
     return list(dict.fromkeys(plan.refusals(job, force=force)))
 
 
+def plan_warnings(job) -> list[str]:
+    """What the plan says without refusing: a fit check from a guessed model shape."""
+    from launcher import plan
+
+    return plan.warnings(job)
+
+
 HOST_CHECK_TIMEOUT_S = 60
 
 
@@ -246,12 +255,13 @@ def ready_image(job, skip_check: bool = False, echo=None) -> list[str]:
     if c.runtime == "none":
         return []
     if "HF_HUB_CACHE" in staging.environment(job):  # bound into the container: it must exist
-        staging.cache_dir(job).mkdir(parents=True, exist_ok=True)
+        sharedcache.make_dir(staging.cache_dir(job))
     notes = []
     here = shutil.which(c.runtime) is not None
     local = image.image_to_run(c)
     if image.is_uri(c.image):
         if Path(local).is_file():
+            image.check_trusted(c, Path(local))
             notes.append(f"image {c.image}: the SIF pulled before, {local}")
         elif not here:
             raise UserError(f"container.image {c.image} is not pulled yet, and {c.runtime} is not on PATH here "
@@ -428,7 +438,7 @@ def prepare_resubmit(view, overrides: list[str], profile: str | None = None, exe
     found, missing = render.preflight(job, job_dir=view.folder, dry_run=dry_run)
     problems = (refuse_secrets(resolved, words=overrides) + found + runner.preflight(job, dry_run)
                 + plan_refusals(job, force=True))
-    problems += [] if dry_run else host_python_problems(job)
+    problems += [] if dry_run else host_python_problems(job) + staging.untrusted(job)
     if problems:
         raise UserError(*problems)
     script = runner.render(job, view.folder, tasks)

@@ -22,6 +22,9 @@ def isolated_home(tmp_path, monkeypatch):
     monkeypatch.setenv("FT_CONFIG_DIR", str(tmp_path / "ft-config"))
     monkeypatch.delenv("FT_FACTORY_PATH", raising=False)
     monkeypatch.delenv("FT_PROFILE", raising=False)
+    # Tests never reach the real hub: a closed local port refuses at once (the hub stand-in's
+    # tests point HF_ENDPOINT at it themselves).
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     return home
 
 

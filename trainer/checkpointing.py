@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from ftcore import policy
 from ftcore.errors import UserError
 from ftcore.layout import (CHECKPOINTS, COMPLETE_MARKER, LATEST, TRAINER_STATE, TRAINING_STATE, complete_checkpoints,
                            is_complete, newest_complete, step_dir)
@@ -320,5 +321,5 @@ def write_hf_from_state(checkpoint: Path, job, base_ref: str | None, folder: Pat
     missing = [k for k, v in lm.state_dict().items() if v.is_meta]
     if missing:
         raise ValueError(f"{checkpoint} has no weights for {missing[:3]} ({len(missing)} in all)")
-    dtype = DTYPES[job.model.dtype] if job.trainer.accelerator == "gpu" else torch.float32
+    dtype = DTYPES[policy.decide(job).compute]
     _export(lm, folder, base_ref, lm.state_dict(), dtype)

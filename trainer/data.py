@@ -221,6 +221,18 @@ def _read(path: Path) -> Data | None:
     return data
 
 
+def hold_out(records: list, fraction: float, seed: int) -> tuple[list, list]:
+    """(training, held-out) records: `fraction` of them held out by record and by seed, so the
+    same ones on every rank, every resume, and in `ft eval JOB`, which re-scores them."""
+    if not fraction > 0 or len(records) < 2:
+        return records, []
+    order = list(range(len(records)))
+    random.Random(f"ft-val-{seed}").shuffle(order)
+    n_val = min(len(records) - 1, max(1, math.floor(len(records) * fraction)))
+    held = set(order[:n_val])
+    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
+
+
 def tokenize_all(cfg, tokenizer, seed: int) -> Data:
     """Read, validate, split, tokenize and (optionally) pack the job's data."""
     stats = Stats()
@@ -232,16 +244,8 @@ def tokenize_all(cfg, tokenizer, seed: int) -> Data:
         if not val_records:  # no validation would run, and nothing would say so
             raise UserError(f"data.val_path {cfg.val_path} holds no records: give a file with records, or leave "
                             "data.val_path unset to hold out data.val_fraction of the training data")
-    elif cfg.val_fraction > 0 and len(records) > 1:
-        # Held out once, by record and by seed: the same records on every rank and every resume.
-        order = list(range(len(records)))
-        random.Random(f"ft-val-{seed}").shuffle(order)
-        n_val = min(len(records) - 1, max(1, math.floor(len(records) * cfg.val_fraction)))
-        held = set(order[:n_val])
-        val_records = [r for i, r in enumerate(records) if i in held]
-        records = [r for i, r in enumerate(records) if i not in held]
     else:
-        val_records = []
+        records, val_records = hold_out(records, cfg.val_fraction, seed)
     stats.records = len(records) + len(val_records)
 
     train = tokenize(records, cfg.format, tokenizer, cfg.max_seq_length, cfg.prompt_template, stats)

@@ -1,9 +1,11 @@
-"""LoRA: which linear layers get adapters (rule: ftcore.policy), and adding them with peft."""
+"""LoRA: which linear layers get adapters (rule: ftcore.policy), adding them with peft, and the
+dtype the adapters compute in (rule: ftcore.policy, `Decision.adapter_compute`)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ftcore import policy
 
@@ -31,3 +33,32 @@ def add_lora(lm: nn.Module, job) -> nn.Module:
     )
     torch.manual_seed(job.trainer.seed)  # identical adapters on every rank
     return get_peft_model(lm, config)
+
+
+class ComputeDtypeLinear(nn.Linear):
+    """A LoRA A or B matrix that keeps its fp32 weight (what the optimizer updates) and computes
+    in its input's dtype, the compute dtype: the weight is cast per matmul, as FSDP2's mixed
+    precision casts it per all-gather. The cast's backward hands the gradient back in fp32."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self.weight.to(x.dtype), bias)
+
+
+def compute_adapters_in_compute_dtype(lm: nn.Module) -> int:
+    """Make every LoRA layer of `lm` run its adapters in the compute dtype (the layer's input
+    dtype) instead of peft's default for fp32 adapters on a bf16 base, which copies each adapted
+    layer's input to fp32 and keeps the copy for backward. Under FSDP2 the gathered weights are
+    already in the compute dtype, so both strategies compute alike. Returns the layers changed."""
+    from peft.tuners.lora import Linear as LoraLinear  # an adapted nn.Linear or Conv1D (not a 3-D expert weight)
+
+    changed = 0
+    for module in lm.modules():
+        if not isinstance(module, LoraLinear):
+            continue
+        module.cast_input_dtype_enabled = False  # peft's own switch (peft.helpers.disable_input_dtype_casting)
+        for linear in (*module.lora_A.values(), *module.lora_B.values()):
+            if type(linear) is nn.Linear:
+                linear.__class__ = ComputeDtypeLinear
+                changed += 1
+    return changed

@@ -23,7 +23,7 @@ from ftcore.errors import UserError
 from . import attention, meta_init, quantize, sharding
 from .dist import DistEnv
 from .hub import hf_token
-from .lora import add_lora
+from .lora import add_lora, compute_adapters_in_compute_dtype
 from .loss import CausalLMLoss, use_liger
 from .weights import random_model
 
@@ -122,6 +122,7 @@ def build(job, env: DistEnv, device: torch.device, tokenizer, base_dir: Path | N
         for param in lm.parameters():
             if param.requires_grad:  # the adapters (peft's default is fp32 too: this makes it the policy's)
                 param.data = param.data.to(DTYPES[decision.trained])
+        compute_adapters_in_compute_dtype(lm)  # the policy's adapter_compute, on every strategy
     else:
         lm.requires_grad_(True)
 

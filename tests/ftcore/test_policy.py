@@ -10,9 +10,9 @@ import pytest
 from ftcore import arch, policy
 from ftcore.errors import UserError
 from ftcore.policy import Layout
-from launcher import config
+from launcher import config, plan
 
-LLAMA = arch.KNOWN["meta-llama/Llama-3.2-1B"]
+LLAMA = arch.dims_from_config(arch.PUBLISHED["meta-llama/Llama-3.2-1B"], "published")
 PROJECTIONS = set(arch.ATTENTION + arch.MLP)
 
 
@@ -60,7 +60,7 @@ def test_the_decisions_of_each_layout():
     cpu = policy.decide(config.resolve("tiny", []).job)
     assert cpu.compute == cpu.trained == "fp32"
     big = config.resolve("llama31_405b_lora", []).job
-    d = policy.decide(big, dims=arch.model_dims(big))
+    d = policy.decide(big, dims=plan.model_dims(big))
     assert d.quantization == "nf4" and d.sharded and d.accum_steps == 2 and d.grads_unsharded
     assert len(d.lora_targets) == 126 * 4
     one_micro_batch = policy.decide(big, Layout(2, 8, "fsdp2", "gpu"))

@@ -74,7 +74,10 @@ def jobs(tmp_path_factory):
     # Validation on a file of its own, every record (limit_val_batches null): the figure to match.
     data = {"val_path": str(val)}
     with one_thread():  # for the whole module: its tests run these models too
-        yield {"lora": train_job(home, "lora", data=data), "sft": train_job(home, "sft", peft=None, data=data), "val": val}
+        yield {"lora": train_job(home, "lora", data=data), "sft": train_job(home, "sft", peft=None, data=data), "val": val,
+               # no val_path: 20 % of 40 training records held out (data.val_fraction)
+               "held": train_job(home, "held", data={"path": str(write_records(home / "train.jsonl", 40)),
+                                                     "val_fraction": 0.2})}
 
 
 @pytest.mark.train
@@ -88,6 +91,23 @@ def test_loss_reproduces_the_jobs_last_validation(jobs, kind):
     assert result["format"] == "squad"  # from the job's config
     assert result["examples"] == 6 and result["answer_tokens"] == last["val_tokens"]
     assert result["loss"] == pytest.approx(last["val_loss"], rel=1e-5)
+
+
+@pytest.mark.train
+def test_without_data_the_held_out_fraction_is_rescored_as_training_split_it(jobs):
+    code, stdout, stderr = run_ft("eval", str(jobs["held"]), "--json", "--loss-only")
+    assert code == 0, stderr
+    result = json.loads(stdout)
+    last = [m for m in metrics(jobs["held"]) if "val_loss" in m][-1]
+    assert result["examples"] == 8 and result["answer_tokens"] == last["val_tokens"]
+    assert result["loss"] == pytest.approx(last["val_loss"], rel=1e-5)
+    assert "held out in training" in result["data"]
+
+
+@pytest.mark.train
+def test_a_wrong_format_names_the_one_that_fits(jobs):
+    code, _, stderr = run_ft("eval", str(jobs["sft"]), "--data", str(jobs["val"]), "--format", "alpaca")
+    assert code == 2 and "do not fit --format alpaca" in stderr and "--format squad fits them" in stderr
 
 
 @pytest.mark.train
@@ -106,7 +126,7 @@ def test_data_problems_are_user_errors(jobs, tmp_path):
     from fttools.evaluate import evaluate
 
     ckpt = locate.find_checkpoint(str(jobs["sft"]))
-    with pytest.raises(UserError, match="missing 'instruction'"):
+    with pytest.raises(UserError, match="do not fit --format alpaca.*--format squad fits them"):
         evaluate(ckpt, str(jobs["val"]), fmt="alpaca")
     with pytest.raises(UserError, match="does not exist"):
         evaluate(ckpt, str(tmp_path / "none.jsonl"))

@@ -150,5 +150,14 @@ def test_cli_writes_beside_the_job_and_prints_the_command(jobs):
     assert code == 0, stderr
     out = jobs["sft"] / "exports" / "step-000002-vllm"
     assert stdout.splitlines() == [str(out), f"serve it with: {(out / 'vllm_serve.txt').read_text().strip()}"]
+    made = (out / "ft_output.json").stat().st_mtime_ns
+    again = run_ft("export", str(jobs["sft"]), "--to", "vllm")  # the same export: kept as it is
+    assert again[0] == 0 and again[1] == stdout and "up to date" in again[2]
+    assert (out / "ft_output.json").stat().st_mtime_ns == made
+    (out / "config.json").write_text("{}")  # someone's edit: --overwrite remakes the whole folder
+    code, _, stderr = run_ft("export", str(jobs["sft"]), "--to", "vllm", "--overwrite")
+    assert code == 0, stderr
+    assert (out / "config.json").read_text() != "{}" and "up to date" not in stderr
+    (out / "ft_output.json").unlink()  # a folder ft did not make this way is never written over
     code, _, stderr = run_ft("export", str(jobs["sft"]), "--to", "vllm")
-    assert code == 2 and "not empty" in stderr  # never written over
+    assert code == 2 and "not empty" in stderr and "--overwrite" in stderr

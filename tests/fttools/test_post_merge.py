@@ -102,6 +102,14 @@ def test_out_must_be_new_or_empty_and_nothing_is_overwritten(ckpt, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert (merge(ckpt, empty) / "model.safetensors").is_file()
+    weights = (empty / "model.safetensors").stat().st_mtime_ns
+    assert merge(ckpt, empty) == empty  # the same merge again: complete and current, kept
+    assert (empty / "model.safetensors").stat().st_mtime_ns == weights
+    with pytest.raises(UserError, match="--overwrite"):
+        merge(ckpt, empty, dtype="fp16")  # another dtype: not this folder's merge
+    merge(ckpt, empty, dtype="fp16", overwrite=True)
+    assert '"dtype": "fp16"' in (empty / "ft_output.json").read_text()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # nothing left aside
 
 
 def test_a_failed_merge_leaves_no_folder_behind(ckpt, tmp_path, monkeypatch):

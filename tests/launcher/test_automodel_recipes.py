@@ -93,7 +93,7 @@ def test_the_guide_yaml_runs_locally_on_a_tiny_model(ft, tmp_path, name):
     base = save_tiny_model(tmp_path / "base", config=NF4_LLAMA if name.startswith("qlora") else None)
     path = recipe(tmp_path, name, model=base)
     result = ft("submit", "--factory", str(path), "--executor", "local", "--yes", "container.runtime=none",
-                "trainer.accelerator=cpu", "trainer.max_steps=2", "checkpoint.every_steps=1",
+                "trainer.accelerator=cpu", "trainer.max_steps=2", "checkpoint.every_steps=1", "trainer.val_every_steps=1",
                 # seconds, not a minute, on a 2-core CPU: short rows, one validation batch
                 "data.max_seq_length=96", "trainer.limit_val_batches=1", "trainer.check_loss=false")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -103,6 +103,12 @@ def test_the_guide_yaml_runs_locally_on_a_tiny_model(ft, tmp_path, name):
     first = folder / "checkpoints" / "step-000001"  # an intermediate checkpoint (save_consolidated → HF files)
     from transformers import AutoModelForCausalLM
 
+    best = ft("best", str(folder))  # the kept checkpoint with the lowest val_loss, as a path
+    assert best.returncode == 0, best.stderr
+    losses = {r["step"]: r["val_loss"] for r in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines())
+              if "val_loss" in r}
+    assert best.stdout.strip() == str(folder / "checkpoints" / f"step-{min(losses, key=losses.get):06d}")
+    assert f"val_loss {min(losses.values()):.4f}" in best.stderr
     if name.startswith("sft"):
         AutoModelForCausalLM.from_pretrained(first)
     else:

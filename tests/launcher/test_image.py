@@ -3,6 +3,7 @@ calls through the isolating container stand-in, with the stock test image."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -103,7 +104,10 @@ def test_two_pulls_at_once_make_one_complete_sif(container_site):
     (path,) = {out.strip() for out, _ in outs}
     assert Path(path).parent == container_site.home / "images"
     assert len(container_site.calls("pull")) == 1  # the second waited for the lock, then found it
-    assert sorted(p.name for p in Path(path).parent.iterdir() if not p.name.endswith(".lock")) == [Path(path).name]
+    sif = Path(path)
+    assert sorted(p.name for p in sif.parent.iterdir() if not p.name.endswith(".lock")) == [f".{sif.name}.sha256",
+                                                                                            sif.name]
+    assert (sif.parent / f".{sif.name}.sha256").read_text() == f"{hashlib.sha256(sif.read_bytes()).hexdigest()}  {sif.name}\n"
     proc = subprocess.run([str(STANDIN / "apptainer"), "exec", path, "python", "-c", "print('ok')"],
                           capture_output=True, text=True, cwd="/tmp")
     assert proc.stdout == "ok\n", proc.stderr
@@ -136,7 +140,8 @@ def test_a_pull_killed_half_way_leaves_no_sif_and_the_next_one_completes(contain
     again = _pull(container_site.env)
     out, err = again.communicate(timeout=120)
     assert again.returncode == 0, err
-    assert [p.name for p in cache.iterdir() if not p.name.endswith(".lock")] == [Path(out.strip()).name]
+    name = Path(out.strip()).name
+    assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == [f".{name}.sha256", name]
 
 
 def test_sif_names_are_readable_and_distinct():

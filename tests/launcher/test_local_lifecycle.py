@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -94,6 +95,8 @@ def test_a_cancelled_local_job_reads_cancelled_with_its_checkpoint(ft):
     assert started.returncode == 0, started.stderr
     folder = folder_of(started.stderr)
     wait_for(lambda: (folder / "metrics.jsonl").is_file() and "loss" in (folder / "metrics.jsonl").read_text())
+    stamps = json.loads((folder / "submission.json").read_text())["pids"]
+    assert all(s["host"] == socket.gethostname() and isinstance(s["start"], int) for s in stamps), stamps
     cancelled = ft("cancel", str(folder))
     assert cancelled.returncode == 0, cancelled.stderr
     status = settled_status(ft, folder)

@@ -8,6 +8,7 @@ one 80 GB GPU. docs/plan.md has the formulas.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -50,11 +51,12 @@ def test_a_local_config_json_is_read(tmp_path):
     assert dims.source == str(tmp_path / "config.json")
 
 
-def test_a_folder_named_like_a_known_model_and_parameters_b_as_the_last_resort(tmp_path):
-    assert plan.model_dims(job("llama31_8b", "model.path=/models/Meta-Llama-3-8B-Instruct")).hidden == 4096
-    rough = job("llama31_8b", "model.path=someone/unknown-7b", "model.parameters_b=7")
-    est = plan.estimate(rough)
-    assert est.params == 7_000_000_000 and not est.dims.exact and "rough" in est.notes[0]
+def test_without_a_readable_config_the_plan_is_a_guess_that_says_why(tmp_path):
+    absent = plan.estimate(job("llama31_8b", f"model.path={tmp_path}/Meta-Llama-3-8B-Instruct"))
+    assert not absent.dims.exact and absent.params == 8_030_000_000  # the factory's hint
+    assert "a guess from model.parameters_b=8.03" in absent.notes[0] and "not a folder with config.json" in absent.notes[0]
+    unreachable = plan.estimate(job("llama31_8b", "model.path=someone/unknown-7b", "model.parameters_b=7"))
+    assert unreachable.params == 7_000_000_000 and "could not be reached" in unreachable.dims.source
     with pytest.raises(UserError, match="cannot size"):
         plan.estimate(job("llama31_8b", "model.path=someone/unknown-7b", "model.parameters_b=null"))
 
@@ -217,3 +219,87 @@ def test_estimate_tracks_the_measured_memory_of_cpu_runs(tmp_path):
         planned[name] = plan.estimate(validate(raw)).total
     ratio = (measured["wide"] - measured["tiny"]) / (planned["wide"] - planned["tiny"])
     assert 0.7 < ratio < 1.4, (measured, planned)
+
+
+# --- where the config comes from: local, the staged cache, the hub; a guess never refuses -----
+
+
+# The published config.json of mistralai/Mistral-7B-v0.1 (its shape keys as the hub serves them).
+MISTRAL_7B = {"architectures": ["MistralForCausalLM"], "model_type": "mistral", "hidden_size": 4096,
+              "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+              "num_key_value_heads": 8, "vocab_size": 32000, "sliding_window": 4096, "tie_word_embeddings": False,
+              "rms_norm_eps": 1e-05, "torch_dtype": "bfloat16"}
+MISTRAL_PARAMS = 7_241_732_096
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    from hub_standin import StandInHub
+
+    server = StandInHub()
+    server.add("model", "mistralai/Mistral-7B-v0.1", {"config.json": json.dumps(MISTRAL_7B).encode()})
+    server.add("model", "someone/gated-7b", {"config.json": json.dumps(MISTRAL_7B).encode()}, gated=True,
+               allowed=("hf_good",))
+    monkeypatch.setenv("HF_ENDPOINT", server.start())
+    for name in ("HF_TOKEN", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    yield server
+    server.stop()
+
+
+def test_a_hub_model_is_priced_from_the_hubs_config_json(hub, ft):
+    """The plan of one factory pointed at another model prices that model, not the factory's hint."""
+    est = plan.estimate(job("llama32_1b_squad", "model.path=mistralai/Mistral-7B-v0.1"))
+    assert est.dims.exact and est.dims.model_type == "mistral" and est.params == MISTRAL_PARAMS
+    assert est.dims.source == "the hub's config.json of mistralai/Mistral-7B-v0.1"
+    assert len(est.decision.lora_targets) == 32 * 7
+    assert hub.requests == [("GET", "/mistralai/Mistral-7B-v0.1/resolve/main/config.json")]  # that one file only
+    shown = ft("plan", "--factory", "llama32_1b_squad", "model.path=mistralai/Mistral-7B-v0.1",
+               env={"HF_ENDPOINT": os.environ["HF_ENDPOINT"], "COLUMNS": "300"})
+    assert shown.returncode == 0 and "7.24B params (the hub's config.json of mistralai/Mistral-7B-v0.1)" in shown.stdout
+    gated = plan.estimate(job("llama31_8b", "model.path=someone/gated-7b"))
+    assert not gated.dims.exact and "gated or private (export HF_TOKEN" in gated.dims.source
+    os.environ["HF_TOKEN"] = "hf_good"
+    try:
+        assert plan.estimate(job("llama31_8b", "model.path=someone/gated-7b")).params == MISTRAL_PARAMS
+    finally:
+        del os.environ["HF_TOKEN"]
+
+
+def test_a_staged_config_is_read_from_the_hub_cache_without_the_network(hub, tmp_path, monkeypatch):
+    from huggingface_hub import hf_hub_download
+
+    cache = tmp_path / "cache"
+    hf_hub_download("mistralai/Mistral-7B-v0.1", "config.json", cache_dir=cache,  # the client's own layout
+                    endpoint=os.environ["HF_ENDPOINT"])
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    est = plan.estimate(job("llama31_8b", "model.path=mistralai/Mistral-7B-v0.1", f"hub.cache_dir={cache}"))
+    assert est.params == MISTRAL_PARAMS and est.dims.source.endswith("config.json (staged)")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    offline = plan.estimate(job("llama31_8b", "model.path=mistralai/Mistral-7B-v0.1"))
+    assert not offline.dims.exact and "HF_HUB_OFFLINE is set" in offline.dims.source
+
+
+def test_a_guess_warns_and_never_refuses(ft, isolated_home):
+    """The 8B SFT recipe restored from a folder that is not on this machine: the plan can only
+    guess (87 GiB from the factory's hint), so submit warns instead of refusing; with the real
+    config the same job is 75 GiB and fits."""
+    args = ["submit", "--factory", "llama3_8b_sft", "resume.restore_config.path=/scratch/me/llama3-8b", "--dry-run"]
+    result = ft(*args)
+    text = " ".join(result.stderr.split())
+    assert result.returncode == 0, result.stderr
+    assert "warning: the fit check is a guess (a guess from model.parameters_b=8.03" in text and "not refused" in text
+    assert plan.refusals(job("llama3_8b_sft", "resume.restore_config.path=/scratch/me/llama3-8b")) == []
+    exact = plan.estimate(job("llama3_8b_sft"))
+    assert exact.dims.exact and exact.fits and round(exact.total / plan.GIB) == 75
+
+
+def test_the_gpu_memory_is_a_site_setting(tmp_path):
+    """An H200 site says so in its profile; the 8B SFT on one GPU then fits (and is refused on 80 GiB)."""
+    site = tmp_path / "h200.yaml"
+    site.write_text("trainer:\n  gpu_memory_gib: 140\n")
+    h200 = config.resolve("llama3_8b_sft", ["trainer.devices=1"], str(site)).job
+    assert plan.refusals(h200) == [] and plan.estimate(h200).gpu_gib == 140
+    assert "more than the 80 GiB" in plan.refusals(job("llama3_8b_sft", "trainer.devices=1"))[0]
+    with pytest.raises(UserError, match="gpu_memory_gib"):
+        job("llama3_8b_sft", "trainer.gpu_memory_gib=0")

@@ -116,3 +116,55 @@ def test_a_job_without_container_is_checked_against_the_python_it_will_run_with(
     dry = ft("submit", "--factory", "tiny", "--dry-run", f"container.python={python}")
     assert dry.returncode == 0 and "warning: torch is missing" in dry.stderr
     assert ft("submit", "--factory", "tiny", "--dry-run").stderr.count("warning") == 0  # this Python has it all
+
+
+def test_best_names_a_kept_checkpoint_and_says_when_the_lowest_is_gone(ft, isolated_home):
+    folder = isolated_home / "jobs" / "20260101-000000-tiny-bbbbbb"
+    (folder / "logs").mkdir(parents=True)
+    (folder / "config.yaml").write_text("name: tiny\n")
+    jobdir.write_record(folder, executor="local", job_id=None, factory="tiny")
+    for step in (20, 30):  # step 10's checkpoint was pruned (keep_last)
+        state = folder / "checkpoints" / f"step-{step:06d}" / "ft_state"
+        (state / "dcp").mkdir(parents=True)
+        (state / "dcp" / ".metadata").write_text("x")
+        (state / "trainer_state.json").write_text(json.dumps({"step": step}))
+        (state / "COMPLETE").write_text("")
+    (folder / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "val_loss": v}) + "\n"
+                                                  for s, v in ((10, 0.5), (20, 0.7), (30, 0.9), (25, 0.1))))
+    best = ft("best", str(folder))
+    assert best.returncode == 0, best.stderr
+    assert best.stdout.strip() == str(folder / "checkpoints" / "step-000020")
+    assert "step 20: val_loss 0.7000" in best.stderr and "0.1000 at step 25, has no checkpoint kept" in best.stderr
+    (folder / "metrics.jsonl").write_text(json.dumps({"step": 5, "loss": 1.0}) + "\n")
+    none = ft("best", str(folder))
+    assert none.returncode == 2 and "val_every_steps" in none.stderr
+
+
+def test_pending_reads_with_slurms_reason_and_estimated_start():
+    from launcher import slurm
+
+    assert slurm.describe_state({"JobState": "PENDING", "Reason": "Resources", "StartTime": "2026-12-02T19:00:00"}) \
+        == "PENDING (Resources; estimated start 2026-12-02T19:00:00)"
+    assert slurm.describe_state({"JobState": "PENDING", "Reason": "Dependency", "StartTime": "Unknown"}) \
+        == "PENDING (Dependency)"
+    assert slurm.describe_state({"JobState": "RUNNING", "Reason": "None"}) == "RUNNING"
+
+
+def test_a_cancelled_job_slurm_forgot_reads_cancelled(ft, isolated_home, tmp_path):
+    folder = isolated_home / "jobs" / "20260101-000000-tiny-cccccc"
+    (folder / "logs").mkdir(parents=True)
+    (folder / "config.yaml").write_text("name: tiny\n")
+    jobdir.write_record(folder, executor="slurm", job_id="41", factory="tiny")
+    fake = tmp_path / "fake-bin"  # a controller that knows the job as pending, then forgets it
+    fake.mkdir()
+    (fake / "scancel").write_text("#!/bin/bash\nexit 0\n")
+    (fake / "scontrol").write_text("#!/bin/bash\necho 'JobId=41 JobName=ft-tiny JobState=PENDING Reason=Priority "
+                                   "StartTime=Unknown'\n")
+    for tool in fake.iterdir():
+        tool.chmod(0o755)
+    env = {"PATH": f"{fake}:/usr/bin:/bin"}
+    assert "state      PENDING (Priority)" in ft("status", "41", env=env).stdout
+    assert ft("cancel", "41", env=env).returncode == 0
+    (fake / "scontrol").write_text("#!/bin/bash\necho 'slurm_load_jobs error: Invalid job id specified' >&2\nexit 1\n")
+    shown = ft("status", "41", env=env)
+    assert "state      CANCELLED" in shown.stdout, shown.stdout + shown.stderr

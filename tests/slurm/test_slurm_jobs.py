@@ -180,6 +180,8 @@ def test_resubmit_continues_in_the_same_folder_and_follow_reads_the_log(slurm_cl
     assert record["job_id"] == new_id and record["history"][0]["job_id"] == job_id
     old = ft("status", job_id)  # the id a user remembers still finds the folder
     assert old.returncode == 0 and str(folder) in old.stdout and new_id in old.stdout
+    assert old.stdout.startswith(f"job        {job_id} (slurm), an earlier submission of this folder")
+    assert f"(resubmitted as {new_id})" in old.stdout.splitlines()[1]  # its own state, not the new job's
 
 
 def test_sweep_runs_as_one_array_and_after_waits(slurm_cluster, ft, container_site):
@@ -222,3 +224,33 @@ def test_each_sweep_task_is_addressed_by_id_underscore_task(slurm_cluster, ft):
     assert "step 6/6 " in own and "lr 3.0e-04" in own and "lr 1.0e-04" not in own and "[task" not in own
     labelled = [line for line in ft("logs", job_id).stdout.splitlines() if line.strip()]
     assert {line.split("]")[0] for line in labelled} == {"[task 0", "[task 1"}, labelled[:5]
+
+
+def test_a_pending_job_says_why_and_its_cancel_outlives_slurms_memory(slurm_cluster, ft, tmp_path):
+    """A held job and one waiting on it: `ft status` and `ft logs -f` give SLURM's reason; `ft
+    cancel` is recorded in the folder, which still says CANCELLED once SLURM no longer answers."""
+    import sys
+
+    held, held_folder = submit(ft, "slurm.extra.hold=null")
+    waiting, waiting_folder = submit(ft, "--after", held)
+    try:
+        assert "state      PENDING (JobHeldUser" in ft("status", held).stdout
+        assert "state      PENDING (Dependency" in ft("status", waiting).stdout
+        follow = subprocess.Popen([sys.executable, "-m", "launcher", "logs", waiting, "-f"], cwd=tmp_path,
+                                  env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True)
+        first = follow.stderr.readline()
+        assert f"ft: job {waiting} is PENDING (Dependency" in first
+        for job in (waiting, held):
+            cancelled = ft("cancel", job)
+            assert cancelled.returncode == 0, cancelled.stderr
+        assert follow.wait(timeout=120) == 0  # -f ends with the job
+        assert "state      CANCELLED" in ft("status", waiting).stdout
+    finally:
+        subprocess.run(["scancel", held, waiting], check=False)
+    for folder in (held_folder, waiting_folder):
+        assert [e["event"] for e in events(folder)] == ["cancel"]
+    # SLURM forgets a job MinJobAge after it ends; the folder's record answers then.
+    bare = tmp_path / "no-slurm"
+    bare.mkdir()
+    status = ft("status", held, env={"PATH": f"{bare}"})
+    assert "state      CANCELLED" in status.stdout, status.stdout + status.stderr

@@ -17,9 +17,9 @@ import pytest
 pytest.importorskip("torch")
 from trainer_helpers import TINY_QA, train, validate
 
-from ftcore import arch, layout
+from ftcore import layout
 from ftcore.schema import job_to_dict
-from launcher import config
+from launcher import config, plan
 
 pytestmark = pytest.mark.train
 
@@ -44,12 +44,12 @@ def tiny_model_config(job) -> dict:
     """The factory's architecture at toy size: same model_type, GQA ratio and tying."""
     if job.model.init == "random":
         return dict(job.model.config)
-    dims = arch.model_dims(job)
+    dims = plan.model_dims(job)
     ratio = dims.heads // dims.kv_heads
     kv = 1 if ratio > 1 else 2
     heads = ratio * kv
     hidden = heads * 16
-    return {"model_type": arch.MODEL_TYPES.get(arch.known_key(job.model.path) or "", "llama"),
+    return {"model_type": dims.model_type,
             "hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": 2,
             "num_attention_heads": heads, "num_key_value_heads": kv, "vocab_size": 384,
             "tie_word_embeddings": dims.tied, "max_position_embeddings": 512}

@@ -1,0 +1,145 @@
+"""A site-wide image or hub cache shared by a group: two real users of this machine, each
+running `python -m launcher` (ft) as themselves against one setgid folder.
+
+The first user's lock files must not shut the second out, and neither user's jobs may run
+what the other put in the cache unless they say they trust that owner (or the SIF is not
+the one ft pulled). Needs root (to make the users) and a system Python 3.11 the users can
+run; skipped elsewhere.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from container_image import STANDIN, STOCK_URI
+
+from launcher import image
+
+REPO = Path(__file__).resolve().parents[2]
+SYSTEM_PYTHON = "/usr/bin/python3"
+GROUP, ALICE, BOB = "ftshare", "ftshare1", "ftshare2"
+
+
+def _usable() -> str | None:
+    if os.geteuid() != 0 or not shutil.which("runuser") or not shutil.which("useradd"):
+        return "needs root, runuser and useradd"
+    if not os.path.exists(SYSTEM_PYTHON):
+        return f"needs {SYSTEM_PYTHON}"
+    version = subprocess.run([SYSTEM_PYTHON, "-c", "import sys; print(sys.version_info[:2])"],
+                             capture_output=True, text=True).stdout.strip()
+    return None if version == str(sys.version_info[:2]) else f"{SYSTEM_PYTHON} is not Python {sys.version_info[:2]}"
+
+
+pytestmark = pytest.mark.skipif(_usable() is not None, reason=_usable() or "")
+
+
+@pytest.fixture(scope="module")
+def users():
+    """Two users in one group (made once; kept, like any account a CI machine has)."""
+    try:
+        grp.getgrnam(GROUP)
+    except KeyError:
+        subprocess.run(["groupadd", GROUP], check=True)
+    for user in (ALICE, BOB):
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            subprocess.run(["useradd", "-M", "-N", "-g", GROUP, "-s", "/bin/sh", user], check=True)
+    return ALICE, BOB
+
+
+@pytest.fixture
+def shared(users, container_site):
+    """The site's setgid cache folder, the stand-in registry readable by both users, and a
+    private FT_HOME for each."""
+    root = Path(tempfile.mkdtemp(prefix="ft-shared-", dir="/srv"))
+    os.chmod(root, 0o755)
+    cache = root / "cache"
+    cache.mkdir()
+    shutil.chown(cache, group=GROUP)
+    os.chmod(cache, 0o2775)
+    for user in users:
+        home = root / user
+        home.mkdir()
+        shutil.chown(home, user=user, group=GROUP)
+    subprocess.run(["chmod", "-R", "a+rX", str(container_site.root)], check=True)
+    container_site.log.touch()
+    os.chmod(container_site.log, 0o666)
+    try:
+        yield root, cache
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def ft_as(user: str, root: Path, site, *args: str) -> subprocess.CompletedProcess:
+    """`ft ARGS` run by `user` (umask 022, as a login shell has it), with this checkout's code."""
+    packages = [p for p in sys.path if p.endswith("site-packages")]
+    env = {"PATH": f"{STANDIN}{os.pathsep}/usr/bin:/bin", "HOME": str(root / user), "FT_HOME": str(root / user / "ft"),
+           "FT_CONFIG_DIR": str(root / user / "config"), "PYTHONPATH": os.pathsep.join([str(REPO), *packages]),
+           "FT_STANDIN_REGISTRY": str(site.registry), "FT_STANDIN_LOG": str(site.log)}
+    return subprocess.run(["runuser", "-u", user, "--", "env", "-i", *(f"{k}={v}" for k, v in env.items()),
+                           "sh", "-c", 'umask 022 && exec "$@"', "sh", SYSTEM_PYTHON, "-m", "launcher", *args],
+                          capture_output=True, text=True, cwd=root, timeout=600)
+
+
+def test_a_group_shares_an_image_cache_and_runs_only_images_it_trusts(shared, container_site):
+    root, cache = shared
+    pull = ["image", "pull", STOCK_URI, "--runtime", "apptainer", "--cache-dir", str(cache)]
+    first = ft_as(ALICE, root, container_site, *pull)
+    assert first.returncode == 0, first.stderr
+    sif = Path(first.stdout.strip())
+    lock = cache / f".{sif.name}.lock"
+    assert stat.S_IMODE(lock.stat().st_mode) == 0o664  # not cut back to 0644 by her umask
+    assert sif.stat().st_gid == grp.getgrnam(GROUP).gr_gid  # the setgid folder gave it the group
+
+    # Bob takes Alice's lock (before: "Permission denied"), then refuses her SIF until he trusts her.
+    refused = ft_as(BOB, root, container_site, *pull)
+    assert refused.returncode == 2, refused.stderr
+    assert f"belongs to {ALICE}, not to you or an owner you trust" in refused.stderr, refused.stderr
+    assert "container.trusted_owners" in refused.stderr and "Traceback" not in refused.stderr
+    profile = root / BOB / "site.yaml"
+    profile.write_text(f"container:\n  trusted_owners: ['group:{GROUP}']\n")
+    trusted = ft_as(BOB, root, container_site, *pull, "--profile", str(profile))
+    assert trusted.returncode == 0 and "was pulled before" in trusted.stderr, trusted.stderr
+    assert len(container_site.calls("pull")) == 1
+
+    # A SIF that is no longer what was pulled (its recorded sha256) is refused, trusted owner or not.
+    subprocess.run(["runuser", "-u", ALICE, "--", "sh", "-c", f"printf x >> {sif}"], check=True)
+    changed = ft_as(BOB, root, container_site, *pull, "--profile", str(profile))
+    assert changed.returncode == 2 and "is not the image ft pulled: its sha256" in changed.stderr, changed.stderr
+
+    # What Bob plants under another image's name, Alice's jobs do not run.
+    other = "docker://ft-test/stock:planted"
+    subprocess.run(["runuser", "-u", BOB, "--", "cp", str(container_site.image), str(cache / image.sif_name(other))],
+                   check=True)
+    planted = ft_as(ALICE, root, container_site, "image", "pull", other, "--runtime", "apptainer",
+                    "--cache-dir", str(cache))
+    assert planted.returncode == 2 and f"belongs to {BOB}" in planted.stderr, planted.stderr
+
+
+def test_a_hub_snapshot_someone_else_put_in_the_cache_is_refused(shared, container_site):
+    root, cache = shared
+    snapshot = cache / "models--org--tiny" / "snapshots" / ("0" * 40)
+    subprocess.run(["runuser", "-u", ALICE, "--", "mkdir", "-p", str(snapshot)], check=True)
+    subprocess.run(["runuser", "-u", ALICE, "--", "cp", str(container_site.model / "config.json"), str(snapshot)],
+                   check=True)
+    job = ["submit", "--factory", "tiny", "model.init=pretrained", "model.path=org/tiny",
+           f"hub.cache_dir={cache}", "--dry-run"]
+    warned = ft_as(BOB, root, container_site, *job)
+    assert warned.returncode == 0, warned.stderr
+    assert "model.path org/tiny (model) in the hub cache is refused" in warned.stderr
+    assert f"belongs to {ALICE}" in warned.stderr and "hub.trusted_owners" in warned.stderr
+    refused = ft_as(BOB, root, container_site, *job[:-1], "--executor", "local", "--yes")
+    assert refused.returncode == 2 and "in the hub cache is refused" in refused.stderr, refused.stderr
+    assert not (root / BOB / "ft" / "jobs").exists() or len(list((root / BOB / "ft" / "jobs").iterdir())) == 1
+    trusted = ft_as(BOB, root, container_site, *job, f"hub.trusted_owners=[{ALICE}]")
+    assert trusted.returncode == 0 and "refused" not in trusted.stderr, trusted.stderr
