@@ -617,7 +617,7 @@ def dims_from_size(parameters_b: float, why: str = "") -> Dims:
               "intermediate_size": round(3.5 * hidden / 256) * 256, "num_attention_heads": hidden // 128,
               "num_key_value_heads": 8, "vocab_size": 128256}
     guess = dims_from_config(config, "")
-    return _replace(guess, source=f"a guess from model.parameters_b={parameters_b}" + (f" ({why})" if why else ""),
+    return _replace(guess, source=f"a guess from model.parameters_b={parameters_b}" + (f", because {why}" if why else ""),
                     exact=False, named=False)
 
 

@@ -41,10 +41,15 @@ def write_atomic(path: Path, text: str) -> None:
 OUTPUT_STAMP = "ft_output.json"
 
 
-def check_output(out: Path, overwrite: bool = False) -> Path:
+def check_output(out: Path, overwrite: bool = False, source: Path | None = None) -> Path:
     """Refuse a destination that holds anything, unless `overwrite` (then it is replaced whole,
-    only once the new folder is complete): ft never writes over files."""
+    only once the new folder is complete): ft never writes over files. Refuse one inside the
+    `source` folder being read, always (a checkpoint would hold its own export)."""
     out = expand(out)
+    if source is not None:
+        inside, folder = out.absolute().resolve(), Path(source).absolute().resolve()
+        if inside == folder or folder in inside.parents:
+            raise UserError(f"--out {out} is inside {folder}, the folder being read: choose a folder outside it")
     if overwrite and out.is_dir():
         return out
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -73,10 +78,16 @@ def output_folder(out: Path, overwrite: bool = False, stamp: dict | None = None)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-"))
     try:
-        yield tmp
+        try:
+            yield tmp
+        except Exception as err:
+            full = _as_full_disk(err, out)
+            if full is err:
+                raise
+            raise full from None
         if stamp is not None:
             (tmp / OUTPUT_STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; a model folder is for sharing
+        _shareable(tmp)  # mkdtemp makes it 0700, and some writers 0600 files; a model folder is for sharing
         old = None
         if overwrite and out.is_dir() and any(out.iterdir()):
             old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".old-{out.name}-"))
@@ -89,6 +100,30 @@ def output_folder(out: Path, overwrite: bool = False, stamp: dict | None = None)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _shareable(folder: Path) -> None:
+    """Modes as a plain `mkdir`/`open` under the user's umask would give them."""
+    umask = _umask()
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_symlink():
+            continue
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def _as_full_disk(err: Exception, out: Path) -> Exception:
+    """A full disk as OSError(ENOSPC), also when a library wraps it in its own error (safetensors
+    says `IoError(Os { code: 28, kind: StorageFull ... })`), so it reads as one line."""
+    import errno
+
+    if isinstance(err, OSError):
+        return err
+    text = str(err)
+    if "No space left on device" in text or "StorageFull" in text or "code: 28," in text:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out))
+    if "Disk quota exceeded" in text or "code: 122," in text:
+        return OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), str(out))
+    return err
 
 
 def _umask() -> int:

@@ -1,7 +1,7 @@
 """The memory and precision policy: what the trainer builds and `ft plan` prices.
 
-    decision = policy.decide(job)                      # the job's own layout
-    decision = policy.decide(job, Layout(1, 8, "fsdp2", "gpu"), dims)   # another one, for the planner
+    decision = policy.decide(job)                        # the job's own topology
+    decision = policy.decide(job, Topology(1, 8, "fsdp2", "gpu"), dims)   # another one, for the planner
 
 One owner for each rule both halves need: the trainer turns a `Decision` into tensors
 (trainer/model.py) and the planner multiplies it out (launcher/plan.py); neither decides a
@@ -36,6 +36,7 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from ftcore import families
 from ftcore.errors import UserError
 
 # Above this many answer tokens the vocabulary projection runs in checkpointed chunks, so the
@@ -68,15 +69,24 @@ def glob_matches(name: str, globs: Iterable[str]) -> bool:
     return False
 
 
-def lora_targets(linear_names: list[str], head_name: str | None, peft) -> list[str]:
+def lora_targets(linear_names: list[str], head_name: str | None, peft, model_type: str | None = None) -> list[str]:
     """The linear layers a `peft` section adapts, from a model's linear-layer names.
 
-    `match_all_linear` takes every linear layer but the output head (NeMo AutoModel's takes the
-    head too; an adapter on a 128k-vocabulary head is rarely wanted and breaks vLLM serving).
-    A glob that matches no linear layer is an error, not silence; so is excluding everything.
+    Unset `target_modules`: the family's attention and MLP projections (`ftcore.families`; a
+    name this model lacks is skipped), or every linear layer but the head for a family ft does
+    not know. `match_all_linear` takes every linear layer but the output head (NeMo AutoModel's
+    takes the head too; an adapter on a 128k-vocabulary head is rarely wanted and breaks vLLM
+    serving). "Linear" includes GPT-2's Conv1D. A glob that matches no linear layer is an error,
+    not silence; so is excluding everything.
     """
-    if peft.match_all_linear:
+    defaults = families.default_targets(model_type)
+    if peft.match_all_linear or (peft.target_modules is None and defaults is None):
         chosen = [n for n in linear_names if n != head_name]
+    elif peft.target_modules is None:
+        chosen = [n for n in linear_names if n != head_name and n.rsplit(".", 1)[-1] in defaults]
+        if not chosen:
+            raise UserError(f"none of {families.get(model_type).name}'s usual projections "
+                            f"({', '.join(defaults)}) is in this model: set peft.target_modules")
     else:
         chosen, unmatched = [], []
         for glob in peft.target_modules:
@@ -95,6 +105,16 @@ def lora_targets(linear_names: list[str], head_name: str | None, peft) -> list[s
     if not chosen:
         raise UserError("peft: every targeted layer is excluded by peft.exclude_modules")
     return sorted(chosen)
+
+
+def expert_targets(parameter_names: list[str], peft, model_type: str | None) -> list[str]:
+    """The 3-D MoE expert parameters a `peft` section adapts (peft's `target_parameters`), by
+    their module path and parameter name (`model.layers.0.mlp.experts.gate_up_proj`)."""
+    suffixes = families.expert_parameters(model_type)
+    if not families.adapts_experts(peft) or not suffixes:
+        return []
+    chosen = [n for n in parameter_names if n.rsplit(".", 1)[-1] in suffixes and ".experts." in n]
+    return [n for n in chosen if not glob_matches(n, peft.exclude_modules)]
 
 
 # --- NF4 (torchao's layout) ----------------------------------------------------------------------
@@ -121,7 +141,7 @@ def nf4_bytes(numel: int, dtype_bytes: int) -> int:
     return numel // 2 + numel // NF4_BLOCK + (numel // (NF4_BLOCK * NF4_SCALER_BLOCK) + 1 + 16) * dtype_bytes
 
 
-# --- layout and decision -------------------------------------------------------------------------
+# --- topology and decision -----------------------------------------------------------------------
 
 
 def shard_rows(rows: int, world: int, rank: int = 0) -> int:
@@ -131,7 +151,9 @@ def shard_rows(rows: int, world: int, rank: int = 0) -> int:
 
 
 @dataclass(frozen=True)
-class Layout:
+class Topology:
+    """Where the training processes run and how they split the model (not the job folder: ftcore.layout)."""
+
     num_nodes: int = 1
     devices: int = 1
     strategy: str = "ddp"  # "ddp" | "fsdp2"
@@ -147,8 +169,8 @@ class Layout:
 
     @classmethod
     def of(cls, job, num_nodes: int | None = None, devices: int | None = None,
-           strategy: str | None = None) -> "Layout":
-        """The job's own layout, or the same job on other nodes, devices or strategy."""
+           strategy: str | None = None) -> "Topology":
+        """The job's own topology, or the same job on other nodes, devices or strategy."""
         return cls(num_nodes or job.trainer.num_nodes, devices or job.trainer.devices,
                    strategy or job.strategy, job.trainer.accelerator)
 
@@ -157,7 +179,7 @@ class Layout:
 class Decision:
     """What one training process stores, in what dtype, and where: the trainer builds this."""
 
-    layout: Layout
+    topology: Topology
     lora: bool
     compute: str  # dtype of matmuls and activations
     frozen: str | None  # dtype of the frozen base (LoRA); its NF4-able projections are "nf4" when quantized
@@ -168,7 +190,7 @@ class Decision:
     quantization: str | None  # "nf4": the frozen decoder projections, where nf4_fits
     cpu_offload: bool  # FSDP2 keeps the sharded weights, gradients and optimizer state in host memory
     activation_checkpointing: bool
-    accum_steps: int  # micro batches per optimizer step on this layout
+    accum_steps: int  # micro batches per optimizer step on this topology
     lora_targets: tuple[str, ...] | None = field(default=None)  # resolved here for a named architecture
     lora_parameters: tuple[str, ...] | None = field(default=None)  # adapted 3-D expert weights (peft target_parameters)
 
@@ -179,7 +201,7 @@ class Decision:
 
     @property
     def sharded(self) -> bool:
-        return self.layout.strategy == "fsdp2"
+        return self.topology.strategy == "fsdp2"
 
     @property
     def master_weights(self) -> bool:
@@ -194,7 +216,7 @@ class Decision:
 
     def stores_nf4(self, rows: int, cols: int) -> bool:
         """Whether a frozen decoder projection of this shape is stored in NF4."""
-        return self.quantization == "nf4" and nf4_fits(rows, cols, self.layout.world if self.sharded else 1)
+        return self.quantization == "nf4" and nf4_fits(rows, cols, self.topology.world if self.sharded else 1)
 
     def describe(self) -> list[str]:
         """One line per decision, for `ft plan` and the trainer's first log lines."""
@@ -221,30 +243,30 @@ class Decision:
         return lines
 
 
-def compute_dtype(job, layout: Layout) -> str:
+def compute_dtype(job, topology: Topology) -> str:
     """The dtype of matmuls and activations: `model.dtype` on GPUs, fp32 on CPUs (no fast bf16
     matmul there). Tests replace this function to run the GPU dtypes on a CPU."""
-    return job.model.dtype if layout.on_gpu else "fp32"
+    return job.model.dtype if topology.on_gpu else "fp32"
 
 
-def decide(job, layout: Layout | None = None, dims=None) -> Decision:
-    """The decision for `job` on `layout` (default: its own). With `dims` (ftcore.arch.Dims) of
+def decide(job, topology: Topology | None = None, dims=None) -> Decision:
+    """The decision for `job` on `topology` (default: its own). With `dims` (ftcore.arch.Dims) of
     a named architecture the LoRA targets are resolved too, raising UserError when a glob
     matches nothing."""
-    layout = layout or Layout.of(job)
+    topology = topology or Topology.of(job)
     lora = job.peft is not None
-    compute = compute_dtype(job, layout)
-    sharded = layout.strategy == "fsdp2"
+    compute = compute_dtype(job, topology)
+    sharded = topology.strategy == "fsdp2"
     if lora:
         trained = "fp32"
     else:
         trained = "fp32" if sharded else compute
-    per_step = job.data.micro_batch_size * layout.world
+    per_step = job.data.micro_batch_size * topology.world
     targets = None
     if lora and dims is not None and dims.named:
-        targets = tuple(lora_targets(dims.linear_names(), dims.head_name, job.peft))
+        targets = tuple(lora_targets(dims.linear_names(), dims.head_name, job.peft, getattr(dims, "model_type", None)))
     return Decision(
-        layout=layout,
+        topology=topology,
         lora=lora,
         compute=compute,
         frozen=compute if lora else None,

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ftcore import secrets, shipped
+from ftcore import families, secrets, shipped
 from ftcore.errors import UserError
 
 # Characters that may never reach a rendered script, whatever the quoting: a newline in an
@@ -164,11 +164,20 @@ class LoraConfig(_Section):
     dim: int = Field(8, ge=1, description="LoRA rank r.")
     alpha: float = Field(32, gt=0, description="LoRA scale numerator: updates are scaled by alpha/dim.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
-    target_modules: list[str] = Field(
-        default_factory=lambda: ["*_proj"],
+    target_modules: list[str] | None = Field(
+        None,
         description="Module-name globs to adapt, matched against full names and last "
         "components: `*_proj`, `q_proj`, and NeMo AutoModel's `*.proj` (a `.` matches any "
-        "character there: every projection). A glob matching no layer is an error.",
+        "character there: every projection). A glob matching no layer is an error. Unset: the "
+        "family's attention and MLP projections, whatever it calls them (see the README's "
+        "model-coverage table); every linear layer but the head for a family ft does not know.",
+    )
+    experts: bool | None = Field(
+        None,
+        description="Adapt MoE experts stored as 3-D weights (Mixtral, Qwen3-MoE, gpt-oss, DeepSeek-V3, "
+        "Qwen3-Next) through peft's target_parameters: rank `dim` per expert, so the MLP part of the "
+        "adapter is about num_experts times larger. Unset: yes when target_modules is unset or "
+        "match_all_linear, no when target_modules lists layers. Needs dropout=0.",
     )
     match_all_linear: bool = Field(
         False, description="Adapt every linear layer except the output head (overrides target_modules)."
@@ -654,6 +663,7 @@ class Job(_Section):
             problems.append(
                 "model.meta_init fills FSDP2 shards: it needs trainer.strategy=fsdp2 (the default for peft=none)"
             )
+        problems += families.problems(self, None)
         if self.container.runtime != "none" and not self.container.image:
             problems.append(
                 f"container.runtime={self.container.runtime} needs container.image "

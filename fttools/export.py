@@ -137,6 +137,7 @@ def export(ckpt: Checkpoint, to: str = "vllm", out: Path | None = None, merge: b
     from fttools import source_stamp
 
     stamp = source_stamp(ckpt, f"{to}-export", merge=merge, dtype=dtype)
+    check_output(out, True, source=ckpt.path)  # never inside the checkpoint, up to date or not
     if not overwrite and made_from(out, stamp):
         command = (expand(out) / "vllm_serve.txt").read_text().strip()
         return Exported(expand(out), command, [], up_to_date=True)

@@ -106,6 +106,46 @@ def greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batc
 PROMPT_FIELDS = {"squad": (("context", "question"), ()), "alpaca": (("instruction",), ("input",))}
 
 
+def trained_on_chat(ckpt: Checkpoint) -> bool | None:
+    """Whether the checkpoint's job trained on chat `messages` (jsonl records with messages):
+    read from its data file's first records; None when that cannot be told here (a hub
+    dataset, a file not on this machine)."""
+    from pathlib import Path
+
+    from ftcore import shipped
+    from ftcore.formats import first_records
+    from ftcore.schema import looks_local
+
+    data = ckpt.job_config.get("data") or {}
+    if data.get("format") != "jsonl":
+        return False
+    path = str(data.get("path") or "")
+    if not path or not looks_local(path):
+        return None
+    try:
+        records = first_records(Path(shipped.expand(path)).expanduser())
+    except UserError:
+        return None
+    return any("messages" in record for _, record in records) if records else None
+
+
+def chat_ids(ckpt: Checkpoint, tokenizer, message: str, system: str | None = None) -> list[int]:
+    """A chat job's prompt, as training rendered conversations: the tokenizer's chat template
+    (which writes its own bos) up to the assistant's turn, tokenized with no specials added."""
+    chat = trained_on_chat(ckpt)
+    if chat is False:
+        fmt = (ckpt.job_config.get("data") or {}).get("format")
+        why = f"its job trained on data.format={fmt}" if fmt else f"{ckpt.path} comes from no ft job"
+        fields = {"squad": "--question and --context", "alpaca": "--instruction"}.get(fmt or "", "a raw PROMPT")
+        raise UserError(f"--message is a chat turn, but {why} without chat messages: give {fields} instead")
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise UserError(f"--message: the tokenizer of {ckpt.path} has no chat template to render it with")
+    messages = ([{"role": "system", "content": system}] if system is not None else []) + [
+        {"role": "user", "content": message}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def job_prompt(ckpt: Checkpoint, fields: dict[str, str]) -> str:
     """The prompt the checkpoint's job trained on, filled with `fields` (its template, or the
     format's default): what the model saw before each answer, up to where the answer starts."""
@@ -117,7 +157,9 @@ def job_prompt(ckpt: Checkpoint, fields: dict[str, str]) -> str:
     if fmt not in PROMPT_FIELDS:
         given = ", ".join(f"--{k}" for k in fields)
         why = (f"its job trained on data.format={fmt}" if fmt else f"{ckpt.path} comes from no ft job")
-        raise UserError(f"{given}: {why}, which has no such prompt fields; give the whole prompt as text instead")
+        instead = ("--message (and --system): its job trained on chat messages" if trained_on_chat(ckpt)
+                   else "the whole prompt as text")
+        raise UserError(f"{given}: {why}, which has no such prompt fields; give {instead} instead")
     required, optional = PROMPT_FIELDS[fmt]
     wrong = sorted(set(fields) - set(required) - set(optional)) + [k for k in required if k not in fields]
     if wrong:
@@ -127,10 +169,13 @@ def job_prompt(ckpt: Checkpoint, fields: dict[str, str]) -> str:
     return prompt_text(Record("the command line", fields), fmt, job_data.get("prompt_template"))
 
 
-def generate(ckpt: Checkpoint, prompt: str, max_new_tokens: int = 64) -> str:
-    """`ft generate`: the greedy continuation of one prompt."""
+def generate(ckpt: Checkpoint, prompt: str | None, max_new_tokens: int = 64, message: str | None = None,
+             system: str | None = None) -> str:
+    """`ft generate`: the greedy continuation of one prompt; with `message` (and `system`),
+    the assistant's answer to one chat turn. Every refusal comes before the model loads."""
     if max_new_tokens < 1:
         raise UserError("--max-new-tokens must be at least 1")
     tokenizer = load_tokenizer(ckpt)
+    ids = chat_ids(ckpt, tokenizer, message, system) if message is not None else prompt_ids(tokenizer, prompt)
     model = load_model(ckpt)
-    return greedy(model, tokenizer, [prompt_ids(tokenizer, prompt)], max_new_tokens)[0]
+    return greedy(model, tokenizer, [ids], max_new_tokens)[0]

@@ -47,6 +47,7 @@ def merge(ckpt: Checkpoint, out: Path | None = None, dtype: str | None = None, o
                         hint="it already loads with AutoModelForCausalLM; `ft export CKPT --to vllm` "
                         "copies it into a serving folder")
     out = out or ckpt.default_output("merged")
+    check_output(out, True, source=ckpt.path)  # never inside the checkpoint, up to date or not
     dtype = dtype or base_dtype(ckpt)
     stamp = source_stamp(ckpt, "merged", dtype=dtype)
     if not overwrite and made_from(out, stamp):

@@ -353,9 +353,8 @@ def jobs_cmd(
     if cluster:
         _on_cluster(cluster, ["jobs", "--limit", str(limit), *["--json"] * as_json, *["--all"] * show_all])
 
-    views = jobs.all_jobs()
-    hidden = [] if show_all else jobs.dry_runs(views)
-    rows = jobs.summary_rows([v for v in views if v not in hidden][:limit])
+    views, hidden = jobs.newest(limit, with_dry_runs=show_all)  # reads about `limit` folders, not all
+    rows = jobs.summary_rows(views)
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -372,7 +371,7 @@ def jobs_cmd(
         table.add_row(name, row["factory"], row["state"], row["progress"], row["age"])
     _console(soft_wrap=False).print(table)
     if hidden:
-        print(f"{len(hidden)} dry run(s) not shown: `ft jobs --all` lists them, `ft clean --dry-runs` removes them",
+        print(f"{hidden} dry run(s) not shown: `ft jobs --all` lists them, `ft clean --dry-runs` removes them",
               file=sys.stderr)
 
 
@@ -563,7 +562,7 @@ def _make_hf_files(folder: Path) -> None:
     from fttools import require_stack
 
     require_stack()
-    from fttools.distributed import write_hf_files
+    from fttools.hf_files import write_hf_files
 
     write_hf_files(folder)
 
@@ -623,22 +622,28 @@ def generate_cmd(
     context: Optional[str] = typer.Option(None, "--context", help="squad jobs: the context passage."),
     instruction: Optional[str] = typer.Option(None, "--instruction", help="alpaca jobs: the instruction."),
     input_text: Optional[str] = typer.Option(None, "--input", help="alpaca jobs: the optional input."),
+    message: Optional[str] = typer.Option(None, "--message", help="chat (messages) jobs: the user's turn; the tokenizer's chat template is applied."),
+    system: Optional[str] = typer.Option(None, "--system", help="chat jobs, with --message: a system message first."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n", min=1, help="Stop after this many new tokens."),
 ) -> None:
     """Greedy answer of a checkpoint (SFT, or base + LoRA adapter), in the prompt format its job trained on.
 
-    `ft generate JOB --question Q --context C` builds the prompt as training did; a PROMPT
-    argument is continued as raw text.
+    `ft generate JOB --question Q --context C` builds the prompt as training did; for a chat
+    job, `--message M [--system S]` renders the turn with the tokenizer's chat template; a
+    PROMPT argument is continued as raw text.
     """
     from ftcore.errors import UserError
 
     fields = {k: v for k, v in (("question", question), ("context", context), ("instruction", instruction),
                                 ("input", input_text)) if v is not None}
-    if bool(fields) == (prompt is not None):
-        raise UserError("give the record's fields (--question and --context for a squad job, --instruction for "
-                        "an alpaca job) or one raw PROMPT, not both" if fields else
+    if system is not None and message is None:
+        raise UserError("--system goes with --message (the user's turn of a chat job)")
+    modes = sum((bool(fields), prompt is not None, message is not None))
+    if modes != 1:
+        raise UserError("give one of: the record's fields (--question and --context for a squad job, --instruction "
+                        "for an alpaca job), --message for a chat job, or one raw PROMPT" if modes else
                         "nothing to answer: give --question and --context (squad jobs), --instruction (alpaca "
-                        "jobs), or a raw PROMPT")
+                        "jobs), --message (chat jobs), or a raw PROMPT")
     checkpoint = _checkpoint(ckpt)
     from fttools import require_stack
 
@@ -648,8 +653,8 @@ def generate_cmd(
     if fields:
         prompt = job_prompt(checkpoint, fields)
         print(f"prompt: {prompt!r}", file=sys.stderr)
-    text = generate(checkpoint, prompt, max_new_tokens)
-    print(text.strip() if fields else text)
+    text = generate(checkpoint, prompt, max_new_tokens, message=message, system=system)
+    print(text.strip() if fields or message is not None else text)
     if not text.strip():
         print("(the continuation is empty: the model ended it at once)", file=sys.stderr)
 
@@ -793,7 +798,10 @@ def plan_cmd(
     if as_json:
         fit = plan.smallest_fit(job, est.gpu_gib) if est.on_gpu else None
         smallest = {"num_nodes": fit.num_nodes, "devices": fit.devices, "strategy": fit.strategy} if fit else None
-        print(json.dumps({**est.as_dict(), "smallest_fit": smallest}, indent=2))
+        path = plan.attention(job)
+        print(json.dumps({**est.as_dict(), "smallest_fit": smallest,
+                          "attention": {"name": path.name, "padding_free": path.padding_free,
+                                        "packing": path.packing, "reason": path.reason}}, indent=2))
         return
     scale, unit = (plan.GIB, "GiB") if est.total >= plan.GIB else (2**20, "MiB")
     unit += " per GPU" if est.on_gpu else ""
@@ -812,7 +820,8 @@ def plan_cmd(
     table.add_row("total", f"{est.total / scale:.2f}", "", style="bold")
     console = _console()
     console.print(table)
-    for line in ["policy: " + "; ".join(est.decision.describe()), *est.notes, *plan.verdict(est, job)]:
+    for line in ["policy: " + "; ".join(est.decision.describe()), plan.attention(job).describe(), *est.notes,
+                 *plan.verdict(est, job)]:
         console.print(line, markup=False)
 
 

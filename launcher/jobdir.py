@@ -309,6 +309,18 @@ def write_record(job_folder: Path, **fields: Any) -> None:
     text = record_text(**fields)
     check_secrets({RECORD: text})
     write_atomic(job_folder / RECORD, text)
+    if _under_jobs_root(job_folder):  # `ft status ID` finds it without reading every folder
+        from launcher import jobindex
+
+        history = fields.get("history") if isinstance(fields.get("history"), list) else []
+        jobindex.record(job_folder, [fields.get("job_id"), *(h.get("job_id") for h in history if isinstance(h, dict))])
+
+
+def _under_jobs_root(folder: Path) -> bool:
+    try:
+        return folder.parent.resolve() == paths.jobs_root().resolve()
+    except (OSError, RuntimeError, UserError):
+        return False
 
 
 def read_record(folder: Path) -> dict[str, Any]:

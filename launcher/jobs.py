@@ -22,7 +22,7 @@ import yaml
 from ftcore import exits, layout, progress
 from ftcore.files import expand
 from ftcore.errors import UserError
-from launcher import jobdir, paths, scheduler
+from launcher import jobdir, jobindex, paths, scheduler
 from launcher.config import load_yaml
 from launcher.jobfiles import JobFiles, LocalFiles
 from launcher.scheduler import Scheduler, TERMINAL_STATES
@@ -223,17 +223,63 @@ def load(folder: Path) -> JobView:
     return JobView(folder, record, config if isinstance(config, dict) else {}, "; ".join(problems) or None)
 
 
-def all_jobs(root: Path | None = None) -> list[JobView]:
-    """Every job folder, newest first (temporary folders being written are skipped)."""
-    root = root or paths.jobs_root()
+def _folders(root: Path) -> list[os.DirEntry]:
+    """The job folders under `root` (temporary folders being written, and the index, skipped)."""
     try:
-        folders = [p for p in root.iterdir() if not p.name.startswith(".") and p.is_dir()]
+        with os.scandir(root) as entries:
+            return [e for e in entries if not e.name.startswith(".") and _is_dir(e)]
     except FileNotFoundError:
         return []
     except OSError as err:
         raise UserError(f"cannot read the job folders in {root}: {err.strerror}") from None
-    views = [load(p) for p in folders]
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a symlink loop, a vanished entry: not a job folder
+        return False
+
+
+def _created(folder: str) -> float:
+    """What `JobView.created` says, from one stat (no file read)."""
+    for name in (jobdir.CONFIG, ""):
+        try:
+            return os.stat(os.path.join(folder, name)).st_mtime
+        except OSError:
+            continue
+    return 0
+
+
+def all_jobs(root: Path | None = None) -> list[JobView]:
+    """Every job folder, newest first (temporary folders being written are skipped)."""
+    root = root or paths.jobs_root()
+    views = [load(Path(e.path)) for e in _folders(root)]
     return sorted(views, key=lambda v: (v.created, v.folder.name), reverse=True)
+
+
+def newest(limit: int, with_dry_runs: bool = False, root: Path | None = None) -> tuple[list[JobView], int]:
+    """(the `limit` newest jobs, how many dry runs were left out): `ft jobs -n 20` reads the
+    folders it shows, not every folder. The order is `all_jobs`'s, from one stat per folder;
+    a folder without a record is a dry run (`dry_runs`), read to be sure only while the list
+    still has room (past it, one whose config is unreadable counts among the dry runs)."""
+    root = root or paths.jobs_root()
+    order = sorted(((_created(e.path), e.name) for e in _folders(root)), reverse=True)
+    shown: list[JobView] = []
+    hidden = 0
+    for _, name in order:
+        folder = root / name
+        full = len(shown) >= limit
+        if not with_dry_runs and not (folder / jobdir.RECORD).exists():
+            if full or dry_runs([load(folder)]):
+                hidden += 1
+                continue
+        if full:
+            if with_dry_runs:
+                break
+            continue
+        shown.append(load(folder))
+    return shown, hidden
 
 
 def find(spec: str, root: Path | None = None) -> JobView:
@@ -249,7 +295,12 @@ def find(spec: str, root: Path | None = None) -> JobView:
     array_task = _ARRAY_TASK.match(spec)
     if array_task:
         return find(array_task.group(1), root).with_task(int(array_task.group(2)))
+    known = _known(spec, root or paths.jobs_root())
+    if known is not None:
+        return known
     views = all_jobs(root)
+    for view in views:  # the index, rebuilt from the scan: the next `ft status ID` reads one folder
+        jobindex.record(view.folder, [view.job_id, *view.earlier_ids])
     exact = [v for v in views if v.job_id == spec or v.folder.name == spec or spec in v.earlier_ids]
     if len(exact) == 1:
         found = exact[0]
@@ -262,6 +313,22 @@ def find(spec: str, root: Path | None = None) -> JobView:
         names = ", ".join(f"{v.job_id or '-'} ({v.folder.name})" for v in matches[:6])
         raise UserError(f"{spec!r} matches {len(matches)} jobs: {names}", hint="give more of the id or folder name")
     return matches[0]
+
+
+def _known(spec: str, root: Path) -> JobView | None:
+    """The job `spec` names exactly, read from the one folder the index (or its name) points
+    at; None when the index has no entry, or a stale one (then every folder is read)."""
+    folder = jobindex.lookup(root, spec)
+    if folder is not None:
+        view = load(folder)
+        if view.job_id == spec:
+            return view
+        if spec in view.earlier_ids:
+            return dataclasses.replace(view, earlier=spec)
+    named = root / spec
+    if not spec.startswith(".") and "/" not in spec and (named / jobdir.CONFIG).is_file():
+        return load(named)
+    return None
 
 
 def trainer_finished(view: JobView, run: Path) -> bool:

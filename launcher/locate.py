@@ -7,7 +7,7 @@
     ft merge $(ft best 12345)  # the kept checkpoint with the lowest validation loss
 
 A checkpoint that holds only the distributed training state (every one but a run's final)
-gets its Hugging Face files first, from that state (`fttools.distributed`, passed in by the
+gets its Hugging Face files first, from that state (`fttools.hf_files`, passed in by the
 CLI as `make_hf_files`: the launcher itself never imports torch).
 """
 

@@ -6,10 +6,12 @@
 
 `ftcore.policy.decide` says what each tensor is stored as and where (the trainer builds
 exactly that); this module multiplies it out over the model's tensors (`ftcore.arch`), shard
-by shard, for one rank. Weights, gradients at their peak and optimizer state are exact
-(tests/trainer/test_plan_vs_trainer.py holds them to the bytes the trainer holds); buffers,
-activations, logits and the CUDA overhead are estimates (docs/plan.md). No torch here:
-`ft submit` calls `refusals` for every job.
+by shard, for one rank, against the site's GPU memory (`trainer.gpu_memory_gib`). The model is
+the one its config.json describes (`launcher.modelconfig` finds it; a guess from
+`model.parameters_b` only when none can be read, and a guess never refuses). Weights, gradients
+at their peak and optimizer state are exact (tests/trainer/test_plan_vs_trainer.py holds them to
+the bytes the trainer holds); buffers, activations, logits and the CUDA overhead are estimates
+(docs/plan.md). No torch here: `ft submit` calls `refusals` and `warnings` for every job.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ftcore import arch, policy
+from ftcore import arch, families, policy
 from ftcore.errors import UserError
-from ftcore.policy import DTYPE_BYTES, Decision, Layout
+from ftcore.policy import DTYPE_BYTES, Decision, Topology
 from ftcore.schema import Job
 from launcher import modelconfig
 
@@ -107,28 +109,28 @@ class Estimate:
     notes: tuple[str, ...] = field(default=())
 
     @property
-    def layout(self) -> Layout:
-        return self.decision.layout
+    def topology(self) -> Topology:
+        return self.decision.topology
 
     @property
     def world_size(self) -> int:
-        return self.layout.world
+        return self.topology.world
 
     @property
     def num_nodes(self) -> int:
-        return self.layout.num_nodes
+        return self.topology.num_nodes
 
     @property
     def devices(self) -> int:
-        return self.layout.devices
+        return self.topology.devices
 
     @property
     def strategy(self) -> str:
-        return self.layout.strategy
+        return self.topology.strategy
 
     @property
     def on_gpu(self) -> bool:
-        return self.layout.on_gpu
+        return self.topology.on_gpu
 
     @property
     def total(self) -> float:
@@ -151,14 +153,17 @@ class Estimate:
         return {
             "params": self.params, "trainable": self.trainable, "dims_source": self.dims.source,
             "layout": {"num_nodes": self.num_nodes, "devices": self.devices, "world_size": self.world_size,
-                       "strategy": self.strategy, "accelerator": self.layout.accelerator},
+                       "strategy": self.strategy, "accelerator": self.topology.accelerator},
             "rank": self.rank,
             "decision": {"compute": self.decision.compute, "frozen": self.decision.frozen,
                          "trained": self.decision.trained, "gradients": self.decision.grad,
                          "optimizer": self.decision.optim, "grad_sync": self.decision.grad_sync,
                          "quantization": self.decision.quantization, "cpu_offload": self.decision.cpu_offload,
                          "activation_checkpointing": self.decision.activation_checkpointing,
-                         "lora_targets": list(self.decision.lora_targets or []) or None},
+                         "lora_targets": list(self.decision.lora_targets or []) or None,
+                         "lora_parameters": list(self.decision.lora_parameters or []) or None,
+                         "adapter_compute": self.decision.adapter_compute},
+            "model": {"model_type": self.dims.model_type, "exact": self.dims.exact, "source": self.dims.source},
             "rows": [{"name": r.name, "bytes": r.bytes, "gib": r.bytes / GIB, "how": r.how, "exact": r.exact,
                       "on_device": r.on_device} for r in self.rows],
             "total_gib": self.total / GIB, "gpu_gib": self.gpu_gib, "fits": self.fits if self.on_gpu else None,
@@ -178,14 +183,14 @@ def estimate(job: Job, gpu_gib: float | None = None, num_nodes: int | None = Non
     glob matches no layer.
     """
     gpu_gib = gpu_gib or job.trainer.gpu_memory_gib
-    layout = Layout.of(job, num_nodes, devices, strategy)
+    topology = Topology.of(job, num_nodes, devices, strategy)
     dims = model_dims(job)
-    d = policy.decide(job, layout, dims)
-    W = layout.world if d.sharded else 1
+    d = policy.decide(job, topology, dims)
+    W = topology.world if d.sharded else 1
     c = DTYPE_BYTES[d.compute]
     notes: list[str] = []
     if not dims.exact:
-        notes.append(f"model shape: {dims.source}: LoRA sizes and activations are rough, and a guess "
+        notes.append(f"model shape: {dims.source}. LoRA sizes and activations are rough, and a guess "
                      "never refuses a submission")
     if d.lora and d.lora_targets is None:
         notes.append("LoRA targets are resolved by the trainer (the architecture's layer names are not known here)")
@@ -272,7 +277,7 @@ def estimate(job: Job, gpu_gib: float | None = None, num_nodes: int | None = Non
     loss_tokens = min(tokens, policy.LOSS_CHUNK_TOKENS)
     rows.append(Row("logits", loss_tokens * dims.vocab * (c + 8),
                     f"{loss_tokens} tokens × vocab {dims.vocab} × ({c} + 4 + 4) B"))
-    if layout.on_gpu:
+    if topology.on_gpu:
         rows.append(Row("CUDA/NCCL overhead", OVERHEAD_GIB * GIB, "fixed"))
     return Estimate(tuple(rows), dims, d, params, n_trained, gpu_gib, rank, tuple(notes))
 
@@ -363,10 +368,20 @@ def verdict(est: Estimate, job: Job) -> list[str]:
     return [f"total ≈ {est.total / GIB:.1f} GiB per GPU: does NOT fit {where}", *advice(job, est)]
 
 
+def attention(job: Job) -> families.AttentionPath:
+    """The attention path the trainer will build for this model (ftcore.families decides for both)."""
+    return families.attention_path(job, modelconfig.find(job).config)
+
+
 def refusals(job: Job, gpu_gib: float | None = None, force: bool = False) -> list[str]:
     """Why `ft submit` must not queue this job, as far as the plan knows: LoRA globs that match
     no layer of a known architecture, and (unless `force`) a GPU job that does not fit. A plan
-    from a guessed shape refuses nothing (`warnings` says so)."""
+    from a guessed shape refuses nothing (`warnings` says so). Also what the model's own
+    config.json rules out (ftcore.families: packing across a sliding window, ...)."""
+    config = modelconfig.find(job).config
+    found = families.problems(job, config) if config is not None else []
+    if found:
+        return found
     try:
         est = estimate(job, gpu_gib)
     except UserError as err:
@@ -389,6 +404,6 @@ def warnings(job: Job) -> list[str]:
     if est.dims.exact or not est.on_gpu:
         return []
     verdict = "fits" if est.fits else f"would NOT fit {est.gpu_gib:g} GiB"
-    return [f"the fit check is a guess ({est.dims.source}): about {est.total / GIB:.0f} GiB per GPU, {verdict}; "
-            "not refused. Make the model's config.json readable here (a local folder, `ft stage`, or the hub) "
-            "for an exact check"]
+    return [f"the fit check is {est.dims.source}: about {est.total / GIB:.0f} GiB per GPU, {verdict}; not "
+            "refused. Make the model's config.json readable here (a local folder, `ft stage`, or the hub) for an "
+            "exact check"]

@@ -37,6 +37,12 @@ def prepare(ckpt: Checkpoint, repo_id: str) -> Upload:
     """What `ft push` would upload; checks the repository name. Reads only."""
     if not _REPO_ID.match(repo_id) or ".." in repo_id or repo_id.endswith((".git", ".")):
         raise UserError(f"{repo_id!r} is not a Hub repository id: write OWNER/NAME, e.g. my-org/llama-squad-lora")
+    links = _links(ckpt.path)
+    if links:
+        shown = ", ".join(f"{p.relative_to(ckpt.path)} → {os.readlink(p)}" for p in links[:5])
+        raise UserError(f"{ckpt.path} holds symbolic links ({shown}): ft push uploads only files the checkpoint "
+                        "itself holds, never what a link points at",
+                        hint=f"copy the folder without links (cp -rL {ckpt.path} NEW) and push that")
     files = tuple((str(p.relative_to(ckpt.path)), p.stat().st_size) for p in model_files(ckpt.path))
     warnings = []
     base = ckpt.base
@@ -44,6 +50,17 @@ def prepare(ckpt: Checkpoint, repo_id: str) -> Upload:
         warnings.append(f"adapter_config.json names a local base model ({base}); people loading the adapter "
                         "from the Hub need that base too")
     return Upload(ckpt.path, repo_id, files, tuple(warnings))
+
+
+def _links(folder: Path) -> list[Path]:
+    """Symbolic links inside `folder` (not followed), the resume state's excepted (never uploaded)."""
+    found = []
+    for where, dirs, files in os.walk(folder):
+        here = Path(where)
+        if here == folder:
+            dirs[:] = [d for d in dirs if d != TRAINING_STATE]
+        found += [here / name for name in dirs + files if (here / name).is_symlink()]
+    return sorted(found)
 
 
 def human_size(size: float) -> str:

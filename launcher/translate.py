@@ -62,12 +62,19 @@ def _show(value: Any) -> str:
     return str(value)
 
 
+# Sections only an ft job has: a file with one of them is ft's, whatever else it holds (a
+# mistyped `optimizer:` in a factory is then named as an unknown ft key, not translated).
+_FT_SECTIONS = ("data", "trainer", "optim", "resume", "container", "hub", "slurm", "extends")
+
+
 def is_automodel(data: dict[str, Any]) -> bool:
-    """An AutoModel recipe: a `_target_` under `model`, or a section only AutoModel has."""
+    """An AutoModel recipe: a `_target_` under `model`, or a section only AutoModel has in a
+    file with none of ft's own."""
     model = data.get("model")
     if isinstance(model, dict) and ("_target_" in model or "pretrained_model_name_or_path" in model):
         return True
-    return any(section in data for section in _AUTOMODEL_SECTIONS)
+    return (any(section in data for section in _AUTOMODEL_SECTIONS)
+            and not any(section in data for section in _FT_SECTIONS))
 
 
 def _target(section: dict[str, Any]) -> str:

@@ -177,15 +177,27 @@ def train(job_dir: Path, raw: dict, on_step=None) -> int:
 NF4_LLAMA = {**TINY_LLAMA, "hidden_size": 256, "intermediate_size": 512}
 
 
-def held_run(rank: int, world: int, config: str, port: int) -> None:
+def gpu_dtypes_on_cpu(job, layout) -> str:
+    """ftcore.policy.compute_dtype as on a GPU: `model.dtype` (bf16) on this CPU too, so the
+    GPU's dtype policy (bf16 frozen base and compute, fp32 adapters, master weights and Adam
+    state) runs in a CPU test."""
+    return job.model.dtype
+
+
+def held_run(rank: int, world: int, config: str, port: int, gpu_dtypes: bool = False) -> None:
     """One rank of a job trained in this process (torch.multiprocessing for world > 1); writes
     `held-<rank>.json` beside the config: the peak bytes of weights, gradients and optimizer
-    state the trainer held (trainer.memory), at every micro batch and step."""
+    state the trainer held (trainer.memory), at every micro batch and step. `gpu_dtypes`: with
+    the GPU's dtype policy (`gpu_dtypes_on_cpu`)."""
     import torch
 
+    from ftcore import policy
     from ftcore.schema import load_job
     from trainer import memory
     from trainer.train import run
+
+    if gpu_dtypes:
+        policy.compute_dtype = gpu_dtypes_on_cpu
 
     if world > 1:
         os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
@@ -279,3 +291,46 @@ def model_examples() -> list:
         labels[: n - answer] = IGNORE_INDEX
         out.append(Sample(ids, labels, (n,)))
     return out
+
+
+# --- every model family ft claims, as a tiny random model -----------------------------------------
+
+_SMALL = {"hidden_size": 64, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+          "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 384, "max_position_embeddings": 512,
+          "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+_MOE = {"num_experts_per_tok": 2, "moe_intermediate_size": 32}
+# Sliding windows of 4 tokens, shorter than the test examples, so that a path ignoring them fails.
+TINY_FAMILIES: dict[str, dict] = {
+    "llama": {},
+    "mistral": {"sliding_window": 4},
+    "qwen2": {},
+    "qwen3": {},
+    "qwen3_moe": {"num_experts": 4, **_MOE},
+    "mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 4},
+    "gemma": {},
+    "gemma2": {"sliding_window": 4},
+    "gemma3_text": {"sliding_window": 4, "layer_types": ["sliding_attention", "full_attention"]},
+    "phi3": {},
+    "phi": {"partial_rotary_factor": 0.5},
+    "olmo2": {},
+    "granite": {"embedding_multiplier": 2.0, "residual_multiplier": 0.5, "logits_scaling": 2.0},
+    "cohere": {"logit_scale": 0.5},
+    "smollm3": {"no_rope_layer_interval": 2},
+    "stablelm": {"partial_rotary_factor": 0.25},
+    "gpt_neox": {"rotary_pct": 0.25},
+    "gpt2": {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 512},
+    "falcon": {"head_dim": None, "num_kv_heads": 1, "multi_query": True},
+    "gpt_oss": {"num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 4},
+    "deepseek_v3": {"head_dim": None, "num_key_value_heads": 4, "n_routed_experts": 4, "n_shared_experts": 1, **_MOE, "q_lora_rank": 16,
+                    "kv_lora_rank": 16, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 8,
+                    "first_k_dense_replace": 1, "n_group": 1, "topk_group": 1},
+    "qwen3_next": {"num_experts": 4, **_MOE, "shared_expert_intermediate_size": 32, "linear_num_value_heads": 4,
+                   "linear_num_key_heads": 2, "linear_key_head_dim": 16, "linear_value_head_dim": 16,
+                   "full_attention_interval": 2},
+}
+
+
+def tiny_family(model_type: str) -> dict:
+    """model.config of a tiny random `model_type` (its transformers config class's own keys)."""
+    settings = {**_SMALL, **TINY_FAMILIES[model_type], "model_type": model_type}
+    return {k: v for k, v in settings.items() if v is not None}

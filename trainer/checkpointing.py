@@ -13,7 +13,7 @@
     JOB/checkpoints/latest            names the newest complete folder (replaced atomically)
 
 ft's after-training commands accept any checkpoint: for one without the Hugging Face files,
-`write_hf_from_state` makes them from ``ft_state/dcp`` on the CPU (fttools.distributed).
+`write_hf_from_state` makes them from ``ft_state/dcp`` on the CPU (fttools.hf_files).
 
 A checkpoint is written into ``.tmp-step-000012`` and renamed into place once complete, so a
 job killed mid-save leaves the previous checkpoint as the newest complete one
@@ -34,10 +34,21 @@ import torch
 
 from ftcore import policy
 from ftcore.errors import UserError
-from ftcore.layout import (CHECKPOINTS, COMPLETE_MARKER, LATEST, TRAINER_STATE, TRAINING_STATE, complete_checkpoints,
+from ftcore.layout import (BASE_MODEL, CHECKPOINTS, COMPLETE_MARKER, LATEST, TRAINER_STATE, TRAINING_STATE, complete_checkpoints,
                            is_complete, newest_complete, step_dir)
 
 from . import dist
+
+
+def base_reference(job, job_dir: Path) -> tuple[Path | None, str | None]:
+    """(folder to save a random base into, what adapter_config.json names as the base)."""
+    if job.peft is None:
+        return None, None
+    if job.model.init == "random":
+        base_dir = (job_dir / BASE_MODEL).resolve()
+        return base_dir, str(base_dir)
+    local = Path(job.model.path)
+    return None, str(local.resolve()) if local.exists() else job.model.path
 
 
 def _state_dicts(built, optimizer):

@@ -21,7 +21,7 @@ def split_files(repo_id: str, split: str) -> list[Path]:
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
 
-    from trainer.model import hf_token
+    from trainer.hub import hf_token
 
     try:
         folder = Path(snapshot_download(repo_id, repo_type="dataset", allow_patterns=list(hub.DATA_FILES),

@@ -1,5 +1,11 @@
-"""LoRA: which linear layers get adapters (rule: ftcore.policy), adding them with peft, and the
-dtype the adapters compute in (rule: ftcore.policy, `Decision.adapter_compute`)."""
+"""LoRA: which layers get adapters (rules: ftcore.policy, family names: ftcore.families), adding
+them with peft, and the dtype the adapters compute in (rule: ftcore.policy, `Decision.adapter_compute`).
+
+Linear layers are `nn.Linear` and GPT-2's `Conv1D` (peft adapts both). MoE experts stored as
+one 3-D parameter per layer (transformers 5: Mixtral, Qwen3-MoE, gpt-oss, DeepSeek-V3,
+Qwen3-Next) are adapted through peft's `target_parameters`; the saved adapter_config.json
+lists them there, and `PeftModel.from_pretrained` loads them back.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +16,29 @@ import torch.nn.functional as F
 from ftcore import policy
 
 
+def linear_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every layer LoRA can adapt as a linear map, by name: nn.Linear and transformers' Conv1D."""
+    from transformers.pytorch_utils import Conv1D
+
+    return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))}
+
+
+def model_type(model: nn.Module) -> str | None:
+    return getattr(getattr(model, "config", None), "model_type", None)
+
+
 def lora_targets(model: nn.Module, cfg) -> list[str]:
-    """The explicit list of linear-layer names the `peft` globs adapt (rule: ftcore.policy)."""
+    """The explicit list of linear-layer names the `peft` section adapts (rule: ftcore.policy)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    linears = linear_layers(model)
     head_name = next((n for n, m in linears.items() if m is head), None)
-    return policy.lora_targets(list(linears), head_name, cfg)
+    return policy.lora_targets(list(linears), head_name, cfg, model_type(model))
+
+
+def expert_targets(model: nn.Module, cfg) -> list[str]:
+    """The 3-D expert parameters the `peft` section adapts (peft's `target_parameters`)."""
+    names = [n for n, p in model.named_parameters() if p.dim() == 3]
+    return policy.expert_targets(names, cfg, model_type(model))
 
 
 def add_lora(lm: nn.Module, job) -> nn.Module:
@@ -23,11 +46,13 @@ def add_lora(lm: nn.Module, job) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
     targets = lora_targets(lm, job.peft)
+    experts = expert_targets(lm, job.peft)
     config = LoraConfig(
         r=job.peft.dim,
         lora_alpha=job.peft.alpha,
         lora_dropout=job.peft.dropout,
         target_modules=targets,
+        target_parameters=experts or None,
         bias="none",
         task_type="CAUSAL_LM",
     )

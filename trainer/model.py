@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ftcore import policy
+from ftcore import families, policy
 from ftcore.errors import UserError
 
 from . import attention, meta_init, quantize, sharding
@@ -37,6 +37,7 @@ class Built:
     sharded: bool  # FSDP2: gradients are reduced by FSDP, state dicts are DTensors
     compute_dtype: torch.dtype
     decision: policy.Decision  # what was built
+    attention: families.AttentionPath  # the attention implementation and the row layout collate uses
 
     @property
     def trainable(self) -> list[nn.Parameter]:
@@ -61,13 +62,13 @@ def model_config(job):
     return config
 
 
-def attn_implementation(job) -> str:
-    """What the model is built with: ft's padding-free attention (`trainer.attention`, which
-    runs flash-attention's varlen kernel when installed) when the data are collated
-    padding-free, otherwise `model.attn_implementation` itself."""
-    if job.data.padding_free and job.model.attn_implementation in ("sdpa", "flash_attention_2"):
-        return attention.register()
-    return job.model.attn_implementation
+def attention_path(job, config) -> families.AttentionPath:
+    """The path the policy picks for this family (ftcore.families, which `ft plan` prints too):
+    ft's padding-free attention where it is exact, the model's own (padded) where it is not."""
+    path = families.attention_path(job, config.to_dict())
+    if path.name == attention.NAME:
+        attention.register()
+    return path
 
 
 def build(job, env: DistEnv, device: torch.device, tokenizer, base_dir: Path | None = None) -> Built:
@@ -90,7 +91,10 @@ def build(job, env: DistEnv, device: torch.device, tokenizer, base_dir: Path | N
         raise UserError(
             f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {config.vocab_size}"
         )
-    common = dict(dtype=param_dtype, attn_implementation=attn_implementation(job))
+    path = attention_path(job, config)
+    if env.is_main:
+        print(f"ft trainer: {path.describe()}", flush=True)
+    common = dict(dtype=param_dtype, attn_implementation=path.name)
 
     if job.model.meta_init:
         lm = meta_init.empty_model(config, **common)
@@ -98,7 +102,7 @@ def build(job, env: DistEnv, device: torch.device, tokenizer, base_dir: Path | N
         lm = random_model(job, config, **common)
     else:
         extra = {}
-        if decision.layout.on_gpu and not sharded:
+        if decision.topology.on_gpu and not sharded:
             extra["device_map"] = {"": device}  # straight to this GPU, not via host memory
         lm = AutoModelForCausalLM.from_pretrained(
             job.model.path,
@@ -141,7 +145,8 @@ def build(job, env: DistEnv, device: torch.device, tokenizer, base_dir: Path | N
             meta_init.materialize(module, job, env, device, decision)
     else:
         module.to(device)
-    return Built(module=module, lm=lm, sharded=sharded, compute_dtype=compute_dtype, decision=decision)
+    return Built(module=module, lm=lm, sharded=sharded, compute_dtype=compute_dtype, decision=decision,
+                 attention=path)
 
 
 def _checkpoint_activations(lm: nn.Module) -> None:

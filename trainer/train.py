@@ -12,10 +12,11 @@ rank from the deterministic data order, so it costs no communication), and gradi
 summed over ranks. Results therefore do not depend on micro batch size or process count
 beyond float rounding.
 
-The host never waits for the device inside a step. It reads values back only at check
-points (`CheckPoints`): logging steps, and often enough to honour a stop signal in time. A
-non-finite step is skipped by the optimizer on the device (`trainer.update`) and reported at
-the next check point.
+The run (`train`: set-up, loop, checkpoints, logging, validation, export) is apart from the
+step (`train_step`: one optimizer step, what to change for speed). The host never waits for
+the device inside a step. It reads values back only at sync points (`SyncPoints`): logging
+steps, and often enough to honour a stop signal in time. A non-finite step is skipped by the
+optimizer on the device (`trainer.update`) and reported at the next sync point.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import math
 import os
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -39,8 +41,8 @@ from . import checkpointing, data, dist, update
 from .batching import StepBatches, val_batches
 from .collate import Prefetcher, collate
 from .metrics import Metrics, memory_gib
+from .model import Built, build
 from .stop import StopSignal
-from .model import build
 from .tokenizer import load_tokenizer
 
 
@@ -84,7 +86,180 @@ def run(job, job_dir: str | Path, on_step: Callable[[dict], None] | None = None,
 
 def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "StopSignal", on_step=None,
           watch=None) -> int:
-    """The whole run, top to bottom, once the process group exists."""
+    """The run, top to bottom, once the process group exists: set-up, the loop of `train_step`s with
+    its sync points, logging, validation and checkpoints, and the final export."""
+    s = set_up(job, job_dir, env, device, stop)
+    metrics, total_steps = s.metrics, s.total_steps
+    step = started = s.start_step
+    s.built.module.train()
+    syncs = SyncPoints(job.trainer.log_every_steps, total_steps, seconds=job.slurm.signal_seconds / 4)
+    stop_requested, reported_skips = False, 0
+    last_log, tokens_since_log, last_sync = time.perf_counter(), 0, (time.perf_counter(), step)
+
+    if job.trainer.check_loss and step < total_steps:
+        check_loss(s.built, s.collate([check_sample(s.batches.micro_batches(step)[0][0])]), job)
+
+    # Until a sync point, nothing here reads a value from the device: the host queues work
+    # and moves on. Counts that the loop needs (answer tokens) come from the samples, which
+    # live on the host.
+    while step < total_steps:
+        everyone = s.batches.global_batch_samples(step)
+        answer_tokens = max(1, sum(x.answer_tokens for x in everyone))
+        tokens_since_log += sum(len(x) for x in everyone)
+        logs = (step + 1) % job.trainer.log_every_steps == 0 or step + 1 == total_steps
+        loss_sum, grad_norm, lr = train_step(s, step, answer_tokens, want_norm=logs, watch=watch)
+        step += 1
+
+        record = {"step": step}
+        if syncs.due(step):
+            # The one host sync: this step's loss, whether any rank was told to stop (all must
+            # checkpoint at the same step), the time per step, and the skipped-step counts.
+            now = time.perf_counter()
+            shared = torch.stack([loss_sum.float(), torch.full((), float(stop.requested), device=device),
+                                  torch.full((), (now - last_sync[0]) / (step - last_sync[1]), device=device)])
+            dist.all_reduce_sum(shared)
+            norm = torch.zeros(1) if grad_norm is None else grad_norm.reshape(1).float()
+            loss_value, stops, step_seconds, skipped, first_bad, norm = torch.cat(
+                [shared, s.guard.counts().to(device), norm.to(device)]).tolist()
+            stop_requested = stops > 0
+            syncs.plan(step, step_seconds / env.world_size)
+            last_sync = (now, step)
+            if skipped > reported_skips:
+                reported_skips = _nonfinite(job, metrics, int(skipped), int(first_bad), step)
+            if logs:
+                record.update({
+                    "epoch": (step - 1) // s.batches.steps_per_epoch,
+                    "loss": loss_value / answer_tokens,
+                    "grad_norm": norm,
+                    "lr": lr,
+                    "mem_gib": memory_gib(device),
+                    "tps": tokens_since_log / (now - last_log),
+                })
+                last_log, tokens_since_log = now, 0
+                metrics.step(record)
+        if on_step is not None:
+            on_step(record)
+
+        if stop_requested and step < total_steps:
+            return s.stop_now(step, "a stop signal")
+        if step < total_steps:
+            if job.trainer.val_every_steps and step % job.trainer.val_every_steps == 0 and not s.validate(step):
+                return s.stop_now(step, "a stop signal during validation")
+            if job.checkpoint.every_steps and step % job.checkpoint.every_steps == 0:
+                s.save(step)
+
+    # --- save: the final checkpoint is also a Hugging Face model folder
+    if step == started:
+        metrics.print(f"nothing to do: the checkpoint at step {step} already completes {total_steps} steps")
+    elif not stop_requested:  # told to stop at the last step: no time for a validation pass
+        s.validate(step)  # cut short by a stop signal: the final checkpoint below is written all the same
+    metrics.finish(step, s.save(step, export=True))
+    metrics.close()
+    return exits.OK
+
+
+def train_step(s: "Setup", step: int, answer_tokens: int, want_norm: bool, watch=None):
+    """Optimizer step `step + 1`: every micro batch's forward and backward, gradients summed over
+    ranks, clipped, applied. It queues work and reads nothing back from the device: it returns
+    this rank's summed loss and the gradient norm (None unless `want_norm`) as device tensors,
+    and the learning rate it used."""
+    built, model, optimizer = s.built, s.built.module, s.optimizer
+    loss_sum = torch.zeros((), device=s.device)
+    micro_batches = s.batches.micro_batches(step)
+    for i, batch in enumerate(Prefetcher(micro_batches, s.collate, s.device)):
+        if built.sharded:
+            # The policy's gradient residency: full SFT reduce-scatters after every micro
+            # batch (only shards are ever held); LoRA accumulates its small unsharded
+            # gradients and reduce-scatters once, after the last.
+            model.set_requires_gradient_sync(
+                built.decision.grad_sync == "micro_batch" or i == len(micro_batches) - 1)
+        loss = model(**batch)
+        # Every rank divides by the global count, and gradients are summed over ranks
+        # (FSDP2 told so in trainer.sharding; dist.all_reduce_grads sums).
+        (loss / answer_tokens).backward()
+        loss_sum += loss.detach()
+        if watch is not None:
+            watch("backward", built, optimizer)
+    if not built.sharded:
+        dist.all_reduce_grads(built.trainable)
+    grad_norm = update.clip(built.trainable, s.job.trainer.grad_clip, want_norm=want_norm)
+    s.guard.mark(optimizer, built.trainable, step + 1, grad_norm)
+    lr = lr_at(step + 1, s.total_steps, s.job.optim)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    s.stop.training()  # from this update on, a stop signal checkpoints instead of ending at once
+    optimizer.step()  # skipped on the device when the guard found a non-finite gradient
+    if watch is not None:
+        watch("step", built, optimizer)
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum, grad_norm, lr
+
+
+@dataclass
+class Setup:
+    """What a run trains with, built once by `set_up`; it saves and validates itself."""
+
+    job: object
+    job_dir: Path
+    env: dist.DistEnv
+    device: torch.device
+    tokenizer: object
+    dataset: data.Data
+    batches: StepBatches
+    total_steps: int
+    built: Built
+    optimizer: torch.optim.Optimizer
+    guard: update.Guard
+    stop: StopSignal
+    base_ref: str | None  # what adapter_config.json names as the base
+    start_step: int  # 0, or the step of the checkpoint this run resumes from
+    metrics: Metrics
+
+    def collate(self, samples) -> dict:
+        job = self.job
+        return collate(samples, self.tokenizer.pad_token_id, self.built.attention.name, self.built.compute_dtype,
+                       self.device, self.built.attention.padding_free)
+
+    def save(self, at_step: int, export: bool = False) -> Path:
+        job = self.job
+        epoch, index = self.batches.position(at_step)
+        state = {
+            "step": at_step,
+            "data_position": {"epoch": epoch, "index": index},  # where the next step starts
+            "num_train_rows": len(self.dataset.train),
+            "global_batch_size": job.data.global_batch_size,
+            "world_size": self.env.world_size,
+            "seed": job.trainer.seed,
+            "lr": lr_at(at_step, self.total_steps, job.optim) if at_step else 0.0,
+            "schedule": {"name": job.optim.lr_scheduler.name, "total_steps": self.total_steps,
+                         "warmup_steps": job.optim.lr_scheduler.warmup_steps},
+        }
+        # hf_every_save: every checkpoint loads with PeftModel / AutoModelForCausalLM as it is
+        # (a full copy gathered on rank 0 each time; the final one always has it).
+        path = checkpointing.save(self.job_dir, at_step, self.built, self.optimizer, self.tokenizer, state, self.env,
+                                  job.checkpoint.keep_last, self.base_ref, export or job.checkpoint.hf_every_save)
+        self.metrics.print(f"checkpoint {path}")
+        return path
+
+    def validate(self, at_step: int) -> bool:
+        """Validate at `at_step`; False when a stop signal cut the pass short (nothing recorded)."""
+        if self.dataset.val and self.job.trainer.limit_val_batches != 0:
+            result = evaluate(self.built, self.dataset.val, self.job, self.env, self.device,
+                              self.tokenizer.pad_token_id, self.stop)
+            if result is None:
+                return False
+            self.metrics.validation(at_step, *result)
+        return True
+
+    def stop_now(self, at_step: int, where: str) -> int:
+        self.metrics.print(f"stop requested ({where}): checkpointing step {at_step}, exit {exits.REQUEUE}")
+        self.save(at_step)
+        self.metrics.close()
+        return exits.REQUEUE
+
+
+def set_up(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: StopSignal) -> Setup:
+    """Data, model (+LoRA), optimizer, and the newest complete checkpoint to resume from."""
     seed = job.trainer.seed
     torch.manual_seed(seed)
 
@@ -100,7 +275,7 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
     total_steps = job.trainer.max_steps or job.trainer.num_epochs * batches.steps_per_epoch
 
     # --- model (+LoRA)
-    base_dir, base_ref = base_reference(job, job_dir)
+    base_dir, base_ref = checkpointing.base_reference(job, job_dir)
     built = build(job, env, device, tokenizer, base_dir=base_dir)
     optimizer = update.optimizer(job.optim, built.trainable)
 
@@ -132,147 +307,13 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
     metrics.print(dataset.summary())
     if resume_from is not None:
         metrics.print(f"resumed from {resume_from} at step {step}")
-
-    def save(at_step: int, export: bool = False) -> Path:
-        epoch, index = batches.position(at_step)
-        state = {
-            "step": at_step,
-            "data_position": {"epoch": epoch, "index": index},  # where the next step starts
-            "num_train_rows": len(dataset.train),
-            "global_batch_size": job.data.global_batch_size,
-            "world_size": env.world_size,
-            "seed": seed,
-            "lr": lr_at(at_step, total_steps, job.optim) if at_step else 0.0,
-            "schedule": {"name": job.optim.lr_scheduler.name, "total_steps": total_steps,
-                         "warmup_steps": job.optim.lr_scheduler.warmup_steps},
-        }
-        # hf_every_save: every checkpoint loads with PeftModel / AutoModelForCausalLM as it is
-        # (a full copy gathered on rank 0 each time; the final one always has it).
-        path = checkpointing.save(job_dir, at_step, built, optimizer, tokenizer, state, env, job.checkpoint.keep_last,
-                                  base_ref, export or job.checkpoint.hf_every_save)
-        metrics.print(f"checkpoint {path}")
-        return path
-
-    def validate(at_step: int) -> bool:
-        """Validate at `at_step`; False when a stop signal cut the pass short (nothing recorded)."""
-        if dataset.val and job.trainer.limit_val_batches != 0:
-            result = evaluate(built, dataset.val, job, env, device, tokenizer.pad_token_id, stop)
-            if result is None:
-                return False
-            metrics.validation(at_step, *result)
-        return True
-
-    def stop_now(at_step: int, where: str) -> int:
-        metrics.print(f"stop requested ({where}): checkpointing step {at_step}, exit {exits.REQUEUE}")
-        save(at_step)
-        metrics.close()
-        return exits.REQUEUE
-
-    # --- loop
-    model = built.module
-    model.train()
     guard = update.Guard(built.trainable[0].device, built.sharded, comm_device=device)
-    checks = CheckPoints(job.trainer.log_every_steps, total_steps, seconds=job.slurm.signal_seconds / 4)
-    started, stop_requested = step, False
-    last_log, tokens_since_log, last_check = time.perf_counter(), 0, (time.perf_counter(), step)
-    reported_skips = 0
-
-    def collate_fn(samples):
-        return collate(samples, tokenizer.pad_token_id, job.model.attn_implementation, built.compute_dtype, device,
-                       job.data.padding_free)
-
-    if job.trainer.check_loss and step < total_steps:
-        check_loss(built, collate_fn([check_sample(batches.micro_batches(step)[0][0])]), job)
-
-    # Until a check point, nothing here reads a value from the device: the host queues work
-    # and moves on. Counts that the loop needs (answer tokens) come from the samples, which
-    # live on the host.
-    while step < total_steps:
-        everyone = batches.global_batch_samples(step)
-        answer_tokens = max(1, sum(s.answer_tokens for s in everyone))
-        tokens_since_log += sum(len(s) for s in everyone)
-
-        loss_sum = torch.zeros((), device=device)
-        micro_batches = batches.micro_batches(step)
-        for i, batch in enumerate(Prefetcher(micro_batches, collate_fn, device)):
-            if built.sharded:
-                # The policy's gradient residency: full SFT reduce-scatters after every micro
-                # batch (only shards are ever held); LoRA accumulates its small unsharded
-                # gradients and reduce-scatters once, after the last.
-                model.set_requires_gradient_sync(
-                    built.decision.grad_sync == "micro_batch" or i == len(micro_batches) - 1)
-            loss = model(**batch)
-            # Every rank divides by the global count, and gradients are summed over ranks
-            # (FSDP2 told so in trainer.sharding; dist.all_reduce_grads sums).
-            (loss / answer_tokens).backward()
-            loss_sum += loss.detach()
-            if watch is not None:
-                watch("backward", built, optimizer)
-        if not built.sharded:
-            dist.all_reduce_grads(built.trainable)
-        logging = (step + 1) % job.trainer.log_every_steps == 0 or step + 1 == total_steps
-        grad_norm = update.clip(built.trainable, job.trainer.grad_clip, want_norm=logging)
-        guard.mark(optimizer, built.trainable, step + 1, grad_norm)
-        lr = lr_at(step + 1, total_steps, job.optim)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        stop.training()  # from this update on, a stop signal checkpoints instead of ending at once
-        optimizer.step()  # skipped on the device when the guard found a non-finite gradient
-        if watch is not None:
-            watch("step", built, optimizer)
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-
-        record = {"step": step}
-        if checks.due(step):
-            # The one host sync: this step's loss, whether any rank was told to stop (all must
-            # checkpoint at the same step), the time per step, and the skipped-step counts.
-            now = time.perf_counter()
-            shared = torch.stack([loss_sum.float(), torch.full((), float(stop.requested), device=device),
-                                  torch.full((), (now - last_check[0]) / (step - last_check[1]), device=device)])
-            dist.all_reduce_sum(shared)
-            norm = torch.zeros(1) if grad_norm is None else grad_norm.reshape(1).float()
-            loss_value, stops, step_seconds, skipped, first_bad, norm = torch.cat(
-                [shared, guard.counts().to(device), norm.to(device)]).tolist()
-            stop_requested = stops > 0
-            checks.plan(step, step_seconds / env.world_size)
-            last_check = (now, step)
-            if skipped > reported_skips:
-                reported_skips = _nonfinite(job, metrics, int(skipped), int(first_bad), step)
-            if logging:
-                record.update({
-                    "epoch": (step - 1) // batches.steps_per_epoch,
-                    "loss": loss_value / answer_tokens,
-                    "grad_norm": norm,
-                    "lr": lr,
-                    "mem_gib": memory_gib(device),
-                    "tps": tokens_since_log / (now - last_log),
-                })
-                last_log, tokens_since_log = now, 0
-                metrics.step(record)
-        if on_step is not None:
-            on_step(record)
-
-        if stop_requested and step < total_steps:
-            return stop_now(step, "a stop signal")
-        if step < total_steps:
-            if job.trainer.val_every_steps and step % job.trainer.val_every_steps == 0 and not validate(step):
-                return stop_now(step, "a stop signal during validation")
-            if job.checkpoint.every_steps and step % job.checkpoint.every_steps == 0:
-                save(step)
-
-    # --- save: the final checkpoint is also a Hugging Face model folder
-    if step == started:
-        metrics.print(f"nothing to do: the checkpoint at step {step} already completes {total_steps} steps")
-    elif not stop_requested:  # told to stop at the last step: no time for a validation pass
-        validate(step)  # cut short by a stop signal: the final checkpoint below is written all the same
-    metrics.finish(step, save(step, export=True))
-    metrics.close()
-    return exits.OK
+    return Setup(job, job_dir, env, device, tokenizer, dataset, batches, total_steps, built, optimizer, guard,
+                 stop, base_ref, step, metrics)
 
 
-class CheckPoints:
-    """The steps at which the host reads the device: every logging step, and often enough that
+class SyncPoints:
+    """The steps at which the host reads the device (a sync point): every logging step, and often enough that
     a stop signal (SIGUSR1 comes slurm.signal_seconds early) is honoured within about
     `seconds` of training. Every rank computes the same steps from the same shared figures."""
 
@@ -352,8 +393,8 @@ def evaluate(built, samples, job, env, device, pad_id, stop: "StopSignal | None"
             if stop is not None and _any_rank_stopping(stop, env, device):
                 model.train()
                 return None
-            batch = collate(batch_samples, pad_id, job.model.attn_implementation, built.compute_dtype, device,
-                                 job.data.padding_free)
+            batch = collate(batch_samples, pad_id, built.attention.name, built.compute_dtype, device,
+                            built.attention.padding_free)
             loss = model(**batch)
             if counts:
                 totals += torch.stack([loss.double(), torch.tensor(float(sum(s.answer_tokens for s in batch_samples)), dtype=torch.float64, device=device)])
@@ -372,17 +413,6 @@ def _any_rank_stopping(stop: "StopSignal", env, device: torch.device) -> bool:
     flag = torch.full((), float(stop.requested), device=device)
     dist.all_reduce_sum(flag)
     return flag.item() > 0
-
-
-def base_reference(job, job_dir: Path) -> tuple[Path | None, str | None]:
-    """(folder to save a random base into, what adapter_config.json names as the base)."""
-    if job.peft is None:
-        return None, None
-    if job.model.init == "random":
-        base_dir = (job_dir / layout.BASE_MODEL).resolve()
-        return base_dir, str(base_dir)
-    local = Path(job.model.path)
-    return None, str(local.resolve()) if local.exists() else job.model.path
 
 
 def _check_same_data(state: dict, folder: Path, num_rows: int, job) -> None:

@@ -1,6 +1,6 @@
 """The weight update's numerics, all on the device: gradient norm, clipping, non-finite guard.
 
-Nothing here reads a value back to the host; the loop does that only at its check points
+Nothing here reads a value back to the host; the loop does that only at its sync points
 (`trainer.train`). The pieces, as torchtitan writes them:
 
 * the gradient norm is computed once (`get_total_norm`; under FSDP2 one `full_tensor()`
@@ -49,7 +49,7 @@ class Guard:
     """Marks a step with a non-finite gradient for the optimizer to skip, and counts them.
 
     `counts()` (a device tensor: steps skipped so far, first such step or -1) is read by the
-    loop at its check points only.
+    loop at its sync points only.
     """
 
     def __init__(self, device: torch.device, sharded: bool, comm_device: torch.device | None = None):

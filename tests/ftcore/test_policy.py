@@ -9,7 +9,7 @@ import pytest
 
 from ftcore import arch, policy
 from ftcore.errors import UserError
-from ftcore.policy import Layout
+from ftcore.policy import Topology
 from launcher import config, plan
 
 LLAMA = arch.dims_from_config(arch.PUBLISHED["meta-llama/Llama-3.2-1B"], "published")
@@ -55,7 +55,7 @@ def test_the_decisions_of_each_layout():
     sft = config.resolve("llama3_8b_sft", []).job
     d = policy.decide(sft)
     assert (d.trained, d.grad_sync, d.master_weights, d.grads_unsharded) == ("fp32", "micro_batch", True, False)
-    ddp_sft = policy.decide(sft, Layout(1, 2, "ddp", "gpu"))
+    ddp_sft = policy.decide(sft, Topology(1, 2, "ddp", "gpu"))
     assert (ddp_sft.trained, ddp_sft.master_weights, ddp_sft.grads_unsharded) == ("bf16", False, True)
     cpu = policy.decide(config.resolve("tiny", []).job)
     assert cpu.compute == cpu.trained == "fp32"
@@ -63,7 +63,7 @@ def test_the_decisions_of_each_layout():
     d = policy.decide(big, dims=plan.model_dims(big))
     assert d.quantization == "nf4" and d.sharded and d.accum_steps == 2 and d.grads_unsharded
     assert len(d.lora_targets) == 126 * 4
-    one_micro_batch = policy.decide(big, Layout(2, 8, "fsdp2", "gpu"))
+    one_micro_batch = policy.decide(big, Topology(2, 8, "fsdp2", "gpu"))
     assert one_micro_batch.accum_steps == 1 and not one_micro_batch.grads_unsharded
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 
 torch = pytest.importorskip("torch")
+import json
+
 from post_helpers import PROMPT, one_thread, run_ft, train_job
+from trainer_helpers import TINY_QA
 
 from ftcore import files, layout
 from launcher import locate
@@ -18,7 +21,13 @@ pytestmark = pytest.mark.train
 def jobs(tmp_path_factory):
     with one_thread():  # for the whole module: its tests run these models too
         home = tmp_path_factory.mktemp("home")
-        yield {"lora": train_job(home, "lora"), "sft": train_job(home, "sft", peft=None)}
+        chat = home / "chat.jsonl"  # the tiny QA set as conversations: a `messages` job
+        chat.write_text("".join(json.dumps({"messages": [
+            {"role": "user", "content": f"{r['context']} {r['question']}"},
+            {"role": "assistant", "content": r["answers"]["text"][0]}]}) + "\n"
+            for r in map(json.loads, TINY_QA.read_text().splitlines()[:40])))
+        yield {"lora": train_job(home, "lora"), "sft": train_job(home, "sft", peft=None),
+               "chat": train_job(home, "chat", data={"path": str(chat), "format": "jsonl"})}
 
 
 def _reference(model, tokenizer, max_new_tokens):
@@ -94,3 +103,33 @@ def test_the_jobs_prompt_format_is_applied_from_the_records_fields(jobs):
     assert code == 2 and "a squad job's prompt is built from --context and --question" in stderr
     code, _, stderr = run_ft("generate", str(jobs["lora"]))
     assert code == 2 and "nothing to answer" in stderr
+
+
+def test_chat_mode_applies_the_chat_template_once(jobs, monkeypatch):
+    """`--message`/`--system` for a messages job: the tokenizer's chat template, one bos, the
+    assistant header last, as training rendered conversations."""
+    from fttools import inference
+
+    ckpt = locate.find_checkpoint(str(jobs["chat"]))
+    tokenizer = inference.load_tokenizer(ckpt)
+    ids = inference.chat_ids(ckpt, tokenizer, "Where does Ben live?", "Be brief.")
+    rendered = tokenizer.apply_chat_template([{"role": "system", "content": "Be brief."},
+                                              {"role": "user", "content": "Where does Ben live?"}],
+                                             tokenize=False, add_generation_prompt=True)
+    assert ids == tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    assert ids.count(tokenizer.bos_token_id) == 1 and ids[0] == tokenizer.bos_token_id
+    code, stdout, stderr = run_ft("generate", str(jobs["chat"]), "--message", "Where does Ben live?",
+                                  "--system", "Be brief.", "-n", "4")
+    assert code == 0, stderr
+    assert stdout.strip() == inference.greedy(inference.load_model(ckpt), tokenizer, [ids], 4)[0].strip()
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the mode was checked")
+
+    monkeypatch.setattr(inference, "load_model", no_model)
+    code, _, stderr = run_ft("generate", str(jobs["lora"]), "--message", "hi")  # a squad job
+    assert code == 2 and "give --question and --context instead" in stderr
+    code, _, stderr = run_ft("generate", str(jobs["chat"]), "--question", "q", "--context", "c")
+    assert code == 2 and "give --message (and --system)" in stderr
+    code, _, stderr = run_ft("generate", str(jobs["chat"]), "--system", "Be brief.")
+    assert code == 2 and "--system goes with --message" in stderr

@@ -137,3 +137,61 @@ def test_cli_merges_the_newest_checkpoint_of_a_job_named_by_prefix(home, tmp_pat
     assert code == 2 and "ft: error:" in stderr and "nothing to merge" in stderr and "Traceback" not in stderr
     code, _, stderr = run_ft("merge", JOB, "--dtype", "int8")
     assert code == 2 and "choose one of bf16, fp16, fp32" in stderr
+
+
+def test_merged_and_exported_folders_are_readable_by_others_per_umask(ckpt, tmp_path):
+    """Meant for sharing: every file and folder gets the modes a plain `cp` under the user's
+    umask would give (the trainer's checkpoint files, copied, and the writers' own, are 0600)."""
+    import os
+    import stat
+
+    from fttools.export import export
+    from fttools.merge import merge
+
+    for weights in ckpt.path.glob("*.safetensors"):
+        os.chmod(weights, 0o600)  # as a private checkpoint may hold them
+    old = os.umask(0o022)
+    try:
+        outs = [merge(ckpt, tmp_path / "merged"), export(ckpt, out=tmp_path / "lora").out,
+                export(ckpt, out=tmp_path / "full", merge=True).out]
+    finally:
+        os.umask(old)
+    for out in outs:
+        for path in [out, *out.rglob("*")]:
+            mode = stat.S_IMODE(path.stat().st_mode)
+            assert mode == (0o755 if path.is_dir() else 0o644), (path, oct(mode))
+
+
+@pytest.mark.parametrize("where", ["itself", "inside"])
+def test_out_inside_the_checkpoint_being_read_is_refused(ckpt, where):
+    from fttools.export import export
+    from fttools.merge import merge
+
+    out = ckpt.path if where == "itself" else ckpt.path / "exports" / "x"
+    before = sorted(p.name for p in ckpt.path.iterdir())
+    for make in (lambda: merge(ckpt, out), lambda: export(ckpt, out=out), lambda: export(ckpt, out=out, merge=True)):
+        with pytest.raises(UserError, match="is inside .*the folder being read"):
+            make()
+    assert sorted(p.name for p in ckpt.path.iterdir()) == before
+
+
+def test_a_full_disk_during_a_merge_is_one_line(ckpt, tmp_path):
+    """A real 200 KiB tmpfs (a private mount namespace) as --out: `ft merge` and `ft export
+    --merge` say the disk is full, in one line, and leave nothing there."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no private mount namespace here")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    repo = Path(__file__).resolve().parents[2]
+    for command in (["merge", str(ckpt.path), "--out", f"{disk}/m"],
+                    ["export", str(ckpt.path), "--to", "vllm", "--merge", "--out", f"{disk}/e"]):
+        script = 'mount -t tmpfs -o size=200k tmpfs "$D" && "$PY" -m launcher "$@"; code=$?; ls -A "$D"; exit $code'
+        done = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", *command], capture_output=True, text=True,
+                              timeout=300, env=dict(os.environ, D=str(disk), PY=sys.executable, PYTHONPATH=str(repo)))
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+        assert "No space left on device" in done.stderr and done.stdout.strip() == "", done.stdout

@@ -67,6 +67,13 @@ def test_what_has_no_ft_equivalent_is_refused_by_name(tmp_path):
     assert len(err.value.problems) == 4  # nothing else: the rest of the guide translates
 
 
+def test_an_ft_factory_with_a_stray_automodel_word_stays_an_ft_factory(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("extends: tiny\noptimizer:\n  lr: 1e-4\n")
+    with pytest.raises(UserError, match="unknown key 'optimizer'"):
+        config.resolve(str(path), [])
+
+
 def test_nemo_words_on_the_command_line(ft):
     shown = ft("show", "--factory", "tiny", "peft=qlora")
     assert shown.returncode == 0, shown.stderr

@@ -288,7 +288,8 @@ def test_a_guess_warns_and_never_refuses(ft, isolated_home):
     result = ft(*args)
     text = " ".join(result.stderr.split())
     assert result.returncode == 0, result.stderr
-    assert "warning: the fit check is a guess (a guess from model.parameters_b=8.03" in text and "not refused" in text
+    assert "warning: the fit check is a guess from model.parameters_b=8.03, because /scratch/me/llama3-8b" in text
+    assert "not refused" in text
     assert plan.refusals(job("llama3_8b_sft", "resume.restore_config.path=/scratch/me/llama3-8b")) == []
     exact = plan.estimate(job("llama3_8b_sft"))
     assert exact.dims.exact and exact.fits and round(exact.total / plan.GIB) == 75

@@ -87,3 +87,21 @@ def test_repository_ids_are_checked(job):
     for bad in ("tiny", "me/tiny lora", "../x/y", "me/x.git", "me/"):
         with pytest.raises(UserError, match="not a Hub repository id"):
             prepare(ckpt, bad)
+
+
+def test_symbolic_links_inside_a_checkpoint_are_never_followed(ft, job, tmp_path):
+    """A link planted in a checkpoint (to a private file, or a folder) is refused by name, dry run
+    included, before anything is read through it."""
+    ckpt = locate.find_checkpoint(str(job))
+    secret = tmp_path / "private.txt"
+    secret.write_text("not for the Hub")
+    link = ckpt.path / "notes.txt"
+    link.symlink_to(secret)
+    try:
+        result = ft("push", str(job), "me/tiny-lora", "--dry-run", env=NO_HUB)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert "holds symbolic links (notes.txt → " in result.stderr and "private.txt" not in result.stdout
+        with pytest.raises(UserError, match="symbolic links"):
+            prepare(ckpt, "me/tiny-lora")
+    finally:
+        link.unlink()

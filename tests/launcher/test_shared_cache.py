@@ -58,9 +58,17 @@ def users():
 
 
 @pytest.fixture
-def shared(users, container_site):
-    """The site's setgid cache folder, the stand-in registry readable by both users, and a
-    private FT_HOME for each."""
+def shared(site_cache, container_site):
+    """`site_cache`, with the stand-in registry and the tiny model readable by both users."""
+    subprocess.run(["chmod", "-R", "a+rX", str(container_site.root)], check=True)
+    container_site.log.touch()
+    os.chmod(container_site.log, 0o666)
+    return site_cache
+
+
+@pytest.fixture
+def site_cache(users):
+    """The site's setgid cache folder, and a private FT_HOME for each user."""
     root = Path(tempfile.mkdtemp(prefix="ft-shared-", dir="/srv"))
     os.chmod(root, 0o755)
     cache = root / "cache"
@@ -71,9 +79,6 @@ def shared(users, container_site):
         home = root / user
         home.mkdir()
         shutil.chown(home, user=user, group=GROUP)
-    subprocess.run(["chmod", "-R", "a+rX", str(container_site.root)], check=True)
-    container_site.log.touch()
-    os.chmod(container_site.log, 0o666)
     try:
         yield root, cache
     finally:
@@ -124,6 +129,21 @@ def test_a_group_shares_an_image_cache_and_runs_only_images_it_trusts(shared, co
     planted = ft_as(ALICE, root, container_site, "image", "pull", other, "--runtime", "apptainer",
                     "--cache-dir", str(cache))
     assert planted.returncode == 2 and f"belongs to {BOB}" in planted.stderr, planted.stderr
+
+
+def test_a_group_takes_turns_on_the_stage_lock(site_cache):
+    """`ft stage`'s lock per repository, taken by one user and then the other."""
+    root, cache = site_cache
+    take = ("import sys; from pathlib import Path; from launcher import stage\n"
+            "with stage._locked(Path(sys.argv[1]), 'models--org--tiny'):\n    print('locked')")
+    for user in (ALICE, BOB):
+        packages = [p for p in sys.path if p.endswith("site-packages")]
+        result = subprocess.run(["runuser", "-u", user, "--", "env", f"PYTHONPATH={os.pathsep.join([str(REPO), *packages])}",
+                                 "sh", "-c", 'umask 022 && exec "$@"', "sh", SYSTEM_PYTHON, "-c", take, str(cache)],
+                                capture_output=True, text=True, cwd=root, timeout=60)
+        assert result.returncode == 0 and result.stdout == "locked\n", (user, result.stderr)
+    assert stat.S_IMODE((cache / ".locks" / "ft-stage-models--org--tiny.lock").stat().st_mode) == 0o664
+    assert (cache / ".locks").stat().st_mode & 0o070 == 0o070  # made group-writable in the setgid cache
 
 
 def test_a_hub_snapshot_someone_else_put_in_the_cache_is_refused(shared, container_site):

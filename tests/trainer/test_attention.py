@@ -68,8 +68,9 @@ def test_the_kernel_is_a_variable_length_one_where_the_library_has_it(monkeypatc
     assert attention.kernel(gpu) == "torch_varlen"
     have["flash_attn"] = True
     assert attention.kernel(gpu) == "flash_attn"
-    # fp32 (no variable-length kernel takes it) and CPUs: causal SDPA per example
-    assert attention.kernel(SimpleNamespace(is_cuda=True, dtype=torch.float32)) == "sdpa_per_example"
+    # fp32 on a GPU (no variable-length kernel takes it): one masked SDPA call, no host sync;
+    # CPUs: causal SDPA per example (the host read is free there)
+    assert attention.kernel(SimpleNamespace(is_cuda=True, dtype=torch.float32)) == "sdpa_masked"
     assert attention.kernel(SimpleNamespace(is_cuda=False, dtype=torch.bfloat16)) == "sdpa_per_example"
 
 
@@ -94,3 +95,20 @@ def test_no_python_list_reaches_the_layers_of_a_padding_free_row(monkeypatch):
     assert len(seen) == 2  # one per layer
     assert not [k for call in seen for k, t in call.items() if t in (list, tuple)], seen
     assert seen[0][attention.CU_SEQ_LENS] is torch.Tensor and seen[0][attention.MAX_LENGTH] is int
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_the_sync_free_masked_kernel_equals_attention_per_example(window):
+    """The GPU fallback (one SDPA call, block mask from the boundaries on the device) computes
+    what attention within each example computes, sliding window included."""
+    from trainer import attention
+
+    torch.manual_seed(0)
+    lengths = [5, 1, 7]
+    query, key, value = (torch.randn(1, h, sum(lengths), 8) for h in (4, 2, 2))
+    cu = attention.boundaries(lengths)[attention.CU_SEQ_LENS]
+    masked = attention._masked(query, key, value, cu, 0.0, None, window)
+    per_example = attention._per_example(query, key, value, cu, 0.0, None, window)
+    torch.testing.assert_close(masked, per_example)
+    if window:  # and the window is applied: without it the longest example's output differs
+        assert not torch.allclose(masked, attention._per_example(query, key, value, cu, 0.0, None, None))

@@ -38,3 +38,39 @@ def test_a_glob_matching_nothing_names_the_real_modules():
         lora_targets(tiny_llama(), lora_cfg(target_modules=["*_proj", "*.qkv_proj"]))
     message = str(e.value)
     assert "['*.qkv_proj']" in message and "q_proj" in message and "gate_proj" in message
+
+
+def test_adapters_compute_in_the_compute_dtype_keeping_fp32_weights_and_gradients():
+    """peft's default on a bf16 base with fp32 adapters copies every adapted layer's input to fp32
+    and keeps it for backward; the policy's adapters compute in bf16 (as FSDP2's mixed precision
+    does) and still hand fp32 gradients to their fp32 weights. Fewer bytes are kept for backward."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from trainer.lora import compute_adapters_in_compute_dtype
+
+    def adapted(policy: bool):
+        lm = get_peft_model(tiny_llama().to(torch.bfloat16), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+        for p in lm.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+        if policy:
+            assert compute_adapters_in_compute_dtype(lm) == 8  # A and B of 2 layers × 2 decoder layers
+        return lm
+
+    ids = torch.randint(0, 300, (2, 32))
+    kept, seen = {}, {}
+    for policy in (False, True):
+        lm = adapted(policy)
+        inputs = []
+        for name, module in lm.named_modules():
+            if name.endswith("lora_A.default"):
+                module.register_forward_hook(lambda m, args, out: inputs.append((args[0].dtype, out.dtype)))
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.nbytes) or t, lambda t: t):
+            loss = lm(input_ids=ids, labels=ids).loss
+        loss.backward()
+        kept[policy], seen[policy] = sum(saved), set(inputs)
+        assert {p.grad.dtype for p in lm.parameters() if p.requires_grad} == {torch.float32}
+    assert seen == {False: {(torch.float32, torch.float32)}, True: {(torch.bfloat16, torch.bfloat16)}}
+    assert kept[True] < kept[False]

@@ -16,7 +16,7 @@ import json
 import pytest
 
 pytest.importorskip("torch")
-from trainer_helpers import NF4_LLAMA, free_port, held_run, save_tiny_model, tiny_job, validate, write_config
+from trainer_helpers import NF4_LLAMA, free_port, gpu_dtypes_on_cpu, held_run, save_tiny_model, tiny_job, validate, write_config
 
 from launcher import plan
 
@@ -25,6 +25,7 @@ pytestmark = pytest.mark.train
 BATCH = {"global_batch_size": 8, "micro_batch_size": 2, "val_fraction": 0}  # 2 micro batches per rank and step
 SFT = {"peft": None}
 NF4 = {"model": {"config": NF4_LLAMA, "quantization": "nf4"}}
+BF16 = {"model": {"dtype": "bf16"}}
 
 CASES = {
     "lora-ddp-1": (1, {}),
@@ -35,23 +36,33 @@ CASES = {
     "lora-fsdp2-2": (2, {"trainer": {"strategy": "fsdp2"}, "peft": {"dim": 5}}),
     "qlora-ddp-1": (1, NF4),
     "qlora-fsdp2-2-meta": (2, {**NF4, "trainer": {"strategy": "fsdp2"}}),  # the 405B path, from files
+    # The GPU's dtype policy on this CPU (policy.compute_dtype as on a GPU): bf16 frozen base and
+    # compute, fp32 adapters (computed in bf16 on both strategies), fp32 master weights and Adam.
+    "lora-ddp-1-gpu-dtypes": (1, BF16),
+    "lora-fsdp2-2-gpu-dtypes": (2, {**BF16, "trainer": {"strategy": "fsdp2"}}),
+    "sft-fsdp2-2-gpu-dtypes": (2, {**SFT, **BF16}),
 }
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_the_plan_prices_exactly_what_the_trainer_holds(case, tmp_path):
+def test_the_plan_prices_exactly_what_the_trainer_holds(case, tmp_path, monkeypatch):
     import torch.multiprocessing as mp
 
+    from ftcore import policy
+
     world, preset = CASES[case]
+    gpu_dtypes = case.endswith("-gpu-dtypes")
+    if gpu_dtypes:
+        monkeypatch.setattr(policy, "compute_dtype", gpu_dtypes_on_cpu)
     raw = tiny_job(preset, data=BATCH, trainer={"devices": world, "max_steps": 2, "limit_val_batches": 0})
     if case.endswith("-meta"):
         base = save_tiny_model(tmp_path / "base", config=NF4_LLAMA)
         raw["model"] = {**raw["model"], "init": "pretrained", "path": str(base), "config": {}, "meta_init": True}
     config = str(write_config(tmp_path / "job", raw))
     if world == 1:
-        held_run(0, 1, config, 0)
+        held_run(0, 1, config, 0, gpu_dtypes)
     else:
-        mp.spawn(held_run, args=(world, config, free_port()), nprocs=world)
+        mp.spawn(held_run, args=(world, config, free_port(), gpu_dtypes), nprocs=world)
 
     job = validate(raw)
     for rank in range(world):
@@ -63,3 +74,7 @@ def test_the_plan_prices_exactly_what_the_trainer_holds(case, tmp_path):
         assert all(est.row(name).exact for name in held)
     if "qlora" in case:
         assert "NF4" in est.row("weights").how  # the quantized path was taken, not a fallback
+    if gpu_dtypes:
+        d = est.decision
+        assert (d.compute, d.trained, d.optim) == ("bf16", "fp32", "fp32")  # the GPU policy was priced
+        assert (d.frozen, d.adapter_compute) == ("bf16", "bf16") if d.lora else d.master_weights

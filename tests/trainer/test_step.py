@@ -1,4 +1,4 @@
-"""The training step as torchtitan writes it: no host sync between check points, non-finite
+"""The training step as torchtitan writes it: no host sync between sync points, non-finite
 steps never reach the weights, one gradient norm, gradients summed (not averaged) under FSDP2,
 compile before sharding, and the start-up check against the model's own loss."""
 
@@ -56,7 +56,7 @@ class SyncCounter(TorchDispatchMode):
 
 
 @pytest.mark.parametrize("method", ["lora", "sft"])
-def test_steps_between_check_points_never_wait_for_the_device(tmp_path, method, monkeypatch):
+def test_steps_between_sync_points_never_wait_for_the_device(tmp_path, method, monkeypatch):
     counter = SyncCounter()
     listed = []
     original_tolist = torch.Tensor.tolist

@@ -20,7 +20,7 @@ from ftcore.schema import load_job
 def write_hf_files(folder: Path) -> None:
     """Add the adapter or model files to checkpoint `folder` (the marker file is moved in last)."""
     from trainer.checkpointing import write_hf_from_state
-    from trainer.train import base_reference
+    from trainer.checkpointing import base_reference
 
     run = layout.owning_run(folder.resolve())
     if run is None:

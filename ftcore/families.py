@@ -1,0 +1,234 @@
+"""Model families: what each architecture is, which attention path trains it exactly, what LoRA adapts.
+
+    from ftcore import families
+    families.get("gpt2").targets             # ("c_attn", "c_proj", "c_fc"): the default LoRA targets
+    families.get("mixtral").experts          # ("gate_up_proj", "down_proj"): 3-D expert weights
+    path = families.attention_path(job, config)   # config: the model's config.json as a dict
+    path.name, path.padding_free, path.reason     # what the trainer builds, logs, and `ft plan` prints
+    families.problems(job, config)           # why this job cannot train this model (refused at submit)
+
+The one owner of these facts (torch-free): the trainer builds the path `attention_path` names
+(trainer/model.py) and adapts `targets`/`experts` (trainer/lora.py); the planner prices the same
+path and counts the same adapters; the schema and `ft submit` refuse what `problems` lists.
+
+Attention paths, fastest first, and when each is exact:
+
+* ``ft_varlen`` — ft's padding-free attention (trainer/attention.py): a micro batch as one row,
+  examples kept apart by their boundaries. Exact for causal softmax attention with or without a
+  sliding window (the window is applied inside each example). It is NOT exact, so never chosen,
+  for attention-logit soft-capping (Gemma 2), attention sinks (gpt-oss), linear-attention layers
+  (Qwen3-Next: their recurrent state would flow from one example into the next), and for models
+  that do not hand the example boundaries down to their attention (StableLM, Falcon).
+* the model's own ``sdpa`` (or ``eager`` where transformers offers nothing else: soft-capping,
+  sinks), with each micro batch padded to its longest row. Always the model's own function.
+  Packed rows there need a block-diagonal mask ft builds itself, which replaces the model's own
+  sliding window: packing is refused where a window is shorter than a packed row
+  (`data.max_seq_length`), and for linear attention.
+
+A family ft does not list here trains on the model's own attention with padding (exact, slower);
+adding one is one `Family` entry plus its row in tests/trainer/test_families.py.
+
+LoRA targets: `targets` are the family's attention and MLP projections as the family names them
+(fused `qkv_proj`, `query_key_value`, GPT-2's `Conv1D` `c_attn`/`c_proj`/`c_fc`, MLA's low-rank
+projections); a name the built model lacks (an MoE model's dense MLP when every layer is sparse)
+is skipped. `experts` are the suffixes of MoE expert weights stored as one 3-D parameter per
+layer (transformers 5); peft adapts them with `target_parameters` (rank r per expert: an MoE
+adapter is about `num_experts` times larger in its MLP part), unless `peft.experts=false`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+VARLEN = "ft_varlen"
+
+LLAMA_ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+LLAMA_MLP = ("gate_proj", "up_proj", "down_proj")
+MOE_EXPERTS = ("gate_up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class Family:
+    """One architecture as transformers implements it (its `model_type`)."""
+
+    model_type: str
+    name: str  # as people call it, for logs and the README
+    attention: tuple[str, ...] = LLAMA_ATTENTION  # LoRA default: attention projections, as named here
+    mlp: tuple[str, ...] = LLAMA_MLP  # LoRA default: MLP projections (dense layers, shared experts)
+    experts: tuple[str, ...] = ()  # 3-D expert parameters (`mlp.experts.<name>`), adapted with target_parameters
+    varlen: bool = True  # passes the example boundaries down to attention: ft_varlen can run it
+    softcap: bool = False  # attention-logit soft-capping (config `attn_logit_softcapping`)
+    sinks: bool = False  # learned attention sinks
+    linear_attention: bool = False  # some layers are linear attention (config `layer_types`)
+    own: str = "sdpa"  # the model's own attention implementation that honours all of the above
+    note: str = ""  # what else is special, for the README
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return self.attention + tuple(m for m in self.mlp if m not in self.attention)
+
+
+def _f(model_type: str, name: str, **kw: Any) -> Family:
+    return Family(model_type, name, **kw)
+
+
+FAMILIES: dict[str, Family] = {f.model_type: f for f in (
+    _f("llama", "Llama"),
+    _f("mistral", "Mistral", note="sliding window (config sliding_window)"),
+    _f("qwen2", "Qwen2 / Qwen2.5", note="q/k/v biases; optional sliding window"),
+    _f("qwen3", "Qwen3", note="q/k norms"),
+    _f("qwen3_moe", "Qwen3-MoE", experts=MOE_EXPERTS, note="MoE: 3-D experts"),
+    _f("mixtral", "Mixtral", experts=MOE_EXPERTS, note="MoE: 3-D experts; sliding window"),
+    _f("gemma", "Gemma"),
+    _f("gemma2", "Gemma 2", varlen=False, softcap=True, own="eager",
+       note="attention-logit soft-capping: eager attention only (transformers refuses sdpa)"),
+    _f("gemma3_text", "Gemma 3 (text)", note="sliding-window layers"),
+    _f("phi3", "Phi-3", attention=("qkv_proj", "o_proj"), mlp=("gate_up_proj", "down_proj"),
+       note="fused qkv and gate/up projections"),
+    _f("phi", "Phi-2", attention=("q_proj", "k_proj", "v_proj", "dense"), mlp=("fc1", "fc2"),
+       note="partial rotary (the model's own); output projection `dense`, MLP fc1/fc2"),
+    _f("olmo2", "OLMo 2"),
+    _f("granite", "Granite", note="scaled embeddings, residuals and logits"),
+    _f("cohere", "Cohere (Command-R)", note="parallel attention/MLP, logit scale"),
+    _f("smollm3", "SmolLM3", note="no rotary on some layers (the model's own)"),
+    _f("stablelm", "StableLM", varlen=False,
+       note="does not pass the example boundaries to attention: padded"),
+    _f("gpt_neox", "GPT-NeoX (Pythia)", attention=("query_key_value", "dense"),
+       mlp=("dense_h_to_4h", "dense_4h_to_h"), note="fused qkv; partial rotary (the model's own)"),
+    _f("gpt2", "GPT-2", attention=("c_attn", "c_proj"), mlp=("c_fc",),
+       note="Conv1D layers (peft adapts them); `c_proj` names both attention and MLP outputs"),
+    _f("falcon", "Falcon", attention=("query_key_value", "dense"), mlp=("dense_h_to_4h", "dense_4h_to_h"),
+       varlen=False, note="fused qkv; does not pass the example boundaries to attention: padded"),
+    _f("gpt_oss", "gpt-oss", experts=MOE_EXPERTS, sinks=True, varlen=False, own="eager",
+       note="attention sinks: eager attention only; MoE: 3-D experts; sliding-window layers"),
+    _f("deepseek_v3", "DeepSeek-V3", attention=("q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"),
+       experts=MOE_EXPERTS, note="MLA (low-rank q and kv projections); MoE: 3-D experts, shared experts"),
+    _f("qwen3_next", "Qwen3-Next", attention=LLAMA_ATTENTION + ("in_proj_qkvz", "in_proj_ba", "out_proj"),
+       experts=MOE_EXPERTS, varlen=False, linear_attention=True,
+       note="linear-attention layers (gated delta rule): padded, no packing"),
+)}
+
+
+def get(model_type: str | None) -> Family | None:
+    return FAMILIES.get(model_type or "")
+
+
+def default_targets(model_type: str | None) -> tuple[str, ...] | None:
+    """The family's attention and MLP projection names (None: ft does not know the family)."""
+    family = get(model_type)
+    return family.targets if family else None
+
+
+def expert_parameters(model_type: str | None) -> tuple[str, ...]:
+    family = get(model_type)
+    return family.experts if family else ()
+
+
+def adapts_experts(peft) -> bool:
+    """Whether a `peft` section adapts MoE experts: `peft.experts`, or when unset, whenever the
+    family's defaults or every linear layer are adapted (not when target_modules lists layers)."""
+    if peft.experts is not None:
+        return peft.experts
+    return peft.target_modules is None or peft.match_all_linear
+
+
+# --- which attention path a job runs --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttentionPath:
+    """What the trainer builds the model with, and how it lays out a micro batch."""
+
+    name: str  # attn_implementation given to transformers: "ft_varlen", "sdpa", "eager", "flash_attention_2"
+    padding_free: bool  # one row per micro batch (ft_varlen) or padded rows
+    packing: bool  # packed rows are exact on this path
+    reason: str  # why, one line (the trainer's log, `ft plan`)
+
+    def describe(self) -> str:
+        layout = "padding-free rows" if self.padding_free else "padded rows"
+        kernel = ("; kernel: flash-attention or torch varlen_attn on bf16 GPUs, otherwise SDPA "
+                  "(per example on CPUs, one masked call on GPUs: no host sync)") if self.name == VARLEN else ""
+        return f"attention: {self.name}, {layout} ({self.reason}){kernel}"
+
+
+def _model_type(job, config: dict | None) -> str | None:
+    if config and config.get("model_type"):
+        return str(config["model_type"])
+    return (job.model.config or {}).get("model_type")
+
+
+def _window(config: dict | None) -> int | None:
+    """The sliding window the model applies, or None when it attends to everything."""
+    config = config or {}
+    window = config.get("sliding_window")
+    if not window or config.get("use_sliding_window") is False:
+        return None
+    layer_types = config.get("layer_types")
+    if layer_types and "sliding_attention" not in layer_types:
+        return None
+    return int(window)
+
+
+def attention_path(job, config: dict | None) -> AttentionPath:
+    """The path for `job` on the model whose config.json is `config` (None: not readable here,
+    then the model_type of `model.config`, if any, decides)."""
+    merged = {**(config or {}), **(job.model.config or {})}
+    model_type = _model_type(job, merged)
+    family = get(model_type)
+    asked = job.model.attn_implementation
+    window = _window(merged)
+    packing_ok = True
+    why_packing = ""
+    if family is None:
+        own = "eager" if asked == "eager" else asked
+        return AttentionPath(own, False, window is None or window >= job.data.max_seq_length,
+                             f"{model_type or 'this model'} is not a family ft knows: the model's own attention")
+    if family.linear_attention:
+        packing_ok = False
+    if asked == "eager" or not job.data.padding_free:
+        name = "eager" if asked == "eager" or family.own == "eager" else asked
+        why = "model.attn_implementation=eager" if asked == "eager" else "data.padding_free=false"
+        if window is not None and window < job.data.max_seq_length:
+            packing_ok = False
+        return AttentionPath(name, False, packing_ok, why)
+    if family.varlen:
+        return AttentionPath(VARLEN, True, packing_ok, f"exact for {family.name}")
+    if family.softcap:
+        why_packing = "attention-logit soft-capping"
+    elif family.sinks:
+        why_packing = "attention sinks"
+    elif family.linear_attention:
+        why_packing = "linear-attention layers"
+    else:
+        why_packing = "the model does not pass example boundaries to attention"
+    name = family.own if asked == "sdpa" else asked
+    if window is not None and window < job.data.max_seq_length:
+        packing_ok = False
+    return AttentionPath(name, False, packing_ok, f"{family.name}: {why_packing}, so the model's own "
+                                                  f"{name} attention with padding")
+
+
+def problems(job, config: dict | None) -> list[str]:
+    """Why `job` cannot train this model exactly: each a reason and the setting to change."""
+    merged = {**(config or {}), **(job.model.config or {})}
+    model_type = _model_type(job, merged)
+    family = get(model_type)
+    found = []
+    path = attention_path(job, config)
+    if job.data.packing and not path.packing:
+        if family is not None and family.linear_attention:
+            why = f"{family.name} has linear-attention layers, whose state would flow across packed examples"
+        else:
+            why = (f"the model's sliding window ({_window(merged)} tokens) is shorter than a packed row "
+                   f"(data.max_seq_length={job.data.max_seq_length}) and ft's block mask on the {path.name} "
+                   "path would replace it")
+        found.append(f"data.packing=true: {why}. Set data.packing=false")
+    if family is not None and job.model.attn_implementation == "flash_attention_2" and family.sinks:
+        found.append(f"model.attn_implementation=flash_attention_2: {family.name}'s attention sinks need "
+                     "the eager path. Set model.attn_implementation=sdpa (ft then uses eager)")
+    peft = job.peft
+    if peft is not None and adapts_experts(peft) and family is not None and family.experts and peft.dropout:
+        found.append(f"peft.dropout={peft.dropout}: LoRA on {family.name}'s 3-D expert weights (peft "
+                     "target_parameters) cannot apply dropout. Set peft.dropout=0 or peft.experts=false")
+    return found

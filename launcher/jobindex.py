@@ -1,0 +1,73 @@
+"""Which folder holds job ID: one small file per id under `$FT_HOME/jobs/.index/`, so that
+`ft status ID` reads one folder instead of every folder.
+
+The index is a cache of what the folders' records say, never the truth: each entry is its
+own file written whole (renamed into place: no shared file to rewrite, so two writers never lose
+each other's entries), a reader checks the folder it names still records that id, and a
+missing, damaged or stale entry sends the reader to the full scan, which writes the entries
+it finds (`rebuild`). Deleting `.index/` loses nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+
+INDEX = ".index"
+IDS = "ids"
+
+
+def _entry(root: Path, job_id: str) -> Path:
+    return root / INDEX / IDS / job_id
+
+
+def _indexable(job_id: object) -> bool:
+    # A SLURM id (`15`, `15_3`): digits and one underscore, so never a path.
+    return isinstance(job_id, str) and job_id.replace("_", "", 1).isdigit() and len(job_id) < 40
+
+
+def record(folder: Path, job_ids: Iterable[object]) -> None:
+    """Note that `folder` (directly under the jobs root) holds these ids. Never fails: a
+    missing entry costs a scan, not a record."""
+    root = folder.parent
+    for job_id in job_ids:
+        if not _indexable(job_id):
+            continue
+        entry = _entry(root, job_id)
+        try:
+            if entry.is_file() and entry.read_text() == folder.name:
+                continue
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            _write(entry, folder.name)
+        except (OSError, UnicodeDecodeError):
+            pass
+
+
+def _write(entry: Path, text: str) -> None:
+    """Whole or absent (a rename), without `write_atomic`'s fsync: an entry lost to a crash
+    costs one scan, and a scan may write thousands of them."""
+    fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=f".{entry.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, entry)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def lookup(root: Path, job_id: str) -> Path | None:
+    """The folder the index names for `job_id`, if it names one that exists (unchecked)."""
+    if not _indexable(job_id):
+        return None
+    try:
+        name = _entry(root, job_id).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not name or "/" in name or name.startswith("."):
+        return None  # damaged: the scan answers and rewrites it
+    folder = root / name
+    return folder if folder.is_dir() else None
