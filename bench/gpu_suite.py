@@ -1,4 +1,4 @@
-"""Everything issue 14 asks of one H100, in one command of at most 10 minutes.
+"""The GPU checks ft needs of one H100, in one command of at most 10 minutes.
 
     python bench/gpu_suite.py                 # one GPU: correctness on CUDA, then the speed and memory table
     python bench/gpu_suite.py --dry           # CPU, tiny shapes: the same code paths (tests/launcher/test_bench.py)

@@ -26,15 +26,21 @@ class Package(NamedTuple):
     minimum: str
 
 
+# The floors are those of the NeMo 25.07 image (NeMo 2.4.0: NGC PyTorch 25.05, torch
+# 2.8.0a0; transformers pinned >=4.51.0,<=4.52.0; peft unpinned, 0.15 or newer when it was
+# built), which the shipped GPU factories run in. CI trains through the container stand-in in
+# a second stock image holding exactly these minimums (scripts/make-test-image.sh --floors),
+# except torch: only the pinned CPU build exists for it there, so torch's floor is held by
+# the FEATURES probes below rather than by a run.
 REQUIRED = (
-    Package("torch", "torch", "2.6"),  # get_total_norm, FSDP2 gradient divide factor
-    Package("transformers", "transformers", "4.45"),
-    Package("peft", "peft", "0.13"),
-    Package("safetensors", "safetensors", "0.4"),
-    Package("tokenizers", "tokenizers", "0.19"),
-    Package("huggingface_hub", "huggingface_hub", "0.24"),
+    Package("torch", "torch", "2.8"),
+    Package("transformers", "transformers", "4.51"),
+    Package("peft", "peft", "0.15"),
+    Package("safetensors", "safetensors", "0.4.3"),  # transformers 4.51's own floor
+    Package("tokenizers", "tokenizers", "0.21"),  # likewise
+    Package("huggingface_hub", "huggingface_hub", "0.30"),  # likewise
     Package("pydantic", "pydantic", "2.6"),
-    Package("yaml", "PyYAML", "6.0"),
+    Package("yaml", "PyYAML", "6.0.1"),  # 6.0 has no wheel for the Pythons ft runs on
 )
 
 # NF4 storage of a frozen base that FSDP2 can shard (model.quantization). torchao's
@@ -141,7 +147,162 @@ def report() -> dict:
         torch = sys.modules["torch"]  # imported above, in the image
         result["cuda"] = {"build": torch.version.cuda, "available": torch.cuda.is_available(),
                           "devices": torch.cuda.device_count()}
+    result["features"] = probe_features()
     return result
+
+
+# ---------------------------------------------------------------- features
+# What the trainer calls that a version number does not promise: each probe imports what it
+# needs and tries the call's shape, so `ft image check` names a missing feature, not only an
+# old version. The trainer asks the same probes where it adapts (one owner: this module).
+
+
+class Feature(NamedTuple):
+    name: str
+    needed_for: str  # what in ft calls it
+    required: bool  # False: ft adapts or falls back, and says which
+
+
+def from_pretrained_dtype_keyword() -> str:
+    """`dtype` (transformers 4.56 and later) or `torch_dtype` (before): the keyword that sets
+    the weights' dtype in from_pretrained/from_config."""
+    if _DTYPE_KEYWORD:
+        return _DTYPE_KEYWORD[0]
+    import inspect
+
+    from transformers import PretrainedConfig
+
+    newer = hasattr(PretrainedConfig, "dtype") or "dtype" in inspect.signature(PretrainedConfig.__init__).parameters
+    _DTYPE_KEYWORD.append("dtype" if newer else "torch_dtype")
+    return _DTYPE_KEYWORD[0]
+
+
+_DTYPE_KEYWORD: list = []  # probed once per process
+
+
+def with_dtype(dtype) -> dict:
+    """The keyword argument that loads a model's weights in `dtype`, in this transformers."""
+    return {from_pretrained_dtype_keyword(): dtype}
+
+
+def config_dtype(config):
+    """The dtype a model config names (`dtype`, or `torch_dtype` before transformers 4.56)."""
+    return getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+
+
+def set_config_dtype(config, dtype) -> None:
+    """Make a model config name `dtype` (what its config.json then says the weights are in)."""
+    setattr(config, from_pretrained_dtype_keyword(), dtype)
+
+
+def torch_varlen_attn():
+    """torch's variable-length attention when it takes what ft passes (causal through
+    `window_size`, grouped-query heads through `enable_gqa`), else None: its signature
+    changed across torch releases, and ft then runs SDPA with a block mask instead."""
+    import inspect
+
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    try:
+        parameters = inspect.signature(varlen_attn).parameters
+    except (TypeError, ValueError):
+        return None
+    return varlen_attn if {"window_size", "enable_gqa", "scale"} <= set(parameters) else None
+
+
+def _probe_attention_interface():
+    from transformers import AttentionInterface
+
+    if not hasattr(AttentionInterface, "register"):
+        return "transformers.AttentionInterface has no register()"
+
+
+def _probe_dtype_keyword():
+    from_pretrained_dtype_keyword()  # informs: report() names the keyword ft will use
+
+
+def _probe_fsdp2():
+    from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard  # noqa: F401
+
+    if not hasattr(FSDPModule, "set_requires_gradient_sync"):
+        return "FSDPModule.set_requires_gradient_sync is missing"
+
+
+def _probe_grad_norm():
+    import torch
+
+    for name in ("get_total_norm", "clip_grads_with_norm_"):
+        if not hasattr(torch.nn.utils, name):
+            return "torch.nn.utils.%s is missing" % name
+
+
+def _probe_sdpa_gqa():
+    import torch
+    import torch.nn.functional as F
+
+    q = torch.zeros(1, 2, 3, 4)
+    kv = torch.zeros(1, 1, 3, 4)
+    F.scaled_dot_product_attention(q, kv, kv, is_causal=True, enable_gqa=True)
+
+
+def _probe_dcp():
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,  # noqa: F401
+                                                         get_state_dict, set_state_dict)
+
+    import inspect
+
+    wanted = {"full_state_dict", "cpu_offload", "ignore_frozen_params", "broadcast_from_rank0"}
+    missing = wanted - set(inspect.signature(StateDictOptions).parameters)
+    if missing:
+        return "StateDictOptions lacks %s" % ", ".join(sorted(missing))
+
+
+def _probe_torch_varlen():
+    if torch_varlen_attn() is None:
+        return "absent or another signature: padding-free rows on a GPU without flash-attn run SDPA with a block mask"
+
+
+def _probe_peft_lora():
+    import inspect
+
+    from peft import LoraConfig, get_peft_model  # noqa: F401
+
+    missing = {"r", "lora_alpha", "lora_dropout", "target_modules", "bias", "task_type"} - set(
+        inspect.signature(LoraConfig).parameters)
+    if missing:
+        return "peft.LoraConfig lacks %s" % ", ".join(sorted(missing))
+
+
+FEATURES = (
+    (Feature("transformers.AttentionInterface", "data.padding_free (the default): ft's ft_varlen attention", True),
+     _probe_attention_interface),
+    (Feature("from_pretrained dtype keyword", "loading weights in the policy's dtype (ft adapts)", False),
+     _probe_dtype_keyword),
+    (Feature("FSDP2 fully_shard", "strategy=fsdp2, model.cpu_offload", True), _probe_fsdp2),
+    (Feature("torch.nn.utils.get_total_norm", "the gradient norm and trainer.grad_clip", True), _probe_grad_norm),
+    (Feature("SDPA enable_gqa", "attention on CPU and the per-example fallback", True), _probe_sdpa_gqa),
+    (Feature("torch.distributed.checkpoint.state_dict", "checkpoints and the final export", True), _probe_dcp),
+    (Feature("peft LoraConfig", "LoRA and QLoRA jobs", True), _probe_peft_lora),
+    (Feature("torch varlen_attn(window_size, enable_gqa)", "padding-free attention on a GPU without flash-attn",
+             False), _probe_torch_varlen),
+)
+
+
+def probe_features() -> dict:
+    """{feature name: {needed_for, required, ok, detail}}, probed in this Python."""
+    found = {}
+    for feature, probe in FEATURES:
+        try:
+            missing = probe()
+        except Exception as err:  # a missing module or an older signature: the reason is the message
+            missing = "%s: %s" % (type(err).__name__, err)
+        found[feature.name] = {"needed_for": feature.needed_for, "required": feature.required,
+                               "ok": missing is None, "detail": missing}
+    if found["from_pretrained dtype keyword"]["ok"]:
+        found["from_pretrained dtype keyword"]["detail"] = "ft passes `%s=`" % from_pretrained_dtype_keyword()
+    return found
 
 
 def installed() -> dict:
@@ -190,6 +351,9 @@ def problems(found: dict) -> list:
         elif entry["version"] != "unknown" and version_tuple(entry["version"]) < version_tuple(entry["minimum"]):
             lines.append("%s %s is older than the contract's %s>=%s"
                          % (entry["dist"], entry["version"], entry["dist"], entry["minimum"]))
+    for name, entry in found.get("features", {}).items():  # (a report from an older ft has none)
+        if entry["required"] and not entry["ok"]:
+            lines.append("%s is missing (%s), which %s needs" % (name, entry["detail"], entry["needed_for"]))
     return lines
 
 

@@ -1,8 +1,13 @@
-"""The record fields each `data.format` reads, so a data file can be checked before submitting.
+"""The data formats: one registry of what each `data.format` reads, so a data file can be
+checked before submitting, and the schema, the trainer and the model tools agree.
 
     squad   context, question, answers   (SQuAD v1.1's own {"data": [...]} layout too)
     alpaca  instruction, output          (input optional)
     jsonl   prompt, completion — or chat messages
+
+A new format is an entry in FORMATS here (its fields, the fields of its prompt, its default
+prompt template) and its segmenter in trainer/formats.py, registered under the same name
+(a test holds the two registries to the same names).
 
 The launcher reads the first records of a local data file and names the format that fits
 when the configured one does not (a wrong format otherwise fails minutes later, on the
@@ -12,15 +17,32 @@ cluster, after the model loaded).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# format → alternative sets of required fields (a record must hold every field of one set).
-FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
-    "squad": (("context", "question", "answers"),),
-    "alpaca": (("instruction", "output"),),
-    "jsonl": (("prompt", "completion"), ("messages",)),
-}
+@dataclass(frozen=True)
+class Format:
+    name: str
+    fields: tuple[tuple[str, ...], ...]  # alternative sets of required fields (a record holds every one of a set)
+    # The record fields its prompt is built from, (required, optional): what `ft generate` takes
+    # as options. None: a prompt is given whole.
+    prompt_fields: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+    prompt: str | None = None  # the default prompt template (data.prompt_template replaces it)
+    prompt_short: str | None = None  # the default when the optional prompt fields are empty
+
+
+FORMATS: dict[str, Format] = {f.name: f for f in (
+    Format("squad", (("context", "question", "answers"),), (("context", "question"), ()),
+           "Context: {context}\nQuestion: {question}\nAnswer:"),
+    Format("alpaca", (("instruction", "output"),), (("instruction",), ("input",)),
+           "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n",
+           "### Instruction:\n{instruction}\n\n### Response:\n"),
+    Format("jsonl", (("prompt", "completion"), ("messages",))),
+)}
+NAMES = tuple(FORMATS)
+# format → alternative sets of required fields.
+FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {name: f.fields for name, f in FORMATS.items()}
 FIRST_RECORDS = 5
 _MAX_JSON_BYTES = 256 * 2**20  # a .json file is read whole: beyond this, leave it to the trainer
 _MAX_LINE_BYTES = 4 * 2**20  # the login node reads no longer line of a .jsonl file
@@ -90,7 +112,7 @@ def mismatch(path: Path, fmt: str, setting: str = "data.format=") -> str | None:
     where, record = wrong[0]
     fitting = [f for f in FIELDS if all(fits(f, r) for _, r in records)]
     advice = (f"{setting}{fitting[0]} fits them" if fitting else
-              f"no format fits them (squad needs {needs('squad')}; alpaca {needs('alpaca')}; jsonl {needs('jsonl')})")
+              "no format fits them (" + "; ".join(f"{f} needs {needs(f)}" for f in FIELDS) + ")")
     present = ", ".join(sorted(record)) or "none"
     return (f"{path}: its records do not fit {setting}{fmt}, which needs {needs(fmt)} ({where} has {present}); "
             f"{advice}")

@@ -55,21 +55,13 @@ FULL = "full"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+SUPERVISOR_LOG = "supervisor.err"  # under LOGS: a detached local run's supervisor
+RANK_LOGS = "rank-*.out"  # under LOGS: what rank_log names
 
 
-# --- events: the run's own record of start, signal, requeue and exit -----------------------------
-
-
-def record_event(run_dir: Path, name: str, **fields: Any) -> None:
-    """Append one event to `run_dir`/events.jsonl, in the form ft's sbatch script writes.
-
-    One write with O_APPEND, so lines from several writers never interleave."""
-    record = {"event": name, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields}
-    fd = os.open(run_dir / EVENTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-    try:
-        os.write(fd, (json.dumps(record) + "\n").encode())
-    finally:
-        os.close(fd)
+def rank_log(rank: int) -> str:
+    """The log file (under LOGS) of one training process of a local or `ft train` run."""
+    return f"rank-{rank}.out"
 
 
 # --- checkpoints of one run ----------------------------------------------------------------------

@@ -36,14 +36,14 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from ftcore import families
+from ftcore import dtypes, families
 from ftcore.errors import UserError
 
 # Above this many answer tokens the vocabulary projection runs in checkpointed chunks, so the
 # (tokens × vocab) fp32 logits never exist all at once: 8k tokens × 128k vocab is 4 GiB.
 LOSS_CHUNK_TOKENS = 4096
 
-DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+DTYPE_BYTES = dtypes.BYTES
 
 
 # --- LoRA targets --------------------------------------------------------------------------------

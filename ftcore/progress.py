@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ftcore import records
+
 
 def clock(seconds: float) -> str:
     """0:07, 12:30, 1:02:03."""
@@ -45,9 +47,9 @@ def times(elapsed_s: float | None, remaining_s: float | None) -> str:
 def of_record(record: dict[str, Any], running: bool = True) -> str:
     """The progress a metrics.jsonl step record carries: `120/250 (48%), 0:30 elapsed, 0:32 left`;
     for a run that is no longer running, no time left (`120/250 (48%), 0:30 elapsed`)."""
-    step = record.get("step")
+    step = record.get(records.STEP)
     if not isinstance(step, int):
         return "-"
-    text = steps(step, record.get("total_steps"))
-    clocks = times(record.get("elapsed_s"), record.get("remaining_s") if running else None)
+    text = steps(step, record.get(records.TOTAL_STEPS))
+    clocks = times(record.get(records.ELAPSED_S), record.get(records.REMAINING_S) if running else None)
     return f"{text}, {clocks}" if clocks else text

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ftcore import families, secrets, shipped
+from ftcore import dtypes, families, formats, secrets, shipped
 from ftcore.errors import UserError
 
 # Characters that may never reach a rendered script, whatever the quoting: a newline in an
@@ -122,7 +122,7 @@ class ModelConfig(_Section):
     tokenizer: str | None = Field(
         None, description="Tokenizer folder or hub id; defaults to `path`."
     )
-    dtype: Literal["bf16", "fp16", "fp32"] = Field(
+    dtype: Literal[dtypes.NAMES] = Field(
         "bf16",
         description="Compute dtype on GPUs (bf16 or fp32; fp16 is refused: it needs loss scaling). "
         "CPU runs train in fp32 whatever this says.",
@@ -198,7 +198,7 @@ class DataConfig(_Section):
         description="Training data: a local .json/.jsonl file, or a hub dataset name when the "
         "cluster has network. `ft:` prefixes a file shipped with ft (`ft:tiny_qa.jsonl`).",
     )
-    format: Literal["squad", "alpaca", "jsonl"] = Field(
+    format: Literal[formats.NAMES] = Field(
         ...,
         description="`squad` (context, question, answers), `alpaca` (instruction, input, "
         "output), `jsonl` (prompt/completion or chat `messages`).",

@@ -22,7 +22,7 @@ import torch
 
 from ftcore import shipped
 from ftcore.errors import UserError
-from ftcore.formats import mismatch
+from ftcore.formats import NAMES, mismatch
 from ftcore.schema import looks_local
 from ftcore.layout import Checkpoint
 from trainer.batching import val_batches
@@ -35,7 +35,6 @@ from trainer.samples import Sample, Stats, tokenize
 from .inference import greedy, load_model, load_tokenizer, prompt_ids
 from .squad_metrics import gold_answers, score
 
-FORMATS = ("squad", "alpaca", "jsonl")
 _SAMPLES_SHOWN = 5
 
 
@@ -47,8 +46,8 @@ def evaluate(ckpt: Checkpoint, data_path: str | None, fmt: str | None = None, li
     out of its training data (data.val_fraction, the same split as training)."""
     job_data = ckpt.job_config.get("data") or {}
     fmt = fmt or job_data.get("format")
-    if fmt not in FORMATS:
-        raise UserError(f"--format {fmt}: choose one of {', '.join(FORMATS)}" if fmt else
+    if fmt not in NAMES:
+        raise UserError(f"--format {fmt}: choose one of {', '.join(NAMES)}" if fmt else
                         f"{ckpt.path} comes from no ft job, so the data format is unknown: pass --format")
     if data_path is not None and looks_local(data_path) and Path(shipped.expand(data_path)).is_file():
         problem = mismatch(Path(shipped.expand(data_path)), fmt, setting="--format ")

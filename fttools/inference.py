@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import torch
 
+from ftcore.formats import FORMATS
 from ftcore.layout import Checkpoint
+from ftcore import contract
 from ftcore.errors import UserError
 
 from trainer.hub import hf_token
@@ -44,7 +46,7 @@ def load_base(ckpt: Checkpoint, dtype: torch.dtype | str = "auto", device: torch
     if not base:
         raise UserError(f"{ckpt.path / 'adapter_config.json'} names no base_model_name_or_path")
     try:
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, token=hf_token(), **_placement(device))
+        model = AutoModelForCausalLM.from_pretrained(base, **contract.with_dtype(dtype), token=hf_token(), **_placement(device))
     except OSError as err:
         raise UserError(f"cannot load the base model {base} named by {ckpt.path / 'adapter_config.json'}: {err}",
                         hint="a hub id needs network and, for gated models, HF_TOKEN in the environment") from None
@@ -70,7 +72,7 @@ def load_model(ckpt: Checkpoint, dtype: str | None = None, device: torch.device 
 
         model = PeftModel.from_pretrained(load_base(ckpt, torch_dtype, device), ckpt.path)
     else:
-        model = AutoModelForCausalLM.from_pretrained(ckpt.path, dtype=torch_dtype, **_placement(device)).to(device)
+        model = AutoModelForCausalLM.from_pretrained(ckpt.path, **contract.with_dtype(torch_dtype), **_placement(device)).to(device)
     return model.eval()
 
 
@@ -100,10 +102,6 @@ def greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batc
                              num_beams=1, use_cache=True, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
         texts += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
     return texts
-
-
-# The record fields `ft generate` takes as options, by data.format: (required, optional).
-PROMPT_FIELDS = {"squad": (("context", "question"), ()), "alpaca": (("instruction",), ("input",))}
 
 
 def trained_on_chat(ckpt: Checkpoint) -> bool | None:
@@ -154,13 +152,14 @@ def job_prompt(ckpt: Checkpoint, fields: dict[str, str]) -> str:
 
     job_data = ckpt.job_config.get("data") or {}
     fmt = job_data.get("format")
-    if fmt not in PROMPT_FIELDS:
+    spec = FORMATS.get(fmt)
+    if spec is None or spec.prompt_fields is None:
         given = ", ".join(f"--{k}" for k in fields)
         why = (f"its job trained on data.format={fmt}" if fmt else f"{ckpt.path} comes from no ft job")
         instead = ("--message (and --system): its job trained on chat messages" if trained_on_chat(ckpt)
                    else "the whole prompt as text")
         raise UserError(f"{given}: {why}, which has no such prompt fields; give {instead} instead")
-    required, optional = PROMPT_FIELDS[fmt]
+    required, optional = spec.prompt_fields
     wrong = sorted(set(fields) - set(required) - set(optional)) + [k for k in required if k not in fields]
     if wrong:
         raise UserError(f"a {fmt} job's prompt is built from {' and '.join('--' + k for k in required)}"

@@ -13,18 +13,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from fttools import source_stamp
+from ftcore import dtypes
 from ftcore.files import check_output, made_from, output_folder
 from ftcore.layout import Checkpoint
+from ftcore import contract
 from ftcore.errors import UserError
 
 from .inference import load_base, load_tokenizer
 from trainer.hub import hf_token
 from trainer.model import DTYPES
-
-DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 
 
 def base_dtype(ckpt: Checkpoint) -> str:
@@ -32,10 +30,10 @@ def base_dtype(ckpt: Checkpoint) -> str:
     from transformers import AutoConfig
 
     try:
-        saved = AutoConfig.from_pretrained(ckpt.base, token=hf_token()).dtype
+        saved = contract.config_dtype(AutoConfig.from_pretrained(ckpt.base, token=hf_token()))
     except (OSError, ValueError) as err:
         raise UserError(f"cannot read the config of the base model {ckpt.base}: {err}") from None
-    return DTYPE_NAMES.get(saved if isinstance(saved, torch.dtype) else getattr(torch, str(saved), None), "fp32")
+    return dtypes.name_of(saved) or "fp32"
 
 
 def merge(ckpt: Checkpoint, out: Path | None = None, dtype: str | None = None, overwrite: bool = False) -> Path:
@@ -67,6 +65,6 @@ def save_merged(ckpt: Checkpoint, folder: Path, dtype: str) -> None:
     merged = model.merge_and_unload(safe_merge=True)  # safe_merge: refuse NaNs instead of writing them
     merged.to(torch_dtype)  # adapters stay fp32 in peft; nothing of them remains after the merge
     merged.config.use_cache = True  # the trainer saves False (no KV cache while training)
-    merged.config.dtype = torch_dtype
+    contract.set_config_dtype(merged.config, torch_dtype)
     merged.save_pretrained(folder)
     load_tokenizer(ckpt).save_pretrained(folder)

@@ -402,6 +402,7 @@ def clean_cmd(
 def status_cmd(job: str = JobArg, cluster: Optional[str] = ClusterOpt) -> None:
     """State of one job (or one sweep task, `ID_TASK`): the scheduler's while it knows the job, then
     the job folder's own record; progress with elapsed and remaining time; newest checkpoint."""
+    from ftcore import layout, records
     from launcher import jobs
 
     if cluster:
@@ -419,7 +420,7 @@ def status_cmd(job: str = JobArg, cluster: Optional[str] = ClusterOpt) -> None:
     if view.is_sweep and view.task is None:
         values = jobs.task_values(view)
         for task, task_state in jobs.task_states(view):
-            run = view.folder / "tasks" / str(task)
+            run = view.folder / layout.TASKS / str(task)
             own = f" | {values[task]}" if values.get(task) else ""
             print(f"  task {task}: {task_state} | {view.progress_detail(run, not jobs.is_finished(task_state))} | "
                   f"checkpoint {view.latest_checkpoint(run) or '-'}{own}  (ft status {view.label}_{task})")
@@ -429,9 +430,9 @@ def status_cmd(job: str = JobArg, cluster: Optional[str] = ClusterOpt) -> None:
     print(f"folder     {view.run_dirs[0] if view.task is not None else view.folder}")
     events = view.events
     if events:
-        starts = sum(1 for e in events if e["event"] == "start")
+        starts = sum(1 for e in events if e[records.EVENT] == records.START)
         last = events[-1]
-        print(f"runs       {starts} start(s); last event {last['event']} at {last.get('time')}")
+        print(f"runs       {starts} start(s); last event {last[records.EVENT]} at {last.get(records.TIME)}")
 
 
 @app.command("logs")
@@ -546,7 +547,6 @@ def _warn(warnings, console) -> None:
 # --- after training -------------------------------------------------------------------------
 
 CkptArg = typer.Argument(..., help="A checkpoint folder, or a job (id, folder, unique prefix): its newest checkpoint.")
-DTYPE_CHOICES = ("bf16", "fp16", "fp32")
 
 
 def _checkpoint(spec: str):
@@ -568,10 +568,11 @@ def _make_hf_files(folder: Path) -> None:
 
 
 def _dtype(value: Optional[str]) -> Optional[str]:
+    from ftcore import dtypes
     from ftcore.errors import UserError
 
-    if value is not None and value not in DTYPE_CHOICES:
-        raise UserError(f"--dtype {value}: choose one of {', '.join(DTYPE_CHOICES)}")
+    if value is not None and value not in dtypes.NAMES:
+        raise UserError(f"--dtype {value}: choose one of {', '.join(dtypes.NAMES)}")
     return value
 
 

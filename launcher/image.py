@@ -151,6 +151,13 @@ class Report:
             status = entry["version"] or ("missing" if entry["required"] else "-")
             kind = "" if entry["required"] else "  (optional)"
             out.append(f"  {entry['dist']:<16} {status:<14} needs >={entry['minimum']}{kind}")
+        features = f.get("features") or {}
+        if features:
+            out.append("features the trainer calls:")
+        for name, entry in features.items():
+            status = "ok" if entry["ok"] else ("MISSING" if entry["required"] else "absent")
+            detail = f" ({entry['detail']})" if entry["detail"] else ""
+            out.append(f"  {status:<8} {name}: {entry['needed_for']}{detail}")
         return out
 
 

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from ftcore import records
 from ftcore import secrets as ft_secrets
 from ftcore.errors import UserError
 from ftcore.files import write_atomic
@@ -301,7 +302,9 @@ def config_text(job_dict: dict[str, Any]) -> str:
 
 
 def record_text(**fields: Any) -> str:
+    """submission.json's text: the one writer of the fields ftcore.records.SUBMISSION_FIELDS names."""
     record = {"ft_version": __version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **fields}
+    records.check_submission(record)
     return json.dumps(record, indent=2) + "\n"
 
 

@@ -9,7 +9,6 @@ has the last word on its state.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import time
@@ -19,7 +18,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from ftcore import exits, layout, progress
+from ftcore import exits, layout, progress, records
 from ftcore.files import expand
 from ftcore.errors import UserError
 from launcher import jobdir, jobindex, paths, scheduler
@@ -29,35 +28,23 @@ from launcher.scheduler import Scheduler, TERMINAL_STATES
 
 
 def _read_jsonl(files: JobFiles, name: str | PurePath) -> list[dict[str, Any]]:
-    """The JSON-object lines of a file; a torn or foreign line is skipped."""
+    """The JSON-object lines of a file in the job folder; a torn or foreign line is skipped."""
     try:
-        return _records(files.read_bytes(name))
+        return records.parse_jsonl(files.read_bytes(name))
     except OSError:
         return []
-
-
-def _records(data: bytes) -> list[dict[str, Any]]:
-    records = []
-    for line in data.decode(errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a line being written right now
-        if isinstance(record, dict):
-            records.append(record)
-    return records
 
 
 def _last_line_record(files: JobFiles, name: str | PurePath, wanted: str | None = None) -> dict[str, Any]:
     """The last complete JSON-object line (holding `wanted`) of a file that may be large and growing."""
     try:
-        data = files.tail(name, 16384)
+        return records.last_of(files.tail(name, records.TAIL_BYTES), wanted)
     except OSError:
         return {}
-    for record in reversed(_records(data)):
-        if wanted is None or wanted in record:
-            return record
-    return {}
+
+
+def _events(files: JobFiles, run: Path) -> list[dict[str, Any]]:
+    return records.only_events(_read_jsonl(files, run / layout.EVENTS))
 
 
 # States in which a job cannot be running, besides the scheduler's terminal ones.
@@ -151,7 +138,7 @@ class JobView:
 
     @property
     def events(self) -> list[dict[str, Any]]:
-        return [e for e in _read_jsonl(self.files, self.run_dirs[0] / layout.EVENTS) if isinstance(e.get("event"), str)]
+        return _events(self.files, self.run_dirs[0])
 
     @property
     def created(self) -> float:
@@ -167,7 +154,7 @@ class JobView:
         steps = []
         for run in self.run_dirs:
             last = _last_line_record(self.files, run / layout.METRICS)
-            steps.append((last.get("step"), last.get("total_steps")))
+            steps.append((last.get(records.STEP), last.get(records.TOTAL_STEPS)))
         done = [(s, t) for s, t in steps if isinstance(s, int) and not isinstance(s, bool)]
         if not done:
             return "-"
@@ -180,9 +167,9 @@ class JobView:
         """`120/250 (48%), 0:30 elapsed, 0:32 left`, as the trainer's log line says it (no time
         left once the run is not `running`: it stopped before its end); at the end, the
         trainer's summary."""
-        last = _last_line_record(self.files, (run or self.run_dirs[0]) / layout.METRICS, "total_steps")
+        last = _last_line_record(self.files, (run or self.run_dirs[0]) / layout.METRICS, records.TOTAL_STEPS)
         try:
-            if last.get("end"):
+            if last.get(records.END):
                 text = f"{last['step']} steps done in {progress.clock(last.get('elapsed_s', 0))}"
                 if "final_val_loss" in last:
                     text += (f"; val_loss final {last['final_val_loss']:.4f}, best {last['best_val_loss']:.4f}"
@@ -333,7 +320,7 @@ def _known(spec: str, root: Path) -> JobView | None:
 
 def trainer_finished(view: JobView, run: Path) -> bool:
     """The trainer wrote its end-of-run summary (trainer/metrics.py) into this run's metrics."""
-    return bool(_last_line_record(view.files, run / layout.METRICS, "end").get("end"))
+    return bool(_last_line_record(view.files, run / layout.METRICS, records.END).get(records.END))
 
 
 def _folder_state(view: JobView, run: Path | None = None) -> str:
@@ -341,7 +328,7 @@ def _folder_state(view: JobView, run: Path | None = None) -> str:
     if view.problem:
         return f"{UNREADABLE} ({view.problem})"
     run = run or view.run_dirs[0]
-    events = [e for e in _read_jsonl(view.files, run / layout.EVENTS) if isinstance(e.get("event"), str)]
+    events = _events(view.files, run)
     ran = view.scheduler
     if ran is None:
         return "DRY-RUN"
@@ -351,10 +338,10 @@ def _folder_state(view: JobView, run: Path | None = None) -> str:
             return f"{UNKNOWN} ({why}; see {jobdir.RECORD})"
         return "PENDING" if ran.by_id else "STARTING"
     last = events[-1]
-    starts = [i for i, e in enumerate(events) if e["event"] == "start"]
-    cancelled = any(e["event"] == "cancel" for e in events[starts[-1] if starts else 0:])
-    if last["event"] == "exit":
-        code = last.get("code")
+    starts = [i for i, e in enumerate(events) if e[records.EVENT] == records.START]
+    cancelled = any(e[records.EVENT] == records.CANCEL for e in events[starts[-1] if starts else 0:])
+    if last[records.EVENT] == records.EXIT:
+        code = last.get(records.CODE)
         if code != 0 and cancelled:  # `ft cancel`: the trainer checkpointed and stopped
             return "CANCELLED"
         if code == exits.REQUEUE and not ran.requeues_itself:  # ft's own script requeues, or says why not
@@ -364,11 +351,11 @@ def _folder_state(view: JobView, run: Path | None = None) -> str:
     if elsewhere:  # FT_HOME shared between machines: only ft there can see the processes
         return f"RUNNING on {elsewhere} (as its records say; `ft status` there checks its processes)"
     alive = ran.processes_alive(view)
-    if last["event"] == "cancel":
+    if last[records.EVENT] == records.CANCEL:
         if alive:
             return "RUNNING (cancelled: stops after writing a checkpoint)"
         return "CANCELLED"
-    if last["event"] == "requeue":
+    if last[records.EVENT] == records.REQUEUE:
         return "REQUEUED"
     if alive is False:
         # The process that records the exit is gone; the trainer's own record still says.
@@ -582,7 +569,7 @@ def cancel(view: JobView) -> JobView:
         # The folder keeps the cancel: the scheduler forgets the job (SLURM's MinJobAge), the
         # folder does not, so it reads CANCELLED then too, not UNKNOWN.
         for run in view.run_dirs:
-            layout.record_event(run, "cancel", job_id=view.job_id)
+            records.record_event(run, records.CANCEL, job_id=view.job_id)
     return view
 
 

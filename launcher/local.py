@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from ftcore import layout
+from ftcore import layout, records
 from ftcore.errors import UserError
 from launcher import jobdir, render, stage
 from launcher.scheduler import Scheduler
@@ -34,6 +34,11 @@ class Local(Scheduler):
             return [f"{job.container.runtime} is not on PATH here: run with container.runtime=none "
                     "to use this machine's Python"]
         return []
+
+    def render(self, job: Job, folder: Path, array_size: int = 0, dependency: str | None = None) -> str:
+        """The sbatch script, written into the folder as for SLURM: `ft resubmit --executor
+        slurm` can submit the same folder later."""
+        return render.render_sbatch(job, folder, array_size=array_size, dependency=dependency)
 
     def processes_alive(self, view) -> bool | None:
         return jobdir.processes_alive(view.record)
@@ -53,7 +58,7 @@ def _free_port() -> int:
 
 def event(folder: Path, name: str, **fields: object) -> None:
     """The same event record the sbatch script writes, so `ft status` reads both alike."""
-    layout.record_event(folder, name, **fields)
+    records.record_event(folder, name, **fields)
 
 
 def start(job: Job, folder: Path) -> list[subprocess.Popen[bytes]]:
@@ -65,7 +70,7 @@ def start(job: Job, folder: Path) -> list[subprocess.Popen[bytes]]:
                    WORLD_SIZE=str(job.world_size), LOCAL_WORLD_SIZE=str(job.world_size),
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=port, PYTHONUNBUFFERED="1",
                    **stage.environment(job))
-        log = open(folder / "logs" / f"rank-{rank}.out", "ab")
+        log = open(folder / layout.LOGS / layout.rank_log(rank), "ab")
         procs.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
                                       start_new_session=True))
         log.close()
@@ -81,12 +86,12 @@ def run(job: Job, folder: Path, detach: bool = False, echo=sys.stdout.write, his
     if detach:
         supervisor = subprocess.Popen([sys.executable, "-m", "launcher.local", str(folder)],
                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                      stderr=open(folder / "logs" / "supervisor.err", "ab"),
+                                      stderr=open(folder / layout.LOGS / layout.SUPERVISOR_LOG, "ab"),
                                       start_new_session=True, env=dict(os.environ, PYTHONPATH=_pythonpath()))
         jobdir.write_record(folder, executor="local", job_id=None, factory=job.name,
                             folder=str(folder), pids=[jobdir.process_stamp(supervisor.pid)], history=history)
         return 0
-    log = folder / "logs" / "rank-0.out"
+    log = folder / layout.LOGS / layout.rank_log(0)
     shown = log.stat().st_size if log.exists() else 0  # a resumed job's log goes on: show the new part
     procs = start(job, folder)
     event(folder, "start", executor="local", pids=[p.pid for p in procs])

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from launcher import jobs
+from ftcore import layout
 from ftcore.files import expand
 from ftcore.errors import UserError
 
@@ -86,7 +87,7 @@ def runs_of(spec: str, root: Path | None = None) -> list[Run]:
     """The runs a JOB argument names: a job (each sweep task separately), one task (`15_1`), or
     a folder holding metrics.jsonl."""
     folder = expand(spec)
-    if folder.is_dir() and (folder / "metrics.jsonl").is_file() and not (folder / "config.yaml").is_file():
+    if folder.is_dir() and (folder / layout.METRICS).is_file() and not (folder / layout.CONFIG).is_file():
         return [Run(folder.name, folder, job=folder.name, job_folder=folder)]
     view = jobs.find(spec, root)
     tasks = view.run_dirs
@@ -107,7 +108,7 @@ def swept_values(tasks: list[Path]) -> dict[Path, str]:
     configs = []
     for run in tasks:
         try:
-            loaded = yaml.safe_load((run / "config.yaml").read_text())
+            loaded = yaml.safe_load((run / layout.CONFIG).read_text())
         except (OSError, yaml.YAMLError):
             loaded = None
         configs.append(loaded if isinstance(loaded, dict) else {})
@@ -131,7 +132,7 @@ def collect(specs: list[str], root: Path | None = None) -> list[Run]:
     runs = []
     for spec in specs:
         for run in runs_of(spec, root):
-            path = run.folder / "metrics.jsonl"
+            path = run.folder / layout.METRICS
             run.series = read_metrics(path) if path.is_file() else {}
             runs.append(run)
     check_series(runs)

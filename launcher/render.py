@@ -20,11 +20,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from ftcore import contract, exits, layout, rendezvous, schema, shipped
+from ftcore import contract, exits, layout, records, rendezvous, schema, shipped
 from ftcore.errors import UserError
 from ftcore.files import expand
 from ftcore.schema import WRITTEN_PATHS, Job
-from launcher import __version__, paths, slurm, stage
+from launcher import __version__, paths, scheduler, stage
 
 TEMPLATE = "sbatch.sh.j2"
 _CONFIG_MARK = "@FT_CONFIG@"  # stands for "$FT_CONFIG" until the command is quoted
@@ -195,7 +195,7 @@ def sbatch_options(job: Job, job_dir: Path, array_size: int = 0, dependency: str
     if array_size:
         options.append(("array", f"0-{array_size - 1}"))
     if dependency:
-        if not slurm.is_job_id(dependency):
+        if not scheduler.is_job_id(dependency):
             raise UserError(f"--after: {dependency!r} is not a SLURM job id")
         options.append(("dependency", f"afterok:{dependency}"))
     lines = [f"--{name}" if value is None else f"--{name}={q(value)}" for name, value in options]
@@ -230,6 +230,7 @@ def render_sbatch(job: Job, job_dir: Path, template: str | None = None, array_si
             script_path=q(job_dir / layout.SCRIPT),
             config_name=q(layout.CONFIG),
             events_name=q(layout.EVENTS),
+            event=records.event_shell(),
             sbatch_options=sbatch_options(job, job_dir, array_size, dependency),
             modules=[q(m) for m in job.slurm.modules],
             setup=list(job.slurm.setup),

@@ -20,14 +20,16 @@ from __future__ import annotations
 import importlib
 import re
 from pathlib import Path, PurePath
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ftcore.errors import UserError
-from ftcore.layout import LOGS
+from ftcore import layout
 
-if TYPE_CHECKING:  # no import cycle at run time: jobs imports this module
+if TYPE_CHECKING:
     from ftcore.schema import Job
-    from launcher.jobs import JobView
+
+# `view` arguments are launcher.jobs.JobView, which imports this module: named, not imported.
+JobView = Any
 
 # ft speaks of job states in SLURM's words, whoever ran the job: these end a job.
 TERMINAL_STATES = frozenset({
@@ -76,9 +78,7 @@ class Scheduler:
 
     def render(self, job: "Job", folder: Path, array_size: int = 0, dependency: str | None = None) -> str:
         """The job's script, as written into its folder."""
-        from launcher import render
-
-        return render.render_sbatch(job, folder, array_size=array_size, dependency=dependency)
+        raise NotImplementedError
 
     def submit(self, folder: Path) -> str | None:
         """Hand the folder's script over; the scheduler's job id (None: nothing to hand over)."""
@@ -115,13 +115,13 @@ class Scheduler:
 
     def log_files(self, view: "JobView") -> list[PurePath]:
         """The job's logs in the order they were written: one file per task process."""
-        return view.files.glob(f"{LOGS}/rank-*.out")
+        return view.files.glob(f"{layout.LOGS}/{layout.RANK_LOGS}")
 
     def rank_lines(self, path: PurePath, lines: list[str], rank: int | None) -> list[str]:
         """The lines of log `path` that task `rank` wrote (every line with no rank)."""
         if rank is None:
             return lines
-        return lines if path.name == f"rank-{rank}.out" else []
+        return lines if path.name == layout.rank_log(rank) else []
 
 
 # name → "module:Class": a scheduler's module is imported only when a job names it.

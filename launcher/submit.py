@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ftcore import contract, secrets
+from ftcore import contract, layout, secrets
 from ftcore.errors import UserError
 from ftcore.files import write_atomic
 from ftcore.schema import job_to_dict
@@ -427,7 +427,7 @@ def prepare_resubmit(view, overrides: list[str], profile: str | None = None, exe
     # A dry run's folder was never submitted: it goes where ft submits by default.
     executor = executor or (view.executor if view.scheduler else scheduler.NAMES[0])
     runner = scheduler.get(executor)
-    tasks = len(list((view.folder / "tasks").glob("*/" + jobdir.CONFIG)))
+    tasks = len(list((view.folder / layout.TASKS).glob("*/" + jobdir.CONFIG)))
     if tasks and overrides:
         raise UserError("a sweep is resubmitted as it was: overrides apply to single jobs only")
     if tasks and not runner.arrays:
@@ -458,7 +458,6 @@ def _check_ended(view) -> None:
 def schedule_warnings(view, job) -> list[str]:
     """What an override does to the learning rate of a run that resumes from a checkpoint: the
     schedule is a function of the step and the total, so a new total re-shapes it mid-run."""
-    from ftcore import layout
     from ftcore.schedule import lr_at
     from ftcore.schema import Job
 
@@ -560,7 +559,6 @@ def _text_or_none(path: Path) -> str | None:
 
 def _not_ours(view) -> list[str]:
     """`ft resubmit` of an `ft train` folder: ft did not write the script, so it cannot submit it."""
-    from ftcore import layout
 
     newest = layout.newest_complete(view.folder)
     resumes = f"it continues from {newest.name}" if newest else "it starts from the beginning (no checkpoint yet)"

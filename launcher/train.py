@@ -240,7 +240,7 @@ def _earlier_run(plan: Plan) -> dict[str, Any]:
 
 def trainer_argv(plan: Plan) -> list[str]:
     """The trainer, with its own records: no ft script around it writes events or logs."""
-    log = plan.folder / layout.LOGS / f"rank-{plan.procs.rank}.out"
+    log = plan.folder / layout.LOGS / layout.rank_log(plan.procs.rank)
     return [sys.executable, "-m", "trainer", "--config", str(plan.folder / layout.CONFIG),
             "--events", "--copy-output", str(log)]
 

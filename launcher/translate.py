@@ -21,6 +21,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ftcore import dtypes
+
 # Top-level sections only an AutoModel recipe has (an ft job has none of them).
 _AUTOMODEL_SECTIONS = ("step_scheduler", "dataset", "validation_dataset", "distributed", "dist_env",
                        "loss_fn", "dataloader", "validation_dataloader", "rng", "quantization",
@@ -153,8 +155,7 @@ def _model(model: dict[str, Any], t: Translation) -> None:
     elif "is_meta_device" in model:
         t.ignore("model.is_meta_device", "false is ft's default")
     if "torch_dtype" in model:
-        dtype = {"bfloat16": "bf16", "torch.bfloat16": "bf16", "float32": "fp32", "torch.float32": "fp32",
-                 "bf16": "bf16", "fp32": "fp32"}.get(str(model["torch_dtype"]))
+        dtype = dtypes.name_of(model["torch_dtype"])
         if dtype:
             t.set("model.dtype", dtype, "model.torch_dtype")
         else:

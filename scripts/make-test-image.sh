@@ -2,6 +2,12 @@
 # Build the stock test image and print its path:
 #
 #   bash scripts/make-test-image.sh            # -> /var/cache/ft-test-image/<key>/rootfs
+#   bash scripts/make-test-image.sh --floors   # -> /var/cache/ft-test-image-floors/<key>/rootfs
+#
+# --floors: the contract's packages at exactly their minimums (`dist==minimum`), so CI runs
+# the oldest versions the contract promises. torch stays the pinned CPU build: no older CPU
+# build of torch can be installed here (the package index holds CUDA builds only), so
+# torch's floor is held by the contract's feature probes instead (README, "The image contract").
 #
 # An Apptainer sandbox directory (the image format `apptainer build --sandbox` writes)
 # holding a minimal Debian 12 (debootstrap --variant=minbase, python3) and, in
@@ -25,7 +31,10 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-CACHE="${FT_TEST_IMAGE_CACHE:-/var/cache/ft-test-image}"
+FLOORS=""
+if [ "${1:-}" = "--floors" ]; then FLOORS=1; shift; fi
+[ $# -eq 0 ] || { echo "usage: make-test-image.sh [--floors]" >&2; exit 2; }
+CACHE="${FT_TEST_IMAGE_CACHE:-/var/cache/ft-test-image}${FLOORS:+-floors}"
 MIRROR="${FT_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 PY="${PYTHON:-python3}"
 SUITE=bookworm
@@ -34,10 +43,13 @@ TORCH="torch==2.13.0"
 log() { echo "make-test-image: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-mapfile -t requirements < <(cd "$ROOT" && "$PY" -c '
+mapfile -t requirements < <(cd "$ROOT" && FLOORS="$FLOORS" "$PY" -c '
+import os
 from ftcore import contract
+op = "==" if os.environ["FLOORS"] else ">="
 for p in contract.REQUIRED:
-    print(f"{p.dist}>={p.minimum}")')
+    if p.dist != "torch":  # torch: the pinned CPU build below
+        print(p.dist + op + p.minimum)')
 mapfile -t modules < <(cd "$ROOT" && "$PY" -c '
 from ftcore import contract
 for p in contract.REQUIRED:
@@ -94,7 +106,7 @@ printf '#!/bin/sh\nexec python "$@"\n' >"$rootfs/.singularity.d/runscript"
 chmod 755 "$rootfs/.singularity.d/runscript" "$rootfs/.singularity.d/env/90-environment.sh"
 ln -sfn .singularity.d/runscript "$rootfs/singularity"
 cat >"$rootfs/.singularity.d/labels.json" <<EOF
-{"org.ft.test-image": "stock", "org.ft.contract-key": "$key", "org.ft.torch": "$TORCH"}
+{"org.ft.test-image": "${FLOORS:+floors}${FLOORS:-stock}", "org.ft.contract-key": "$key", "org.ft.torch": "$TORCH"}
 EOF
 
 log "checking the contract's imports inside the image"

@@ -6,6 +6,10 @@
 # repository root; `python -m pytest` puts the root on sys.path, so tests import the
 # checkout while the `ft` console script comes from the installed package.
 # pytest's exit status 5 ("no tests collected") is turned into a failure.
+#
+# FT_TEST_WORKERS=N runs the test files in N processes (pytest-xdist, `--dist loadfile`: each
+# file whole in one process, so a file's fixtures and order hold); .ci/run uses 2. The fast
+# suite for a change: `bash scripts/test.sh -m "not slurm and not compile"`.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,8 +31,12 @@ PATH="$(dirname "$PY"):$PATH"
 export PATH
 
 echo "scripts/test.sh: $("$PY" -c 'import sys; print(sys.executable, sys.version.split()[0])')"
+PARALLEL=()
+if [ "${FT_TEST_WORKERS:-1}" != 1 ]; then
+    PARALLEL=(-n "$FT_TEST_WORKERS" --dist loadfile)
+fi
 rc=0
-"$PY" -m pytest -q "$@" || rc=$?
+"$PY" -m pytest -q "${PARALLEL[@]}" "$@" || rc=$?
 if [ "$rc" -eq 5 ]; then
     echo "scripts/test.sh: FAILED: pytest collected no tests (exit status 5)" >&2
     exit 1

@@ -2,7 +2,8 @@
 
 `stock_image` (session fixture) is the Apptainer sandbox directory that
 scripts/make-test-image.sh builds (a Debian Python with exactly the image contract's
-packages; cached under /var/cache/ft-test-image), or $FT_TEST_IMAGE when set. Where it
+packages; cached under /var/cache/ft-test-image), or $FT_TEST_IMAGE when set;
+`floor_image` the same at the contract's minimum versions (`--floors`, $FT_TEST_FLOOR_IMAGE). Where it
 cannot be had (not root, no debootstrap) the tests that need it skip, and fail on CI.
 
 `standin_registry(tmp_path, stock_image)` makes a stand-in registry folder serving the
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -30,19 +32,31 @@ def _unavailable(reason: str):
     pytest.skip(f"stock test image unavailable: {reason}")
 
 
-@pytest.fixture(scope="session")
-def stock_image() -> Path:
-    given = os.environ.get("FT_TEST_IMAGE")
+def _image(variable: str, *flags: str) -> Path:
+    given = os.environ.get(variable)
+    command = " ".join([str(MAKE_IMAGE), *flags])
     if given:
         if not Path(given, "bin", "sh").exists():
-            _unavailable(f"FT_TEST_IMAGE={given} is not a sandbox image folder")
+            _unavailable(f"{variable}={given} is not a sandbox image folder")
         return Path(given)
     if os.geteuid() != 0:
-        _unavailable(f"building it needs root: sudo bash {MAKE_IMAGE}, then export FT_TEST_IMAGE=<printed path>")
-    proc = subprocess.run(["bash", str(MAKE_IMAGE)], capture_output=True, text=True, timeout=1200)
+        _unavailable(f"building it needs root: sudo bash {command}, then export {variable}=<printed path>")
+    proc = subprocess.run(["bash", str(MAKE_IMAGE), *flags], capture_output=True, text=True, timeout=1200)
     if proc.returncode != 0:
-        _unavailable(f"{MAKE_IMAGE} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        _unavailable(f"{command} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     return Path(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def stock_image() -> Path:
+    return _image("FT_TEST_IMAGE")
+
+
+@pytest.fixture(scope="session")
+def floor_image() -> Path:
+    """The stock image with the contract's packages at exactly their minimums (torch aside:
+    scripts/make-test-image.sh --floors says why); $FT_TEST_FLOOR_IMAGE when set."""
+    return _image("FT_TEST_FLOOR_IMAGE", "--floors")
 
 
 def standin_registry(folder: Path, image: Path) -> Path:
@@ -100,15 +114,21 @@ class ContainerSite:
                                                         else "mounts" in r)]
 
 
-@pytest.fixture
-def container_site(stock_image, tmp_path, monkeypatch) -> ContainerSite:
+@contextmanager
+def site_for(image: Path):
+    """A ContainerSite around `image`, removed afterwards."""
     import shutil
     import tempfile
 
     root = Path(tempfile.mkdtemp(prefix="ft-test-", dir="/srv"))
     try:
-        site = ContainerSite(root, stock_image)
-        monkeypatch.setenv("FT_HOME", str(site.home))  # `ft` runs and the test read the same jobs
-        yield site
+        yield ContainerSite(root, image)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def container_site(stock_image, tmp_path, monkeypatch) -> ContainerSite:
+    with site_for(stock_image) as site:
+        monkeypatch.setenv("FT_HOME", str(site.home))  # `ft` runs and the test read the same jobs
+        yield site

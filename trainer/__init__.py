@@ -4,7 +4,8 @@
 
 Reads the job the launcher resolved (``ftcore.schema.Job``), trains LoRA (data parallel)
 or full SFT (FSDP2) and writes checkpoints, ``metrics.jsonl`` and logs into the job folder.
-In-process: ``trainer.train.run(job, job_dir)``. Imports only ``ftcore`` of ft's packages;
+In-process: ``trainer.train.run(job, job_dir)`` (the run; ``train_step`` is one optimizer step).
+Imports only ``ftcore`` of ft's packages (docs/architecture.md);
 importing this package imports no torch.
 """
 

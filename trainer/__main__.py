@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from ftcore import exits, layout, rendezvous
+from ftcore import exits, layout, records, rendezvous
 from ftcore.errors import UserError
 from ftcore.schema import load_job
 
@@ -82,7 +82,7 @@ def _events(job_dir: Path):
         return lambda name, **fields: None
     ids = {"job_id": rendezvous.job_id({"SLURM_JOB_ID": os.environ.get("SLURM_JOB_ID", "")}) or "",
            "restart": rendezvous.number(os.environ, "SLURM_RESTART_COUNT", 0)}
-    return lambda name, **fields: layout.record_event(job_dir, name, **ids, **fields)
+    return lambda name, **fields: records.record_event(job_dir, name, **ids, **fields)
 
 
 def _say_how_to_resume(job_dir: Path) -> None:

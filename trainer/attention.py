@@ -35,6 +35,8 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
+from ftcore import contract
+
 NAME = "ft_varlen"
 CU_SEQ_LENS = "cu_seq_lens_q"  # transformers' keyword names (FlashAttentionKwargs)
 MAX_LENGTH = "max_length_q"
@@ -54,7 +56,7 @@ def kernel(query: torch.Tensor) -> str:
     if query.is_cuda and query.dtype in (torch.bfloat16, torch.float16):
         if importlib.util.find_spec("flash_attn") is not None:
             return "flash_attn"
-        if importlib.util.find_spec("torch.nn.attention.varlen") is not None:
+        if contract.torch_varlen_attn() is not None:  # present, and with the keywords ft passes
             return "torch_varlen"
     # No variable-length kernel: on a CPU, SDPA per example (reading the lengths on the host is
     # free there); on a GPU, one SDPA call over the row with a block mask built on the device
@@ -98,9 +100,7 @@ def varlen_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
             out = flash_attn_varlen_func(q, k, v, cu, cu, longest, longest, dropout_p=dropout, softmax_scale=scaling,
                                          causal=True, window_size=window)
         else:
-            from torch.nn.attention.varlen import varlen_attn
-
-            out = varlen_attn(q, k, v, cu, cu, longest, longest, scale=scaling, window_size=window, enable_gqa=True)
+            out = contract.torch_varlen_attn()(q, k, v, cu, cu, longest, longest, scale=scaling, window_size=window, enable_gqa=True)
         return out[None, ..., :value_dim], None
     if chosen == "sdpa_masked":
         return _masked(query, key, value, cu, dropout, scaling, sliding_window), None

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from ftcore import policy
+from ftcore import contract, policy
 from ftcore.errors import UserError
 from ftcore.layout import (BASE_MODEL, CHECKPOINTS, COMPLETE_MARKER, LATEST, TRAINER_STATE, TRAINING_STATE, complete_checkpoints,
                            is_complete, newest_complete, step_dir)
@@ -61,25 +61,50 @@ def _state_dicts(built, optimizer):
 
 
 def _full_state_dict(built) -> dict[str, torch.Tensor]:
-    """Unsharded weights on rank 0's CPU (a collective: every rank calls it).
+    """LoRA's unsharded adapters on rank 0's CPU (a collective: every rank calls it).
 
-    LoRA gathers its adapters only: the frozen base of a 405B job would not fit in memory.
+    The adapters only: the frozen base of a 405B job would not fit in memory.
     """
     if not built.sharded:
         return built.module.lm.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    lora = hasattr(built.lm, "peft_config")
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=lora)
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
     full = get_model_state_dict(built.module, options=options)
     return {name.removeprefix("lm."): tensor for name, tensor in full.items()}
+
+
+# What wrappers add to a parameter's name (activation checkpointing, torch.compile, FSDP1):
+# the exported names are the model's own, as get_model_state_dict gives them.
+_WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.", "_fsdp_wrapped_module.")
+
+
+def full_weights_in(built, dtype: torch.dtype, is_main: bool) -> dict[str, torch.Tensor]:
+    """Full SFT's weights in `dtype`, whole, on rank 0's CPU (empty elsewhere): streamed one
+    tensor at a time (a collective: every rank calls it, in the same order).
+
+    Each sharded tensor is all-gathered alone and cast as it arrives, so the host holds the
+    output and at most one gathered tensor besides it, never the fp32 state whole next to its
+    cast copy (48 GB for an 8B model). The values are those of gathering everything and then
+    casting: the same cast of the same numbers.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in built.module.state_dict().items():
+        for prefix in _WRAPPER_PREFIXES:
+            name = name.replace(prefix, "")
+        if hasattr(tensor, "full_tensor"):
+            tensor = tensor.full_tensor()  # this tensor's shards from every rank
+        if is_main:
+            out[name.removeprefix("lm.")] = tensor.to(device="cpu", dtype=dtype)
+        del tensor  # the gathered fp32 copy goes before the next one is made
+    return out
 
 
 def _export(lm, folder: Path, base_ref: str | None, full: dict[str, torch.Tensor] | None, dtype: torch.dtype) -> None:
     """Rank 0: the folder a person loads with transformers or peft, unchanged.
 
     `lm`: the Hugging Face model (a PeftModel for LoRA); `full`: its unsharded weights under
-    its own names (None: `lm`'s own); `dtype`: what full SFT weights are saved in.
+    its own names, in `dtype` for full SFT (None: `lm`'s own).
     """
     if hasattr(lm, "peft_config"):
         for config in lm.peft_config.values():
@@ -87,13 +112,12 @@ def _export(lm, folder: Path, base_ref: str | None, full: dict[str, torch.Tensor
         # Embeddings never change size here: targeting lm_head must not copy the whole head.
         lm.save_pretrained(folder, state_dict=full, save_embedding_layers=False)
         return
-    full = lm.state_dict() if full is None else full
-    saved_dtype = lm.config.dtype
-    lm.config.dtype = dtype  # config.json says what the file holds
+    saved_dtype = contract.config_dtype(lm.config)
+    contract.set_config_dtype(lm.config, dtype)  # config.json says what the file holds
     try:
-        lm.save_pretrained(folder, state_dict={k: v.to(dtype) for k, v in full.items()})
+        lm.save_pretrained(folder, state_dict=full)
     finally:
-        lm.config.dtype = saved_dtype
+        contract.set_config_dtype(lm.config, saved_dtype)
 
 
 def save(run_dir: Path, step: int, built, optimizer, tokenizer, trainer_state: dict, env: dist.DistEnv,
@@ -118,11 +142,14 @@ def save(run_dir: Path, step: int, built, optimizer, tokenizer, trainer_state: d
 
     try:
         if export:
-            full = _full_state_dict(built) if (built.sharded or env.is_main) else {}
+            lora = hasattr(built.lm, "peft_config")
+            if lora:
+                full = _full_state_dict(built) if (built.sharded or env.is_main) else {}
+            else:
+                full = full_weights_in(built, built.compute_dtype, env.is_main)
             if env.is_main:
-                lm = built.lm if hasattr(built.lm, "peft_config") else built.module.causal_lm
-                _export(lm, tmp, base_ref, full if (built.sharded or not hasattr(lm, "peft_config")) else None,
-                        built.compute_dtype)
+                lm = built.lm if lora else built.module.causal_lm
+                _export(lm, tmp, base_ref, full if (built.sharded or not lora) else None, built.compute_dtype)
             del full
         if env.is_main:
             tokenizer.save_pretrained(tmp)  # every checkpoint: what its token ids mean
@@ -322,7 +349,7 @@ def write_hf_from_state(checkpoint: Path, job, base_ref: str | None, folder: Pat
 
     config = model_config(job)
     with torch.device("meta"):
-        lm = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        lm = AutoModelForCausalLM.from_config(config, **contract.with_dtype(torch.float32))
     if job.peft is not None:
         lm = add_lora(lm, job)
         _export(lm, folder, base_ref, weights, torch.float32)
@@ -333,4 +360,4 @@ def write_hf_from_state(checkpoint: Path, job, base_ref: str | None, folder: Pat
     if missing:
         raise ValueError(f"{checkpoint} has no weights for {missing[:3]} ({len(missing)} in all)")
     dtype = DTYPES[policy.decide(job).compute]
-    _export(lm, folder, base_ref, lm.state_dict(), dtype)
+    _export(lm, folder, base_ref, {k: v.to(dtype) for k, v in lm.state_dict().items()}, dtype)

@@ -4,7 +4,10 @@ Who each process is (torchrun's variables, srun's, or one process alone) is read
 ``ftcore.rendezvous.detect``, torch-free, so `ft train` checks the same answer before it
 hands over to the trainer.
 
-A process group exists only when there is more than one process: nccl on GPUs, gloo on CPU.
+A process group exists only when there is more than one process (or FSDP2 asks for one): on
+GPUs nccl for CUDA tensors *and* gloo for CPU tensors (`backend`), as torchtitan and torchtune
+create it, because some collectives meet CPU tensors: the gradient norm of FSDP2 shards kept
+in host memory (model.cpu_offload), the object collectives of checkpointing. On CPU, gloo.
 """
 
 from __future__ import annotations
@@ -28,6 +31,12 @@ def detect(environ: Mapping[str, str] | None = None) -> DistEnv:
     return rendezvous.detect(os.environ if environ is None else environ)
 
 
+def backend(device: torch.device) -> str:
+    """The process group's backend per device type: each tensor's collectives go to the
+    backend of the device it lives on."""
+    return "cuda:nccl,cpu:gloo" if device.type == "cuda" else "cpu:gloo"
+
+
 def init(env: DistEnv, device: torch.device, alone_too: bool = False) -> None:
     """Join the process group when there is more than one process.
 
@@ -36,12 +45,11 @@ def init(env: DistEnv, device: torch.device, alone_too: bool = False) -> None:
     """
     if dist.is_initialized() or not (env.distributed or alone_too):
         return
-    backend = "nccl" if device.type == "cuda" else "gloo"
     if not env.distributed:
-        dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
+        dist.init_process_group(backend=backend(device), store=dist.HashStore(), rank=0, world_size=1)
         return
     dist.init_process_group(
-        backend=backend,
+        backend=backend(device),
         init_method=f"tcp://{env.master_addr}:{env.master_port}",
         rank=env.rank,
         world_size=env.world_size,

@@ -11,18 +11,25 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 from ftcore.errors import UserError
-from ftcore.formats import FIELDS  # the fields each format needs (the launcher checks files with them too)
+from ftcore.formats import FIELDS, FORMATS  # each format's fields and default prompt (the launcher reads them too)
 
 from .records import Record
 
-PROMPTS = {
-    "squad": "Context: {context}\nQuestion: {question}\nAnswer:",
-    "alpaca": "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n",
-    "alpaca_no_input": "### Instruction:\n{instruction}\n\n### Response:\n",
-}
-
 Segments = list[tuple[str, bool]]
+# data.format → its segmenter: (record, prompt template or None, tokenizer) → (segments, rendered by a
+# chat template). Every name of ftcore.formats.FORMATS has one (tests/trainer/test_formats.py).
+SEGMENTERS: dict[str, Callable[[Record, str | None, object], tuple[Segments, bool]]] = {}
+
+
+def segmenter(name: str):
+    """Register the decorated function as data.format `name`'s segmenter."""
+    def register(fn):
+        SEGMENTERS[name] = fn
+        return fn
+    return register
 
 
 def _need(record: Record, *keys: str) -> None:
@@ -56,12 +63,13 @@ def _text(record: Record, *keys: str) -> None:
 def prompt_text(record: Record, fmt: str, template: str | None) -> str:
     """The prompt a squad or alpaca record gets before its answer: what training masks, and
     what `ft generate --question/--context` asks a model trained on it."""
+    spec = FORMATS[fmt]
     if fmt == "squad":
         _text(record, "context", "question")
-        return _fill(template or PROMPTS["squad"], record)
+        return _fill(template or spec.prompt, record)
     _text(record, "instruction", "input")
     has_input = bool(str(record.fields.get("input") or "").strip())
-    default = PROMPTS["alpaca"] if has_input else PROMPTS["alpaca_no_input"]
+    default = spec.prompt if has_input else spec.prompt_short
     return _fill(template or default, Record(record.where, {**record.fields, "input": record.fields.get("input") or ""}))
 
 
@@ -145,12 +153,23 @@ def chat_segments(record: Record, tokenizer) -> Segments:
     return segments
 
 
+@segmenter("squad")
+def _squad(record: Record, template: str | None, tokenizer) -> tuple[Segments, bool]:
+    return squad_segments(record, template), False
+
+
+@segmenter("alpaca")
+def _alpaca(record: Record, template: str | None, tokenizer) -> tuple[Segments, bool]:
+    return alpaca_segments(record, template), False
+
+
+@segmenter("jsonl")
+def _jsonl(record: Record, template: str | None, tokenizer) -> tuple[Segments, bool]:
+    if "messages" in record.fields:
+        return chat_segments(record, tokenizer), True
+    return completion_segments(record, template), False
+
+
 def segments(record: Record, fmt: str, template: str | None, tokenizer) -> tuple[Segments, bool]:
     """(segments, rendered by a chat template) for one record of format `fmt`."""
-    if fmt == "squad":
-        return squad_segments(record, template), False
-    if fmt == "alpaca":
-        return alpaca_segments(record, template), False
-    if "messages" in record.fields:
-        return chat_segments(record, tokenizer), fmt == "jsonl"
-    return completion_segments(record, template), False
+    return SEGMENTERS[fmt](record, template, tokenizer)

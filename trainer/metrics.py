@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ftcore import layout, progress
+from ftcore import layout, progress, records
 from ftcore.files import write_atomic
 
 
@@ -30,12 +30,13 @@ def memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def step_line(r: dict) -> str:
-    clocks = progress.times(r.get("elapsed_s"), r.get("remaining_s"))
+def step_line(record: dict) -> str:
+    r = records
+    clocks = progress.times(record.get(r.ELAPSED_S), record.get(r.REMAINING_S))
     return (
-        f"step {progress.steps(r['step'], r.get('total_steps'))} | epoch {r['epoch']} | loss {r['loss']:.4f} | "
-        f"grad_norm {r['grad_norm']:.3g} | lr {r['lr']:.1e} | mem {r['mem_gib']:.1f} GiB | tps {r['tps']:.0f}"
-        + (f" | {clocks}" if clocks else "")
+        f"step {progress.steps(record[r.STEP], record.get(r.TOTAL_STEPS))} | epoch {record[r.EPOCH]} | "
+        f"loss {record[r.LOSS]:.4f} | grad_norm {record[r.GRAD_NORM]:.3g} | lr {record[r.LR]:.1e} | "
+        f"mem {record[r.MEM_GIB]:.1f} GiB | tps {record[r.TPS]:.0f}" + (f" | {clocks}" if clocks else "")
     )
 
 
@@ -60,12 +61,12 @@ class Metrics:
             # must not lose the steps that are kept.
             lines = path.read_bytes().decode(errors="replace").splitlines()
             kept = [(line, record) for line in lines
-                    if (record := _record(line)) is not None and record.get("step", 0) <= resume_step
-                    and not record.get("end")]
+                    if (record := _record(line)) is not None and record.get(records.STEP, 0) <= resume_step
+                    and not record.get(records.END)]
             write_atomic(path, "".join(line + "\n" for line, _ in kept))
             for _, record in kept:
-                if isinstance(record.get("val_loss"), (int, float)):
-                    self.val_losses[record["step"]] = record["val_loss"]
+                if isinstance(record.get(records.VAL_LOSS), (int, float)):
+                    self.val_losses[record[records.STEP]] = record[records.VAL_LOSS]
         self.file = open(path, "a", buffering=1)
         if job.trainer.tensorboard:
             try:
@@ -92,7 +93,7 @@ class Metrics:
     def step(self, record: dict) -> None:
         if not self.is_main:
             return
-        record = {**record, **self._progress(record["step"])}
+        record = {**record, **self._progress(record[records.STEP])}
         self.print(step_line(record))
         self._write(record, prefix="train")
 
@@ -101,41 +102,42 @@ class Metrics:
             return {}
         elapsed = self.elapsed()
         left = progress.remaining(elapsed, step - self.start_step, self.total_steps - step)
-        return {"total_steps": self.total_steps, "elapsed_s": round(elapsed, 1),
-                **({"remaining_s": round(left, 1)} if left is not None else {})}
+        return {records.TOTAL_STEPS: self.total_steps, records.ELAPSED_S: round(elapsed, 1),
+                **({records.REMAINING_S: round(left, 1)} if left is not None else {})}
 
     def validation(self, step: int, val_loss: float, tokens: int) -> None:
         self.val_losses[step] = val_loss
         if not self.is_main:
             return
         self.print(f"step {step} | val_loss {val_loss:.4f} | val_tokens {tokens}")
-        self._write({"step": step, "val_loss": val_loss, "val_tokens": tokens}, prefix="val")
+        self._write({records.STEP: step, records.VAL_LOSS: val_loss, records.VAL_TOKENS: tokens}, prefix="val")
 
     def finish(self, step: int, checkpoint: Path) -> None:
         """The run's summary: a last log line a person reads, and a record `ft status` reads."""
         if not self.is_main:
             return
-        summary = {"step": step, "end": True, "total_steps": self.total_steps,
-                   "elapsed_s": round(self.elapsed(), 1), "checkpoint": str(checkpoint)}
+        summary = {records.STEP: step, records.END: True, records.TOTAL_STEPS: self.total_steps,
+                   records.ELAPSED_S: round(self.elapsed(), 1), records.CHECKPOINT: str(checkpoint)}
         done = f"{step}" if step == self.total_steps else f"{step} of {self.total_steps}"
         line = f"done: {done} steps in {progress.clock(self.elapsed())}"
         if self.val_losses:
             last = max(self.val_losses)
             best = min(self.val_losses, key=self.val_losses.get)
-            summary.update(final_val_loss=self.val_losses[last], best_val_loss=self.val_losses[best], best_step=best)
+            summary.update({records.FINAL_VAL_LOSS: self.val_losses[last], records.BEST_VAL_LOSS: self.val_losses[best],
+                            records.BEST_STEP: best})
             line += (f" | val_loss final {self.val_losses[last]:.4f} (step {last}), "
                      f"best {self.val_losses[best]:.4f} (step {best})")
         self.print(f"{line} | checkpoint {checkpoint}")
-        self.file.write(json.dumps({**summary, "time": round(time.time(), 3)}) + "\n")
+        self.file.write(json.dumps({**summary, records.WALL_TIME: round(time.time(), 3)}) + "\n")
 
     def _write(self, record: dict, prefix: str) -> None:
-        self.file.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
-        numbers = {f"{prefix}/{k}": v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
+        self.file.write(json.dumps({**record, records.WALL_TIME: round(time.time(), 3)}) + "\n")
+        numbers = {f"{prefix}/{k}": v for k, v in record.items() if k != records.STEP and isinstance(v, (int, float))}
         if self.tensorboard is not None:
             for key, value in numbers.items():
-                self.tensorboard.add_scalar(key, value, record["step"])
+                self.tensorboard.add_scalar(key, value, record[records.STEP])
         if self.wandb is not None:
-            self.wandb.log(numbers, step=record["step"])
+            self.wandb.log(numbers, step=record[records.STEP])
 
     def close(self) -> None:
         if self.file:
@@ -149,7 +151,7 @@ class Metrics:
 def _record(line: str) -> dict | None:
     try:
         record = json.loads(line)
-        if isinstance(record, dict) and isinstance(record.get("step", 0), int):
+        if isinstance(record, dict) and isinstance(record.get(records.STEP, 0), int):
             return record
     except ValueError:
         pass

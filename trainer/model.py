@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ftcore import families, policy
+from ftcore import contract, dtypes, families, policy
 from ftcore.errors import UserError
 
 from . import attention, meta_init, quantize, sharding
@@ -27,7 +27,7 @@ from .lora import add_lora, compute_adapters_in_compute_dtype
 from .loss import CausalLMLoss, use_liger
 from .weights import random_model
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPES = {name: getattr(torch, attr) for name, attr in dtypes.TORCH.items()}  # ftcore.dtypes, as torch dtypes
 
 
 @dataclass
@@ -94,7 +94,7 @@ def build(job, env: DistEnv, device: torch.device, tokenizer, base_dir: Path | N
     path = attention_path(job, config)
     if env.is_main:
         print(f"ft trainer: {path.describe()}", flush=True)
-    common = dict(dtype=param_dtype, attn_implementation=path.name)
+    common = dict(contract.with_dtype(param_dtype), attn_implementation=path.name)
 
     if job.model.meta_init:
         lm = meta_init.empty_model(config, **common)
@@ -137,6 +137,10 @@ def build(job, env: DistEnv, device: torch.device, tokenizer, base_dir: Path | N
         quantize.quantize_(sharding.decoder_layers(module.causal_lm), decision)
     if job.trainer.compile:
         # Before sharding, as torchtitan does: FSDP2's hooks stay outside the compiled code.
+        # Without fullgraph a break splits a layer silently: `graph_breaks` reports them.
+        from torch._dynamo.utils import counters
+
+        counters.clear()
         for layer in sharding.decoder_layers(module.causal_lm):
             layer.compile()
     if sharded:
@@ -147,6 +151,22 @@ def build(job, env: DistEnv, device: torch.device, tokenizer, base_dir: Path | N
         module.to(device)
     return Built(module=module, lm=lm, sharded=sharded, compute_dtype=compute_dtype, decision=decision,
                  attention=path)
+
+
+def graph_breaks() -> str:
+    """What torch.compile split the decoder layers at so far (read after the first step has
+    run them): each break is a return to eager Python between two compiled graphs, which
+    compile=true was meant to avoid. NF4 weights (model.quantization) break at every
+    projection; the per-example attention fallback (CPU, fp32) at every layer."""
+    from torch._dynamo.utils import counters
+
+    breaks = counters["graph_break"]
+    graphs = counters["stats"]["unique_graphs"]
+    if not breaks:
+        return f"compile: {graphs} graph(s), no graph breaks"
+    reasons = "; ".join(f"{count}× {reason.splitlines()[0].strip()}" for reason, count in breaks.most_common(3))
+    return (f"compile: {sum(breaks.values())} graph break(s) in the decoder layers ({graphs} graphs): {reasons}. "
+            "Each returns to eager Python mid-layer; measure before relying on compile (docs/benchmarks.md)")
 
 
 def _checkpoint_activations(lm: nn.Module) -> None:

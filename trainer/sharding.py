@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ftcore import dtypes
 from ftcore.errors import UserError
 
 from . import quantize
@@ -27,14 +28,15 @@ def shard(module: nn.Module, env: DistEnv, device: torch.device, decision) -> No
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     mesh = init_device_mesh(device.type, (env.world_size,))
-    options = {"mesh": mesh, "mp_policy": MixedPrecisionPolicy(param_dtype=dtypes[decision.compute],
+    options = {"mesh": mesh, "mp_policy": MixedPrecisionPolicy(param_dtype=getattr(torch, dtypes.TORCH[decision.compute]),
                                                                 reduce_dtype=torch.float32)}
     if decision.cpu_offload:
-        # CUDA only (the schema refuses it on CPU jobs): shards, gradients and the optimizer
-        # step stay in pinned host memory; each unit is copied in for its all-gather.
-        options["offload_policy"] = CPUOffloadPolicy(pin_memory=True)
+        # A GPU job's lever (the schema refuses it on CPU jobs; tests shard on the CPU with it):
+        # shards, gradients and the optimizer step stay in pinned host memory; each unit is
+        # copied in for its all-gather. The gradient norm then reduces CPU tensors: the process
+        # group has gloo for them (`dist.backend`).
+        options["offload_policy"] = CPUOffloadPolicy(pin_memory=device.type == "cuda")
     if env.world_size == 1:
         # One process has nothing to shard, and torch's one-process FSDP2 path copies only
         # the first part of a tensor that gathers as several (NF4: codes and two scales):

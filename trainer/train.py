@@ -33,7 +33,7 @@ from typing import Callable
 
 import torch
 
-from ftcore import contract, exits, layout, rendezvous
+from ftcore import contract, exits, layout, records, rendezvous
 from ftcore.errors import UserError
 from ftcore.schedule import lr_at
 
@@ -41,7 +41,7 @@ from . import checkpointing, data, dist, update
 from .batching import StepBatches, val_batches
 from .collate import Prefetcher, collate
 from .metrics import Metrics, memory_gib
-from .model import Built, build
+from .model import Built, build, graph_breaks
 from .stop import StopSignal
 from .tokenizer import load_tokenizer
 
@@ -110,7 +110,7 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
         loss_sum, grad_norm, lr = train_step(s, step, answer_tokens, want_norm=logs, watch=watch)
         step += 1
 
-        record = {"step": step}
+        record = {records.STEP: step}
         if syncs.due(step):
             # The one host sync: this step's loss, whether any rank was told to stop (all must
             # checkpoint at the same step), the time per step, and the skipped-step counts.
@@ -128,17 +128,19 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
                 reported_skips = _nonfinite(job, metrics, int(skipped), int(first_bad), step)
             if logs:
                 record.update({
-                    "epoch": (step - 1) // s.batches.steps_per_epoch,
-                    "loss": loss_value / answer_tokens,
-                    "grad_norm": norm,
-                    "lr": lr,
-                    "mem_gib": memory_gib(device),
-                    "tps": tokens_since_log / (now - last_log),
+                    records.EPOCH: (step - 1) // s.batches.steps_per_epoch,
+                    records.LOSS: loss_value / answer_tokens,
+                    records.GRAD_NORM: norm,
+                    records.LR: lr,
+                    records.MEM_GIB: memory_gib(device),
+                    records.TPS: tokens_since_log / (now - last_log),
                 })
                 last_log, tokens_since_log = now, 0
                 metrics.step(record)
         if on_step is not None:
             on_step(record)
+        if job.trainer.compile and step == started + 1:  # the first step ran every compiled layer
+            metrics.print(graph_breaks())
 
         if stop_requested and step < total_steps:
             return s.stop_now(step, "a stop signal")

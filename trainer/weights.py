@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from ftcore import contract
 from ftcore.errors import UserError
 
 from .hub import hf_token
@@ -34,7 +35,7 @@ def reader(job, lm: nn.Module) -> Reader:
     if job.model.init == "random":
         # Random init has no file to read: build the seeded model on CPU exactly as the
         # regular path does (tests and smoke runs; tiny models only).
-        reference = random_model(job, lm.config, dtype=torch.float32)
+        reference = random_model(job, lm.config, **contract.with_dtype(torch.float32))
         if job.peft is not None:
             reference = add_lora(reference, job)
         weights = reference.state_dict()
@@ -85,7 +86,7 @@ def fresh_adapters(job, config, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        skeleton = AutoModelForCausalLM.from_config(config, **contract.with_dtype(dtype))
     stand_ins: dict[int, nn.Parameter] = {}  # by identity: tied weights stay tied
     for module in skeleton.modules():
         for name, param in module.named_parameters(recurse=False):

@@ -1,4 +1,5 @@
-"""The import structure: launcher → ftcore ← trainer ← fttools, and nothing heavy on the login node.
+"""The import structure: launcher → ftcore ← trainer ← fttools, no import cycle inside a
+package, and nothing heavy on the login node (docs/architecture.md draws it).
 
 Read from the source (every import statement, lazy ones inside functions included), so a new
 module or a new import is covered without being named here.
@@ -54,6 +55,59 @@ def test_each_package_imports_only_the_packages_below_it(package):
     assert not wrong, f"{package} may import only {sorted(ALLOWED[package])}: {wrong}"
 
 
+def _own_imports(package: str, path: Path) -> set[str]:
+    """The modules of `package` that `path` imports (absolute or relative, lazy ones included)."""
+    modules = {p.stem for p in _modules(package)} - {"__init__"}
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith(package + ".")}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 1 or (node.level == 0 and (node.module or "").split(".")[0] == package):
+                parts = (node.module or "").split(".") if node.level == 1 else node.module.split(".")[1:]
+                if parts and parts[0]:
+                    found.add(parts[0])
+                else:  # `from . import a, b`
+                    found |= {a.name for a in node.names}
+    return (found & modules) - {path.stem}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of `graph`, as a path that returns to its start, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        state[node] = 2
+        path.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_no_import_cycle_inside_a_package(package):
+    """Within a package too, imports run one way: a cycle means two modules own one fact."""
+    graph = {p.stem: _own_imports(package, p) for p in _modules(package) if p.stem != "__init__"}
+    cycle = _cycle(graph)
+    assert cycle is None, f"import cycle in {package}/: {' → '.join(cycle)}"
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
 def test_only_the_cli_reaches_the_model_tools():
     users = [str(p.relative_to(ROOT)) for p in _modules("launcher") if "fttools" in _imports(p)]
     assert users == ["launcher/cli.py"]
@@ -61,6 +115,9 @@ def test_only_the_cli_reaches_the_model_tools():
 
 def test_the_core_imports_nothing_heavy_even_lazily():
     heavy = {str(p.relative_to(ROOT)): sorted(_imports(p) & set(HEAVY)) for p in _modules("ftcore")}
+    # Except the image contract's feature probes, inside functions that only `ft image check`
+    # (in the image) and the trainer call: they probe those very packages. Its import stays light.
+    assert set(heavy.pop("ftcore/contract.py")) <= {p.module for p in contract.REQUIRED}
     assert not {k: v for k, v in heavy.items() if v}
 
 
@@ -90,10 +147,9 @@ def test_readme_and_pyproject_state_the_image_contract():
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## The image contract"):]
     section = section[: section.find("\n## ", 5)]
-    listed = set(re.findall(r"^- `([A-Za-z0-9_.-]+)>=", section, re.M))
-    assert listed == {p.dist for p in contract.REQUIRED}, "README's image contract list"
+    listed = set(re.findall(r"^- `([A-Za-z0-9_.-]+>=[0-9.]+)`", section, re.M))
+    assert listed == {f"{p.dist}>={p.minimum}" for p in contract.REQUIRED}, "README's image contract list"
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    assert {re.split(r"[<>=]", e)[0] for e in extras["train"]} == {p.dist for p in contract.REQUIRED}
     # The install hints ft prints for a missing extra come from contract.EXTRAS: it must match pyproject.
     for name, packages in contract.EXTRAS.items():
         assert sorted(extras[name]) == sorted(f"{p.dist}>={p.minimum}" for p in packages), name

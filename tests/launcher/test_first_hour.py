@@ -1,4 +1,4 @@
-"""A newcomer's first hour (issue 16), through the real `ft` command line: install name,
+"""A newcomer's first hour, through the real `ft` command line: install name,
 version and completion, which file a factory is, dry runs away from the cluster, data checked
 against its format, did-you-mean, 80-column tables, dry runs kept apart, sweep tasks by
 `ID_TASK`, progress in `ft status`, and the states a local job ends in."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ftcore import contract, layout
+from ftcore import contract, layout, records
 from ftcore.errors import UserError
 from launcher import jobdir, jobs, train
 
@@ -153,7 +153,7 @@ def test_a_stopped_ft_train_run_reads_as_preempted(isolated_home):
     plan = train.prepare("tiny", [], environ=srun_env())
     train.agree_on_folder(plan, "ft train\n")
     for name, fields in (("start", {}), ("signal", {}), ("exit", {"code": 75})):
-        layout.record_event(plan.folder, name, **fields)
+        records.record_event(plan.folder, name, **fields)
     view = jobs.find("4242", isolated_home / "jobs")
     assert jobs.state(view, ask_scheduler=False).startswith("PREEMPTED")
     assert jobs.is_finished(jobs.state(view, ask_scheduler=False))

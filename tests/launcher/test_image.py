@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from container_image import STANDIN, STOCK_URI, build_sif
+from container_image import STANDIN, STOCK_URI, build_sif, site_for
 from ftcore import contract
 from launcher import config, image, submit
 
@@ -50,8 +50,66 @@ def test_check_names_what_is_missing_and_the_contract(ft, container_site, image_
     result = ft("image", "check", str(image_without_peft), env=container_site.env)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
-    assert "peft is missing (ModuleNotFoundError: No module named 'peft'); the contract needs peft>=0.13" in result.stderr
+    floor = next(p.minimum for p in contract.REQUIRED if p.dist == "peft")
+    assert f"peft is missing (ModuleNotFoundError: No module named 'peft'); the contract needs peft>={floor}" in result.stderr
+    assert "peft LoraConfig is missing (ModuleNotFoundError" in result.stderr  # its feature too
     assert "ftcore/contract.py" in result.stderr and "pip install" in result.stderr
+
+
+@pytest.fixture
+def image_without_get_total_norm(stock_image, tmp_path) -> Path:
+    """The stock image whose torch lacks a feature the trainer calls, at an acceptable version:
+    a hard-linked copy with a .pth file (a new file; site runs its import line at start-up)
+    that removes it."""
+    copy = tmp_path / "old-torch"
+    subprocess.run(["cp", "-al", str(stock_image), str(copy)], check=True)
+    site = next((copy / "usr" / "local" / "lib").glob("python3*/dist-packages"))
+    (site / "zz_old_torch.pth").write_text("import torch.nn.utils; del torch.nn.utils.get_total_norm\n")
+    return copy
+
+
+def test_check_probes_the_features_the_trainer_calls_not_only_versions(ft, container_site,
+                                                                         image_without_get_total_norm):
+    result = ft("image", "check", str(image_without_get_total_norm), env=container_site.env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert ("torch.nn.utils.get_total_norm is missing (torch.nn.utils.get_total_norm is missing), which the "
+            "gradient norm and trainer.grad_clip needs") in result.stderr
+    assert "older than" not in result.stderr  # every version passes: only the probe finds it
+
+
+def test_check_lists_each_feature(ft, container_site):
+    out = ft("image", "check", str(container_site.image), env=container_site.env).stdout
+    assert "features the trainer calls:" in out
+    for feature, _ in contract.FEATURES:
+        assert f"{feature.name}: {feature.needed_for}" in out
+    assert "(ft passes `dtype=`)" in out
+
+
+@pytest.mark.train
+def test_the_contracts_floors_pass_the_check_and_train_lora_and_sft(ft, floor_image, monkeypatch):
+    """CI's second stock image holds every package of the contract at its minimum (torch aside,
+    scripts/make-test-image.sh --floors): the oldest image the README promises trains both methods."""
+    import re
+
+    with site_for(floor_image) as site:
+        monkeypatch.setenv("FT_HOME", str(site.home))
+        checked = ft("image", "check", str(site.image), env=site.env)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        for package in contract.REQUIRED:
+            if package.dist != "torch":
+                assert re.search(rf"  {re.escape(package.dist)} +{re.escape(package.minimum)}(\.0)? ", checked.stdout), \
+                    (package, checked.stdout)
+        assert "(ft passes `torch_dtype=`)" in checked.stdout  # the older keyword, adapted to
+        for method in ([], ["peft=lora"]):
+            args = ["submit", "--factory", "tiny", *site.overrides(), *method, "--executor", "local",
+                    "trainer.max_steps=3", "--yes"]
+            result = ft(*args, env=site.env)
+            assert result.returncode == 0, result.stdout + result.stderr
+        finals = sorted((site.home / "jobs").glob("*/checkpoints/step-000003"))
+        assert len(finals) == 2
+        assert {(f / "adapter_config.json").is_file() for f in finals} == {True, False}  # one LoRA, one SFT
+        for final in finals:
+            assert (final / "config.json").is_file() or (final / "adapter_model.safetensors").is_file()
 
 
 def test_submit_refuses_an_image_that_cannot_run_the_trainer_unless_told(ft, container_site, image_without_peft):

@@ -26,6 +26,11 @@ class Queue(Scheduler):
     by_id = True
     arrays = True
 
+    def render(self, job, folder, array_size=0, dependency=None):
+        from launcher import render
+
+        return render.render_sbatch(job, folder, array_size=array_size, dependency=dependency)
+
     def submit(self, folder):
         job_id = str(100 + len(SUBMITTED))
         SUBMITTED.append(job_id)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,6 +39,13 @@ def log(tmp_path, monkeypatch):
 def run(args, tool=SINGULARITY, **kw):
     kw.setdefault("cwd", "/tmp")
     return subprocess.run([str(tool), *map(str, args)], capture_output=True, text=True, timeout=60, **kw)
+
+
+def _under_default_binds(path: Path, cwd: str = "/tmp") -> bool:
+    """Whether Apptainer's default binds ($HOME, /tmp, /var/tmp, the working directory) show `path`."""
+    path = path.resolve()
+    return any(path == root or root in path.parents
+               for root in (Path.home().resolve(), Path("/tmp"), Path("/var/tmp"), Path(cwd).resolve()))
 
 
 def records(path: Path) -> list[dict]:
@@ -127,14 +135,23 @@ def test_accepts_valid_exec_grammar(opts, image, tmp_path, log):
         (["exec", "--pwd", "/definitely/not/here", "{img}", "true"], "could not set working directory"),
         (["exec", "--home", ":/x", "{img}", "true"], "--home"),
         (["exec", "{img}", "no-such-command-ft-standin"], "executable file not found"),
-        (["exec", "{img}", sys.executable, "-V"], "stat "),  # the host's Python is not in the image
+        (["exec", "{img}", "{host_python}", "-V"], "stat "),  # a host interpreter no bind covers is not in the image
     ],
 )
 def test_rejects_invalid_invocations_with_255(argv, message, image, tmp_path, log, monkeypatch):
     monkeypatch.setenv("FT_STANDIN_REGISTRY", str(standin_registry(tmp_path / "registry", Path("/nonexistent"))))
     (tmp_path / "not-a-sif").write_bytes(b"SIF stand-in")
-    argv = [a.format(img=image, d=tmp_path) for a in argv]
-    r = run(argv)
+    # The host's own interpreter, where no default bind reaches ($HOME, /tmp and the working
+    # directory are bound, and a checkout and its venv may live under either).
+    host = Path("/srv") / f"ft-standin-test-{os.getpid()}" / "bin"
+    host.mkdir(parents=True, exist_ok=True)
+    if not (host / "python").exists():
+        (host / "python").symlink_to(sys.executable)
+    argv = [a.format(img=image, d=tmp_path, host_python=host / "python") for a in argv]
+    try:
+        r = run(argv)
+    finally:
+        shutil.rmtree(host.parent, ignore_errors=True)
     assert r.returncode == 255, (r.returncode, r.stdout, r.stderr)
     assert "FATAL" in r.stderr
     if message:
@@ -169,7 +186,10 @@ def test_the_command_sees_the_image_not_the_host(image, stock_image, tmp_path):
     seen = json.loads(r.stdout)
     assert seen["exe"] == "/usr/bin/python"
     assert seen["path"] == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-    assert seen["repo"] is False and seen["venv"] is False and seen["srv"] == []
+    # The checkout and the host's venv are hidden unless a default bind shows them (a clone
+    # under $HOME or /tmp is visible there, as with Apptainer); /srv is covered by none.
+    assert seen["repo"] is _under_default_binds(REPO) and seen["venv"] is _under_default_binds(Path(sys.prefix))
+    assert seen["srv"] == []
     assert seen["torch"].startswith("2.13.0")
     r = run(["exec", image, "sh", "-c", "touch /usr/ft-was-here"])
     assert r.returncode != 0 and "Read-only file system" in r.stderr

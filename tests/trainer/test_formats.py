@@ -72,3 +72,22 @@ def test_chat_without_assistant_turn_is_an_error(tmp_path, tok):
     path = write_jsonl(tmp_path / "c.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}])
     with pytest.raises(UserError, match="line 1: no assistant message"):
         tokenized(tok, read_records(str(path)), "jsonl")
+
+
+def test_one_registry_names_the_formats_everywhere():
+    """A format declared in ftcore.formats has a segmenter in the trainer, the schema accepts
+    exactly the declared names, and `ft eval` offers them."""
+    import typing
+
+    from ftcore import formats
+    from ftcore.schema import DataConfig
+    from fttools import evaluate
+    from trainer.formats import SEGMENTERS
+
+    assert set(SEGMENTERS) == set(formats.FORMATS)
+    assert set(typing.get_args(DataConfig.model_fields["format"].annotation)) == set(formats.FORMATS)
+    assert evaluate.NAMES is formats.NAMES
+    for spec in formats.FORMATS.values():
+        if spec.prompt_fields is not None:  # ft generate builds the prompt from these fields alone
+            required, optional = spec.prompt_fields
+            assert spec.prompt.format(**{k: "x" for k in required + optional})

@@ -199,6 +199,8 @@ def test_fsdp2_sums_gradients_instead_of_averaging(tmp_path):
 # --- compile ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.compile
+@pytest.mark.timeout(1200)  # inductor compiles C++ on the CPU: minutes on a busy machine
 def test_layers_are_compiled_before_fsdp2_shards_them(tmp_path, monkeypatch):
     from torch.distributed import fsdp
 
@@ -249,6 +251,8 @@ def test_output_scaling_is_applied_and_checked_against_the_models_own_loss(tmp_p
         train(tmp_path / "unknown", raw)
 
 
+@pytest.mark.compile
+@pytest.mark.timeout(1200)  # inductor compiles C++ on the CPU: minutes on a busy machine
 def test_compiled_layers_stop_recompiling_once_lengths_are_dynamic(tmp_path):
     """Padding-free boundaries are tensors: after the first change of shape the compiled layers
     take any lengths. (A Python list of lengths recompiled for every new micro batch.)"""

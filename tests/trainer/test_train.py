@@ -16,7 +16,7 @@ from trainer_helpers import assert_same_tensors, read_metrics, tiny_job, train, 
 from ftcore import exits, layout
 from ftcore.errors import UserError
 from trainer import dist
-from trainer.formats import PROMPTS
+from ftcore.formats import FORMATS
 from trainer.records import read_records
 from trainer.train import lr_at, preflight
 
@@ -56,7 +56,7 @@ def test_lora_learns_and_the_adapter_loads_with_peft(tmp_path):
     right = 0
     records = read_records("ft:tiny_qa.jsonl")[:8]  # limit_samples=32 trained on the first 32
     for record in records:
-        prompt = PROMPTS["squad"].format(**record.fields)
+        prompt = FORMATS["squad"].prompt.format(**record.fields)
         ids = tokenizer(prompt, return_tensors="pt")
         out = model.generate(**ids, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
         answer = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
@@ -96,8 +96,12 @@ def test_batch_layouts_train_like_the_plain_padded_order(tmp_path, method, optio
         assert plain and [r[key] for r in runs[True] if key in r] == pytest.approx(plain, rel=1e-5)
 
 
-def test_compiled_layers_train_like_the_eager_ones(tmp_path):
-    """trainer.compile=true under FSDP2 (full SFT): the same losses and gradient norms."""
+@pytest.mark.compile
+@pytest.mark.timeout(1200)  # inductor compiles C++ on the CPU: minutes on a busy machine
+def test_compiled_layers_train_like_the_eager_ones_and_the_log_names_graph_breaks(tmp_path, capsys):
+    """trainer.compile=true under FSDP2 (full SFT): the same losses and gradient norms. On a CPU
+    padding-free attention runs per example, eagerly (torch.compiler.disable): a graph break in
+    every layer, which the log must name instead of hiding."""
     runs = {}
     for compiled in (False, True):
         raw = tiny_job(data={"global_batch_size": 8, "micro_batch_size": 4}, trainer={"max_steps": 3, "compile": compiled},
@@ -106,6 +110,32 @@ def test_compiled_layers_train_like_the_eager_ones(tmp_path):
         runs[compiled] = [r for r in read_metrics(tmp_path / str(compiled)) if "loss" in r]
     for key in ("loss", "grad_norm"):
         assert [r[key] for r in runs[True]] == pytest.approx([r[key] for r in runs[False]], rel=1e-4)
+    out = capsys.readouterr().out
+    breaks = [line for line in out.splitlines() if line.startswith("compile: ")]
+    assert len(breaks) == 1 and "graph break(s) in the decoder layers" in breaks[0], out[-2000:]
+    assert "torch.compiler.disable" in breaks[0] or "skip" in breaks[0].lower(), breaks[0]
+
+
+def test_graph_breaks_are_counted_from_dynamo_itself():
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from trainer.model import graph_breaks
+
+    counters.clear()
+
+    def clean(x):
+        return x * 2 + 1
+
+    def broken(x):
+        x = x * 2
+        torch._dynamo.graph_break()
+        return x + 1
+
+    torch.compile(clean, backend="eager", fullgraph=True)(torch.ones(3))
+    assert graph_breaks().endswith("no graph breaks")
+    torch.compile(broken, backend="eager")(torch.ones(3))
+    assert "compile: 1 graph break(s)" in graph_breaks() and "graph_break()" in graph_breaks()
 
 
 def _tiny_samples():
