@@ -128,6 +128,40 @@ def safetensors_damage(path: Path) -> str | None:
     return None
 
 
+WEIGHT_INDEX = "model.safetensors.index.json"
+
+
+def weights_damage(folder: Path, present: set[str] | None = None) -> list[str]:
+    """What is wrong with a model folder's safetensors weights, read from headers only: an
+    index that is not the JSON Hugging Face writes, a shard it names that is missing (or
+    outside the folder), a shard whose header is garbage or promises more than the file holds.
+    `present`: the file names known to be there (a hub snapshot's listing), else the folder's."""
+    index = folder / WEIGHT_INDEX
+    try:
+        if index.stat().st_size > 64 * 2**20:
+            return [f"{WEIGHT_INDEX} is larger than any index Hugging Face writes"]
+        mapping = json.loads(index.read_bytes()).get("weight_map")
+    except FileNotFoundError:
+        single = folder / "model.safetensors"
+        problem = safetensors_damage(single) if single.is_file() else None
+        return [f"model.safetensors: {problem}"] if problem else []
+    except (OSError, ValueError, AttributeError) as err:  # (AttributeError: a JSON list, not an object)
+        return [f"{WEIGHT_INDEX} is not a safetensors index ({type(err).__name__})"]
+    if not isinstance(mapping, dict) or not mapping or not all(isinstance(v, str) for v in mapping.values()):
+        return [f"{WEIGHT_INDEX} has no weight_map of tensor names to shard files"]
+    problems = []
+    for shard in sorted(set(mapping.values())):
+        if "/" in shard or "\\" in shard or shard in ("", ".", ".."):
+            problems.append(f"{WEIGHT_INDEX} names a shard outside the folder ({shard[:80]!r})")
+        elif not ((shard in present) if present is not None else (folder / shard).is_file()):
+            problems.append(f"no weight shard {shard}")
+        elif (folder / shard).is_file():
+            damage = safetensors_damage(folder / shard)
+            if damage:
+                problems.append(f"{shard}: {damage}")
+    return problems
+
+
 def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
     """(step, folder) of every complete and undamaged checkpoint under `root`, oldest first."""
     try:

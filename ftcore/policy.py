@@ -262,9 +262,10 @@ def decide(job, topology: Topology | None = None, dims=None) -> Decision:
     else:
         trained = "fp32" if sharded else compute
     per_step = job.data.micro_batch_size * topology.world
-    targets = None
+    targets = parameters = None
     if lora and dims is not None and dims.named:
-        targets = tuple(lora_targets(dims.linear_names(), dims.head_name, job.peft, getattr(dims, "model_type", None)))
+        targets = tuple(lora_targets(dims.linear_names(), dims.head_name, job.peft, dims.model_type))
+        parameters = tuple(expert_targets([e.name for e in dims.experts()], job.peft, dims.model_type)) or None
     return Decision(
         topology=topology,
         lora=lora,
@@ -279,4 +280,5 @@ def decide(job, topology: Topology | None = None, dims=None) -> Decision:
         activation_checkpointing=job.model.activation_checkpointing,
         accum_steps=max(1, job.data.global_batch_size // per_step),
         lora_targets=targets,
+        lora_parameters=parameters,
     )

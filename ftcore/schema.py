@@ -722,7 +722,10 @@ class Job(_Section):
         return found
 
     def missing_paths(self) -> list[str]:
-        """A problem for each local path that does not exist here."""
+        """A problem for each local path that does not exist here, and for a local model
+        folder whose weights are damaged (headers only: a missing or garbage shard, an index
+        that is not one), so it fails here and not after the job waited in the queue."""
+        from ftcore import layout
         from ftcore.files import expand
 
         problems = []
@@ -730,6 +733,8 @@ class Job(_Section):
             try:
                 if not expand(value).exists():
                     problems.append(f"{key} {value} does not exist")
+                elif key == "model.path" and expand(value).is_dir():
+                    problems += [f"model.path {value}: {p}" for p in layout.weights_damage(expand(value))]
             except UserError as err:
                 problems.extend(f"{key}: {p}" for p in err.problems)
             except OSError as err:

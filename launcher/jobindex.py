@@ -1,11 +1,11 @@
-"""Which folder holds job ID: one small file per id under `$FT_HOME/jobs/.index/`, so that
+"""Which folder holds job ID: one small file per id under `$FT_HOME/.jobs-index/`, so that
 `ft status ID` reads one folder instead of every folder.
 
 The index is a cache of what the folders' records say, never the truth: each entry is its
 own file written whole (renamed into place: no shared file to rewrite, so two writers never lose
 each other's entries), a reader checks the folder it names still records that id, and a
 missing, damaged or stale entry sends the reader to the full scan, which writes the entries
-it finds (`rebuild`). Deleting `.index/` loses nothing.
+it finds. Deleting the index folder loses nothing.
 """
 
 from __future__ import annotations
@@ -16,12 +16,16 @@ from pathlib import Path
 from typing import Iterable
 
 
-INDEX = ".index"
 IDS = "ids"
 
 
+def folder(root: Path) -> Path:
+    """The index of the job folders under `root`: beside it, so `root` holds job folders only."""
+    return root.parent / f".{root.name}-index"
+
+
 def _entry(root: Path, job_id: str) -> Path:
-    return root / INDEX / IDS / job_id
+    return folder(root) / IDS / job_id
 
 
 def _indexable(job_id: object) -> bool:
@@ -29,19 +33,19 @@ def _indexable(job_id: object) -> bool:
     return isinstance(job_id, str) and job_id.replace("_", "", 1).isdigit() and len(job_id) < 40
 
 
-def record(folder: Path, job_ids: Iterable[object]) -> None:
-    """Note that `folder` (directly under the jobs root) holds these ids. Never fails: a
+def record(job_folder: Path, job_ids: Iterable[object]) -> None:
+    """Note that `job_folder` (directly under the jobs root) holds these ids. Never fails: a
     missing entry costs a scan, not a record."""
-    root = folder.parent
+    root = job_folder.parent
     for job_id in job_ids:
         if not _indexable(job_id):
             continue
         entry = _entry(root, job_id)
         try:
-            if entry.is_file() and entry.read_text() == folder.name:
+            if entry.is_file() and entry.read_text() == job_folder.name:
                 continue
             entry.parent.mkdir(parents=True, exist_ok=True)
-            _write(entry, folder.name)
+            _write(entry, job_folder.name)
         except (OSError, UnicodeDecodeError):
             pass
 
@@ -69,5 +73,5 @@ def lookup(root: Path, job_id: str) -> Path | None:
         return None
     if not name or "/" in name or name.startswith("."):
         return None  # damaged: the scan answers and rewrites it
-    folder = root / name
-    return folder if folder.is_dir() else None
+    found = root / name
+    return found if found.is_dir() else None

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from ftcore import hub
+from ftcore import hub, layout
 from ftcore.errors import UserError
 from ftcore.hub import Artefact
 from ftcore.schema import Job
@@ -105,10 +105,8 @@ def check(artefact: Artefact, root: Path) -> str | None:
         return "its snapshot lacks files (an interrupted download)" if isinstance(err, incomplete) else "not in the cache"
     files = _snapshot_files(folder)
     problems = hub.missing_files(artefact, files)
-    index = folder / "model.safetensors.index.json"
-    if artefact.weights and index.is_file():
-        shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
-        problems += [f"no weight shard {name}" for name in sorted(shards - set(files))]
+    if artefact.weights:
+        problems += layout.weights_damage(folder, set(files))
     return "; ".join(problems) or None
 
 

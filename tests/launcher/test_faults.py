@@ -177,7 +177,7 @@ def test_ft_clean_during_a_slow_submit_keeps_the_new_folder(ft, tmp_path, monkey
     assert cleaned.returncode == 0 and "no dry runs to remove" in cleaned.stdout, cleaned.stdout + cleaned.stderr
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    (folder,) = [p for p in (isolated_home / "jobs").iterdir() if not p.name.startswith(".")]  # not .index
+    (folder,) = [p for p in (isolated_home / "jobs").iterdir() if not p.name.startswith(".")]
     assert json.loads((folder / layout.RECORD).read_text())["job_id"] == "4242"
 
 
@@ -192,7 +192,7 @@ def test_ctrl_c_while_sbatch_answers_keeps_a_folder_that_is_not_a_dry_run(ft, tm
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "Traceback" not in err, err
     assert "interrupted while sbatch was answering: the job may have been submitted" in err
-    (folder,) = (isolated_home / "jobs").iterdir()
+    (folder,) = [p for p in (isolated_home / "jobs").iterdir() if not p.name.startswith(".")]
     assert ft("clean", "--dry-runs", "--yes").stdout.strip() == "no dry runs to remove"
     listed = ft("jobs").stdout
     assert folder.name in listed and "interrupted" in listed.replace("\n", " ") and "dry run" not in listed

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher import jobdir, jobs
+from launcher import jobdir, jobindex, jobs
 from launcher.slurm import Slurm
 from ftcore.errors import UserError
 
@@ -102,7 +102,7 @@ def test_status_by_id_reads_one_folder_and_survives_a_lost_or_lying_index(isolat
     loaded = _counting_loads(monkeypatch)
     assert jobs.find("5013").folder.name == "20260101-000013-tiny-aaaaaa"
     assert len(loaded) == 1
-    index = root / ".index"
+    index = jobindex.folder(root)
     import shutil
 
     shutil.rmtree(index)  # lost: the scan answers, and writes the index again
@@ -140,8 +140,10 @@ def test_concurrent_records_lose_no_index_entry(isolated_home):
         t.start()
     for t in threads:
         t.join()
-    assert sorted(p.name for p in (root / ".index" / "ids").iterdir()) == [str(9000 + i) for i in range(60)]
-    assert not [p for p in (root / ".index" / "ids").iterdir() if p.name.startswith(".")]
+    ids = jobindex.folder(root) / "ids"
+    assert sorted(p.name for p in ids.iterdir()) == [str(9000 + i) for i in range(60)]
+    assert not [p for p in ids.iterdir() if p.name.startswith(".")]  # no temporary file left
+    assert sorted(p.name for p in root.iterdir()) == sorted(f.name for f in folders)  # job folders only
 
 
 @pytest.mark.parametrize("with_dry_runs", [False, True])

@@ -245,3 +245,36 @@ def test_the_trainer_reads_a_staged_hub_dataset_offline_and_names_an_unstaged_on
     hub.requests.clear()
     assert read("train").stdout.split() == ["30"] and read("validation").stdout.split() == ["5"]
     assert hub.requests == []
+
+
+@pytest.mark.parametrize("index", [b"{not json", b"[1, 2]", b'{"weight_map": {"a": 5}}',
+                                   b'{"weight_map": {"model.embed_tokens.weight": "../../../etc/passwd"}}'],
+                         ids=["garbage", "a-list", "not-names", "outside"])
+def test_a_repository_with_a_malformed_weight_index_is_one_line(ft, hub, repo_files, tmp_path, isolated_home, index):
+    hub.add("model", "ft-test/bad-index", {**repo_files["model"], "model.safetensors.index.json": index})
+    result = ft("stage", "--factory", str(_factory(tmp_path, path="ft-test/bad-index")))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "model.safetensors.index.json" in result.stderr
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbage", "truncated", "index"])
+def test_a_local_model_folder_with_damaged_weights_is_refused_before_the_queue(ft, repo_files, tmp_path, damage):
+    """Checked from the headers at `ft submit` and `ft train`, not found by the trainer on the cluster."""
+    model = tmp_path / "model"
+    for name, data in repo_files["model"].items():
+        (model / name).parent.mkdir(parents=True, exist_ok=True)
+        (model / name).write_bytes(data)
+    shard = sorted(model.glob("model-*.safetensors"))[1]
+    if damage == "missing":
+        shard.unlink()
+    elif damage == "garbage":
+        shard.write_bytes(b"\x89PNG not a tensor file at all")
+    elif damage == "truncated":
+        shard.write_bytes(shard.read_bytes()[:-100])
+    else:
+        (model / "model.safetensors.index.json").write_text("{")
+    factory = _factory(tmp_path, path=str(model))
+    for words in (["train"], ["submit", "--executor", "local", "--yes"]):
+        result = ft(*words, "--factory", str(factory), "data.path=ft:tiny_qa.jsonl", "data.val_path=null")
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        assert f"model.path {model}: " in result.stderr, result.stderr
