@@ -181,6 +181,7 @@ class Decision:
 
     topology: Topology
     lora: bool
+    peft_method: str | None  # "lora" | "dora" (a magnitude vector per adapted layer too); None: full SFT
     compute: str  # dtype of matmuls and activations
     frozen: str | None  # dtype of the frozen base (LoRA); its NF4-able projections are "nf4" when quantized
     trained: str  # dtype of the trained weights: the master weights when wider than `compute`
@@ -226,7 +227,8 @@ class Decision:
             if self.quantization:
                 base += f", its decoder projections in {self.quantization.upper()} (torchao)"
             lines.append(base)
-            lines.append(f"LoRA adapters, gradients and Adam moments in {self.trained}"
+            adapters = "DoRA adapters (LoRA + a magnitude per output row)" if self.peft_method == "dora" else "LoRA adapters"
+            lines.append(f"{adapters}, gradients and Adam moments in {self.trained}"
                          + (f", adapters computed in {self.adapter_compute}" if self.adapter_compute != self.trained else ""))
         else:
             lines.append(f"trained weights in {self.trained}" + (" (the master weights)" if self.master_weights else "")
@@ -269,6 +271,7 @@ def decide(job, topology: Topology | None = None, dims=None) -> Decision:
     return Decision(
         topology=topology,
         lora=lora,
+        peft_method=job.peft.method if lora else None,
         compute=compute,
         frozen=compute if lora else None,
         trained=trained,

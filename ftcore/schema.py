@@ -160,7 +160,12 @@ class ModelConfig(_Section):
 
 
 class LoraConfig(_Section):
-    method: Literal["lora"] = Field("lora", description="PEFT method. `peft=none` means full SFT.")
+    method: Literal["lora", "dora"] = Field(
+        "lora",
+        description="PEFT method: `lora`, or `dora` (LoRA plus a trained magnitude per output row of each "
+        "adapted layer, peft's use_dora; not with model.quantization, not servable by vLLM without "
+        "`ft export --merge`). `peft=none` means full SFT.",
+    )
     dim: int = Field(8, ge=1, description="LoRA rank r.")
     alpha: float = Field(32, gt=0, description="LoRA scale numerator: updates are scaled by alpha/dim.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
@@ -638,6 +643,14 @@ class Job(_Section):
         on_gpu = self.trainer.accelerator == "gpu"
         if self.model.quantization and self.peft is None:
             problems.append("model.quantization=nf4 (QLoRA) quantizes a frozen base: it needs peft=lora")
+        if self.peft is not None and self.peft.method == "dora":
+            if self.model.quantization:
+                problems.append("peft.method=dora with model.quantization=nf4: DoRA takes the norm of each adapted "
+                                "base weight in every forward, which the NF4-stored weights (torchao) do not give "
+                                "peft; use peft.method=lora for QLoRA, or train DoRA on an unquantized base")
+            if self.peft.experts:
+                problems.append("peft.method=dora with peft.experts=true: peft's DoRA adapts linear layers only, "
+                                "not 3-D expert weights; set peft.experts=false or peft.method=lora")
         if self.model.cpu_offload:
             if self.strategy != "fsdp2":
                 problems.append("model.cpu_offload moves FSDP2 shards to host memory: it needs trainer.strategy=fsdp2")

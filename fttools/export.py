@@ -84,7 +84,8 @@ def check_adapter(folder: Path) -> tuple[list[str], list[str]]:
         problems.append(f"init_lora_weights={init!r} changes the base weights when peft loads it; vLLM "
                         "serves the unchanged base")
     if config.get("target_parameters"):
-        problems.append("target_parameters (LoRA on raw parameters, not linear layers): vLLM loads no such adapter")
+        problems.append(f"target_parameters {config['target_parameters'][:2]}... (LoRA on MoE experts' 3-D weights): "
+                        "vLLM loads no such adapter. Export with --merge, or train with peft.experts=false")
     if config.get("rank_pattern") or config.get("alpha_pattern"):
         warnings.append("rank_pattern/alpha_pattern give layers their own r or alpha; vLLM versions before "
                         "0.11 apply one r and alpha to every layer")

@@ -47,13 +47,16 @@ def model_dims(job: Job) -> arch.Dims:
 
 
 def lora_tensors(decision: Decision, dims: arch.Dims, r: int) -> list[arch.Tensor]:
-    """The adapters peft creates: A (r × in) and B (out × r) for each adapted layer; for each
-    adapted 3-D expert parameter A ((r·experts) × in) and B (out × (r·experts))."""
+    """The adapters peft creates: A (r × in) and B (out × r) for each adapted layer, and with
+    DoRA its magnitude (one per output row); for each adapted 3-D expert parameter
+    A ((r·experts) × in) and B (out × (r·experts))."""
     found = []
     for name in decision.lora_targets or ():
         fan_in, fan_out = dims.shape_of(name)
         found += [arch.Tensor(f"{name}.lora_A.weight", r, fan_in, "lora"),
                   arch.Tensor(f"{name}.lora_B.weight", fan_out, r, "lora")]
+        if decision.peft_method == "dora":
+            found.append(arch.Tensor(f"{name}.lora_magnitude_vector", fan_out, 1, "lora"))
     experts = {e.name: e for e in dims.experts()}
     for name in decision.lora_parameters or ():
         e = experts[name]

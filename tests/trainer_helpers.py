@@ -71,6 +71,18 @@ def tiny_job(*presets: dict, **sections) -> dict:
     return base
 
 
+def require_torchao() -> None:
+    """QLoRA's tests fail, never skip, without torchao: a skipped QLoRA test would pass CI having
+    checked nothing. .ci/run installs it (the quant extra)."""
+    import importlib.util
+
+    import pytest
+
+    if importlib.util.find_spec("torchao") is None:
+        pytest.fail("torchao is not installed, and the QLoRA tests need it: pip install 'ft-launch[quant]' "
+                    "(.ci/run installs it)", pytrace=False)
+
+
 def validate(raw: dict):
     from ftcore.schema import Job
 

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ftcore import policy
+from ftcore.errors import UserError
 
 
 def linear_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -47,6 +48,9 @@ def add_lora(lm: nn.Module, job) -> nn.Module:
 
     targets = lora_targets(lm, job.peft)
     experts = expert_targets(lm, job.peft)
+    if experts and job.peft.method == "dora":
+        raise UserError(f"peft.method=dora adapts linear layers only, and this model keeps its MoE experts as 3-D "
+                        f"weights ({experts[0]}, ...): set peft.experts=false to adapt the rest with DoRA")
     config = LoraConfig(
         r=job.peft.dim,
         lora_alpha=job.peft.alpha,
@@ -55,6 +59,7 @@ def add_lora(lm: nn.Module, job) -> nn.Module:
         target_parameters=experts or None,
         bias="none",
         task_type="CAUSAL_LM",
+        use_dora=job.peft.method == "dora",
     )
     torch.manual_seed(job.trainer.seed)  # identical adapters on every rank
     return get_peft_model(lm, config)

@@ -47,24 +47,43 @@ def test_a_glob_matching_nothing_is_an_error_naming_the_layers():
         adapted(target_modules="q_proj", exclude_modules="'*'")
 
 
-def test_the_decisions_of_each_layout():
-    lora = config.resolve("llama31_8b", []).job
-    d = policy.decide(lora)
-    assert (d.compute, d.frozen, d.trained, d.grad, d.optim, d.grad_sync) == ("bf16", "bf16", "fp32", "fp32", "fp32", "step")
-    assert d.grads_unsharded and not d.master_weights and d.lora_targets is None  # no dims given: the trainer resolves
-    sft = config.resolve("llama3_8b_sft", []).job
-    d = policy.decide(sft)
-    assert (d.trained, d.grad_sync, d.master_weights, d.grads_unsharded) == ("fp32", "micro_batch", True, False)
-    ddp_sft = policy.decide(sft, Topology(1, 2, "ddp", "gpu"))
-    assert (ddp_sft.trained, ddp_sft.master_weights, ddp_sft.grads_unsharded) == ("bf16", False, True)
-    cpu = policy.decide(config.resolve("tiny", []).job)
-    assert cpu.compute == cpu.trained == "fp32"
+TOPOLOGIES = [None, Topology(1, 2, "ddp", "gpu"), Topology(2, 8, "fsdp2", "gpu"), Topology(1, 1, "ddp", "cpu")]
+
+
+@pytest.mark.parametrize("info", config.list_factories(), ids=lambda i: i.name)
+def test_every_shipped_job_on_every_topology_keeps_the_policys_promises(info):
+    """What each rule is for, checked on every shipped factory and several topologies (rather than
+    a table that restates decide()): the step's batch arithmetic agrees with the schema's, CPUs
+    compute in fp32, trained state is never narrower than the compute dtype, LoRA's trained state
+    is fp32, and a gradient a rank holds whole is one the plan prices whole."""
+    job = config.resolve(info.name, []).job
+    for topology in TOPOLOGIES:
+        d = policy.decide(job, topology)
+        where = f"{info.name} on {d.topology}"
+        world = d.topology.world
+        if topology is None:  # the schema computes the job's own accumulation (Job.grad_accum_steps)
+            assert d.accum_steps == job.grad_accum_steps, where
+        if job.data.global_batch_size % (job.data.micro_batch_size * world) == 0:
+            assert d.accum_steps * job.data.micro_batch_size * world == job.data.global_batch_size, where
+        if not d.topology.on_gpu:
+            assert d.compute == "fp32", where
+        assert policy.DTYPE_BYTES[d.trained] >= policy.DTYPE_BYTES[d.compute], where
+        assert d.grad == d.optim == d.trained, where  # gradients and moments live beside the trained weights
+        if d.lora:
+            assert d.trained == "fp32" and d.frozen == d.compute and not d.master_weights, where
+        if d.sharded and not d.lora:  # reduce-scattered per micro batch: no rank ever holds a whole gradient
+            assert d.grad_sync == "micro_batch" and not d.grads_unsharded, where
+        if not d.sharded:
+            assert d.grads_unsharded, where
+        assert d.describe()[0] == f"compute in {d.compute}", where
+
+
+def test_the_largest_job_resolves_its_targets_and_shards_its_nf4_base():
     big = config.resolve("llama31_405b_lora", []).job
     d = policy.decide(big, dims=plan.model_dims(big))
-    assert d.quantization == "nf4" and d.sharded and d.accum_steps == 2 and d.grads_unsharded
-    assert len(d.lora_targets) == 126 * 4
-    one_micro_batch = policy.decide(big, Topology(2, 8, "fsdp2", "gpu"))
-    assert one_micro_batch.accum_steps == 1 and not one_micro_batch.grads_unsharded
+    assert d.quantization == "nf4" and d.sharded and d.grads_unsharded
+    assert len(d.lora_targets) == 126 * 4  # q, k, v, o of every layer: the factory's target_modules
+    assert policy.decide(big).lora_targets is None  # no dims given: the trainer resolves them
 
 
 def test_nf4_holds_whole_scaler_blocks_in_every_shard():

@@ -93,9 +93,10 @@ def test_nemo_words_on_the_command_line(ft):
 def test_the_guide_yaml_runs_locally_on_a_tiny_model(ft, tmp_path, name):
     """Only the model and data paths changed; CPU and no container on the command line."""
     pytest.importorskip("torch")
+    from trainer_helpers import NF4_LLAMA, require_torchao, save_tiny_model
+
     if name.startswith("qlora"):
-        pytest.importorskip("torchao")
-    from trainer_helpers import NF4_LLAMA, save_tiny_model
+        require_torchao()
 
     base = save_tiny_model(tmp_path / "base", config=NF4_LLAMA if name.startswith("qlora") else None)
     path = recipe(tmp_path, name, model=base)

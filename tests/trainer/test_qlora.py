@@ -11,10 +11,11 @@ from __future__ import annotations
 import pytest
 
 pytest.importorskip("torch")
-pytest.importorskip("torchao")
 from safetensors.torch import load_file
-from trainer_helpers import (NF4_LLAMA, describe, launch, save_tiny_model, tiny_job, train,
+from trainer_helpers import (NF4_LLAMA, describe, launch, require_torchao, save_tiny_model, tiny_job, train,
                              train_losses, write_config)
+
+require_torchao()
 
 from ftcore import layout
 
