@@ -91,3 +91,15 @@ def test_small_local_files_travel_large_ones_and_folders_are_refused_with_the_pa
 def test_a_refused_login_says_how_to_open_a_master_connection():
     err = remote._connection_error(remote.Cluster("hpc", "login"), "ana@login: Permission denied (keyboard-interactive).")
     assert "second factor" in err.problems[0] and "ssh -fNM login" in err.hint and "ControlPersist" in err.hint
+
+
+def test_a_site_template_on_this_machine_travels_with_the_job(tmp_path):
+    from launcher import paths
+    from launcher.config import resolve
+
+    template = tmp_path / "site.sbatch.j2"
+    template.write_text((paths.templates_dir() / "sbatch.sh.j2").read_text())
+    job = resolve("tiny", [f"slurm.template={template}"]).job
+    upload = remote.plan_upload(job, "hpc")
+    assert upload.files == {"files/slurm.template-site.sbatch.j2": template}
+    assert upload.config["slurm"]["template"] == f"{remote.UPLOAD_MARK}/files/slurm.template-site.sbatch.j2"
