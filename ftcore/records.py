@@ -103,14 +103,15 @@ def check_submission(fields: dict[str, Any]) -> None:
 # --- readers ---------------------------------------------------------------------------------------
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The JSON-object lines of a file; a torn or foreign line is skipped."""
+# The last record of a growing file lies in its last few KB.
+TAIL_BYTES = 16384
+
+
+def parse_jsonl(data: bytes) -> list[dict[str, Any]]:
+    """The JSON-object lines of a file's bytes (a folder on this disk or another machine's);
+    a torn or foreign line is skipped."""
     records = []
-    try:
-        lines = path.read_bytes().decode(errors="replace").splitlines()
-    except OSError:
-        return records
-    for line in lines:
+    for line in data.decode(errors="replace").splitlines():
         try:
             record = json.loads(line)
         except ValueError:
@@ -120,25 +121,38 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def last_of(data: bytes, wanted: str | None = None) -> dict[str, Any]:
+    """The last complete record (holding `wanted`) of a file's bytes, or of its tail."""
+    for record in reversed(parse_jsonl(data)):
+        if wanted is None or wanted in record:
+            return record
+    return {}
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON-object lines of a file; a torn or foreign line is skipped."""
+    try:
+        return parse_jsonl(path.read_bytes())
+    except OSError:
+        return []
+
+
 def last_jsonl(path: Path, wanted: str | None = None) -> dict[str, Any]:
     """The last complete JSON-object line (holding `wanted`) of a file that may be large and growing."""
     try:
         with open(path, "rb") as handle:
             handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - 16384))
-            lines = handle.read().decode(errors="replace").splitlines()
+            handle.seek(max(0, handle.tell() - TAIL_BYTES))
+            return last_of(handle.read(), wanted)
     except OSError:
         return {}
-    for line in reversed(lines):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and (wanted is None or wanted in record):
-            return record
-    return {}
+
+
+def only_events(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The lines of events.jsonl that name an event."""
+    return [e for e in lines if isinstance(e.get(EVENT), str)]
 
 
 def events(run_dir: Path) -> list[dict[str, Any]]:
     """The run's events, oldest first (lines without an event name skipped)."""
-    return [e for e in read_jsonl(run_dir / EVENTS) if isinstance(e.get(EVENT), str)]
+    return only_events(read_jsonl(run_dir / EVENTS))

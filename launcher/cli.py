@@ -64,6 +64,8 @@ def _factory(factory: str | None, args: list[str], command: str) -> tuple[str, l
     raise UserError(f"missing --factory NAME|FILE: ft {command} --factory NAME [KEY=VALUE ...]",
                     hint="`ft factories` lists the factories")
 ProfileOpt = typer.Option(None, "--profile", help="Cluster profile YAML (default: $FT_PROFILE or ~/.config/ft/cluster.yaml).")
+ClusterOpt = typer.Option(None, "--cluster", help="Run it on this cluster's login node over ssh: a Host of "
+                          "~/.ssh/config or a `clusters:` entry of ft's config.")
 
 
 def _print_version(value: bool) -> None:
@@ -180,17 +182,22 @@ def submit_cmd(
     force: bool = typer.Option(False, "--force", help="Submit even though `ft plan` says it will not fit its GPUs."),
     stage: bool = typer.Option(False, "--stage", help="First download the job's hub model and dataset into the shared cache (as `ft stage`); the job then runs offline."),
     profile: Optional[str] = ProfileOpt,
+    cluster: Optional[str] = ClusterOpt,
 ) -> None:
     """Resolve, validate, write the job folder, render the sbatch script and submit it."""
     from rich.markup import escape
 
     from ftcore.errors import UserError
-    from launcher import image, submit
+    from launcher import image, scheduler, submit
 
     if print_srun and (not dry_run or sweep or after or executor != "slurm"):
         raise UserError("--print-srun prints one job's srun line for your own script and submits nothing: "
                         "use it with --dry-run, without --sweep, --after or --executor local")
     factory, args = _factory(factory, list(ctx.args), "submit")
+    if cluster:
+        _submit_on_cluster(cluster, factory, args, profile, executor, dry_run, yes, sweep, after,
+                           stage, force, skip_image_check, print_srun)
+        return
     p = submit.prepare(factory, args, profile, executor, dry_run, sweep, after, stage, force)
     err = _console(stderr=True)
     for note in p.resolved.notes:
@@ -224,7 +231,7 @@ def submit_cmd(
         sys.stdout.write((folder / "job.sbatch").read_text())
         err.print(f"dry run: nothing submitted. Job folder: {folder}")
         return
-    if executor == "local":
+    if scheduler.get(executor).runs_here:
         from launcher import local
 
         err.print(f"Job folder: {folder}")
@@ -232,9 +239,58 @@ def submit_cmd(
         if detach:
             err.print(f"running in the background; follow with: ft logs {folder} -f")
         raise typer.Exit(status)
-    job_id = submit.submit(folder, p.job.name, job_name=p.job.job_name)
+    job_id = submit.submit(folder, p.job.name, job_name=p.job.job_name, executor=executor)
     print(f"Submitted batch job {job_id}")
     print(f"Job folder: {folder}")
+
+
+def _submit_on_cluster(name: str, factory: str, overrides: list[str], profile: Optional[str], executor: str,
+                       dry_run: bool, yes: bool, sweep: List[str], after: Optional[str], stage: bool, force: bool,
+                       skip_image_check: bool, print_srun: bool) -> None:
+    """`ft submit --cluster NAME`: every check that needs no cluster here, before connecting;
+    the same summary and question; then the resolved job and its small files go to the
+    login node, whose ft submits it (its sbatch line and job folder are printed)."""
+    import os
+    from pathlib import PurePosixPath
+
+    from ftcore.errors import UserError
+    from launcher import remote, scheduler, submit
+
+    if executor != "slurm" or print_srun:
+        raise UserError("--cluster submits to the cluster's SLURM: drop --executor and --print-srun")
+    c = remote.cluster(name)
+    # The job is resolved here against the cluster's profile (this machine's copy of it, if
+    # any) and nothing else: the login node then adds no profile of its own.
+    profile = profile or (str(c.profile) if c.profile else os.devnull)
+    p = submit.prepare(factory, overrides, profile, "slurm", dry_run, sweep, after, stage, force, elsewhere=True)
+    upload = remote.plan_upload(p.job, c.name)
+    err = _console(stderr=True)
+    for note in p.resolved.notes:
+        err.print(f"ft: {note}" if not note.startswith("  ") else note, markup=False)
+    _warn(p.warnings, err)
+    if dry_run:
+        home = PurePosixPath(c.ft_home or "~/ft")
+        sys.stdout.write(scheduler.get("slurm").render(p.job, home / "jobs" / "NEW", len(p.tasks)))
+        for line in upload.sent:
+            err.print(line, markup=False)
+        err.print(f"dry run for cluster {c.name}: nothing sent, nothing written here", markup=False)
+        return
+    _print_summary(p, err)
+    err.print(f"cluster    {c.name} ({c.ssh_line}; ft there: {' '.join(c.ft)})", markup=False)
+    for line in upload.sent:
+        err.print(f"sent       {line}", markup=False)
+    if not yes:
+        _confirm(f"Submit this job on {c.name}?", "nothing was sent or submitted")
+    job_yaml, empty_profile = remote.send(c, upload, p.job.name)
+    words = remote.submit_words(job_yaml, empty_profile, sweep, after, stage, force, skip_image_check)
+    raise typer.Exit(remote.ft_passthrough(c, words))
+
+
+def _on_cluster(name: str, words: list[str]) -> None:
+    """Run `ft WORDS` on the cluster's login node; its output is ours, and so is its exit status."""
+    from launcher import remote
+
+    raise typer.Exit(remote.ft_passthrough(remote.cluster(name), words))
 
 
 @app.command("train", context_settings={**_PASS_THROUGH, "help_option_names": []}, add_help_option=False)
@@ -284,6 +340,7 @@ def jobs_cmd(
     as_json: bool = typer.Option(False, "--json", help="One JSON list for scripts."),
     limit: int = typer.Option(50, "--limit", "-n", min=1, help="Show at most this many, newest first."),
     show_all: bool = typer.Option(False, "--all", "-a", help="Dry runs too (hidden by default)."),
+    cluster: Optional[str] = ClusterOpt,
 ) -> None:
     """Your jobs, newest first: job (SLURM id, else folder name), factory, state, progress, age."""
     import json
@@ -292,6 +349,9 @@ def jobs_cmd(
     from rich.table import Table
 
     from launcher import jobs
+
+    if cluster:
+        _on_cluster(cluster, ["jobs", "--limit", str(limit), *["--json"] * as_json, *["--all"] * show_all])
 
     views, hidden = jobs.newest(limit, with_dry_runs=show_all)  # reads about `limit` folders, not all
     rows = jobs.summary_rows(views)
@@ -339,11 +399,14 @@ def clean_cmd(
 
 
 @app.command("status")
-def status_cmd(job: str = JobArg) -> None:
+def status_cmd(job: str = JobArg, cluster: Optional[str] = ClusterOpt) -> None:
     """State of one job (or one sweep task, `ID_TASK`): the scheduler's while it knows the job, then
     the job folder's own record; progress with elapsed and remaining time; newest checkpoint."""
     from ftcore import layout, records
     from launcher import jobs
+
+    if cluster:
+        _on_cluster(cluster, ["status", job])
 
     view = jobs.find(job)
     if view.earlier:  # an earlier submission of a resubmitted folder: its own state first
@@ -377,9 +440,13 @@ def logs_cmd(
     job: str = JobArg,
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing while the job runs."),
     rank: Optional[int] = typer.Option(None, "--rank", min=0, help="Only this task's lines."),
+    cluster: Optional[str] = ClusterOpt,
 ) -> None:
     """The job's output; with -f, follow it until the job ends."""
     from launcher import jobs
+
+    if cluster:
+        _on_cluster(cluster, ["logs", job, *["--follow"] * follow, *(["--rank", str(rank)] if rank is not None else [])])
 
     view = jobs.find(job)
     printed = False
@@ -396,9 +463,12 @@ def logs_cmd(
 
 
 @app.command("cancel")
-def cancel_cmd(job: str = JobArg) -> None:
+def cancel_cmd(job: str = JobArg, cluster: Optional[str] = ClusterOpt) -> None:
     """Cancel a pending or running job."""
     from launcher import jobs
+
+    if cluster:
+        _on_cluster(cluster, ["cancel", job])
 
     view = jobs.cancel(jobs.find(job))
     print(f"cancelled {view.label} ({view.folder})")
@@ -413,13 +483,23 @@ def resubmit_cmd(
     executor: Optional[str] = typer.Option(None, "--executor", help="`slurm` or `local` (default: where the job ran)."),
     detach: bool = typer.Option(False, "--detach", help="With --executor local: run in the background."),
     profile: Optional[str] = ProfileOpt,
+    cluster: Optional[str] = ClusterOpt,
 ) -> None:
     """Submit a job again in the same folder: it continues from its latest checkpoint.
 
     Overrides (key=value) apply on top of the folder's config. Every submission is kept in the
     folder's command.txt and submission.json history.
     """
-    from launcher import jobs, submit
+    from ftcore.errors import UserError
+    from launcher import jobs, scheduler, submit
+
+    if cluster:
+        if executor or detach or profile:
+            raise UserError("--cluster resubmits to the cluster's SLURM, with its folder's settings: "
+                            "drop --executor, --detach and --profile")
+        if not (yes or dry_run):
+            _confirm(f"Submit {job} again on {cluster}?", "nothing was submitted")
+        _on_cluster(cluster, ["resubmit", job, *(["--dry-run"] if dry_run else ["--yes"]), *ctx.args])
 
     view = jobs.find(job)
     r = submit.prepare_resubmit(view, list(ctx.args), profile, executor, dry_run)
@@ -433,8 +513,8 @@ def resubmit_cmd(
     if not yes:
         _confirm(f"Submit {view.label} again ({r.executor})?", "nothing was submitted, the folder is unchanged")
     earlier = submit.history(jobs.load(view.folder))
-    job_id = submit.apply_resubmit(r)  # sbatch for SLURM; a local job runs below
-    if r.executor == "local":
+    job_id = submit.apply_resubmit(r)  # handed to the scheduler; a local job runs below
+    if scheduler.get(r.executor).runs_here:
         from launcher import local
 
         err.print(f"Job folder: {view.folder}")
@@ -672,10 +752,24 @@ def push_cmd(
 def plot_cmd(
     job: List[str] = typer.Argument(..., help="Jobs (id, folder or unique prefix); several share one figure."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG to write (default: JOB/metrics.png, or ./ft-plot.png for several)."),
+    cluster: Optional[str] = ClusterOpt,
+    list_runs: bool = typer.Option(False, "--list-runs", hidden=True, help="Print the runs as JSON; draw nothing."),
 ) -> None:
-    """Loss (train and validation), learning rate, tokens/s and memory against the step, as a PNG."""
+    """Loss (train and validation), learning rate, tokens/s and memory against the step, as a PNG.
+
+    With --cluster only the metrics it draws come over; the PNG is written here."""
+    import json
+
     from launcher import plot
 
+    if cluster:
+        from launcher import remote
+
+        print(remote.plot(remote.cluster(cluster), list(job), out))
+        return
+    if list_runs:
+        print(json.dumps(plot.list_runs(list(job))))
+        return
     print(plot.plot(list(job), out))
 
 

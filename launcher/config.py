@@ -245,6 +245,7 @@ class UserConfig(TypedDict, total=False):
 
     factory_dirs: list[str]
     profile: str
+    clusters: dict  # NAME → {host, user, port, ft, ft_home, profile}: `--cluster NAME` (launcher/remote.py)
 
 
 def user_config() -> dict[str, Any]:
@@ -260,6 +261,10 @@ def user_config() -> dict[str, Any]:
         problems.append(f"ft config {path}: factory_dirs must be a list of folders")
     if data.get("profile") is not None and not isinstance(data["profile"], str):
         problems.append(f"ft config {path}: profile must be the path of a cluster profile")
+    clusters = data.get("clusters")
+    if clusters is not None and (not isinstance(clusters, dict)
+                                 or not all(isinstance(k, str) and isinstance(v, dict) for k, v in clusters.items())):
+        problems.append(f"ft config {path}: clusters must map a name to {{host, user, port, ft, ft_home, profile}}")
     if problems:
         raise UserError(*problems)
     return data
@@ -396,6 +401,8 @@ def profile_path(explicit: str | None = None) -> tuple[Path, bool]:
 def load_profile(explicit: str | None = None) -> tuple[dict[str, Any], Path | None]:
     """Site defaults (account, partition, image, binds, modules...) as a partial job."""
     path, named = profile_path(explicit)
+    if path == Path(os.devnull):  # `--profile /dev/null`: no site defaults at all
+        return {}, None
     if not path.is_file():
         if named:
             raise UserError(f"cluster profile {path} does not exist")

@@ -13,7 +13,7 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Iterator
 
 import yaml
@@ -21,16 +21,30 @@ import yaml
 from ftcore import exits, layout, progress, records
 from ftcore.files import expand
 from ftcore.errors import UserError
-from launcher import jobdir, jobindex, paths, slurm
+from launcher import jobdir, jobindex, paths, scheduler
 from launcher.config import load_yaml
+from launcher.jobfiles import JobFiles, LocalFiles
+from launcher.scheduler import Scheduler, TERMINAL_STATES
 
 
-# Executors whose jobs SLURM knows by id (`ft submit`'s script, or a workshop's script running
-# `ft train` under srun), and those whose script ft did not write (`ft train`, however started).
-SCHEDULED_EXECUTORS = ("slurm", "srun")
-OWN_SCRIPT_EXECUTORS = ("srun", "torchrun")
-# Every executor a record may name; anything else in a record reads as a dry run.
-EXECUTORS = ("slurm", "local", "dry-run", *OWN_SCRIPT_EXECUTORS)
+def _read_jsonl(files: JobFiles, name: str | PurePath) -> list[dict[str, Any]]:
+    """The JSON-object lines of a file in the job folder; a torn or foreign line is skipped."""
+    try:
+        return records.parse_jsonl(files.read_bytes(name))
+    except OSError:
+        return []
+
+
+def _last_line_record(files: JobFiles, name: str | PurePath, wanted: str | None = None) -> dict[str, Any]:
+    """The last complete JSON-object line (holding `wanted`) of a file that may be large and growing."""
+    try:
+        return records.last_of(files.tail(name, records.TAIL_BYTES), wanted)
+    except OSError:
+        return {}
+
+
+def _events(files: JobFiles, run: Path) -> list[dict[str, Any]]:
+    return records.only_events(_read_jsonl(files, run / layout.EVENTS))
 
 
 # States in which a job cannot be running, besides the scheduler's terminal ones.
@@ -60,11 +74,12 @@ class JobView:
         """The scheduler's id: from the record, else from the job's own start event (when
         sbatch's answer was lost, the script still wrote its SLURM_JOB_ID)."""
         recorded = self.record.get("job_id")
-        if slurm.is_job_id(recorded):
+        if scheduler.is_job_id(recorded):
             return recorded
-        if self.executor == "slurm":
+        ran = self.scheduler
+        if ran and ran.by_id and ran.ft_script:
             for event in self.events:
-                if slurm.is_job_id(event.get("job_id")):
+                if ran.is_job_id(event.get("job_id")):
                     return event["job_id"]
         return None
 
@@ -83,12 +98,17 @@ class JobView:
         """Ids of earlier submissions of this folder (`ft resubmit`)."""
         history = self.record.get("history")
         entries = history if isinstance(history, list) else []
-        return [h["job_id"] for h in entries if isinstance(h, dict) and slurm.is_job_id(h.get("job_id"))]
+        return [h["job_id"] for h in entries if isinstance(h, dict) and scheduler.is_job_id(h.get("job_id"))]
 
     @property
     def executor(self) -> str:
-        executor = self.record.get("executor", "dry-run")
-        return executor if executor in EXECUTORS else "dry-run"
+        """What ran the job, as its record names it; anything unknown reads as a dry run."""
+        return self.scheduler.name if self.scheduler else "dry-run"
+
+    @property
+    def scheduler(self) -> Scheduler | None:
+        """What ran the job (None: a dry run, never submitted)."""
+        return scheduler.for_record(self.record.get("executor", "dry-run"))
 
     @property
     def factory(self) -> str:
@@ -113,8 +133,12 @@ class JobView:
         return dataclasses.replace(self, task=task)
 
     @property
+    def files(self) -> JobFiles:
+        return LocalFiles(self.folder)
+
+    @property
     def events(self) -> list[dict[str, Any]]:
-        return records.events(self.run_dirs[0])
+        return _events(self.files, self.run_dirs[0])
 
     @property
     def created(self) -> float:
@@ -129,7 +153,7 @@ class JobView:
         """Steps done of total, as short as a table column wants (the slowest task of a sweep)."""
         steps = []
         for run in self.run_dirs:
-            last = records.last_jsonl(run / layout.METRICS)
+            last = _last_line_record(self.files, run / layout.METRICS)
             steps.append((last.get(records.STEP), last.get(records.TOTAL_STEPS)))
         done = [(s, t) for s, t in steps if isinstance(s, int) and not isinstance(s, bool)]
         if not done:
@@ -143,7 +167,7 @@ class JobView:
         """`120/250 (48%), 0:30 elapsed, 0:32 left`, as the trainer's log line says it (no time
         left once the run is not `running`: it stopped before its end); at the end, the
         trainer's summary."""
-        last = records.last_jsonl((run or self.run_dirs[0]) / layout.METRICS, records.TOTAL_STEPS)
+        last = _last_line_record(self.files, (run or self.run_dirs[0]) / layout.METRICS, records.TOTAL_STEPS)
         try:
             if last.get(records.END):
                 text = f"{last['step']} steps done in {progress.clock(last.get('elapsed_s', 0))}"
@@ -180,7 +204,7 @@ def load(folder: Path) -> JobView:
     except ValueError as err:
         record = {}
         problems.append(str(err))
-    if "job_id" in record and record["job_id"] is not None and not slurm.is_job_id(record["job_id"]):
+    if "job_id" in record and record["job_id"] is not None and not scheduler.is_job_id(record["job_id"]):
         problems.append(f"{jobdir.RECORD}: job_id {str(record['job_id'])[:40]!r} is not a SLURM job id")
         record = {k: v for k, v in record.items() if k != "job_id"}
     return JobView(folder, record, config if isinstance(config, dict) else {}, "; ".join(problems) or None)
@@ -294,9 +318,9 @@ def _known(spec: str, root: Path) -> JobView | None:
     return None
 
 
-def trainer_finished(run: Path) -> bool:
+def trainer_finished(view: JobView, run: Path) -> bool:
     """The trainer wrote its end-of-run summary (trainer/metrics.py) into this run's metrics."""
-    return bool(records.last_jsonl(run / layout.METRICS, records.END).get(records.END))
+    return bool(_last_line_record(view.files, run / layout.METRICS, records.END).get(records.END))
 
 
 def _folder_state(view: JobView, run: Path | None = None) -> str:
@@ -304,14 +328,15 @@ def _folder_state(view: JobView, run: Path | None = None) -> str:
     if view.problem:
         return f"{UNREADABLE} ({view.problem})"
     run = run or view.run_dirs[0]
-    events = records.events(run)
-    if view.executor == "dry-run":
+    events = _events(view.files, run)
+    ran = view.scheduler
+    if ran is None:
         return "DRY-RUN"
     if not events:
-        if view.executor == "slurm" and not view.job_id:
+        if ran.by_id and ran.ft_script and not view.job_id:
             why = _UNFINISHED_SUBMISSION.get(view.record.get("submission"), "sbatch's answer was unreadable")
             return f"{UNKNOWN} ({why}; see {jobdir.RECORD})"
-        return "PENDING" if view.executor in SCHEDULED_EXECUTORS else "STARTING"
+        return "PENDING" if ran.by_id else "STARTING"
     last = events[-1]
     starts = [i for i, e in enumerate(events) if e[records.EVENT] == records.START]
     cancelled = any(e[records.EVENT] == records.CANCEL for e in events[starts[-1] if starts else 0:])
@@ -319,13 +344,13 @@ def _folder_state(view: JobView, run: Path | None = None) -> str:
         code = last.get(records.CODE)
         if code != 0 and cancelled:  # `ft cancel`: the trainer checkpointed and stopped
             return "CANCELLED"
-        if code == exits.REQUEUE and view.executor != "slurm":  # ft's own script requeues, or says why not
+        if code == exits.REQUEUE and not ran.requeues_itself:  # ft's own script requeues, or says why not
             return "PREEMPTED (checkpointed: requeue or run again to resume)"
         return "COMPLETED" if code == 0 else f"FAILED (exit {code})"
-    elsewhere = jobdir.other_host(view.record) if view.executor == "local" else None
+    elsewhere = ran.running_elsewhere(view)
     if elsewhere:  # FT_HOME shared between machines: only ft there can see the processes
         return f"RUNNING on {elsewhere} (as its records say; `ft status` there checks its processes)"
-    alive = jobdir.processes_alive(view.record) if view.executor == "local" else None
+    alive = ran.processes_alive(view)
     if last[records.EVENT] == records.CANCEL:
         if alive:
             return "RUNNING (cancelled: stops after writing a checkpoint)"
@@ -334,7 +359,7 @@ def _folder_state(view: JobView, run: Path | None = None) -> str:
         return "REQUEUED"
     if alive is False:
         # The process that records the exit is gone; the trainer's own record still says.
-        if trainer_finished(run):
+        if trainer_finished(view, run):
             return "COMPLETED"
         return "CANCELLED" if cancelled else "FAILED (processes gone)"
     return "RUNNING"
@@ -360,14 +385,14 @@ def state(view: JobView, ask_scheduler: bool = True) -> str:
             return next(iter(counts))
         return ", ".join(f"{n} {s}" for s, n in counts.items())
     folder_state = _folder_state(view)
-    if ask_scheduler and view.executor in SCHEDULED_EXECUTORS and view.job_id and not view.problem:
+    ran = view.scheduler
+    if ask_scheduler and ran and ran.by_id and view.job_id and not view.problem:
         try:
-            info = slurm.job_info(view.label)
+            scheduler_state = ran.job_state(view.label)
         except UserError:
             return folder_state  # no scheduler reachable here: the folder still knows
-        if not info:
+        if not scheduler_state:
             return _forgotten(view, folder_state)
-        scheduler_state = slurm.describe_state(info)  # PENDING with SLURM's reason and estimated start
         if scheduler_state in ("COMPLETED", "FAILED") and folder_state.startswith("REQUEUED"):
             return "REQUEUED"
         if scheduler_state.startswith("PENDING") and folder_state.startswith("CANCELLED"):
@@ -379,9 +404,10 @@ def state(view: JobView, ask_scheduler: bool = True) -> str:
 def task_states(view: JobView, ask_scheduler: bool = True) -> list[tuple[int, str]]:
     """(task, state) for each task of a sweep: squeue's word (one call) while it lists the task."""
     queue: dict[str, str] = {}
-    if ask_scheduler and view.executor in SCHEDULED_EXECUTORS and view.job_id:
+    ran = view.scheduler
+    if ask_scheduler and ran and ran.by_id and view.job_id:
         try:
-            queue = slurm.queue_states(job_id=view.job_id)
+            queue = ran.queue_states(job_id=view.job_id)
         except UserError:
             queue = {}
     states = []
@@ -397,11 +423,11 @@ def task_states(view: JobView, ask_scheduler: bool = True) -> list[tuple[int, st
 def earlier_state(view: JobView) -> str:
     """The state of the earlier submission a view was asked for by (`ft status 12` after
     `ft resubmit 12` made it 15): the scheduler's while it knows that id, else that it ended."""
+    ran = view.scheduler
     try:
-        info = slurm.job_info(view.earlier)
+        known = ran.job_state(view.earlier) if ran and view.earlier else None
     except UserError:
-        info = None
-    known = (info or {}).get("JobState")
+        known = None
     return f"{known} (resubmitted as {view.label})" if known else f"ENDED (resubmitted as {view.label})"
 
 
@@ -427,7 +453,7 @@ def is_finished(state_text: str) -> bool:
         parts = [words[1] for words in map(str.split, state_text.split(", ")) if len(words) > 1]
     else:
         parts = [state_text.split()[0]]
-    return all(word in slurm.TERMINAL_STATES or word in ("DRY-RUN", UNKNOWN, UNREADABLE) for word in parts)
+    return all(word in TERMINAL_STATES or word in ("DRY-RUN", UNKNOWN, UNREADABLE) for word in parts)
 
 
 def age(view: JobView) -> str:
@@ -439,21 +465,25 @@ def age(view: JobView) -> str:
 
 
 def summary_rows(views: list[JobView], ask_scheduler: bool = True) -> list[dict[str, Any]]:
-    states: dict[str, str] | None = None
-    if ask_scheduler and any(v.executor in SCHEDULED_EXECUTORS for v in views):
-        try:
-            states = slurm.queue_states()
-        except UserError:
-            states = None
+    # One queue listing per scheduler (squeue once, however many SLURM jobs there are).
+    queues: dict[str, dict[str, str] | None] = {}
+    for view in views:
+        ran = view.scheduler
+        if ask_scheduler and ran and ran.by_id and ran.queue not in queues:
+            try:
+                queues[ran.queue] = ran.queue_states()
+            except UserError:
+                queues[ran.queue] = None
     rows = []
     for view in views:
         try:
             folder_state = state(view, ask_scheduler=False)
+            ran = view.scheduler
+            states = queues.get(ran.queue) if ran else None
             known = (states or {}).get(view.job_id or "")
             if view.is_sweep and view.job_id and any(k.startswith(f"{view.job_id}_") for k in states or {}):
                 known = state(view)  # some tasks still queued: each task's own word
-            elif not known and states is not None and view.executor == "slurm" and view.job_id \
-                    and not view.is_sweep:
+            elif not known and states is not None and ran.ft_script and view.job_id and not view.is_sweep:
                 known = _forgotten(view, folder_state)
             rows.append({
                 "id": view.job_id,
@@ -470,35 +500,15 @@ def summary_rows(views: list[JobView], ask_scheduler: bool = True) -> list[dict[
     return rows
 
 
-def log_files(view: JobView) -> list[Path]:
+def log_files(view: JobView) -> list[PurePath]:
     """The job's log files in the order they were written; one sweep task's with `view.task`."""
-    logs = view.folder / layout.LOGS
-    if view.executor != "slurm":  # one file per process; `ft submit`'s script writes SLURM's own
-        return sorted(logs.glob(layout.RANK_LOGS))
-
-    def mtime(path: Path) -> float:
-        try:
-            return path.stat().st_mtime
-        except OSError:
-            return 0
-
-    # A sweep's tasks log to slurm-<job>_<task>.out (every submission of the folder).
-    pattern = "slurm-*.out" if view.task is None else f"slurm-*_{view.task}.out"
-    return sorted(logs.glob(pattern), key=mtime)
+    return view.scheduler.log_files(view) if view.scheduler else []
 
 
-def _task_of_log(path: Path) -> str | None:
+def _task_of_log(path: PurePath) -> str | None:
     """`3` for slurm-15_3.out, a sweep task's log."""
     stem = path.stem.partition("-")[2]
     return stem.partition("_")[2] or None
-
-
-def select_rank(lines: list[str], rank: int | None) -> list[str]:
-    """srun --label prefixes each task's line with `N: ` (space-padded); keep one task's lines."""
-    if rank is None:
-        return lines
-    prefix = f"{rank}: "
-    return [line.lstrip()[len(prefix):] for line in lines if line.lstrip().startswith(prefix)]
 
 
 def log_lines(view: JobView, rank: int | None = None, follow: bool = False, poll: float = 1.0,
@@ -506,26 +516,22 @@ def log_lines(view: JobView, rank: int | None = None, follow: bool = False, poll
     """The job's output lines (one task's with `rank`); with `follow`, until the job has ended,
     calling `on_state(state)` with the job's state each time it changes (a pending job's
     reason included)."""
-    if view.executor == "dry-run":
+    ran = view.scheduler
+    if ran is None:
         raise UserError(f"{view.folder.name} is a dry run: it has no logs (submit it with `ft resubmit {view.folder}`)")
-    offsets: dict[Path, int] = {}
+    offsets: dict[PurePath, int] = {}
 
     def drain() -> Iterator[str]:
-        files = log_files(view)
-        if view.executor != "slurm" and rank is not None:
-            files = [f for f in files if f.name == layout.rank_log(rank)]
-        for path in files:
+        for path in log_files(view):
             try:
-                with open(path, "rb") as handle:
-                    handle.seek(offsets.get(path, 0))
-                    data = handle.read()
+                data = view.files.read_from(path, offsets.get(path, 0))
             except OSError:
                 continue
             # Following: keep a partial last line for the next round.
             cut = data.rfind(b"\n") + 1 if follow else len(data)
             offsets[path] = offsets.get(path, 0) + cut
             lines = data[:cut].decode(errors="replace").splitlines()
-            lines = select_rank(lines, rank) if view.executor == "slurm" else lines
+            lines = ran.rank_lines(path, lines, rank)
             task = _task_of_log(path) if view.is_sweep and view.task is None else None
             # Several tasks' logs one after another: each line says whose it is.
             yield from ([f"[task {task}] {line}" for line in lines] if task is not None else lines)
@@ -545,26 +551,23 @@ def log_lines(view: JobView, rank: int | None = None, follow: bool = False, poll
 
 
 def cancel(view: JobView) -> JobView:
-    """Cancel a pending or running job: scancel, or SIGTERM to a local job's task groups (the
-    trainer checkpoints and stops; the folder records the cancel, so it reads CANCELLED).
+    """Cancel a pending or running job, as its scheduler does (scancel; SIGTERM to a local
+    job's task groups: the trainer checkpoints and stops, and the folder reads CANCELLED).
     A job in an UNKNOWN state is cancelled as far as it can be, and its folder says so."""
     current = state(view)
     unknown = current.startswith(UNKNOWN)
     if is_finished(current) and not unknown:
         raise UserError(f"job {view.label} already ended ({current}): nothing to cancel")
-    if view.executor == "local":
-        from launcher import local
-
-        local.cancel(view.record, view.label, view.run_dirs[0])
-    elif view.job_id:
+    ran = view.scheduler
+    if ran and (view.job_id or not ran.by_id):
         try:
-            slurm.scancel(view.label)
+            ran.cancel(view)
         except UserError:
             if not unknown:
                 raise
-    if view.executor != "local" and (view.job_id or unknown):
-        # The folder keeps the cancel: SLURM forgets the job (MinJobAge), the folder does not,
-        # so it reads CANCELLED then too, not UNKNOWN.
+    if ran and ran.by_id and (view.job_id or unknown):
+        # The folder keeps the cancel: the scheduler forgets the job (SLURM's MinJobAge), the
+        # folder does not, so it reads CANCELLED then too, not UNKNOWN.
         for run in view.run_dirs:
             records.record_event(run, records.CANCEL, job_id=view.job_id)
     return view
@@ -573,7 +576,7 @@ def cancel(view: JobView) -> JobView:
 def dry_runs(views: list[JobView]) -> list[JobView]:
     """Folders written by `--dry-run` and never submitted (no record at all: a record ft cannot
     read is shown, not hidden)."""
-    return [v for v in views if v.executor == "dry-run" and not v.problem and not (v.folder / jobdir.RECORD).exists()]
+    return [v for v in views if v.scheduler is None and not v.problem and not (v.folder / jobdir.RECORD).exists()]
 
 
 def remove_dry_runs(views: list[JobView]) -> list[Path]:

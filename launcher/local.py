@@ -8,6 +8,7 @@ is the job's; `--detach` returns at once and leaves the processes running.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,7 +19,35 @@ from pathlib import Path
 from ftcore import layout, records
 from ftcore.errors import UserError
 from launcher import jobdir, render, stage
+from launcher.scheduler import Scheduler
 from ftcore.schema import Job
+
+
+class Local(Scheduler):
+    """Processes on this machine, started by `run` below (the CLI calls it after submit)."""
+
+    name = "local"
+    runs_here = True
+
+    def preflight(self, job: Job, dry_run: bool) -> list[str]:
+        if job.container.runtime != "none" and shutil.which(job.container.runtime) is None:
+            return [f"{job.container.runtime} is not on PATH here: run with container.runtime=none "
+                    "to use this machine's Python"]
+        return []
+
+    def render(self, job: Job, folder: Path, array_size: int = 0, dependency: str | None = None) -> str:
+        """The sbatch script, written into the folder as for SLURM: `ft resubmit --executor
+        slurm` can submit the same folder later."""
+        return render.render_sbatch(job, folder, array_size=array_size, dependency=dependency)
+
+    def processes_alive(self, view) -> bool | None:
+        return jobdir.processes_alive(view.record)
+
+    def running_elsewhere(self, view) -> str | None:
+        return jobdir.other_host(view.record)
+
+    def cancel(self, view) -> None:
+        cancel(view.record, view.label, view.run_dirs[0])
 
 
 def _free_port() -> int:

@@ -41,14 +41,17 @@ class Run:
 
 
 def read_metrics(path: Path) -> dict[str, list[tuple[int, float]]]:
+    try:
+        return parse_metrics(path.read_bytes())
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror}") from None
+
+
+def parse_metrics(data: bytes) -> dict[str, list[tuple[int, float]]]:
     """Every numeric field of metrics.jsonl as (step, value) pairs; a resumed run's repeated
     steps keep their last record, as the trainer's own rewrite on resume does."""
     by_name: dict[str, dict[int, float]] = {}
-    try:
-        lines = path.read_bytes().decode(errors="replace").splitlines()
-    except OSError as err:
-        raise UserError(f"cannot read {path}: {err.strerror}") from None
-    for line in lines:
+    for line in data.decode(errors="replace").splitlines():
         try:
             record = json.loads(line)
         except ValueError:
@@ -126,17 +129,29 @@ def _short(value) -> str:
 def collect(specs: list[str], root: Path | None = None) -> list[Run]:
     if not specs:
         raise UserError("name at least one job to plot")
-    runs, missing = [], []
+    runs = []
     for spec in specs:
         for run in runs_of(spec, root):
             path = run.folder / layout.METRICS
             run.series = read_metrics(path) if path.is_file() else {}
-            if not run.series.get("loss") and not run.series.get("val_loss"):
-                missing.append(f"{run.label}: no training metrics yet in {path}")
             runs.append(run)
+    check_series(runs)
+    return runs
+
+
+def check_series(runs: list[Run]) -> None:
+    missing = [f"{run.label}: no training metrics yet in {run.folder / 'metrics.jsonl'}" for run in runs
+               if not run.series.get("loss") and not run.series.get("val_loss")]
     if missing:
         raise UserError(*missing)
-    return runs
+
+
+def list_runs(specs: list[str], root: Path | None = None) -> list[dict[str, str]]:
+    """The runs the specs name, without their metrics: what `ft plot --cluster` asks the cluster."""
+    if not specs:
+        raise UserError("name at least one job to plot")
+    return [{"label": run.label, "folder": str(run.folder), "job": run.job}
+            for spec in specs for run in runs_of(spec, root)]
 
 
 def default_output(runs: list[Run]) -> Path:

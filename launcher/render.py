@@ -24,7 +24,7 @@ from ftcore import contract, exits, layout, records, rendezvous, schema, shipped
 from ftcore.errors import UserError
 from ftcore.files import expand
 from ftcore.schema import WRITTEN_PATHS, Job
-from launcher import __version__, paths, slurm, stage
+from launcher import __version__, paths, scheduler, stage
 
 TEMPLATE = "sbatch.sh.j2"
 _CONFIG_MARK = "@FT_CONFIG@"  # stands for "$FT_CONFIG" until the command is quoted
@@ -195,7 +195,7 @@ def sbatch_options(job: Job, job_dir: Path, array_size: int = 0, dependency: str
     if array_size:
         options.append(("array", f"0-{array_size - 1}"))
     if dependency:
-        if not slurm.is_job_id(dependency):
+        if not scheduler.is_job_id(dependency):
             raise UserError(f"--after: {dependency!r} is not a SLURM job id")
         options.append(("dependency", f"afterok:{dependency}"))
     lines = [f"--{name}" if value is None else f"--{name}={q(value)}" for name, value in options]
@@ -329,18 +329,16 @@ def data_problems(job: Job) -> list[str]:
     return problems
 
 
-def preflight(job: Job, need_sbatch: bool, job_dir: Path | None = None, dry_run: bool = False) -> tuple[list[str], list[str]]:
+def preflight(job: Job, job_dir: Path | None = None, dry_run: bool = False,
+              paths_here: bool = True) -> tuple[list[str], list[str]]:
     """(problems, warnings): what would make the job fail at once on the cluster, found on the
-    login node. Under --dry-run a missing path is only a warning."""
-    import shutil
-
+    login node. Under --dry-run a missing path is only a warning; with `paths_here` False (a
+    job for another machine, `--cluster`) paths are that machine's to check. What the
+    scheduler itself needs (sbatch on PATH) is its own `Scheduler.preflight`."""
     job_dir = job_dir or paths.jobs_root() / "NEW"
     problems = plan_binds(job, job_dir)[1] if job.container.runtime != "none" else []
-    missing = path_problems(job, job_dir)
+    missing = path_problems(job, job_dir) if paths_here else []
     warnings = missing if dry_run else []
     problems += [] if dry_run else missing
     problems += data_problems(job)
-    if need_sbatch and shutil.which("sbatch") is None:
-        problems.append("sbatch is not on PATH: run ft on a SLURM login node, or use --dry-run to "
-                        "write and print the script, or --executor local to run here")
     return problems, warnings

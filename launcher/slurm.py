@@ -1,4 +1,5 @@
-"""The one seam to SLURM: every sbatch, squeue, scontrol and scancel call goes through here.
+"""SLURM on this host: the `slurm` scheduler (launcher.scheduler), and the one place every
+sbatch, squeue, scontrol and scancel call goes through.
 
 Output that cannot be read raises a SchedulerError carrying the raw text.
 """
@@ -10,33 +11,17 @@ import re
 import shutil
 import signal
 import subprocess
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from ftcore.errors import UserError
-
-TERMINAL_STATES = {
-    "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
-    "PREEMPTED", "BOOT_FAIL", "DEADLINE", "REVOKED",
-}
+from ftcore.layout import LOGS, SCRIPT
+from launcher.scheduler import TERMINAL_STATES, SchedulerError, Scheduler, SubmissionUnclear  # noqa: F401
 _JOB_ID = re.compile(r"^(\d+)(?:;\S+)?$")  # what `sbatch --parsable` prints
 _JOB_ID_TEXT = re.compile(r"^\d+(?:_\d+)?$")  # a job id (or one array task) as ft records it
 
 
 def is_job_id(text: object) -> bool:
     return isinstance(text, str) and bool(_JOB_ID_TEXT.match(text))
-
-
-class SchedulerError(UserError):
-    """The scheduler said no, or said something ft cannot read; carries its raw words."""
-
-    def __init__(self, message: str, raw: str = "", hint: str | None = None):
-        problems = [message] + ([f"scheduler said: {raw.strip()}"] if raw.strip() else [])
-        super().__init__(*problems, hint=hint)
-        self.raw = raw
-
-
-class SubmissionUnclear(SchedulerError):
-    """sbatch hung, or said yes in words ft cannot read: the job may exist."""
 
 
 class _Timeout(Exception):
@@ -174,3 +159,72 @@ def requeue(job_id: str) -> None:
     result = _run_or_fail(["scontrol", "requeue", job_id])
     if result.returncode != 0:
         raise SchedulerError(f"scontrol could not requeue job {job_id}", result.stderr or result.stdout)
+
+
+class Slurm(Scheduler):
+    """sbatch on this login node: ft's script (templates/), a sweep as a job array, srun
+    --label logs (`N: ` before each task's line) in slurm-<id>.out."""
+
+    name = "slurm"
+    queue = "slurm"
+    by_id = True
+    arrays = True
+    requeues_itself = True
+
+    def preflight(self, job, dry_run: bool) -> list[str]:
+        if not dry_run and shutil.which("sbatch") is None:
+            return ["sbatch is not on PATH: run ft on a SLURM login node, or use --dry-run to "
+                    "write and print the script, or --executor local to run here"]
+        return []
+
+    def render(self, job, folder: Path, array_size: int = 0, dependency: str | None = None) -> str:
+        from launcher import render
+
+        return render.render_sbatch(job, folder, array_size=array_size, dependency=dependency)
+
+    def submit(self, folder: Path) -> str:
+        return sbatch(folder / SCRIPT)
+
+    def time_limit(self, job) -> str:
+        return job.slurm.time
+
+    def is_job_id(self, text: object) -> bool:
+        return is_job_id(text)
+
+    def job_state(self, job_id: str) -> str | None:
+        info = job_info(job_id)
+        return None if info is None else describe_state(info)  # PENDING with SLURM's reason and estimated start
+
+    def queue_states(self, job_id: str | None = None) -> dict[str, str]:
+        return queue_states(job_id=job_id)
+
+    def cancel(self, view) -> None:
+        scancel(view.label)
+
+    def requeue(self, job_id: str) -> None:
+        requeue(job_id)
+
+    def log_files(self, view) -> list[PurePath]:
+        # A sweep's tasks log to slurm-<job>_<task>.out (every submission of the folder).
+        pattern = "slurm-*.out" if view.task is None else f"slurm-*_{view.task}.out"
+        return view.files.glob(f"{LOGS}/{pattern}", by_time=True)
+
+    def rank_lines(self, path: PurePath, lines: list[str], rank: int | None) -> list[str]:
+        """srun --label prefixes each task's line with `N: ` (space-padded)."""
+        if rank is None:
+            return lines
+        prefix = f"{rank}: "
+        return [line.lstrip()[len(prefix):] for line in lines if line.lstrip().startswith(prefix)]
+
+
+class SrunTrain(Slurm):
+    """`ft train` under srun in a workshop's own batch script: SLURM knows the job by id, but
+    the script is the user's: each task writes its own log (rank-N.out), and nothing
+    requeues the job for ft."""
+
+    name = "srun"
+    arrays = False
+    requeues_itself = False
+    ft_script = False
+    log_files = Scheduler.log_files
+    rank_lines = Scheduler.rank_lines

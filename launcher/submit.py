@@ -18,11 +18,9 @@ from ftcore import contract, layout, secrets
 from ftcore.errors import UserError
 from ftcore.files import write_atomic
 from ftcore.schema import job_to_dict
-from launcher import jobdir, paths, render, sharedcache, slurm, stage as staging
+from launcher import jobdir, paths, render, scheduler, sharedcache, stage as staging
 from launcher.config import Resolved, differing, resolve
-from launcher.slurm import SchedulerError, SubmissionUnclear
-
-EXECUTORS = ("slurm", "local")
+from launcher.scheduler import SchedulerError, SubmissionUnclear
 
 
 @dataclass(frozen=True)
@@ -76,7 +74,8 @@ def sweep_overrides(sweeps: list[str]) -> list[list[str]]:
 
 def prepare(factory: str, overrides: list[str], profile: str | None = None,
             executor: str = "slurm", dry_run: bool = False, sweeps: list[str] | None = None,
-            after: str | None = None, stage: bool = False, force: bool = False) -> Prepared:
+            after: str | None = None, stage: bool = False, force: bool = False,
+            elsewhere: bool = False) -> Prepared:
     """Everything short of writing: resolution, validation, pre-flight checks, rendering.
 
     `after` names a job (id, folder or prefix) this one waits for (afterok). `stage`
@@ -84,9 +83,12 @@ def prepare(factory: str, overrides: list[str], profile: str | None = None,
     runs offline (hub.offline) from that cache. `force` submits a job the plan says will not
     fit its GPUs (a plan is an estimate); never one it knows cannot start (LoRA globs that
     match no layer).
+
+    `elsewhere`: the job runs on another machine (`--cluster`): everything that can be checked
+    without it is checked here; its paths, scheduler, staged files and `after` are that
+    machine's ft's to check.
     """
-    if executor not in EXECUTORS:
-        raise UserError(f"unknown executor {executor!r}: choose {' or '.join(EXECUTORS)}")
+    runner = scheduler.get(executor)
     render.check_folder(paths.jobs_root())
     tasks: tuple[Resolved, ...] = ()
     combos: list[list[str]] = []
@@ -94,30 +96,30 @@ def prepare(factory: str, overrides: list[str], profile: str | None = None,
     if stage:
         overrides = [*overrides, "hub.offline=true"]
     if sweeps:
-        if executor == "local":
-            raise UserError("--sweep runs as a SLURM job array: use it with --executor slurm")
+        if not runner.arrays:
+            raise UserError(f"--sweep runs as a job array, which --executor {executor} cannot run: "
+                            f"use it with --executor {_array_schedulers()}")
         combos = sweep_overrides(sweeps)
         tasks = tuple(resolve(factory, [*overrides, *combo], profile) for combo in combos)
     resolved = tasks[0] if tasks else resolve(factory, overrides, profile)
     job = resolved.job
     problems = refuse_secrets(resolved, tasks, [*overrides, *(sweeps or []), after or ""])
-    found, warnings = render.preflight(job, need_sbatch=executor == "slurm" and not dry_run, dry_run=dry_run)
-    problems += found
+    found, warnings = render.preflight(job, dry_run=dry_run, paths_here=not elsewhere)
+    problems += found + ([] if elsewhere else runner.preflight(job, dry_run))
     for task in tasks or (resolved,):
         problems += plan_refusals(task.job, force)
-    host = host_python_problems(job)
+    host = [] if elsewhere else host_python_problems(job)
     problems += [] if dry_run else host
     warnings = [*warnings, *host] if dry_run else warnings
     warnings += plan_warnings(job)
-    if executor == "local" and job.container.runtime != "none" and shutil.which(job.container.runtime) is None:
-        problems.append(f"{job.container.runtime} is not on PATH here: run with container.runtime=none "
-                        "to use this machine's Python")
     if tasks:
         problems += _sweeps_that_shape_the_script(tasks, combos)
     if problems:
         raise UserError(*problems)
-    render.render_sbatch(job, Path("/JOB_DIR"))  # template errors surface before anything is written
+    runner.render(job, Path("/JOB_DIR"))  # template errors surface before anything is written
     jobs = [t.job for t in tasks] or [job]
+    if elsewhere:
+        return Prepared(resolved, executor, tasks, after, tuple(warnings))
     staged = tuple(s for j in jobs for s in staging.stage(j)) if stage else ()  # downloads: last
     offline = _offline_problems(jobs, staging.command(factory, given, profile, sweeps), dry_run)
     offline += list(dict.fromkeys(line for j in jobs for line in staging.untrusted(j)))
@@ -127,6 +129,10 @@ def prepare(factory: str, overrides: list[str], profile: str | None = None,
     notes = _not_pulled_yet(job) if dry_run else []
     return Prepared(resolved, executor, tasks, _job_id_to_wait_for(after) if after else None,
                     tuple(warnings), staged, tuple(notes), dry_run)
+
+
+def _array_schedulers() -> str:
+    return " or ".join(name for name in scheduler.NAMES if scheduler.get(name).arrays)
 
 
 def _offline_problems(jobs: list, stage_command: str, dry_run: bool) -> list[str]:
@@ -327,7 +333,7 @@ def summary(p: Prepared) -> list[tuple[str, str]]:
                   f"accumulation {job.grad_accum_steps} × data-parallel {job.world_size}"),
         ("steps", str(t.max_steps) if t.max_steps else f"{t.num_epochs} epoch(s)"),
         ("container", f"{job.container.runtime}: {image}"),
-        ("time limit", job.slurm.time if p.executor == "slurm" else "none (local)"),
+        ("time limit", scheduler.get(p.executor).time_limit(job)),
         ("partition", job.slurm.partition or "(cluster default)"),
         ("profile", str(p.resolved.profile_path or "none")),
     ]
@@ -343,7 +349,7 @@ def write(p: Prepared, argv: list[str] | None = None, root: Path | None = None) 
         files[f"tasks/{index}/{jobdir.CONFIG}"] = jobdir.config_text(job_to_dict(task.job))
 
     def contents(folder: Path) -> dict[str, str]:
-        script = render.render_sbatch(job, folder, array_size=len(p.tasks), dependency=p.after)
+        script = scheduler.get(p.executor).render(job, folder, array_size=len(p.tasks), dependency=p.after)
         record = {} if p.dry_run else {jobdir.RECORD: jobdir.record_text(
             executor=p.executor, job_id=None, factory=job.name, folder=str(folder), history=[], submission="submitting")}
         return {**files, jobdir.SCRIPT: script, **record}
@@ -351,16 +357,19 @@ def write(p: Prepared, argv: list[str] | None = None, root: Path | None = None) 
     return jobdir.create(job.name, contents, root)
 
 
-def submit(folder: Path, factory: str, history: list[dict] | None = None, job_name: str | None = None) -> str:
-    """sbatch the folder's script; if refused, a new folder is removed so nothing half-done stays."""
+def submit(folder: Path, factory: str, history: list[dict] | None = None, job_name: str | None = None,
+           executor: str = "slurm") -> str:
+    """Hand the folder's script to the scheduler; if refused, a new folder is removed so nothing
+    half-done stays."""
     with jobdir.locked(folder):
-        return _sbatch_and_record(folder, factory, history, job_name)
+        return _submit_and_record(folder, factory, history, job_name, executor)
 
 
-def _sbatch_and_record(folder: Path, factory: str, history: list[dict] | None, job_name: str | None) -> str:
-    record = {"executor": "slurm", "factory": factory, "folder": str(folder), "history": history or []}
+def _submit_and_record(folder: Path, factory: str, history: list[dict] | None, job_name: str | None,
+                       executor: str) -> str:
+    record = {"executor": executor, "factory": factory, "folder": str(folder), "history": history or []}
     try:
-        job_id = slurm.sbatch(folder / jobdir.SCRIPT)
+        job_id = scheduler.get(executor).submit(folder)
     except KeyboardInterrupt:
         # sbatch may have queued the job before it was interrupted: keep the folder, say so.
         jobdir.write_record(folder, **record, job_id=None, submission="interrupted")
@@ -410,33 +419,29 @@ def prepare_resubmit(view, overrides: list[str], profile: str | None = None, exe
     """Check and render a resubmission of `view`'s folder: it continues from the folder's latest
     checkpoint. Overrides apply on top of the folder's resolved config; the executor is the
     job's own unless given (a local job resumes locally). Writes nothing."""
-    from launcher import jobs
-
-    if view.executor in jobs.OWN_SCRIPT_EXECUTORS:
+    if view.scheduler and not view.scheduler.ft_script:
         raise UserError(*_not_ours(view))
     _check_ended(view)
     if view.task is not None:
         raise UserError(f"{view.label} is one task of a sweep: resubmit the whole sweep ({view.job_id})")
-    executor = executor or ("local" if view.executor == "local" else "slurm")
-    if executor not in EXECUTORS:
-        raise UserError(f"unknown executor {executor!r}: choose {' or '.join(EXECUTORS)}")
+    # A dry run's folder was never submitted: it goes where ft submits by default.
+    executor = executor or (view.executor if view.scheduler else scheduler.NAMES[0])
+    runner = scheduler.get(executor)
     tasks = len(list((view.folder / layout.TASKS).glob("*/" + jobdir.CONFIG)))
     if tasks and overrides:
         raise UserError("a sweep is resubmitted as it was: overrides apply to single jobs only")
-    if tasks and executor == "local":
-        raise UserError("a sweep runs as a SLURM job array: resubmit it with --executor slurm")
+    if tasks and not runner.arrays:
+        raise UserError(f"a sweep runs as a job array, which --executor {executor} cannot run: resubmit it with "
+                        f"--executor {_array_schedulers()}")
     resolved = resolve(str(view.folder / jobdir.CONFIG), overrides, profile)
     job = resolved.job
-    found, missing = render.preflight(job, need_sbatch=executor == "slurm" and not dry_run, job_dir=view.folder,
-                                      dry_run=dry_run)
-    problems = refuse_secrets(resolved, words=overrides) + found + plan_refusals(job, force=True)
+    found, missing = render.preflight(job, job_dir=view.folder, dry_run=dry_run)
+    problems = (refuse_secrets(resolved, words=overrides) + found + runner.preflight(job, dry_run)
+                + plan_refusals(job, force=True))
     problems += [] if dry_run else host_python_problems(job) + staging.untrusted(job)
-    if executor == "local" and job.container.runtime != "none" and shutil.which(job.container.runtime) is None:
-        problems.append(f"{job.container.runtime} is not on PATH here: run with container.runtime=none "
-                        "to use this machine's Python")
     if problems:
         raise UserError(*problems)
-    script = render.render_sbatch(job, view.folder, tasks)
+    script = runner.render(job, view.folder, tasks)
     return Resubmission(view, resolved, executor, script, (*schedule_warnings(view, job), *missing))
 
 
@@ -502,7 +507,8 @@ def apply_resubmit(r: Resubmission, argv: list[str] | None = None) -> str | None
     with jobdir.locked(folder):
         view = jobs.load(folder)  # as it is now that no other ft command is changing it
         _check_ended(view)
-        if r.executor == "slurm":
+        runner = scheduler.get(r.executor)
+        if not runner.runs_here:
             ready_image(r.job)
         commands = _text_or_none(folder / jobdir.COMMAND) or ""
         new = {jobdir.CONFIG: jobdir.config_text(job_to_dict(r.job)), jobdir.SCRIPT: r.script,
@@ -513,10 +519,10 @@ def apply_resubmit(r: Resubmission, argv: list[str] | None = None) -> str | None
         try:
             for name, text in new.items():
                 write_atomic(folder / name, text)
-            if r.executor == "local":
+            if runner.runs_here:
                 return None
             sbatch_called = True
-            return _sbatch_and_record(folder, r.job.name, history(view), r.job.job_name)
+            return _submit_and_record(folder, r.job.name, history(view), r.job.job_name, r.executor)
         except SubmissionUnclear:
             raise
         except SchedulerError as err:
@@ -529,10 +535,11 @@ def apply_resubmit(r: Resubmission, argv: list[str] | None = None) -> str | None
             raise
 
 
-def resubmit(view, overrides: list[str], profile: str | None = None) -> str:
-    """Submit a job folder again to SLURM at once (no questions): same folder, so the trainer
-    continues from its latest checkpoint. The library call behind `ft resubmit --yes`."""
-    return apply_resubmit(prepare_resubmit(view, overrides, profile, executor="slurm"))
+def resubmit(view, overrides: list[str], profile: str | None = None, executor: str | None = None) -> str | None:
+    """Submit a job folder again at once (no questions), to its own scheduler unless told:
+    same folder, so the trainer continues from its latest checkpoint. The library call behind
+    `ft resubmit --yes` (None for a local job, which the caller then runs)."""
+    return apply_resubmit(prepare_resubmit(view, overrides, profile, executor))
 
 
 def _put_back(folder: Path, old: dict[str, str | None]) -> None:

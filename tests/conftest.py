@@ -11,8 +11,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-# The `slurm_cluster` and `stock_image` fixtures for every test module that asks for them.
-pytest_plugins = ("slurm_cluster", "container_image")
+# The `slurm_cluster`, `stock_image` and `ssh_cluster` fixtures for every test module that asks for them.
+pytest_plugins = ("slurm_cluster", "container_image", "ssh_cluster")
 
 
 @pytest.fixture(autouse=True)

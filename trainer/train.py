@@ -216,6 +216,7 @@ class Setup:
     base_ref: str | None  # what adapter_config.json names as the base
     start_step: int  # 0, or the step of the checkpoint this run resumes from
     metrics: Metrics
+    last_save_s: float | None = None  # how long this run's last checkpoint took to write
 
     def collate(self, samples) -> dict:
         job = self.job
@@ -238,9 +239,11 @@ class Setup:
         }
         # hf_every_save: every checkpoint loads with PeftModel / AutoModelForCausalLM as it is
         # (a full copy gathered on rank 0 each time; the final one always has it).
+        started = time.perf_counter()
         path = checkpointing.save(self.job_dir, at_step, self.built, self.optimizer, self.tokenizer, state, self.env,
                                   job.checkpoint.keep_last, self.base_ref, export or job.checkpoint.hf_every_save)
-        self.metrics.print(f"checkpoint {path}")
+        self.last_save_s = time.perf_counter() - started
+        self.metrics.print(f"checkpoint {path} ({self.last_save_s:.1f} s)")
         return path
 
     def validate(self, at_step: int) -> bool:
@@ -255,6 +258,12 @@ class Setup:
 
     def stop_now(self, at_step: int, where: str) -> int:
         self.metrics.print(f"stop requested ({where}): checkpointing step {at_step}, exit {exits.REQUEUE}")
+        if self.last_save_s is not None:
+            # A site kills a job KillWait (or the preemption GraceTime) after SIGTERM: a save cut
+            # short leaves no marker, and the requeued job resumes from the checkpoint before.
+            self.metrics.print(f"(the last checkpoint took {self.last_save_s:.1f} s to write: a site that kills sooner "
+                               "after its signal leaves the one before it to resume from; "
+                               "slurm.signal_seconds gives more warning before a time limit)")
         self.save(at_step)
         self.metrics.close()
         return exits.REQUEUE

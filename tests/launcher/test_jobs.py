@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from launcher import jobdir, jobindex, jobs
+from launcher.slurm import Slurm
 from ftcore.errors import UserError
 
 
@@ -65,8 +66,8 @@ def test_summary_rows_are_json_ready(root):
 
 def test_rank_selection_reads_srun_labels():
     lines = ["0: step 1 | loss 2", " 1: step 1 | loss 2", "srun: error", "10: x", "1: step 2"]
-    assert jobs.select_rank(lines, 1) == ["step 1 | loss 2", "step 2"]
-    assert jobs.select_rank(lines, None) == lines
+    assert Slurm().rank_lines(Path("slurm-1.out"), lines, 1) == ["step 1 | loss 2", "step 2"]
+    assert Slurm().rank_lines(Path("slurm-1.out"), lines, None) == lines
 
 
 # --- at scale: `ft jobs -n N` and `ft status ID` read the folders they show, not every folder -----

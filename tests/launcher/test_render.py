@@ -350,5 +350,5 @@ def test_binds_cover_every_path_the_job_needs_and_only_those(monkeypatch):
 def test_a_user_bind_that_moves_or_hides_a_needed_path_is_refused(bind, says, tmp_path):
     job = _job_outside_defaults(f"container.binds=[{bind}]")
     assert any(says in problem for problem in render.plan_binds(job, Path("/srv/ft/jobs/j1"))[1])
-    problems, _ = render.preflight(job, need_sbatch=False, job_dir=Path("/srv/ft/jobs/j1"), dry_run=True)
+    problems, _ = render.preflight(job, job_dir=Path("/srv/ft/jobs/j1"), dry_run=True)
     assert any(says in problem for problem in problems)  # a config error: refused even under --dry-run

@@ -95,10 +95,10 @@ def test_a_stop_during_validation_checkpoints_that_step(tmp_path):
 def test_ctrl_c_checkpoints_and_later_signals_keep_the_requeue_status(tmp_path):
     """SIGINT stops like SIGTERM; a volley of signals after it (a site's scancel, a second
     Ctrl-C) is only noted: the exit stays 75, so the job is requeued."""
-    raw = tiny_job(trainer={"max_steps": 2000, "log_every_steps": 1})
+    raw = tiny_job(trainer={"max_steps": 2000, "log_every_steps": 1}, checkpoint={"every_steps": 1, "keep_last": 1})
     config = write_config(tmp_path / "job", raw)
     proc = _trainer(config)
-    _wait_for(lambda: any("loss" in r for r in read_metrics(tmp_path / "job")), proc, "first step")
+    _wait_for(lambda: layout.newest_complete(tmp_path / "job") is not None, proc, "first checkpoint")
     proc.send_signal(signal.SIGINT)
     _wait_for(lambda: any(e["event"] == "signal" for e in _events(tmp_path / "job")), proc, "the signal noted")
     while proc.poll() is None:  # until it has exited: through the save, the shutdown and the exit
@@ -110,6 +110,7 @@ def test_ctrl_c_checkpoints_and_later_signals_keep_the_requeue_status(tmp_path):
         time.sleep(0.005)
     out, err = proc.communicate()
     assert proc.returncode == exits.REQUEUE, err
+    assert "(the last checkpoint took " in out  # what a site's KillWait must leave room for
     assert "got SIGINT; will checkpoint after this step" in err and err.count("already stopping") == 1
     stopped = layout.newest_complete(tmp_path / "job")
     assert stopped is not None and int(stopped.name.split("-")[1]) < 2000

@@ -1,0 +1,102 @@
+"""The scheduler registry: every way of running a job is one `Scheduler` subclass, and a new one
+needs no edit elsewhere in the launcher. The queue here is a stand-in (a dict in this module):
+these are unit tests of the seam; the real SLURM scheduler runs in tests/slurm."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ftcore.errors import UserError
+from launcher import jobs, scheduler, submit
+from launcher.local import Local
+from launcher.scheduler import Scheduler
+from launcher.slurm import Slurm, SrunTrain
+
+QUEUE: dict[str, str] = {}  # job id → state: what the stand-in queue still lists
+SUBMITTED: list[str] = []
+
+
+class Queue(Scheduler):
+    """A queue that knows jobs by id, as PBS does; its script is ft's sbatch script, for brevity."""
+
+    name = "queue"
+    queue = "queue"
+    by_id = True
+    arrays = True
+
+    def render(self, job, folder, array_size=0, dependency=None):
+        from launcher import render
+
+        return render.render_sbatch(job, folder, array_size=array_size, dependency=dependency)
+
+    def submit(self, folder):
+        job_id = str(100 + len(SUBMITTED))
+        SUBMITTED.append(job_id)
+        QUEUE[job_id] = "PENDING"
+        return job_id
+
+    def is_job_id(self, text):
+        return isinstance(text, str) and text.isdigit()
+
+    def job_state(self, job_id):
+        return QUEUE.get(job_id)
+
+    def queue_states(self, job_id=None):
+        return {k: v for k, v in QUEUE.items() if job_id in (None, k)}
+
+    def cancel(self, view):
+        QUEUE[view.job_id] = "CANCELLED"
+
+
+@pytest.fixture
+def queue_registered(monkeypatch):
+    monkeypatch.setattr(scheduler, "_REGISTRY", dict(scheduler._REGISTRY))
+    monkeypatch.setattr(scheduler, "NAMES", scheduler.NAMES)
+    scheduler.register("queue", f"{__name__}:Queue")
+    QUEUE.clear()
+    SUBMITTED.clear()
+    yield
+    QUEUE.clear()
+
+
+def test_names_map_to_their_classes_and_records_to_what_ran_them():
+    assert scheduler.NAMES == ("slurm", "local")
+    assert isinstance(scheduler.get("slurm"), Slurm) and isinstance(scheduler.get("local"), Local)
+    assert isinstance(scheduler.for_record("srun"), SrunTrain) and scheduler.for_record("torchrun").name == "torchrun"
+    assert scheduler.for_record("dry-run") is None and scheduler.for_record("pbs-from-the-future") is None
+    with pytest.raises(UserError, match="unknown executor 'pbs': choose slurm or local"):
+        scheduler.get("pbs")
+
+
+def test_a_bad_plugin_name_is_refused():
+    with pytest.raises(ValueError):
+        scheduler.register("--oops", "x:Y")
+
+
+def test_a_new_scheduler_is_one_class_and_one_registry_line(queue_registered):
+    """submit, state, the jobs table, cancel and resubmit all go through the new class."""
+    p = submit.prepare("tiny", ["trainer.max_steps=3"], executor="queue")
+    assert dict(submit.summary(p))["time limit"] == "none (local)"
+    folder = submit.write(p)
+    job_id = submit.submit(folder, "tiny", executor="queue")
+    view = jobs.load(folder)
+    assert (job_id, view.executor, view.job_id) == ("100", "queue", "100")
+    assert jobs.state(view) == "PENDING"
+    QUEUE[job_id] = "RUNNING"
+    (row,) = jobs.summary_rows([view])
+    assert (row["id"], row["executor"], row["state"]) == ("100", "queue", "RUNNING")
+    jobs.cancel(view)
+    assert jobs.state(view) == "CANCELLED"
+    # The queue forgets the job; its folder says how it ended, and it can be submitted again.
+    del QUEUE[job_id]
+    (folder / "events.jsonl").write_text(json.dumps({"event": "exit", "code": 1}) + "\n")
+    assert jobs.state(jobs.load(folder)) == "FAILED (exit 1)"
+    again = submit.resubmit(jobs.load(folder), [])
+    assert again == "101" and jobs.load(folder).earlier_ids == ["100"]
+
+
+def test_a_scheduler_without_arrays_refuses_a_sweep_naming_those_that_have_them():
+    with pytest.raises(UserError, match="--executor local cannot run: use it with --executor slurm"):
+        submit.prepare("tiny", [], executor="local", sweeps=["optim.lr=1e-3,1e-4"])
