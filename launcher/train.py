@@ -30,7 +30,7 @@ from ftcore import layout, rendezvous
 from ftcore.errors import UserError
 from ftcore.rendezvous import DistEnv
 from ftcore.schema import Job, job_to_dict
-from launcher import config, jobdir, jobs, paths, stage
+from launcher import config, jobdir, paths, scheduler, stage
 
 # How long tasks other than 0 wait for task 0 to write the job folder (a shared filesystem
 # may show a new folder on other nodes only after its attribute cache expires).
@@ -228,7 +228,10 @@ def _earlier_run(plan: Plan) -> dict[str, Any]:
         return {}
     owner = earlier.get("job_id") or folder.name
     factory = earlier.get("factory") or (config or {}).get("name") or "?"
-    if earlier.get("executor") not in (*jobs.OWN_SCRIPT_EXECUTORS, "local") or (folder / layout.SCRIPT).exists():
+    # ft train's own folders: started by srun/torchrun (no ft script) or run here; a folder
+    # with ft's script in it is a submitted job's.
+    runner = scheduler.for_record(earlier.get("executor"))
+    if runner is None or not (runner.runs_here or not runner.ft_script) or (folder / layout.SCRIPT).exists():
         raise UserError(f"{folder} belongs to job {owner} ({factory}), which `ft submit` made: `ft train` "
                         "cannot continue it", hint=f"continue it with `ft resubmit {folder}`, or give "
                                                    "`ft train` a new folder with --job-dir")

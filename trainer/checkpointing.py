@@ -247,12 +247,26 @@ _DCP_INDEX_CLASSES = {
 }
 
 
+def _enum_member(cls: object, name: object):
+    """`getattr` as an index may use it: a member, by name, of one of the index's own enums."""
+    import enum
+
+    if not (isinstance(cls, type) and issubclass(cls, enum.Enum)
+            and (cls.__module__, cls.__qualname__) in _DCP_INDEX_CLASSES
+            and isinstance(name, str) and name in cls.__members__):
+        raise pickle.UnpicklingError(f"getattr({getattr(cls, '__qualname__', type(cls).__name__)}, {name!r}) "
+                                     "is not part of a checkpoint index")
+    return cls[name]
+
+
 class _DataOnlyUnpickler(pickle.Unpickler):
     """Unpickles a DCP index; any other class or function is refused before it is touched."""
 
     def find_class(self, module: str, name: str):
         if (module, name) in _DCP_INDEX_CLASSES:
             return super().find_class(module, name)
+        if (module, name) == ("builtins", "getattr"):
+            return _enum_member  # Python 3.11.0-3.11.4 pickle an Enum member as getattr(cls, name)
         value = vars(torch).get(name) if module == "torch" else None
         if isinstance(value, torch.dtype):
             return value  # dtypes pickle as torch.<name>

@@ -153,3 +153,12 @@ def test_readme_and_pyproject_state_the_image_contract():
     # The install hints ft prints for a missing extra come from contract.EXTRAS: it must match pyproject.
     for name, packages in contract.EXTRAS.items():
         assert sorted(extras[name]) == sorted(f"{p.dist}>={p.minimum}" for p in packages), name
+
+
+def test_test_files_have_unique_names():
+    """pytest imports test files by basename (no __init__.py under tests/): two files of one
+    name in different folders make the second fail to collect."""
+    seen: dict[str, Path] = {}
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        assert path.name not in seen, f"{path} and {seen[path.name]} share a name"
+        seen[path.name] = path

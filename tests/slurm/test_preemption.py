@@ -39,13 +39,21 @@ def last_step(folder: Path) -> int:
     return max(steps, default=0)
 
 
-def wait_until(predicate, timeout: float, what: str) -> None:
+def log_tail(folder: Path) -> str:
+    """The end of the job's SLURM logs and its events, for a failure's message."""
+    parts = [f"{path.name}:\n" + "\n".join(path.read_text(errors="replace").splitlines()[-40:])
+             for path in sorted((folder / "logs").glob("*.out"))]
+    events_file = folder / "events.jsonl"
+    return "\n".join([*parts, events_file.read_text() if events_file.exists() else "(no events)"])
+
+
+def wait_until(predicate, timeout: float, what) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if predicate():
             return
         time.sleep(0.1)
-    raise TimeoutError(what)
+    raise TimeoutError(what() if callable(what) else what)
 
 
 def events(folder: Path) -> list[dict]:
@@ -59,7 +67,8 @@ def final_weights(folder: Path) -> dict:
 
 def preempt(job_id: str, folder: Path, after_step: int, starts: int) -> None:
     """Signal the batch shell once training passed `after_step`, then let the requeued job start."""
-    wait_until(lambda: last_step(folder) >= after_step, 180, f"job {job_id} never reached step {after_step}")
+    wait_until(lambda: last_step(folder) >= after_step, 180,
+               lambda: f"job {job_id} never reached step {after_step}:\n{log_tail(folder)}")
     subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True)
     wait_until(lambda: sum(e["event"] == "requeue" for e in events(folder)) == starts, 120,
                f"job {job_id} did not requeue itself:\n{(folder / 'events.jsonl').read_text()}")

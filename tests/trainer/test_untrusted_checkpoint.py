@@ -73,6 +73,43 @@ def test_an_honest_index_reads_as_torch_reads_it(home):
     assert ours == torchs
 
 
+def test_an_index_from_a_python_that_pickles_enums_by_getattr_reads(home, monkeypatch):
+    """Python 3.11.0-3.11.4 (Debian 12's 3.11.2, so many images) pickle an Enum member as
+    getattr(cls, name): the index's own enum, by a member's name, is data."""
+    import enum
+
+    dcp_dir = layout.step_dir(home / "jobs" / "lora" / layout.CHECKPOINTS, 1) / layout.TRAINING_STATE / "dcp"
+    honest = read_state_index(dcp_dir)
+    monkeypatch.setattr(enum.Enum, "__reduce_ex__", lambda self, proto: (getattr, (self.__class__, self._name_)))
+    data = pickle.dumps(honest)
+    assert b"getattr" in data and b"_MEM_FORMAT_ENCODING" in data
+    monkeypatch.undo()
+    again = home / "getattr-dcp"
+    again.mkdir(exist_ok=True)
+    (again / ".metadata").write_bytes(data)
+    assert read_state_index(again) == honest
+
+
+@pytest.mark.parametrize("owner, name", [("subprocess.Popen", "__init__"), ("shutil.Error", "__init__"),
+                                         ("metadata.Metadata", "__init__"), ("metadata._MEM_FORMAT_ENCODING", "__init__"),
+                                         ("metadata._MEM_FORMAT_ENCODING", "NOT_A_MEMBER")])
+def test_getattr_of_anything_but_an_index_enum_member_is_refused(tmp_path, owner, name):
+    from torch.distributed.checkpoint import metadata
+
+    where, _, cls = owner.partition(".")
+    owner = getattr({"subprocess": subprocess, "shutil": shutil, "metadata": metadata}[where], cls)
+
+    class Calls:
+        def __reduce__(self):
+            return getattr, (owner, name)
+
+    dcp_dir = tmp_path / "dcp"
+    dcp_dir.mkdir()
+    (dcp_dir / ".metadata").write_bytes(pickle.dumps([torch.Size([2]), Calls()]))
+    with pytest.raises(UserError, match="not an index torch.distributed.checkpoint writes.*nothing in it ran"):
+        read_state_index(dcp_dir)
+
+
 @pytest.mark.parametrize("callable_", [os.system, eval, subprocess.Popen, torch.load, shutil.rmtree])
 def test_any_other_callable_in_the_index_is_refused(tmp_path, callable_):
     class Calls:
