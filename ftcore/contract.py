@@ -139,7 +139,7 @@ def report() -> dict:
                  "version": None, "error": None}
         try:
             module = importlib.import_module(package.module)
-            entry["version"] = str(getattr(module, "__version__", "") or _dist_version(package.dist))
+            entry["version"] = str(getattr(module, "__version__", "") or dist_version(package.dist))
         except Exception as err:  # an image's broken install says anything: report it, go on
             entry["error"] = "%s: %s" % (type(err).__name__, err)
         result["packages"][package.module] = entry
@@ -275,6 +275,21 @@ def _probe_peft_lora():
         return "peft.LoraConfig lacks %s" % ", ".join(sorted(missing))
 
 
+def peft_adapts_parameters() -> bool:
+    """Whether this peft adapts 3-D parameters (LoraConfig.target_parameters, peft 0.17+): the
+    MoE experts of transformers 5's models."""
+    import inspect
+
+    from peft import LoraConfig
+
+    return "target_parameters" in inspect.signature(LoraConfig).parameters
+
+
+def _probe_peft_parameters():
+    if not peft_adapts_parameters():
+        return "peft.LoraConfig has no target_parameters (peft 0.17 added it)"
+
+
 FEATURES = (
     (Feature("transformers.AttentionInterface", "data.padding_free (the default): ft's ft_varlen attention", True),
      _probe_attention_interface),
@@ -285,6 +300,8 @@ FEATURES = (
     (Feature("SDPA enable_gqa", "attention on CPU and the per-example fallback", True), _probe_sdpa_gqa),
     (Feature("torch.distributed.checkpoint.state_dict", "checkpoints and the final export", True), _probe_dcp),
     (Feature("peft LoraConfig", "LoRA and QLoRA jobs", True), _probe_peft_lora),
+    (Feature("peft target_parameters", "LoRA on MoE experts kept as 3-D weights (peft.experts)", False),
+     _probe_peft_parameters),
     (Feature("torch varlen_attn(window_size, enable_gqa)", "padding-free attention on a GPU without flash-attn",
              False), _probe_torch_varlen),
 )
@@ -321,14 +338,14 @@ def installed() -> dict:
             if importlib.util.find_spec(package.module) is None:
                 entry["error"] = "not installed"
             else:
-                entry["version"] = _dist_version(package.dist)
+                entry["version"] = dist_version(package.dist)
         except Exception as err:
             entry["error"] = "%s: %s" % (type(err).__name__, err)
         result["packages"][package.module] = entry
     return result
 
 
-def _dist_version(dist: str) -> str:
+def dist_version(dist: str) -> str:
     try:
         from importlib.metadata import version
         return version(dist)

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ftcore import policy
+from ftcore import contract, policy
 from ftcore.errors import UserError
 
 
@@ -51,15 +51,24 @@ def add_lora(lm: nn.Module, job) -> nn.Module:
     if experts and job.peft.method == "dora":
         raise UserError(f"peft.method=dora adapts linear layers only, and this model keeps its MoE experts as 3-D "
                         f"weights ({experts[0]}, ...): set peft.experts=false to adapt the rest with DoRA")
+    extra = {}
+    if experts:
+        if not contract.peft_adapts_parameters():
+            raise UserError(f"this model keeps its MoE experts as 3-D weights ({experts[0]}, ...), which peft "
+                            f"{contract.dist_version('peft')} cannot adapt (peft 0.17 added target_parameters)",
+                            hint="set peft.experts=false to adapt the attention and MLP projections only, "
+                                 "or use an image with peft>=0.17")
+        extra["target_parameters"] = experts
+    if job.peft.method == "dora":
+        extra["use_dora"] = True
     config = LoraConfig(
         r=job.peft.dim,
         lora_alpha=job.peft.alpha,
         lora_dropout=job.peft.dropout,
         target_modules=targets,
-        target_parameters=experts or None,
         bias="none",
         task_type="CAUSAL_LM",
-        use_dora=job.peft.method == "dora",
+        **extra,
     )
     torch.manual_seed(job.trainer.seed)  # identical adapters on every rank
     return get_peft_model(lm, config)

@@ -228,6 +228,22 @@ def test_explicit_targets_leave_the_experts_alone_unless_asked():
     validate(family_job("mixtral", peft={"dropout": 0.1, "experts": False}))
 
 
+def test_experts_on_a_peft_without_target_parameters_are_refused_with_the_way_out(monkeypatch):
+    """An image with transformers 5 (3-D experts) and a peft older than 0.17: refused, naming
+    peft.experts=false; with it the rest is adapted."""
+    from ftcore import contract
+    from trainer.lora import add_lora
+
+    monkeypatch.setattr(contract, "peft_adapts_parameters", lambda: False)
+    lm, _ = build("mixtral", family_job("mixtral"))
+    with pytest.raises(UserError, match="cannot adapt.*peft 0.17") as refused:
+        add_lora(lm, validate(family_job("mixtral")))
+    assert "peft.experts=false" in refused.value.hint
+    lm, _ = build("mixtral", family_job("mixtral"))
+    adapted = add_lora(lm, validate(family_job("mixtral", peft={"experts": False})))
+    assert not adapted.peft_config["default"].target_parameters
+
+
 def test_a_family_without_its_usual_names_asks_for_targets():
     from ftcore import policy
 
