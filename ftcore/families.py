@@ -34,6 +34,13 @@ projections); a name the built model lacks (an MoE model's dense MLP when every 
 is skipped. `experts` are the suffixes of MoE expert weights stored as one 3-D parameter per
 layer (transformers 5); peft adapts them with `target_parameters` (rank r per expert: an MoE
 adapter is about `num_experts` times larger in its MLP part), unless `peft.experts=false`.
+
+`peft_unreachable`: names peft itself will not let LoRA adapt as layers in a family. peft (0.18+
+with transformers 5) converts adapter configs written for transformers 4's MoE layout, and reads
+`gate_proj`/`up_proj`/`down_proj`/`gate` in a Qwen2-MoE-like family as the experts' old names:
+those targets become expert parameters, so a dense MLP or shared expert named so gets no adapter,
+and a saved adapter naming them loads as experts. ft leaves them out of the defaults and refuses
+them when named, so what is planned, trained and served is the same adapter.
 """
 
 from __future__ import annotations
@@ -46,6 +53,9 @@ VARLEN = "ft_varlen"
 LLAMA_ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 LLAMA_MLP = ("gate_proj", "up_proj", "down_proj")
 MOE_EXPERTS = ("gate_up_proj", "down_proj")
+# peft's transformers-4 names of the experts and router in Qwen2-MoE-like families
+# (peft/utils/transformers_weight_conversion.py, _MOE_TARGET_MODULE_MAPPING["qwen2_moe"]).
+PEFT_QWEN2_MOE_NAMES = ("gate_proj", "up_proj", "down_proj", "gate")
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,7 @@ class Family:
     sinks: bool = False  # learned attention sinks
     linear_attention: bool = False  # some layers are linear attention (config `layer_types`)
     own: str = "sdpa"  # the model's own attention implementation that honours all of the above
+    peft_unreachable: tuple[str, ...] = ()  # layer names peft turns into expert targets (see above)
     note: str = ""  # what else is special, for the README
 
     @property
@@ -78,7 +89,8 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     _f("mistral", "Mistral", note="sliding window (config sliding_window)"),
     _f("qwen2", "Qwen2 / Qwen2.5", note="q/k/v biases; optional sliding window"),
     _f("qwen3", "Qwen3", note="q/k norms"),
-    _f("qwen3_moe", "Qwen3-MoE", experts=MOE_EXPERTS, note="MoE: 3-D experts"),
+    _f("qwen3_moe", "Qwen3-MoE", experts=MOE_EXPERTS, peft_unreachable=PEFT_QWEN2_MOE_NAMES,
+       note="MoE: 3-D experts; dense MLP layers not adapted (peft reads their names as the experts')"),
     _f("mixtral", "Mixtral", experts=MOE_EXPERTS, note="MoE: 3-D experts; sliding window"),
     _f("gemma", "Gemma"),
     _f("gemma2", "Gemma 2", varlen=False, softcap=True, own="eager",
@@ -103,10 +115,13 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     _f("gpt_oss", "gpt-oss", experts=MOE_EXPERTS, sinks=True, varlen=False, own="eager",
        note="attention sinks: eager attention only; MoE: 3-D experts; sliding-window layers"),
     _f("deepseek_v3", "DeepSeek-V3", attention=("q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"),
-       experts=MOE_EXPERTS, note="MLA (low-rank q and kv projections); MoE: 3-D experts, shared experts"),
+       experts=MOE_EXPERTS, peft_unreachable=PEFT_QWEN2_MOE_NAMES,
+       note="MLA (low-rank q and kv projections); MoE: 3-D experts; dense MLP layers and shared experts "
+            "not adapted (peft reads their names as the experts')"),
     _f("qwen3_next", "Qwen3-Next", attention=LLAMA_ATTENTION + ("in_proj_qkvz", "in_proj_ba", "out_proj"),
-       experts=MOE_EXPERTS, varlen=False, linear_attention=True,
-       note="linear-attention layers (gated delta rule): padded, no packing"),
+       experts=MOE_EXPERTS, varlen=False, linear_attention=True, peft_unreachable=PEFT_QWEN2_MOE_NAMES,
+       note="linear-attention layers (gated delta rule): padded, no packing; shared experts not adapted "
+            "(peft reads their names as the experts')"),
 )}
 
 
@@ -118,6 +133,11 @@ def default_targets(model_type: str | None) -> tuple[str, ...] | None:
     """The family's attention and MLP projection names (None: ft does not know the family)."""
     family = get(model_type)
     return family.targets if family else None
+
+
+def peft_unreachable(model_type: str | None) -> tuple[str, ...]:
+    family = get(model_type)
+    return family.peft_unreachable if family else ()
 
 
 def expert_parameters(model_type: str | None) -> tuple[str, ...]:

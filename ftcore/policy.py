@@ -102,6 +102,15 @@ def lora_targets(linear_names: list[str], head_name: str | None, peft, model_typ
                 f"(e.g. {linear_names[0] if linear_names else 'none'})"
             )
     chosen = [n for n in chosen if not glob_matches(n, peft.exclude_modules)]
+    unreachable = families.peft_unreachable(model_type)
+    if unreachable:
+        named = [n for n in chosen if n.rsplit(".", 1)[-1] in unreachable]
+        if named and peft.target_modules is not None and not peft.match_all_linear:
+            raise UserError(f"peft.target_modules names {named[0]}{' and more' if len(named) > 1 else ''}: peft reads "
+                            f"{'/'.join(unreachable)} in {families.get(model_type).name} as the experts' names and "
+                            f"would adapt the experts instead of these layers",
+                            hint="leave them out of peft.target_modules (peft.experts adapts the experts)")
+        chosen = [n for n in chosen if n not in named]
     if not chosen:
         raise UserError("peft: every targeted layer is excluded by peft.exclude_modules")
     return sorted(chosen)

@@ -71,7 +71,15 @@ def add_lora(lm: nn.Module, job) -> nn.Module:
         **extra,
     )
     torch.manual_seed(job.trainer.seed)  # identical adapters on every rank
-    return get_peft_model(lm, config)
+    adapted = get_peft_model(lm, config)
+    # peft may rewrite targets (its transformers 4 → 5 conversion of MoE names): what it did not
+    # adapt would be trained as frozen without a word, and priced by the plan as adapted.
+    missed = sorted(set(targets) - set(adapted.base_model.targeted_module_names))
+    if missed:
+        raise UserError(f"peft {contract.dist_version('peft')} did not adapt {len(missed)} of the {len(targets)} "
+                        f"layers ft asked for ({missed[0]}, ...)",
+                        hint="name other layers in peft.target_modules, or exclude these with peft.exclude_modules")
+    return adapted
 
 
 class ComputeDtypeLinear(nn.Linear):

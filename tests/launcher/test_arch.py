@@ -97,20 +97,15 @@ def test_the_plan_has_the_models_tensors_and_layer_names(family):
 
 
 # peft (0.21) rewrites targets for the MoE families transformers 5 converts from v4 checkpoints: a
-# target named `*.gate_proj`/`*.up_proj`/`*.down_proj`/`*.gate` becomes the experts' 3-D parameter
-# (rank doubled for the fused gate_up_proj), so the dense MLPs named so (DeepSeek-V3's first
-# layers and shared experts, Qwen3-Next's shared expert, Qwen3-MoE's dense layers) get no adapter.
-PEFT_RENAMES_MLP_TARGETS = {"qwen3_moe", "deepseek_v3", "qwen3_next"}
+# target named `*.gate_proj`/`*.up_proj`/`*.down_proj`/`*.gate` becomes the experts' 3-D parameter.
+# ft leaves those layers out (ftcore.families.peft_unreachable), so these counts hold there too.
 
 
-def test_lora_counts_equal_peft_on_the_built_model(family, request):
+def test_lora_counts_equal_peft_on_the_built_model(family):
     """Every adaptable layer (match_all_linear) and every 3-D expert weight (target_parameters)."""
     from peft import LoraConfig, get_peft_model
 
     model_type, model, folder = family
-    if model_type in PEFT_RENAMES_MLP_TARGETS:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="peft renames this MoE family's dense-MLP "
-                                              "targets to expert parameters"))
     job = planned_job(folder, peft={"dim": 4, "match_all_linear": True})
     est = plan.estimate(job)
     experts = list(est.decision.lora_parameters or [])
@@ -120,15 +115,12 @@ def test_lora_counts_equal_peft_on_the_built_model(family, request):
     assert est.trainable == sum(p.numel() for p in adapted.parameters() if p.requires_grad)
 
 
-def test_the_default_lora_is_priced_as_the_trainer_adapts_it(family, request):
+def test_the_default_lora_is_priced_as_the_trainer_adapts_it(family):
     """Unset peft.target_modules: the family's projections and its experts (ftcore.families), as
     the trainer's add_lora builds them on the real model, counted exactly by the plan."""
     from trainer.lora import add_lora
 
     model_type, model, folder = family
-    if model_type in PEFT_RENAMES_MLP_TARGETS:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="peft renames this MoE family's dense-MLP "
-                                              "targets to expert parameters"))
     job = planned_job(folder, peft={"dim": 4, "target_modules": None})
     est = plan.estimate(job)
     adapted = add_lora(copy.deepcopy(model), job)

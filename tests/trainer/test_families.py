@@ -262,3 +262,26 @@ def test_the_trainer_entry_says_which_attention_path_and_why(tmp_path):
     assert results[0].returncode == exits.OK, describe(results)
     out = " ".join(results[0].stdout.split())
     assert out.count("attention: eager, padded rows (Gemma 2: attention-logit soft-capping") == 1, out[:2000]
+
+
+@pytest.mark.parametrize("model_type", ["qwen3_moe", "deepseek_v3", "qwen3_next"])
+def test_layers_peft_reads_as_experts_are_left_out_or_refused(model_type):
+    """peft turns `*.gate_proj`/`up_proj`/`down_proj`/`gate` targets of these families into the
+    experts' parameters: by default ft leaves those layers out (and peft adapts every layer ft
+    asks for); named in peft.target_modules they are refused before anything is built."""
+    from trainer.lora import add_lora, lora_targets
+
+    lm, _ = build(model_type, family_job(model_type))
+    job = validate(family_job(model_type))
+    targets = lora_targets(lm, job.peft)
+    assert targets and not [t for t in targets if t.rsplit(".", 1)[-1] in families.PEFT_QWEN2_MOE_NAMES]
+    adapted = add_lora(lm, job)
+    assert set(targets) <= set(adapted.base_model.targeted_module_names)
+    lm, _ = build(model_type, family_job(model_type))
+    dense = [n for n, _ in lm.named_modules() if n.endswith(("mlp.gate_proj", "shared_expert.gate_proj",
+                                                            "shared_experts.gate_proj"))]
+    if dense:
+        named = validate(family_job(model_type, peft={"target_modules": ["*.o_proj", "*.gate_proj"]}))
+        with pytest.raises(UserError, match="peft reads .* as the experts' names") as refused:
+            lora_targets(lm, named.peft)
+        assert "leave them out of peft.target_modules" in refused.value.hint
