@@ -27,6 +27,9 @@ from launcher import modelconfig
 
 GIB = 2**30
 OVERHEAD_GIB = 3.0  # CUDA context, NCCL and cuBLAS buffers, allocator fragmentation
+# Weights read at start-up, per node: a parallel filesystem's share for one client (an assumption,
+# said where it is used; local NVMe reads several times faster).
+READ_GB_PER_S = 2.0
 MODEL_STATE = ("weights", "gradients", "optimizer")
 Dims = arch.Dims
 
@@ -209,6 +212,8 @@ def estimate(job: Job, gpu_gib: float | None = None, num_nodes: int | None = Non
     n_trained = sum(t.numel for t in trained)
     shard = f" / {W} ranks" if d.sharded and W > 1 else ""
     rows: list[Row] = []
+    if job.model.init == "pretrained":
+        notes.append(startup_reads(job, topology, base, local, rank))
 
     # --- model state (exact)
     on_device = not d.cpu_offload  # FSDP2's CPU offload keeps these three in host memory
@@ -283,6 +288,24 @@ def estimate(job: Job, gpu_gib: float | None = None, num_nodes: int | None = Non
     if topology.on_gpu:
         rows.append(Row("CUDA/NCCL overhead", OVERHEAD_GIB * GIB, "fixed"))
     return Estimate(tuple(rows), dims, d, params, n_trained, gpu_gib, rank, tuple(notes))
+
+
+def startup_reads(job: Job, topology: Topology, base: list, local, rank: int) -> str:
+    """How much of the weights files each rank reads at start-up, and how long that takes at
+    READ_GB_PER_S per node. Meta-device init reads each rank's own rows (an NF4 projection too);
+    otherwise every rank loads the whole model."""
+    stored = DTYPE_BYTES["bf16"]  # checkpoints on the hub are bf16 (fp32 ones read twice as much)
+    whole = sum(t.numel for t in base) * stored
+    per_rank = sum(local(t) for t in base) * stored if job.model.meta_init else whole
+    per_node = per_rank * topology.devices
+    seconds = per_node / (READ_GB_PER_S * 1e9)
+    how = "its own rows (meta-device init)" if job.model.meta_init else "the whole model"
+    return (f"start-up: each rank reads {per_rank / GIB:.1f} GiB of weights, {how}; {per_node / GIB:.0f} GiB per node, "
+            f"about {_duration(seconds)} at {READ_GB_PER_S:g} GB/s per node")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 # --- layouts and levers --------------------------------------------------------------------------

@@ -26,24 +26,34 @@ def empty_model(config, **kwargs) -> nn.Module:
 def materialize(module: nn.Module, job, env: DistEnv, device: torch.device, decision) -> None:
     """Give the meta shards of `module` (a sharded CausalLMLoss) real memory and their values.
 
-    An NF4 shard is the exception to reading only one's rows: the whole projection is read
-    and quantized, because all shards of a weight share NF4's scale of scales.
+    An NF4 shard is read the same way; its ranks then agree on NF4's shared scale of scales
+    (`quantize.fill_shard`). Says how much of the weights this rank read.
     """
     lm = module.lm  # a PeftModel for LoRA: its names are what the reader is asked for
     # With CPU offload FSDP2 keeps the shards in host memory: they are made there.
     module.to_empty(device="cpu" if decision.cpu_offload else device)
-    read = weights.reader(job, lm)
+    reader = weights.reader(job, lm)
+    read_bytes = read_numel = 0
+
+    def read(name: str, start: int, stop: int) -> torch.Tensor:
+        nonlocal read_bytes, read_numel
+        rows = reader(name, start, stop)
+        read_bytes += rows.numel() * rows.element_size()
+        read_numel += rows.numel()
+        return rows
+
     with torch.no_grad():
         _recompute_buffers(module.causal_lm)
         for name, param in lm.named_parameters():
             if quantize.is_nf4(param):
-                quantize.fill_shard(param, read(name, 0, param.shape[0]), env.rank, env.world_size)
+                quantize.fill_shard(param, lambda a, b, name=name: read(name, a, b), env.rank, env.world_size)
                 continue
             local = param.to_local()
-            # FSDP2 shards dim 0 like torch.chunk: ceil(n / world) rows per rank.
-            rows = -(-param.shape[0] // env.world_size)
-            start = min(env.rank * rows, param.shape[0])
+            start, _ = quantize.shard_rows(param.shape[0], env.rank, env.world_size)
             local.copy_(read(name, start, start + local.shape[0]).to(local.dtype))
+    total = sum(p.numel() for p in lm.parameters())
+    print(f"ft trainer: meta-device init: rank {env.rank} read {read_bytes / 2**30:.3g} GiB, "
+          f"{100 * read_numel / total:.1f}% of the model's weights (its own rows)", flush=True)
 
 
 def _recompute_buffers(causal: nn.Module) -> None:

@@ -7,9 +7,12 @@ backward), on CPU as on CUDA, so this whole path runs in the CPU tests; only its
 CPU offload need a GPU (bench/qlora_gpu.py).
 
 FSDP2 shards an NF4Tensor like any parameter (its inner tensors split by rows) and
-all-gathers it still quantized. All shards of one weight must share NF4's scale of scales
-(one mean per tensor), so a weight is quantized whole and then split: under meta-device
-init each rank reads the whole projection, quantizes it, and keeps its own rows.
+all-gathers it still quantized. All shards of one weight share NF4's scale of scales: the mean
+of the weight's per-block absmax values. Under meta-device init each rank reads only its own
+rows; the ranks all-gather their block absmax values (1/64 of the rows' size, the only thing
+that depends on other rows), take the mean over the whole weight exactly as torchao does, and
+quantize their rows with it: bit for bit the shard that quantizing the whole weight and
+splitting it would give (`tests/trainer/test_qlora.py`), without reading the whole weight.
 """
 
 from __future__ import annotations
@@ -53,18 +56,73 @@ def quantize_(layers: list[nn.Module], decision) -> int:
     return count
 
 
+def shard_rows(rows: int, rank: int, world: int) -> tuple[int, int]:
+    """The rows FSDP2 gives `rank` of a weight with `rows` rows: torch.chunk's ceil(rows / world)."""
+    per = -(-rows // world)
+    start = min(rank * per, rows)
+    return start, min(start + per, rows)
+
+
+def quantize_rows(rows: torch.Tensor, block_size: int, scaler_block_size: int,
+                  all_absmax: torch.Tensor | None = None):
+    """NF4 of `rows`, with the scale-of-scales mean taken over `all_absmax` (the whole weight's
+    block absmax values, in order) instead of over `rows` alone; None: `rows` is the whole weight.
+    torchao's NF4Tensor.from_tensor, with that one mean from outside."""
+    from torchao.quantization.quantize_.workflows.nf4.nf4_tensor import (NF4Tensor, SubclassTensorArgs,
+                                                                          get_block_absmax)
+
+    whole = NF4Tensor.from_tensor(rows, block_size, scaler_block_size)  # codes and the NF4 table
+    if all_absmax is None:
+        return whole
+    mean = all_absmax.mean()
+    scalers = get_block_absmax(rows.flatten(), block_size) - mean
+    n_scaler_blocks = scalers.numel() // scaler_block_size
+    blocks = scalers.view(n_scaler_blocks, scaler_block_size)
+    factor = 256 / (2 * get_block_absmax(scalers, scaler_block_size))
+    quantized = (blocks * factor.unsqueeze(-1)).round().clamp(-128, 127)
+    meta = SubclassTensorArgs(rows.size(), rows.stride(), rows.storage_offset(), rows.dtype, rows.device,
+                              rows.requires_grad)
+    return NF4Tensor(meta, block_size, whole.n_blocks, scaler_block_size, quantized.flatten().to(torch.int8),
+                     factor.contiguous(), mean, whole.quantized_data, nf4=whole.nf4)
+
+
+def block_absmax(rows: torch.Tensor, block_size: int) -> torch.Tensor:
+    from torchao.quantization.quantize_.workflows.nf4.nf4_tensor import get_block_absmax
+
+    return get_block_absmax(rows.flatten(), block_size)
+
+
 @torch.no_grad()
-def fill_shard(param: torch.Tensor, full: torch.Tensor, rank: int, world: int) -> None:
-    """Give an FSDP2 shard of an NF4 weight (or a whole one) its rows of `full` (any float dtype).
+def fill_shard(param: torch.Tensor, read_rows, rank: int, world: int, group=None) -> int:
+    """Give an FSDP2 shard of an NF4 weight (or a whole one) its rows, read with
+    `read_rows(start, stop)` (any float dtype); returns the rows read.
 
-    The shard's inner tensors are replaced, not copied into: after `to_empty` a meta NF4
-    shard has storage for its codes and scales but not for its mean and code table.
+    A sharded weight: each rank reads its rows only and the ranks of `group` all-gather their
+    block absmax values for the shared mean (a collective: every rank calls this for every NF4
+    weight, in the same order). The shard's inner tensors are replaced, not copied into: after
+    `to_empty` a meta NF4 shard has storage for its codes and scales but not for its mean and
+    code table.
     """
-    nf4 = _nf4()
     local = getattr(param, "_local_tensor", param)  # a plain parameter when FSDP2 leaves it alone
-    quantized = nf4.to_nf4(full.to(device=local.quantized_data.device, dtype=local.dtype).contiguous(),
-                           local.block_size, local.scaler_block_size)
-    mine = torch.chunk(quantized, world, dim=0)[rank]
-    for name in local.__tensor_flatten__()[0]:
-        setattr(local, name, getattr(mine, name).clone())
+    device, dtype = local.quantized_data.device, local.dtype
+    rows = param.shape[0]
+    sharded = local is not param and local.shape[0] != rows
+    start, stop = shard_rows(rows, rank, world) if sharded else (0, rows)
+    mine = read_rows(start, stop).to(device=device, dtype=dtype).contiguous()
+    if not sharded:
+        quantized = quantize_rows(mine, local.block_size, local.scaler_block_size)
+    else:
+        import torch.distributed as dist
 
+        per_row = param.shape[1] // local.block_size  # block absmax values per row
+        counts = [(b - a) * per_row for a, b in (shard_rows(rows, r, world) for r in range(world))]
+        padded = torch.zeros(max(counts), device=device, dtype=dtype)
+        ours = block_absmax(mine, local.block_size) if stop > start else padded[:0]
+        padded[:ours.numel()] = ours
+        gathered = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(gathered, padded, group=group)
+        all_absmax = torch.cat([g[:n] for g, n in zip(gathered, counts)])
+        quantized = quantize_rows(mine, local.block_size, local.scaler_block_size, all_absmax)
+    for name in local.__tensor_flatten__()[0]:
+        setattr(local, name, getattr(quantized, name).clone())
+    return stop - start

@@ -42,6 +42,22 @@ def test_lora_parameters_are_rank_times_in_plus_out_per_adapted_layer():
     assert plan.lora_params(j, plan.model_dims(j)) == 32 * 8 * 8192 + 8 * (4096 + 128256)
 
 
+def test_the_plan_says_what_start_up_reads():
+    """The 405B QLoRA job on one 8-GPU node: meta-device init reads each rank's rows, an eighth
+    of the bf16 weights (the whole model once per node); without it every rank reads it all."""
+    def reads(j) -> tuple[float, float]:
+        (note,) = [n for n in plan.estimate(j).notes if n.startswith("start-up:")]
+        per_rank = float(note.split("each rank reads ")[1].split(" GiB")[0])
+        per_node = float(note.split("; ")[1].split(" GiB per node")[0])
+        return per_rank, per_node
+
+    whole = plan.model_dims(job("llama31_405b_lora")).params * 2 / plan.GIB
+    per_rank, per_node = reads(job("llama31_405b_lora"))
+    assert per_rank == pytest.approx(whole / 8, rel=0.01) and per_node == pytest.approx(whole, rel=0.01)
+    per_rank, per_node = reads(job("llama31_405b_lora", "model.meta_init=false"))
+    assert per_rank == pytest.approx(whole, rel=0.01) and per_node == pytest.approx(8 * whole, rel=0.01)
+
+
 def test_a_local_config_json_is_read(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({
         "model_type": "llama", "hidden_size": 1024, "num_hidden_layers": 4, "intermediate_size": 2816,

@@ -60,6 +60,11 @@ def test_sharded_nf4_base_trains_like_one_process_resumes_exactly_and_loads_over
         results = launch(write_config(tmp_path / "two", qlora_job(base, steps, **sharded)), nprocs=2)
         assert [r.returncode for r in results] == [0, 0], describe(results)
     assert "resumed from" in results[0].stdout and "NF4" in results[0].stdout
+    # Each rank read its own rows only: about half of the weights (the embeddings' and head's
+    # rows, the norms' and the adapters' included), not the whole of every projection.
+    for result in results:
+        share = float(result.stdout.split("% of the model's weights")[0].rsplit(", ", 1)[1])
+        assert 45 < share < 55, result.stdout
     two = train_losses(tmp_path / "two")
     assert two.keys() == one.keys() and two == pytest.approx(one, rel=1e-4)
     assert two[4] < two[1]  # it learns
@@ -76,3 +81,26 @@ def test_sharded_nf4_base_trains_like_one_process_resumes_exactly_and_loads_over
     tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), final)
     assert not any("nf4" in type(p).__name__.lower() for p in tuned.parameters())
     assert not torch.allclose(tuned(input_ids=ids).logits, before)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_quantizing_each_ranks_rows_gives_the_shards_of_the_whole_weight(dtype, world):
+    """What each rank quantizes from its own rows, with the block absmax values of all ranks,
+    is bit for bit the rows torch.chunk gives of the whole weight quantized at once."""
+    import torch
+
+    from trainer import quantize
+
+    nf4 = quantize._nf4()
+    torch.manual_seed(0)
+    weight = torch.randn(96 * world, 512, dtype=getattr(torch, dtype)) * torch.rand(96 * world, 1) * 0.1
+    whole = nf4.to_nf4(weight, 64, 256)
+    spans = [quantize.shard_rows(weight.shape[0], r, world) for r in range(world)]
+    all_absmax = torch.cat([quantize.block_absmax(weight[a:b], 64) for a, b in spans])
+    for rank, (start, stop) in enumerate(spans):
+        ours = quantize.quantize_rows(weight[start:stop].contiguous(), 64, 256, all_absmax)
+        theirs = torch.chunk(whole, world, dim=0)[rank]
+        for name in theirs.__tensor_flatten__()[0]:
+            assert torch.equal(getattr(ours, name), getattr(theirs, name)), (rank, name)
+        assert torch.equal(ours.get_original_weight(), theirs.get_original_weight())
