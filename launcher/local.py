@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -99,10 +100,16 @@ def run(job: Job, folder: Path, detach: bool = False, echo=sys.stdout.write, his
     jobdir.write_record(folder, executor="local", job_id=None, factory=job.name,
                         folder=str(folder), pids=stamps, history=history)
     status = None
+    # Ctrl-C is a stop signal: the tasks (in sessions of their own, so the terminal's SIGINT
+    # reaches only this process) checkpoint and exit 75. A handler, not KeyboardInterrupt: a
+    # second Ctrl-C then only repeats the request, and cannot land half-way through the first's
+    # handling and leave the tasks running without ft.
+    interrupted = []
+    previous = _on_sigint(lambda *_: interrupted.append(True))
     try:
         with open(log, "rb") as handle:
             handle.seek(shown)
-            while True:
+            while not interrupted:
                 chunk = handle.read()
                 if chunk:
                     echo(chunk.decode(errors="replace"))
@@ -117,20 +124,27 @@ def run(job: Job, folder: Path, detach: bool = False, echo=sys.stdout.write, his
                     status = _job_status(codes)
                     break
                 time.sleep(0.2)
-    except KeyboardInterrupt:
-        # Ctrl-C is a stop signal: the tasks (in sessions of their own, so the terminal's
-        # SIGINT reached only this process) checkpoint and exit 75; a second Ctrl-C must not
-        # cut that save short.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        event(folder, "signal", signal="SIGINT")
-        echo(f"\nft: Ctrl-C: the job checkpoints and stops; `ft resubmit {folder}` continues it\n")
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        codes = [p.wait() for p in procs]
-        status = _job_status(codes)
+            if interrupted and status is None:
+                event(folder, "signal", signal="SIGINT")
+                echo(f"\nft: Ctrl-C: the job checkpoints and stops; `ft resubmit {folder}` continues it\n")
+                for p in procs:
+                    if p.poll() is None:
+                        p.send_signal(signal.SIGINT)
+                codes = [p.wait() for p in procs]
+                echo(handle.read().decode(errors="replace"))
+                status = _job_status(codes)
+    finally:
+        _on_sigint(previous)
     event(folder, "exit", code=status)
     return status
+
+
+def _on_sigint(handler):
+    """Install `handler` for SIGINT; the one it replaces. Only the main thread can (a run
+    started from another thread keeps Python's own, KeyboardInterrupt)."""
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, handler)
 
 
 def _job_status(codes: list[int]) -> int:

@@ -111,3 +111,17 @@ def every_write(work: Callable[[], None], check: Callable[[int, str], None], mod
         if outcome == "done":
             return at - 1
     pytest.fail(f"more than {limit} writes")
+
+
+def finish(proc, timeout: float) -> tuple[str, str]:
+    """`proc.communicate(timeout)`; a process still running then is made to print where each
+    of its threads is (faulthandler, when started with PYTHONFAULTHANDLER=1) and the test fails
+    with that, instead of a bare TimeoutExpired."""
+    import subprocess
+
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        out, err = proc.communicate()
+        pytest.fail(f"still running after {timeout:.0f} s; its threads:\n{err[-6000:]}\nits output:\n{out[-2000:]}")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from fake_scheduler import fake_scheduler
-from fault_injection import FAIL, KILL, every_write, in_child
+from fault_injection import FAIL, KILL, every_write, finish, in_child
 
 from ftcore import layout, schema
 from launcher import jobdir, jobs, submit
@@ -155,7 +155,7 @@ def test_a_killed_build_is_cleaned_up_by_the_next(isolated_home, monkeypatch):
 def _submit_in_background(tmp_path: Path) -> subprocess.Popen:
     import sys
 
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]), PYTHONFAULTHANDLER="1")
     return subprocess.Popen([sys.executable, "-m", "launcher", "submit", "--factory", "tiny", "--yes",
                              "--skip-image-check", "container.runtime=none"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
@@ -189,7 +189,7 @@ def test_ctrl_c_while_sbatch_answers_keeps_a_folder_that_is_not_a_dry_run(ft, tm
     proc = _submit_in_background(tmp_path)
     _wait_for_sbatch(calls, proc)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    out, err = finish(proc, 60)
     assert proc.returncode == 2 and "Traceback" not in err, err
     assert "interrupted while sbatch was answering: the job may have been submitted" in err
     (folder,) = [p for p in (isolated_home / "jobs").iterdir() if not p.name.startswith(".")]

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fault_injection import finish
 
 pytestmark = pytest.mark.train
 REPO = Path(__file__).resolve().parents[2]
@@ -105,7 +106,7 @@ def test_a_cancelled_local_job_reads_cancelled_with_its_checkpoint(ft):
 
 
 def test_a_killed_ft_whose_trainer_finished_reads_what_the_trainer_recorded(ft, tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONFAULTHANDLER="1")
     proc = subprocess.Popen([sys.executable, "-m", "launcher", "submit", "--factory", "tiny", "--executor", "local",
                              "--yes", "trainer.max_steps=40", "trainer.val_every_steps=null"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
@@ -122,7 +123,7 @@ def test_ctrl_c_of_a_foreground_local_run_checkpoints_and_resumes(ft, tmp_path):
     """Ctrl-C (SIGINT to ft, not to its tasks' sessions) is a stop signal: the steps since the
     last checkpoint are saved, ft exits 75, the folder does not read FAILED, and a second
     Ctrl-C during the save changes none of it."""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONFAULTHANDLER="1")
     proc = subprocess.Popen([sys.executable, "-m", "launcher", "submit", "--factory", "tiny", "--executor", "local",
                              "--yes", "trainer.max_steps=100000", "trainer.val_every_steps=null",
                              "checkpoint.every_steps=null", "trainer.log_every_steps=1"],
@@ -133,7 +134,7 @@ def test_ctrl_c_of_a_foreground_local_run_checkpoints_and_resumes(ft, tmp_path):
     proc.send_signal(signal.SIGINT)
     time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=180)
+    out, err = finish(proc, 180)
     assert proc.returncode == 75, err[-2000:]
     assert "Ctrl-C: the job checkpoints and stops" in out and "Traceback" not in err
     status = ft("status", str(folder)).stdout

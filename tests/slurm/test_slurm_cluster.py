@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -176,6 +177,10 @@ def test_requeue_restarts_the_job(slurm_cluster, tmp_path):
     state, fields = wait_for_state(job, {"PENDING"}, timeout=60)
     assert fields["Restarts"] == "1"
     assert fields["Reason"] == "BeginTime"
+    # Released only once the old run's step is gone from the node: a job started while its
+    # previous credential is still being revoked is killed ("Job credential revoked"), which a
+    # loaded machine makes likely (seen in CI).
+    time.sleep(15)
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=30)
     state, fields = wait_for_job(job, timeout=90)
     out = (tmp_path / "job.out").read_text()
