@@ -113,7 +113,7 @@ def every_write(work: Callable[[], None], check: Callable[[int, str], None], mod
     pytest.fail(f"more than {limit} writes")
 
 
-def finish(proc, timeout: float) -> tuple[str, str]:
+def finish_or_show_threads(proc, timeout: float) -> tuple[str, str]:
     """`proc.communicate(timeout)`; a process still running then is made to print where each
     of its threads is (faulthandler, when started with PYTHONFAULTHANDLER=1) and the test fails
     with that, instead of a bare TimeoutExpired."""

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if record:
             record("exit", code=code)
-        stop.uninstall()  # (kept while stopping: a late signal must not turn 75 into a death by signal)
+        stop.uninstall(exiting=True)  # (ignored while stopping: a late signal must not turn 75 into a death)
 
 
 def _events(job_dir: Path):

@@ -102,10 +102,12 @@ class StopSignal:
         self._wakeup = (read_fd, write_fd)
         threading.Thread(target=self._watch, args=(read_fd,), name="ft-stop-signal", daemon=True).start()
 
-    def uninstall(self) -> None:
-        """Give the signals back, unless the job is stopping: then a late signal must not turn
-        the requeue exit into a death by signal."""
-        if self.requested:
+    def uninstall(self, exiting: bool = False) -> None:
+        """Give the signals back. A process `exiting` after a stop (`python -m trainer`) ignores
+        them instead: a late signal must not turn the requeue exit into a death by signal. A
+        caller that goes on (a test, a notebook) always gets its own handlers back; ignored
+        signals would be inherited by every process it starts later."""
+        if self.requested and exiting:
             # Ignored, not handled: Python puts handled signals back to their default (death)
             # while the interpreter shuts down, and ignored ones it leaves alone.
             for s in self._previous:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from fake_scheduler import fake_scheduler
-from fault_injection import FAIL, KILL, every_write, finish, in_child
+from fault_injection import FAIL, KILL, every_write, finish_or_show_threads, in_child
 
 from ftcore import layout, schema
 from launcher import jobdir, jobs, submit
@@ -189,7 +189,7 @@ def test_ctrl_c_while_sbatch_answers_keeps_a_folder_that_is_not_a_dry_run(ft, tm
     proc = _submit_in_background(tmp_path)
     _wait_for_sbatch(calls, proc)
     proc.send_signal(signal.SIGINT)
-    out, err = finish(proc, 60)
+    out, err = finish_or_show_threads(proc, 60)
     assert proc.returncode == 2 and "Traceback" not in err, err
     assert "interrupted while sbatch was answering: the job may have been submitted" in err
     (folder,) = [p for p in (isolated_home / "jobs").iterdir() if not p.name.startswith(".")]

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fault_injection import finish
+from fault_injection import finish_or_show_threads
 
 pytestmark = pytest.mark.train
 REPO = Path(__file__).resolve().parents[2]
@@ -134,7 +134,7 @@ def test_ctrl_c_of_a_foreground_local_run_checkpoints_and_resumes(ft, tmp_path):
     proc.send_signal(signal.SIGINT)
     time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    out, err = finish(proc, 180)
+    out, err = finish_or_show_threads(proc, 180)
     assert proc.returncode == 75, err[-2000:]
     assert "Ctrl-C: the job checkpoints and stops" in out and "Traceback" not in err
     status = ft("status", str(folder)).stdout

@@ -137,3 +137,22 @@ def test_the_other_ranks_give_up_when_rank_0_dies_while_tokenizing(tmp_path):
 @pytest.fixture(autouse=True)
 def _patience(monkeypatch):
     monkeypatch.setenv("FT_PEER_SILENT_S", "4")
+
+
+def test_a_stopped_run_in_this_process_gives_the_signals_back():
+    """Only `python -m trainer`, which exits next, keeps ignoring stop signals after a stop; a
+    caller that goes on gets its own handlers back (ignored signals would be inherited by every
+    process it starts later: its Ctrl-C and SIGTERM would stop reaching them)."""
+    from trainer.stop import StopSignal
+
+    before = {s: signal.getsignal(s) for s in StopSignal.SIGNALS}
+    stop = StopSignal()
+    stop.install()
+    stop.training()
+    signal.raise_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while not stop.requested and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert stop.requested
+    stop.uninstall()
+    assert {s: signal.getsignal(s) for s in StopSignal.SIGNALS} == before
