@@ -27,7 +27,7 @@ def materialize(module: nn.Module, job, env: DistEnv, device: torch.device, deci
     """Give the meta shards of `module` (a sharded CausalLMLoss) real memory and their values.
 
     An NF4 shard is read the same way; its ranks then agree on NF4's shared scale of scales
-    (`quantize.fill_shard`). Says how much of the weights this rank read.
+    (`quantize.fill_shard`). Rank 0 says how much of the weights it read.
     """
     lm = module.lm  # a PeftModel for LoRA: its names are what the reader is asked for
     # With CPU offload FSDP2 keeps the shards in host memory: they are made there.
@@ -52,8 +52,9 @@ def materialize(module: nn.Module, job, env: DistEnv, device: torch.device, deci
             start, _ = quantize.shard_rows(param.shape[0], env.rank, env.world_size)
             local.copy_(read(name, start, start + local.shape[0]).to(local.dtype))
     total = sum(p.numel() for p in lm.parameters())
-    print(f"ft trainer: meta-device init: rank {env.rank} read {read_bytes / 2**30:.3g} GiB, "
-          f"{100 * read_numel / total:.1f}% of the model's weights (its own rows)", flush=True)
+    if env.rank == 0:  # only rank 0 logs; every rank reads the same share
+        print(f"ft trainer: meta-device init: rank {env.rank} read {read_bytes / 2**30:.3g} GiB, "
+              f"{100 * read_numel / total:.1f}% of the model's weights (its own rows)", flush=True)
 
 
 def _recompute_buffers(causal: nn.Module) -> None:
