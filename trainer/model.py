@@ -71,6 +71,20 @@ def attention_path(job, config) -> families.AttentionPath:
     return path
 
 
+def check_vocabulary(tokenizer, config) -> None:
+    """Every id the tokenizer can produce has a row in the model's embedding. An id past the
+    last row fails deep in the first forward (a device assert on a GPU); the count of tokens
+    alone misses a vocabulary with gaps, so the largest id is checked too."""
+    vocab = tokenizer.get_vocab()
+    top = max(len(tokenizer), max(vocab.values(), default=-1) + 1)
+    if top > config.vocab_size:
+        largest = max(vocab, key=vocab.get) if vocab else "?"
+        raise UserError(f"the tokenizer produces ids up to {top - 1} ({largest!r}) but the model's vocab_size is "
+                        f"{config.vocab_size}: those tokens have no embedding",
+                        hint="use the tokenizer that belongs to the model (model.tokenizer), or resize the "
+                             "model's embeddings before training")
+
+
 def build(job, env: DistEnv, device: torch.device, tokenizer, base_dir: Path | None = None) -> Built:
     """Base model (+ LoRA), on `device`, sharded with FSDP2 when the strategy says so.
 
@@ -87,10 +101,7 @@ def build(job, env: DistEnv, device: torch.device, tokenizer, base_dir: Path | N
     param_dtype = DTYPES[decision.frozen if decision.lora else decision.trained]
 
     config = model_config(job)
-    if len(tokenizer) > config.vocab_size:
-        raise UserError(
-            f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {config.vocab_size}"
-        )
+    check_vocabulary(tokenizer, config)
     path = attention_path(job, config)
     if env.is_main:
         print(f"ft trainer: {path.describe()}", flush=True)

@@ -109,3 +109,29 @@ def test_a_huge_record_is_cut_before_the_tokenizer_reads_it_all(tok, monkeypatch
     monkeypatch.setattr(samples, "MAX_CHARS_PER_TOKEN", 10**9)
     (whole,), _ = tokenized(tok, [long_answer], "squad", max_len=max_len)
     assert len(cut) == max_len and torch.equal(cut.input_ids, whole.input_ids) and torch.equal(cut.labels, whole.labels)
+
+
+def test_a_tokenizer_whose_ids_pass_the_vocabulary_is_refused_before_training(tmp_path):
+    """Its token count fits the model (384), but one id has no embedding row: refused with the
+    way out, through `python -m trainer`, not a crash in the first forward."""
+    import shutil
+    import subprocess
+    import sys
+
+    from trainer_helpers import REPO, TINY_TOKENIZER, clean_env, tiny_job, write_config
+
+    from ftcore import exits
+
+    gapped = tmp_path / "tokenizer"
+    shutil.copytree(TINY_TOKENIZER, gapped)
+    spec = json.loads((gapped / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    token = max(vocab, key=vocab.get)  # the last plain token moves past the model's 384 rows
+    vocab[token] = 1000
+    (gapped / "tokenizer.json").write_text(json.dumps(spec))
+    raw = tiny_job(model={"tokenizer": str(gapped)}, trainer={"max_steps": 1})
+    result = subprocess.run([sys.executable, "-m", "trainer", "--config", str(write_config(tmp_path / "run", raw))],
+                            cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == exits.USER_ERROR, result.stderr[-2000:]
+    assert "produces ids up to 1000" in result.stderr and "vocab_size is 384" in result.stderr
+    assert "Traceback" not in result.stderr
