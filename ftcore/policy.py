@@ -153,10 +153,18 @@ def nf4_bytes(numel: int, dtype_bytes: int) -> int:
 # --- topology and decision -----------------------------------------------------------------------
 
 
-def shard_rows(rows: int, world: int, rank: int = 0) -> int:
-    """Rows of a tensor that rank `rank` holds when FSDP2 splits dim 0 like torch.chunk."""
+def shard_span(rows: int, world: int, rank: int = 0) -> tuple[int, int]:
+    """The rows [start, stop) of a tensor that rank `rank` holds when FSDP2 splits dim 0 like
+    torch.chunk: ceil(rows / world) per rank, the last ranks short or empty."""
     per = -(-rows // world)
-    return max(0, min(per, rows - rank * per))
+    start = min(rank * per, rows)
+    return start, min(start + per, rows)
+
+
+def shard_rows(rows: int, world: int, rank: int = 0) -> int:
+    """How many rows of a tensor rank `rank` holds (`shard_span`)."""
+    start, stop = shard_span(rows, world, rank)
+    return stop - start
 
 
 @dataclass(frozen=True)

@@ -213,7 +213,7 @@ def estimate(job: Job, gpu_gib: float | None = None, num_nodes: int | None = Non
     shard = f" / {W} ranks" if d.sharded and W > 1 else ""
     rows: list[Row] = []
     if job.model.init == "pretrained":
-        notes.append(startup_reads(job, topology, base, local, rank))
+        notes.append(startup_reads(job, topology, base, local))
 
     # --- model state (exact)
     on_device = not d.cpu_offload  # FSDP2's CPU offload keeps these three in host memory
@@ -290,7 +290,7 @@ def estimate(job: Job, gpu_gib: float | None = None, num_nodes: int | None = Non
     return Estimate(tuple(rows), dims, d, params, n_trained, gpu_gib, rank, tuple(notes))
 
 
-def startup_reads(job: Job, topology: Topology, base: list, local, rank: int) -> str:
+def startup_reads(job: Job, topology: Topology, base: list, local) -> str:
     """How much of the weights files each rank reads at start-up, and how long that takes at
     READ_GB_PER_S per node. Meta-device init reads each rank's own rows (an NF4 projection too);
     otherwise every rank loads the whole model."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ftcore import policy
 from ftcore.errors import UserError
 
 from . import quantize, weights
@@ -49,10 +50,10 @@ def materialize(module: nn.Module, job, env: DistEnv, device: torch.device, deci
                 quantize.fill_shard(param, lambda a, b, name=name: read(name, a, b), env.rank, env.world_size)
                 continue
             local = param.to_local()
-            start, _ = quantize.shard_rows(param.shape[0], env.rank, env.world_size)
+            start, _ = policy.shard_span(param.shape[0], env.world_size, env.rank)
             local.copy_(read(name, start, start + local.shape[0]).to(local.dtype))
-    total = sum(p.numel() for p in lm.parameters())
     if env.rank == 0:  # only rank 0 logs; every rank reads the same share
+        total = sum(p.numel() for p in lm.parameters())
         print(f"ft trainer: meta-device init: rank {env.rank} read {read_bytes / 2**30:.3g} GiB, "
               f"{100 * read_numel / total:.1f}% of the model's weights (its own rows)", flush=True)
 

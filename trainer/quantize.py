@@ -22,6 +22,8 @@ import logging
 import torch
 import torch.nn as nn
 
+from ftcore import policy
+
 
 def _nf4():
     # torchao announces each optional CUDA kernel it cannot load on this machine; NF4 needs none.
@@ -56,18 +58,12 @@ def quantize_(layers: list[nn.Module], decision) -> int:
     return count
 
 
-def shard_rows(rows: int, rank: int, world: int) -> tuple[int, int]:
-    """The rows FSDP2 gives `rank` of a weight with `rows` rows: torch.chunk's ceil(rows / world)."""
-    per = -(-rows // world)
-    start = min(rank * per, rows)
-    return start, min(start + per, rows)
-
-
 def quantize_rows(rows: torch.Tensor, block_size: int, scaler_block_size: int,
-                  all_absmax: torch.Tensor | None = None):
+                  all_absmax: torch.Tensor | None = None, first_block: int = 0):
     """NF4 of `rows`, with the scale-of-scales mean taken over `all_absmax` (the whole weight's
-    block absmax values, in order) instead of over `rows` alone; None: `rows` is the whole weight.
-    torchao's NF4Tensor.from_tensor, with that one mean from outside."""
+    block absmax values, in order; `rows`' own start at `first_block`) instead of over `rows`
+    alone; None: `rows` is the whole weight. torchao's NF4Tensor.from_tensor, with that one mean
+    from outside."""
     from torchao.quantization.quantize_.workflows.nf4.nf4_tensor import (NF4Tensor, SubclassTensorArgs,
                                                                           get_block_absmax)
 
@@ -75,7 +71,7 @@ def quantize_rows(rows: torch.Tensor, block_size: int, scaler_block_size: int,
     if all_absmax is None:
         return whole
     mean = all_absmax.mean()
-    scalers = get_block_absmax(rows.flatten(), block_size) - mean
+    scalers = all_absmax[first_block:first_block + whole.n_blocks] - mean
     n_scaler_blocks = scalers.numel() // scaler_block_size
     blocks = scalers.view(n_scaler_blocks, scaler_block_size)
     factor = 256 / (2 * get_block_absmax(scalers, scaler_block_size))
@@ -107,7 +103,7 @@ def fill_shard(param: torch.Tensor, read_rows, rank: int, world: int, group=None
     device, dtype = local.quantized_data.device, local.dtype
     rows = param.shape[0]
     sharded = local is not param and local.shape[0] != rows
-    start, stop = shard_rows(rows, rank, world) if sharded else (0, rows)
+    start, stop = policy.shard_span(rows, world, rank) if sharded else (0, rows)
     mine = read_rows(start, stop).to(device=device, dtype=dtype).contiguous()
     if not sharded:
         quantized = quantize_rows(mine, local.block_size, local.scaler_block_size)
@@ -115,14 +111,15 @@ def fill_shard(param: torch.Tensor, read_rows, rank: int, world: int, group=None
         import torch.distributed as dist
 
         per_row = param.shape[1] // local.block_size  # block absmax values per row
-        counts = [(b - a) * per_row for a, b in (shard_rows(rows, r, world) for r in range(world))]
+        counts = [(b - a) * per_row for a, b in (policy.shard_span(rows, world, r) for r in range(world))]
         padded = torch.zeros(max(counts), device=device, dtype=dtype)
         ours = block_absmax(mine, local.block_size) if stop > start else padded[:0]
         padded[:ours.numel()] = ours
         gathered = [torch.empty_like(padded) for _ in range(world)]
         dist.all_gather(gathered, padded, group=group)
         all_absmax = torch.cat([g[:n] for g, n in zip(gathered, counts)])
-        quantized = quantize_rows(mine, local.block_size, local.scaler_block_size, all_absmax)
+        quantized = quantize_rows(mine, local.block_size, local.scaler_block_size, all_absmax,
+                                  first_block=sum(counts[:rank]))
     for name in local.__tensor_flatten__()[0]:
         setattr(local, name, getattr(quantized, name).clone())
     return stop - start

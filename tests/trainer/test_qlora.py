@@ -89,16 +89,18 @@ def test_quantizing_each_ranks_rows_gives_the_shards_of_the_whole_weight(dtype, 
     is bit for bit the rows torch.chunk gives of the whole weight quantized at once."""
     import torch
 
+    from ftcore import policy
     from trainer import quantize
 
     nf4 = quantize._nf4()
     torch.manual_seed(0)
     weight = torch.randn(96 * world, 512, dtype=getattr(torch, dtype)) * torch.rand(96 * world, 1) * 0.1
     whole = nf4.to_nf4(weight, 64, 256)
-    spans = [quantize.shard_rows(weight.shape[0], r, world) for r in range(world)]
+    spans = [policy.shard_span(weight.shape[0], world, r) for r in range(world)]
     all_absmax = torch.cat([quantize.block_absmax(weight[a:b], 64) for a, b in spans])
     for rank, (start, stop) in enumerate(spans):
-        ours = quantize.quantize_rows(weight[start:stop].contiguous(), 64, 256, all_absmax)
+        ours = quantize.quantize_rows(weight[start:stop].contiguous(), 64, 256, all_absmax,
+                                      first_block=start * weight.shape[1] // 64)
         theirs = torch.chunk(whole, world, dim=0)[rank]
         for name in theirs.__tensor_flatten__()[0]:
             assert torch.equal(getattr(ours, name), getattr(theirs, name)), (rank, name)
