@@ -42,7 +42,7 @@ import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path[:0] = [str(REPO)]
 
 TINY = {"model_type": "llama", "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 384, "max_position_embeddings": 512}
@@ -91,7 +91,7 @@ def check(name: str):
 
 
 def job(device: str, **sections) -> dict:
-    from trainer_helpers import tiny_job
+    from fttools.tiny import tiny_job
 
     gpu = device == "cuda"
     base = dict(model={"config": TINY, "dtype": "bf16" if gpu else "fp32"},
@@ -101,7 +101,7 @@ def job(device: str, **sections) -> dict:
 
 
 def train(raw: dict, folder: Path, on_step=None) -> tuple[int, dict[int, float]]:
-    from trainer_helpers import train as run, train_losses
+    from fttools.tiny import train as run, train_losses
 
     code = run(folder, raw, on_step=on_step)
     return code, train_losses(folder)
@@ -133,7 +133,7 @@ def correctness(device: str, work: Path) -> None:
 
     @check("padding-free attention vs padded SDPA")
     def _():
-        from trainer_helpers import model_examples, tiny_llama
+        from fttools.tiny import model_examples, tiny_llama
 
         from trainer import attention
         from trainer.collate import collate
@@ -220,7 +220,7 @@ def correctness(device: str, work: Path) -> None:
         import importlib.util
 
         from transformers import AutoConfig, AutoModelForCausalLM
-        from trainer_helpers import tiny_tokenizer
+        from fttools.tiny import tiny_tokenizer
 
         if importlib.util.find_spec("torchao") is None:
             report("QLoRA (nf4) trains like bf16 LoRA", "SKIP", "needs torchao")

@@ -760,6 +760,18 @@ HF_CACHE_VARS = ("HF_HOME", "HF_DATASETS_CACHE", "TRANSFORMERS_CACHE")  # HF_HUB
 # Which of Job.local_paths the job writes into (the rest it only reads).
 WRITTEN_PATHS = tuple(f"container.env.{name}" for name in HF_CACHE_VARS)
 
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """`top` over `base`, recursively for mappings; lists and scalars are replaced: how one
+    layer of a job's settings goes over another (a factory over its parent, a profile, overrides)."""
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 # Keys that name the same setting as another: the source documents' spelling → ft's.
 ALIASES = {"resume.restore_config.path": "model.path"}
 

@@ -2,7 +2,8 @@
 
 They import torch, transformers, peft and the trainer's own loading code, so the CLI reaches
 them lazily, only when such a command runs (`ft --help` and `ft submit` never load them).
-Importing this package itself imports nothing heavy.
+Importing this package itself imports nothing heavy. `fttools.tiny` holds the tiny model ft
+ships, a job around it and an in-process run: the tests and the benches build on it.
 
     launcher (cli) ··lazy··▶ fttools ──▶ trainer ──▶ ftcore
 """

@@ -22,7 +22,7 @@ from launcher import paths, translate
 from ftcore.files import expand
 from ftcore.errors import UserError
 from ftcore import schema
-from ftcore.schema import SWITCHES, Job
+from ftcore.schema import SWITCHES, Job, deep_merge
 
 FACTORY_PATH_ENV = "FT_FACTORY_PATH"
 PROFILE_ENV = "FT_PROFILE"
@@ -198,17 +198,6 @@ def read_yaml(path: Path, what: str, schema: Any = Job) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"{what} {path} must be a YAML mapping of keys to values")
     return data
-
-
-def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    """`top` over `base`, recursively for mappings; lists and scalars are replaced."""
-    merged = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -1,13 +1,14 @@
-"""Shared pieces for the trainer tests: tiny jobs, tiny data, and launching N local processes.
+"""Shared pieces for the trainer tests: tiny data, every family as a tiny model, and launching N
+local processes.
 
-Jobs are plain dicts validated by the launcher's schema, so every test exercises the same
-path as ``python -m trainer --config``. The model is a two-layer random Llama with the tiny
-tokenizer ft ships (384 tokens); all of it runs on CPU in seconds.
+The tiny model, its tokenizer, a job around it and an in-process run are `fttools.tiny`'s (the
+benches build on them too); they are imported here so the tests find them in one place. Jobs are
+plain dicts validated by the one schema, so every test exercises the same path as
+``python -m trainer --config``; all of it runs on CPU in seconds.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import socket
@@ -17,58 +18,15 @@ from pathlib import Path
 
 import yaml
 
-from launcher.config import deep_merge
+from fttools.tiny import (TINY_LLAMA, TINY_TOKENIZER, model_examples, read_metrics, save_tiny_model, tiny_job,  # noqa: F401
+                          tiny_llama, tiny_tokenizer, train, train_losses)
 
 REPO = Path(__file__).resolve().parent.parent
-TINY_TOKENIZER = REPO / "factories" / "data" / "tiny_tokenizer"
 TINY_QA = REPO / "factories" / "data" / "tiny_qa.jsonl"
-
-TINY_LLAMA = {
-    "model_type": "llama",
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "vocab_size": 384,
-    "max_position_embeddings": 512,
-}
 
 # Variables that would make a test process think it is one rank of a larger job.
 DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS",
              "SLURM_LOCALID", "SLURM_JOB_ID", "SLURM_JOB_NODELIST", "FT_JOB_DIR")
-
-
-def tiny_job(*presets: dict, **sections) -> dict:
-    """A LoRA job on the tiny model and tiny_qa.
-
-    `presets` (dicts of sections) and then keyword sections are merged over the defaults;
-    a section given as None (`peft=None`) replaces it.
-    """
-    base = {
-        "name": "test",
-        "model": {"init": "random", "config": TINY_LLAMA},
-        "peft": {"dim": 8, "alpha": 16, "target_modules": ["*_proj"]},
-        "data": {
-            "path": "ft:tiny_qa.jsonl",
-            "format": "squad",
-            "global_batch_size": 8,
-            "micro_batch_size": 4,
-            "max_seq_length": 64,
-            "val_fraction": 0.05,
-        },
-        "trainer": {"accelerator": "cpu", "max_steps": 4, "seed": 7, "grad_clip": 1.0},
-        "optim": {"lr": 1e-3, "lr_scheduler": {"name": "cosine", "warmup_steps": 1}},
-        "checkpoint": {"keep_last": None},
-        "container": {"runtime": "none"},
-    }
-    for override in (*presets, sections):
-        for key, value in override.items():
-            if value is None or not isinstance(value, dict) or base.get(key) is None:
-                base[key] = copy.deepcopy(value)
-            else:
-                base[key] = deep_merge(base[key], copy.deepcopy(value))
-    return base
 
 
 def require_torchao() -> None:
@@ -94,15 +52,6 @@ def write_config(job_dir: Path, raw: dict) -> Path:
     path = job_dir / "config.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
-
-
-def read_metrics(job_dir: Path) -> list[dict]:
-    path = Path(job_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def train_losses(job_dir: Path) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in read_metrics(job_dir) if "loss" in r}
 
 
 def free_port() -> int:
@@ -158,32 +107,6 @@ def describe(results: list[subprocess.CompletedProcess]) -> str:
     return "\n".join(f"--- rank {r} exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}" for r, p in enumerate(results))
 
 
-def save_tiny_model(folder: Path, seed: int = 0, config: dict | None = None) -> Path:
-    """A 'pretrained' tiny Llama on disk, split over several safetensors files (with an index)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    settings = {k: v for k, v in (config or TINY_LLAMA).items() if k != "model_type"}
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", **settings))
-    model.save_pretrained(folder, max_shard_size="100KB")
-    tiny_tokenizer().save_pretrained(folder)
-    return folder
-
-
-def tiny_tokenizer():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(TINY_TOKENIZER)
-
-
-def train(job_dir: Path, raw: dict, on_step=None) -> int:
-    """Train the job `raw` in this process, writing into `job_dir`; the exit code."""
-    from trainer.train import run
-
-    return run(validate(raw), job_dir, on_step=on_step)
-
-
 # A tiny Llama NF4 can hold: every projection has whole 64 × 256 blocks of scales, also when
 # split over 2 ranks (k and v: 2 heads × 64 = 128 rows × 256).
 NF4_LLAMA = {**TINY_LLAMA, "hidden_size": 256, "intermediate_size": 512}
@@ -237,16 +160,6 @@ def assert_same_tensors(a: dict, b: dict, exact: bool = True) -> None:
             torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4, msg=key)
 
 
-def tiny_llama(attn: str = "sdpa", seed: int = 0, **overrides):
-    """The tiny Llama in memory, in eval mode."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    settings = {k: v for k, v in {**TINY_LLAMA, **overrides}.items() if k != "model_type"}
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", **settings), attn_implementation=attn).eval()
-
-
 # --- small data, by hand ---------------------------------------------------------------------------
 
 SQUAD = {"context": "Ada lives in Oslo.", "question": "Where does Ada live?", "answers": {"text": ["Oslo"], "answer_start": [13]}}
@@ -287,22 +200,6 @@ def numbered(n: int) -> list:
 
 def ids_of(batches) -> list[list[int]]:
     return [[int(s.input_ids[0]) for s in mb] for mb in batches]
-
-
-def model_examples() -> list:
-    """Three examples of random tokens with a short answer at the end."""
-    import torch
-    from trainer.samples import IGNORE_INDEX, Sample
-
-    rng = torch.Generator().manual_seed(0)
-    lengths = [(7, 3), (5, 2), (9, 4)]  # (length, answer tokens at the end)
-    out = []
-    for n, answer in lengths:
-        ids = torch.randint(3, 384, (n,), generator=rng, dtype=torch.int32)
-        labels = ids.clone()
-        labels[: n - answer] = IGNORE_INDEX
-        out.append(Sample(ids, labels, (n,)))
-    return out
 
 
 # --- every model family ft claims, as a tiny random model -----------------------------------------

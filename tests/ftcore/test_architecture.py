@@ -162,3 +162,12 @@ def test_test_files_have_unique_names():
     for path in sorted((ROOT / "tests").rglob("test_*.py")):
         assert path.name not in seen, f"{path} and {seen[path.name]} share a name"
         seen[path.name] = path
+
+
+def test_the_benches_import_nothing_from_the_tests():
+    """A bench runs where the tests are not (a lent GPU machine, a user's node): what both need,
+    the tiny model and its run, is `fttools.tiny`'s."""
+    test_modules = {p.stem for p in (ROOT / "tests").rglob("*.py")} | {"tests"}
+    wrong = {str(p.relative_to(ROOT)): sorted(_imports(p) & test_modules) for p in sorted((ROOT / "bench").glob("*.py"))}
+    wrong = {k: v for k, v in wrong.items() if v}
+    assert not wrong, f"bench scripts import test modules: {wrong}"
