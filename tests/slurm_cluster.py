@@ -248,6 +248,17 @@ def sbatch(args: list[str], cwd: str | os.PathLike | None = None, env: dict | No
     return int(proc.stdout.strip().split(";")[0])
 
 
+def wait_until(predicate, timeout: float, what) -> None:
+    """Poll `predicate` until it is true; after `timeout` s raise with `what` (text, or a function
+    that describes the state, called only then)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise TimeoutError(what() if callable(what) else what)
+
+
 def wait_for_file(path: str | os.PathLike, timeout: float = 60.0, contains: str | None = None) -> str:
     """Wait until `path` exists (and holds `contains`, if given); return its text."""
     p = Path(path)

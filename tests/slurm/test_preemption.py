@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from slurm_cluster import job_fields, wait_for_job
+from slurm_cluster import job_fields, wait_for_job, wait_until
 
 pytestmark = [pytest.mark.slurm, pytest.mark.train]
 
@@ -45,15 +45,6 @@ def log_tail(folder: Path) -> str:
              for path in sorted((folder / "logs").glob("*.out"))]
     events_file = folder / "events.jsonl"
     return "\n".join([*parts, events_file.read_text() if events_file.exists() else "(no events)"])
-
-
-def wait_until(predicate, timeout: float, what) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise TimeoutError(what() if callable(what) else what)
 
 
 def events(folder: Path) -> list[dict]:

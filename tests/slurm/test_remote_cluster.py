@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from slurm_cluster import job_fields, wait_for_job
+from slurm_cluster import job_fields, wait_for_job, wait_until
 from ssh_cluster import USER, SshCluster
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,15 +45,6 @@ def laptop_folder(tmp_path: Path) -> Path:
     (laptop / "my.yaml").write_text("extends: tiny\ndescription: written on a laptop\n")
     shutil.copy(REPO / "factories" / "data" / "tiny_qa.jsonl", laptop / "qa.jsonl")
     return laptop
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise TimeoutError(what)
 
 
 def steps(folder: Path) -> list[int]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from slurm_cluster import job_fields, sbatch, wait_for_job
+from slurm_cluster import job_fields, sbatch, wait_for_job, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slurm, pytest.mark.train]
@@ -74,15 +74,6 @@ def losses(folder: Path) -> dict[int, float]:
     except OSError:
         return {}
     return {r["step"]: r["loss"] for r in records if "loss" in r}
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise TimeoutError(what)
 
 
 def assert_completed(ft, job_id: str, folder: Path, steps: int, script_dir: Path) -> str:
