@@ -17,3 +17,10 @@ class UserError(Exception):
 
     def __str__(self) -> str:
         return "\n".join(self.problems)  # problems may be added on the way up
+
+    def lines(self) -> list[str]:
+        """The problems with the hint folded into the last one: for a caller that gathers the
+        problems of several checks into one error, so that the way out is not lost."""
+        if not self.hint or not self.problems:
+            return list(self.problems)
+        return [*self.problems[:-1], f"{self.problems[-1]}; {self.hint}"]

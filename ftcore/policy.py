@@ -96,10 +96,13 @@ def lora_targets(linear_names: list[str], head_name: str | None, peft, model_typ
             chosen += [n for n in hits if n not in chosen]
         if unmatched:
             kinds = sorted({n.rsplit(".", 1)[-1] for n in linear_names})
+            experts = families.expert_parameters(model_type)
             raise UserError(
                 f"peft.target_modules {unmatched} match no linear layer of this model. "
                 f"Its linear layers are named like: {', '.join(kinds[:12])} "
-                f"(e.g. {linear_names[0] if linear_names else 'none'})"
+                f"(e.g. {linear_names[0] if linear_names else 'none'})",
+                hint=(f"{families.get(model_type).name}'s experts are 3-D weights ({', '.join(experts)}), not linear "
+                      "layers: peft.experts=true adapts them") if experts else None,
             )
     chosen = [n for n in chosen if not glob_matches(n, peft.exclude_modules)]
     unreachable = families.peft_unreachable(model_type)

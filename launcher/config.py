@@ -615,7 +615,7 @@ def parse_overrides(args: list[str]) -> tuple[list[Override], list[str]]:
             try:
                 value = parse_value(text, key, globs=key in GLOB_KEYS)
             except UserError as err:
-                problems.extend(err.problems)
+                problems.extend(err.lines())
                 continue
         pairs, said = translate.translate_override(key, value)
         note = note or said
@@ -670,7 +670,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[Override]) -> tuple[di
                 try:
                     node[last] = _switch(key, override.value, node.get(last))
                 except UserError as err:
-                    problems.extend(err.problems)
+                    problems.extend(err.lines())
             else:
                 node[last] = override.value
     return result, problems
@@ -717,7 +717,7 @@ def resolve(factory: str, overrides: list[str], profile: str | None = None) -> R
     try:
         job = validate(merged)
     except UserError as err:
-        problems += err.problems
+        problems += err.lines()
     if problems:
         raise UserError(*problems)
     return Resolved(job, factory_file, site_path, tuple(parsed), tuple(notes))

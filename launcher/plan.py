@@ -413,7 +413,7 @@ def refusals(job: Job, gpu_gib: float | None = None, force: bool = False) -> lis
     except UserError as err:
         if any("cannot size" in p for p in err.problems):
             return []  # a model ft cannot size: nothing known against it
-        return list(err.problems)
+        return err.lines()
     if force or not est.on_gpu or est.fits or not est.dims.exact:
         return []
     where = f"{job.trainer.num_nodes} node(s) × {job.trainer.devices} GPU(s)"

@@ -47,6 +47,18 @@ def test_a_glob_matching_nothing_is_an_error_naming_the_layers():
         adapted(target_modules="q_proj", exclude_modules="'*'")
 
 
+def test_a_glob_meant_for_moe_experts_says_how_experts_are_adapted():
+    """Experts are 3-D weights, not linear layers: a name that matches none in a MoE family
+    points at peft.experts; in a dense family there is no such hint."""
+    names = [f"model.layers.0.self_attn.{p}" for p in arch.ATTENTION]
+    with pytest.raises(UserError) as moe:
+        policy.lora_targets(names, arch.HEAD, peft(target_modules="[experts]"), "mixtral")
+    assert "peft.experts=true" in moe.value.hint and "gate_up_proj" in moe.value.hint
+    with pytest.raises(UserError) as dense:
+        policy.lora_targets(names, arch.HEAD, peft(target_modules="[experts]"), "llama")
+    assert dense.value.hint is None
+
+
 TOPOLOGIES = [None, Topology(1, 2, "ddp", "gpu"), Topology(2, 8, "fsdp2", "gpu"), Topology(1, 1, "ddp", "cpu")]
 
 

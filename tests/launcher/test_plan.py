@@ -149,6 +149,14 @@ def test_submit_refuses_what_will_not_fit_unless_forced(ft, isolated_home):
     assert len(list((isolated_home / "jobs").iterdir())) == 1
     no_match = ft("submit", "--factory", "llama32_1b_squad", "peft.target_modules=[attn.*]", "--dry-run", "--force")
     assert no_match.returncode == 2 and "match no linear layer" in no_match.stderr
+    # In a MoE family the way out is named too (submit gathers every check's problems into one error).
+    moe = ["model.config.model_type=qwen3_moe", "model.config.num_experts=4", "model.config.num_experts_per_tok=2",
+           "model.config.moe_intermediate_size=32", "peft=lora"]
+    experts = ft("submit", "--factory", "tiny", *moe, "peft.target_modules=[experts]", "--dry-run")
+    assert experts.returncode == 2 and "peft.experts=true adapts them" in " ".join(experts.stderr.split()), experts.stderr
+    dense = ft("submit", "--factory", "tiny", *moe, "model.config.mlp_only_layers=[0]", "peft.target_modules=[gate_proj]",
+               "--dry-run")
+    assert dense.returncode == 2 and "leave them out of peft.target_modules" in " ".join(dense.stderr.split()), dense.stderr
     for factory in ("llama31_8b", "llama32_1b_squad", "llama31_405b_lora"):
         quiet = ft("submit", "--factory", factory, "--dry-run")
         assert quiet.returncode == 0 and "error" not in quiet.stderr, (factory, quiet.stderr)
