@@ -85,7 +85,8 @@ def check_adapter(folder: Path) -> tuple[list[str], list[str]]:
                         "serves the unchanged base")
     if config.get("target_parameters"):
         problems.append(f"target_parameters {config['target_parameters'][:2]}... (LoRA on MoE experts' 3-D weights): "
-                        "vLLM loads no such adapter. Export with --merge, or train with peft.experts=false")
+                        "vLLM's MoE LoRA (experimental since 0.11.2) reads its own per-expert layout, not peft's, "
+                        "and ft does not convert one to the other. Export with --merge, or train with peft.experts=false")
     if config.get("rank_pattern") or config.get("alpha_pattern"):
         warnings.append("rank_pattern/alpha_pattern give layers their own r or alpha; vLLM versions before "
                         "0.11 apply one r and alpha to every layer")

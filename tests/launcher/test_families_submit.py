@@ -1,8 +1,16 @@
-"""`ft submit` refuses what a model's own config.json rules out, and `ft plan` names the attention path."""
+"""`ft submit` refuses what a model's own config.json rules out, `ft plan` names the attention path, and
+the families least like Llama run through the command line end to end."""
 
 from __future__ import annotations
 
 import json
+
+import pytest
+import yaml
+
+from cli_helpers import folder_of
+from ftcore import families
+from trainer_helpers import tiny_family
 
 
 def gemma2_folder(tmp_path, window: int = 16):
@@ -35,3 +43,39 @@ def test_plan_names_the_attention_path_and_why(ft, isolated_home, tmp_path):
     assert path["name"] == "eager" and not path["padding_free"] and "soft-capping" in path["reason"]
     llama = ft("plan", "--factory", "llama32_1b_squad")
     assert "attention: ft_varlen, padding-free rows (exact for Llama)" in " ".join(llama.stdout.split())
+
+
+# Families whose paths differ most from Llama's: attention sinks with eager attention and 3-D
+# experts (gpt-oss), low-rank attention with a dense first layer (DeepSeek-V3), GPT-2's Conv1D
+# layers under other names, linear-attention layers on padded rows (Qwen3-Next).
+FAMILIES_END_TO_END = ["gpt_oss", "deepseek_v3", "gpt2", "qwen3_next"]
+
+
+@pytest.mark.train
+@pytest.mark.parametrize("model_type", FAMILIES_END_TO_END)
+def test_a_family_runs_through_the_command_line_as_a_user_runs_it(model_type, ft, isolated_home, tmp_path):
+    """A user's factory extending `tiny` with another family's config: `ft submit --executor local`
+    trains LoRA to COMPLETED, `ft generate` answers from the checkpoint, and `ft export --to vllm`
+    writes what vLLM loads: the adapter, or, for LoRA on 3-D experts (which vLLM does not load as
+    an adapter), a refusal naming --merge and then the merged model."""
+    factory = tmp_path / f"{model_type}.yaml"
+    factory.write_text(yaml.safe_dump({"extends": "tiny", "model": {"config": tiny_family(model_type)},
+                                       "peft": {"method": "lora"}, "trainer": {"max_steps": 2}}))
+    done = ft("submit", "--factory", str(factory), "--executor", "local", "--yes")
+    assert done.returncode == 0, done.stderr[-3000:]
+    folder = folder_of(done.stderr)
+    assert "COMPLETED" in ft("status", str(folder)).stdout
+    answer = ft("generate", str(folder), "--question", "Where does Ada live?", "--context", "Ada lives in Oslo.")
+    assert answer.returncode == 0 and answer.stdout.strip(), answer.stderr[-3000:]
+    out = tmp_path / "served"
+    exported = ft("export", str(folder), "--to", "vllm", "--out", str(out))
+    if families.expert_parameters(model_type):
+        assert exported.returncode == 2 and "--merge" in exported.stderr and "Traceback" not in exported.stderr
+        assert not out.exists()
+        exported = ft("export", str(folder), "--to", "vllm", "--merge", "--out", str(out))
+        assert exported.returncode == 0, exported.stderr[-3000:]
+        assert json.loads((out / "config.json").read_text())["model_type"] == model_type
+    else:
+        assert exported.returncode == 0, exported.stderr[-3000:]
+        adapter = json.loads((out / "adapter_config.json").read_text())
+        assert adapter["peft_type"] == "LORA" and adapter["target_modules"]

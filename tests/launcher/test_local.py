@@ -12,12 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from cli_helpers import folder_of
+
 pytestmark = pytest.mark.train
-
-
-def folder_of(output: str) -> Path:
-    line = next(l for l in output.splitlines() if "Job folder: " in l)
-    return Path(line.split("Job folder: ", 1)[1].strip())
 
 
 def test_local_run_streams_the_log_and_returns_the_status(ft):

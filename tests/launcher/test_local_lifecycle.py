@@ -15,16 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
+
+from cli_helpers import folder_of
 from fault_injection import finish_or_show_threads
 
 pytestmark = pytest.mark.train
 REPO = Path(__file__).resolve().parents[2]
 QUICK = ["trainer.max_steps=4", "trainer.val_every_steps=null", "checkpoint.every_steps=2"]
-
-
-def folder_of(output: str) -> Path:
-    line = next(l for l in output.splitlines() if "Job folder: " in l)
-    return Path(line.split("Job folder: ", 1)[1].strip())
 
 
 def wait_for(predicate, timeout=180, every=0.5):
