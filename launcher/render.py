@@ -205,9 +205,10 @@ def sbatch_options(job: Job, job_dir: Path, array_size: int = 0, dependency: str
 
 
 def render_sbatch(job: Job, job_dir: Path, template: str | None = None, array_size: int = 0,
-                  dependency: str | None = None) -> str:
+                  dependency: str | None = None, kill_wait_s: int | None = None) -> str:
     """The sbatch script for `job` writing into `job_dir` (a sweep: `array_size` tasks, each
-    in tasks/<i>/). Pure: reads only the template."""
+    in tasks/<i>/). `kill_wait_s`: the cluster's KillWait, exported for the trainer when known.
+    Pure: reads only the template."""
     import jinja2  # only rendering needs it; `ft --help` does not
 
     check_folder(job_dir)
@@ -234,7 +235,8 @@ def render_sbatch(job: Job, job_dir: Path, template: str | None = None, array_si
             sbatch_options=sbatch_options(job, job_dir, array_size, dependency),
             modules=[q(m) for m in job.slurm.modules],
             setup=list(job.slurm.setup),
-            env=[(name, q(value)) for name, value in sorted(stage.environment(job).items())],
+            env=[(name, q(value)) for name, value in sorted(stage.environment(job).items())]
+            + ([(exits.KILL_WAIT_VAR, q(kill_wait_s))] if kill_wait_s is not None else []),
             srun_options="--kill-on-bad-exit=1 --label",
             run_dir_line=run_dir_line,
             launch=launch,

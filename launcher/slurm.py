@@ -62,6 +62,21 @@ def _run_or_fail(argv: list[str]) -> subprocess.CompletedProcess[str]:
         raise SchedulerError(f"{argv[0]} did not answer within {TIMEOUT_S:.0f} s", timeout.output) from None
 
 
+_KILL_WAIT = re.compile(r"^KillWait\s*=\s*(\d+)\s*sec", re.MULTILINE)
+
+
+def kill_wait_s() -> int | None:
+    """The cluster's KillWait (`scontrol show config`): how long a job has between SIGTERM and
+    SIGKILL. None when scontrol is missing, slow or says something else: a note is not worth
+    failing a submission over."""
+    try:
+        result = _run(["scontrol", "show", "config"])
+    except (_Timeout, UserError):
+        return None
+    found = _KILL_WAIT.search(result.stdout) if result.returncode == 0 else None
+    return int(found.group(1)) if found else None
+
+
 def sbatch(script: Path, extra: list[str] | None = None) -> str:
     """Submit and return the job id (`sbatch --parsable` prints `id[;cluster]`).
 
@@ -180,7 +195,8 @@ class Slurm(Scheduler):
     def render(self, job, folder: Path, array_size: int = 0, dependency: str | None = None) -> str:
         from launcher import render
 
-        return render.render_sbatch(job, folder, array_size=array_size, dependency=dependency)
+        return render.render_sbatch(job, folder, array_size=array_size, dependency=dependency,
+                                    kill_wait_s=kill_wait_s())
 
     def submit(self, folder: Path) -> str:
         return sbatch(folder / SCRIPT)

@@ -217,6 +217,7 @@ class Setup:
     start_step: int  # 0, or the step of the checkpoint this run resumes from
     metrics: Metrics
     last_save_s: float | None = None  # how long this run's last checkpoint took to write
+    said_kill_wait: bool = False  # whether the log has said a checkpoint outlasts the cluster's KillWait
 
     def collate(self, samples) -> dict:
         job = self.job
@@ -244,6 +245,15 @@ class Setup:
                                   job.checkpoint.keep_last, self.base_ref, export or job.checkpoint.hf_every_save)
         self.last_save_s = time.perf_counter() - started
         self.metrics.print(f"checkpoint {path} ({self.last_save_s:.1f} s)")
+        kill_wait = exits.kill_wait_s()
+        if kill_wait is not None and self.last_save_s > kill_wait and not self.said_kill_wait:
+            self.said_kill_wait = True
+            self.metrics.print(
+                f"warning: that checkpoint took {self.last_save_s:.1f} s to write, longer than the {kill_wait} s this "
+                "cluster leaves a job between SIGTERM and SIGKILL (KillWait): a cancel, a preemption or a time "
+                "limit reached without warning cannot save, and the requeued job resumes from the checkpoint "
+                "before. Checkpoint often enough to lose little (checkpoint.every_steps); slurm.signal_seconds "
+                "warns early before the time limit; a partition's GraceTime adds to a preemption's KillWait")
         return path
 
     def validate(self, at_step: int) -> bool:
@@ -261,8 +271,10 @@ class Setup:
         if self.last_save_s is not None:
             # A site kills a job KillWait (or the preemption GraceTime) after SIGTERM: a save cut
             # short leaves no marker, and the requeued job resumes from the checkpoint before.
-            self.metrics.print(f"(the last checkpoint took {self.last_save_s:.1f} s to write: a site that kills sooner "
-                               "after its signal leaves the one before it to resume from; "
+            kill_wait = exits.kill_wait_s()
+            limit = (f"this cluster kills {kill_wait} s after SIGTERM (KillWait)" if kill_wait is not None
+                     else "a site that kills sooner after its signal leaves the one before it to resume from")
+            self.metrics.print(f"(the last checkpoint took {self.last_save_s:.1f} s to write; {limit}; "
                                "slurm.signal_seconds gives more warning before a time limit)")
         self.save(at_step)
         self.metrics.close()

@@ -139,3 +139,20 @@ def test_a_job_the_scheduler_forgot_is_unknown_cancellable_and_logs_f_ends(tmp_p
     (tmp_path / "fake-bin" / "scancel").chmod(0o755)
     jobs.cancel(view)
     assert jobs.state(jobs.load(folder)) == "CANCELLED"
+
+
+@pytest.mark.parametrize("answer, expected", [
+    ("echo 'KillWait                = 45 sec'\necho 'KillOnBadExit           = 0'\n", 45),  # scontrol's own words
+    ("echo 'slurm_load_ctl_conf error: Unable to contact slurm controller' >&2\nexit 1\n", None),
+    ("echo 'KillWait = soon'\n", None),
+    ("sleep 30 &\nwait\n", None),
+])
+def test_the_clusters_kill_wait_is_read_or_left_unsaid(answer, expected, tmp_path, monkeypatch):
+    """The KillWait the script hands the trainer: read from `scontrol show config`; a controller
+    that is down, odd words or a hang leave it unsaid (and never fail a submission)."""
+    bin_dir = fake_scheduler(tmp_path, monkeypatch, "exit 1\n")
+    (bin_dir / "scontrol").write_text("#!/bin/bash\n" + answer)
+    monkeypatch.setattr(slurm, "TIMEOUT_S", 0.5)
+    assert slurm.kill_wait_s() == expected
+    script = slurm.Slurm().render(submit.prepare("tiny", [], executor="slurm", dry_run=True).job, tmp_path / "job")
+    assert ("export FT_KILL_WAIT_S=45\n" in script) == (expected == 45)

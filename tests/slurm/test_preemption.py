@@ -87,6 +87,8 @@ def test_preempted_twice_ends_bit_identical_to_uninterrupted(slurm_cluster, ft, 
     assert kinds == ["start", "signal", "exit", "requeue"] * 2 + ["start", "exit"], kinds
     assert [e.get("code") for e in events(folder) if e["event"] == "exit"] == [75, 75, 0]
     assert "checkpointed after a preemption signal" in log
+    # The cluster's KillWait (scripts/slurm-up.sh sets 10 s), read at submit, reaches the trainer.
+    assert "export FT_KILL_WAIT_S=10\n" in (folder / "job.sbatch").read_text()
 
     expected, got = final_weights(reference), final_weights(folder)
     assert expected.keys() == got.keys()

@@ -119,6 +119,23 @@ def test_ctrl_c_checkpoints_and_later_signals_keep_the_requeue_status(tmp_path):
         ("start", None, None), ("signal", "SIGINT", None), ("exit", None, exits.REQUEUE)]
 
 
+def test_a_checkpoint_slower_than_the_clusters_kill_wait_is_said_once(tmp_path):
+    """ft's script exports the cluster's KillWait: a checkpoint that takes longer (here every
+    one, against 0 s) is a save a cancel or preemption could not finish, and the log says so
+    once, with the figures and what to change; without the variable nothing is said."""
+    raw = tiny_job(trainer={"max_steps": 3}, checkpoint={"every_steps": 1})
+    told = subprocess.run([sys.executable, "-m", "trainer", "--config", str(write_config(tmp_path / "told", raw))],
+                          cwd=REPO, env=clean_env(**{exits.KILL_WAIT_VAR: "0"}), capture_output=True, text=True,
+                          timeout=240)
+    assert told.returncode == 0, told.stderr
+    assert told.stdout.count("(KillWait)") == 1, told.stdout
+    assert "longer than the 0 s this cluster leaves a job between SIGTERM and SIGKILL" in told.stdout
+    assert "checkpoint.every_steps" in told.stdout
+    quiet = subprocess.run([sys.executable, "-m", "trainer", "--config", str(write_config(tmp_path / "quiet", raw))],
+                           cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=240)
+    assert quiet.returncode == 0 and "KillWait" not in quiet.stdout, quiet.stdout
+
+
 def test_the_other_ranks_give_up_when_rank_0_dies_while_tokenizing(tmp_path):
     data = _many_records(tmp_path / "big.jsonl", 15_000)
     raw = tiny_job(data={"path": str(data), "val_fraction": 0.0}, trainer={"max_steps": 1, "devices": 2})
