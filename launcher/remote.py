@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath, PurePosixPath
 from typing import Any, Iterable
 
-from ftcore import secrets
+from ftcore import layout, secrets
 from ftcore.errors import UserError
 from launcher.jobfiles import JobFiles
 
@@ -441,7 +441,7 @@ def plot(c: Cluster, specs: list[str], out: Path | None) -> Path:
         files = RemoteFiles(c, PurePosixPath(item["folder"]))
         run = plotting.Run(item["label"], Path(item["folder"]), job=item["job"])
         try:
-            run.series = plotting.parse_metrics(files.read_bytes("metrics.jsonl"))
+            run.series = plotting.parse_metrics(files.read_bytes(layout.METRICS))
         except OSError:
             run.series = {}
         runs.append(run)
