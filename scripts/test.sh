@@ -36,7 +36,8 @@ if [ "${FT_TEST_WORKERS:-1}" != 1 ]; then
     PARALLEL=(-n "$FT_TEST_WORKERS" --dist loadfile)
 fi
 rc=0
-"$PY" -m pytest -q "${PARALLEL[@]}" "$@" || rc=$?
+# The 15 slowest tests are listed before the summary: where the suite's wall time goes.
+"$PY" -m pytest -q --durations=15 "${PARALLEL[@]}" "$@" || rc=$?
 if [ "$rc" -eq 5 ]; then
     echo "scripts/test.sh: FAILED: pytest collected no tests (exit status 5)" >&2
     exit 1
