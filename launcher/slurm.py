@@ -68,9 +68,9 @@ _KILL_WAIT = re.compile(r"^KillWait\s*=\s*(\d+)\s*sec", re.MULTILINE)
 def kill_wait_s() -> int | None:
     """The cluster's KillWait (`scontrol show config`): how long a job has between SIGTERM and
     SIGKILL. None when scontrol is missing, slow or says something else: a note is not worth
-    failing a submission over."""
+    failing a submission over, nor waiting long for."""
     try:
-        result = _run(["scontrol", "show", "config"])
+        result = _run(["scontrol", "show", "config"], timeout=min(TIMEOUT_S, 10.0))
     except (_Timeout, UserError):
         return None
     found = _KILL_WAIT.search(result.stdout) if result.returncode == 0 else None
