@@ -760,6 +760,7 @@ HF_CACHE_VARS = ("HF_HOME", "HF_DATASETS_CACHE", "TRANSFORMERS_CACHE")  # HF_HUB
 # Which of Job.local_paths the job writes into (the rest it only reads).
 WRITTEN_PATHS = tuple(f"container.env.{name}" for name in HF_CACHE_VARS)
 
+
 def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     """`top` over `base`, recursively for mappings; lists and scalars are replaced: how one
     layer of a job's settings goes over another (a factory over its parent, a profile, overrides)."""

@@ -54,8 +54,8 @@ def tiny_job(*presets: dict, **sections) -> dict:
         "container": {"runtime": "none"},
     }
     for override in (*presets, sections):
-        job = deep_merge(job, copy.deepcopy(override))
-    return copy.deepcopy(job)
+        job = deep_merge(job, override)
+    return copy.deepcopy(job)  # shares nothing with TINY_LLAMA or the overrides
 
 
 def train(run_dir: Path, raw: dict, on_step=None) -> int:
@@ -94,15 +94,9 @@ def tiny_llama(attn: str = "sdpa", seed: int = 0, **overrides):
 
 
 def save_tiny_model(folder: Path, seed: int = 0, config: dict | None = None) -> Path:
-    """A 'pretrained' tiny Llama on disk with the tiny tokenizer, split over several safetensors
-    files (with an index), as a hub download would be."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    settings = {k: v for k, v in (config or TINY_LLAMA).items() if k != "model_type"}
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", **settings))
-    model.save_pretrained(folder, max_shard_size="100KB")
+    """`tiny_llama` (with `config`'s keys over the tiny one's) on disk with the tiny tokenizer,
+    split over several safetensors files (with an index), as a hub download would be."""
+    tiny_llama(seed=seed, **(config or {})).save_pretrained(folder, max_shard_size="100KB")
     tiny_tokenizer().save_pretrained(folder)
     return folder
 
