@@ -21,12 +21,15 @@ from pathlib import Path
 
 import pytest
 from container_image import STANDIN, STOCK_URI
+from other_users import entered_by
 
 from launcher import image
 
 REPO = Path(__file__).resolve().parents[2]
 SYSTEM_PYTHON = "/usr/bin/python3"
 GROUP, ALICE, BOB = "ftshare", "ftshare1", "ftshare2"
+# What the users import: this checkout's code, then this interpreter's packages.
+PYTHONPATH = os.pathsep.join([str(REPO), *(p for p in sys.path if p.endswith("site-packages"))])
 
 
 def _usable() -> str | None:
@@ -54,7 +57,9 @@ def users():
             pwd.getpwnam(user)
         except KeyError:
             subprocess.run(["useradd", "-M", "-N", "-g", GROUP, "-s", "/bin/sh", user], check=True)
-    return ALICE, BOB
+    # The checkout may lie in a 0700 home: let them in for these tests only.
+    with entered_by((ALICE, BOB), [Path(p) for p in PYTHONPATH.split(os.pathsep)]):
+        yield ALICE, BOB
 
 
 @pytest.fixture
@@ -87,9 +92,8 @@ def site_cache(users):
 
 def ft_as(user: str, root: Path, site, *args: str) -> subprocess.CompletedProcess:
     """`ft ARGS` run by `user` (umask 022, as a login shell has it), with this checkout's code."""
-    packages = [p for p in sys.path if p.endswith("site-packages")]
     env = {"PATH": f"{STANDIN}{os.pathsep}/usr/bin:/bin", "HOME": str(root / user), "FT_HOME": str(root / user / "ft"),
-           "FT_CONFIG_DIR": str(root / user / "config"), "PYTHONPATH": os.pathsep.join([str(REPO), *packages]),
+           "FT_CONFIG_DIR": str(root / user / "config"), "PYTHONPATH": PYTHONPATH,
            "FT_STANDIN_REGISTRY": str(site.registry), "FT_STANDIN_LOG": str(site.log)}
     return subprocess.run(["runuser", "-u", user, "--", "env", "-i", *(f"{k}={v}" for k, v in env.items()),
                            "sh", "-c", 'umask 022 && exec "$@"', "sh", SYSTEM_PYTHON, "-m", "launcher", *args],
@@ -137,8 +141,7 @@ def test_a_group_takes_turns_on_the_stage_lock(site_cache):
     take = ("import sys; from pathlib import Path; from launcher import stage\n"
             "with stage._locked(Path(sys.argv[1]), 'models--org--tiny'):\n    print('locked')")
     for user in (ALICE, BOB):
-        packages = [p for p in sys.path if p.endswith("site-packages")]
-        result = subprocess.run(["runuser", "-u", user, "--", "env", f"PYTHONPATH={os.pathsep.join([str(REPO), *packages])}",
+        result = subprocess.run(["runuser", "-u", user, "--", "env", f"PYTHONPATH={PYTHONPATH}",
                                  "sh", "-c", 'umask 022 && exec "$@"', "sh", SYSTEM_PYTHON, "-c", take, str(cache)],
                                 capture_output=True, text=True, cwd=root, timeout=60)
         assert result.returncode == 0 and result.stdout == "locked\n", (user, result.stderr)
@@ -163,3 +166,25 @@ def test_a_hub_snapshot_someone_else_put_in_the_cache_is_refused(shared, contain
     assert not (root / BOB / "ft" / "jobs").exists() or len(list((root / BOB / "ft" / "jobs").iterdir())) == 1
     trusted = ft_as(BOB, root, container_site, *job, f"hub.trusted_owners=[{ALICE}]")
     assert trusted.returncode == 0 and "refused" not in trusted.stderr, trusted.stderr
+
+
+def test_the_users_enter_a_checkout_in_a_closed_home_only_while_the_tests_need_it(users):
+    """A clone in a 0700 home, with a space in its path: ALICE reads inside it only within `entered_by`,
+    and exactly the ACL entries it added are gone afterwards."""
+    home = Path(tempfile.mkdtemp(prefix="ft-closed-home-", dir="/srv"))
+    try:
+        os.chmod(home, 0o700)
+        checkout = home / "my clones" / "ft"
+        checkout.mkdir(parents=True)
+        (checkout / "code.py").write_text("x = 1\n")
+        readable = ["runuser", "-u", ALICE, "--", "test", "-r", str(checkout / "code.py")]
+        assert subprocess.run(readable).returncode != 0
+        with entered_by([ALICE], [checkout]):
+            assert subprocess.run(readable).returncode == 0
+            # Enter, never list: the home's other files stay hidden.
+            assert subprocess.run(["runuser", "-u", ALICE, "--", "ls", str(home)], capture_output=True).returncode != 0
+        assert subprocess.run(readable).returncode != 0
+        assert f"user:{ALICE}" not in subprocess.run(["getfacl", "-p", str(home)], capture_output=True,
+                                                     text=True).stdout
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
