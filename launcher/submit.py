@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ftcore import contract, layout, secrets
@@ -73,7 +73,7 @@ def sweep_overrides(sweeps: list[str]) -> list[list[str]]:
 
 
 def prepare(factory: str, overrides: list[str], profile: str | None = None,
-            executor: str = "slurm", dry_run: bool = False, sweeps: list[str] | None = None,
+            executor: str = scheduler.DEFAULT, dry_run: bool = False, sweeps: list[str] | None = None,
             after: str | None = None, stage: bool = False, force: bool = False,
             elsewhere: bool = False) -> Prepared:
     """Everything short of writing: resolution, validation, pre-flight checks, rendering.
@@ -132,7 +132,7 @@ def prepare(factory: str, overrides: list[str], profile: str | None = None,
 
 
 def _array_schedulers() -> str:
-    return " or ".join(name for name in scheduler.NAMES if scheduler.get(name).arrays)
+    return scheduler.names_that(lambda runner: runner.arrays)
 
 
 def _offline_problems(jobs: list, stage_command: str, dry_run: bool) -> list[str]:
@@ -290,7 +290,8 @@ def _job_id_to_wait_for(spec: str) -> str:
     if view.problem:
         raise UserError(f"--after {spec}: {view.folder} cannot be read ({view.problem})")
     if not view.job_id:
-        raise UserError(f"--after {spec}: that job was never submitted to SLURM")
+        raise UserError(f"--after {spec}: that job has no scheduler's job id to wait for (a dry run, or a job "
+                        "that ran here)")
     return view.job_id
 
 
@@ -311,6 +312,13 @@ def srun_line(p: Prepared, factory: str) -> tuple[str, list[str]]:
         # exist when the job starts, and nothing in the user's script would create it.
         paths.jobs_root().mkdir(parents=True, exist_ok=True)
     return render.srun_line(p.job, args), header
+
+
+def render_elsewhere(p: Prepared, ft_home: str | None) -> str:
+    """The script a `--cluster` dry run shows: rendered here for a new folder under the cluster's
+    FT_HOME (`NEW` stands for the name the folder gets there)."""
+    folder = PurePosixPath(ft_home or paths.DEFAULT_HOME) / paths.JOBS / "NEW"
+    return scheduler.get(p.executor).render(p.job, folder, len(p.tasks))
 
 
 def summary(p: Prepared) -> list[tuple[str, str]]:
@@ -358,7 +366,7 @@ def write(p: Prepared, argv: list[str] | None = None, root: Path | None = None) 
 
 
 def submit(folder: Path, factory: str, history: list[dict] | None = None, job_name: str | None = None,
-           executor: str = "slurm") -> str:
+           executor: str = scheduler.DEFAULT) -> str:
     """Hand the folder's script to the scheduler; if refused, a new folder is removed so nothing
     half-done stays."""
     with jobdir.locked(folder):
@@ -368,22 +376,22 @@ def submit(folder: Path, factory: str, history: list[dict] | None = None, job_na
 def _submit_and_record(folder: Path, factory: str, history: list[dict] | None, job_name: str | None,
                        executor: str) -> str:
     record = {"executor": executor, "factory": factory, "folder": str(folder), "history": history or []}
+    runner = scheduler.get(executor)
+    look = (f"look for it with {runner.lost_job_hint(job_name)}; once it starts, `ft status {folder}` shows its id. "
+            f"If it is not there, `ft resubmit {folder}`")
     try:
-        job_id = scheduler.get(executor).submit(folder)
+        job_id = runner.submit(folder)
     except KeyboardInterrupt:
-        # sbatch may have queued the job before it was interrupted: keep the folder, say so.
+        # The scheduler may have queued the job before it was interrupted: keep the folder, say so.
         jobdir.write_record(folder, **record, job_id=None, submission="interrupted")
-        raise UserError(f"interrupted while sbatch was answering: the job may have been submitted; its folder "
-                        f"{folder} was kept", hint=f"look for it with `squeue --me`; once it starts, `ft status "
-                                                   f"{folder}` shows its id. If it is not there, `ft resubmit {folder}`") from None
+        raise UserError(f"interrupted while {runner.submit_command} was answering: the job may have been submitted; "
+                        f"its folder {folder} was kept", hint=look) from None
     except SubmissionUnclear as err:
-        # The job may exist and run in this folder: keep it, and keep what sbatch said.
+        # The job may exist and run in this folder: keep it, and keep what the scheduler said.
         jobdir.write_record(folder, **record, job_id=None, submission="unclear",
                             sbatch_answer=secrets.redact(err.raw)[-4000:])
-        name = f" --name={job_name}" if job_name else ""
         err.problems.append(f"the job may have been submitted; its folder {folder} was kept")
-        err.hint = (f"look for it with `squeue --me{name}` (or `sacct{name or ' -u $USER'}`); once it starts, "
-                    f"`ft status {folder}` shows its id. If it is not there, `ft resubmit {folder}`")
+        err.hint = look
         raise
     except SchedulerError as err:
         if history is None:
@@ -425,7 +433,7 @@ def prepare_resubmit(view, overrides: list[str], profile: str | None = None, exe
     if view.task is not None:
         raise UserError(f"{view.label} is one task of a sweep: resubmit the whole sweep ({view.job_id})")
     # A dry run's folder was never submitted: it goes where ft submits by default.
-    executor = executor or (view.executor if view.scheduler else scheduler.NAMES[0])
+    executor = executor or (view.executor if view.scheduler else scheduler.DEFAULT)
     runner = scheduler.get(executor)
     tasks = len(list((view.folder / layout.TASKS).glob("*/" + jobdir.CONFIG)))
     if tasks and overrides:
@@ -559,16 +567,6 @@ def _text_or_none(path: Path) -> str | None:
 
 def _not_ours(view) -> list[str]:
     """`ft resubmit` of an `ft train` folder: ft did not write the script, so it cannot submit it."""
-
     newest = layout.newest_complete(view.folder)
     resumes = f"it continues from {newest.name}" if newest else "it starts from the beginning (no checkpoint yet)"
-    if view.executor != "srun":
-        return [f"{view.folder} was trained by `ft train` under {view.executor}, not submitted by ft: run the same "
-                f"command again with --job-dir {view.folder}; {resumes}"]
-    script = f"your batch script (submitted from {view.record['submit_dir']})" if view.record.get("submit_dir") \
-        else "your batch script"
-    return [f"job {view.job_id} ran `ft train` from {script}; ft did not write that script, so it cannot submit it "
-            "again. Either:",
-            f"  scontrol requeue {view.job_id}   (while SLURM still knows the job: same job id, same folder; {resumes})",
-            f"  or add --job-dir {view.folder} to the ft train line of the script and submit it with sbatch "
-            f"({resumes})"]
+    return view.scheduler.resubmit_advice(view, resumes)
