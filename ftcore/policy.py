@@ -79,14 +79,14 @@ def lora_targets(linear_names: list[str], head_name: str | None, peft, model_typ
     serving). "Linear" includes GPT-2's Conv1D. A glob that matches no linear layer is an error,
     not silence; so is excluding everything.
     """
-    defaults = families.default_targets(model_type)
-    if peft.match_all_linear or (peft.target_modules is None and defaults is None):
+    family = families.get(model_type)
+    if peft.match_all_linear or (peft.target_modules is None and family is None):
         chosen = [n for n in linear_names if n != head_name]
     elif peft.target_modules is None:
-        chosen = [n for n in linear_names if n != head_name and n.rsplit(".", 1)[-1] in defaults]
+        chosen = [n for n in linear_names if n != head_name and n.rsplit(".", 1)[-1] in family.targets]
         if not chosen:
-            raise UserError(f"none of {families.get(model_type).name}'s usual projections "
-                            f"({', '.join(defaults)}) is in this model: set peft.target_modules")
+            raise UserError(f"none of {family.name}'s usual projections "
+                            f"({', '.join(family.targets)}) is in this model: set peft.target_modules")
     else:
         chosen, unmatched = [], []
         for glob in peft.target_modules:
@@ -96,21 +96,20 @@ def lora_targets(linear_names: list[str], head_name: str | None, peft, model_typ
             chosen += [n for n in hits if n not in chosen]
         if unmatched:
             kinds = sorted({n.rsplit(".", 1)[-1] for n in linear_names})
-            experts = families.expert_parameters(model_type)
             raise UserError(
                 f"peft.target_modules {unmatched} match no linear layer of this model. "
                 f"Its linear layers are named like: {', '.join(kinds[:12])} "
                 f"(e.g. {linear_names[0] if linear_names else 'none'})",
-                hint=(f"{families.get(model_type).name}'s experts are 3-D weights ({', '.join(experts)}), not linear "
-                      "layers: peft.experts=true adapts them") if experts else None,
+                hint=(f"{family.name}'s experts are 3-D weights ({', '.join(family.experts)}), not linear "
+                      "layers: peft.experts=true adapts them") if family and family.experts else None,
             )
     chosen = [n for n in chosen if not glob_matches(n, peft.exclude_modules)]
-    unreachable = families.peft_unreachable(model_type)
+    unreachable = family.peft_unreachable if family else ()
     if unreachable:
         named = [n for n in chosen if n.rsplit(".", 1)[-1] in unreachable]
         if named and peft.target_modules is not None and not peft.match_all_linear:
             raise UserError(f"peft.target_modules names {named[0]}{' and more' if len(named) > 1 else ''}: peft reads "
-                            f"{'/'.join(unreachable)} in {families.get(model_type).name} as the experts' names and "
+                            f"{'/'.join(unreachable)} in {family.name} as the experts' names and "
                             f"would adapt the experts instead of these layers",
                             hint="leave them out of peft.target_modules (peft.experts adapts the experts)")
         chosen = [n for n in chosen if n not in named]
@@ -122,7 +121,8 @@ def lora_targets(linear_names: list[str], head_name: str | None, peft, model_typ
 def expert_targets(parameter_names: list[str], peft, model_type: str | None) -> list[str]:
     """The 3-D MoE expert parameters a `peft` section adapts (peft's `target_parameters`), by
     their module path and parameter name (`model.layers.0.mlp.experts.gate_up_proj`)."""
-    suffixes = families.expert_parameters(model_type)
+    family = families.get(model_type)
+    suffixes = family.experts if family else ()
     if not families.adapts_experts(peft) or not suffixes:
         return []
     chosen = [n for n in parameter_names if n.rsplit(".", 1)[-1] in suffixes and ".experts." in n]
