@@ -237,11 +237,12 @@ def host_python_problems(job) -> list[str]:
 def _not_pulled_yet(job) -> list[str]:
     from launcher import image
 
-    c = job.container
-    if c.runtime == "none" or not image.is_uri(c.image) or Path(image.image_to_run(c)).is_file():
+    container = job.container
+    local = image.image_to_run(container)
+    if container.runtime == "none" or not image.is_uri(container.image) or Path(local).is_file():
         return []
-    return [f"dry run: {c.image} is not pulled yet; `ft submit` pulls it into {image.image_to_run(c)} first "
-            f"(or `ft image pull {c.image}`)"]
+    return [f"dry run: {container.image} is not pulled yet; `ft submit` pulls it into {local} first "
+            f"(or `ft image pull {container.image}`)"]
 
 
 def ready_image(job, skip_check: bool = False, echo=None) -> list[str]:
@@ -251,32 +252,33 @@ def ready_image(job, skip_check: bool = False, echo=None) -> list[str]:
     UserError for a pull that fails or an image that cannot run the trainer."""
     from launcher import image
 
-    c = job.container
-    if c.runtime == "none":
+    container = job.container
+    if container.runtime == "none":
         return []
     if "HF_HUB_CACHE" in staging.environment(job):  # bound into the container: it must exist
         sharedcache.make_dir(staging.cache_dir(job))
     notes = []
-    here = shutil.which(c.runtime) is not None
-    local = image.image_to_run(c)
-    if image.is_uri(c.image):
+    here = shutil.which(container.runtime) is not None
+    local = image.image_to_run(container)
+    if image.is_uri(container.image):
         if Path(local).is_file():
-            image.check_trusted(c, Path(local))
-            notes.append(f"image {c.image}: the SIF pulled before, {local}")
+            image.check_trusted(container, Path(local))
+            notes.append(f"image {container.image}: the SIF pulled before, {local}")
         elif not here:
-            raise UserError(f"container.image {c.image} is not pulled yet, and {c.runtime} is not on PATH here "
-                            "to pull it", hint=f"run `ft image pull {c.image}` where {c.runtime} is installed "
+            raise UserError(f"container.image {container.image} is not pulled yet, and {container.runtime} is not "
+                            "on PATH here to pull it",
+                            hint=f"run `ft image pull {container.image}` where {container.runtime} is installed "
                                                "(the cache folder is shared), or give a .sif path")
         else:
-            path, _ = image.pull(c.image, image.cache_dir(c), c.runtime, echo)
-            notes.append(f"image {c.image}: pulled once into {path}")
+            path, _ = image.pull(container.image, image.cache_dir(container), container.runtime, echo)
+            notes.append(f"image {container.image}: pulled once into {path}")
     if skip_check:
         notes.append("image check skipped (--skip-image-check)")
     elif not here:
-        notes.append(f"{c.runtime} is not on PATH here, so the image was not checked (the job will tell); "
-                     f"`ft image check {local}` runs the check where {c.runtime} is installed")
+        notes.append(f"{container.runtime} is not on PATH here, so the image was not checked (the job will tell); "
+                     f"`ft image check {local}` runs the check where {container.runtime} is installed")
     else:
-        report, ran = image.check_once(c, local)
+        report, ran = image.check_once(container, local)
         torch = report.found["packages"]["torch"]["version"]
         notes.append(f"image check {'passed' if ran else 'passed before'}: Python {report.found['python']}, "
                      f"torch {torch}")
@@ -295,71 +297,73 @@ def _job_id_to_wait_for(spec: str) -> str:
     return view.job_id
 
 
-def srun_line(p: Prepared, factory: str) -> tuple[str, list[str]]:
+def srun_line(prepared: Prepared, factory: str) -> tuple[str, list[str]]:
     """The srun line that runs this job with `ft train` from a workshop's own batch script,
     and the #SBATCH lines its allocation needs (nodes × tasks per node is the job's layout)."""
     from launcher.config import looks_like_path
 
-    spec = str(p.resolved.factory_path) if looks_like_path(factory) else factory
+    spec = str(prepared.resolved.factory_path) if looks_like_path(factory) else factory
     args = ["--factory", spec]
-    if p.resolved.profile_path:
-        args += ["--profile", str(p.resolved.profile_path)]
-    args += [o.text for o in p.resolved.overrides]
+    if prepared.resolved.profile_path:
+        args += ["--profile", str(prepared.resolved.profile_path)]
+    args += [o.text for o in prepared.resolved.overrides]
     allocation = ("--nodes=", "--ntasks-per-node=", "--gpus-per-node=")
-    header = [f"#SBATCH {o}" for o in render.sbatch_options(p.job, Path(".")) if o.startswith(allocation)]
-    if p.job.container.runtime != "none":
+    header = [f"#SBATCH {o}" for o in render.sbatch_options(prepared.job, Path(".")) if o.startswith(allocation)]
+    if prepared.job.container.runtime != "none":
         # The line binds the folder `ft train` makes its job folders in: a bind source must
         # exist when the job starts, and nothing in the user's script would create it.
         paths.jobs_root().mkdir(parents=True, exist_ok=True)
-    return render.srun_line(p.job, args), header
+    return render.srun_line(prepared.job, args), header
 
 
-def render_elsewhere(p: Prepared, ft_home: str | None) -> str:
+def render_elsewhere(prepared: Prepared, ft_home: str | None) -> str:
     """The script a `--cluster` dry run shows: rendered here for a new folder under the cluster's
     FT_HOME (`NEW` stands for the name the folder gets there)."""
     folder = PurePosixPath(ft_home or paths.DEFAULT_HOME) / paths.JOBS / "NEW"
-    return scheduler.get(p.executor).render(p.job, folder, len(p.tasks))
+    return scheduler.get(prepared.executor).render(prepared.job, folder, len(prepared.tasks))
 
 
-def summary(p: Prepared) -> list[tuple[str, str]]:
-    job = p.job
-    t = job.trainer
-    unit = "GPU" if t.accelerator == "gpu" else "task"
+def summary(prepared: Prepared) -> list[tuple[str, str]]:
+    job = prepared.job
+    trainer = job.trainer
+    unit = "GPU" if trainer.accelerator == "gpu" else "task"
     image = job.container.image if job.container.runtime != "none" else "none (host Python)"
     sweep = []
-    if p.tasks:
-        sweep = [("sweep", f"{len(p.tasks)} tasks in one SLURM array, each with the resources below")]
+    if prepared.tasks:
+        sweep = [("sweep", f"{len(prepared.tasks)} tasks in one SLURM array, each with the resources below")]
         sweep += [(f"  task {i}", values or "(the same as the others)")
-                  for i, values in enumerate(differing([job_to_dict(r.job) for r in p.tasks]))]
+                  for i, values in enumerate(differing([job_to_dict(task.job) for task in prepared.tasks]))]
     return [*sweep,
-        ("factory", f"{job.name} ({p.resolved.factory_path})"),
+        ("factory", f"{job.name} ({prepared.resolved.factory_path})"),
         ("method", "LoRA" if job.peft else "full SFT"),
         ("model", str(job.model.path or f"random init ({job.model.config.get('model_type', '?')})")),
-        ("resources", f"{t.num_nodes} node(s) × {t.devices} {unit}(s) = {job.world_size} {unit}(s)"
-                      + (", for each sweep task" if p.tasks else "")),
+        ("resources", f"{trainer.num_nodes} node(s) × {trainer.devices} {unit}(s) = {job.world_size} {unit}(s)"
+                      + (", for each sweep task" if prepared.tasks else "")),
         ("batch", f"global {job.data.global_batch_size} = micro {job.data.micro_batch_size} × "
                   f"accumulation {job.grad_accum_steps} × data-parallel {job.world_size}"),
-        ("steps", str(t.max_steps) if t.max_steps else f"{t.num_epochs} epoch(s)"),
+        ("steps", str(trainer.max_steps) if trainer.max_steps else f"{trainer.num_epochs} epoch(s)"),
         ("container", f"{job.container.runtime}: {image}"),
-        ("time limit", scheduler.get(p.executor).time_limit(job)),
+        ("time limit", scheduler.get(prepared.executor).time_limit(job)),
         ("partition", job.slurm.partition or "(cluster default)"),
-        ("profile", str(p.resolved.profile_path or "none")),
+        ("profile", str(prepared.resolved.profile_path or "none")),
     ]
 
 
-def write(p: Prepared, argv: list[str] | None = None, root: Path | None = None) -> Path:
+def write(prepared: Prepared, argv: list[str] | None = None, root: Path | None = None) -> Path:
     """The complete job folder: resolved config(s), script, exact command line; for a real
     submission also its record, from the first moment (`submitting`), so that no reader takes
     the folder for a dry run (`ft clean --dry-runs`) while sbatch answers, or after a Ctrl-C."""
-    job = p.job
+    job = prepared.job
     files = {jobdir.CONFIG: jobdir.config_text(job_to_dict(job)), jobdir.COMMAND: jobdir.command_line(argv)}
-    for index, task in enumerate(p.tasks):
+    for index, task in enumerate(prepared.tasks):
         files[f"tasks/{index}/{jobdir.CONFIG}"] = jobdir.config_text(job_to_dict(task.job))
 
     def contents(folder: Path) -> dict[str, str]:
-        script = scheduler.get(p.executor).render(job, folder, array_size=len(p.tasks), dependency=p.after)
-        record = {} if p.dry_run else {jobdir.RECORD: jobdir.record_text(
-            executor=p.executor, job_id=None, factory=job.name, folder=str(folder), history=[], submission="submitting")}
+        script = scheduler.get(prepared.executor).render(job, folder, array_size=len(prepared.tasks),
+                                                         dependency=prepared.after)
+        record = {} if prepared.dry_run else {jobdir.RECORD: jobdir.record_text(
+            executor=prepared.executor, job_id=None, factory=job.name, folder=str(folder), history=[],
+            submission="submitting")}
         return {**files, jobdir.SCRIPT: script, **record}
 
     return jobdir.create(job.name, contents, root)
@@ -505,21 +509,21 @@ def history(view) -> list[dict]:
     return done
 
 
-def apply_resubmit(r: Resubmission, argv: list[str] | None = None) -> str | None:
+def apply_resubmit(resubmission: Resubmission, argv: list[str] | None = None) -> str | None:
     """Under the folder's lock: check again that the job has ended, write the new config, script
     and command line (command.txt keeps every submission), and sbatch it (the job id); a local
     job is left for `local.run` (None). If the scheduler refuses, every file is put back."""
     from launcher import jobs
 
-    folder = r.view.folder
+    folder = resubmission.view.folder
     with jobdir.locked(folder):
         view = jobs.load(folder)  # as it is now that no other ft command is changing it
         _check_ended(view)
-        runner = scheduler.get(r.executor)
+        runner = scheduler.get(resubmission.executor)
         if not runner.runs_here:
-            ready_image(r.job)
+            ready_image(resubmission.job)
         commands = _text_or_none(folder / jobdir.COMMAND) or ""
-        new = {jobdir.CONFIG: jobdir.config_text(job_to_dict(r.job)), jobdir.SCRIPT: r.script,
+        new = {jobdir.CONFIG: jobdir.config_text(job_to_dict(resubmission.job)), jobdir.SCRIPT: resubmission.script,
                jobdir.COMMAND: commands + jobdir.command_line(argv)}
         jobdir.check_secrets(new)
         old = {name: _text_or_none(folder / name) for name in new}
@@ -530,7 +534,8 @@ def apply_resubmit(r: Resubmission, argv: list[str] | None = None) -> str | None
             if runner.runs_here:
                 return None
             sbatch_called = True
-            return _submit_and_record(folder, r.job.name, history(view), r.job.job_name, r.executor)
+            return _submit_and_record(folder, resubmission.job.name, history(view), resubmission.job.job_name,
+                                      resubmission.executor)
         except SubmissionUnclear:
             raise
         except SchedulerError as err:
