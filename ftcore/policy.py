@@ -7,27 +7,8 @@ One owner for each rule both halves need: the trainer turns a `Decision` into te
 (trainer/model.py) and the planner multiplies it out (launcher/plan.py); neither decides a
 dtype, a residency or a target list by itself, so they cannot drift apart. Torch-free.
 
-The rules, and why:
-
-* Compute runs in `model.dtype` on GPUs and in fp32 on CPUs (CPUs have no fast bf16 matmul):
-  `compute_dtype`, the one place that rule lives.
-* LoRA: the base is frozen and stored in the compute dtype, or in NF4 (4 bits, torchao) for
-  each decoder projection whose shape NF4 can hold and shard (`nf4_fits`); the adapters, their
-  gradients and Adam moments are fp32 (peft's default), so small updates are not rounded away.
-  The adapters *compute* in the compute dtype under every strategy (`adapter_compute`): FSDP2's
-  mixed precision gathers them in it, and data parallelism casts each adapter weight to it per
-  matmul (trainer/lora.py) instead of peft's default, which would copy every adapted layer's
-  input to fp32 and run the adapter path in fp32 (about 20 GiB of extra activations for 8B).
-* Full SFT sharded with FSDP2: the trained weights are fp32 shards (the master weights; each
-  layer is cast to the compute dtype when gathered), fp32 gradients and moments.
-  Full SFT with data parallelism (`strategy=ddp`) would train the compute-dtype weights
-  themselves, with moments in that dtype: the schema refuses that for bf16 on GPUs (small
-  updates round away), so it happens only in fp32.
-* Gradient residency under FSDP2: full SFT reduce-scatters after every micro batch, so a rank
-  never holds more than its shard of the gradients (deferring to the last micro batch would
-  keep an unsharded fp32 gradient of the whole model: 30 GiB per GPU for 8B). LoRA defers:
-  its unsharded adapter gradients are a few hundred MB at most, and one reduce-scatter per
-  step costs less than one per micro batch. Data parallelism all-reduces once per step.
+The rules (compute dtype, what LoRA and full SFT store in which dtype, NF4, gradient residency
+under FSDP2) and why each is so: docs/plan.md, "The decision".
 """
 
 from __future__ import annotations
