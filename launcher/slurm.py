@@ -11,6 +11,7 @@ import re
 import shutil
 import signal
 import subprocess
+from functools import cached_property
 from pathlib import Path
 from typing import Mapping
 
@@ -196,11 +197,16 @@ class Slurm(Scheduler):
                     "write and print the script, or --executor local to run here"]
         return []
 
+    @cached_property
+    def kill_wait_s(self) -> int | None:
+        """The cluster's KillWait, asked once per use of this scheduler (a sweep renders a script per task)."""
+        return kill_wait_s()
+
     def render(self, job, folder: Path, array_size: int = 0, dependency: str | None = None) -> str:
         from launcher import render
 
         return render.render_sbatch(job, folder, array_size=array_size, dependency=dependency,
-                                    kill_wait_s=kill_wait_s())
+                                    kill_wait_s=self.kill_wait_s)
 
     def submit(self, folder: Path) -> str:
         return sbatch(folder / SCRIPT)

@@ -113,7 +113,7 @@ def prepare(factory: str, overrides: list[str], profile: str | None = None,
     warnings = [*warnings, *host] if dry_run else warnings
     warnings += plan_warnings(job)
     if tasks:
-        problems += _sweeps_that_shape_the_script(tasks, combos)
+        problems += _sweeps_that_shape_the_script(runner, tasks, combos)
     if problems:
         raise UserError(*problems)
     runner.render(job, Path("/JOB_DIR"))  # template errors surface before anything is written
@@ -162,10 +162,11 @@ def refuse_secrets(resolved: Resolved, tasks: tuple[Resolved, ...] = (), words: 
     return list(dict.fromkeys(problems))
 
 
-def _sweeps_that_shape_the_script(tasks: tuple[Resolved, ...], combos: list[list[str]]) -> list[str]:
-    """One SLURM array shares one script (resources, container, environment): a sweep axis
+def _sweeps_that_shape_the_script(runner: scheduler.Scheduler, tasks: tuple[Resolved, ...],
+                                  combos: list[list[str]]) -> list[str]:
+    """One array job shares one script (resources, container, environment): a sweep axis
     whose values change the script cannot be an array."""
-    scripts = [render.render_sbatch(t.job, Path("/JOB_DIR"), array_size=len(tasks)) for t in tasks]
+    scripts = [runner.render(task.job, Path("/JOB_DIR"), array_size=len(tasks)) for task in tasks]
     if len(set(scripts)) == 1:
         return []
     problems = []
