@@ -22,9 +22,7 @@ trainer_state.json that is not the step's) does not count either: the previous o
 from __future__ import annotations
 
 import json
-import os
 import re
-import time
 import struct
 from dataclasses import dataclass
 from pathlib import Path
