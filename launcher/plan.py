@@ -76,20 +76,20 @@ def lora_params(job: Job, dims: arch.Dims) -> int:
     return sum(t.numel for t in lora_tensors(policy.decide(job, dims=dims), dims, job.peft.dim))
 
 
-def lora_activations(job: Job, d: Decision, dims: arch.Dims) -> int:
+def lora_activations(job: Job, decision: Decision, dims: arch.Dims) -> int:
     """Elements per token the adapters add to what autograd keeps, in the compute dtype (the
     policy computes them there, `Decision.adapter_compute`): lora_A's output (r) per adapted
     layer, and with dropout the masked copy of its input. Checkpointed: one layer's worth."""
-    if not d.lora or d.lora_targets is None:
+    if not decision.lora or decision.lora_targets is None:
         return 0
     per_layer: dict[str, int] = {}
-    for name in d.lora_targets:
+    for name in decision.lora_targets:
         fan_in, _ = dims.shape_of(name)
         layer = name.split(".layers.")[-1].split(".", 1)[0] if ".layers." in name else name
         per_layer[layer] = per_layer.get(layer, 0) + job.peft.dim + (fan_in if job.peft.dropout else 0)
     if not per_layer:
         return 0
-    return max(per_layer.values()) if d.activation_checkpointing else sum(per_layer.values())
+    return max(per_layer.values()) if decision.activation_checkpointing else sum(per_layer.values())
 
 
 # --- the estimate --------------------------------------------------------------------------------
