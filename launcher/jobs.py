@@ -45,8 +45,8 @@ class JobView:
 
     @property
     def job_id(self) -> str | None:
-        """The scheduler's id: from the record, else from the job's own start event (when
-        sbatch's answer was lost, the script still wrote its SLURM_JOB_ID)."""
+        """The scheduler's id: from the record, else from the job's own start event (when the
+        scheduler's answer to the submission was lost, ft's script still wrote the job's id)."""
         recorded = self.record.get("job_id")
         if scheduler.is_job_id(recorded):
             return recorded
