@@ -5,6 +5,7 @@ these are unit tests of the seam; the real SLURM scheduler runs in tests/slurm."
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -122,3 +123,44 @@ def test_the_seam_says_which_launcher_started_an_ft_train_task(env, started_by):
     launcher = scheduler.task_launcher(env)
     assert launcher.name == started_by
     assert scheduler.for_record(launcher.name).name == started_by  # its record reads back as what ran it
+
+
+RAN: list[tuple[str, bool]] = []
+
+
+class Here(Scheduler):
+    """A way of running jobs in ft's own process, as `local` does: the CLI hands it the folder."""
+
+    name = "here"
+    runs_here = True
+
+    def render(self, job, folder, array_size=0, dependency=None):
+        from launcher import render
+
+        return render.render_sbatch(job, folder, array_size=array_size, dependency=dependency)
+
+    def run(self, job, folder, detach=False, history=None):
+        RAN.append((str(folder), detach))
+        return 7
+
+
+def test_the_cli_runs_a_job_that_runs_here_through_its_scheduler(monkeypatch, isolated_home):
+    """`ft submit` and `ft resubmit` end in the scheduler's `run` (its status is ft's), for any
+    scheduler that runs here: the CLI never names `local`."""
+    from typer.testing import CliRunner
+
+    from launcher.cli import app
+
+    monkeypatch.setattr(scheduler, "_REGISTRY", dict(scheduler._REGISTRY))
+    monkeypatch.setattr(scheduler, "NAMES", scheduler.NAMES)
+    scheduler.register("here", f"{__name__}:Here")
+    RAN.clear()
+    done = CliRunner().invoke(app, ["submit", "--factory", "tiny", "--executor", "here", "--yes", "--detach",
+                                    "trainer.max_steps=1"])
+    assert done.exit_code == 7, done.output
+    ((folder, detach),) = RAN
+    assert detach and jobs.load(Path(folder)).executor == "here"
+    (Path(folder) / "events.jsonl").write_text(json.dumps({"event": "exit", "code": 1}) + "\n")
+    again = CliRunner().invoke(app, ["resubmit", folder, "--yes"])
+    assert again.exit_code == 7, again.output
+    assert RAN[1] == (folder, False)
