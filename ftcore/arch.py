@@ -3,19 +3,11 @@
     dims = arch.dims_from_config(json.load(open("config.json")), "config.json")
     dims.params, dims.tensors(), dims.linear_names(), dims.experts()
 
-For every family the installed transformers builds (`FAMILIES`: Llama, Mistral, Qwen2/3,
-Qwen3-MoE, Mixtral, Gemma 1-3, Phi-2/3, OLMo 2, Granite, Cohere, SmolLM3, StableLM, GPT-NeoX,
-GPT-2, Falcon, gpt-oss, DeepSeek-V3, Qwen3-Next) the tensors are written here as the family's
-modeling file creates them: fused projections (`qkv_proj`, `query_key_value`, `gate_up_proj`),
-GPT-2's `Conv1D` (weights stored in × out), MLA's low-rank projections, MoE experts as 3-D
-parameters, per-layer differences (dense and sparse layers, linear and full attention), biases
-and tied heads. tests/launcher/test_arch.py builds each family with transformers' own config
-class and holds parameter counts, module names and LoRA sizes to the built model.
-
-A config whose `model_type` is not here is priced as a Llama-shaped decoder and marked inexact
-(`Dims.exact`): its layer names are not known (`Dims.named`), so LoRA globs are left to the
-trainer. Which modules a family adapts by default is the trainer's registry's
-(`ftcore.families`), not this module's.
+`SHAPES` has one entry per family of `ftcore.families.FAMILIES` (same keys, held equal by
+tests/ftcore/test_policy.py), each building the tensors as the family's modeling file does;
+tests/launcher/test_arch.py holds them to the models transformers builds. An unknown
+`model_type` is priced as a Llama-shaped decoder, marked inexact and unnamed (`Dims.exact`,
+`Dims.named`). What a family *is* (LoRA targets, attention) is `ftcore.families`' to say.
 """
 
 from __future__ import annotations
@@ -23,8 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
-ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLP = ("gate_proj", "up_proj", "down_proj")
 HEAD = "lm_head"
 
 
@@ -484,7 +474,9 @@ def _qwen3_next(b: _Layer, c: _Config, n: int) -> None:
     b.norm("post_attention_layernorm", h)
 
 
-class Family(NamedTuple):
+class Shape(NamedTuple):
+    """How one family (`model_type`, the keys of `ftcore.families.FAMILIES`) lays out its tensors."""
+
     layer: Callable[[_Layer, _Config, int], None]
     defaults: dict[str, Any]  # the config class's defaults for the keys the shapes read
     layers_at: str = "model.layers"
@@ -500,68 +492,68 @@ _LLAMA = {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008, 
           "num_attention_heads": 32, "tie_word_embeddings": False}
 
 # Defaults as transformers' configuration_*.py has them (a hub config.json may leave keys out).
-FAMILIES: dict[str, Family] = {
-    "llama": Family(_llama, _LLAMA),
-    "mistral": Family(_llama, {**_LLAMA, "intermediate_size": 14336, "num_key_value_heads": 8}),
-    "granite": Family(_llama, _LLAMA),
-    "smollm3": Family(_llama, {**_LLAMA, "vocab_size": 128256, "hidden_size": 2048, "num_hidden_layers": 36,
+SHAPES: dict[str, Shape] = {
+    "llama": Shape(_llama, _LLAMA),
+    "mistral": Shape(_llama, {**_LLAMA, "intermediate_size": 14336, "num_key_value_heads": 8}),
+    "granite": Shape(_llama, _LLAMA),
+    "smollm3": Shape(_llama, {**_LLAMA, "vocab_size": 128256, "hidden_size": 2048, "num_hidden_layers": 36,
                                "num_attention_heads": 16, "num_key_value_heads": 4, "tie_word_embeddings": True}),
-    "qwen2": Family(_qwen2, {**_LLAMA, "vocab_size": 151936, "intermediate_size": 22016}),
-    "qwen3": Family(_qwen3, {**_LLAMA, "vocab_size": 151936, "intermediate_size": 22016, "head_dim": 128}),
-    "qwen3_moe": Family(_qwen3, {**_LLAMA, "vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 6144,
+    "qwen2": Shape(_qwen2, {**_LLAMA, "vocab_size": 151936, "intermediate_size": 22016}),
+    "qwen3": Shape(_qwen3, {**_LLAMA, "vocab_size": 151936, "intermediate_size": 22016, "head_dim": 128}),
+    "qwen3_moe": Shape(_qwen3, {**_LLAMA, "vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 6144,
                                  "num_hidden_layers": 24, "num_key_value_heads": 4, "moe_intermediate_size": 768,
                                  "num_experts_per_tok": 8, "num_experts": 128, "decoder_sparse_step": 1},
                         aliases={"num_local_experts": "num_experts"}),
-    "mixtral": Family(_mixtral, {**_LLAMA, "intermediate_size": 14336, "num_key_value_heads": 8,
+    "mixtral": Shape(_mixtral, {**_LLAMA, "intermediate_size": 14336, "num_key_value_heads": 8,
                                  "num_experts_per_tok": 2, "num_local_experts": 8},
                       aliases={"num_experts": "num_local_experts"}),
-    "gemma": Family(_gemma, {"vocab_size": 256000, "hidden_size": 3072, "intermediate_size": 24576,
+    "gemma": Shape(_gemma, {"vocab_size": 256000, "hidden_size": 3072, "intermediate_size": 24576,
                              "num_hidden_layers": 28, "num_attention_heads": 16, "head_dim": 256,
                              "tie_word_embeddings": True}),
-    "gemma2": Family(_gemma, {"vocab_size": 256000, "hidden_size": 2304, "intermediate_size": 9216,
+    "gemma2": Shape(_gemma, {"vocab_size": 256000, "hidden_size": 2304, "intermediate_size": 9216,
                               "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4,
                               "head_dim": 256, "tie_word_embeddings": True}),
-    "gemma3_text": Family(_gemma, {"vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216,
+    "gemma3_text": Shape(_gemma, {"vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216,
                                    "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4,
                                    "head_dim": 256, "tie_word_embeddings": True}),
-    "phi3": Family(_phi3, {**_LLAMA, "vocab_size": 32064, "hidden_size": 3072, "intermediate_size": 8192}),
-    "phi": Family(_phi, {**_LLAMA, "vocab_size": 51200, "hidden_size": 2048, "intermediate_size": 8192,
+    "phi3": Shape(_phi3, {**_LLAMA, "vocab_size": 32064, "hidden_size": 3072, "intermediate_size": 8192}),
+    "phi": Shape(_phi, {**_LLAMA, "vocab_size": 51200, "hidden_size": 2048, "intermediate_size": 8192,
                          "num_hidden_layers": 24}, final_norm="model.final_layernorm", final_norm_bias=True,
                   head_bias=True),
-    "olmo2": Family(_olmo2, {**_LLAMA, "vocab_size": 50304}),
-    "cohere": Family(_cohere, {**_LLAMA, "vocab_size": 256000, "hidden_size": 8192, "intermediate_size": 22528,
+    "olmo2": Shape(_olmo2, {**_LLAMA, "vocab_size": 50304}),
+    "cohere": Shape(_cohere, {**_LLAMA, "vocab_size": 256000, "hidden_size": 8192, "intermediate_size": 22528,
                                "num_hidden_layers": 40, "num_attention_heads": 64, "tie_word_embeddings": True}),
-    "stablelm": Family(_stablelm, {**_LLAMA, "vocab_size": 50304, "intermediate_size": 6912, "hidden_size": 2560},
+    "stablelm": Shape(_stablelm, {**_LLAMA, "vocab_size": 50304, "intermediate_size": 6912, "hidden_size": 2560},
                        final_norm_bias=True),
-    "gpt_neox": Family(_gpt_neox, {**_LLAMA, "vocab_size": 50432, "hidden_size": 6144, "num_hidden_layers": 44,
+    "gpt_neox": Shape(_gpt_neox, {**_LLAMA, "vocab_size": 50432, "hidden_size": 6144, "num_hidden_layers": 44,
                                    "num_attention_heads": 64, "intermediate_size": 24576},
                        layers_at="gpt_neox.layers", embed="gpt_neox.embed_in", final_norm="gpt_neox.final_layer_norm",
                        final_norm_bias=True),
-    "gpt2": Family(_gpt2, {"vocab_size": 50257, "n_positions": 1024, "hidden_size": 768, "num_hidden_layers": 12,
+    "gpt2": Shape(_gpt2, {"vocab_size": 50257, "n_positions": 1024, "hidden_size": 768, "num_hidden_layers": 12,
                            "num_attention_heads": 12, "tie_word_embeddings": True},
                    layers_at="transformer.h", embed="transformer.wte", final_norm="transformer.ln_f",
                    final_norm_bias=True, positions="transformer.wpe",
                    aliases={"n_embd": "hidden_size", "n_layer": "num_hidden_layers", "n_head": "num_attention_heads"}),
-    "falcon": Family(_falcon, {"vocab_size": 65024, "hidden_size": 4544, "num_hidden_layers": 32,
+    "falcon": Shape(_falcon, {"vocab_size": 65024, "hidden_size": 4544, "num_hidden_layers": 32,
                                "num_attention_heads": 71, "tie_word_embeddings": True,
                                "multi_query": True, "parallel_attn": True},
                      layers_at="transformer.h", embed="transformer.word_embeddings", final_norm="transformer.ln_f",
                      final_norm_bias=True,
                      aliases={"n_embed": "hidden_size", "n_layer": "num_hidden_layers", "n_head": "num_attention_heads",
                               "n_head_kv": "num_kv_heads"}),
-    "gpt_oss": Family(_gpt_oss, {"vocab_size": 201088, "hidden_size": 2880, "intermediate_size": 2880,
+    "gpt_oss": Shape(_gpt_oss, {"vocab_size": 201088, "hidden_size": 2880, "intermediate_size": 2880,
                                  "num_hidden_layers": 36, "num_attention_heads": 64, "num_key_value_heads": 8,
                                  "head_dim": 64, "num_local_experts": 128, "num_experts_per_tok": 4,
                                  "attention_bias": True, "tie_word_embeddings": False},
                       aliases={"num_experts": "num_local_experts"}),
-    "deepseek_v3": Family(_deepseek_v3, {"vocab_size": 129280, "hidden_size": 7168, "intermediate_size": 18432,
+    "deepseek_v3": Shape(_deepseek_v3, {"vocab_size": 129280, "hidden_size": 7168, "intermediate_size": 18432,
                                          "moe_intermediate_size": 2048, "num_hidden_layers": 61,
                                          "num_attention_heads": 128, "n_shared_experts": 1, "n_routed_experts": 256,
                                          "kv_lora_rank": 512, "q_lora_rank": 1536, "qk_rope_head_dim": 64,
                                          "v_head_dim": 128, "qk_nope_head_dim": 128, "num_experts_per_tok": 8,
                                          "first_k_dense_replace": 3, "tie_word_embeddings": False},
                           aliases={"num_local_experts": "n_routed_experts"}),
-    "qwen3_next": Family(_qwen3_next, {"vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 5632,
+    "qwen3_next": Shape(_qwen3_next, {"vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 5632,
                                        "num_hidden_layers": 48, "num_attention_heads": 16, "num_key_value_heads": 2,
                                        "head_dim": 256, "linear_conv_kernel_dim": 4, "linear_key_head_dim": 128,
                                        "linear_value_head_dim": 128, "linear_num_key_heads": 16,
@@ -575,29 +567,29 @@ def dims_from_config(config: dict[str, Any], source: str) -> Dims:
     """The model a config.json describes. An unknown `model_type` is priced as a Llama-shaped
     decoder from the keys it shares with Llama, and marked inexact and unnamed."""
     model_type = config.get("model_type") or "llama"
-    family = FAMILIES.get(model_type)
-    known = family is not None
+    shape = SHAPES.get(model_type)
+    known = shape is not None
     if not known:
-        family = FAMILIES["llama"]
+        shape = SHAPES["llama"]
         source = f"{source} (model_type {model_type!r} priced as a Llama-shaped decoder)"
-    c = _Config({**config, "model_type": model_type if known else "llama"}, family.defaults, family.aliases)
+    c = _Config({**config, "model_type": model_type if known else "llama"}, shape.defaults, shape.aliases)
     layers, linears, experts, activations = [], [], [], []
     for n in range(c.layers):
-        b = _Layer(f"{family.layers_at}.{n}", c.hidden)
-        family.layer(b, c, n)
+        b = _Layer(f"{shape.layers_at}.{n}", c.hidden)
+        shape.layer(b, c, n)
         layers.append(tuple(b.tensors))
         linears += b.linears
         experts += b.experts
         activations.append(b.activations)
-    outer = [Tensor(f"{family.embed}.weight", c.vocab, c.hidden, "embedding")]
-    if family.positions:
-        outer.append(Tensor(f"{family.positions}.weight", int(c.get("n_positions", 1024)), c.hidden, "embedding"))
-    outer.append(Tensor(f"{family.final_norm}.weight", c.hidden, 1, "norm"))
-    if family.final_norm_bias:
-        outer.append(Tensor(f"{family.final_norm}.bias", c.hidden, 1, "bias"))
+    outer = [Tensor(f"{shape.embed}.weight", c.vocab, c.hidden, "embedding")]
+    if shape.positions:
+        outer.append(Tensor(f"{shape.positions}.weight", int(c.get("n_positions", 1024)), c.hidden, "embedding"))
+    outer.append(Tensor(f"{shape.final_norm}.weight", c.hidden, 1, "norm"))
+    if shape.final_norm_bias:
+        outer.append(Tensor(f"{shape.final_norm}.bias", c.hidden, 1, "bias"))
     if not c.tied:
         outer.append(Tensor(f"{HEAD}.weight", c.vocab, c.hidden, "head"))
-    if family.head_bias:
+    if shape.head_bias:
         outer.append(Tensor(f"{HEAD}.bias", c.vocab, 1, "bias"))
     linears.append(Linear(HEAD, c.hidden, c.vocab))
     return Dims(model_type=model_type, hidden=c.hidden, layers=c.layers, heads=c.heads, kv_heads=c.kv_heads,

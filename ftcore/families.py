@@ -1,46 +1,14 @@
 """Model families: what each architecture is, which attention path trains it exactly, what LoRA adapts.
 
-    from ftcore import families
-    families.get("gpt2").targets             # ("c_attn", "c_proj", "c_fc"): the default LoRA targets
-    families.get("mixtral").experts          # ("gate_up_proj", "down_proj"): 3-D expert weights
-    path = families.attention_path(job, config)   # config: the model's config.json as a dict
-    path.name, path.padding_free, path.reason     # what the trainer builds, logs, and `ft plan` prints
-    families.problems(job, config)           # why this job cannot train this model (refused at submit)
+    family = families.get("gpt2")                  # None for a model_type ft does not know
+    family.targets, family.experts                 # default LoRA targets; 3-D expert weights
+    path = families.attention_path(job, config)    # config: the model's config.json as a dict
+    families.problems(job, config)                 # why this job cannot train this model
 
-The one owner of these facts (torch-free): the trainer builds the path `attention_path` names
-(trainer/model.py) and adapts `targets`/`experts` (trainer/lora.py); the planner prices the same
-path and counts the same adapters; the schema and `ft submit` refuse what `problems` lists.
-
-Attention paths, fastest first, and when each is exact:
-
-* ``ft_varlen`` — ft's padding-free attention (trainer/attention.py): a micro batch as one row,
-  examples kept apart by their boundaries. Exact for causal softmax attention with or without a
-  sliding window (the window is applied inside each example). It is NOT exact, so never chosen,
-  for attention-logit soft-capping (Gemma 2), attention sinks (gpt-oss), linear-attention layers
-  (Qwen3-Next: their recurrent state would flow from one example into the next), and for models
-  that do not hand the example boundaries down to their attention (StableLM, Falcon).
-* the model's own ``sdpa`` (or ``eager`` where transformers offers nothing else: soft-capping,
-  sinks), with each micro batch padded to its longest row. Always the model's own function.
-  Packed rows there need a block-diagonal mask ft builds itself, which replaces the model's own
-  sliding window: packing is refused where a window is shorter than a packed row
-  (`data.max_seq_length`), and for linear attention.
-
-A family ft does not list here trains on the model's own attention with padding (exact, slower);
-adding one is one `Family` entry plus its row in tests/trainer/test_families.py.
-
-LoRA targets: `targets` are the family's attention and MLP projections as the family names them
-(fused `qkv_proj`, `query_key_value`, GPT-2's `Conv1D` `c_attn`/`c_proj`/`c_fc`, MLA's low-rank
-projections); a name the built model lacks (an MoE model's dense MLP when every layer is sparse)
-is skipped. `experts` are the suffixes of MoE expert weights stored as one 3-D parameter per
-layer (transformers 5); peft adapts them with `target_parameters` (rank r per expert: an MoE
-adapter is about `num_experts` times larger in its MLP part), unless `peft.experts=false`.
-
-`peft_unreachable`: names peft itself will not let LoRA adapt as layers in a family. peft (0.18+
-with transformers 5) converts adapter configs written for transformers 4's MoE layout, and reads
-`gate_proj`/`up_proj`/`down_proj`/`gate` in a Qwen2-MoE-like family as the experts' old names:
-those targets become expert parameters, so a dense MLP or shared expert named so gets no adapter,
-and a saved adapter naming them loads as experts. ft leaves them out of the defaults and refuses
-them when named, so what is planned, trained and served is the same adapter.
+The one owner of these facts (torch-free): the trainer builds the path and adapts the targets,
+the planner prices the same, `ft submit` refuses what `problems` lists. Each family's tensors
+are `ftcore.arch.SHAPES`' (same keys). Why each path is exact where it is chosen, and what
+peft will not adapt: docs/families.md.
 """
 
 from __future__ import annotations
@@ -72,11 +40,12 @@ class Family:
     sinks: bool = False  # learned attention sinks
     linear_attention: bool = False  # some layers are linear attention (config `layer_types`)
     own: str = "sdpa"  # the model's own attention implementation that honours all of the above
-    peft_unreachable: tuple[str, ...] = ()  # layer names peft turns into expert targets (see above)
+    peft_unreachable: tuple[str, ...] = ()  # layer names peft turns into expert targets (docs/families.md)
     note: str = ""  # what else is special, for the README
 
     @property
     def targets(self) -> tuple[str, ...]:
+        """The default LoRA targets: attention, then MLP projections (a name both use, once)."""
         return self.attention + tuple(m for m in self.mlp if m not in self.attention)
 
 
@@ -126,23 +95,8 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
 
 
 def get(model_type: str | None) -> Family | None:
+    """The family of `model_type` (None: ft does not know it)."""
     return FAMILIES.get(model_type or "")
-
-
-def default_targets(model_type: str | None) -> tuple[str, ...] | None:
-    """The family's attention and MLP projection names (None: ft does not know the family)."""
-    family = get(model_type)
-    return family.targets if family else None
-
-
-def peft_unreachable(model_type: str | None) -> tuple[str, ...]:
-    family = get(model_type)
-    return family.peft_unreachable if family else ()
-
-
-def expert_parameters(model_type: str | None) -> tuple[str, ...]:
-    family = get(model_type)
-    return family.experts if family else ()
 
 
 def adapts_experts(peft) -> bool:

@@ -52,10 +52,6 @@ def fits(fmt: str, record: dict[str, Any]) -> bool:
     return any(all(record.get(name) is not None for name in names) for names in FIELDS.get(fmt, ()))
 
 
-def that_fit(record: dict[str, Any]) -> list[str]:
-    return [fmt for fmt in FIELDS if fits(fmt, record)]
-
-
 def needs(fmt: str) -> str:
     return " or ".join(", ".join(names) for names in FIELDS[fmt])
 

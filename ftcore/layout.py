@@ -22,9 +22,7 @@ trainer_state.json that is not the step's) does not count either: the previous o
 from __future__ import annotations
 
 import json
-import os
 import re
-import time
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,8 +50,11 @@ COMPLETE_MARKER = "COMPLETE"
 
 LORA = "lora"
 FULL = "full"
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
+# Hugging Face's names in a model folder, as ft reads and writes them.
+WEIGHTS = "model.safetensors"
+WEIGHT_INDEX = "model.safetensors.index.json"  # the shards of a large model
+WEIGHT_FILES = (WEIGHTS, WEIGHT_INDEX, "pytorch_model.bin", "pytorch_model.bin.index.json")
+ADAPTER_CONFIG = "adapter_config.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 SUPERVISOR_LOG = "supervisor.err"  # under LOGS: a detached local run's supervisor
 RANK_LOGS = "rank-*.out"  # under LOGS: what rank_log names
@@ -128,8 +129,6 @@ def safetensors_damage(path: Path) -> str | None:
     return None
 
 
-WEIGHT_INDEX = "model.safetensors.index.json"
-
 
 def weights_damage(folder: Path, present: set[str] | None = None) -> list[str]:
     """What is wrong with a model folder's safetensors weights, read from headers only: an
@@ -142,9 +141,9 @@ def weights_damage(folder: Path, present: set[str] | None = None) -> list[str]:
             return [f"{WEIGHT_INDEX} is larger than any index Hugging Face writes"]
         mapping = json.loads(index.read_bytes()).get("weight_map")
     except FileNotFoundError:
-        single = folder / "model.safetensors"
+        single = folder / WEIGHTS
         problem = safetensors_damage(single) if single.is_file() else None
-        return [f"model.safetensors: {problem}"] if problem else []
+        return [f"{WEIGHTS}: {problem}"] if problem else []
     except (OSError, ValueError, AttributeError) as err:  # (AttributeError: a JSON list, not an object)
         return [f"{WEIGHT_INDEX} is not a safetensors index ({type(err).__name__})"]
     if not isinstance(mapping, dict) or not mapping or not all(isinstance(v, str) for v in mapping.values()):
@@ -184,7 +183,7 @@ def newest_complete(run_dir: Path) -> Path | None:
 
 def kind_of(folder: Path) -> str | None:
     """LORA, FULL, or None when the folder holds no loadable model."""
-    if (folder / "adapter_config.json").is_file():
+    if (folder / ADAPTER_CONFIG).is_file():
         return LORA
     if (folder / "config.json").is_file() and any((folder / name).is_file() for name in WEIGHT_FILES):
         return FULL
@@ -241,14 +240,14 @@ class Checkpoint:
 
     @property
     def adapter_config(self) -> dict[str, Any]:
-        return read_json_object(self.path / "adapter_config.json") if self.is_lora else {}
+        return read_json_object(self.path / ADAPTER_CONFIG) if self.is_lora else {}
 
     @property
     def base(self) -> str | None:
         """What a LoRA adapter is applied to: a local folder or a hub id."""
         base = self.adapter_config.get("base_model_name_or_path")
         if base is not None and not isinstance(base, str):
-            raise UserError(f"{self.path / 'adapter_config.json'}: base_model_name_or_path should be a "
+            raise UserError(f"{self.path / ADAPTER_CONFIG}: base_model_name_or_path should be a "
                             f"folder or hub id, not {base!r}")
         return base or None
 

@@ -7,27 +7,8 @@ One owner for each rule both halves need: the trainer turns a `Decision` into te
 (trainer/model.py) and the planner multiplies it out (launcher/plan.py); neither decides a
 dtype, a residency or a target list by itself, so they cannot drift apart. Torch-free.
 
-The rules, and why:
-
-* Compute runs in `model.dtype` on GPUs and in fp32 on CPUs (CPUs have no fast bf16 matmul):
-  `compute_dtype`, the one place that rule lives.
-* LoRA: the base is frozen and stored in the compute dtype, or in NF4 (4 bits, torchao) for
-  each decoder projection whose shape NF4 can hold and shard (`nf4_fits`); the adapters, their
-  gradients and Adam moments are fp32 (peft's default), so small updates are not rounded away.
-  The adapters *compute* in the compute dtype under every strategy (`adapter_compute`): FSDP2's
-  mixed precision gathers them in it, and data parallelism casts each adapter weight to it per
-  matmul (trainer/lora.py) instead of peft's default, which would copy every adapted layer's
-  input to fp32 and run the adapter path in fp32 (about 20 GiB of extra activations for 8B).
-* Full SFT sharded with FSDP2: the trained weights are fp32 shards (the master weights; each
-  layer is cast to the compute dtype when gathered), fp32 gradients and moments.
-  Full SFT with data parallelism (`strategy=ddp`) would train the compute-dtype weights
-  themselves, with moments in that dtype: the schema refuses that for bf16 on GPUs (small
-  updates round away), so it happens only in fp32.
-* Gradient residency under FSDP2: full SFT reduce-scatters after every micro batch, so a rank
-  never holds more than its shard of the gradients (deferring to the last micro batch would
-  keep an unsharded fp32 gradient of the whole model: 30 GiB per GPU for 8B). LoRA defers:
-  its unsharded adapter gradients are a few hundred MB at most, and one reduce-scatter per
-  step costs less than one per micro batch. Data parallelism all-reduces once per step.
+The rules (compute dtype, what LoRA and full SFT store in which dtype, NF4, gradient residency
+under FSDP2) and why each is so: docs/plan.md, "The decision".
 """
 
 from __future__ import annotations
@@ -79,14 +60,14 @@ def lora_targets(linear_names: list[str], head_name: str | None, peft, model_typ
     serving). "Linear" includes GPT-2's Conv1D. A glob that matches no linear layer is an error,
     not silence; so is excluding everything.
     """
-    defaults = families.default_targets(model_type)
-    if peft.match_all_linear or (peft.target_modules is None and defaults is None):
+    family = families.get(model_type)
+    if peft.match_all_linear or (peft.target_modules is None and family is None):
         chosen = [n for n in linear_names if n != head_name]
     elif peft.target_modules is None:
-        chosen = [n for n in linear_names if n != head_name and n.rsplit(".", 1)[-1] in defaults]
+        chosen = [n for n in linear_names if n != head_name and n.rsplit(".", 1)[-1] in family.targets]
         if not chosen:
-            raise UserError(f"none of {families.get(model_type).name}'s usual projections "
-                            f"({', '.join(defaults)}) is in this model: set peft.target_modules")
+            raise UserError(f"none of {family.name}'s usual projections "
+                            f"({', '.join(family.targets)}) is in this model: set peft.target_modules")
     else:
         chosen, unmatched = [], []
         for glob in peft.target_modules:
@@ -96,21 +77,20 @@ def lora_targets(linear_names: list[str], head_name: str | None, peft, model_typ
             chosen += [n for n in hits if n not in chosen]
         if unmatched:
             kinds = sorted({n.rsplit(".", 1)[-1] for n in linear_names})
-            experts = families.expert_parameters(model_type)
             raise UserError(
                 f"peft.target_modules {unmatched} match no linear layer of this model. "
                 f"Its linear layers are named like: {', '.join(kinds[:12])} "
                 f"(e.g. {linear_names[0] if linear_names else 'none'})",
-                hint=(f"{families.get(model_type).name}'s experts are 3-D weights ({', '.join(experts)}), not linear "
-                      "layers: peft.experts=true adapts them") if experts else None,
+                hint=(f"{family.name}'s experts are 3-D weights ({', '.join(family.experts)}), not linear "
+                      "layers: peft.experts=true adapts them") if family and family.experts else None,
             )
     chosen = [n for n in chosen if not glob_matches(n, peft.exclude_modules)]
-    unreachable = families.peft_unreachable(model_type)
+    unreachable = family.peft_unreachable if family else ()
     if unreachable:
         named = [n for n in chosen if n.rsplit(".", 1)[-1] in unreachable]
         if named and peft.target_modules is not None and not peft.match_all_linear:
             raise UserError(f"peft.target_modules names {named[0]}{' and more' if len(named) > 1 else ''}: peft reads "
-                            f"{'/'.join(unreachable)} in {families.get(model_type).name} as the experts' names and "
+                            f"{'/'.join(unreachable)} in {family.name} as the experts' names and "
                             f"would adapt the experts instead of these layers",
                             hint="leave them out of peft.target_modules (peft.experts adapts the experts)")
         chosen = [n for n in chosen if n not in named]
@@ -122,7 +102,8 @@ def lora_targets(linear_names: list[str], head_name: str | None, peft, model_typ
 def expert_targets(parameter_names: list[str], peft, model_type: str | None) -> list[str]:
     """The 3-D MoE expert parameters a `peft` section adapts (peft's `target_parameters`), by
     their module path and parameter name (`model.layers.0.mlp.experts.gate_up_proj`)."""
-    suffixes = families.expert_parameters(model_type)
+    family = families.get(model_type)
+    suffixes = family.experts if family else ()
     if not families.adapts_experts(peft) or not suffixes:
         return []
     chosen = [n for n in parameter_names if n.rsplit(".", 1)[-1] in suffixes and ".experts." in n]

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ftcore.files import check_output, expand, made_from, output_folder
-from ftcore.layout import Checkpoint, model_files
+from ftcore.layout import ADAPTER_CONFIG, Checkpoint, model_files
 from ftcore.errors import UserError
 
 TARGETS = ("vllm",)
@@ -64,13 +64,13 @@ def safetensors_header(path: Path) -> dict[str, Any]:
 
 def check_adapter(folder: Path) -> tuple[list[str], list[str]]:
     """(problems that stop vLLM loading the adapter, warnings), from its two files."""
-    config = json.loads((folder / "adapter_config.json").read_text())
+    config = json.loads((folder / ADAPTER_CONFIG).read_text())
     problems, warnings = [], []
     if config.get("peft_type", "LORA") != "LORA":
         problems.append(f"peft_type is {config.get('peft_type')}: vLLM serves LoRA adapters only")
     for key in ("r", "lora_alpha", "target_modules"):
         if config.get(key) in (None, "", []):
-            problems.append(f"adapter_config.json has no {key}, which vLLM requires")
+            problems.append(f"{ADAPTER_CONFIG} has no {key}, which vLLM requires")
     if config.get("use_dora"):
         problems.append("a DoRA adapter (use_dora): vLLM does not load DoRA")
     if config.get("modules_to_save"):
@@ -150,7 +150,7 @@ def export(ckpt: Checkpoint, to: str = "vllm", out: Path | None = None, merge: b
         if problems:
             raise UserError(*problems, hint="`ft export CKPT --to vllm --merge` folds the adapter into its base, "
                                              "which vLLM serves as a plain model")
-        config = json.loads((ckpt.path / "adapter_config.json").read_text())
+        config = json.loads((ckpt.path / ADAPTER_CONFIG).read_text())
         flags = ["--enable-lora", "--lora-modules", f"{serve_name(ckpt)}={out.absolute()}"]
         if int(config["r"]) > VLLM_DEFAULT_MAX_RANK:
             flags += ["--max-lora-rank", str(max_lora_rank(int(config["r"])))]
@@ -180,11 +180,11 @@ def _copy_model(ckpt: Checkpoint, dest: Path, lora: bool) -> None:
         (dest / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, dest / relative)
     if lora:
-        config = json.loads((dest / "adapter_config.json").read_text())
+        config = json.loads((dest / ADAPTER_CONFIG).read_text())
         config["inference_mode"] = True
         if float(config["lora_alpha"]).is_integer():
             config["lora_alpha"] = int(config["lora_alpha"])  # vLLM declares it an int
-        (dest / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        (dest / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         return
     config = json.loads((dest / "config.json").read_text())
     config["use_cache"] = True  # the trainer saves False (no KV cache while training)

@@ -31,7 +31,7 @@ def write_hf_files(folder: Path) -> None:
     tmp = folder / ".tmp-hf"
     shutil.rmtree(tmp, ignore_errors=True)
     write_hf_from_state(folder, job, base_ref, tmp)
-    markers = {"config.json", "adapter_config.json"}  # what `layout.kind_of` looks for
+    markers = {"config.json", layout.ADAPTER_CONFIG}  # what `layout.kind_of` looks for
     names = sorted(os.listdir(tmp), key=lambda n: n in markers)
     for name in names:
         os.replace(tmp / name, folder / name)

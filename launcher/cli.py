@@ -172,7 +172,7 @@ def submit_cmd(
     factory: Optional[str] = FactoryOpt,
     dry_run: bool = typer.Option(False, "--dry-run", help="Write the job folder and print the script; never call sbatch."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Submit without asking."),
-    executor: str = typer.Option("slurm", "--executor", help="`slurm` (sbatch) or `local` (run here, no scheduler)."),
+    executor: Optional[str] = typer.Option(None, "--executor", help="`slurm` (sbatch, the default) or `local` (run here, no scheduler)."),
     detach: bool = typer.Option(False, "--detach", help="With --executor local: run in the background."),
     sweep: List[str] = typer.Option([], "--sweep", help="key=v1,v2,...: one SLURM array task per value (repeat for a grid)."),
     after: Optional[str] = typer.Option(None, "--after", help="Start only after this job completed successfully (afterok)."),
@@ -185,63 +185,87 @@ def submit_cmd(
     cluster: Optional[str] = ClusterOpt,
 ) -> None:
     """Resolve, validate, write the job folder, render the sbatch script and submit it."""
-    from rich.markup import escape
-
+    from ftcore import layout
     from ftcore.errors import UserError
     from launcher import image, scheduler, submit
 
-    if print_srun and (not dry_run or sweep or after or executor != "slurm"):
+    executor = executor or scheduler.DEFAULT
+    if print_srun and (not dry_run or sweep or after or scheduler.get(executor).task_command is None):
         raise UserError("--print-srun prints one job's srun line for your own script and submits nothing: "
-                        "use it with --dry-run, without --sweep, --after or --executor local")
+                        "use it with --dry-run, without --sweep, --after or --executor "
+                        + scheduler.names_that(lambda other: other.task_command is None))
     factory, args = _factory(factory, list(ctx.args), "submit")
     if cluster:
         _submit_on_cluster(cluster, factory, args, profile, executor, dry_run, yes, sweep, after,
                            stage, force, skip_image_check, print_srun)
         return
-    p = submit.prepare(factory, args, profile, executor, dry_run, sweep, after, stage, force)
+    prepared = submit.prepare(factory, args, profile, executor, dry_run, sweep, after, stage, force)
     err = _console(stderr=True)
-    for note in p.resolved.notes:
-        err.print(f"ft: {note}" if not note.startswith("  ") else note, markup=False)
-    for staged in p.staged:
-        err.print(staged.line(), markup=False)
-    for warning in p.warnings:
-        err.print(f"[bold yellow]ft: warning:[/] {escape(warning)}")
-    for note in p.notes:
-        err.print(note, markup=False)
+    _print_notes(prepared, err)
     if print_srun:
-        line, header = submit.srun_line(p, factory)
-        each = "one per GPU" if p.job.trainer.accelerator == "gpu" else "CPU processes, no GPUs"
-        err.print(f"# the allocation this line expects ({p.job.world_size} task(s), {each}):\n" + "\n".join(header),
-                  markup=False)
-        print(line)
+        _print_srun_line(prepared, factory, err)
         return
-    if dry_run and p.tasks:
-        err.print(f"sweep: {len(p.tasks)} tasks in one SLURM array", markup=False)
-        for key, value in submit.summary(p)[1:len(p.tasks) + 1]:
+    if dry_run and prepared.tasks:
+        err.print(f"sweep: {len(prepared.tasks)} tasks in one SLURM array", markup=False)
+        for key, value in submit.summary(prepared)[1:len(prepared.tasks) + 1]:
             err.print(f"{key}: {value}", markup=False)
     if not dry_run:
-        _print_summary(p, err)
+        _print_summary(prepared, err)
         if not yes:
-            _confirm(f"Submit these {len(p.tasks)} tasks (one SLURM array)?" if p.tasks else "Submit this job?",
+            tasks = len(prepared.tasks)
+            _confirm(f"Submit these {tasks} tasks (one SLURM array)?" if tasks else "Submit this job?",
                      "nothing was submitted (--dry-run only writes and prints the script)")
-        for note in submit.ready_image(p.job, skip_image_check, echo=image.echo_stderr):
+        for note in submit.ready_image(prepared.job, skip_image_check, echo=image.echo_stderr):
             err.print(note)
-    folder = submit.write(p)
+    folder = submit.write(prepared)
     if dry_run:
-        sys.stdout.write((folder / "job.sbatch").read_text())
+        sys.stdout.write((folder / layout.SCRIPT).read_text())
         err.print(f"dry run: nothing submitted. Job folder: {folder}")
         return
-    if scheduler.get(executor).runs_here:
-        from launcher import local
+    runner = scheduler.get(executor)
+    job_id = None if runner.runs_here else submit.submit(folder, prepared.job.name, job_name=prepared.job.job_name,
+                                                         executor=executor)
+    _started(runner, prepared.job, folder, job_id, detach)
 
-        err.print(f"Job folder: {folder}")
-        status = local.run(p.job, folder, detach=detach)
-        if detach:
-            err.print(f"running in the background; follow with: ft logs {folder} -f")
-        raise typer.Exit(status)
-    job_id = submit.submit(folder, p.job.name, job_name=p.job.job_name, executor=executor)
-    print(f"Submitted batch job {job_id}")
-    print(f"Job folder: {folder}")
+
+def _print_notes(prepared, console) -> None:
+    """What preparing the job found to say: resolution notes, staged files, warnings, dry-run notes."""
+    from rich.markup import escape
+
+    for note in prepared.resolved.notes:
+        console.print(f"ft: {note}" if not note.startswith("  ") else note, markup=False)
+    for staged in prepared.staged:
+        console.print(staged.line(), markup=False)
+    for warning in prepared.warnings:
+        console.print(f"[bold yellow]ft: warning:[/] {escape(warning)}")
+    for note in prepared.notes:
+        console.print(note, markup=False)
+
+
+def _print_srun_line(prepared, factory: str, console) -> None:
+    """`--print-srun`: the allocation as comments on stderr, the line itself on stdout."""
+    from launcher import submit
+
+    line, header = submit.srun_line(prepared, factory)
+    each = "one per GPU" if prepared.job.trainer.accelerator == "gpu" else "CPU processes, no GPUs"
+    console.print(f"# the allocation this line expects ({prepared.job.world_size} task(s), {each}):\n"
+                  + "\n".join(header), markup=False)
+    print(line)
+
+
+def _started(runner, job, folder: Path, job_id: str | None, detach: bool, history: list | None = None) -> None:
+    """The end of submit and resubmit: a job handed to a queue is named; one that runs here is
+    followed (or left running, `--detach`), and its exit status is ft's."""
+    if not runner.runs_here:
+        print(f"Submitted batch job {job_id}")
+        print(f"Job folder: {folder}")
+        return
+    err = _console(stderr=True)
+    err.print(f"Job folder: {folder}")
+    status = runner.run(job, folder, detach=detach, history=history)
+    if detach:
+        err.print(f"running in the background; follow with: ft logs {folder} -f")
+    raise typer.Exit(status)
 
 
 def _submit_on_cluster(name: str, factory: str, overrides: list[str], profile: Optional[str], executor: str,
@@ -251,39 +275,39 @@ def _submit_on_cluster(name: str, factory: str, overrides: list[str], profile: O
     the same summary and question; then the resolved job and its small files go to the
     login node, whose ft submits it (its sbatch line and job folder are printed)."""
     import os
-    from pathlib import PurePosixPath
 
     from ftcore.errors import UserError
     from launcher import remote, scheduler, submit
 
-    if executor != "slurm" or print_srun:
-        raise UserError("--cluster submits to the cluster's SLURM: drop --executor and --print-srun")
-    c = remote.cluster(name)
+    if executor != scheduler.DEFAULT or print_srun:
+        raise UserError(f"--cluster submits to the cluster's {scheduler.DEFAULT} (its ft's default executor): "
+                        "drop --executor and --print-srun")
+    cluster = remote.cluster(name)
     # The job is resolved here against the cluster's profile (this machine's copy of it, if
     # any) and nothing else: the login node then adds no profile of its own.
-    profile = profile or (str(c.profile) if c.profile else os.devnull)
-    p = submit.prepare(factory, overrides, profile, "slurm", dry_run, sweep, after, stage, force, elsewhere=True)
-    upload = remote.plan_upload(p.job, c.name)
+    profile = profile or (str(cluster.profile) if cluster.profile else os.devnull)
+    prepared = submit.prepare(factory, overrides, profile, scheduler.DEFAULT, dry_run, sweep, after, stage, force,
+                       elsewhere=True)
+    upload = remote.plan_upload(prepared.job, cluster.name)
     err = _console(stderr=True)
-    for note in p.resolved.notes:
+    for note in prepared.resolved.notes:
         err.print(f"ft: {note}" if not note.startswith("  ") else note, markup=False)
-    _warn(p.warnings, err)
+    _warn(prepared.warnings, err)
     if dry_run:
-        home = PurePosixPath(c.ft_home or "~/ft")
-        sys.stdout.write(scheduler.get("slurm").render(p.job, home / "jobs" / "NEW", len(p.tasks)))
+        sys.stdout.write(submit.render_elsewhere(prepared, cluster.ft_home))
         for line in upload.sent:
             err.print(line, markup=False)
-        err.print(f"dry run for cluster {c.name}: nothing sent, nothing written here", markup=False)
+        err.print(f"dry run for cluster {cluster.name}: nothing sent, nothing written here", markup=False)
         return
-    _print_summary(p, err)
-    err.print(f"cluster    {c.name} ({c.ssh_line}; ft there: {' '.join(c.ft)})", markup=False)
+    _print_summary(prepared, err)
+    err.print(f"cluster    {cluster.name} ({cluster.ssh_line}; ft there: {' '.join(cluster.ft)})", markup=False)
     for line in upload.sent:
         err.print(f"sent       {line}", markup=False)
     if not yes:
-        _confirm(f"Submit this job on {c.name}?", "nothing was sent or submitted")
-    job_yaml, empty_profile = remote.send(c, upload, p.job.name)
+        _confirm(f"Submit this job on {cluster.name}?", "nothing was sent or submitted")
+    job_yaml, empty_profile = remote.send(cluster, upload, prepared.job.name)
     words = remote.submit_words(job_yaml, empty_profile, sweep, after, stage, force, skip_image_check)
-    raise typer.Exit(remote.ft_passthrough(c, words))
+    raise typer.Exit(remote.ft_passthrough(cluster, words))
 
 
 def _on_cluster(name: str, words: list[str]) -> None:
@@ -502,28 +526,20 @@ def resubmit_cmd(
         _on_cluster(cluster, ["resubmit", job, *(["--dry-run"] if dry_run else ["--yes"]), *ctx.args])
 
     view = jobs.find(job)
-    r = submit.prepare_resubmit(view, list(ctx.args), profile, executor, dry_run)
+    resubmission = submit.prepare_resubmit(view, list(ctx.args), profile, executor, dry_run)
     err = _console(stderr=True)
-    _warn(r.warnings, err)
+    _warn(resubmission.warnings, err)
     if dry_run:
-        sys.stdout.write(r.script)
+        sys.stdout.write(resubmission.script)
         err.print(f"dry run: nothing submitted, nothing changed in {view.folder}")
         return
-    _print_summary(submit.Prepared(r.resolved, r.executor), err)
+    _print_summary(submit.Prepared(resubmission.resolved, resubmission.executor), err)
     if not yes:
-        _confirm(f"Submit {view.label} again ({r.executor})?", "nothing was submitted, the folder is unchanged")
+        _confirm(f"Submit {view.label} again ({resubmission.executor})?",
+                 "nothing was submitted, the folder is unchanged")
     earlier = submit.history(jobs.load(view.folder))
-    job_id = submit.apply_resubmit(r)  # handed to the scheduler; a local job runs below
-    if scheduler.get(r.executor).runs_here:
-        from launcher import local
-
-        err.print(f"Job folder: {view.folder}")
-        status = local.run(r.job, view.folder, detach=detach, history=earlier)
-        if detach:
-            err.print(f"running in the background; follow with: ft logs {view.folder} -f")
-        raise typer.Exit(status)
-    print(f"Submitted batch job {job_id}")
-    print(f"Job folder: {view.folder}")
+    job_id = submit.apply_resubmit(resubmission)  # handed to the scheduler; a job that runs here starts below
+    _started(scheduler.get(resubmission.executor), resubmission.job, view.folder, job_id, detach, history=earlier)
 
 
 def _confirm(question: str, declined: str) -> None:
@@ -896,7 +912,7 @@ def image_pull_cmd(
     print(path)
 
 
-def _print_summary(p, console) -> None:
+def _print_summary(prepared, console) -> None:
     from rich.table import Table
 
     from launcher import submit
@@ -904,7 +920,7 @@ def _print_summary(p, console) -> None:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
-    for key, value in submit.summary(p):
+    for key, value in submit.summary(prepared):
         table.add_row(key, value)
     console.print(table)
 

@@ -13,7 +13,7 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any, Iterator
 
 import yaml
@@ -23,39 +23,13 @@ from ftcore.files import expand
 from ftcore.errors import UserError
 from launcher import jobdir, jobindex, paths, scheduler
 from launcher.config import load_yaml
-from launcher.jobfiles import JobFiles, LocalFiles
 from launcher.scheduler import Scheduler, TERMINAL_STATES
-
-
-def _read_jsonl(files: JobFiles, name: str | PurePath) -> list[dict[str, Any]]:
-    """The JSON-object lines of a file in the job folder; a torn or foreign line is skipped."""
-    try:
-        return records.parse_jsonl(files.read_bytes(name))
-    except OSError:
-        return []
-
-
-def _last_line_record(files: JobFiles, name: str | PurePath, wanted: str | None = None) -> dict[str, Any]:
-    """The last complete JSON-object line (holding `wanted`) of a file that may be large and growing."""
-    try:
-        return records.last_of(files.tail(name, records.TAIL_BYTES), wanted)
-    except OSError:
-        return {}
-
-
-def _events(files: JobFiles, run: Path) -> list[dict[str, Any]]:
-    return records.only_events(_read_jsonl(files, run / layout.EVENTS))
 
 
 # States in which a job cannot be running, besides the scheduler's terminal ones.
 UNKNOWN = "UNKNOWN"
 UNREADABLE = "UNREADABLE"
 _LIVE_FOLDER_STATES = ("PENDING", "RUNNING", "REQUEUED", "STARTING")
-# A record written before sbatch answered (submit.write), and what it means when no id followed.
-_UNFINISHED_SUBMISSION = {
-    "submitting": "its submission did not finish: sbatch is still answering, or ft was killed",
-    "interrupted": "interrupted while sbatch was answering: the job may exist (`squeue --me`)",
-}
 # `ft status 15_1`: task 1 of the sweep (SLURM job array) 15.
 _ARRAY_TASK = re.compile(r"^(\d+)_(\d+)$")
 
@@ -71,8 +45,8 @@ class JobView:
 
     @property
     def job_id(self) -> str | None:
-        """The scheduler's id: from the record, else from the job's own start event (when
-        sbatch's answer was lost, the script still wrote its SLURM_JOB_ID)."""
+        """The scheduler's id: from the record, else from the job's own start event (when the
+        scheduler's answer to the submission was lost, ft's script still wrote the job's id)."""
         recorded = self.record.get("job_id")
         if scheduler.is_job_id(recorded):
             return recorded
@@ -133,12 +107,8 @@ class JobView:
         return dataclasses.replace(self, task=task)
 
     @property
-    def files(self) -> JobFiles:
-        return LocalFiles(self.folder)
-
-    @property
     def events(self) -> list[dict[str, Any]]:
-        return _events(self.files, self.run_dirs[0])
+        return records.events(self.run_dirs[0])
 
     @property
     def created(self) -> float:
@@ -153,7 +123,7 @@ class JobView:
         """Steps done of total, as short as a table column wants (the slowest task of a sweep)."""
         steps = []
         for run in self.run_dirs:
-            last = _last_line_record(self.files, run / layout.METRICS)
+            last = records.last_jsonl(run / layout.METRICS)
             steps.append((last.get(records.STEP), last.get(records.TOTAL_STEPS)))
         done = [(s, t) for s, t in steps if isinstance(s, int) and not isinstance(s, bool)]
         if not done:
@@ -167,7 +137,7 @@ class JobView:
         """`120/250 (48%), 0:30 elapsed, 0:32 left`, as the trainer's log line says it (no time
         left once the run is not `running`: it stopped before its end); at the end, the
         trainer's summary."""
-        last = _last_line_record(self.files, (run or self.run_dirs[0]) / layout.METRICS, records.TOTAL_STEPS)
+        last = records.last_jsonl((run or self.run_dirs[0]) / layout.METRICS, records.TOTAL_STEPS)
         try:
             if last.get(records.END):
                 text = f"{last['step']} steps done in {progress.clock(last.get('elapsed_s', 0))}"
@@ -205,7 +175,7 @@ def load(folder: Path) -> JobView:
         record = {}
         problems.append(str(err))
     if "job_id" in record and record["job_id"] is not None and not scheduler.is_job_id(record["job_id"]):
-        problems.append(f"{jobdir.RECORD}: job_id {str(record['job_id'])[:40]!r} is not a SLURM job id")
+        problems.append(f"{jobdir.RECORD}: job_id {str(record['job_id'])[:40]!r} is not a scheduler's job id")
         record = {k: v for k, v in record.items() if k != "job_id"}
     return JobView(folder, record, config if isinstance(config, dict) else {}, "; ".join(problems) or None)
 
@@ -320,7 +290,7 @@ def _known(spec: str, root: Path) -> JobView | None:
 
 def trainer_finished(view: JobView, run: Path) -> bool:
     """The trainer wrote its end-of-run summary (trainer/metrics.py) into this run's metrics."""
-    return bool(_last_line_record(view.files, run / layout.METRICS, records.END).get(records.END))
+    return bool(records.last_jsonl(run / layout.METRICS, records.END).get(records.END))
 
 
 def _folder_state(view: JobView, run: Path | None = None) -> str:
@@ -328,14 +298,13 @@ def _folder_state(view: JobView, run: Path | None = None) -> str:
     if view.problem:
         return f"{UNREADABLE} ({view.problem})"
     run = run or view.run_dirs[0]
-    events = _events(view.files, run)
+    events = records.events(run)
     ran = view.scheduler
     if ran is None:
         return "DRY-RUN"
     if not events:
         if ran.by_id and ran.ft_script and not view.job_id:
-            why = _UNFINISHED_SUBMISSION.get(view.record.get("submission"), "sbatch's answer was unreadable")
-            return f"{UNKNOWN} ({why}; see {jobdir.RECORD})"
+            return f"{UNKNOWN} ({_unfinished_submission(ran, view.record.get('submission'))}; see {jobdir.RECORD})"
         return "PENDING" if ran.by_id else "STARTING"
     last = events[-1]
     starts = [i for i, e in enumerate(events) if e[records.EVENT] == records.START]
@@ -363,6 +332,16 @@ def _folder_state(view: JobView, run: Path | None = None) -> str:
             return "COMPLETED"
         return "CANCELLED" if cancelled else "FAILED (processes gone)"
     return "RUNNING"
+
+
+def _unfinished_submission(ran: Scheduler, submission: object) -> str:
+    """What a record written before the scheduler answered (submit.write) means when no id followed."""
+    if submission == "submitting":
+        return f"its submission did not finish: {ran.submit_command} is still answering, or ft was killed"
+    if submission == "interrupted":
+        return (f"interrupted while {ran.submit_command} was answering: the job may exist "
+                f"(look for it with {ran.lost_job_hint()})")
+    return f"{ran.submit_command}'s answer was unreadable"
 
 
 def _forgotten(view: JobView, folder_state: str) -> str:
@@ -500,12 +479,19 @@ def summary_rows(views: list[JobView], ask_scheduler: bool = True) -> list[dict[
     return rows
 
 
-def log_files(view: JobView) -> list[PurePath]:
+def log_files(view: JobView) -> list[Path]:
     """The job's log files in the order they were written; one sweep task's with `view.task`."""
     return view.scheduler.log_files(view) if view.scheduler else []
 
 
-def _task_of_log(path: PurePath) -> str | None:
+def _read_from(path: Path, offset: int) -> bytes:
+    """A log's bytes from `offset` on (the part written since the last read, when following)."""
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        return handle.read()
+
+
+def _task_of_log(path: Path) -> str | None:
     """`3` for slurm-15_3.out, a sweep task's log."""
     stem = path.stem.partition("-")[2]
     return stem.partition("_")[2] or None
@@ -519,12 +505,12 @@ def log_lines(view: JobView, rank: int | None = None, follow: bool = False, poll
     ran = view.scheduler
     if ran is None:
         raise UserError(f"{view.folder.name} is a dry run: it has no logs (submit it with `ft resubmit {view.folder}`)")
-    offsets: dict[PurePath, int] = {}
+    offsets: dict[Path, int] = {}
 
     def drain() -> Iterator[str]:
         for path in log_files(view):
             try:
-                data = view.files.read_from(path, offsets.get(path, 0))
+                data = _read_from(path, offsets.get(path, 0))
             except OSError:
                 continue
             # Following: keep a partial last line for the next round.

@@ -25,10 +25,17 @@ from ftcore.schema import Job
 
 
 class Local(Scheduler):
-    """Processes on this machine, started by `run` below (the CLI calls it after submit)."""
+    """Processes on this machine, started by `run` below (the CLI calls it after submit).
+    Also what an `ft train` record names when nothing started the process (it ran alone)."""
 
     name = "local"
     runs_here = True
+
+    def run(self, job: Job, folder: Path, detach: bool = False, history: list | None = None) -> int:
+        return run(job, folder, detach=detach, history=history)
+
+    def time_limit(self, job: Job) -> str:
+        return "none (local)"
 
     def preflight(self, job: Job, dry_run: bool) -> list[str]:
         if job.container.runtime != "none" and shutil.which(job.container.runtime) is None:
@@ -67,7 +74,7 @@ def start(job: Job, folder: Path) -> list[subprocess.Popen[bytes]]:
     port = str(_free_port())
     procs = []
     for rank in range(job.world_size):
-        env = dict(os.environ, FT_JOB_DIR=str(folder), RANK=str(rank), LOCAL_RANK=str(rank),
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank),
                    WORLD_SIZE=str(job.world_size), LOCAL_WORLD_SIZE=str(job.world_size),
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=port, PYTHONUNBUFFERED="1",
                    **stage.environment(job))

@@ -31,15 +31,22 @@ def config_dir() -> Path:
 
 
 HOME_ENV = "FT_HOME"
+DEFAULT_HOME = "~/ft"  # FT_HOME when unset, here and on a cluster's login node
+JOBS = "jobs"  # the job folders, under FT_HOME
 
 
 def ft_home() -> Path:
     """Root of all job folders: $FT_HOME, else ~/ft."""
-    return expand(os.environ.get(HOME_ENV) or Path.home() / "ft")
+    return expand(os.environ.get(HOME_ENV) or DEFAULT_HOME)
+
+
+def shell_home() -> str:
+    """FT_HOME as a POSIX shell expands it on another machine (a cluster's login node)."""
+    return f'${{{HOME_ENV}:-$HOME/{DEFAULT_HOME.removeprefix("~/")}}}'
 
 
 def jobs_root() -> Path:
-    return ft_home() / "jobs"
+    return ft_home() / JOBS
 
 
 def package_dir(name: str) -> Path:

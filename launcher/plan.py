@@ -17,6 +17,7 @@ the bytes the trainer holds); buffers, activations, logits and the CUDA overhead
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from ftcore import arch, families, policy
@@ -75,20 +76,20 @@ def lora_params(job: Job, dims: arch.Dims) -> int:
     return sum(t.numel for t in lora_tensors(policy.decide(job, dims=dims), dims, job.peft.dim))
 
 
-def lora_activations(job: Job, d: Decision, dims: arch.Dims) -> int:
+def lora_activations(job: Job, decision: Decision, dims: arch.Dims) -> int:
     """Elements per token the adapters add to what autograd keeps, in the compute dtype (the
     policy computes them there, `Decision.adapter_compute`): lora_A's output (r) per adapted
     layer, and with dropout the masked copy of its input. Checkpointed: one layer's worth."""
-    if not d.lora or d.lora_targets is None:
+    if not decision.lora or decision.lora_targets is None:
         return 0
     per_layer: dict[str, int] = {}
-    for name in d.lora_targets:
+    for name in decision.lora_targets:
         fan_in, _ = dims.shape_of(name)
         layer = name.split(".layers.")[-1].split(".", 1)[0] if ".layers." in name else name
         per_layer[layer] = per_layer.get(layer, 0) + job.peft.dim + (fan_in if job.peft.dropout else 0)
     if not per_layer:
         return 0
-    return max(per_layer.values()) if d.activation_checkpointing else sum(per_layer.values())
+    return max(per_layer.values()) if decision.activation_checkpointing else sum(per_layer.values())
 
 
 # --- the estimate --------------------------------------------------------------------------------
@@ -183,7 +184,8 @@ def count(n: float) -> str:
 
 def estimate(job: Job, gpu_gib: float | None = None, num_nodes: int | None = None,
              devices: int | None = None, strategy: str | None = None, rank: int = 0) -> Estimate:
-    """Peak memory of training process `rank` of `job`, optionally on another layout or strategy.
+    """Peak memory of training process `rank` of `job`, optionally on another layout or strategy:
+    one row per memory term, model state exact, the rest estimated.
 
     Raises UserError when the model cannot be sized or (for a named architecture) a LoRA
     glob matches no layer.
@@ -191,69 +193,125 @@ def estimate(job: Job, gpu_gib: float | None = None, num_nodes: int | None = Non
     gpu_gib = gpu_gib or job.trainer.gpu_memory_gib
     topology = Topology.of(job, num_nodes, devices, strategy)
     dims = model_dims(job)
-    d = policy.decide(job, topology, dims)
-    W = topology.world if d.sharded else 1
-    c = DTYPE_BYTES[d.compute]
+    decision = policy.decide(job, topology, dims)
+    priced = _Pricing(job, topology, dims, decision, rank)
     notes: list[str] = []
     if not dims.exact:
         notes.append(f"model shape: {dims.source}. LoRA sizes and activations are rough, and a guess "
                      "never refuses a submission")
-    if d.lora and d.lora_targets is None:
+    if decision.lora and decision.lora_targets is None:
         notes.append("LoRA targets are resolved by the trainer (the architecture's layer names are not known here)")
-
-    def local(t: arch.Tensor) -> int:
-        """Values of `t` on this rank: its shard under FSDP2, all of it otherwise."""
-        return policy.shard_rows(t.rows, W, rank) * t.cols if d.sharded else t.numel
-
-    base = dims.tensors()
-    adapters = lora_tensors(d, dims, job.peft.dim) if d.lora else []
-    trained = adapters if d.lora else base
-    params = dims.params if dims.exact or not job.model.parameters_b else round(job.model.parameters_b * 1e9)
-    n_trained = sum(t.numel for t in trained)
-    shard = f" / {W} ranks" if d.sharded and W > 1 else ""
-    rows: list[Row] = []
     if job.model.init == "pretrained":
-        notes.append(startup_reads(job, topology, base, local))
+        notes.append(startup_reads(job, topology, priced.base, priced.local))
+    rows = [_weights(priced), _gradients(priced), _optimizer(priced), *_transient_weights(priced),
+            _activations(priced), _logits(priced)]
+    if topology.on_gpu:
+        rows.append(Row("CUDA/NCCL overhead", OVERHEAD_GIB * GIB, "fixed"))
+    params = dims.params if dims.exact or not job.model.parameters_b else round(job.model.parameters_b * 1e9)
+    return Estimate(tuple(rows), dims, decision, params, priced.n_trained, gpu_gib, rank, tuple(notes))
 
-    # --- model state (exact)
-    on_device = not d.cpu_offload  # FSDP2's CPU offload keeps these three in host memory
+
+@dataclass(frozen=True)
+class _Pricing:
+    """What every memory term of one rank is priced from."""
+
+    job: Job
+    topology: Topology
+    dims: arch.Dims
+    decision: Decision
+    rank: int
+
+    @property
+    def world(self) -> int:
+        """The ranks a tensor is sharded over (1: each rank holds all of it)."""
+        return self.topology.world if self.decision.sharded else 1
+
+    @property
+    def compute_bytes(self) -> int:
+        return DTYPE_BYTES[self.decision.compute]
+
+    @cached_property
+    def base(self) -> list[arch.Tensor]:
+        return self.dims.tensors()
+
+    @cached_property
+    def trained(self) -> list[arch.Tensor]:
+        decision = self.decision
+        return lora_tensors(decision, self.dims, self.job.peft.dim) if decision.lora else self.base
+
+    @cached_property
+    def n_trained(self) -> int:
+        return sum(t.numel for t in self.trained)
+
+    @property
+    def shard(self) -> str:
+        return f" / {self.world} ranks" if self.decision.sharded and self.world > 1 else ""
+
+    @property
+    def on_device(self) -> bool:
+        return not self.decision.cpu_offload  # FSDP2's CPU offload keeps the model state in host memory
+
+    def local(self, tensor: arch.Tensor) -> int:
+        """Values of `tensor` on this rank: its shard under FSDP2, all of it otherwise."""
+        if self.decision.sharded:
+            return policy.shard_rows(tensor.rows, self.world, self.rank) * tensor.cols
+        return tensor.numel
+
+    def is_nf4(self, tensor: arch.Tensor) -> bool:
+        return self.decision.lora and tensor.kind == "linear" and self.decision.stores_nf4(tensor.rows, tensor.cols)
+
+
+def _weights(priced: _Pricing) -> Row:
+    """Frozen base (NF4 where quantized) and trained weights on this rank (exact)."""
+    decision, c = priced.decision, priced.compute_bytes
     weights, how = 0, []
-    if d.lora:
-        nf4 = [t for t in base if t.kind == "linear" and d.stores_nf4(t.rows, t.cols)]
-        plain = [t for t in base if t not in set(nf4)]
+    if decision.lora:
+        nf4 = [t for t in priced.base if priced.is_nf4(t)]
+        plain = [t for t in priced.base if t not in set(nf4)]
         if nf4:
-            weights += sum(policy.nf4_bytes(local(t), c) for t in nf4)
+            weights += sum(policy.nf4_bytes(priced.local(t), c) for t in nf4)
             how.append(f"{count(sum(t.numel for t in nf4))} frozen NF4 ({len(nf4)} projections, ≈0.52 B)")
-        weights += sum(local(t) for t in plain) * DTYPE_BYTES[d.frozen]
-        how.append(f"{count(sum(t.numel for t in plain))} frozen × {DTYPE_BYTES[d.frozen]} B ({d.frozen})")
-    weights += sum(local(t) for t in trained) * DTYPE_BYTES[d.trained]
-    how.append(f"{count(n_trained)} trained × {DTYPE_BYTES[d.trained]} B ({d.trained}"
-               + (", master weights" if d.master_weights else "") + ")")
-    rows.append(Row("weights", weights, " + ".join(how) + shard, True, on_device))
+        weights += sum(priced.local(t) for t in plain) * DTYPE_BYTES[decision.frozen]
+        how.append(f"{count(sum(t.numel for t in plain))} frozen × {DTYPE_BYTES[decision.frozen]} B ({decision.frozen})")
+    weights += sum(priced.local(t) for t in priced.trained) * DTYPE_BYTES[decision.trained]
+    how.append(f"{count(priced.n_trained)} trained × {DTYPE_BYTES[decision.trained]} B ({decision.trained}"
+               + (", master weights" if decision.master_weights else "") + ")")
+    return Row("weights", weights, " + ".join(how) + priced.shard, True, priced.on_device)
 
-    g = DTYPE_BYTES[d.grad]
-    if d.grads_unsharded:
-        grads = n_trained * g
-        why = ("replicated, all-reduced once per step" if not d.sharded else
-               f"unsharded until the reduce-scatter after micro batch {d.accum_steps}")
-        rows.append(Row("gradients", grads, f"{count(n_trained)} × {g} B ({d.grad}), {why}", True, on_device))
-    else:
-        grads = sum(local(t) for t in trained) * g
-        when = "reduce-scattered after every micro batch" if d.accum_steps > 1 else "one micro batch per step"
-        rows.append(Row("gradients", grads, f"{count(n_trained)} × {g} B ({d.grad}){shard}, {when}", True, on_device))
-    o = DTYPE_BYTES[d.optim]
-    rows.append(Row("optimizer", 2 * sum(local(t) for t in trained) * o,
-                    f"Adam: 2 moments × {count(n_trained)} × {o} B ({d.optim}){shard}", True, on_device))
 
-    # --- transient weights (estimates)
+def _gradients(priced: _Pricing) -> Row:
+    """The trained weights' gradients at their peak (exact)."""
+    decision, n_trained = priced.decision, priced.n_trained
+    g = DTYPE_BYTES[decision.grad]
+    if decision.grads_unsharded:
+        why = ("replicated, all-reduced once per step" if not decision.sharded else
+               f"unsharded until the reduce-scatter after micro batch {decision.accum_steps}")
+        return Row("gradients", n_trained * g, f"{count(n_trained)} × {g} B ({decision.grad}), {why}", True,
+                   priced.on_device)
+    grads = sum(priced.local(t) for t in priced.trained) * g
+    when = "reduce-scattered after every micro batch" if decision.accum_steps > 1 else "one micro batch per step"
+    return Row("gradients", grads, f"{count(n_trained)} × {g} B ({decision.grad}){priced.shard}, {when}", True,
+               priced.on_device)
+
+
+def _optimizer(priced: _Pricing) -> Row:
+    """Adam's two moments of every trained value on this rank (exact)."""
+    o = DTYPE_BYTES[priced.decision.optim]
+    return Row("optimizer", 2 * sum(priced.local(t) for t in priced.trained) * o,
+               f"Adam: 2 moments × {count(priced.n_trained)} × {o} B ({priced.decision.optim}){priced.shard}",
+               True, priced.on_device)
+
+
+def _transient_weights(priced: _Pricing) -> list[Row]:
+    """Weights gathered or dequantized for the layer being computed (an estimate)."""
+    decision, dims, c = priced.decision, priced.dims, priced.compute_bytes
+
     def stored(t: arch.Tensor) -> float:
-        return policy.nf4_bytes(t.numel, c) if d.lora and t.kind == "linear" and d.stores_nf4(t.rows, t.cols) \
-            else t.numel * c
+        return policy.nf4_bytes(t.numel, c) if priced.is_nf4(t) else t.numel * c
 
     layer = dims.largest_layer()
-    largest_nf4 = max((t.numel for t in layer if d.lora and t.kind == "linear" and d.stores_nf4(t.rows, t.cols)),
-                      default=0)
-    if d.sharded:
+    largest_nf4 = max((t.numel for t in layer if priced.is_nf4(t)), default=0)
+    if decision.sharded:
         # The layer being computed and the prefetched next one, gathered (NF4 stays 4-bit in
         # the all-gather), and the root unit (embeddings, head, final norm), which FSDP2 keeps
         # unsharded through the step. Full SFT adds the unsharded gradient of the largest unit,
@@ -263,31 +321,37 @@ def estimate(job: Job, gpu_gib: float | None = None, num_nodes: int | None = Non
         how = f"2 layers × {layer_bytes / 2**20:.0f} MiB + root {count(dims.outer_params)} × {c} B"
         if largest_nf4:
             how += f" + one dequantized projection ({count(largest_nf4)} × {c} B)"
-        if not d.lora:
+        if not decision.lora:
             unit = max(dims.layer_params, dims.outer_params)
             gathered += unit * (c + 4)
             how += f" + gradient of {count(unit)} × ({c} + 4) B"
-        rows.append(Row("FSDP2 buffers", gathered, how))
-    elif largest_nf4:
-        rows.append(Row("NF4 dequantized weight", largest_nf4 * c,
-                        f"the projection being computed, {count(largest_nf4)} × {c} B (freed after its matmul)"))
+        return [Row("FSDP2 buffers", gathered, how)]
+    if largest_nf4:
+        return [Row("NF4 dequantized weight", largest_nf4 * c,
+                    f"the projection being computed, {count(largest_nf4)} × {c} B (freed after its matmul)")]
+    return []
 
-    # --- activations and logits (estimates)
+
+def _activations(priced: _Pricing) -> Row:
+    """What autograd keeps for backward, per micro batch (an estimate)."""
+    job, decision, c = priced.job, priced.decision, priced.compute_bytes
     tokens = job.data.micro_batch_size * job.data.max_seq_length
-    elements = dims.activations_per_token(d.activation_checkpointing)
+    elements = priced.dims.activations_per_token(decision.activation_checkpointing)
     how = (f"{tokens} tokens × {elements:,} elements × {c} B "
-           + ("(each layer's input, one layer recomputed)" if d.activation_checkpointing else "(every layer's, per family)"))
-    adapter = lora_activations(job, d, dims)
+           + ("(each layer's input, one layer recomputed)" if decision.activation_checkpointing
+              else "(every layer's, per family)"))
+    adapter = lora_activations(job, decision, priced.dims)
     if adapter:
         elements += adapter
         how += f" + LoRA {adapter:,} (r per adapted layer" + (", dropout's masked inputs" if job.peft.dropout else "") + ")"
-    rows.append(Row("activations", tokens * elements * c, how))
-    loss_tokens = min(tokens, policy.LOSS_CHUNK_TOKENS)
-    rows.append(Row("logits", loss_tokens * dims.vocab * (c + 8),
-                    f"{loss_tokens} tokens × vocab {dims.vocab} × ({c} + 4 + 4) B"))
-    if topology.on_gpu:
-        rows.append(Row("CUDA/NCCL overhead", OVERHEAD_GIB * GIB, "fixed"))
-    return Estimate(tuple(rows), dims, d, params, n_trained, gpu_gib, rank, tuple(notes))
+    return Row("activations", tokens * elements * c, how)
+
+
+def _logits(priced: _Pricing) -> Row:
+    """One loss chunk's logits, in the compute dtype and as fp32 with its gradient (an estimate)."""
+    job, c, vocab = priced.job, priced.compute_bytes, priced.dims.vocab
+    loss_tokens = min(job.data.micro_batch_size * job.data.max_seq_length, policy.LOSS_CHUNK_TOKENS)
+    return Row("logits", loss_tokens * vocab * (c + 8), f"{loss_tokens} tokens × vocab {vocab} × ({c} + 4 + 4) B")
 
 
 def startup_reads(job: Job, topology: Topology, base: list, local) -> str:

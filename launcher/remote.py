@@ -8,7 +8,7 @@ The login node runs ft itself (`clusters.NAME.ft`, default `ft`): every command 
 states, logs and cancels mean there exactly what they mean on the login node. The laptop
 resolves and validates the job before any connection, sends the resolved config and the
 small files the job names, and reads back only what it shows (`ft plot`: the metrics it
-draws, through RemoteFiles, the remote implementation of launcher.jobfiles).
+draws, through RemoteFiles).
 
 SSH: OpenSSH's `ssh` only, BatchMode=yes (never a prompt), the user's ~/.ssh/config as it is
 (so a configured ControlMaster/ControlPath connection is reused: one login, many commands).
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets as random
 import shlex
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from typing import Any, Iterable
 
 from ftcore import layout, secrets
 from ftcore.errors import UserError
-from launcher.jobfiles import JobFiles
+from launcher import paths
 
 # A cluster name, host alias or host name: no leading dash (an ssh option), no space, quote,
 # newline or shell character. User names likewise.
@@ -132,7 +131,7 @@ def remote_command(c: Cluster, words: Iterable[str]) -> str:
     problems = secrets.find(words, "the command sent to the cluster")
     if problems:
         raise UserError(*problems)
-    env = ["env", f"FT_HOME={c.ft_home}"] if c.ft_home else []
+    env = ["env", f"{paths.HOME_ENV}={c.ft_home}"] if c.ft_home else []
     return shlex.join([*env, *words])
 
 
@@ -257,8 +256,10 @@ def ft_passthrough(c: Cluster, args: list[str]) -> int:
 # --------------------------------------------------------------------------- the folder over ssh
 
 
-class RemoteFiles(JobFiles):
-    """A job folder on the cluster, read with POSIX tools over the same ssh (one call per read)."""
+class RemoteFiles:
+    """A folder on the cluster, over the same ssh: `ft plot --cluster` reads each run's metrics
+    back, `ft submit --cluster` writes the job's files. One ssh call per read or write; every
+    other command over ssh is the cluster's own ft."""
 
     def __init__(self, c: Cluster, root: PurePosixPath):
         self.cluster = c
@@ -276,14 +277,8 @@ class RemoteFiles(JobFiles):
             raise FileNotFoundError(words[-1])
         return result.stdout
 
-    def read_from(self, name: str | PurePath, offset: int) -> bytes:
-        return self._read(["tail", "-c", f"+{offset + 1}", "--", self._path(name)])
-
-    def tail(self, name: str | PurePath, size: int) -> bytes:
-        return self._read(["tail", "-c", str(size), "--", self._path(name)])
-
-    def glob(self, pattern: str, by_time: bool = False) -> list[PurePath]:
-        raise UserError("listing a folder on the cluster goes through the cluster's ft (`ft jobs --cluster`)")
+    def read_bytes(self, name: str | PurePath) -> bytes:
+        return self._read(["cat", "--", self._path(name)])
 
     def write(self, files: dict[str, str]) -> None:
         """Each file whole, as one tar stream into the folder (made if missing)."""
@@ -383,9 +378,8 @@ def upload_folder(c: Cluster, job_name: str) -> PurePosixPath:
     """A new folder for this submission's files under the cluster's FT_HOME; its absolute path."""
     from launcher import jobdir
 
-    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{jobdir.safe_name(job_name)}-{random.token_hex(3)}"
-    script = 'd="${FT_HOME:-$HOME/ft}/uploads/$1" && mkdir -p -- "$d" && cd -- "$d" && pwd -P'
-    result = run(c, ["sh", "-c", script, "sh", name], capture=True)
+    script = f'd="{paths.shell_home()}/uploads/$1" && mkdir -p -- "$d" && cd -- "$d" && pwd -P'
+    result = run(c, ["sh", "-c", script, "sh", jobdir.new_name(job_name)], capture=True)
     lines = result.stdout.decode(errors="replace").strip().splitlines()
     if result.returncode != 0 or not lines or not lines[-1].startswith("/"):
         raise UserError(f"cluster {c.name}: could not make a folder for the job's files there")

@@ -1,31 +1,28 @@
 """The scheduler seam: one small interface that each way of running a job implements.
 
     from launcher import scheduler
-    s = scheduler.get("slurm")          # or "local"; `scheduler.NAMES` lists them
-    script = s.render(job, folder)      # the job's script (its header is the scheduler's)
-    job_id = s.submit(folder)           # None where the job runs in this process (local)
-    s.job_state(job_id); s.queue_states(); s.cancel(view); s.log_files(view)
+    runner = scheduler.get("slurm")          # or "local"; `scheduler.NAMES` lists them
+    script = runner.render(job, folder)      # the job's script (its header is the scheduler's)
+    job_id = runner.submit(folder)           # None where the job runs here: then runner.run(job, folder)
+    runner.job_state(job_id); runner.queue_states(); runner.cancel(view); runner.log_files(view)
 
-`jobs.py`, `submit.py` and the CLI ask the scheduler named in a job's record and never test
-its name. A new way of running jobs (PBS, Pyxis's `srun --container-image`, a cluster over
-SSH) is one new module with a subclass of `Scheduler`, one line in `_REGISTRY`, and its tests.
-
-How a *task* learns its rank is the task launcher's contract, not the submitter's: srun and
-torchrun set environment variables that `ftcore.rendezvous.detect` reads (the local
-scheduler sets torchrun's), so the trainer never asks which scheduler started it.
+`jobs.py`, `submit.py`, `train.py` and the CLI ask the scheduler named in a job's record and never
+test its name (tests/ftcore/test_architecture.py holds them to it). A task learns its rank from
+its task launcher's variables (`ftcore.rendezvous.detect`), never from the scheduler.
 """
 
 from __future__ import annotations
 
 import importlib
 import re
-from pathlib import Path, PurePath
-from typing import TYPE_CHECKING, Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping
 
 from ftcore.errors import UserError
 from ftcore import layout
 
 if TYPE_CHECKING:
+    from ftcore.rendezvous import DistEnv
     from ftcore.schema import Job
 
 # `view` arguments are launcher.jobs.JobView, which imports this module: named, not imported.
@@ -71,6 +68,11 @@ class Scheduler:
     # ft wrote the script and started the job (so `ft resubmit` can do it again); False for
     # `ft train` run by the user's own script, srun or torchrun.
     ft_script: ClassVar[bool] = True
+    # What hands a job over, as messages name it ("while sbatch was answering").
+    submit_command: ClassVar[str] = "the scheduler"
+    # The command that starts one task per GPU in a batch script of the user's (`srun ft train`):
+    # `ft submit --dry-run --print-srun` prints that line; None where there is no such command.
+    task_command: ClassVar[str | None] = None
 
     def preflight(self, job: "Job", dry_run: bool) -> list[str]:
         """What this machine lacks to run the job this way (nothing under --dry-run)."""
@@ -84,8 +86,19 @@ class Scheduler:
         """Hand the folder's script over; the scheduler's job id (None: nothing to hand over)."""
         return None
 
+    def run(self, job: "Job", folder: Path, detach: bool = False, history: list | None = None) -> int:
+        """Run a submitted folder's job here (`runs_here`): follow it to its end and return its
+        exit status, or leave it running in the background (`detach`) and return 0. `history`:
+        the folder's earlier submissions, kept in its record."""
+        raise UserError(f"{self.name} jobs do not run in ft's own process: they are handed over by submit")
+
     def time_limit(self, job: "Job") -> str:
-        return "none (local)"
+        """The job's wall-clock limit, as the submission summary shows it."""
+        return "the scheduler's default"
+
+    def lost_job_hint(self, job_name: str | None = None) -> str:
+        """How to look for a job whose submission answer was lost (it may exist)."""
+        return f"{self.name}'s own listing of your jobs"
 
     def is_job_id(self, text: object) -> bool:
         return False
@@ -113,11 +126,44 @@ class Scheduler:
     def requeue(self, job_id: str) -> None:
         raise UserError(f"{self.name} jobs cannot be requeued")
 
-    def log_files(self, view: "JobView") -> list[PurePath]:
-        """The job's logs in the order they were written: one file per task process."""
-        return view.files.glob(f"{layout.LOGS}/{layout.RANK_LOGS}")
+    def resubmit_advice(self, view: "JobView", resumes: str) -> list[str]:
+        """What to do instead of `ft resubmit` for a job ft did not write the script of (`ft_script`
+        False); `resumes` says where the run would continue from."""
+        return [f"{view.folder} was trained by `ft train` under {self.name}, not submitted by ft: run the same "
+                f"command again with --job-dir {view.folder}; {resumes}"]
 
-    def rank_lines(self, path: PurePath, lines: list[str], rank: int | None) -> list[str]:
+    # --- `ft train`: the scheduler (or task launcher) that started this process --------------
+
+    def started_task(self, env: Mapping[str, str]) -> bool:
+        """Whether `env` says this launcher started the current process (`ft train`)."""
+        return False
+
+    def task_job_id(self, env: Mapping[str, str]) -> str | None:
+        """The id this launcher knows the current process's job by (None: none)."""
+        return None
+
+    def task_submit_dir(self, env: Mapping[str, str]) -> str | None:
+        """Where the user's own script was submitted from (`ft resubmit`'s advice names it)."""
+        return None
+
+    def task_folder_name(self, job_name: str, env: Mapping[str, str]) -> str:
+        """The job folder name that every task of one `ft train` run computes alike (and a
+        restarted run computes again, to resume there)."""
+        from launcher import jobdir
+
+        return jobdir.new_name(job_name)
+
+    def task_problems(self, job: "Job", procs: "DistEnv", env: Mapping[str, str]) -> list[str]:
+        """What differs between the job's layout and the processes this launcher started."""
+        from ftcore import rendezvous
+
+        return rendezvous.allocation_problems(job.trainer.num_nodes, job.trainer.devices, procs, env)
+
+    def log_files(self, view: "JobView") -> list[Path]:
+        """The job's logs in the order they were written: one file per task process."""
+        return sorted(view.folder.glob(f"{layout.LOGS}/{layout.RANK_LOGS}"))
+
+    def rank_lines(self, path: Path, lines: list[str], rank: int | None) -> list[str]:
         """The lines of log `path` that task `rank` wrote (every line with no rank)."""
         if rank is None:
             return lines
@@ -130,12 +176,15 @@ _REGISTRY = {
     "local": "launcher.local:Local",
 }
 NAMES = tuple(_REGISTRY)
+DEFAULT = NAMES[0]  # what `--executor` means when it is not given
 # What started the processes of an `ft train` folder, as its record names it: ft wrote no
-# script there, but SLURM still knows an srun job by id.
+# script there, but SLURM still knows an srun job by id. `task_launcher` asks them in this
+# order; a process that none of them started runs alone, and its record says `local`.
 _STARTED_BY = {
     "srun": "launcher.slurm:SrunTrain",
     "torchrun": "launcher.scheduler:Torchrun",
 }
+_ALONE = "local"
 _NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 
@@ -145,6 +194,19 @@ class Torchrun(Scheduler):
     name = "torchrun"
     ft_script = False
 
+    def started_task(self, env: Mapping[str, str]) -> bool:
+        return "TORCHELASTIC_RUN_ID" in env
+
+    def task_folder_name(self, job_name: str, env: Mapping[str, str]) -> str:
+        from launcher import jobdir
+
+        run_id = env["TORCHELASTIC_RUN_ID"]
+        if run_id in ("", "none"):
+            raise UserError("under torchrun without --standalone or --rdzv-id the processes share no run id "
+                            "to name their job folder by: add --standalone (one machine) or --rdzv-id ID, "
+                            "or give the folder: ft train --job-dir DIR")
+        return f"torchrun-{jobdir.safe_name(run_id)}-{jobdir.safe_name(job_name)}"
+
 
 def register(name: str, target: str) -> None:
     """Add a scheduler (`"pbs", "ft_pbs.scheduler:Pbs"`) from a site's plugin."""
@@ -153,6 +215,22 @@ def register(name: str, target: str) -> None:
         raise ValueError(f"scheduler name {name!r}: lower-case letters, digits, - and _")
     _REGISTRY[name] = target
     NAMES = tuple(_REGISTRY)
+
+
+def oldest_first(paths: Iterable[Path]) -> list[Path]:
+    """`paths` by modification time (one that vanished meanwhile first), then by name."""
+    def mtime(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except OSError:
+            return 0
+
+    return sorted(sorted(paths), key=mtime)
+
+
+def names_that(can: Callable[[Scheduler], bool]) -> str:
+    """The registered schedulers that `can` (`lambda runner: runner.arrays`), as a message lists them."""
+    return " or ".join(name for name in NAMES if can(get(name)))
 
 
 def _load(target: str) -> Scheduler:
@@ -175,8 +253,14 @@ def for_record(executor: object) -> Scheduler | None:
     return _load(target) if target else None
 
 
-def record_names() -> tuple[str, ...]:
-    return (*_REGISTRY, *_STARTED_BY)
+def task_launcher(env: Mapping[str, str]) -> Scheduler:
+    """What started this `ft train` process, as its record will name it: srun, torchrun, or
+    nothing (`local`: a process alone)."""
+    for target in _STARTED_BY.values():
+        launcher = _load(target)
+        if launcher.started_task(env):
+            return launcher
+    return get(_ALONE)
 
 
 def is_job_id(text: object) -> bool:

@@ -11,11 +11,14 @@ import re
 import shutil
 import signal
 import subprocess
-from pathlib import Path, PurePath
+from functools import cached_property
+from pathlib import Path
+from typing import Mapping
 
+from ftcore import rendezvous
 from ftcore.errors import UserError
 from ftcore.layout import LOGS, SCRIPT
-from launcher.scheduler import TERMINAL_STATES, SchedulerError, Scheduler, SubmissionUnclear  # noqa: F401
+from launcher.scheduler import TERMINAL_STATES, SchedulerError, Scheduler, SubmissionUnclear, oldest_first  # noqa: F401
 _JOB_ID = re.compile(r"^(\d+)(?:;\S+)?$")  # what `sbatch --parsable` prints
 _JOB_ID_TEXT = re.compile(r"^\d+(?:_\d+)?$")  # a job id (or one array task) as ft records it
 
@@ -185,6 +188,8 @@ class Slurm(Scheduler):
     by_id = True
     arrays = True
     requeues_itself = True
+    submit_command = "sbatch"
+    task_command = "srun"
 
     def preflight(self, job, dry_run: bool) -> list[str]:
         if not dry_run and shutil.which("sbatch") is None:
@@ -192,17 +197,26 @@ class Slurm(Scheduler):
                     "write and print the script, or --executor local to run here"]
         return []
 
+    @cached_property
+    def kill_wait_s(self) -> int | None:
+        """The cluster's KillWait, asked once per use of this scheduler (a sweep renders a script per task)."""
+        return kill_wait_s()
+
     def render(self, job, folder: Path, array_size: int = 0, dependency: str | None = None) -> str:
         from launcher import render
 
         return render.render_sbatch(job, folder, array_size=array_size, dependency=dependency,
-                                    kill_wait_s=kill_wait_s())
+                                    kill_wait_s=self.kill_wait_s)
 
     def submit(self, folder: Path) -> str:
         return sbatch(folder / SCRIPT)
 
     def time_limit(self, job) -> str:
         return job.slurm.time
+
+    def lost_job_hint(self, job_name: str | None = None) -> str:
+        name = f" --name={job_name}" if job_name else ""
+        return f"`squeue --me{name}` (or `sacct{name or ' -u $USER'}`)"
 
     def is_job_id(self, text: object) -> bool:
         return is_job_id(text)
@@ -220,12 +234,12 @@ class Slurm(Scheduler):
     def requeue(self, job_id: str) -> None:
         requeue(job_id)
 
-    def log_files(self, view) -> list[PurePath]:
+    def log_files(self, view) -> list[Path]:
         # A sweep's tasks log to slurm-<job>_<task>.out (every submission of the folder).
         pattern = "slurm-*.out" if view.task is None else f"slurm-*_{view.task}.out"
-        return view.files.glob(f"{LOGS}/{pattern}", by_time=True)
+        return oldest_first(view.folder.glob(f"{LOGS}/{pattern}"))
 
-    def rank_lines(self, path: PurePath, lines: list[str], rank: int | None) -> list[str]:
+    def rank_lines(self, path: Path, lines: list[str], rank: int | None) -> list[str]:
         """srun --label prefixes each task's line with `N: ` (space-padded)."""
         if rank is None:
             return lines
@@ -244,3 +258,38 @@ class SrunTrain(Slurm):
     ft_script = False
     log_files = Scheduler.log_files
     rank_lines = Scheduler.rank_lines
+
+    def started_task(self, env: Mapping[str, str]) -> bool:
+        return bool(env.get("SLURM_JOB_ID"))
+
+    def task_job_id(self, env: Mapping[str, str]) -> str | None:
+        return rendezvous.job_id(env)  # digits only: it names a folder under $FT_HOME/jobs
+
+    def task_submit_dir(self, env: Mapping[str, str]) -> str | None:
+        return env.get("SLURM_SUBMIT_DIR")
+
+    def task_folder_name(self, job_name: str, env: Mapping[str, str]) -> str:
+        from launcher import jobdir
+
+        step = jobdir.safe_name(env.get("SLURM_STEP_ID") or "batch")
+        return f"slurm-{self.task_job_id(env)}.{step}-{jobdir.safe_name(job_name)}"
+
+    def task_problems(self, job, procs, env: Mapping[str, str]) -> list[str]:
+        # `ft train` in the batch script itself (no srun step, no torchrun): one process.
+        if "SLURM_STEP_ID" not in env and procs.launcher != "torchrun":
+            if max(procs.world_size, job.world_size) > 1:
+                return [f"ft train runs in the batch script itself, as one process, but the job wants "
+                        f"{job.world_size} (trainer.num_nodes × trainer.devices): start it with srun "
+                        "(`srun ft train ...`), one task per GPU"]
+            return []
+        return super().task_problems(job, procs, env)
+
+    def resubmit_advice(self, view, resumes: str) -> list[str]:
+        submitted_from = view.record.get("submit_dir")
+        script = f"your batch script (submitted from {submitted_from})" if submitted_from else "your batch script"
+        return [f"job {view.job_id} ran `ft train` from {script}; ft did not write that script, so it cannot "
+                "submit it again. Either:",
+                f"  scontrol requeue {view.job_id}   (while SLURM still knows the job: same job id, same folder; "
+                f"{resumes})",
+                f"  or add --job-dir {view.folder} to the ft train line of the script and submit it with sbatch "
+                f"({resumes})"]

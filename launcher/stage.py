@@ -16,7 +16,6 @@ to the hub or read its cache: `ft --help` and jobs without hub files never load 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shlex
 import shutil

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ftcore import contract, layout, secrets
@@ -73,7 +73,7 @@ def sweep_overrides(sweeps: list[str]) -> list[list[str]]:
 
 
 def prepare(factory: str, overrides: list[str], profile: str | None = None,
-            executor: str = "slurm", dry_run: bool = False, sweeps: list[str] | None = None,
+            executor: str = scheduler.DEFAULT, dry_run: bool = False, sweeps: list[str] | None = None,
             after: str | None = None, stage: bool = False, force: bool = False,
             elsewhere: bool = False) -> Prepared:
     """Everything short of writing: resolution, validation, pre-flight checks, rendering.
@@ -113,7 +113,7 @@ def prepare(factory: str, overrides: list[str], profile: str | None = None,
     warnings = [*warnings, *host] if dry_run else warnings
     warnings += plan_warnings(job)
     if tasks:
-        problems += _sweeps_that_shape_the_script(tasks, combos)
+        problems += _sweeps_that_shape_the_script(runner, tasks, combos)
     if problems:
         raise UserError(*problems)
     runner.render(job, Path("/JOB_DIR"))  # template errors surface before anything is written
@@ -132,7 +132,7 @@ def prepare(factory: str, overrides: list[str], profile: str | None = None,
 
 
 def _array_schedulers() -> str:
-    return " or ".join(name for name in scheduler.NAMES if scheduler.get(name).arrays)
+    return scheduler.names_that(lambda runner: runner.arrays)
 
 
 def _offline_problems(jobs: list, stage_command: str, dry_run: bool) -> list[str]:
@@ -162,10 +162,11 @@ def refuse_secrets(resolved: Resolved, tasks: tuple[Resolved, ...] = (), words: 
     return list(dict.fromkeys(problems))
 
 
-def _sweeps_that_shape_the_script(tasks: tuple[Resolved, ...], combos: list[list[str]]) -> list[str]:
-    """One SLURM array shares one script (resources, container, environment): a sweep axis
+def _sweeps_that_shape_the_script(runner: scheduler.Scheduler, tasks: tuple[Resolved, ...],
+                                  combos: list[list[str]]) -> list[str]:
+    """One array job shares one script (resources, container, environment): a sweep axis
     whose values change the script cannot be an array."""
-    scripts = [render.render_sbatch(t.job, Path("/JOB_DIR"), array_size=len(tasks)) for t in tasks]
+    scripts = [runner.render(task.job, Path("/JOB_DIR"), array_size=len(tasks)) for task in tasks]
     if len(set(scripts)) == 1:
         return []
     problems = []
@@ -237,11 +238,12 @@ def host_python_problems(job) -> list[str]:
 def _not_pulled_yet(job) -> list[str]:
     from launcher import image
 
-    c = job.container
-    if c.runtime == "none" or not image.is_uri(c.image) or Path(image.image_to_run(c)).is_file():
+    container = job.container
+    local = image.image_to_run(container)
+    if container.runtime == "none" or not image.is_uri(container.image) or Path(local).is_file():
         return []
-    return [f"dry run: {c.image} is not pulled yet; `ft submit` pulls it into {image.image_to_run(c)} first "
-            f"(or `ft image pull {c.image}`)"]
+    return [f"dry run: {container.image} is not pulled yet; `ft submit` pulls it into {local} first "
+            f"(or `ft image pull {container.image}`)"]
 
 
 def ready_image(job, skip_check: bool = False, echo=None) -> list[str]:
@@ -251,32 +253,33 @@ def ready_image(job, skip_check: bool = False, echo=None) -> list[str]:
     UserError for a pull that fails or an image that cannot run the trainer."""
     from launcher import image
 
-    c = job.container
-    if c.runtime == "none":
+    container = job.container
+    if container.runtime == "none":
         return []
     if "HF_HUB_CACHE" in staging.environment(job):  # bound into the container: it must exist
         sharedcache.make_dir(staging.cache_dir(job))
     notes = []
-    here = shutil.which(c.runtime) is not None
-    local = image.image_to_run(c)
-    if image.is_uri(c.image):
+    here = shutil.which(container.runtime) is not None
+    local = image.image_to_run(container)
+    if image.is_uri(container.image):
         if Path(local).is_file():
-            image.check_trusted(c, Path(local))
-            notes.append(f"image {c.image}: the SIF pulled before, {local}")
+            image.check_trusted(container, Path(local))
+            notes.append(f"image {container.image}: the SIF pulled before, {local}")
         elif not here:
-            raise UserError(f"container.image {c.image} is not pulled yet, and {c.runtime} is not on PATH here "
-                            "to pull it", hint=f"run `ft image pull {c.image}` where {c.runtime} is installed "
+            raise UserError(f"container.image {container.image} is not pulled yet, and {container.runtime} is not "
+                            "on PATH here to pull it",
+                            hint=f"run `ft image pull {container.image}` where {container.runtime} is installed "
                                                "(the cache folder is shared), or give a .sif path")
         else:
-            path, _ = image.pull(c.image, image.cache_dir(c), c.runtime, echo)
-            notes.append(f"image {c.image}: pulled once into {path}")
+            path, _ = image.pull(container.image, image.cache_dir(container), container.runtime, echo)
+            notes.append(f"image {container.image}: pulled once into {path}")
     if skip_check:
         notes.append("image check skipped (--skip-image-check)")
     elif not here:
-        notes.append(f"{c.runtime} is not on PATH here, so the image was not checked (the job will tell); "
-                     f"`ft image check {local}` runs the check where {c.runtime} is installed")
+        notes.append(f"{container.runtime} is not on PATH here, so the image was not checked (the job will tell); "
+                     f"`ft image check {local}` runs the check where {container.runtime} is installed")
     else:
-        report, ran = image.check_once(c, local)
+        report, ran = image.check_once(container, local)
         torch = report.found["packages"]["torch"]["version"]
         notes.append(f"image check {'passed' if ran else 'passed before'}: Python {report.found['python']}, "
                      f"torch {torch}")
@@ -290,75 +293,85 @@ def _job_id_to_wait_for(spec: str) -> str:
     if view.problem:
         raise UserError(f"--after {spec}: {view.folder} cannot be read ({view.problem})")
     if not view.job_id:
-        raise UserError(f"--after {spec}: that job was never submitted to SLURM")
+        raise UserError(f"--after {spec}: that job has no scheduler's job id to wait for (a dry run, or a job "
+                        "that ran here)")
     return view.job_id
 
 
-def srun_line(p: Prepared, factory: str) -> tuple[str, list[str]]:
+def srun_line(prepared: Prepared, factory: str) -> tuple[str, list[str]]:
     """The srun line that runs this job with `ft train` from a workshop's own batch script,
     and the #SBATCH lines its allocation needs (nodes × tasks per node is the job's layout)."""
     from launcher.config import looks_like_path
 
-    spec = str(p.resolved.factory_path) if looks_like_path(factory) else factory
+    spec = str(prepared.resolved.factory_path) if looks_like_path(factory) else factory
     args = ["--factory", spec]
-    if p.resolved.profile_path:
-        args += ["--profile", str(p.resolved.profile_path)]
-    args += [o.text for o in p.resolved.overrides]
+    if prepared.resolved.profile_path:
+        args += ["--profile", str(prepared.resolved.profile_path)]
+    args += [o.text for o in prepared.resolved.overrides]
     allocation = ("--nodes=", "--ntasks-per-node=", "--gpus-per-node=")
-    header = [f"#SBATCH {o}" for o in render.sbatch_options(p.job, Path(".")) if o.startswith(allocation)]
-    if p.job.container.runtime != "none":
+    header = [f"#SBATCH {o}" for o in render.sbatch_options(prepared.job, Path(".")) if o.startswith(allocation)]
+    if prepared.job.container.runtime != "none":
         # The line binds the folder `ft train` makes its job folders in: a bind source must
         # exist when the job starts, and nothing in the user's script would create it.
         paths.jobs_root().mkdir(parents=True, exist_ok=True)
-    return render.srun_line(p.job, args), header
+    return render.srun_line(prepared.job, args), header
 
 
-def summary(p: Prepared) -> list[tuple[str, str]]:
-    job = p.job
-    t = job.trainer
-    unit = "GPU" if t.accelerator == "gpu" else "task"
+def render_elsewhere(prepared: Prepared, ft_home: str | None) -> str:
+    """The script a `--cluster` dry run shows: rendered here for a new folder under the cluster's
+    FT_HOME (`NEW` stands for the name the folder gets there)."""
+    folder = PurePosixPath(ft_home or paths.DEFAULT_HOME) / paths.JOBS / "NEW"
+    return scheduler.get(prepared.executor).render(prepared.job, folder, len(prepared.tasks))
+
+
+def summary(prepared: Prepared) -> list[tuple[str, str]]:
+    job = prepared.job
+    trainer = job.trainer
+    unit = "GPU" if trainer.accelerator == "gpu" else "task"
     image = job.container.image if job.container.runtime != "none" else "none (host Python)"
     sweep = []
-    if p.tasks:
-        sweep = [("sweep", f"{len(p.tasks)} tasks in one SLURM array, each with the resources below")]
+    if prepared.tasks:
+        sweep = [("sweep", f"{len(prepared.tasks)} tasks in one SLURM array, each with the resources below")]
         sweep += [(f"  task {i}", values or "(the same as the others)")
-                  for i, values in enumerate(differing([job_to_dict(r.job) for r in p.tasks]))]
+                  for i, values in enumerate(differing([job_to_dict(task.job) for task in prepared.tasks]))]
     return [*sweep,
-        ("factory", f"{job.name} ({p.resolved.factory_path})"),
+        ("factory", f"{job.name} ({prepared.resolved.factory_path})"),
         ("method", "LoRA" if job.peft else "full SFT"),
         ("model", str(job.model.path or f"random init ({job.model.config.get('model_type', '?')})")),
-        ("resources", f"{t.num_nodes} node(s) × {t.devices} {unit}(s) = {job.world_size} {unit}(s)"
-                      + (", for each sweep task" if p.tasks else "")),
+        ("resources", f"{trainer.num_nodes} node(s) × {trainer.devices} {unit}(s) = {job.world_size} {unit}(s)"
+                      + (", for each sweep task" if prepared.tasks else "")),
         ("batch", f"global {job.data.global_batch_size} = micro {job.data.micro_batch_size} × "
                   f"accumulation {job.grad_accum_steps} × data-parallel {job.world_size}"),
-        ("steps", str(t.max_steps) if t.max_steps else f"{t.num_epochs} epoch(s)"),
+        ("steps", str(trainer.max_steps) if trainer.max_steps else f"{trainer.num_epochs} epoch(s)"),
         ("container", f"{job.container.runtime}: {image}"),
-        ("time limit", scheduler.get(p.executor).time_limit(job)),
+        ("time limit", scheduler.get(prepared.executor).time_limit(job)),
         ("partition", job.slurm.partition or "(cluster default)"),
-        ("profile", str(p.resolved.profile_path or "none")),
+        ("profile", str(prepared.resolved.profile_path or "none")),
     ]
 
 
-def write(p: Prepared, argv: list[str] | None = None, root: Path | None = None) -> Path:
+def write(prepared: Prepared, argv: list[str] | None = None, root: Path | None = None) -> Path:
     """The complete job folder: resolved config(s), script, exact command line; for a real
     submission also its record, from the first moment (`submitting`), so that no reader takes
     the folder for a dry run (`ft clean --dry-runs`) while sbatch answers, or after a Ctrl-C."""
-    job = p.job
+    job = prepared.job
     files = {jobdir.CONFIG: jobdir.config_text(job_to_dict(job)), jobdir.COMMAND: jobdir.command_line(argv)}
-    for index, task in enumerate(p.tasks):
+    for index, task in enumerate(prepared.tasks):
         files[f"tasks/{index}/{jobdir.CONFIG}"] = jobdir.config_text(job_to_dict(task.job))
 
     def contents(folder: Path) -> dict[str, str]:
-        script = scheduler.get(p.executor).render(job, folder, array_size=len(p.tasks), dependency=p.after)
-        record = {} if p.dry_run else {jobdir.RECORD: jobdir.record_text(
-            executor=p.executor, job_id=None, factory=job.name, folder=str(folder), history=[], submission="submitting")}
+        script = scheduler.get(prepared.executor).render(job, folder, array_size=len(prepared.tasks),
+                                                         dependency=prepared.after)
+        record = {} if prepared.dry_run else {jobdir.RECORD: jobdir.record_text(
+            executor=prepared.executor, job_id=None, factory=job.name, folder=str(folder), history=[],
+            submission="submitting")}
         return {**files, jobdir.SCRIPT: script, **record}
 
     return jobdir.create(job.name, contents, root)
 
 
 def submit(folder: Path, factory: str, history: list[dict] | None = None, job_name: str | None = None,
-           executor: str = "slurm") -> str:
+           executor: str = scheduler.DEFAULT) -> str:
     """Hand the folder's script to the scheduler; if refused, a new folder is removed so nothing
     half-done stays."""
     with jobdir.locked(folder):
@@ -368,22 +381,22 @@ def submit(folder: Path, factory: str, history: list[dict] | None = None, job_na
 def _submit_and_record(folder: Path, factory: str, history: list[dict] | None, job_name: str | None,
                        executor: str) -> str:
     record = {"executor": executor, "factory": factory, "folder": str(folder), "history": history or []}
+    runner = scheduler.get(executor)
+    look = (f"look for it with {runner.lost_job_hint(job_name)}; once it starts, `ft status {folder}` shows its id. "
+            f"If it is not there, `ft resubmit {folder}`")
     try:
-        job_id = scheduler.get(executor).submit(folder)
+        job_id = runner.submit(folder)
     except KeyboardInterrupt:
-        # sbatch may have queued the job before it was interrupted: keep the folder, say so.
+        # The scheduler may have queued the job before it was interrupted: keep the folder, say so.
         jobdir.write_record(folder, **record, job_id=None, submission="interrupted")
-        raise UserError(f"interrupted while sbatch was answering: the job may have been submitted; its folder "
-                        f"{folder} was kept", hint=f"look for it with `squeue --me`; once it starts, `ft status "
-                                                   f"{folder}` shows its id. If it is not there, `ft resubmit {folder}`") from None
+        raise UserError(f"interrupted while {runner.submit_command} was answering: the job may have been submitted; "
+                        f"its folder {folder} was kept", hint=look) from None
     except SubmissionUnclear as err:
-        # The job may exist and run in this folder: keep it, and keep what sbatch said.
+        # The job may exist and run in this folder: keep it, and keep what the scheduler said.
         jobdir.write_record(folder, **record, job_id=None, submission="unclear",
                             sbatch_answer=secrets.redact(err.raw)[-4000:])
-        name = f" --name={job_name}" if job_name else ""
         err.problems.append(f"the job may have been submitted; its folder {folder} was kept")
-        err.hint = (f"look for it with `squeue --me{name}` (or `sacct{name or ' -u $USER'}`); once it starts, "
-                    f"`ft status {folder}` shows its id. If it is not there, `ft resubmit {folder}`")
+        err.hint = look
         raise
     except SchedulerError as err:
         if history is None:
@@ -425,7 +438,7 @@ def prepare_resubmit(view, overrides: list[str], profile: str | None = None, exe
     if view.task is not None:
         raise UserError(f"{view.label} is one task of a sweep: resubmit the whole sweep ({view.job_id})")
     # A dry run's folder was never submitted: it goes where ft submits by default.
-    executor = executor or (view.executor if view.scheduler else scheduler.NAMES[0])
+    executor = executor or (view.executor if view.scheduler else scheduler.DEFAULT)
     runner = scheduler.get(executor)
     tasks = len(list((view.folder / layout.TASKS).glob("*/" + jobdir.CONFIG)))
     if tasks and overrides:
@@ -497,21 +510,21 @@ def history(view) -> list[dict]:
     return done
 
 
-def apply_resubmit(r: Resubmission, argv: list[str] | None = None) -> str | None:
+def apply_resubmit(resubmission: Resubmission, argv: list[str] | None = None) -> str | None:
     """Under the folder's lock: check again that the job has ended, write the new config, script
     and command line (command.txt keeps every submission), and sbatch it (the job id); a local
     job is left for `local.run` (None). If the scheduler refuses, every file is put back."""
     from launcher import jobs
 
-    folder = r.view.folder
+    folder = resubmission.view.folder
     with jobdir.locked(folder):
         view = jobs.load(folder)  # as it is now that no other ft command is changing it
         _check_ended(view)
-        runner = scheduler.get(r.executor)
+        runner = scheduler.get(resubmission.executor)
         if not runner.runs_here:
-            ready_image(r.job)
+            ready_image(resubmission.job)
         commands = _text_or_none(folder / jobdir.COMMAND) or ""
-        new = {jobdir.CONFIG: jobdir.config_text(job_to_dict(r.job)), jobdir.SCRIPT: r.script,
+        new = {jobdir.CONFIG: jobdir.config_text(job_to_dict(resubmission.job)), jobdir.SCRIPT: resubmission.script,
                jobdir.COMMAND: commands + jobdir.command_line(argv)}
         jobdir.check_secrets(new)
         old = {name: _text_or_none(folder / name) for name in new}
@@ -522,7 +535,8 @@ def apply_resubmit(r: Resubmission, argv: list[str] | None = None) -> str | None
             if runner.runs_here:
                 return None
             sbatch_called = True
-            return _submit_and_record(folder, r.job.name, history(view), r.job.job_name, r.executor)
+            return _submit_and_record(folder, resubmission.job.name, history(view), resubmission.job.job_name,
+                                      resubmission.executor)
         except SubmissionUnclear:
             raise
         except SchedulerError as err:
@@ -559,16 +573,6 @@ def _text_or_none(path: Path) -> str | None:
 
 def _not_ours(view) -> list[str]:
     """`ft resubmit` of an `ft train` folder: ft did not write the script, so it cannot submit it."""
-
     newest = layout.newest_complete(view.folder)
     resumes = f"it continues from {newest.name}" if newest else "it starts from the beginning (no checkpoint yet)"
-    if view.executor != "srun":
-        return [f"{view.folder} was trained by `ft train` under {view.executor}, not submitted by ft: run the same "
-                f"command again with --job-dir {view.folder}; {resumes}"]
-    script = f"your batch script (submitted from {view.record['submit_dir']})" if view.record.get("submit_dir") \
-        else "your batch script"
-    return [f"job {view.job_id} ran `ft train` from {script}; ft did not write that script, so it cannot submit it "
-            "again. Either:",
-            f"  scontrol requeue {view.job_id}   (while SLURM still knows the job: same job id, same folder; {resumes})",
-            f"  or add --job-dir {view.folder} to the ft train line of the script and submit it with sbatch "
-            f"({resumes})"]
+    return view.scheduler.resubmit_advice(view, resumes)

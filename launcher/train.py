@@ -46,7 +46,7 @@ class Plan:
     job: Job
     folder: Path
     procs: DistEnv
-    executor: str  # "srun", "torchrun" or "local": what started the processes
+    executor: str  # what started the processes, as the record names it (scheduler.task_launcher)
     job_id: str | None
     explicit_folder: bool  # --job-dir: continue there on purpose, even with changed settings
     submit_dir: str | None = None  # where the batch script was submitted from (for `ft resubmit`'s advice)
@@ -89,40 +89,23 @@ def prepare(factory: str, overrides: list[str], profile: str | None = None, job_
     env = os.environ if environ is None else environ
     job = config.resolve(factory, overrides, profile).job
     procs = rendezvous.detect(env)
-    problems = job.missing_paths()
-    in_batch_script = env.get("SLURM_JOB_ID") and "SLURM_STEP_ID" not in env and procs.launcher != "torchrun"
-    if in_batch_script:
-        if max(procs.world_size, job.world_size) > 1:
-            problems.append(
-                f"ft train runs in the batch script itself, as one process, but the job wants {job.world_size} "
-                "(trainer.num_nodes × trainer.devices): start it with srun (`srun ft train ...`), one task per GPU")
-    else:
-        problems += rendezvous.allocation_problems(job.trainer.num_nodes, job.trainer.devices, procs, env)
+    launcher = scheduler.task_launcher(env)
+    problems = job.missing_paths() + launcher.task_problems(job, procs, env)
     if problems:
         raise UserError(*problems)
     folder, executor, job_id = folder_for(job, env, job_dir)
-    return Plan(job, folder, procs, executor, job_id, job_dir is not None, env.get("SLURM_SUBMIT_DIR"))
+    return Plan(job, folder, procs, executor, job_id, job_dir is not None, launcher.task_submit_dir(env))
 
 
 def folder_for(job: Job, env: Mapping[str, str], job_dir: str | None = None) -> tuple[Path, str, str | None]:
-    """(job folder, executor, job id). Every task of one run computes the same folder; a
-    requeued SLURM job (same id) or a restarted torchrun (same run id) the same again."""
-    job_id = rendezvous.job_id(env)  # digits only: it names a folder under $FT_HOME/jobs
+    """(job folder, executor, job id): what started this process names the folder, so every
+    task of one run computes the same one, and a requeued SLURM job (same id) or a restarted
+    torchrun (same run id) the same again."""
+    launcher = scheduler.task_launcher(env)
+    job_id = launcher.task_job_id(env)
     if job_dir:
-        executor = "srun" if job_id else ("torchrun" if "TORCHELASTIC_RUN_ID" in env else "local")
-        return Path(job_dir).expanduser().absolute(), executor, job_id
-    root = paths.jobs_root()
-    if job_id:
-        step = jobdir.safe_name(env.get("SLURM_STEP_ID") or "batch")
-        return root / f"slurm-{job_id}.{step}-{jobdir.safe_name(job.name)}", "srun", job_id
-    if "TORCHELASTIC_RUN_ID" in env:
-        run_id = env["TORCHELASTIC_RUN_ID"]
-        if run_id in ("", "none"):
-            raise UserError("under torchrun without --standalone or --rdzv-id the processes share no run id "
-                            "to name their job folder by: add --standalone (one machine) or --rdzv-id ID, "
-                            "or give the folder: ft train --job-dir DIR")
-        return root / f"torchrun-{jobdir.safe_name(run_id)}-{jobdir.safe_name(job.name)}", "torchrun", None
-    return root / jobdir.new_name(job.name), "local", None
+        return Path(job_dir).expanduser().absolute(), launcher.name, job_id
+    return paths.jobs_root() / launcher.task_folder_name(job.name, env), launcher.name, job_id
 
 
 def agree_on_folder(plan: Plan, command: str, wait_s: float = WAIT_S) -> None:

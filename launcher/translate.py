@@ -83,240 +83,252 @@ def _target(section: dict[str, Any]) -> str:
     return str(section.get("_target_") or "")
 
 
-def _section(data: dict[str, Any], name: str, t: Translation) -> dict[str, Any]:
+def _section(data: dict[str, Any], name: str, translation: Translation) -> dict[str, Any]:
     value = data.get(name)
     if value is None:
         return {}
     if not isinstance(value, dict):
-        t.refuse(name, "expected a mapping of keys to values")
+        translation.refuse(name, "expected a mapping of keys to values")
         return {}
     return value
 
 
-def _unknown(t: Translation, name: str, section: dict[str, Any], known: set[str]) -> None:
+def _unknown(translation: Translation, name: str, section: dict[str, Any], known: set[str]) -> None:
     for key in section:
         if key not in known and key != "_target_":
-            t.refuse(f"{name}.{key}", "has no ft equivalent")
+            translation.refuse(f"{name}.{key}", "has no ft equivalent")
 
 
 def translate_automodel(data: dict[str, Any], source: str) -> Translation:
     """An AutoModel recipe as an ft job dict; `refused` lists what ft cannot do (by key)."""
-    t = Translation(source)
+    translation = Translation(source)
     if "name" in data:
-        t.set("name", data["name"], "name")
-    _model(_section(data, "model", t), t)
-    _peft(data, t)
-    _quantization(_section(data, "quantization", t), t)
-    loader = _section(data, "dataloader", t)
-    _datasets(_section(data, "dataset", t), _section(data, "validation_dataset", t),
-              loader, _section(data, "validation_dataloader", t), t)
-    _schedule(_section(data, "step_scheduler", t), loader, _section(data, "distributed", t), t)
-    _optimizer(_section(data, "optimizer", t), _section(data, "lr_scheduler", t), t)
-    _checkpoint(_section(data, "checkpoint", t), t)
-    rng = _section(data, "rng", t)
+        translation.set("name", data["name"], "name")
+    _model(_section(data, "model", translation), translation)
+    _peft(data, translation)
+    _quantization(_section(data, "quantization", translation), translation)
+    loader = _section(data, "dataloader", translation)
+    _datasets(_section(data, "dataset", translation), _section(data, "validation_dataset", translation),
+              loader, _section(data, "validation_dataloader", translation), translation)
+    _schedule(_section(data, "step_scheduler", translation), loader, _section(data, "distributed", translation),
+              translation)
+    _optimizer(_section(data, "optimizer", translation), _section(data, "lr_scheduler", translation), translation)
+    _checkpoint(_section(data, "checkpoint", translation), translation)
+    rng = _section(data, "rng", translation)
     if "seed" in rng:
-        t.set("trainer.seed", rng["seed"], "rng.seed")
+        translation.set("trainer.seed", rng["seed"], "rng.seed")
     if rng.get("ranked") is not None:
-        t.ignore("rng.ranked", "ft seeds each rank's dropout and data order from trainer.seed")
-    _unknown(t, "rng", rng, {"seed", "ranked"})
-    dist_env = _section(data, "dist_env", t)
+        translation.ignore("rng.ranked", "ft seeds each rank's dropout and data order from trainer.seed")
+    _unknown(translation, "rng", rng, {"seed", "ranked"})
+    dist_env = _section(data, "dist_env", translation)
     if dist_env:
-        t.ignore("dist_env", "ft picks the backend (nccl on GPUs, gloo on CPUs) and its own timeouts")
-    loss = _section(data, "loss_fn", t)
+        translation.ignore("dist_env", "ft picks the backend (nccl on GPUs, gloo on CPUs) and its own timeouts")
+    loss = _section(data, "loss_fn", translation)
     if loss and not _target(loss).endswith("MaskedCrossEntropy"):
-        t.refuse("loss_fn._target_", f"{_target(loss)}: ft trains with the masked cross-entropy over answer tokens only")
+        translation.refuse("loss_fn._target_",
+                           f"{_target(loss)}: ft trains with the masked cross-entropy over answer tokens only")
     elif loss:
-        t.ignore("loss_fn", "ft's loss is the same masked cross-entropy over answer tokens")
-    wandb = _section(data, "wandb", t)
+        translation.ignore("loss_fn", "ft's loss is the same masked cross-entropy over answer tokens")
+    wandb = _section(data, "wandb", translation)
     if "project" in wandb:
-        t.set("trainer.wandb_project", wandb["project"], "wandb.project")
+        translation.set("trainer.wandb_project", wandb["project"], "wandb.project")
     for key in wandb:
         if key != "project":
-            t.ignore(f"wandb.{key}", "ft names the run after the job and writes it into the job folder")
+            translation.ignore(f"wandb.{key}", "ft names the run after the job and writes it into the job folder")
     known = {"name", "model", "peft", "quantization", "dataset", "validation_dataset", "dataloader",
              "validation_dataloader", "step_scheduler", "distributed", "optimizer", "lr_scheduler", "checkpoint",
              "rng", "dist_env", "loss_fn", "wandb"}
     for key in data:
         if key not in known:
-            t.refuse(str(key), "is no AutoModel section ft knows how to translate")
-    return t
+            translation.refuse(str(key), "is no AutoModel section ft knows how to translate")
+    return translation
 
 
-def _model(model: dict[str, Any], t: Translation) -> None:
+def _model(model: dict[str, Any], translation: Translation) -> None:
     target = _target(model)
     if target and not target.endswith(("from_pretrained", "from_config")):
-        t.refuse("model._target_", f"{target}: ft builds Hugging Face causal LMs (…from_pretrained)")
+        translation.refuse("model._target_", f"{target}: ft builds Hugging Face causal LMs (…from_pretrained)")
     if target.endswith("from_config"):
-        t.refuse("model._target_", "from_config (random weights): ft's model.init=random takes model.config")
+        translation.refuse("model._target_", "from_config (random weights): ft's model.init=random takes model.config")
     if "pretrained_model_name_or_path" in model:
-        t.set("model.path", model["pretrained_model_name_or_path"], "model.pretrained_model_name_or_path")
+        translation.set("model.path", model["pretrained_model_name_or_path"], "model.pretrained_model_name_or_path")
     if model.get("is_meta_device"):
-        t.set("model.meta_init", True, "model.is_meta_device")
+        translation.set("model.meta_init", True, "model.is_meta_device")
     elif "is_meta_device" in model:
-        t.ignore("model.is_meta_device", "false is ft's default")
+        translation.ignore("model.is_meta_device", "false is ft's default")
     if "torch_dtype" in model:
         dtype = dtypes.name_of(model["torch_dtype"])
         if dtype:
-            t.set("model.dtype", dtype, "model.torch_dtype")
+            translation.set("model.dtype", dtype, "model.torch_dtype")
         else:
-            t.refuse("model.torch_dtype", f"{model['torch_dtype']}: ft trains in bf16 or fp32")
+            translation.refuse("model.torch_dtype", f"{model['torch_dtype']}: ft trains in bf16 or fp32")
     if "trust_remote_code" in model:
-        t.set("model.trust_remote_code", bool(model["trust_remote_code"]), "model.trust_remote_code")
+        translation.set("model.trust_remote_code", bool(model["trust_remote_code"]), "model.trust_remote_code")
     if "attn_implementation" in model:
-        t.set("model.attn_implementation", model["attn_implementation"], "model.attn_implementation")
-    _unknown(t, "model", model, {"pretrained_model_name_or_path", "is_meta_device", "torch_dtype",
+        translation.set("model.attn_implementation", model["attn_implementation"], "model.attn_implementation")
+    _unknown(translation, "model", model, {"pretrained_model_name_or_path", "is_meta_device", "torch_dtype",
                                   "trust_remote_code", "attn_implementation"})
 
 
-def _peft(data: dict[str, Any], t: Translation) -> None:
+def _peft(data: dict[str, Any], translation: Translation) -> None:
     if "peft" not in data or data["peft"] is None:
-        t.set("peft", "none", "no peft section (full SFT)")
+        translation.set("peft", "none", "no peft section (full SFT)")
         return
-    peft = _section(data, "peft", t)
+    peft = _section(data, "peft", translation)
     for theirs, ours in (("target_modules", "target_modules"), ("exclude_modules", "exclude_modules"),
                          ("dim", "dim"), ("alpha", "alpha"), ("dropout", "dropout"),
                          ("match_all_linear", "match_all_linear")):
         if theirs in peft:
-            t.set(f"peft.{ours}", peft[theirs], f"peft.{theirs}")
+            translation.set(f"peft.{ours}", peft[theirs], f"peft.{theirs}")
     if "target_modules" not in peft and not peft.get("match_all_linear"):
-        t.data.setdefault("peft", {})
+        translation.data.setdefault("peft", {})
     if "use_triton" in peft:
-        t.ignore("peft.use_triton", "a faster LoRA kernel, same numbers; ft runs peft's LoRA layers")
+        translation.ignore("peft.use_triton", "a faster LoRA kernel, same numbers; ft runs peft's LoRA layers")
     if "dropout_position" in peft:
         if peft["dropout_position"] != "pre":
-            t.refuse("peft.dropout_position", f"{peft['dropout_position']}: ft (peft) applies dropout to the LoRA input")
+            translation.refuse("peft.dropout_position",
+                               f"{peft['dropout_position']}: ft (peft) applies dropout to the LoRA input")
         else:
-            t.ignore("peft.dropout_position", "pre: dropout on the LoRA input, as ft does")
-    _unknown(t, "peft", peft, {"target_modules", "exclude_modules", "dim", "alpha", "dropout", "match_all_linear",
-                                "use_triton", "dropout_position"})
+            translation.ignore("peft.dropout_position", "pre: dropout on the LoRA input, as ft does")
+    _unknown(translation, "peft", peft,
+             {"target_modules", "exclude_modules", "dim", "alpha", "dropout", "match_all_linear",
+              "use_triton", "dropout_position"})
 
 
-def _quantization(quant: dict[str, Any], t: Translation) -> None:
+def _quantization(quant: dict[str, Any], translation: Translation) -> None:
     if not quant:
         return
     if quant.get("load_in_8bit"):
-        t.refuse("quantization.load_in_8bit", "ft quantizes the frozen base to 4-bit NF4 only (load_in_4bit)")
+        translation.refuse("quantization.load_in_8bit", "ft quantizes the frozen base to 4-bit NF4 only (load_in_4bit)")
     if not quant.get("load_in_4bit"):
-        t.ignore("quantization", "load_in_4bit is not set")
+        translation.ignore("quantization", "load_in_4bit is not set")
         return
     kind = str(quant.get("bnb_4bit_quant_type", "nf4"))
     if kind != "nf4":
-        t.refuse("quantization.bnb_4bit_quant_type", f"{kind}: ft's QLoRA stores the base in NF4 only")
+        translation.refuse("quantization.bnb_4bit_quant_type", f"{kind}: ft's QLoRA stores the base in NF4 only")
         return
-    t.set("model.quantization", "nf4", "quantization.load_in_4bit")
+    translation.set("model.quantization", "nf4", "quantization.load_in_4bit")
     if "bnb_4bit_compute_dtype" in quant:
-        t.ignore("quantization.bnb_4bit_compute_dtype", "ft computes in model.dtype (bf16 on GPUs, fp32 on CPUs)")
+        translation.ignore("quantization.bnb_4bit_compute_dtype",
+                           "ft computes in model.dtype (bf16 on GPUs, fp32 on CPUs)")
     if "bnb_4bit_use_double_quant" in quant:
-        t.ignore("quantization.bnb_4bit_use_double_quant", "torchao's NF4 always quantizes its block scales")
+        translation.ignore("quantization.bnb_4bit_use_double_quant", "torchao's NF4 always quantizes its block scales")
     if "bnb_4bit_quant_storage" in quant:
-        t.ignore("quantization.bnb_4bit_quant_storage", "torchao stores NF4 in its own packed layout")
-    _unknown(t, "quantization", quant, {"load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type", "bnb_4bit_compute_dtype",
-                                        "bnb_4bit_use_double_quant", "bnb_4bit_quant_storage"})
+        translation.ignore("quantization.bnb_4bit_quant_storage", "torchao stores NF4 in its own packed layout")
+    _unknown(translation, "quantization", quant,
+             {"load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type", "bnb_4bit_compute_dtype",
+              "bnb_4bit_use_double_quant", "bnb_4bit_quant_storage"})
 
 
-def _dataset_source(name: str, ds: dict[str, Any], t: Translation) -> str | None:
+def _dataset_source(name: str, ds: dict[str, Any], translation: Translation) -> str | None:
     target = _target(ds)
     if target and not target.endswith(_SQUAD_BUILDER):
-        t.refuse(f"{name}._target_", f"{target}: ft reads SQuAD (make_squad_dataset), alpaca and jsonl data; "
+        translation.refuse(f"{name}._target_", f"{target}: ft reads SQuAD (make_squad_dataset), alpaca and jsonl data; "
                  "give a file or hub dataset as data.path with data.format")
         return None
     source = ds.get("dataset_name", ds.get("path_or_dataset"))
     if source is None:
-        t.refuse(name, "names no dataset_name (or path_or_dataset)")
+        translation.refuse(name, "names no dataset_name (or path_or_dataset)")
     return source
 
 
 def _datasets(train: dict[str, Any], val: dict[str, Any], loader: dict[str, Any], val_loader: dict[str, Any],
-              t: Translation) -> None:
-    source = _dataset_source("dataset", train, t) if train else None
+              translation: Translation) -> None:
+    source = _dataset_source("dataset", train, translation) if train else None
     if source is not None:
         origin = "dataset.dataset_name" if "dataset_name" in train else "dataset.path_or_dataset"
-        t.set("data.path", source, origin)
-        t.set("data.format", "squad", f"dataset._target_ {_SQUAD_BUILDER}")
+        translation.set("data.path", source, origin)
+        translation.set("data.format", "squad", f"dataset._target_ {_SQUAD_BUILDER}")
     if "split" in train:
-        t.set("data.split", train["split"], "dataset.split")
+        translation.set("data.split", train["split"], "dataset.split")
     if "limit_dataset_samples" in train:
-        t.set("data.limit_samples", train["limit_dataset_samples"], "dataset.limit_dataset_samples")
+        translation.set("data.limit_samples", train["limit_dataset_samples"], "dataset.limit_dataset_samples")
     if "seq_length" in train:
-        t.set("data.max_seq_length", train["seq_length"], "dataset.seq_length")
-    _unknown(t, "dataset", train, {"dataset_name", "path_or_dataset", "split", "limit_dataset_samples", "seq_length"})
+        translation.set("data.max_seq_length", train["seq_length"], "dataset.seq_length")
+    _unknown(translation, "dataset", train,
+             {"dataset_name", "path_or_dataset", "split", "limit_dataset_samples", "seq_length"})
     if "batch_size" in loader:
-        t.set("data.micro_batch_size", loader["batch_size"], "dataloader.batch_size")
+        translation.set("data.micro_batch_size", loader["batch_size"], "dataloader.batch_size")
     if "shuffle" in loader:
-        t.set("data.shuffle", bool(loader["shuffle"]), "dataloader.shuffle")
+        translation.set("data.shuffle", bool(loader["shuffle"]), "dataloader.shuffle")
     for key in ("_target_", "collate_fn", "num_workers"):
         if key in loader:
-            t.ignore(f"dataloader.{key}", "ft's own loader batches and pads the tokenized records")
-    _unknown(t, "dataloader", loader, {"batch_size", "shuffle", "collate_fn", "num_workers"})
+            translation.ignore(f"dataloader.{key}", "ft's own loader batches and pads the tokenized records")
+    _unknown(translation, "dataloader", loader, {"batch_size", "shuffle", "collate_fn", "num_workers"})
     if not val:
-        t.set("data.val_fraction", 0, "no validation_dataset")
+        translation.set("data.val_fraction", 0, "no validation_dataset")
         return
-    val_source = _dataset_source("validation_dataset", val, t)
+    val_source = _dataset_source("validation_dataset", val, translation)
     if val_source is not None:
-        t.set("data.val_path", val_source, "validation_dataset.dataset_name")
+        translation.set("data.val_path", val_source, "validation_dataset.dataset_name")
     if "split" in val:
-        t.set("data.val_split", val["split"], "validation_dataset.split")
+        translation.set("data.val_split", val["split"], "validation_dataset.split")
     micro = loader.get("batch_size", 1)
     if "limit_dataset_samples" in val and isinstance(micro, int) and micro > 0:
         batches = math.ceil(val["limit_dataset_samples"] / micro)
-        t.set("trainer.limit_val_batches", batches,
+        translation.set("trainer.limit_val_batches", batches,
               f"validation_dataset.limit_dataset_samples={val['limit_dataset_samples']} / micro batch {micro}")
     if "batch_size" in val_loader:
-        t.ignore("validation_dataloader.batch_size", "ft validates in micro batches of data.micro_batch_size")
+        translation.ignore("validation_dataloader.batch_size", "ft validates in micro batches of data.micro_batch_size")
     for key in ("_target_", "collate_fn", "num_workers"):
         if key in val_loader:
-            t.ignore(f"validation_dataloader.{key}", "ft's own loader")
-    _unknown(t, "validation_dataset", val, {"dataset_name", "path_or_dataset", "split", "limit_dataset_samples"})
-    _unknown(t, "validation_dataloader", val_loader, {"batch_size", "collate_fn", "num_workers"})
+            translation.ignore(f"validation_dataloader.{key}", "ft's own loader")
+    _unknown(translation, "validation_dataset", val,
+             {"dataset_name", "path_or_dataset", "split", "limit_dataset_samples"})
+    _unknown(translation, "validation_dataloader", val_loader, {"batch_size", "collate_fn", "num_workers"})
 
 
-def _schedule(steps: dict[str, Any], loader: dict[str, Any], dist: dict[str, Any], t: Translation) -> None:
+def _schedule(steps: dict[str, Any], loader: dict[str, Any], dist: dict[str, Any], translation: Translation) -> None:
     for theirs, ours in (("ckpt_every_steps", "checkpoint.every_steps"), ("val_every_steps", "trainer.val_every_steps"),
                          ("num_epochs", "trainer.num_epochs"), ("max_steps", "trainer.max_steps")):
         if theirs in steps:
-            t.set(ours, steps[theirs], f"step_scheduler.{theirs}")
+            translation.set(ours, steps[theirs], f"step_scheduler.{theirs}")
     dp = dist.get("dp_size")
     ranks = dp if isinstance(dp, int) and dp > 0 else 1
     if isinstance(dp, int) and dp > 0:
-        t.set("trainer.devices", dp, "distributed.dp_size")
+        translation.set("trainer.devices", dp, "distributed.dp_size")
     elif "dp_size" in dist:
-        t.ignore("distributed.dp_size", f"{dp}: every GPU ft is given is data parallel (trainer.devices, trainer.num_nodes)")
+        translation.ignore("distributed.dp_size",
+                           f"{dp}: every GPU ft is given is data parallel (trainer.devices, trainer.num_nodes)")
     if "global_batch_size" in steps:
-        t.set("data.global_batch_size", steps["global_batch_size"], "step_scheduler.global_batch_size")
+        translation.set("data.global_batch_size", steps["global_batch_size"], "step_scheduler.global_batch_size")
     elif "grad_acc_steps" in steps:
         micro = loader.get("batch_size", 1)
-        t.set("data.global_batch_size", micro * steps["grad_acc_steps"] * ranks,
+        translation.set("data.global_batch_size", micro * steps["grad_acc_steps"] * ranks,
               f"dataloader.batch_size {micro} × step_scheduler.grad_acc_steps {steps['grad_acc_steps']} × {ranks} rank(s)")
     if "local_batch_size" in steps:
-        t.set("data.micro_batch_size", steps["local_batch_size"], "step_scheduler.local_batch_size")
-    _unknown(t, "step_scheduler", steps, {"ckpt_every_steps", "val_every_steps", "num_epochs", "max_steps",
+        translation.set("data.micro_batch_size", steps["local_batch_size"], "step_scheduler.local_batch_size")
+    _unknown(translation, "step_scheduler", steps, {"ckpt_every_steps", "val_every_steps", "num_epochs", "max_steps",
                                           "grad_acc_steps", "global_batch_size", "local_batch_size"})
     target = _target(dist)
     if target and not target.endswith(("FSDP2Manager", "DDPManager")):
-        t.refuse("distributed._target_", f"{target}: ft shards with FSDP2 or replicates with DDP")
+        translation.refuse("distributed._target_", f"{target}: ft shards with FSDP2 or replicates with DDP")
     elif target:
-        t.ignore("distributed._target_", "ft picks FSDP2 for full SFT and DDP for LoRA (trainer.strategy=auto)")
+        translation.ignore("distributed._target_",
+                           "ft picks FSDP2 for full SFT and DDP for LoRA (trainer.strategy=auto)")
     for key in ("tp_size", "cp_size", "pp_size", "ep_size"):
         if dist.get(key) not in (None, 1):
-            t.refuse(f"distributed.{key}", f"{dist[key]}: ft has no tensor, context, pipeline or expert "
+            translation.refuse(f"distributed.{key}", f"{dist[key]}: ft has no tensor, context, pipeline or expert "
                      "parallelism; models that need it are sharded with FSDP2 (trainer.strategy=fsdp2)")
         elif key in dist:
-            t.ignore(f"distributed.{key}", "1, as ft runs")
+            translation.ignore(f"distributed.{key}", "1, as ft runs")
     if dist.get("sequence_parallel"):
-        t.refuse("distributed.sequence_parallel", "ft has no sequence parallelism")
+        translation.refuse("distributed.sequence_parallel", "ft has no sequence parallelism")
     elif "sequence_parallel" in dist:
-        t.ignore("distributed.sequence_parallel", "false, as ft runs")
-    _unknown(t, "distributed", dist, {"dp_size", "tp_size", "cp_size", "pp_size", "ep_size", "sequence_parallel"})
+        translation.ignore("distributed.sequence_parallel", "false, as ft runs")
+    _unknown(translation, "distributed", dist,
+             {"dp_size", "tp_size", "cp_size", "pp_size", "ep_size", "sequence_parallel"})
 
 
-def _optimizer(opt: dict[str, Any], sched: dict[str, Any], t: Translation) -> None:
+def _optimizer(opt: dict[str, Any], sched: dict[str, Any], translation: Translation) -> None:
     target = _target(opt)
     if target:
         name = _OPTIMIZERS.get(target)
         if name is None:
-            t.refuse("optimizer._target_", f"{target}: ft's optimizers are torch.optim.Adam and torch.optim.AdamW")
+            translation.refuse("optimizer._target_",
+                               f"{target}: ft's optimizers are torch.optim.Adam and torch.optim.AdamW")
         else:
-            t.set("optim.name", name, f"optimizer._target_ {target}")
+            translation.set("optim.name", name, f"optimizer._target_ {target}")
     for key in ("lr", "betas", "eps", "weight_decay"):
         if key in opt:
             value = opt[key]
@@ -325,37 +337,38 @@ def _optimizer(opt: dict[str, Any], sched: dict[str, Any], t: Translation) -> No
                     value = float(value)
                 except ValueError:
                     pass
-            t.set(f"optim.{key}", value, f"optimizer.{key}")
-    _unknown(t, "optimizer", opt, {"lr", "betas", "eps", "weight_decay", "foreach", "fused"})
+            translation.set(f"optim.{key}", value, f"optimizer.{key}")
+    _unknown(translation, "optimizer", opt, {"lr", "betas", "eps", "weight_decay", "foreach", "fused"})
     for key in ("foreach", "fused"):
         if key in opt:
-            t.ignore(f"optimizer.{key}", "a kernel choice; ft picks it")
+            translation.ignore(f"optimizer.{key}", "a kernel choice; ft picks it")
     if "lr_decay_style" in sched:
         style = _SCHEDULES.get(str(sched["lr_decay_style"]))
         if style is None:
-            t.refuse("lr_scheduler.lr_decay_style", f"{sched['lr_decay_style']}: ft decays cosine, linear or constant")
+            translation.refuse("lr_scheduler.lr_decay_style",
+                               f"{sched['lr_decay_style']}: ft decays cosine, linear or constant")
         else:
-            t.set("optim.lr_scheduler.name", style, "lr_scheduler.lr_decay_style")
+            translation.set("optim.lr_scheduler.name", style, "lr_scheduler.lr_decay_style")
     if "lr_warmup_steps" in sched:
-        t.set("optim.lr_scheduler.warmup_steps", sched["lr_warmup_steps"], "lr_scheduler.lr_warmup_steps")
+        translation.set("optim.lr_scheduler.warmup_steps", sched["lr_warmup_steps"], "lr_scheduler.lr_warmup_steps")
     if "min_lr" in sched:
-        t.set("optim.lr_scheduler.min_lr", sched["min_lr"], "lr_scheduler.min_lr")
-    _unknown(t, "lr_scheduler", sched, {"lr_decay_style", "lr_warmup_steps", "min_lr"})
+        translation.set("optim.lr_scheduler.min_lr", sched["min_lr"], "lr_scheduler.min_lr")
+    _unknown(translation, "lr_scheduler", sched, {"lr_decay_style", "lr_warmup_steps", "min_lr"})
 
 
-def _checkpoint(ckpt: dict[str, Any], t: Translation) -> None:
+def _checkpoint(ckpt: dict[str, Any], translation: Translation) -> None:
     if ckpt.get("enabled") is False:
-        t.refuse("checkpoint.enabled", "false: ft always checkpoints (it is how a preempted job resumes)")
+        translation.refuse("checkpoint.enabled", "false: ft always checkpoints (it is how a preempted job resumes)")
     if "checkpoint_dir" in ckpt:
-        t.ignore("checkpoint.checkpoint_dir", "ft writes checkpoints into the job folder (JOB/checkpoints)")
+        translation.ignore("checkpoint.checkpoint_dir", "ft writes checkpoints into the job folder (JOB/checkpoints)")
     fmt = ckpt.get("model_save_format")
     if fmt not in (None, "safetensors"):
-        t.refuse("checkpoint.model_save_format", f"{fmt}: ft writes safetensors")
+        translation.refuse("checkpoint.model_save_format", f"{fmt}: ft writes safetensors")
     elif fmt:
-        t.ignore("checkpoint.model_save_format", "safetensors, as ft writes")
+        translation.ignore("checkpoint.model_save_format", "safetensors, as ft writes")
     if "save_consolidated" in ckpt:
-        t.set("checkpoint.hf_every_save", bool(ckpt["save_consolidated"]), "checkpoint.save_consolidated")
-    _unknown(t, "checkpoint", ckpt, {"enabled", "checkpoint_dir", "model_save_format", "save_consolidated"})
+        translation.set("checkpoint.hf_every_save", bool(ckpt["save_consolidated"]), "checkpoint.save_consolidated")
+    _unknown(translation, "checkpoint", ckpt, {"enabled", "checkpoint_dir", "model_save_format", "save_consolidated"})
 
 
 # --------------------------------------------------------------------------- command line

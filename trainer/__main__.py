@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from ftcore import exits, layout, records, rendezvous
+from ftcore import exits, records, rendezvous
 from ftcore.errors import UserError
 from ftcore.schema import load_job
 

@@ -34,8 +34,8 @@ import torch
 
 from ftcore import contract, policy
 from ftcore.errors import UserError
-from ftcore.layout import (BASE_MODEL, CHECKPOINTS, COMPLETE_MARKER, LATEST, TRAINER_STATE, TRAINING_STATE, complete_checkpoints,
-                           is_complete, newest_complete, step_dir)
+from ftcore.layout import (BASE_MODEL, CHECKPOINTS, COMPLETE_MARKER, DCP, LATEST, TRAINER_STATE, TRAINING_STATE,
+                           complete_checkpoints, is_complete, newest_complete, step_dir)
 
 from . import dist
 
@@ -126,8 +126,6 @@ def save(run_dir: Path, step: int, built, optimizer, tokenizer, trainer_state: d
 
     `export`: also the Hugging Face model files (the final checkpoint).
     """
-    import torch.distributed.checkpoint as dcp
-
     root = run_dir / CHECKPOINTS
     final = step_dir(root, step)
     if is_complete(final):
@@ -139,27 +137,10 @@ def save(run_dir: Path, step: int, built, optimizer, tokenizer, trainer_state: d
             shutil.rmtree(stale, ignore_errors=True)
         (tmp / TRAINING_STATE).mkdir(parents=True)
     dist.barrier()
-
     try:
         if export:
-            lora = hasattr(built.lm, "peft_config")
-            if lora:
-                full = _full_state_dict(built) if (built.sharded or env.is_main) else {}
-            else:
-                full = full_weights_in(built, built.compute_dtype, env.is_main)
-            if env.is_main:
-                lm = built.lm if lora else built.module.causal_lm
-                _export(lm, tmp, base_ref, full if (built.sharded or not lora) else None, built.compute_dtype)
-            del full
-        if env.is_main:
-            tokenizer.save_pretrained(tmp)  # every checkpoint: what its token ids mean
-        model_sd, optim_sd, _ = _state_dicts(built, optimizer)
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / TRAINING_STATE / "dcp"))
-        torch.save(_rng_state(), tmp / TRAINING_STATE / f"rng-rank{env.rank:05d}.pt")
-        dist.barrier()
-        if env.is_main:
-            (tmp / TRAINING_STATE / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2) + "\n")
-            _fsync_tree(tmp)
+            _write_hf_model(tmp, built, env, base_ref)
+        _write_state(tmp, built, optimizer, tokenizer, trainer_state, env)
     except BaseException as err:  # dcp wraps a writer's OSError in a CheckpointException (a BaseException)
         os_error = _os_error(err)
         if os_error is None:
@@ -172,18 +153,52 @@ def save(run_dir: Path, step: int, built, optimizer, tokenizer, trainer_state: d
         raise UserError(f"checkpoint step {step} could not be written to {root}: {os_error.strerror or os_error}; "
                         f"the partial checkpoint was removed and {resume}",
                         hint="free space (or raise the quota), then resubmit the job") from None
-
     if env.is_main:
-        (tmp / TRAINING_STATE / COMPLETE_MARKER).write_text(f"step {step}\n")
-        if final.exists():  # an incomplete leftover with this name
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        pointer = root / f"{LATEST}.tmp"  # for people and shells; ft itself reads the markers
-        pointer.write_text(final.name + "\n")
-        os.replace(pointer, root / LATEST)
-        prune(root, keep_last)
+        _publish(tmp, final, step, keep_last)
     dist.barrier()
     return final
+
+
+def _write_hf_model(tmp: Path, built, env: dist.DistEnv, base_ref: str | None) -> None:
+    """The Hugging Face model files (LoRA: the adapter; SFT: the whole model), from rank 0."""
+    lora = hasattr(built.lm, "peft_config")
+    if lora:
+        full = _full_state_dict(built) if (built.sharded or env.is_main) else {}
+    else:
+        full = full_weights_in(built, built.compute_dtype, env.is_main)
+    if env.is_main:
+        lm = built.lm if lora else built.module.causal_lm
+        _export(lm, tmp, base_ref, full if (built.sharded or not lora) else None, built.compute_dtype)
+    del full
+
+
+def _write_state(tmp: Path, built, optimizer, tokenizer, trainer_state: dict, env: dist.DistEnv) -> None:
+    """What a resume needs: the tokenizer, the sharded weights and optimizer, each rank's RNG
+    streams and the trainer's state, flushed to disk."""
+    import torch.distributed.checkpoint as dcp
+
+    if env.is_main:
+        tokenizer.save_pretrained(tmp)  # every checkpoint: what its token ids mean
+    model_sd, optim_sd, _ = _state_dicts(built, optimizer)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / TRAINING_STATE / DCP))
+    torch.save(_rng_state(), tmp / TRAINING_STATE / f"rng-rank{env.rank:05d}.pt")
+    dist.barrier()
+    if env.is_main:
+        (tmp / TRAINING_STATE / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2) + "\n")
+        _fsync_tree(tmp)
+
+
+def _publish(tmp: Path, final: Path, step: int, keep_last: int | None) -> None:
+    """Mark the written checkpoint complete, rename it into place, point `latest` at it, prune."""
+    root = final.parent
+    (tmp / TRAINING_STATE / COMPLETE_MARKER).write_text(f"step {step}\n")
+    if final.exists():  # an incomplete leftover with this name
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    pointer = root / f"{LATEST}.tmp"  # for people and shells; ft itself reads the markers
+    pointer.write_text(final.name + "\n")
+    os.replace(pointer, root / LATEST)
+    prune(root, keep_last)
 
 
 def _os_error(err: BaseException) -> OSError | None:
@@ -225,8 +240,8 @@ def load(folder: Path, built, optimizer, env: dist.DistEnv) -> dict:
     if rng_file.exists():
         _set_rng_state(torch.load(rng_file, weights_only=True))
     else:  # resumed with more ranks than before: new ranks start fresh streams
-        torch.manual_seed(int(json.loads((folder / TRAINING_STATE / "trainer_state.json").read_text())["seed"]) + env.rank)
-    return json.loads((folder / TRAINING_STATE / "trainer_state.json").read_text())
+        torch.manual_seed(int(json.loads((folder / TRAINING_STATE / TRAINER_STATE).read_text())["seed"]) + env.rank)
+    return json.loads((folder / TRAINING_STATE / TRAINER_STATE).read_text())
 
 
 # --- reading the distributed state's index without running code from it -------------------------
@@ -300,7 +315,7 @@ def state_reader(checkpoint: Path):
     from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.metadata import StorageMeta
 
-    dcp_dir = checkpoint / TRAINING_STATE / "dcp"
+    dcp_dir = checkpoint / TRAINING_STATE / DCP
 
     class Reader(FileSystemReader):
         def read_metadata(self, *args, **kwargs):

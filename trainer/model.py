@@ -91,21 +91,35 @@ def build(job, env: DistEnv, device: torch.device, tokenizer, base_dir: Path | N
     `base_dir`: where rank 0 saves randomly initialised base weights before LoRA is added
     (random weights exist nowhere else, and an adapter is useless without its base).
     """
-    from transformers import AutoModelForCausalLM
-
     decision = policy.decide(job)
-    sharded = decision.sharded
-    compute_dtype = DTYPES[decision.compute]
-    # The base is loaded in the dtype it is stored in: the frozen dtype under LoRA (its
-    # projections quantized below when the policy says NF4), the trained dtype under SFT.
-    param_dtype = DTYPES[decision.frozen if decision.lora else decision.trained]
-
     config = model_config(job)
     check_vocabulary(tokenizer, config)
     path = attention_path(job, config)
     if env.is_main:
         print(f"ft trainer: {path.describe()}", flush=True)
+    # The base is loaded in the dtype it is stored in: the frozen dtype under LoRA (its
+    # projections quantized below when the policy says NF4), the trained dtype under SFT.
+    param_dtype = DTYPES[decision.frozen if decision.lora else decision.trained]
     common = dict(contract.with_dtype(param_dtype), attn_implementation=path.name)
+
+    lm = _base_model(job, config, decision, device, common)
+    if base_dir is not None and env.is_main and not (base_dir / "config.json").exists():
+        # (Meta-initialised weights are not here yet: draw the same ones again to save them.)
+        _save_base(random_model(job, config, **common) if job.model.meta_init else lm, tokenizer, base_dir)
+    if job.model.activation_checkpointing:
+        _checkpoint_activations(lm)
+    fused_cross_entropy = use_liger(lm) if job.trainer.liger else None
+    lm = _trainable(lm, job, decision)
+    module = CausalLMLoss(lm, fused_cross_entropy)
+    _place(module, job, env, device, decision)
+    return Built(module=module, lm=lm, sharded=decision.sharded, compute_dtype=DTYPES[decision.compute],
+                 decision=decision, attention=path)
+
+
+def _base_model(job, config, decision: policy.Decision, device: torch.device, common: dict) -> nn.Module:
+    """The base weights: empty on the meta device (filled after sharding), a seeded random
+    draw, or the pretrained files."""
+    from transformers import AutoModelForCausalLM
 
     if job.model.meta_init:
         lm = meta_init.empty_model(config, **common)
@@ -113,7 +127,7 @@ def build(job, env: DistEnv, device: torch.device, tokenizer, base_dir: Path | N
         lm = random_model(job, config, **common)
     else:
         extra = {}
-        if decision.topology.on_gpu and not sharded:
+        if decision.topology.on_gpu and not decision.sharded:
             extra["device_map"] = {"": device}  # straight to this GPU, not via host memory
         lm = AutoModelForCausalLM.from_pretrained(
             job.model.path,
@@ -124,24 +138,25 @@ def build(job, env: DistEnv, device: torch.device, tokenizer, base_dir: Path | N
             **extra,
         )
     lm.config.use_cache = False
-    if base_dir is not None and env.is_main and not (base_dir / "config.json").exists():
-        # (Meta-initialised weights are not here yet: draw the same ones again to save them.)
-        _save_base(random_model(job, config, **common) if job.model.meta_init else lm, tokenizer, base_dir)
+    return lm
 
-    if job.model.activation_checkpointing:
-        _checkpoint_activations(lm)
-    fused_cross_entropy = use_liger(lm) if job.trainer.liger else None
 
-    if decision.lora:
-        lm = add_lora(lm, job)
-        for param in lm.parameters():
-            if param.requires_grad:  # the adapters (peft's default is fp32 too: this makes it the policy's)
-                param.data = param.data.to(DTYPES[decision.trained])
-        compute_adapters_in_compute_dtype(lm)  # the policy's adapter_compute, on every strategy
-    else:
+def _trainable(lm: nn.Module, job, decision: policy.Decision) -> nn.Module:
+    """LoRA adapters in the policy's dtypes on a frozen base, or every weight trained (SFT)."""
+    if not decision.lora:
         lm.requires_grad_(True)
+        return lm
+    lm = add_lora(lm, job)
+    for param in lm.parameters():
+        if param.requires_grad:  # the adapters (peft's default is fp32 too: this makes it the policy's)
+            param.data = param.data.to(DTYPES[decision.trained])
+    compute_adapters_in_compute_dtype(lm)  # the policy's adapter_compute, on every strategy
+    return lm
 
-    module = CausalLMLoss(lm, fused_cross_entropy)
+
+def _place(module: nn.Module, job, env: DistEnv, device: torch.device, decision: policy.Decision) -> None:
+    """Quantize and compile the decoder layers, then shard them with FSDP2 or move the model
+    to `device`."""
     if decision.quantization:
         # Before sharding, so FSDP2 splits (and all-gathers) the 4-bit form; on the meta
         # device this shapes placeholders that meta_init fills.
@@ -154,14 +169,12 @@ def build(job, env: DistEnv, device: torch.device, tokenizer, base_dir: Path | N
         counters.clear()
         for layer in sharding.decoder_layers(module.causal_lm):
             layer.compile()
-    if sharded:
+    if decision.sharded:
         sharding.shard(module, env, device, decision)
         if job.model.meta_init:
             meta_init.materialize(module, job, env, device, decision)
     else:
         module.to(device)
-    return Built(module=module, lm=lm, sharded=sharded, compute_dtype=compute_dtype, decision=decision,
-                 attention=path)
 
 
 def graph_breaks() -> str:

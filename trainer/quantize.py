@@ -6,13 +6,10 @@ dtype. torchao's NF4Tensor dequantizes to the input's dtype inside each matmul (
 backward), on CPU as on CUDA, so this whole path runs in the CPU tests; only its speed and
 CPU offload need a GPU (bench/qlora_gpu.py).
 
-FSDP2 shards an NF4Tensor like any parameter (its inner tensors split by rows) and
-all-gathers it still quantized. All shards of one weight share NF4's scale of scales: the mean
-of the weight's per-block absmax values. Under meta-device init each rank reads only its own
-rows; the ranks all-gather their block absmax values (1/64 of the rows' size, the only thing
-that depends on other rows), take the mean over the whole weight exactly as torchao does, and
-quantize their rows with it: bit for bit the shard that quantizing the whole weight and
-splitting it would give (`tests/trainer/test_qlora.py`), without reading the whole weight.
+FSDP2 shards an NF4Tensor like any parameter and all-gathers it still quantized; under
+meta-device init each rank quantizes only its own rows with the whole weight's scale of scales,
+bit for bit the shard of the whole weight quantized at once (`tests/trainer/test_qlora.py`; how:
+docs/plan.md, "NF4").
 """
 
 from __future__ import annotations

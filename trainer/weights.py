@@ -12,6 +12,7 @@ import torch.nn as nn
 
 from ftcore import contract
 from ftcore.errors import UserError
+from ftcore.layout import WEIGHT_INDEX, WEIGHTS
 
 from .hub import hf_token
 from .lora import add_lora
@@ -47,12 +48,12 @@ def reader(job, lm: nn.Module) -> Reader:
     folder = Path(job.model.path)
     if not folder.is_dir():
         folder = Path(snapshot_download(job.model.path, allow_patterns=["*.safetensors", "*.json"], token=hf_token()))
-    index = folder / "model.safetensors.index.json"
+    index = folder / WEIGHT_INDEX
     if index.exists():
         weight_map = json.loads(index.read_text())["weight_map"]
     else:
-        with safe_open(folder / "model.safetensors", framework="pt") as f:
-            weight_map = {k: "model.safetensors" for k in f.keys()}
+        with safe_open(folder / WEIGHTS, framework="pt") as f:
+            weight_map = {k: WEIGHTS for k in f.keys()}
 
     def stored_name(name: str) -> str:  # a PeftModel's name for a base weight → the file's
         return name.removeprefix("base_model.model.").replace(".base_layer.", ".")

@@ -171,3 +171,64 @@ def test_the_benches_import_nothing_from_the_tests():
     wrong = {str(p.relative_to(ROOT)): sorted(_imports(p) & test_modules) for p in sorted((ROOT / "bench").glob("*.py"))}
     wrong = {k: v for k, v in wrong.items() if v}
     assert not wrong, f"bench scripts import test modules: {wrong}"
+
+
+def _scheduler_names() -> dict[str, set[str]]:
+    """Each scheduler's name (and each record name of `ft train`) → the modules that may spell
+    it: the one that defines its class, and the registry (launcher/scheduler.py)."""
+    from launcher import scheduler
+
+    targets = {**scheduler._REGISTRY, **scheduler._STARTED_BY}
+    return {name: {target.partition(":")[0].replace(".", "/") + ".py", "launcher/scheduler.py"}
+            for name, target in targets.items()}
+
+
+def _spelled_names(path: Path, names: set[str]) -> list[tuple[int, str]]:
+    """(line, name) where `path` compares a value with a scheduler's name, passes one to a call, or
+    defaults a parameter to one. `DistEnv.launcher` is rendezvous' own word for who set the rank
+    variables (ftcore/rendezvous.py), not a scheduler's name: comparing it is not counted."""
+    def constants(node: ast.AST) -> list[ast.Constant]:
+        items = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else [node]
+        return [item for item in items if isinstance(item, ast.Constant) and item.value in names]
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        spelled: list[ast.Constant] = []
+        if isinstance(node, ast.Compare):
+            if not (isinstance(node.left, ast.Attribute) and node.left.attr == "launcher"):
+                for side in (node.left, *node.comparators):
+                    spelled += constants(side)
+        elif isinstance(node, ast.Call):
+            for arg in (*node.args, *(k.value for k in node.keywords)):
+                spelled += constants(arg)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            for default in (*node.args.defaults, *node.args.kw_defaults):
+                spelled += constants(default) if default is not None else []
+        found += [(c.lineno, c.value) for c in spelled]
+    return found
+
+
+def test_no_scheduler_name_is_tested_outside_its_module():
+    """The scheduler seam carries what a scheduler does: the launcher asks a job's scheduler
+    (its capabilities, hints, time limit, `run`) instead of testing which one it is. Its name is
+    spelled only where its class lives and in the registry."""
+    owners = _scheduler_names()
+    wrong = []
+    for path in _modules("launcher"):
+        module = str(path.relative_to(ROOT))
+        for line, name in _spelled_names(path, set(owners)):
+            if module not in owners[name]:
+                wrong.append(f"{module}:{line}: {name!r}")
+    assert not wrong, "scheduler names tested outside their module:\n" + "\n".join(wrong)
+
+
+def test_the_scheduler_name_check_sees_comparisons_calls_and_defaults(tmp_path):
+    source = tmp_path / "sample.py"
+    source.write_text('if executor != "slurm":\n    pass\n'
+                      'x = launcher in ("srun", "other")\n'
+                      'get("local")\n'
+                      'def f(executor="torchrun"):\n    pass\n'
+                      'ok = procs.launcher != "torchrun"\n'
+                      'section = ("slurm", "data")\n')
+    names = {"slurm", "srun", "local", "torchrun"}
+    assert sorted(_spelled_names(source, names)) == [(1, "slurm"), (3, "srun"), (4, "local"), (5, "torchrun")]

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import pytest
 
-from ftcore import arch, policy
+from ftcore import arch, families, policy
 from ftcore.errors import UserError
 from ftcore.policy import Topology
 from launcher import config, plan
 
 LLAMA = arch.dims_from_config(arch.PUBLISHED["meta-llama/Llama-3.2-1B"], "published")
-PROJECTIONS = set(arch.ATTENTION + arch.MLP)
+PROJECTIONS = set(families.LLAMA_ATTENTION + families.LLAMA_MLP)
 
 
 def peft(**fields):
@@ -32,7 +32,7 @@ def test_every_projection_as_nemo_automodel_users_write_it(glob):
 
 def test_other_forms_of_the_source_documents():
     assert adapted(target_modules="[q_proj,v_proj]") == {"q_proj", "v_proj"}
-    assert adapted(target_modules="'*.self_attn.*'") == set(arch.ATTENTION)
+    assert adapted(target_modules="'*.self_attn.*'") == set(families.LLAMA_ATTENTION)
     only_layer_0 = policy.lora_targets(LLAMA.linear_names(), arch.HEAD, peft(target_modules="'*.layers.0.*.q_proj'"))
     assert only_layer_0 == ["model.layers.0.self_attn.q_proj"]
     assert adapted(match_all_linear="true") == PROJECTIONS  # the head excluded, unlike AutoModel's
@@ -50,7 +50,7 @@ def test_a_glob_matching_nothing_is_an_error_naming_the_layers():
 def test_a_glob_meant_for_moe_experts_says_how_experts_are_adapted():
     """Experts are 3-D weights, not linear layers: a name that matches none in a MoE family
     points at peft.experts; in a dense family there is no such hint."""
-    names = [f"model.layers.0.self_attn.{p}" for p in arch.ATTENTION]
+    names = [f"model.layers.0.self_attn.{p}" for p in families.LLAMA_ATTENTION]
     with pytest.raises(UserError) as moe:
         policy.lora_targets(names, arch.HEAD, peft(target_modules="[experts]"), "mixtral")
     assert "peft.experts=true" in moe.value.hint and "gate_up_proj" in moe.value.hint
@@ -111,3 +111,10 @@ def test_shards_split_rows_like_torch_chunk():
     assert [policy.shard_rows(10, 4, r) for r in range(4)] == [3, 3, 3, 1]
     assert [policy.shard_rows(2, 4, r) for r in range(4)] == [1, 1, 0, 0]
     assert policy.shard_rows(7, 1) == 7
+
+
+def test_every_family_has_its_shapes_and_every_shape_its_family():
+    """Two registries keyed by `model_type`: what a family is (ftcore.families) and how its tensors
+    are laid out (ftcore.arch). A family added to one only would be trained unpriced, or priced
+    without its LoRA targets and attention path."""
+    assert set(arch.SHAPES) == set(families.FAMILIES)

@@ -47,7 +47,7 @@ EXTRA = {
                    "linear_value_head_dim": 16, "head_dim": 16, "num_experts_per_tok": 2,
                    "layer_types": ["linear_attention", "full_attention", "linear_attention"]},
 }
-FAMILIES = sorted(arch.FAMILIES)
+FAMILIES = sorted(arch.SHAPES)
 
 
 def test_every_family_of_the_installed_transformers_is_known():
@@ -98,7 +98,7 @@ def test_the_plan_has_the_models_tensors_and_layer_names(family):
 
 # peft (0.21) rewrites targets for the MoE families transformers 5 converts from v4 checkpoints: a
 # target named `*.gate_proj`/`*.up_proj`/`*.down_proj`/`*.gate` becomes the experts' 3-D parameter.
-# ft leaves those layers out (ftcore.families.peft_unreachable), so these counts hold there too.
+# ft leaves those layers out (`Family.peft_unreachable`, ftcore.families), so these counts hold there too.
 
 
 def test_lora_counts_equal_peft_on_the_built_model(family):

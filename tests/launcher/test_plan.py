@@ -16,6 +16,7 @@ import pytest
 from trainer_helpers import TINY_LLAMA, clean_env, read_metrics, tiny_job, validate, write_config
 
 from launcher import config, plan
+from ftcore import families
 from ftcore.errors import UserError
 
 
@@ -37,7 +38,7 @@ def test_lora_parameters_are_rank_times_in_plus_out_per_adapted_layer():
     per_layer = 8 * (2 * 8192 + 2 * 5120 + 3 * 18432)
     assert plan.lora_params(job("llama31_8b"), plan.model_dims(job("llama31_8b"))) == 32 * per_layer
     attention_only = plan.estimate(job("llama31_405b_lora")).decision.lora_targets
-    assert len(attention_only) == 126 * 4 and {t.rsplit(".", 1)[1] for t in attention_only} == set(plan.arch.ATTENTION)
+    assert len(attention_only) == 126 * 4 and {t.rsplit(".", 1)[1] for t in attention_only} == set(families.LLAMA_ATTENTION)
     j = job("llama31_8b", "peft.target_modules=[q_proj,lm_head]")
     assert plan.lora_params(j, plan.model_dims(j)) == 32 * 8 * 8192 + 8 * (4096 + 128256)
 
