@@ -275,8 +275,9 @@ def _rng_file(rank: int) -> str:
 
 # --- reading a checkpoint as data -----------------------------------------------------------------
 
-_TRUST_HINT = ("resume from another checkpoint of the job (move this one out of checkpoints/), or from a copy you "
-               "trust; a checkpoint an older ft wrote cannot be resumed: start the job again in a new folder")
+_TRUST_HINT = "resume from another checkpoint of the job (move this one out of checkpoints/), or from a copy you trust"
+_OLDER_HINT = ("start the job again in a new folder (an older final checkpoint's model files still work with "
+               "ft merge/export/eval/generate)")
 
 
 def state_reader(checkpoint: Path):
@@ -292,13 +293,14 @@ def state_reader(checkpoint: Path):
 
 def _unusable(checkpoint: Path, err: BaseException) -> UserError:
     """The one-line error for a checkpoint that cannot be used, from what went wrong reading it."""
+    from .dcp_data import Older
+
     inner = _inner(err, UserError) or _inner(err, Exception) or err
-    if isinstance(inner, UserError) and str(checkpoint) in inner.problems[0]:
-        return inner
+    if isinstance(inner, Older):
+        return UserError(f"checkpoint {checkpoint} was written by an older ft: {inner.problems[0]}", hint=_OLDER_HINT)
     reason = inner.problems[0] if isinstance(inner, UserError) else f"{type(inner).__name__}: {inner}"
     reason = " ".join(str(reason).split())[:300]
-    return UserError(f"checkpoint {checkpoint} cannot be used: {reason}; it was read as data only and nothing was "
-                     "loaded from it", hint=_TRUST_HINT)
+    return UserError(f"checkpoint {checkpoint} cannot be used: {reason}; nothing was loaded from it", hint=_TRUST_HINT)
 
 
 def _rng_state() -> dict:

@@ -64,6 +64,10 @@ class Refused(UserError):
     """A resume state that is not what ft writes; nothing of it was used."""
 
 
+class Older(Refused):
+    """A resume state an older ft wrote through torch's pickling writer: never opened."""
+
+
 # --- values other than tensors: JSON, tagged where JSON has no type of its own ---------------------
 
 
@@ -288,8 +292,7 @@ def read_index(folder: Path) -> Index:
     index_file = folder / DCP_INDEX
     if not index_file.exists() and not index_file.is_symlink():
         if (folder / LEGACY_DCP_INDEX).exists():
-            raise Refused("it was written by an older ft, whose resume state is pickled; ft reads checkpoints "
-                          "as data only and does not open it")
+            raise Older(f"its resume state is pickled ({LEGACY_DCP_INDEX}), and ft reads no pickle from a checkpoint")
         raise Refused(f"it has no {DCP_INDEX}")
     try:
         raw = json.loads(read_regular(index_file))
