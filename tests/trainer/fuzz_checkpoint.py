@@ -131,10 +131,11 @@ def mutate(rng: random.Random, files: dict[str, bytes], state: Path, pickles: li
         kind += ":" + target
     elif kind == "pickle-in-span":  # a pickle where the index says a value or a tensor lies
         index = json.loads(files["dcp/index.json"])
+        values = [e["bytes"] for e in index["entries"] if "bytes" in e]
         spans = [s for _, s in json_paths(index) if isinstance(s, dict) and "offset" in s and "length" in s]
-        span = rng.choice(spans)
+        span = rng.choice(values if rng.random() < 0.5 else spans)  # the optimizer's values are few
         payload = rng.choice(pickles)
-        if rng.random() < 0.5:
+        if rng.random() < 0.25:
             changed = bytearray(data)
             changed[span["offset"]:span["offset"] + span["length"]] = payload[:span["length"]].ljust(span["length"], b".")
             path.write_bytes(bytes(changed))
