@@ -145,7 +145,9 @@ def mutate(rng: random.Random, files: dict[str, bytes], state: Path, pickles: li
             (state / "dcp/index.json").write_text(json.dumps(index))
     else:
         document = json.loads(data)
-        where, _ = rng.choice(list(json_paths(document)))
+        places = list(json_paths(document))
+        spans = [p for p, _ in places if p and p[-1] in ("offset", "length")]
+        where = rng.choice(spans) if spans and rng.random() < 0.5 else rng.choice(places)[0]
         value = rng.choice(HUGE if kind == "huge" else WRONG)
         text = json.dumps(set_at(document, where, value))
         path.write_text(text)

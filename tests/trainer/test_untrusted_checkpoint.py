@@ -186,6 +186,16 @@ def test_an_index_that_lies_is_refused_before_anything_is_allocated(job, change,
         read_index(_state(job) / layout.DCP)
 
 
+@pytest.mark.parametrize("field, value", [("length", 16 << 30), ("offset", 16 << 30), ("file", "/dev/zero")])
+def test_a_value_whose_span_lies_is_refused(job, field, value):
+    index = _index(job)
+    entry = next(e for e in index["entries"] if "bytes" in e)
+    entry["bytes"][field] = value
+    _write_index(job, index)
+    with pytest.raises(Refused, match="lies past the end|names a data file ft does not write"):
+        read_index(_state(job) / layout.DCP)
+
+
 def test_spans_that_share_bytes_are_refused(job):
     """Overlapping spans could claim more than the files hold."""
     index = _index(job)
