@@ -61,6 +61,29 @@ def test_a_stop_while_importing_exits_75_at_once_and_is_recorded(tmp_path):
     assert layout.newest_complete(tmp_path / "job") is None
 
 
+def test_a_stop_in_the_first_second_takes_the_stop_path(tmp_path):
+    """A SIGTERM while `python -m trainer` still imports its first modules (here as pydantic, the
+    first slow one, begins to load; a sitecustomize hook sends it) exits 75, not 143."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os, signal, sys\n"
+        "class SignalOnImport:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'pydantic':\n"
+        "            sys.meta_path.remove(self)\n"
+        "            os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, SignalOnImport())\n")
+    config = write_config(tmp_path / "job", tiny_job(trainer={"max_steps": 2}))
+    env = clean_env()
+    env["PYTHONPATH"] = f"{hook}:{env['PYTHONPATH']}"
+    result = subprocess.run([sys.executable, "-m", "trainer", "--config", str(config), "--events"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == exits.REQUEUE, (result.returncode, result.stderr)
+    assert "got SIGTERM during start-up" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_a_stop_while_tokenizing_ends_inside_the_work(tmp_path):
     data = _many_records(tmp_path / "big.jsonl", 15_000)
     raw = tiny_job(data={"path": str(data), "val_fraction": 0.0}, trainer={"max_steps": 1})
