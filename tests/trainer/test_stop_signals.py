@@ -159,6 +159,20 @@ def test_a_checkpoint_slower_than_the_clusters_kill_wait_is_said_once(tmp_path):
     assert quiet.returncode == 0 and "KillWait" not in quiet.stdout, quiet.stdout
 
 
+@pytest.mark.parametrize("value", ["²", "١٢", "5" * 5000, "-3", "1e3", " 12", "12 ", "0x10", "", "999999"])
+def test_an_odd_kill_wait_is_not_one(value):
+    assert exits.kill_wait_s({exits.KILL_WAIT_VAR: value}) == (999999 if value == "999999" else None)
+
+
+def test_an_odd_kill_wait_in_the_environment_does_not_end_the_trainer_after_its_checkpoint(tmp_path):
+    raw = tiny_job(trainer={"max_steps": 2}, checkpoint={"every_steps": 1})
+    result = subprocess.run([sys.executable, "-m", "trainer", "--config", str(write_config(tmp_path / "job", raw))],
+                            cwd=REPO, env=clean_env(**{exits.KILL_WAIT_VAR: "²"}), capture_output=True, text=True,
+                            timeout=240)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert "KillWait" not in result.stdout and layout.newest_complete(tmp_path / "job").name == "step-000002"
+
+
 def test_the_other_ranks_give_up_when_rank_0_dies_while_tokenizing(tmp_path):
     data = _many_records(tmp_path / "big.jsonl", 15_000)
     raw = tiny_job(data={"path": str(data), "val_fraction": 0.0}, trainer={"max_steps": 1, "devices": 2})
