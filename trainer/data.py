@@ -115,7 +115,10 @@ def load(cfg, tokenizer, seed: int, cache: Path | None = None, is_main: bool = T
 
 def _wait_for(path: Path, failed: Path, busy: Path) -> Data:
     """The other ranks: rank 0's file once it is there (and readable), or rank 0's error."""
-    started = time.monotonic()
+    # Rank 0 is alive while its heartbeat changes, as seen by this rank's own clock: the file's
+    # time comes from another machine's (rank 0's, or the file server's), which may be minutes or
+    # years off; a heartbeat left by an earlier, killed run counts from when this rank began to wait.
+    beat, last_change = None, time.monotonic()
     while True:
         if failed.exists():
             raise UserError(*json.loads(failed.read_text()))
@@ -123,11 +126,14 @@ def _wait_for(path: Path, failed: Path, busy: Path) -> Data:
             data = _read(path)
             if data is not None:
                 return data
-        waited = time.monotonic() - started
-        try:  # (a heartbeat left by an earlier, killed run counts only from when this rank began to wait)
-            silent = min(waited, time.time() - busy.stat().st_mtime)
+        try:
+            info = busy.stat()
+            now_beat = (info.st_ino, info.st_mtime_ns)
         except OSError:  # not started yet (or just done)
-            silent = waited
+            now_beat = None
+        if now_beat != beat:
+            beat, last_change = now_beat, time.monotonic()
+        silent = time.monotonic() - last_change
         if silent > PEER_SILENT_S:
             raise PeerGone(f"rank 0 stopped tokenizing the data: nothing from it for {silent:.0f} s "
                            f"(its heartbeat {busy.name} in {busy.parent}); it died or hangs, and its own "

@@ -9,6 +9,7 @@ gives up with a message instead of waiting for ever.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -186,6 +187,33 @@ def test_the_other_ranks_give_up_when_rank_0_dies_while_tokenizing(tmp_path):
     assert results[1].returncode == 1, describe(results)
     assert time.monotonic() - killed < 60
     assert "rank 0 stopped tokenizing the data" in results[1].stderr and "Traceback" not in results[1].stderr
+
+
+@pytest.mark.parametrize("offset_s", [365 * 86400, -365 * 86400])
+def test_rank_0s_silence_is_measured_by_the_waiting_ranks_own_clock(tmp_path, monkeypatch, offset_s):
+    """A dead rank 0's heartbeat dated a year ahead of this machine (a file server's clock is
+    another machine's) still goes silent; one dated a year behind is not silent at once."""
+    from trainer import data
+
+    monkeypatch.setattr(data, "PEER_SILENT_S", 1.5)
+    busy = tmp_path / "tokens-x.busy"
+    busy.write_text("{}")
+    stamp = time.time() + offset_s
+    os.utime(busy, (stamp, stamp))
+
+    def too_long(signum, frame):
+        raise TimeoutError("still waiting for a rank 0 that is gone")
+
+    previous = signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(20)
+    started = time.monotonic()
+    try:
+        with pytest.raises(data.PeerGone, match="rank 0 stopped tokenizing the data"):
+            data._wait_for(tmp_path / "tokens-x.pt", tmp_path / "tokens-x.error", busy)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert 1.5 <= time.monotonic() - started < 10
 
 
 @pytest.fixture(autouse=True)
