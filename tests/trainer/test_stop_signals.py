@@ -186,7 +186,8 @@ def test_the_other_ranks_give_up_when_rank_0_dies_while_tokenizing(tmp_path):
     results = finish(procs, timeout=120)
     assert results[1].returncode == 1, describe(results)
     assert time.monotonic() - killed < 60
-    assert "rank 0 stopped tokenizing the data" in results[1].stderr and "Traceback" not in results[1].stderr
+    # (On rank 0's node its process is seen gone; elsewhere its heartbeat goes silent.)
+    assert "ended while it tokenized the data" in results[1].stderr and "Traceback" not in results[1].stderr
 
 
 @pytest.mark.parametrize("offset_s", [365 * 86400, -365 * 86400])
@@ -214,6 +215,34 @@ def test_rank_0s_silence_is_measured_by_the_waiting_ranks_own_clock(tmp_path, mo
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
     assert 1.5 <= time.monotonic() - started < 10
+
+
+def test_a_rank_on_rank_0s_node_sees_at_once_that_it_is_gone(tmp_path, monkeypatch):
+    """Rank 0's heartbeat names its process; on its node the others need not wait out its silence."""
+    from trainer import data
+
+    monkeypatch.setattr(data, "PEER_SILENT_S", 10.0)
+    busy = tmp_path / "tokens-x.busy"
+    busy.write_text(json.dumps({**data._process_here(), "pid": _dead_pid()}))
+    started = time.monotonic()
+    with pytest.raises(data.PeerGone, match=r"rank 0 \(process \d+ on this node\) ended while it tokenized"):
+        data._wait_for(tmp_path / "tokens-x.pt", tmp_path / "tokens-x.error", busy)
+    assert time.monotonic() - started < 5
+    busy.write_text(json.dumps({**data._process_here(), "host": "another-node", "pid": _dead_pid()}))
+    assert data._gone_here(busy) is None  # elsewhere: its heartbeat tells
+    busy.write_text(json.dumps(data._process_here()))
+    assert data._gone_here(busy) is None  # alive
+    zombie = subprocess.Popen(["true"])
+    time.sleep(0.5)  # ended, not yet reaped
+    busy.write_text(json.dumps({**data._process_here(), "pid": zombie.pid}))
+    assert data._gone_here(busy) == f"process {zombie.pid} on this node"
+    zombie.wait()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
 
 
 @pytest.fixture(autouse=True)
