@@ -355,7 +355,7 @@ def read_index(folder: Path) -> Index:
         ends[where.file] = where.offset + where.length
 
     metadata = Metadata(state_dict_metadata=state_dict_metadata, planner_data=planner_data, storage_data=spans,
-                        storage_meta=StorageMeta(), version="1.0.0")
+                        storage_meta=StorageMeta())
     return Index(metadata, spans, chunk_of)
 
 
