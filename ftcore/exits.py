@@ -20,4 +20,5 @@ KILL_WAIT_VAR = "FT_KILL_WAIT_S"
 def kill_wait_s(environ: Mapping[str, str] = os.environ) -> int | None:
     """The KillWait the script passed down, or None (not under ft's script, or not read)."""
     text = environ.get(KILL_WAIT_VAR, "")
-    return int(text) if text.isdigit() else None
+    # ASCII digits only ("²" and "١٢" are digits to str.isdigit), six at most (11 days).
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 6 else None

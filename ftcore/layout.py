@@ -74,6 +74,8 @@ def step_dir(root: Path, step: int) -> Path:
 
 TRAINER_STATE = "trainer_state.json"
 DCP = "dcp"
+DCP_INDEX = "index.json"  # under DCP: the resume state's index, JSON (trainer/dcp_data.py)
+LEGACY_DCP_INDEX = ".metadata"  # under DCP: an older ft's pickled index, never read
 
 
 def is_complete(checkpoint: Path) -> bool:
@@ -94,8 +96,8 @@ def damage(checkpoint: Path, step: int | None = None) -> str | None:
         return f"{TRAINER_STATE} does not record a step"
     if step is not None and state["step"] != step:
         return f"{TRAINER_STATE} records step {state['step']}, not {step}"
-    if (state_dir / DCP).exists() and not (state_dir / DCP / ".metadata").is_file():
-        return "the resume state has no index (dcp/.metadata)"
+    if (state_dir / DCP).exists() and not any((state_dir / DCP / name).is_file() for name in (DCP_INDEX, LEGACY_DCP_INDEX)):
+        return f"the resume state has no index ({DCP}/{DCP_INDEX})"
     if kind_of(checkpoint) is None and not (state_dir / DCP).exists():
         # (Only a run's final checkpoint holds model files; the others, the resume state.)
         return "it holds neither model files nor the resume state"

@@ -15,20 +15,27 @@ write: rank 0 then records start, signal and exit itself (ft's sbatch script doe
 
 from __future__ import annotations
 
-import argparse
-import io
-import os
-import sys
-from pathlib import Path
+# First of all, before any import that takes time (pydantic, then torch): a stop signal in the
+# process's first second (a preemption, a cancel as the job starts) ends it with the requeue status.
+from trainer.stop import StopSignal  # standard library only
 
-from ftcore import exits, records, rendezvous
-from ftcore.errors import UserError
-from ftcore.schema import load_job
+_EARLY_STOP = StopSignal()
+if __name__ == "__main__":
+    _EARLY_STOP.install()
 
-from .stop import StopSignal
+import argparse  # noqa: E402
+import io  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from ftcore import exits, layout, records, rendezvous  # noqa: E402
+from ftcore.errors import UserError  # noqa: E402
+from ftcore.schema import load_job  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, stop: StopSignal | None = None) -> int:
+    """`stop`: the handler `python -m trainer` installed first thing (one is installed here otherwise)."""
     from trainer import quiet_import_noise
 
     quiet_import_noise()
@@ -48,9 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     code = exits.USER_ERROR
     # Before the slow imports: a stop while the job is still starting ends it with the requeue status.
-    stop = StopSignal(on_signal=(lambda name: record("signal", signal=name)) if record else None,
-                      on_exit=(lambda status: record("exit", code=status)) if record else None)
-    stop.install()
+    if stop is None:
+        stop = StopSignal()
+        stop.install()
+    if record:
+        stop.report_to(on_signal=lambda name: record("signal", signal=name),
+                       on_exit=lambda status: record("exit", code=status))
     try:
         job = load_job(args.config)
         if record:
@@ -129,4 +139,4 @@ def _copy_output(path: Path) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(stop=_EARLY_STOP))

@@ -1,8 +1,9 @@
 """Checkpoints: exact training state for resuming, and at the end a loadable model for people.
 
     JOB/checkpoints/step-000012/
-        ft_state/dcp/                 trainable weights + optimizer (torch.distributed.checkpoint, sharded)
-        ft_state/rng-rank00000.pt     python and torch RNG states, one file per rank
+        ft_state/dcp/                 trainable weights + optimizer (torch.distributed.checkpoint, sharded;
+                                      raw tensors and a JSON index: trainer/dcp_data.py)
+        ft_state/rng-rank00000.json   python and torch RNG states, one file per rank
         ft_state/trainer_state.json   step, data position, schedule
         ft_state/COMPLETE             written last: only folders with it count
         tokenizer files
@@ -11,6 +12,9 @@
         adapter_model.safetensors, adapter_config.json   LoRA: PeftModel.from_pretrained(base, here)
         model.safetensors, config.json                   SFT: AutoModelForCausalLM.from_pretrained(here)
     JOB/checkpoints/latest            names the newest complete folder (replaced atomically)
+
+Everything under ft_state is data (JSON and raw tensor bytes): nothing read back from a
+checkpoint is unpickled, so a checkpoint from elsewhere cannot run code (README, "What ft trusts").
 
 ft's after-training commands accept any checkpoint: for one without the Hugging Face files,
 `write_hf_from_state` makes them from ``ft_state/dcp`` on the CPU (fttools.hf_files).
@@ -24,8 +28,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import base64
 import os
-import pickle
 import random
 import shutil
 from pathlib import Path
@@ -177,11 +181,14 @@ def _write_state(tmp: Path, built, optimizer, tokenizer, trainer_state: dict, en
     streams and the trainer's state, flushed to disk."""
     import torch.distributed.checkpoint as dcp
 
+    from .dcp_data import DataSavePlanner, DataWriter
+
     if env.is_main:
         tokenizer.save_pretrained(tmp)  # every checkpoint: what its token ids mean
     model_sd, optim_sd, _ = _state_dicts(built, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / TRAINING_STATE / DCP))
-    torch.save(_rng_state(), tmp / TRAINING_STATE / f"rng-rank{env.rank:05d}.pt")
+    dcp.save({"model": model_sd, "optim": optim_sd}, storage_writer=DataWriter(tmp / TRAINING_STATE / DCP),
+             planner=DataSavePlanner())
+    (tmp / TRAINING_STATE / _rng_file(env.rank)).write_text(json.dumps(_rng_state()))
     dist.barrier()
     if env.is_main:
         (tmp / TRAINING_STATE / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2) + "\n")
@@ -203,17 +210,22 @@ def _publish(tmp: Path, final: Path, step: int, keep_last: int | None) -> None:
 
 def _os_error(err: BaseException) -> OSError | None:
     """The OSError behind `err` (torch.distributed.checkpoint wraps what the writer raised)."""
+    return _inner(err, OSError)
+
+
+def _inner(err: BaseException, kind: type):
+    """The first exception of `kind` in `err`, its causes, and what DCP gathered from each rank."""
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
-        if isinstance(err, OSError):
-            return err
         failures = getattr(err, "failures", None)  # CheckpointException: rank → (exception, traceback)
         for inner in failures.values() if isinstance(failures, dict) else ():
             inner = inner[0] if isinstance(inner, tuple) and inner else inner
-            found = _os_error(inner) if isinstance(inner, BaseException) else None
+            found = _inner(inner, kind) if isinstance(inner, BaseException) else None
             if found:
                 return found
+        if isinstance(err, kind):
+            return err
         err = err.__cause__ or err.__context__
     return None
 
@@ -226,127 +238,109 @@ def prune(root: Path, keep_last: int | None) -> None:
 
 
 def load(folder: Path, built, optimizer, env: dist.DistEnv) -> dict:
-    """Restore trainable weights, optimizer and this rank's RNG; return the trainer state."""
+    """Restore trainable weights, optimizer and this rank's RNG; return the trainer state.
+
+    Anything wrong in the checkpoint ends in one UserError that names it (exit 2)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
+    from .dcp_data import DataLoadPlanner
+
+    reader = state_reader(folder)
     model_sd, optim_sd, options = _state_dicts(built, optimizer)
-    # dcp.load fails on any key the checkpoint lacks; strict=False only lets the frozen
-    # base (deliberately not saved) stay as loaded from model.path.
-    dcp.load({"model": model_sd, "optim": optim_sd}, storage_reader=state_reader(folder))
-    options = dataclasses.replace(options, strict=False)
-    set_state_dict(built.module, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd, options=options)
-    rng_file = folder / TRAINING_STATE / f"rng-rank{env.rank:05d}.pt"
-    if rng_file.exists():
-        _set_rng_state(torch.load(rng_file, weights_only=True))
-    else:  # resumed with more ranks than before: new ranks start fresh streams
-        torch.manual_seed(int(json.loads((folder / TRAINING_STATE / TRAINER_STATE).read_text())["seed"]) + env.rank)
-    return json.loads((folder / TRAINING_STATE / TRAINER_STATE).read_text())
-
-
-# --- reading the distributed state's index without running code from it -------------------------
-
-# torch's reader unpickles ft_state/dcp/.metadata with plain pickle: a tampered index would run
-# code on resume and on the login node. This reader admits only what DCP's own writer puts there
-# (found by reading torch/distributed/checkpoint/{metadata,filesystem}.py and real indexes).
-_DCP_INDEX_CLASSES = {
-    ("torch.distributed.checkpoint.metadata", name)
-    for name in ("Metadata", "StorageMeta", "MetadataIndex", "TensorStorageMetadata", "BytesStorageMetadata",
-                 "ChunkStorageMetadata", "TensorProperties", "_MEM_FORMAT_ENCODING")
-} | {
-    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
-    ("torch", "Size"),
-    ("torch.serialization", "_get_layout"),  # a layout by its name
-    ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"),  # the writer's checkpoint_id
-    ("collections", "OrderedDict"),
-}
-
-
-def _enum_member(cls: object, name: object):
-    """`getattr` as an index may use it: a member, by name, of one of the index's own enums."""
-    import enum
-
-    if not (isinstance(cls, type) and issubclass(cls, enum.Enum)
-            and (cls.__module__, cls.__qualname__) in _DCP_INDEX_CLASSES
-            and isinstance(name, str) and name in cls.__members__):
-        raise pickle.UnpicklingError(f"getattr({getattr(cls, '__qualname__', type(cls).__name__)}, {name!r}) "
-                                     "is not part of a checkpoint index")
-    return cls[name]
-
-
-class _DataOnlyUnpickler(pickle.Unpickler):
-    """Unpickles a DCP index; any other class or function is refused before it is touched."""
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in _DCP_INDEX_CLASSES:
-            return super().find_class(module, name)
-        if (module, name) == ("builtins", "getattr"):
-            return _enum_member  # Python 3.11.0-3.11.4 pickle an Enum member as getattr(cls, name)
-        value = vars(torch).get(name) if module == "torch" else None
-        if isinstance(value, torch.dtype):
-            return value  # dtypes pickle as torch.<name>
-        raise pickle.UnpicklingError(f"{module}.{name} is not part of a checkpoint index")
-
-
-def read_state_index(dcp_dir: Path):
-    """The checkpoint's DCP index (a torch Metadata), refusing one that asks to run code."""
-    from torch.distributed.checkpoint.metadata import Metadata
-
-    path = dcp_dir / ".metadata"
     try:
-        with open(path, "rb") as f:
-            metadata = _DataOnlyUnpickler(f).load()
-    except Exception as err:  # refused, damaged or cut short: all the same to a resume
-        raise UserError(f"{path} is not an index torch.distributed.checkpoint writes ({err}); it was not loaded, "
-                        "nothing in it ran",
-                        hint="resume from another checkpoint of the job, or from a copy you trust") from None
-    if not isinstance(metadata, Metadata):
-        raise UserError(f"{path} holds a {type(metadata).__name__}, not a checkpoint index; it was not loaded",
-                        hint="resume from another checkpoint of the job, or from a copy you trust")
-    return metadata
+        trainer_state = _trainer_state(folder)
+        # dcp.load fails on any key the checkpoint lacks; strict=False only lets the frozen
+        # base (deliberately not saved) stay as loaded from model.path.
+        dcp.load({"model": model_sd, "optim": optim_sd}, storage_reader=reader, planner=DataLoadPlanner())
+        options = dataclasses.replace(options, strict=False)
+        set_state_dict(built.module, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd, options=options)
+        rng_file = folder / TRAINING_STATE / _rng_file(env.rank)
+        if rng_file.exists() or rng_file.is_symlink():
+            _set_rng_state(json.loads(_read_small(rng_file)))
+        else:  # resumed with more ranks than before: new ranks start fresh streams
+            torch.manual_seed(trainer_state["seed"] + env.rank)
+    except (Exception, dcp.CheckpointException) as err:  # (a CheckpointException is a BaseException)
+        raise _unusable(folder, err) from None
+    return trainer_state
+
+
+_COUNTS = ("step", "num_train_rows", "global_batch_size", "seed")
+
+
+def _trainer_state(folder: Path) -> dict:
+    from .dcp_data import Refused
+
+    state = json.loads(_read_small(folder / TRAINING_STATE / TRAINER_STATE))
+    if not isinstance(state, dict) or not all(type(state.get(k)) is int and 0 <= state[k] < 2**62 for k in _COUNTS):
+        raise Refused(f"its {TRAINER_STATE} does not record {', '.join(_COUNTS)} as counts")
+    return state
+
+
+def _read_small(path: Path) -> bytes:
+    """A JSON record of the checkpoint: a regular file of at most 16 MiB."""
+    from .dcp_data import read_regular
+
+    return read_regular(path, limit=16 << 20)
+
+
+def _rng_file(rank: int) -> str:
+    return f"rng-rank{rank:05d}.json"
+
+
+# --- reading a checkpoint as data -----------------------------------------------------------------
+
+_TRUST_HINT = "resume from another checkpoint of the job (move this one out of checkpoints/), or from a copy you trust"
+_OLDER_HINT = ("start the job again in a new folder (an older final checkpoint's model files still work with "
+               "ft merge/export/eval/generate)")
 
 
 def state_reader(checkpoint: Path):
-    """A DCP reader of `checkpoint`'s ft_state/dcp whose index goes through `read_state_index`.
+    """A DCP reader of `checkpoint`'s ft_state/dcp whose index is read and checked now, before
+    torch's collectives would wrap the error: every rank stops with the same clear message."""
+    from .dcp_data import DataReader, Refused
 
-    The index is checked here, before torch's collectives would wrap the error, so every rank
-    stops with the same clear message.
-    """
-    from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.metadata import StorageMeta
+    try:
+        return DataReader(checkpoint / TRAINING_STATE / DCP)
+    except Refused as err:
+        raise _unusable(checkpoint, err) from None
 
-    dcp_dir = checkpoint / TRAINING_STATE / DCP
 
-    class Reader(FileSystemReader):
-        def read_metadata(self, *args, **kwargs):
-            if kwargs.get("rank") is not None:  # per-rank indexes: ft never writes them
-                raise UserError(f"{dcp_dir} has per-rank indexes, which ft does not write; it was not loaded")
-            metadata = read_state_index(dcp_dir)
-            if getattr(metadata, "storage_meta", None) is None:
-                metadata.storage_meta = StorageMeta()
-            metadata.storage_meta.load_id = self.load_id
-            return metadata
+def _unusable(checkpoint: Path, err: BaseException) -> UserError:
+    """The one-line error for a checkpoint that cannot be used, from what went wrong reading it."""
+    from .dcp_data import Older
 
-    read_state_index(dcp_dir)
-    return Reader(str(dcp_dir))
+    inner = _inner(err, UserError) or _inner(err, Exception) or err
+    if isinstance(inner, Older):
+        return UserError(f"checkpoint {checkpoint} was written by an older ft: {inner.problems[0]}", hint=_OLDER_HINT)
+    reason = inner.problems[0] if isinstance(inner, UserError) else f"{type(inner).__name__}: {inner}"
+    reason = " ".join(str(reason).split())[:300]
+    return UserError(f"checkpoint {checkpoint} cannot be used: {reason}; nothing was loaded from it", hint=_TRUST_HINT)
 
 
 def _rng_state() -> dict:
-    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    """This rank's RNG states as JSON: Python's as numbers, torch's bytes in base64."""
+    def encode(state: torch.Tensor) -> str:
+        return base64.b64encode(state.numpy().tobytes()).decode()
+
+    version, words, gauss = random.getstate()
+    state = {"python": [version, list(words), gauss], "torch": encode(torch.get_rng_state())}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = [encode(s) for s in torch.cuda.get_rng_state_all()]
     return state
 
 
 def _set_rng_state(state: dict) -> None:
-    random.setstate(_as_tuples(state["python"]))
-    torch.set_rng_state(state["torch"])
+    def decode(text: str) -> torch.Tensor:
+        return torch.frombuffer(bytearray(base64.b64decode(text, validate=True)), dtype=torch.uint8)
+
+    version, words, gauss = state["python"]
+    if not (isinstance(words, list) and all(type(w) is int for w in words)):
+        raise ValueError("its Python RNG state is not a list of numbers")
+    random.setstate((version, tuple(words), gauss))
+    torch.set_rng_state(decode(state["torch"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _as_tuples(value):
-    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+        torch.cuda.set_rng_state_all([decode(s) for s in state["cuda"]])
 
 
 def _fsync_tree(path: Path) -> None:
@@ -365,28 +359,40 @@ def write_hf_from_state(checkpoint: Path, job, base_ref: str | None, folder: Pat
     the CPU from `checkpoint`'s distributed state: only the model's entries are read, no
     optimizer state, and a full SFT model is assembled on the meta device first (no init)."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
     from transformers import AutoModelForCausalLM
 
+    from .dcp_data import DataLoadPlanner, Refused
     from .lora import add_lora
     from .model import DTYPES, model_config
-
-    reader = state_reader(checkpoint)
-    entries = {k: v for k, v in reader.read_metadata().state_dict_metadata.items() if k.startswith("model.")}
-    state = {k.removeprefix("model."): torch.empty(v.size, dtype=v.properties.dtype) for k, v in entries.items()}
-    dcp.load({"model": state}, storage_reader=reader, no_dist=True)
-    weights = {k.removeprefix("lm."): v for k, v in state.items()}
 
     config = model_config(job)
     with torch.device("meta"):
         lm = AutoModelForCausalLM.from_config(config, **contract.with_dtype(torch.float32))
     if job.peft is not None:
         lm = add_lora(lm, job)
+    shapes = {name: tuple(tensor.shape) for name, tensor in lm.state_dict().items()}
+
+    reader = state_reader(checkpoint)
+    entries = {k: v for k, v in reader.read_metadata().state_dict_metadata.items() if k.startswith("model.")}
+    for key, entry in entries.items():  # (the index's sizes are bounded by its files; this model's are not theirs)
+        name = key.removeprefix("model.").removeprefix("lm.")
+        if not isinstance(entry, TensorStorageMetadata) or shapes.get(name) != tuple(entry.size):
+            raise _unusable(checkpoint, Refused(f"its entry {key} is not a weight of this job's model"))
+    state = {k.removeprefix("model."): torch.empty(v.size, dtype=v.properties.dtype) for k, v in entries.items()}
+    try:
+        dcp.load({"model": state}, storage_reader=reader, planner=DataLoadPlanner(), no_dist=True)
+    except (Exception, dcp.CheckpointException) as err:
+        raise _unusable(checkpoint, err) from None
+    weights = {k.removeprefix("lm."): v for k, v in state.items()}
+
+    if job.peft is not None:
         _export(lm, folder, base_ref, weights, torch.float32)
         return
     lm.load_state_dict(weights, strict=False, assign=True)
     lm.tie_weights()
     missing = [k for k, v in lm.state_dict().items() if v.is_meta]
     if missing:
-        raise ValueError(f"{checkpoint} has no weights for {missing[:3]} ({len(missing)} in all)")
+        raise _unusable(checkpoint, Refused(f"it has no weights for {missing[:3]} ({len(missing)} in all)"))
     dtype = DTYPES[policy.decide(job).compute]
     _export(lm, folder, base_ref, {k: v.to(dtype) for k, v in lm.state_dict().items()}, dtype)

@@ -115,7 +115,10 @@ def load(cfg, tokenizer, seed: int, cache: Path | None = None, is_main: bool = T
 
 def _wait_for(path: Path, failed: Path, busy: Path) -> Data:
     """The other ranks: rank 0's file once it is there (and readable), or rank 0's error."""
-    started = time.monotonic()
+    # Rank 0 is alive while its heartbeat changes, as seen by this rank's own clock: the file's
+    # time comes from another machine's (rank 0's, or the file server's), which may be minutes or
+    # years off; a heartbeat left by an earlier, killed run counts from when this rank began to wait.
+    beat, last_change, last_look = None, time.monotonic(), 0.0
     while True:
         if failed.exists():
             raise UserError(*json.loads(failed.read_text()))
@@ -123,17 +126,62 @@ def _wait_for(path: Path, failed: Path, busy: Path) -> Data:
             data = _read(path)
             if data is not None:
                 return data
-        waited = time.monotonic() - started
-        try:  # (a heartbeat left by an earlier, killed run counts only from when this rank began to wait)
-            silent = min(waited, time.time() - busy.stat().st_mtime)
+        try:
+            info = busy.stat()
+            now_beat = (info.st_ino, info.st_mtime_ns)
         except OSError:  # not started yet (or just done)
-            silent = waited
+            now_beat = None
+        if now_beat != beat:
+            beat, last_change = now_beat, time.monotonic()
+        if now_beat is not None and time.monotonic() - last_look >= 1.0:
+            last_look = time.monotonic()
+            gone = _gone_here(busy)
+            if gone:
+                raise PeerGone(f"rank 0 ({gone}) ended while it tokenized the data, leaving {busy.name} in "
+                               f"{busy.parent}; its own log says why. This rank gives up instead of waiting",
+                               hint="fix what rank 0 reports and run the job again: the others follow it")
+        silent = time.monotonic() - last_change
         if silent > PEER_SILENT_S:
             raise PeerGone(f"rank 0 stopped tokenizing the data: nothing from it for {silent:.0f} s "
                            f"(its heartbeat {busy.name} in {busy.parent}); it died or hangs, and its own "
                            "log says why. This rank gives up instead of waiting for ever",
                            hint="fix what rank 0 reports and run the job again: the others follow it")
         time.sleep(0.2)
+
+
+def _process_here() -> dict:
+    """What names this process on this machine: host, process id, and the process-id namespace
+    (two containers on one node may number processes apart)."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = None
+    return {"host": os.uname().nodename, "pid": os.getpid(), "pid_namespace": namespace}
+
+
+def _gone_here(busy: Path) -> str | None:
+    """'process N on this node' when the heartbeat's writer ran where this rank runs and is gone:
+    a rank on rank 0's node need not wait out its silence."""
+    try:
+        with open(busy, "rb") as f:
+            writer = json.loads(f.read(4096))
+        here = _process_here()
+        pid = writer["pid"]
+        if (here["pid_namespace"] is None or type(pid) is not int or pid <= 0
+                or [writer.get("host"), writer.get("pid_namespace")] != [here["host"], here["pid_namespace"]]):
+            return None
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat", "rb") as f:  # a zombie is gone too, only not yet reaped
+            if f.read(4096).rpartition(b")")[2].split()[:1] != [b"Z"]:
+                return None
+    except ProcessLookupError:
+        pass
+    except OSError:  # alive (another user's: not ours to signal), or no /proc
+        return None
+    return f"process {pid} on this node"
 
 
 class _Heartbeat:
@@ -151,7 +199,7 @@ class _Heartbeat:
                 pass
 
     def __enter__(self) -> "_Heartbeat":
-        self.path.write_text(json.dumps({"host": os.uname().nodename, "pid": os.getpid()}))
+        self.path.write_text(json.dumps(_process_here()))
         self._thread.start()
         return self
 

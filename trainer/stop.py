@@ -85,6 +85,12 @@ class StopSignal:
                 if signum in self.SIGNALS:
                     self._got(signum)
 
+    def report_to(self, on_signal: Callable[[str], None] | None, on_exit: Callable[[int], None] | None) -> None:
+        """Record signals and the start-up exit from now on (the job folder is known only after the
+        handler was installed, which `python -m trainer` does first of all)."""
+        with self._lock:
+            self._on_signal, self._on_exit = on_signal, on_exit
+
     def training(self) -> None:
         """The first optimizer step is about to change the weights: from here a stop checkpoints."""
         with self._lock:

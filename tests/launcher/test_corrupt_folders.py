@@ -32,7 +32,7 @@ def fake_checkpoint(run: Path, step: int) -> Path:
     folder = layout.step_dir(run / layout.CHECKPOINTS, step)
     state = folder / layout.TRAINING_STATE
     (state / layout.DCP).mkdir(parents=True)
-    (state / layout.DCP / ".metadata").write_bytes(b"dcp")
+    (state / layout.DCP / layout.DCP_INDEX).write_bytes(b"dcp")
     (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/models/base"}))
     fake_safetensors(folder / "adapter_model.safetensors")
     (state / layout.TRAINER_STATE).write_text(json.dumps({"step": step, "seed": 1}))
@@ -95,7 +95,7 @@ CORRUPTIONS: dict[str, Callable[[Path], None]] = {
     "newest trainer state garbage": lambda f: (newest(f) / layout.TRAINING_STATE / layout.TRAINER_STATE).write_text("{"),
     "newest trainer state of another step": lambda f: (newest(f) / layout.TRAINING_STATE / layout.TRAINER_STATE)
         .write_text(json.dumps({"step": 3})),
-    "newest resume index missing": lambda f: (newest(f) / layout.TRAINING_STATE / layout.DCP / ".metadata").unlink(),
+    "newest resume index missing": lambda f: (newest(f) / layout.TRAINING_STATE / layout.DCP / layout.DCP_INDEX).unlink(),
     "adapter config a list": lambda f: [(c / "adapter_config.json").write_text("[]")
                                         for c in (f / layout.CHECKPOINTS).glob("step-*")],
     "adapter config odd base": lambda f: [(c / "adapter_config.json").write_text('{"base_model_name_or_path": 5}')

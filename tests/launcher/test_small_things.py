@@ -125,7 +125,7 @@ def test_best_names_a_kept_checkpoint_and_says_when_the_lowest_is_gone(ft, isola
     for step in (20, 30):  # step 10's checkpoint was pruned (keep_last)
         state = folder / "checkpoints" / f"step-{step:06d}" / "ft_state"
         (state / "dcp").mkdir(parents=True)
-        (state / "dcp" / ".metadata").write_text("x")
+        (state / "dcp" / "index.json").write_text("x")
         (state / "trainer_state.json").write_text(json.dumps({"step": step}))
         (state / "COMPLETE").write_text("")
     (folder / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "val_loss": v}) + "\n"

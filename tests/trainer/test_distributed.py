@@ -48,15 +48,15 @@ def test_fsdp2_sft_on_two_processes_matches_one(tmp_path):
     loaded = [AutoModelForCausalLM.from_pretrained(layout.step_dir(tmp_path / d / layout.CHECKPOINTS, 3)) for d in ("two", "one")]
     for (name, a), b in zip(loaded[0].state_dict().items(), loaded[1].state_dict().values()):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
-    # The sharded index reads through ft's data-only unpickler as torch itself reads it.
-    from torch.distributed.checkpoint import FileSystemReader
+    # The sharded state is data: a JSON index over each rank's raw bytes, every tensor in one chunk per rank.
+    from trainer.dcp_data import read_index
 
-    from trainer.checkpointing import read_state_index
-
-    index = layout.step_dir(tmp_path / "two" / layout.CHECKPOINTS, 3) / layout.TRAINING_STATE / "dcp"
-    torchs = FileSystemReader(str(index)).read_metadata()
-    torchs.storage_meta.load_id = None
-    assert read_state_index(index) == torchs
+    dcp_dir = layout.step_dir(tmp_path / "two" / layout.CHECKPOINTS, 3) / layout.TRAINING_STATE / layout.DCP
+    assert not (dcp_dir / layout.LEGACY_DCP_INDEX).exists()
+    index = read_index(dcp_dir)
+    assert {span.file for span in index.spans.values()} == {"__0_0.distcp", "__1_0.distcp"}
+    sharded = [md for key, md in index.metadata.state_dict_metadata.items() if key.startswith("model.") and hasattr(md, "chunks")]
+    assert sharded and all(len(md.chunks) == 2 for md in sharded if md.size[0] >= 2)
 
 
 def test_lora_data_parallel_matches_one_process_and_survives_preemption(tmp_path):

@@ -9,6 +9,7 @@ gives up with a message instead of waiting for ever.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -59,6 +60,29 @@ def test_a_stop_while_importing_exits_75_at_once_and_is_recorded(tmp_path):
     assert [e["event"] for e in _events(tmp_path / "job")] == ["start", "signal", "exit"]
     assert _events(tmp_path / "job")[-1]["code"] == exits.REQUEUE
     assert layout.newest_complete(tmp_path / "job") is None
+
+
+def test_a_stop_in_the_first_second_takes_the_stop_path(tmp_path):
+    """A SIGTERM while `python -m trainer` still imports its first modules (here as pydantic, the
+    first slow one, begins to load; a sitecustomize hook sends it) exits 75, not 143."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os, signal, sys\n"
+        "class SignalOnImport:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'pydantic':\n"
+        "            sys.meta_path.remove(self)\n"
+        "            os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, SignalOnImport())\n")
+    config = write_config(tmp_path / "job", tiny_job(trainer={"max_steps": 2}))
+    env = clean_env()
+    env["PYTHONPATH"] = f"{hook}:{env['PYTHONPATH']}"
+    result = subprocess.run([sys.executable, "-m", "trainer", "--config", str(config), "--events"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == exits.REQUEUE, (result.returncode, result.stderr)
+    assert "got SIGTERM during start-up" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_a_stop_while_tokenizing_ends_inside_the_work(tmp_path):
@@ -136,6 +160,20 @@ def test_a_checkpoint_slower_than_the_clusters_kill_wait_is_said_once(tmp_path):
     assert quiet.returncode == 0 and "KillWait" not in quiet.stdout, quiet.stdout
 
 
+@pytest.mark.parametrize("value", ["²", "١٢", "5" * 5000, "-3", "1e3", " 12", "12 ", "0x10", "", "999999"])
+def test_an_odd_kill_wait_is_not_one(value):
+    assert exits.kill_wait_s({exits.KILL_WAIT_VAR: value}) == (999999 if value == "999999" else None)
+
+
+def test_an_odd_kill_wait_in_the_environment_does_not_end_the_trainer_after_its_checkpoint(tmp_path):
+    raw = tiny_job(trainer={"max_steps": 2}, checkpoint={"every_steps": 1})
+    result = subprocess.run([sys.executable, "-m", "trainer", "--config", str(write_config(tmp_path / "job", raw))],
+                            cwd=REPO, env=clean_env(**{exits.KILL_WAIT_VAR: "²"}), capture_output=True, text=True,
+                            timeout=240)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert "KillWait" not in result.stdout and layout.newest_complete(tmp_path / "job").name == "step-000002"
+
+
 def test_the_other_ranks_give_up_when_rank_0_dies_while_tokenizing(tmp_path):
     data = _many_records(tmp_path / "big.jsonl", 15_000)
     raw = tiny_job(data={"path": str(data), "val_fraction": 0.0}, trainer={"max_steps": 1, "devices": 2})
@@ -148,7 +186,63 @@ def test_the_other_ranks_give_up_when_rank_0_dies_while_tokenizing(tmp_path):
     results = finish(procs, timeout=120)
     assert results[1].returncode == 1, describe(results)
     assert time.monotonic() - killed < 60
-    assert "rank 0 stopped tokenizing the data" in results[1].stderr and "Traceback" not in results[1].stderr
+    # (On rank 0's node its process is seen gone; elsewhere its heartbeat goes silent.)
+    assert "ended while it tokenized the data" in results[1].stderr and "Traceback" not in results[1].stderr
+
+
+@pytest.mark.parametrize("offset_s", [365 * 86400, -365 * 86400])
+def test_rank_0s_silence_is_measured_by_the_waiting_ranks_own_clock(tmp_path, monkeypatch, offset_s):
+    """A dead rank 0's heartbeat dated a year ahead of this machine (a file server's clock is
+    another machine's) still goes silent; one dated a year behind is not silent at once."""
+    from trainer import data
+
+    monkeypatch.setattr(data, "PEER_SILENT_S", 1.5)
+    busy = tmp_path / "tokens-x.busy"
+    busy.write_text("{}")
+    stamp = time.time() + offset_s
+    os.utime(busy, (stamp, stamp))
+
+    def too_long(signum, frame):
+        raise TimeoutError("still waiting for a rank 0 that is gone")
+
+    previous = signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(20)
+    started = time.monotonic()
+    try:
+        with pytest.raises(data.PeerGone, match="rank 0 stopped tokenizing the data"):
+            data._wait_for(tmp_path / "tokens-x.pt", tmp_path / "tokens-x.error", busy)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert 1.5 <= time.monotonic() - started < 10
+
+
+def test_a_rank_on_rank_0s_node_sees_at_once_that_it_is_gone(tmp_path, monkeypatch):
+    """Rank 0's heartbeat names its process; on its node the others need not wait out its silence."""
+    from trainer import data
+
+    monkeypatch.setattr(data, "PEER_SILENT_S", 10.0)
+    busy = tmp_path / "tokens-x.busy"
+    busy.write_text(json.dumps({**data._process_here(), "pid": _dead_pid()}))
+    started = time.monotonic()
+    with pytest.raises(data.PeerGone, match=r"rank 0 \(process \d+ on this node\) ended while it tokenized"):
+        data._wait_for(tmp_path / "tokens-x.pt", tmp_path / "tokens-x.error", busy)
+    assert time.monotonic() - started < 5
+    busy.write_text(json.dumps({**data._process_here(), "host": "another-node", "pid": _dead_pid()}))
+    assert data._gone_here(busy) is None  # elsewhere: its heartbeat tells
+    busy.write_text(json.dumps(data._process_here()))
+    assert data._gone_here(busy) is None  # alive
+    zombie = subprocess.Popen(["true"])
+    time.sleep(0.5)  # ended, not yet reaped
+    busy.write_text(json.dumps({**data._process_here(), "pid": zombie.pid}))
+    assert data._gone_here(busy) == f"process {zombie.pid} on this node"
+    zombie.wait()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
 
 
 @pytest.fixture(autouse=True)

@@ -276,23 +276,23 @@ def test_preflight_checks_what_only_the_machine_knows():
 def test_a_full_disk_during_a_checkpoint_removes_it_and_a_resume_uses_the_last_complete(tmp_path, monkeypatch):
     import errno
 
-    import torch
+    from pathlib import Path
 
     root = tmp_path / "checkpoints"
     raw = tiny_job(trainer={"max_steps": 4}, checkpoint={"every_steps": 2, "keep_last": None})
-    real_save = torch.save
+    real_write = Path.write_text
 
-    def full_on_the_second_checkpoint(obj, path, *args, **kwargs):
-        if ".tmp-step-000004" in str(path):  # its RNG file: after the weights, before the marker
+    def full_on_the_second_checkpoint(path, *args, **kwargs):
+        if ".tmp-step-000004" in str(path) and path.name.startswith("rng-"):  # after the weights, before the marker
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real_save(obj, path, *args, **kwargs)
+        return real_write(path, *args, **kwargs)
 
-    monkeypatch.setattr(torch, "save", full_on_the_second_checkpoint)
+    monkeypatch.setattr(Path, "write_text", full_on_the_second_checkpoint)
     with pytest.raises(UserError, match=r"checkpoint step 4 could not be written .*No space left on device; the "
                                         r"partial checkpoint was removed and a resubmit resumes from step-000002"):
         train(tmp_path, raw)
     assert [p.name for p in root.iterdir() if p.is_dir()] == ["step-000002"]  # no .tmp-step-000004
-    monkeypatch.setattr(torch, "save", real_save)
+    monkeypatch.setattr(Path, "write_text", real_write)
     assert train(tmp_path, raw) == exits.OK
     assert [s for s, _ in layout.complete_checkpoints(root)] == [2, 4]
 
