@@ -282,6 +282,16 @@ def estimate(job: Job, gpu_gib: float | None = None, num_nodes: int | None = Non
         elements += adapter
         how += f" + LoRA {adapter:,} (r per adapted layer" + (", dropout's masked inputs" if job.peft.dropout else "") + ")"
     rows.append(Row("activations", tokens * elements * c, how))
+    kernel = attention_kernel(job, topology, d)
+    if kernel is not None:
+        notes.append(f"{kernel.describe()}; the node's torch and flash-attn pick among the fused ones "
+                     "(docs/architecture.md)" if kernel.fused else kernel.describe())
+        if not kernel.fused:
+            kept = 1 if d.activation_checkpointing else dims.layers
+            scores = kept * dims.heads * job.data.micro_batch_size * job.data.max_seq_length ** 2
+            rows.append(Row("attention scores", scores * families.SCORE_BYTES,
+                            f"SDPA's math backend: {kept} layer(s) × {dims.heads} heads × {job.data.micro_batch_size} "
+                            f"examples × {job.data.max_seq_length}² × {families.SCORE_BYTES} B (fp32)"))
     loss_tokens = min(tokens, policy.LOSS_CHUNK_TOKENS)
     rows.append(Row("logits", loss_tokens * dims.vocab * (c + 8),
                     f"{loss_tokens} tokens × vocab {dims.vocab} × ({c} + 4 + 4) B"))
@@ -397,6 +407,24 @@ def verdict(est: Estimate, job: Job) -> list[str]:
 def attention(job: Job) -> families.AttentionPath:
     """The attention path the trainer will build for this model (ftcore.families decides for both)."""
     return families.attention_path(job, modelconfig.find(job).config)
+
+
+def attention_kernel(job: Job, topology: Topology, decision: Decision) -> families.Kernel | None:
+    """The kind of kernel ft's padding-free attention gets on a GPU (ftcore.families decides for
+    both sides): fused, unless no fused SDPA takes the model's heads in the compute dtype. Which
+    fused one (flash-attn, torch's varlen_attn, SDPA per example) the node's packages decide."""
+    found = modelconfig.find(job).config
+    if not topology.on_gpu or attention(job).name != families.VARLEN:
+        return None
+    widths = families.head_dims({**(found or {}), **(job.model.config or {})})
+    if widths is None:
+        return None
+    kernel = families.varlen_kernel("cuda", decision.compute, flash_attn=False, torch_varlen=None,
+                                    sdpa=families.sdpa_fused(decision.compute, widths[0]))
+    if kernel.fused:
+        return families.Kernel("fused", False, "flash-attn, torch varlen_attn or SDPA per example: no [heads, L, L] "
+                               "scores kept")
+    return kernel
 
 
 def refusals(job: Job, gpu_gib: float | None = None, force: bool = False) -> list[str]:
