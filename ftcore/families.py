@@ -6,6 +6,7 @@
     path = families.attention_path(job, config)   # config: the model's config.json as a dict
     path.name, path.padding_free, path.reason     # what the trainer builds, logs, and `ft plan` prints
     families.problems(job, config)           # why this job cannot train this model (refused at submit)
+    families.varlen_kernel("cuda", "bf16", flash_attn=False, torch_varlen="heads", sdpa="gqa")  # ft_varlen's kernel
 
 The one owner of these facts (torch-free): the trainer builds the path `attention_path` names
 (trainer/model.py) and adapts `targets`/`experts` (trainer/lora.py); the planner prices the same

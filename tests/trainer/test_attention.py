@@ -275,3 +275,24 @@ def test_per_example_attention_equals_each_example_alone(window):
         start += n
     if window:  # and the window is applied: without it the longest example's output differs
         assert not torch.allclose(together, attention._per_example(query, key, value, cu, 0.0, None, None))
+
+
+def test_the_contract_reads_each_torchs_varlen_attn_signature(monkeypatch):
+    """torch 2.11's (no enable_gqa: heads repeated), 2.12's (enable_gqa), 2.10's (neither scale nor
+    window: not used), none before 2.10."""
+    import sys
+    from types import ModuleType
+
+    from ftcore import contract
+
+    def torch_2_10(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, return_aux=None):
+        raise AssertionError("only its signature is read")
+
+    for varlen_attn, form in ((varlen_standin.varlen_attn_2_11, "heads"), (varlen_standin.varlen_attn_2_12, "gqa"),
+                              (torch_2_10, None)):
+        module = ModuleType("torch.nn.attention.varlen")
+        module.varlen_attn = varlen_attn
+        monkeypatch.setitem(sys.modules, "torch.nn.attention.varlen", module)
+        assert contract.torch_varlen_form() == form, varlen_attn
+    monkeypatch.setitem(sys.modules, "torch.nn.attention.varlen", None)  # before torch 2.10: no such module
+    assert contract.torch_varlen_form() is None
