@@ -195,10 +195,11 @@ def set_config_dtype(config, dtype) -> None:
     setattr(config, from_pretrained_dtype_keyword(), dtype)
 
 
-def torch_varlen_attn():
-    """torch's variable-length attention when it takes what ft passes (causal through
-    `window_size`, grouped-query heads through `enable_gqa`), else None: its signature
-    changed across torch releases, and ft then runs SDPA with a block mask instead."""
+def torch_varlen_form():
+    """How torch's variable-length attention takes what ft passes (causal through `window_size`,
+    `scale`): "gqa" when it also takes `enable_gqa` (torch 2.12 and later), "heads" when it needs
+    key/value heads repeated to the query heads (2.11), None when it is absent (before 2.10) or
+    has neither keyword (2.10). docs/architecture.md cites the signatures."""
     import inspect
 
     try:
@@ -206,10 +207,12 @@ def torch_varlen_attn():
     except ImportError:
         return None
     try:
-        parameters = inspect.signature(varlen_attn).parameters
+        parameters = set(inspect.signature(varlen_attn).parameters)
     except (TypeError, ValueError):
         return None
-    return varlen_attn if {"window_size", "enable_gqa", "scale"} <= set(parameters) else None
+    if not {"window_size", "scale"} <= parameters:
+        return None
+    return "gqa" if "enable_gqa" in parameters else "heads"
 
 
 def _probe_attention_interface():
@@ -260,8 +263,8 @@ def _probe_dcp():
 
 
 def _probe_torch_varlen():
-    if torch_varlen_attn() is None:
-        return "absent or another signature: padding-free rows on a GPU without flash-attn run SDPA with a block mask"
+    if torch_varlen_form() is None:
+        return "absent or without window_size and scale: padding-free rows on a GPU without flash-attn run SDPA per example"
 
 
 def _probe_peft_lora():
@@ -302,7 +305,7 @@ FEATURES = (
     (Feature("peft LoraConfig", "LoRA and QLoRA jobs", True), _probe_peft_lora),
     (Feature("peft target_parameters", "LoRA on MoE experts kept as 3-D weights (peft.experts)", False),
      _probe_peft_parameters),
-    (Feature("torch varlen_attn(window_size, enable_gqa)", "padding-free attention on a GPU without flash-attn",
+    (Feature("torch varlen_attn(window_size, scale)", "padding-free attention on a GPU without flash-attn",
              False), _probe_torch_varlen),
 )
 

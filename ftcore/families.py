@@ -4,6 +4,7 @@
     family.targets, family.experts                 # default LoRA targets; 3-D expert weights
     path = families.attention_path(job, config)    # config: the model's config.json as a dict
     families.problems(job, config)                 # why this job cannot train this model
+    families.varlen_kernel(\"cuda\", \"bf16\", flash_attn=False, torch_varlen=\"heads\", sdpa=\"gqa\")  # ft_varlen's kernel
 
 The one owner of these facts (torch-free): the trainer builds the path and adapts the targets,
 the planner prices the same, `ft submit` refuses what `problems` lists. Each family's tensors
@@ -121,9 +122,7 @@ class AttentionPath:
 
     def describe(self) -> str:
         layout = "padding-free rows" if self.padding_free else "padded rows"
-        kernel = ("; kernel: flash-attention or torch varlen_attn on bf16 GPUs, otherwise SDPA "
-                  "(per example on CPUs, one masked call on GPUs: no host sync)") if self.name == VARLEN else ""
-        return f"attention: {self.name}, {layout} ({self.reason}){kernel}"
+        return f"attention: {self.name}, {layout} ({self.reason})"
 
 
 def _model_type(job, config: dict | None) -> str | None:
@@ -155,8 +154,7 @@ def attention_path(job, config: dict | None) -> AttentionPath:
     packing_ok = True
     why_packing = ""
     if family is None:
-        own = "eager" if asked == "eager" else asked
-        return AttentionPath(own, False, window is None or window >= job.data.max_seq_length,
+        return AttentionPath(asked, False, window is None or window >= job.data.max_seq_length,
                              f"{model_type or 'this model'} is not a family ft knows: the model's own attention")
     if family.linear_attention:
         packing_ok = False
@@ -181,6 +179,89 @@ def attention_path(job, config: dict | None) -> AttentionPath:
         packing_ok = False
     return AttentionPath(name, False, packing_ok, f"{family.name}: {why_packing}, so the model's own "
                                                   f"{name} attention with padding")
+
+
+# --- which kernel runs ft_varlen ------------------------------------------------------------------
+# The rationale and the table per torch release: docs/architecture.md, "The padding-free kernel".
+
+FLASH_SDPA_MAX_HEAD_DIM = 256  # SDPA's flash backend (check_head_dim_size_flash)
+SCORE_BYTES = 4  # SDPA's math backend keeps fp32 scores: one [heads, L, L] tensor per example and layer
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """The kernel ft's padding-free attention runs, chosen once per build (trainer/attention.py)."""
+
+    name: str  # "flash_attn", "torch_varlen", "sdpa_per_example" or "sdpa_math"
+    repeat_kv: bool  # key/value heads copied to the query heads first (the kernel takes no grouped heads)
+    why: str
+
+    @property
+    def fused(self) -> bool:
+        """False: SDPA's math backend, whose [heads, L, L] scores `ft plan` prices."""
+        return self.name != "sdpa_math"
+
+    @property
+    def one_call(self) -> bool:
+        """One variable-length call per row: no host sync, nothing to break a compiled layer."""
+        return self.name in ("flash_attn", "torch_varlen")
+
+    def describe(self) -> str:
+        heads = ", key/value heads repeated to the query heads" if self.repeat_kv else ""
+        return f"attention kernel: {self.name}{heads} ({self.why})"
+
+
+HEAD_DIM_KEYS = ("head_dim", "hidden_size", "num_attention_heads", "qk_nope_head_dim", "qk_rope_head_dim",
+                 "v_head_dim")
+
+
+def head_dims(config: dict) -> tuple[int, int] | None:
+    """(query/key, value) head widths from a config.json (MLA's differ); None when it does not say."""
+    if config.get("qk_nope_head_dim") is not None:
+        qk = int(config["qk_nope_head_dim"]) + int(config.get("qk_rope_head_dim") or 0)
+        return qk, int(config.get("v_head_dim") or qk)
+    if config.get("head_dim"):
+        return int(config["head_dim"]), int(config["head_dim"])
+    if config.get("hidden_size") and config.get("num_attention_heads"):
+        width = int(config["hidden_size"]) // int(config["num_attention_heads"])
+        return width, width
+    return None
+
+
+def sdpa_fused(dtype: str, qk_dim: int) -> str | None:
+    """Which fused SDPA backend a CUDA call per example can use, by shape and dtype alone:
+    "gqa" (flash: 16-bit, head ≤ 256, grouped heads taken as they are), "repeated" (memory-
+    efficient: any dtype, head a multiple of its alignment, but equal head counts), None
+    (only the math backend). ft pads a narrower value head to the query's (MLA)."""
+    half = dtype in ("bf16", "fp16")
+    if half and qk_dim <= FLASH_SDPA_MAX_HEAD_DIM:
+        return "gqa"
+    if qk_dim % (8 if half else 4) == 0:
+        return "repeated"
+    return None
+
+
+def varlen_kernel(device: str, dtype: str, *, flash_attn: bool, torch_varlen: str | None,
+                  sdpa: str | None) -> Kernel:
+    """The kernel for padding-free rows on `device` ("cuda", "cpu") in `dtype` ("bf16"...), from
+    what the environment has: flash-attn installed, torch's varlen_attn ("gqa": it takes
+    enable_gqa; "heads": only equal head counts; None: absent or without window_size/scale),
+    and `sdpa_fused`'s answer (the trainer probes it on the device; `ft plan` reads the shape)."""
+    if device != "cuda":
+        return Kernel("sdpa_per_example", False, "SDPA per example; the lengths are read on the host, free here")
+    if dtype in ("bf16", "fp16"):
+        if flash_attn:
+            return Kernel("flash_attn", False, "flash-attn's flash_attn_varlen_func, one call per row")
+        if torch_varlen:
+            return Kernel("torch_varlen", torch_varlen != "gqa", "torch's varlen_attn, one call per row"
+                          + ("" if torch_varlen == "gqa" else "; this torch's has no enable_gqa"))
+    if sdpa:
+        backend = "flash" if sdpa == "gqa" else "memory-efficient"
+        return Kernel("sdpa_per_example", sdpa != "gqa",
+                      f"no variable-length kernel here: SDPA's {backend} backend per example, causal, no mask; "
+                      "the lengths cost one host sync per micro batch")
+    return Kernel("sdpa_math", False, "no fused kernel takes this dtype and head size: SDPA's math backend per "
+                  f"example, fp32 [heads, L, L] scores kept per layer (priced by ft plan)")
 
 
 def problems(job, config: dict | None) -> list[str]:

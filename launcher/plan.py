@@ -204,7 +204,7 @@ def estimate(job: Job, gpu_gib: float | None = None, num_nodes: int | None = Non
     if job.model.init == "pretrained":
         notes.append(startup_reads(job, topology, priced.base, priced.local))
     rows = [_weights(priced), _gradients(priced), _optimizer(priced), *_transient_weights(priced),
-            _activations(priced), _logits(priced)]
+            _activations(priced), *_attention_scores(priced, notes), _logits(priced)]
     if topology.on_gpu:
         rows.append(Row("CUDA/NCCL overhead", OVERHEAD_GIB * GIB, "fixed"))
     params = dims.params if dims.exact or not job.model.parameters_b else round(job.model.parameters_b * 1e9)
@@ -347,6 +347,25 @@ def _activations(priced: _Pricing) -> Row:
     return Row("activations", tokens * elements * c, how)
 
 
+def _attention_scores(priced: _Pricing, notes: list[str]) -> list[Row]:
+    """Which kernel ft's padding-free attention runs on this job's devices (a note); where no
+    fused kernel can, the [H,T,T] scores SDPA's math backend keeps for backward (a row)."""
+    job, decision, dims = priced.job, priced.decision, priced.dims
+    kernel = attention_kernel(job, priced.topology, decision)
+    if kernel is None:
+        return []
+    if kernel.fused:
+        notes.append(f"{kernel.describe()}; the node's torch and flash-attn pick among the fused ones "
+                     "(docs/architecture.md)")
+        return []
+    notes.append(kernel.describe())
+    kept = 1 if decision.activation_checkpointing else dims.layers
+    scores = kept * dims.heads * job.data.micro_batch_size * job.data.max_seq_length ** 2
+    return [Row("attention scores", scores * families.SCORE_BYTES,
+                f"SDPA's math backend: {kept} layer(s) × {dims.heads} heads × {job.data.micro_batch_size} "
+                f"examples × {job.data.max_seq_length}² × {families.SCORE_BYTES} B (fp32)")]
+
+
 def _logits(priced: _Pricing) -> Row:
     """One loss chunk's logits, in the compute dtype and as fp32 with its gradient (an estimate)."""
     job, c, vocab = priced.job, priced.compute_bytes, priced.dims.vocab
@@ -461,6 +480,24 @@ def verdict(est: Estimate, job: Job) -> list[str]:
 def attention(job: Job) -> families.AttentionPath:
     """The attention path the trainer will build for this model (ftcore.families decides for both)."""
     return families.attention_path(job, modelconfig.find(job).config)
+
+
+def attention_kernel(job: Job, topology: Topology, decision: Decision) -> families.Kernel | None:
+    """The kind of kernel ft's padding-free attention gets on a GPU (ftcore.families decides for
+    both sides): fused, unless no fused SDPA takes the model's heads in the compute dtype. Which
+    fused one (flash-attn, torch's varlen_attn, SDPA per example) the node's packages decide."""
+    found = modelconfig.find(job).config
+    if not topology.on_gpu or attention(job).name != families.VARLEN:
+        return None
+    widths = families.head_dims({**(found or {}), **(job.model.config or {})})
+    if widths is None:
+        return None
+    kernel = families.varlen_kernel("cuda", decision.compute, flash_attn=False, torch_varlen=None,
+                                    sdpa=families.sdpa_fused(decision.compute, widths[0]))
+    if kernel.fused:
+        return families.Kernel("fused", False, "flash-attn, torch varlen_attn or SDPA per example: no [heads, L, L] "
+                               "scores kept")
+    return kernel
 
 
 def refusals(job: Job, gpu_gib: float | None = None, force: bool = False) -> list[str]:

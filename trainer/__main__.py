@@ -29,7 +29,7 @@ import os  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from ftcore import exits, layout, records, rendezvous  # noqa: E402
+from ftcore import exits, records, rendezvous  # noqa: E402
 from ftcore.errors import UserError  # noqa: E402
 from ftcore.schema import load_job  # noqa: E402
 

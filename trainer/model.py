@@ -38,6 +38,7 @@ class Built:
     compute_dtype: torch.dtype
     decision: policy.Decision  # what was built
     attention: families.AttentionPath  # the attention implementation and the row layout collate uses
+    kernel: families.Kernel | None = None  # what ft_varlen runs (None: the model's own attention)
 
     @property
     def trainable(self) -> list[nn.Parameter]:
@@ -62,13 +63,19 @@ def model_config(job):
     return config
 
 
-def attention_path(job, config) -> families.AttentionPath:
+def attention_path(job, config, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+                   ) -> tuple[families.AttentionPath, families.Kernel | None]:
     """The path the policy picks for this family (ftcore.families, which `ft plan` prints too):
-    ft's padding-free attention where it is exact, the model's own (padded) where it is not."""
+    ft's padding-free attention where it is exact, the model's own (padded) where it is not; for
+    ft_varlen, its kernel, chosen once for this device type and dtype and registered."""
     path = families.attention_path(job, config.to_dict())
-    if path.name == attention.NAME:
-        attention.register()
-    return path
+    if path.name != attention.NAME:
+        return path, None
+    widths = families.head_dims({key: getattr(config, key, None) for key in families.HEAD_DIM_KEYS})
+    kernel = attention.choose(torch.device(device).type, dtype, widths or (64, 64),
+                              bool(getattr(config, "attention_dropout", 0.0)))
+    attention.register(kernel)
+    return path, kernel
 
 
 def check_vocabulary(tokenizer, config) -> None:
@@ -92,14 +99,17 @@ def build(job, env: DistEnv, device: torch.device, tokenizer, base_dir: Path | N
     (random weights exist nowhere else, and an adapter is useless without its base).
     """
     decision = policy.decide(job)
-    config = model_config(job)
-    check_vocabulary(tokenizer, config)
-    path = attention_path(job, config)
-    if env.is_main:
-        print(f"ft trainer: {path.describe()}", flush=True)
+    compute_dtype = DTYPES[decision.compute]
     # The base is loaded in the dtype it is stored in: the frozen dtype under LoRA (its
     # projections quantized below when the policy says NF4), the trained dtype under SFT.
     param_dtype = DTYPES[decision.frozen if decision.lora else decision.trained]
+    config = model_config(job)
+    check_vocabulary(tokenizer, config)
+    path, kernel = attention_path(job, config, device, compute_dtype)
+    if env.is_main:
+        print(f"ft trainer: {path.describe()}", flush=True)
+        if kernel is not None:
+            print(f"ft trainer: {kernel.describe()}", flush=True)
     common = dict(contract.with_dtype(param_dtype), attn_implementation=path.name)
 
     lm = _base_model(job, config, decision, device, common)
@@ -112,8 +122,8 @@ def build(job, env: DistEnv, device: torch.device, tokenizer, base_dir: Path | N
     lm = _trainable(lm, job, decision)
     module = CausalLMLoss(lm, fused_cross_entropy)
     _place(module, job, env, device, decision)
-    return Built(module=module, lm=lm, sharded=decision.sharded, compute_dtype=DTYPES[decision.compute],
-                 decision=decision, attention=path)
+    return Built(module=module, lm=lm, sharded=decision.sharded, compute_dtype=compute_dtype,
+                 decision=decision, attention=path, kernel=kernel)
 
 
 def _base_model(job, config, decision: policy.Decision, device: torch.device, common: dict) -> nn.Module:
@@ -181,7 +191,8 @@ def graph_breaks() -> str:
     """What torch.compile split the decoder layers at so far (read after the first step has
     run them): each break is a return to eager Python between two compiled graphs, which
     compile=true was meant to avoid. NF4 weights (model.quantization) break at every
-    projection; the per-example attention fallback (CPU, fp32) at every layer."""
+    projection; the per-example attention kernels (CPUs, GPUs without a variable-length kernel)
+    at every layer."""
     from torch._dynamo.utils import counters
 
     breaks = counters["graph_break"]

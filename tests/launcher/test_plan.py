@@ -114,6 +114,27 @@ def test_activation_checkpointing_keeps_one_tensor_per_layer():
     assert activations("model.activation_checkpointing=false") > 10 * activations()
 
 
+def test_the_plan_says_when_attention_falls_to_math_and_prices_its_scores():
+    """A GPU row of ft_varlen runs a fused kernel; only where none takes the heads (260 wide in bf16:
+    past flash's 256, off the memory-efficient kernel's alignment) SDPA's math backend, whose
+    fp32 [heads, L, L] scores the plan prices, layer by layer."""
+    def kernel_note(est):
+        return next(n for n in est.notes if n.startswith("attention kernel: "))
+
+    fused = plan.estimate(job("llama31_8b"))
+    assert kernel_note(fused).startswith("attention kernel: fused")
+    assert "attention scores" not in [row.name for row in fused.rows]
+    wide = plan.estimate(job("llama31_8b", "model.config.head_dim=260", "model.activation_checkpointing=false"))
+    assert "math backend" in kernel_note(wide)
+    scores = wide.row("attention scores")
+    heads, layers = wide.dims.heads, wide.dims.layers
+    assert scores.bytes == layers * heads * 1 * 2048**2 * 4 and not scores.exact, scores
+    checkpointed = plan.estimate(job("llama31_8b", "model.config.head_dim=260", "model.activation_checkpointing=true"))
+    assert checkpointed.row("attention scores").bytes == scores.bytes / layers
+    assert wide.total - fused.total > scores.bytes
+    assert not [n for n in plan.estimate(job("tiny")).notes if "kernel" in n]  # a CPU job
+
+
 def test_smaller_gpus_need_more_of_them():
     fit = plan.smallest_fit(job("llama3_8b_sft"), gpu_gib=40)
     assert fit.num_nodes * fit.devices > 2 and fit.estimate.total <= 40 * plan.GIB

@@ -61,7 +61,7 @@ def build(model_type: str, raw: dict):
 
     job = validate(raw)
     config = ft_model.model_config(job)
-    path = ft_model.attention_path(job, config)
+    path, _ = ft_model.attention_path(job, config)
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
@@ -124,6 +124,39 @@ def test_ft_forward_is_the_models_own_function_in_every_layout(model_type):
             torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4, msg=f"{model_type} {name} ({path.name}) example {i}")
         torch.testing.assert_close(loss.double(), want_loss, atol=1e-4, rtol=1e-5,
                                    msg=f"{model_type} {name} ({path.name}): loss")
+
+
+@pytest.mark.parametrize("kernel", [families.Kernel("torch_varlen", True, "torch 2.11"),
+                                    families.Kernel("torch_varlen", False, "torch 2.12+"),
+                                    families.Kernel("sdpa_per_example", True, "fp32 on a GPU")],
+                         ids=lambda k: f"{k.name}{'-repeated' if k.repeat_kv else ''}")
+@pytest.mark.parametrize("model_type", ["mistral", "qwen3", "gemma3_text", "deepseek_v3"])
+def test_the_gpu_kernels_are_the_models_own_function(model_type, kernel, monkeypatch):
+    """The kernels a GPU row runs, forced on a CPU (torch's varlen_attn played by its stand-in):
+    a sliding window, q/k norms, mixed layer types and MLA's narrower value heads."""
+    import varlen_standin
+
+    from trainer import attention
+
+    standin = varlen_standin.varlen_attn_2_11 if kernel.repeat_kv else varlen_standin.varlen_attn_2_12
+    monkeypatch.setattr(attention, "_torch_varlen_attn", standin)
+    monkeypatch.setattr(attention, "_require_16bit_cuda", lambda name, query: None)
+    samples = examples()
+    lm, path = build(model_type, family_job(model_type))
+    assert path.name == families.VARLEN
+    want_logits, want_loss = reference(lm, model_type, samples)
+    try:
+        lm.set_attn_implementation(attention.register(kernel))
+        batch = collate(samples, 0, path.name, padding_free=True)
+        with torch.no_grad():
+            loss = CausalLMLoss(lm)(**batch)
+            inputs = {k: v for k, v in batch.items() if k not in ("labels", "answer_positions")}
+            logits = lm(**inputs, use_cache=False).logits
+    finally:
+        attention.register()
+    for i, (a, b) in enumerate(zip(per_example_logits(batch, logits, samples, True), want_logits, strict=True)):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4, msg=f"{model_type} {kernel.name} example {i}")
+    torch.testing.assert_close(loss.double(), want_loss, atol=1e-4, rtol=1e-5)
 
 
 def test_the_fast_path_stays_the_default_where_it_is_exact():

@@ -84,9 +84,17 @@ def test_sharded_nf4_base_trains_like_one_process_resumes_exactly_and_loads_over
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("world", [2, 3, 4])
-def test_quantizing_each_ranks_rows_gives_the_shards_of_the_whole_weight(dtype, world):
-    """What each rank quantizes from its own rows, with the block absmax values of all ranks,
-    is bit for bit the rows torch.chunk gives of the whole weight quantized at once."""
+def test_quantizing_each_ranks_rows_gives_the_shards_of_the_whole_weight(dtype, world, monkeypatch):
+    """The trainer's `fill_shard` on every rank, each reading its own rows only, leaves each
+    rank's NF4 shard bit for bit the rows torch.chunk gives of the whole weight quantized at once.
+
+    The ranks are threads, and `torch.distributed.all_gather` a stand-in for gloo's: every rank
+    hands in a tensor of one shape and gets every rank's back, in rank order, once all have
+    arrived (a barrier). The sharded parameter is what fill_shard reads of FSDP2's DTensor:
+    the global shape, and the local NF4 shard as `_local_tensor`."""
+    import threading
+    from types import SimpleNamespace
+
     import torch
 
     from ftcore import policy
@@ -96,12 +104,48 @@ def test_quantizing_each_ranks_rows_gives_the_shards_of_the_whole_weight(dtype, 
     torch.manual_seed(0)
     weight = torch.randn(96 * world, 512, dtype=getattr(torch, dtype)) * torch.rand(96 * world, 1) * 0.1
     whole = nf4.to_nf4(weight, 64, 256)
-    spans = [policy.shard_span(weight.shape[0], world, r) for r in range(world)]
-    all_absmax = torch.cat([quantize.block_absmax(weight[a:b], 64) for a, b in spans])
-    for rank, (start, stop) in enumerate(spans):
-        ours = quantize.quantize_rows(weight[start:stop].contiguous(), 64, 256, all_absmax,
-                                      first_block=start * weight.shape[1] // 64)
-        theirs = torch.chunk(whole, world, dim=0)[rank]
+    arrived = threading.Barrier(world)
+    handed: dict[int, torch.Tensor] = {}
+
+    def all_gather(outputs, tensor, group=None):
+        rank = int(threading.current_thread().name)
+        assert len(outputs) == world and all(o.shape == tensor.shape and o.dtype == tensor.dtype for o in outputs)
+        handed[rank] = tensor.clone()
+        arrived.wait(timeout=30)
+        for source, output in enumerate(outputs):
+            output.copy_(handed[source])
+        arrived.wait(timeout=30)  # nobody hands in the next weight before all have read this one
+
+    monkeypatch.setattr(torch.distributed, "all_gather", all_gather)
+    reads: dict[int, tuple[int, int]] = {}
+    shards: dict[int, object] = {}
+    failures: list[BaseException] = []
+
+    def rank_fills(rank: int) -> None:
+        try:
+            start, stop = policy.shard_span(weight.shape[0], world, rank)
+            local = nf4.to_nf4(torch.zeros(stop - start, weight.shape[1], dtype=weight.dtype), 64, 256)
+            param = SimpleNamespace(_local_tensor=local, shape=weight.shape)
+
+            def read_rows(a, b):
+                reads[rank] = (a, b)
+                return weight[a:b]
+
+            assert quantize.fill_shard(param, read_rows, rank, world) == stop - start
+            shards[rank] = local
+        except BaseException as err:  # noqa: BLE001 - reported by the main thread
+            failures.append(err)
+            arrived.abort()
+
+    threads = [threading.Thread(target=rank_fills, args=(r,), name=str(r)) for r in range(world)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures
+    assert reads == {r: policy.shard_span(weight.shape[0], world, r) for r in range(world)}  # its own rows only
+    for rank in range(world):
+        ours, theirs = shards[rank], torch.chunk(whole, world, dim=0)[rank]
         for name in theirs.__tensor_flatten__()[0]:
             assert torch.equal(getattr(ours, name), getattr(theirs, name)), (rank, name)
         assert torch.equal(ours.get_original_weight(), theirs.get_original_weight())
