@@ -542,9 +542,9 @@ def _contained(spec: dict, rootfs: str, command: list[str], record: dict) -> int
     view.add("/dev", "/dev", kind="dev")
     for folder in ("/tmp", "/var/run", "/var/lock"):  # /var/run → /run in Debian: mounted where it leads
         view.add("tmpfs", view.resolve(folder) or folder, kind="tmpfs")
-    for path in CONFIG_FILES:
-        if os.path.exists(path) and view.resolve(path) is not None:
-            view.add(path, view.resolve(path), "ro")
+    for path in CONFIG_FILES:  # x-create=file: made in the image when it lacks them
+        if os.path.exists(path):
+            view.add(path, view.resolve(path) or path, "ro")
     host = dict(os.environ)
     home = host.get("HOME") or os.path.expanduser("~")
     if spec.get("mount_home") and os.path.isdir(home):
