@@ -1,6 +1,6 @@
 """The container runtimes a job may name (`container.runtime`): one registry.
 
-    singularity, apptainer   `srun apptainer exec --nv --bind ... IMAGE python -m trainer`
+    apptainer, singularity   `srun apptainer exec --nv --bind ... IMAGE python -m trainer`
     pyxis                    `srun --container-image=IMAGE --container-mounts=... python -m trainer`
     none                     `srun python -m trainer` with the host's Python (slurm.setup prepares it)
 
@@ -21,8 +21,8 @@ class Entry(NamedTuple):
 
 
 RUNTIMES: dict[str, Entry] = {
-    "singularity": Entry("launcher.apptainer:Singularity"),
     "apptainer": Entry("launcher.apptainer:Apptainer"),
+    "singularity": Entry("launcher.apptainer:Singularity"),
     "pyxis": Entry("launcher.pyxis:Pyxis"),
     "none": Entry("launcher.bare:Bare", image=False),
 }

@@ -27,6 +27,7 @@ class Apptainer(Runtime):
     # Transports `apptainer pull` converts to a SIF.
     uri_prefixes = ("docker://", "docker-daemon://", "oras://", "library://", "shub://", "https://", "http://")
     suffix = ".sif"
+    discovered = True
 
     def default_binds(self, home: str) -> tuple[str, ...]:
         return (home, *SYSTEM_BINDS)

@@ -28,8 +28,6 @@ from ftcore import contract
 from ftcore.errors import UserError
 from launcher import paths, runtime, sharedcache
 
-# What `ft image` uses when neither --runtime nor the profile names a runtime: the first on PATH.
-RUNTIMES = ("apptainer", "singularity")
 CHECK_TIMEOUT_S = 600
 
 
@@ -51,9 +49,9 @@ def image_to_run(container) -> str:
 
 
 def find_runtime(preferred: str | None = None) -> str | None:
-    """The runtime to use here: `preferred` where its program is on PATH, else apptainer, else
-    singularity (None: none of them here)."""
-    for name in ([preferred] if preferred else RUNTIMES):
+    """The runtime to use here: `preferred` where its program is on PATH, else the first runtime
+    found on PATH that `ft image` looks for unasked (apptainer, singularity); None: none here."""
+    for name in ([preferred] if preferred else runtime.discovered()):
         if runtime.get(name).here():
             return name
     return None

@@ -48,6 +48,8 @@ class Runtime:
     suffix: ClassVar[str] = ""
     # The tasks fetch a URI image themselves when it was not pulled before (each node, at start).
     imports_at_start: ClassVar[bool] = False
+    # `ft image` uses it, when its program is on PATH, where no runtime is named.
+    discovered: ClassVar[bool] = False
 
     def here(self) -> str | None:
         """The runtime's program on this machine's PATH, or None."""
@@ -125,6 +127,11 @@ def get(name: str) -> Runtime:
         raise UserError(f"unknown container runtime {name!r}: choose {', '.join(runtimes.names())}")
     module, _, cls = entry.target.partition(":")
     return getattr(importlib.import_module(module), cls)()
+
+
+def discovered() -> tuple[str, ...]:
+    """The runtimes `ft image` looks for on PATH when none is named, in the registry's order."""
+    return tuple(name for name in runtimes.names() if get(name).discovered)
 
 
 def of(container: "ContainerConfig") -> Runtime:
