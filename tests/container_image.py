@@ -28,6 +28,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 MAKE_IMAGE = REPO / "scripts" / "make-test-image.sh"
 STANDIN = REPO / "tests" / "standin"
+PYXIS_STANDIN = STANDIN / "pyxis"
 STOCK_URI = "docker://ft-test/stock:latest"
 
 
@@ -178,6 +179,24 @@ class ContainerSite:
         records = [json.loads(line) for line in lines]
         return [r for r in records if r.get("ok") and (r.get("command") == [kind] if kind != "exec"
                                                         else "mounts" in r)]
+
+
+def pyxis_env(squashfs: Path) -> dict:
+    """The Pyxis stand-in's srun and enroot first on PATH (no Apptainer stand-in), its unsquashed
+    images kept beside the stock squashfs so that each is extracted once per machine."""
+    return {"PATH": f"{PYXIS_STANDIN}{os.pathsep}{os.environ['PATH']}",
+            "FT_STANDIN_ENROOT_DATA": str(squashfs.parent / "enroot-data")}
+
+
+@pytest.fixture
+def pyxis_site(container_site, stock_squashfs) -> ContainerSite:
+    """container_site for Pyxis: the stock squashfs also served by the stand-in registry as
+    STOCK_URI, the Pyxis stand-in on PATH."""
+    site = container_site
+    (site.registry / "ft-test" / "stock" / "latest.sqsh").symlink_to(stock_squashfs)
+    site.squashfs = stock_squashfs
+    site.env = {**site.env, **pyxis_env(stock_squashfs)}
+    return site
 
 
 @contextmanager

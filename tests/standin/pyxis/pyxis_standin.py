@@ -350,12 +350,23 @@ def is_squashfs(path: str) -> bool:
         return False
 
 
+def _identity(sqsh: str) -> str:
+    """What tells one squashfs from another, copies of one alike: its superblock (creation time,
+    size) and its first and last 64 KiB."""
+    digest = hashlib.sha256()
+    size = os.path.getsize(sqsh)
+    with open(sqsh, "rb") as handle:
+        digest.update(handle.read(1 << 16))
+        handle.seek(max(0, size - (1 << 16)))
+        digest.update(handle.read())
+    digest.update(str(size).encode())
+    return digest.hexdigest()[:16]
+
+
 def extracted(sqsh: str) -> str:
-    """The root filesystem of a squashfs file, unsquashed once per file (its identity: path,
-    inode, size, modification time) under a lock; what a direct squashfs start mounts."""
-    stat = os.stat(sqsh)
-    key = hashlib.sha256(json.dumps([os.path.realpath(sqsh), stat.st_ino, stat.st_size,
-                                     stat.st_mtime_ns]).encode()).hexdigest()[:16]
+    """The root filesystem of a squashfs file, unsquashed once per image (copies of one file
+    alike) under a lock; what a direct squashfs start mounts."""
+    key = _identity(sqsh)
     folder = os.path.join(data_dir(), "images", key)
     rootfs = os.path.join(folder, "rootfs")
     os.makedirs(folder, exist_ok=True)
@@ -561,12 +572,9 @@ def _contained(spec: dict, rootfs: str, command: list[str], record: dict) -> int
     # spank_import_container_env), except the names in --container-env.
     image_env = _image_environment(rootfs, host)
     env = {k: v for k, v in host.items() if k not in ("LANG", "LANGUAGE", "LC_ALL") or k in spec["env"]}
-    env.update({"PATH": DEFAULT_PATH, "TERM": host.get("TERM", "")})
-    if spec.get("mount_home"):
-        env["HOME"] = home
-    for key, value in image_env.items():
-        if key not in spec["env"]:
-            env[key] = value
+    container = {"PATH": DEFAULT_PATH, "TERM": host.get("TERM", ""), **({"HOME": home} if spec.get("mount_home") else {}),
+                 **image_env}
+    env.update({key: value for key, value in container.items() if key not in spec["env"]})
     workdir = spec.get("workdir") or _image_workdir(rootfs)
     made = any(m["dst"].startswith(workdir.rstrip("/") + "/") for m in view.mounts)  # a mount point's parent
     if not made and not os.path.isdir(view.host_path(workdir) or "/nonexistent"):
