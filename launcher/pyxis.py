@@ -2,7 +2,7 @@
 
     srun --kill-on-bad-exit=1 --label --container-image=/shared/ft/images/pytorch_25.01-py3-<hash>.sqsh \\
         --container-mounts=/home/me/ft/jobs/J,/data/train.jsonl:/data/train.jsonl:ro,... \\
-        --container-workdir=/home/me/ft/jobs/J --container-name=ft-"$SLURM_JOB_ID" \\
+        --container-workdir=/home/me/ft/jobs/J --container-name=ft-"${SLURM_JOB_ID:?}" \\
         --container-mount-home --container-env=HF_HUB_CACHE \\
         env PYTHONPATH=/opt/ft python -m trainer --config "$FT_CONFIG"
 
@@ -19,7 +19,8 @@ on the one srun line. What ft decides, and why:
   code is set on the command (`env PYTHONPATH=...`), as Apptainer's `--env` sets it.
 * `--container-workdir`: the job folder (enroot would start in the image's WORKDIR).
 * `--container-name=ft-<job id>`: later steps of the same job, and the same job requeued on the
-  same node, reuse the container instead of importing again. Pyxis removes it at the job's end
+  same node, reuse the container instead of importing again (outside a job the line refuses
+  to run rather than share one name between images). Pyxis removes it at the job's end
   where the site sets `container_scope=job`; with the default global scope `enroot remove`
   cleans nodes.
 * The image: a local squashfs file (`.sqsh`) as its absolute path; a docker reference in

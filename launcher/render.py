@@ -29,7 +29,7 @@ from launcher import __version__, paths, runtime, scheduler, stage
 TEMPLATE = "sbatch.sh.j2"
 _CONFIG_MARK = "@FT_CONFIG@"  # stands for "$FT_CONFIG" until the command is quoted
 # Words that stand for the script's variables until the command is quoted.
-_MARKS = {_CONFIG_MARK: '"$FT_CONFIG"', runtime.JOB_ID: '"$SLURM_JOB_ID"'}
+_MARKS = {_CONFIG_MARK: '"$FT_CONFIG"', runtime.JOB_ID: '"${SLURM_JOB_ID:?}"'}  # no job, no line
 
 
 def q(value: object) -> str:

@@ -115,13 +115,13 @@ def test_pyxis_hands_srun_its_options_and_mounts_what_the_job_needs(tmp_path):
     assert str(folder) in mounts and f"{model}:{model}:ro" in mounts and f"{data}:{data}:ro" in mounts
     assert options["--container-workdir"] == str(folder)
     assert options["--container-env"] == "OMP_NUM_THREADS"  # ft's exports win over the image's values
-    assert options["--container-name"] == "ft-$SLURM_JOB_ID" and "--container-mount-home" in words
+    assert options["--container-name"] == "ft-${SLURM_JOB_ID:?}" and "--container-mount-home" in words
     assert words[words.index("--container-mount-home") + 1:][:5] == ["--container-env=OMP_NUM_THREADS", "env",
                                                                       f"PYTHONPATH={contract.MOUNT_POINT}",
                                                                       "python", "-m"]
     assert not any(w in ("exec", "--nv", "--bind") for w in words)  # no wrapper: srun runs the image
     script = render.render_sbatch(job, folder)
-    assert '--container-name=ft-"$SLURM_JOB_ID"' in script and "export OMP_NUM_THREADS=4" in script
+    assert '--container-name=ft-"${SLURM_JOB_ID:?}"' in script and "export OMP_NUM_THREADS=4" in script
 
 
 @pytest.mark.parametrize("given, enroot", [

@@ -8,11 +8,13 @@ folder: every path the job needs must reach the container through --container-mo
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from container_image import PYXIS_STANDIN
 from slurm_cluster import wait_for_job
 
 pytestmark = [pytest.mark.slurm]
@@ -65,3 +67,17 @@ def test_the_rendered_pyxis_script_passes_sbatch_test_only(slurm_cluster, ft, py
     refused = subprocess.run(["sbatch", "--test-only", str(script)], capture_output=True, text=True, timeout=60,
                              cwd=tmp_path)
     assert refused.returncode != 0 and "node configuration is not available" in refused.stderr
+
+
+def test_image_check_runs_through_srun_where_enroot_is_absent(slurm_cluster, ft, pyxis_site, tmp_path):
+    """A login node with Pyxis's srun but no enroot: `ft image check --runtime pyxis` runs the probe
+    in a one-task job step, `srun --container-image`."""
+    site = pyxis_site
+    only_srun = tmp_path / "bin"
+    only_srun.mkdir()
+    (only_srun / "srun").symlink_to(PYXIS_STANDIN / "srun")
+    env = {**site.env, "PATH": f"{only_srun}{os.pathsep}{os.environ['PATH']}"}
+    result = ft("image", "check", str(site.squashfs), "--runtime", "pyxis", env=env)
+    assert result.returncode == 0 and "ok: this image can run ft's trainer" in result.stdout, result.stderr
+    (probe,) = [c for c in site.calls() if c["command"][-2:] == ["-m", "ftcore.contract"]]
+    assert probe["slurm"].get("SLURM_JOB_ID") and probe["spec"]["image"] == str(site.squashfs)

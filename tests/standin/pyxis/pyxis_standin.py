@@ -137,9 +137,10 @@ def _record(tool: str, argv: list[str]) -> dict:
 
 def real_srun() -> str:
     """The next `srun` on PATH after this folder: SLURM's own."""
+    wrapper = os.path.realpath(os.path.join(HERE, "srun"))
     for folder in os.environ.get("PATH", "").split(os.pathsep):
-        candidate = os.path.join(folder, "srun")
-        if os.path.realpath(folder or ".") != os.path.realpath(HERE) and os.access(candidate, os.X_OK):
+        candidate = os.path.join(folder or ".", "srun")
+        if os.access(candidate, os.X_OK) and os.path.realpath(candidate) != wrapper:
             return candidate
     raise Refused("srun: command not found (the stand-in wraps SLURM's srun, which is not on PATH)", 127)
 
