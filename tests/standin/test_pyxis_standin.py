@@ -110,6 +110,10 @@ def test_container_env_keeps_the_hosts_value_over_the_images(task):
 
 def test_workdir_and_refusals_in_pyxis_words(task, tmp_path):
     assert task(["pwd"], workdir="/usr/lib").stdout.strip() == "/usr/lib"
+    interfaces = ["sh", "-c", "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '"]
+    assert task(interfaces).stdout.split() != ["lo"]  # the host's network
+    assert task(interfaces, unshare=["net"]).stdout.split() == ["lo"]  # --container-unshare=net: loopback only
+    assert "not implemented" in task(["true"], save="/tmp/x.sqsh").stderr
     missing = task(["true"], mounts=[{"src": str(tmp_path / "gone"), "dst": "/x", "flags": []}])
     assert missing.returncode == 1
     assert f"slurmstepd: error: pyxis: --container-mounts: source path does not exist: {tmp_path / 'gone'}" in missing.stderr

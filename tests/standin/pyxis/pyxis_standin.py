@@ -32,6 +32,8 @@ What a task sees, as with Pyxis + enroot's default configuration:
   `--container-env`, whose host values win (Pyxis's rule); PATH is the image's;
 * the working directory: `--container-workdir`, else the image's WORKDIR (the `cd` in its
   /etc/rc), else /;
+* `--container-unshare net,ipc,uts`: new namespaces (bubblewrap's --unshare-*);
+  `--container-save` is refused as not implemented by the stand-in;
 * `--container-name NAME[:FLAG]`: a named container (pyxis_NAME, Pyxis's default global scope,
   one per node) is kept after the task and reused by later steps, the import skipped, whatever
   image is named then; unnamed ones are gone when the task ends.
@@ -539,6 +541,8 @@ def run_task(spec: dict, command: list[str], record: dict) -> int:
         unknown = [f for f in mount["flags"] if f not in MOUNT_FLAGS]
         if unknown:
             raise Refused(f"[ERROR] Invalid mount option: {unknown[0]} ({mount['src']}:{mount['dst']})")
+    if spec.get("save"):
+        raise Refused("stand-in: --container-save (exporting the container to a squashfs) is not implemented")
     rootfs, private = container_root(spec, record)
     try:
         return _contained(spec, rootfs, command, record)
@@ -588,7 +592,8 @@ def _contained(spec: dict, rootfs: str, command: list[str], record: dict) -> int
               '{ echo "slurmstepd: error: execve(): $1: No such file or directory" >&2; exit 2; } ;; esac\n'
               'exec env --default-signal "$@"')
     read_fd, write_fd = os.pipe()
-    argv = [bwrap, "--die-with-parent", "--info-fd", str(write_fd), *view.bwrap_args(), "--chdir", workdir,
+    unshare = [f"--unshare-{namespace}" for namespace in spec.get("unshare", [])]  # --container-unshare
+    argv = [bwrap, "--die-with-parent", *unshare, "--info-fd", str(write_fd), *view.bwrap_args(), "--chdir", workdir,
             "--", "/bin/sh", "-c", action, "sh", *command]
     record.update(ok=True, root=rootfs, mounts=view.mounts, pwd=workdir, env=env, command=command)
     log(record)
