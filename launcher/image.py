@@ -31,16 +31,7 @@ from launcher import paths, runtime, sharedcache
 CHECK_TIMEOUT_S = 600
 
 
-def is_uri(image: str, runtime_name: str = "apptainer") -> bool:
-    return runtime.get(runtime_name).is_uri(image)
-
-
 cache_dir = runtime.cache_dir
-
-
-def sif_name(uri: str) -> str:
-    """`docker://nvcr.io/nvidia/nemo:25.07` → `nemo_25.07-<hash>.sif`: readable, and unique per URI."""
-    return runtime.get("apptainer").cached_name(uri)
 
 
 def image_to_run(container) -> str:

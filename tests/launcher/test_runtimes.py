@@ -76,7 +76,7 @@ def test_no_module_tests_a_runtime_by_name():
     """Only the runtime modules and the registry know the names: elsewhere a comparison with a
     runtime's name, or the names themselves, would be a second owner of the fact."""
     own = {"runtime.py", "apptainer.py", "pyxis.py", "bare.py"}
-    pattern = re.compile(r"runtime\s*(==|!=|in\s*\()|[\"'](singularity|pyxis)[\"']")
+    pattern = re.compile(r"runtime\s*(==|!=|in\s*\()|[\"'](apptainer|singularity|pyxis)[\"']")
     offenders = []
     for path in sorted((REPO / "launcher").glob("*.py")):
         if path.name in own:
