@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ftcore import dtypes, families, formats, secrets, shipped
+from ftcore import dtypes, families, formats, runtimes, secrets, shipped
 from ftcore.errors import UserError
 
 # Characters that may never reach a rendered script, whatever the quoting: a newline in an
@@ -404,8 +404,9 @@ class ResumeConfig(_Section):
 
 
 class ContainerConfig(_Section):
-    runtime: Literal["singularity", "apptainer", "none"] = Field(
-        "singularity", description="`none` runs the same command on the host, without a container."
+    runtime: str = Field(
+        "singularity", description="singularity, apptainer, pyxis (srun --container-image), or `none`: the "
+        "same command on the host, without a container. The names are ftcore/runtimes.py's."
     )
     image: str | None = Field(
         None, description="Image: a local .sif path or a URI (docker://, oras://, library://)."
@@ -440,6 +441,13 @@ class ContainerConfig(_Section):
         description="Besides you and root, who may own the SIFs in a shared cache_dir that your "
         "jobs run: user names, or `group:NAME` for a group's members. Others' images are refused.",
     )
+
+    @field_validator("runtime")
+    @classmethod
+    def _known_runtime(cls, value: str) -> str:
+        if value not in runtimes.RUNTIMES:
+            raise ValueError(f"expected {', '.join(map(repr, runtimes.names()))} (got {value!r})")
+        return value
 
     @field_validator("image")
     @classmethod
@@ -677,7 +685,7 @@ class Job(_Section):
                 "model.meta_init fills FSDP2 shards: it needs trainer.strategy=fsdp2 (the default for peft=none)"
             )
         problems += families.problems(self, None)
-        if self.container.runtime != "none" and not self.container.image:
+        if runtimes.RUNTIMES[self.container.runtime].image and not self.container.image:
             problems.append(
                 f"container.runtime={self.container.runtime} needs container.image "
                 "(or container.runtime=none to run without a container)"

@@ -845,25 +845,26 @@ def plan_cmd(
 image_app = typer.Typer(help="Container images: check one against the image contract, pull a URI once.",
                         no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(image_app, name="image")
-RuntimeOpt = typer.Option(None, "--runtime", help="apptainer or singularity (default: the profile's, else the one on PATH).")
+RuntimeOpt = typer.Option(None, "--runtime", help="apptainer, singularity or pyxis (default: the profile's, else the one on PATH).")
 
 
 def _container(image: str, runtime: str | None, profile: str | None, **fields):
     """The profile's container settings for `image`, with the runtime to use here."""
     from ftcore.errors import UserError
     from ftcore.schema import ContainerConfig
-    from launcher import config, image as images
+    from launcher import config, image as images, runtime as runtimes
 
     settings = dict(config.load_profile(profile)[0].get("container") or {})
     settings.update(image=image, **{k: v for k, v in fields.items() if v is not None})
-    wanted = runtime or (settings.get("runtime") if settings.get("runtime") not in (None, "none") else None)
+    wanted = runtime or settings.get("runtime")
+    if wanted and not runtimes.get(wanted).contained:
+        wanted = None  # a bare-metal profile: the image is checked with the runtime found here
     found = images.find_runtime(wanted)
-    if found is None:
-        raise UserError(f"{wanted} is not on PATH here" if wanted else
-                        "neither apptainer nor singularity is on PATH here",
+    if found is None and not wanted:
+        raise UserError("neither apptainer nor singularity is on PATH here",
                         hint="run this where the container runtime is installed (often the login node, "
                              "or a compute node through srun)")
-    settings["runtime"] = found
+    settings["runtime"] = found or wanted
     try:
         return ContainerConfig(**settings)
     except ValueError as err:
@@ -872,7 +873,7 @@ def _container(image: str, runtime: str | None, profile: str | None, **fields):
 
 @image_app.command("check")
 def image_check_cmd(
-    image: str = typer.Argument(..., help="A .sif file, a sandbox folder, or a URI pulled before with `ft image pull`."),
+    image: str = typer.Argument(..., help="A .sif or .sqsh file, a sandbox folder, or a URI (pulled before with `ft image pull`, or for pyxis imported by the check's srun)."),
     runtime: Optional[str] = RuntimeOpt,
     python: Optional[str] = typer.Option(None, "--python", help="The image's Python (default: `python`)."),
     profile: Optional[str] = ProfileOpt,
@@ -881,12 +882,15 @@ def image_check_cmd(
     from ftcore.errors import UserError
     from launcher import image as images
 
+    from launcher import runtime as runtimes
+
     container = _container(image, runtime, profile, python=python)
-    local = images.image_to_run(container)
-    if images.is_uri(image) and not Path(local).is_file():
-        raise UserError(f"{image} is not pulled yet", hint=f"ft image pull {image}")
-    if images.is_uri(image):
+    rt = runtimes.of(container)
+    local = rt.image_to_run(container)
+    if rt.is_uri(image) and rt.cached(container).is_file():
         images.check_trusted(container, Path(local))
+    elif rt.needs_pull(container) and not rt.imports_at_start:
+        raise UserError(f"{image} is not pulled yet", hint=f"ft image pull {image}")
     report = images.check(container, local)
     print("\n".join(report.lines()))
     if report.problems:
@@ -896,12 +900,12 @@ def image_check_cmd(
 
 @image_app.command("pull")
 def image_pull_cmd(
-    uri: str = typer.Argument(..., help="docker://, oras:// or library:// image."),
+    uri: str = typer.Argument(..., help="docker://, oras:// or library:// image (pyxis: docker:// or enroot's REGISTRY#IMAGE)."),
     runtime: Optional[str] = RuntimeOpt,
     cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Where SIF files are kept (default: container.cache_dir, else $FT_HOME/images)."),
     profile: Optional[str] = ProfileOpt,
 ) -> None:
-    """Convert a URI image to a SIF once, into the image cache (locked, atomic); print its path."""
+    """Convert a URI image to a SIF (pyxis: enroot import to .sqsh) once, into the image cache (locked, atomic); print its path."""
     from launcher import image as images
 
     container = _container(uri, runtime, profile, cache_dir=cache_dir)

@@ -1,15 +1,16 @@
 """Container images on the login node: pulled once, checked once.
 
-    ft image check IMAGE      # Python, torch, CUDA and the contract's packages inside IMAGE
-    ft image pull URI         # docker:// (oras://, library://) → one SIF in the image cache
+    ft image check IMAGE [--runtime pyxis]   # Python, torch, CUDA and the contract's packages inside IMAGE
+    ft image pull URI [--runtime pyxis]      # docker:// → one SIF (Apptainer) or .sqsh (enroot) in the image cache
 
-A URI image is converted to a SIF once, here on the login node, into `container.cache_dir`
-(default $FT_HOME/images, which compute nodes see like the job folders): under a lock, into
-a temporary name renamed into place, so two pulls at once give one complete SIF and a
-failed pull leaves no file. `ft submit` pulls a URI image before it writes anything and
-renders the cached SIF's path, so no srun task ever pulls. It then runs the image check
-once per image (remembered by path, size and modification time under $FT_HOME) and refuses
-an image that cannot run the trainer. Nothing here imports torch.
+A URI image is converted to one file once, here on the login node, into `container.cache_dir`
+(default $FT_HOME/images, which compute nodes see like the job folders) by the job's runtime
+(`apptainer pull`, `enroot import`; launcher/runtime.py): under a lock, into a temporary name
+renamed into place, so two pulls at once give one complete image and a failed pull leaves no
+file. `ft submit` pulls a URI image before it writes anything and renders the cached file's
+path, so no srun task pulls. It then runs the image check once per image (remembered by
+path, size and modification time under $FT_HOME) and refuses an image that cannot run the
+trainer. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ import contextlib
 import hashlib
 import json
 import os
-import re
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -27,59 +26,45 @@ from pathlib import Path
 
 from ftcore import contract
 from ftcore.errors import UserError
-from launcher import paths, sharedcache
+from launcher import paths, runtime, sharedcache
 
-# Transports `singularity/apptainer pull` converts to a SIF.
-URI_PREFIXES = ("docker://", "docker-daemon://", "oras://", "library://", "shub://", "https://", "http://")
-RUNTIMES = ("apptainer", "singularity")
 CHECK_TIMEOUT_S = 600
 
 
-def is_uri(image: str) -> bool:
-    return image.startswith(URI_PREFIXES)
-
-
-def cache_dir(container) -> Path:
-    return Path(container.cache_dir).expanduser() if container.cache_dir else paths.ft_home() / "images"
-
-
-def sif_name(uri: str) -> str:
-    """`docker://nvcr.io/nvidia/nemo:25.07` → `nemo_25.07-<hash>.sif`: readable, and unique per URI."""
-    last = uri.split("://", 1)[1].rstrip("/").rsplit("/", 1)[-1]
-    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", last.replace(":", "_").replace("@", "_"))[:60]
-    return f"{readable}-{hashlib.sha256(uri.encode()).hexdigest()[:12]}.sif"
+cache_dir = runtime.cache_dir
 
 
 def image_to_run(container) -> str:
-    """The image the job's tasks run: a local path as given, a URI's cached SIF."""
-    image = str(container.image)
-    return str(cache_dir(container) / sif_name(image)) if is_uri(image) else image
+    """The image the job's tasks run: a local path as given, a URI's cached file."""
+    return runtime.of(container).image_to_run(container)
 
 
 def find_runtime(preferred: str | None = None) -> str | None:
-    """The runtime program on PATH: `preferred`, else apptainer, else singularity."""
-    for name in ([preferred] if preferred else RUNTIMES):
-        if shutil.which(name):
+    """The runtime to use here: `preferred` where its program is on PATH, else the first runtime
+    found on PATH that `ft image` looks for unasked (apptainer, singularity); None: none here."""
+    for name in ([preferred] if preferred else runtime.discovered()):
+        if runtime.get(name).here():
             return name
     return None
 
 
 # ---------------------------------------------------------------- pull
 
-def pull(uri: str, folder: Path, runtime: str, echo=None) -> tuple[Path, bool]:
-    """The SIF for `uri` in `folder`, pulled if absent: (path, pulled now?).
+def pull(uri: str, folder: Path, runtime_name: str, echo=None) -> tuple[Path, bool]:
+    """The image file for `uri` in `folder`, pulled if absent: (path, pulled now?).
 
     Under an exclusive lock per image: a second pull of the same URI waits and then finds
-    the SIF. The runtime writes a temporary name that is renamed into place only once it
-    succeeded, so the SIF's name never shows a partial file."""
-    if not is_uri(uri):
-        raise UserError(f"{uri} is not an image URI (docker://, oras://, library://...): nothing to pull")
-    if shutil.which(runtime) is None:
-        raise UserError(f"pulling {uri} needs {runtime}, which is not on PATH here",
-                        hint="run `ft image pull` where Apptainer or Singularity is installed (the login "
-                             "node, or a compute node: the cache folder is shared), or give a .sif path")
+    the file. The runtime writes a temporary name that is renamed into place only once it
+    succeeded, so the image's name never shows a partial file."""
+    rt = runtime.get(runtime_name)
+    if not rt.is_uri(uri):
+        raise UserError(f"{uri} is not an image URI ({', '.join(rt.uri_prefixes) or 'none'}): nothing to pull")
+    if not rt.here():
+        raise UserError(f"pulling {uri} needs {rt.program}, which is not on PATH here",
+                        hint=f"run `ft image pull` where {rt.program} is installed (the login node, or a "
+                             f"compute node: the cache folder is shared), or give a local image path")
     sharedcache.make_dir(folder)
-    final = folder / sif_name(uri)
+    final = folder / rt.cached_name(uri)
     with sharedcache.lock(folder / f".{final.name}.lock"):
         if final.is_file():
             return final, False
@@ -88,9 +73,10 @@ def pull(uri: str, folder: Path, runtime: str, echo=None) -> tuple[Path, bool]:
                 stale.unlink(missing_ok=True)
         partial = folder / f".{final.name}.partial-{os.getpid()}"
         try:
-            code, said = _stream([runtime, "pull", str(partial), uri], echo)
+            argv = rt.pull_argv(uri, partial)
+            code, said = _stream(argv, echo)
             if code != 0 or not partial.is_file():
-                raise UserError(f"{runtime} pull {uri} failed (exit {code}); no image was kept",
+                raise UserError(f"{' '.join(argv[:2])} {uri} failed (exit {code}); no image was kept",
                                 *[line for line in said if line.strip()][-15:],
                                 hint="nothing was submitted")
             # What was pulled, so that a job can tell later that this is still it.
@@ -102,8 +88,8 @@ def pull(uri: str, folder: Path, runtime: str, echo=None) -> tuple[Path, bool]:
 
 
 def trust_problem(container, sif: Path) -> str | None:
-    """Why a SIF in the image cache must not run (None: it may): another owner than you, root
-    or container.trusted_owners, for the SIF or its recorded digest; or a changed SIF."""
+    """Why an image in the image cache must not run (None: it may): another owner than you, root
+    or container.trusted_owners, for the file or its recorded digest; or a changed file."""
     problem = sharedcache.untrusted([sif, sharedcache.digest_path(sif)], container.trusted_owners,
                                     "container.trusted_owners")
     return problem or sharedcache.digest_problem(sif)
@@ -112,7 +98,7 @@ def trust_problem(container, sif: Path) -> str | None:
 def check_trusted(container, sif: Path) -> None:
     problem = trust_problem(container, sif)
     if problem:
-        raise UserError(f"container.image {container.image}: the cached SIF is refused: {problem}",
+        raise UserError(f"container.image {container.image}: the cached image is refused: {problem}",
                         hint="nothing was submitted")
 
 
@@ -161,20 +147,29 @@ class Report:
         return out
 
 
-def check_argv(container, image: str, python: str = "python") -> list[str]:
+PROBE = ["-m", "ftcore.contract"]
+
+
+def check_argv(container, image: str, python: str = "python", wait_for_allocation: bool = True) -> list[str] | None:
     """The runtime command that prints contract.report() from inside `image`: ft's packages
-    bound in as a job gets them (container.mount_ft), else the image's own ftcore."""
-    argv = [container.runtime, "exec", *(["--nv"] if container.nv else [])]
-    if container.mount_ft:
-        argv += ["--bind", f"{paths.package_dir('ftcore')}:{contract.MOUNT_POINT}/ftcore:ro",
-                 "--env", f"PYTHONPATH={contract.MOUNT_POINT}"]
-    return [*argv, image, python, "-m", "ftcore.contract"]
+    bound in as a job gets them (container.mount_ft), else the image's own ftcore. None where
+    the runtime cannot run it from here."""
+    return runtime.of(container).check_argv(container, image, python, PROBE, wait_for_allocation)
+
+
+def can_check_here(container) -> bool:
+    """The image check answers here at once (no allocation to wait for)."""
+    return check_argv(container, image_to_run(container), wait_for_allocation=False) is not None
 
 
 def check(container, image: str | None = None) -> Report:
     """Run the contract's import check inside the image through the runtime."""
     image = image or image_to_run(container)
     argv = check_argv(container, image, container.python or "python")
+    if argv is None:
+        rt = runtime.of(container)
+        raise UserError(f"the image check needs {rt.program}, which is not on PATH here",
+                        hint="run it where the container runtime is installed")
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=CHECK_TIMEOUT_S)
     except subprocess.TimeoutExpired:

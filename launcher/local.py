@@ -8,7 +8,6 @@ is the job's; `--detach` returns at once and leaves the processes running.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from ftcore import layout, records
 from ftcore.errors import UserError
-from launcher import jobdir, render, stage
+from launcher import jobdir, render, runtime, stage
 from launcher.scheduler import Scheduler
 from ftcore.schema import Job
 
@@ -38,10 +37,8 @@ class Local(Scheduler):
         return "none (local)"
 
     def preflight(self, job: Job, dry_run: bool) -> list[str]:
-        if job.container.runtime != "none" and shutil.which(job.container.runtime) is None:
-            return [f"{job.container.runtime} is not on PATH here: run with container.runtime=none "
-                    "to use this machine's Python"]
-        return []
+        problem = runtime.of(job.container).local_problem()
+        return [problem] if problem else []
 
     def render(self, job: Job, folder: Path, array_size: int = 0, dependency: str | None = None) -> str:
         """The sbatch script, written into the folder as for SLURM: `ft resubmit --executor

@@ -24,10 +24,12 @@ from ftcore import contract, exits, layout, records, rendezvous, schema, shipped
 from ftcore.errors import UserError
 from ftcore.files import expand
 from ftcore.schema import WRITTEN_PATHS, Job
-from launcher import __version__, paths, scheduler, stage
+from launcher import __version__, paths, runtime, scheduler, stage
 
 TEMPLATE = "sbatch.sh.j2"
 _CONFIG_MARK = "@FT_CONFIG@"  # stands for "$FT_CONFIG" until the command is quoted
+# Words that stand for the script's variables until the command is quoted.
+_MARKS = {_CONFIG_MARK: '"$FT_CONFIG"', runtime.JOB_ID: '"${SLURM_JOB_ID:?}"'}  # no job, no line
 
 
 def q(value: object) -> str:
@@ -36,15 +38,15 @@ def q(value: object) -> str:
     return f"'{quoted}'" if quoted.startswith("=") else quoted
 
 
-# Where Apptainer's default configuration binds host folders at the same path: $HOME,
-# /tmp, /var/tmp, /proc, /sys, /dev (apptainer.conf "mount home/tmp/proc/sys/dev"). It
-# binds the working directory too, but ft does not count on it: `sbatch job.sbatch` may be
-# run again from anywhere.
-SYSTEM_BINDS = ("/tmp", "/var/tmp", "/proc", "/sys", "/dev")
+def default_binds(job: Job, home: str | None = None) -> tuple[str, ...]:
+    """What the job's runtime shows at the same path without being asked."""
+    return runtime.of(job.container).default_binds(str(Path(home or Path.home())))
 
 
-def default_binds(home: str | None = None) -> tuple[str, ...]:
-    return (str(Path(home or Path.home())), *SYSTEM_BINDS)
+def _unmark(text: str) -> str:
+    for mark, variable in _MARKS.items():
+        text = text.replace(mark, variable)
+    return text
 
 
 def _covers(outer: str, inner: str) -> bool:
@@ -96,7 +98,7 @@ def plan_binds(job: Job, job_dir: Path, packages: tuple[str, ...] = contract.FT_
             if _covers(dst, contract.MOUNT_POINT) or _covers(contract.MOUNT_POINT, dst):
                 problems.append(f"container.binds entry {spec} mounts over {contract.MOUNT_POINT}, where "
                                 "container.mount_ft puts ft's trainer: choose another destination")
-    defaults = default_binds(home)
+    defaults = default_binds(job, home)
     placed: list[str] = []
     for key, (path, writes) in needed_paths(job, job_dir).items():
         covered = any(_covers(default, path) for default in defaults)
@@ -124,29 +126,27 @@ def plan_binds(job: Job, job_dir: Path, packages: tuple[str, ...] = contract.FT_
 
 
 def container_groups(job: Job, packages: tuple[str, ...] = contract.FT_PACKAGES,
-                     job_dir: Path | None = None) -> list[list[str]]:
-    """`singularity exec --nv --bind ... IMAGE`, in readable groups; [] without a container.
+                     job_dir: Path | None = None, env_names: tuple[str, ...] = ()) -> list[list[str]]:
+    """What the job's runtime puts before the trainer's command, in readable groups
+    (`apptainer exec --nv --bind ... IMAGE`, or Pyxis's srun options); [] without a container.
     The binds are plan_binds' (ft's `packages` read-only at the mount point, on PYTHONPATH,
-    and every path the job needs); the image is the one to run (a URI's cached SIF)."""
-    if job.container.runtime == "none":
-        return []
-    from launcher import image
-
-    groups = [[job.container.runtime, "exec", *(["--nv"] if job.container.nv else [])]]
-    binds, _ = plan_binds(job, job_dir or paths.jobs_root(), packages)
-    groups += [["--bind", bind] for bind in binds]
-    if job.container.mount_ft:
-        groups.append(["--env", f"PYTHONPATH={contract.MOUNT_POINT}"])
-    return [*groups, [image.image_to_run(job.container)]]
+    and every path the job needs); the image is the one to run (a URI's cached file)."""
+    rt = runtime.of(job.container)
+    if not rt.contained:
+        return rt.launch(job, [], "")
+    folder = job_dir or paths.jobs_root()
+    binds, _ = plan_binds(job, folder, packages)
+    return rt.launch(job, binds, rt.image_to_run(job.container), env_names, str(folder))
 
 
 def _python(job: Job) -> str:
-    return job.container.python or ("python" if job.container.runtime != "none" else sys.executable)
+    return job.container.python or ("python" if runtime.of(job.container).contained else sys.executable)
 
 
 def trainer_argv_groups(job: Job, config_path: Path, job_dir: Path | None = None) -> list[list[str]]:
     """The command each task runs, inside the container when there is one, in readable groups."""
-    return [*container_groups(job, job_dir=job_dir or config_path.parent),
+    env_names = tuple(sorted(stage.environment(job)))
+    return [*container_groups(job, job_dir=job_dir or config_path.parent, env_names=env_names),
             [_python(job), "-m", "trainer", "--config", str(config_path)]]
 
 
@@ -157,7 +157,7 @@ def srun_line(job: Job, ft_train_args: list[str]) -> str:
     groups = [*container_groups(job, contract.FT_TRAIN_PACKAGES, paths.jobs_root()),
               [_python(job), "-m", "launcher", "train", *ft_train_args]]
     groups[0] = ["srun", *groups[0]]
-    return " \\\n    ".join(shlex.join(g) for g in groups)
+    return _unmark(" \\\n    ".join(shlex.join(g) for g in groups))
 
 
 def trainer_argv(job: Job, config_path: Path, job_dir: Path | None = None) -> list[str]:
@@ -218,7 +218,7 @@ def render_sbatch(job: Job, job_dir: Path, template: str | None = None, array_si
     env = _environment(str(template_path.parent))
     # Each task reads "$FT_CONFIG", set in the script: a sweep's array tasks each have their own.
     launch = " \\\n    ".join(shlex.join(g) for g in trainer_argv_groups(job, Path(_CONFIG_MARK), job_dir))
-    launch = launch.replace(_CONFIG_MARK, '"$FT_CONFIG"')
+    launch = _unmark(launch)
     if array_size:
         run_dir_line = f'FT_RUN_DIR="$FT_JOB_DIR/{layout.TASKS}/$SLURM_ARRAY_TASK_ID"'
     else:
@@ -292,13 +292,12 @@ def _environment(folder: str):
 def path_problems(job: Job, job_dir: Path) -> list[str]:
     """Host paths the job needs that are not here: a warning under --dry-run (a laptop has
     no cluster paths), a refusal at submit."""
-    from launcher import image
-
     problems = []
     c = job.container
-    if c.runtime != "none" and c.image and not image.is_uri(c.image):
-        if not expand(c.image).exists():
-            problems.append(f"container.image {c.image} does not exist (give a .sif path or a docker:// URI)")
+    rt = runtime.of(c)
+    problem = rt.image_problem(c) if rt.contained and c.image else None
+    if problem:
+        problems.append(problem)
     for bind in c.binds:
         source = bind.split(":", 1)[0]
         if not expand(source).exists():
@@ -338,7 +337,11 @@ def preflight(job: Job, job_dir: Path | None = None, dry_run: bool = False,
     job for another machine, `--cluster`) paths are that machine's to check. What the
     scheduler itself needs (sbatch on PATH) is its own `Scheduler.preflight`."""
     job_dir = job_dir or paths.jobs_root() / "NEW"
-    problems = plan_binds(job, job_dir)[1] if job.container.runtime != "none" else []
+    rt = runtime.of(job.container)
+    problems = []
+    if rt.contained:
+        binds, problems = plan_binds(job, job_dir)
+        problems += rt.mount_problems(binds)
     missing = path_problems(job, job_dir) if paths_here else []
     warnings = missing if dry_run else []
     problems += [] if dry_run else missing

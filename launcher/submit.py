@@ -18,7 +18,7 @@ from ftcore import contract, layout, secrets
 from ftcore.errors import UserError
 from ftcore.files import write_atomic
 from ftcore.schema import job_to_dict
-from launcher import jobdir, paths, render, scheduler, sharedcache, stage as staging
+from launcher import jobdir, paths, render, runtime, scheduler, sharedcache, stage as staging
 from launcher.config import Resolved, differing, resolve
 from launcher.scheduler import SchedulerError, SubmissionUnclear
 
@@ -209,7 +209,7 @@ def host_python_problems(job) -> list[str]:
     import subprocess
     import sys
 
-    if job.container.runtime != "none":
+    if runtime.of(job.container).contained:
         return []
     python = job.container.python or sys.executable
     probe = Path(contract.__file__).read_text()  # run as a script: `--installed` prints installed()
@@ -236,14 +236,12 @@ def host_python_problems(job) -> list[str]:
 
 
 def _not_pulled_yet(job) -> list[str]:
-    from launcher import image
-
     container = job.container
-    local = image.image_to_run(container)
-    if container.runtime == "none" or not image.is_uri(container.image) or Path(local).is_file():
+    rt = runtime.of(container)
+    if not rt.contained or not rt.needs_pull(container):
         return []
-    return [f"dry run: {container.image} is not pulled yet; `ft submit` pulls it into {local} first "
-            f"(or `ft image pull {container.image}`)"]
+    return [f"dry run: {container.image} is not pulled yet; `ft submit` pulls it into {rt.cached(container)} first "
+            f"(or `ft image pull {container.image} --runtime {rt.name}`)"]
 
 
 def ready_image(job, skip_check: bool = False, echo=None) -> list[str]:
@@ -254,30 +252,36 @@ def ready_image(job, skip_check: bool = False, echo=None) -> list[str]:
     from launcher import image
 
     container = job.container
-    if container.runtime == "none":
+    rt = runtime.of(container)
+    if not rt.contained:
         return []
     if "HF_HUB_CACHE" in staging.environment(job):  # bound into the container: it must exist
         sharedcache.make_dir(staging.cache_dir(job))
     notes = []
-    here = shutil.which(container.runtime) is not None
-    local = image.image_to_run(container)
-    if image.is_uri(container.image):
-        if Path(local).is_file():
-            image.check_trusted(container, Path(local))
-            notes.append(f"image {container.image}: the SIF pulled before, {local}")
-        elif not here:
-            raise UserError(f"container.image {container.image} is not pulled yet, and {container.runtime} is not "
-                            "on PATH here to pull it",
-                            hint=f"run `ft image pull {container.image}` where {container.runtime} is installed "
-                                               "(the cache folder is shared), or give a .sif path")
-        else:
-            path, _ = image.pull(container.image, image.cache_dir(container), container.runtime, echo)
+    here = rt.here() is not None
+    if rt.is_uri(str(container.image)):
+        cached = rt.cached(container)
+        if cached.is_file():
+            image.check_trusted(container, cached)
+            notes.append(f"image {container.image}: the {rt.suffix.lstrip('.').upper()} pulled before, {cached}")
+        elif here:
+            path, _ = image.pull(container.image, image.cache_dir(container), rt.name, echo)
             notes.append(f"image {container.image}: pulled once into {path}")
+        elif rt.imports_at_start:
+            notes.append(f"image {container.image}: not imported here ({rt.program} is not on PATH), so each node imports "
+                         f"it when the job starts; `ft image pull {container.image} --runtime {rt.name}` where {rt.program} "
+                         "is installed imports it once into the shared image cache")
+        else:
+            raise UserError(f"container.image {container.image} is not pulled yet, and {rt.program} is not on PATH here "
+                            "to pull it", hint=f"run `ft image pull {container.image}` where {rt.program} is installed "
+                                               "(the cache folder is shared), or give a local image path")
+    local = rt.image_to_run(container)
     if skip_check:
         notes.append("image check skipped (--skip-image-check)")
-    elif not here:
-        notes.append(f"{container.runtime} is not on PATH here, so the image was not checked (the job will tell); "
-                     f"`ft image check {local}` runs the check where {container.runtime} is installed")
+    elif not image.can_check_here(container):
+        notes.append(f"{rt.program} is not on PATH here, so the image was not checked (the job will tell); "
+                     f"`ft image check {local} --runtime {rt.name}` "
+                     f"runs the check where {rt.program} is installed")
     else:
         report, ran = image.check_once(container, local)
         torch = report.found["packages"]["torch"]["version"]
@@ -310,7 +314,7 @@ def srun_line(prepared: Prepared, factory: str) -> tuple[str, list[str]]:
     args += [o.text for o in prepared.resolved.overrides]
     allocation = ("--nodes=", "--ntasks-per-node=", "--gpus-per-node=")
     header = [f"#SBATCH {o}" for o in render.sbatch_options(prepared.job, Path(".")) if o.startswith(allocation)]
-    if prepared.job.container.runtime != "none":
+    if runtime.of(prepared.job.container).contained:
         # The line binds the folder `ft train` makes its job folders in: a bind source must
         # exist when the job starts, and nothing in the user's script would create it.
         paths.jobs_root().mkdir(parents=True, exist_ok=True)
@@ -328,7 +332,7 @@ def summary(prepared: Prepared) -> list[tuple[str, str]]:
     job = prepared.job
     trainer = job.trainer
     unit = "GPU" if trainer.accelerator == "gpu" else "task"
-    image = job.container.image if job.container.runtime != "none" else "none (host Python)"
+    image = job.container.image if runtime.of(job.container).contained else "none (host Python)"
     sweep = []
     if prepared.tasks:
         sweep = [("sweep", f"{len(prepared.tasks)} tasks in one SLURM array, each with the resources below")]

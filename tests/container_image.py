@@ -9,6 +9,11 @@ cannot be had (not root, no debootstrap) the tests that need it skip, and fail o
 `standin_registry(tmp_path, stock_image)` makes a stand-in registry folder serving the
 stock image as `docker://ft-test/stock:latest` (tests/standin/singularity resolves
 URIs there through $FT_STANDIN_REGISTRY).
+
+`stock_squashfs` (session fixture) is the same image as enroot imports it: a squashfs file made
+by Debian's mksquashfs, with the files `enroot import` writes (/etc/environment from the image's
+ENV, /etc/rc with its WORKDIR); the Pyxis stand-in (tests/standin/pyxis) runs it. Made once,
+beside the stock image.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 MAKE_IMAGE = REPO / "scripts" / "make-test-image.sh"
 STANDIN = REPO / "tests" / "standin"
+PYXIS_STANDIN = STANDIN / "pyxis"
 STOCK_URI = "docker://ft-test/stock:latest"
 
 
@@ -57,6 +63,67 @@ def floor_image() -> Path:
     """The stock image with the contract's packages at exactly their minimums (torch aside:
     scripts/make-test-image.sh --floors says why); $FT_TEST_FLOOR_IMAGE when set."""
     return _image("FT_TEST_FLOOR_IMAGE", "--floors")
+
+
+# What `enroot import` writes into an image's root (its docker config's Env, WorkingDir, no entrypoint).
+ENROOT_ENVIRONMENT = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nLANG=C.UTF-8\n"
+ENROOT_RC = """# enroot-provenance: docker://ft-test/stock:latest
+
+mkdir -p "/" 2> /dev/null
+cd "/" && unset OLDPWD || exit 1
+
+if [ -s /etc/rc.local ]; then
+    . /etc/rc.local
+fi
+
+if [ $# -gt 0 ]; then
+    exec "$@"
+else
+    exec '/bin/sh'
+fi
+"""
+
+
+def make_squashfs(rootfs: Path, out: Path) -> Path:
+    """`out`: `rootfs` as enroot imports an image, squashed by mksquashfs (made under a lock,
+    renamed into place; kept while the recipe is the same)."""
+    import fcntl
+    import shutil
+
+    if out.is_file():
+        return out
+    if shutil.which("mksquashfs") is None:
+        _unavailable("mksquashfs is not installed: apt-get install squashfs-tools")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if out.is_file():
+            return out
+        staging = out.parent / f".{out.name}.staging-{os.getpid()}"
+        partial = out.parent / f".{out.name}.partial-{os.getpid()}"
+        try:
+            # Hard links: the image's files unchanged and uncopied; the two enroot files replaced.
+            subprocess.run(["cp", "-al", str(rootfs), str(staging)], check=True, timeout=600)
+            for name, text in (("environment", ENROOT_ENVIRONMENT), ("rc", ENROOT_RC)):
+                (staging / "etc" / name).unlink(missing_ok=True)
+                (staging / "etc" / name).write_text(text)
+            proc = subprocess.run(["mksquashfs", str(staging), str(partial), "-noI", "-noD", "-noF", "-noX",
+                                   "-no-progress", "-quiet"], capture_output=True, text=True, timeout=1200)
+            if proc.returncode != 0:
+                _unavailable(f"mksquashfs failed: {proc.stderr[-2000:]}")
+            os.replace(partial, out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            partial.unlink(missing_ok=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def stock_squashfs(stock_image) -> Path:
+    import hashlib
+
+    key = hashlib.sha256((ENROOT_ENVIRONMENT + ENROOT_RC).encode()).hexdigest()[:12]
+    return make_squashfs(stock_image, stock_image.parent / f"enroot-{key}.sqsh")
 
 
 def standin_registry(folder: Path, image: Path) -> Path:
@@ -112,6 +179,24 @@ class ContainerSite:
         records = [json.loads(line) for line in lines]
         return [r for r in records if r.get("ok") and (r.get("command") == [kind] if kind != "exec"
                                                         else "mounts" in r)]
+
+
+def pyxis_env(squashfs: Path) -> dict:
+    """The Pyxis stand-in's srun and enroot first on PATH (no Apptainer stand-in), its unsquashed
+    images kept beside the stock squashfs so that each is extracted once per machine."""
+    return {"PATH": f"{PYXIS_STANDIN}{os.pathsep}{os.environ['PATH']}",
+            "FT_STANDIN_ENROOT_DATA": str(squashfs.parent / "enroot-data")}
+
+
+@pytest.fixture
+def pyxis_site(container_site, stock_squashfs) -> ContainerSite:
+    """container_site for Pyxis: the stock squashfs also served by the stand-in registry as
+    STOCK_URI, the Pyxis stand-in on PATH."""
+    site = container_site
+    (site.registry / "ft-test" / "stock" / "latest.sqsh").symlink_to(stock_squashfs)
+    site.squashfs = stock_squashfs
+    site.env = {**site.env, **pyxis_env(stock_squashfs)}
+    return site
 
 
 @contextmanager

@@ -16,7 +16,8 @@ import pytest
 
 from container_image import STANDIN, STOCK_URI, build_sif, site_for
 from ftcore import contract
-from launcher import config, image, submit
+from launcher import config, submit
+from launcher.apptainer import Apptainer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -203,7 +204,7 @@ def test_a_pull_killed_half_way_leaves_no_sif_and_the_next_one_completes(contain
 
 
 def test_sif_names_are_readable_and_distinct():
-    a, b = image.sif_name("docker://nvcr.io/nvidia/nemo:25.07"), image.sif_name("docker://nvcr.io/nvidia/nemo:25.09")
+    a, b = (Apptainer().cached_name(f"docker://nvcr.io/nvidia/nemo:{tag}") for tag in ("25.07", "25.09"))
     assert a.startswith("nemo_25.07-") and a.endswith(".sif") and a != b
 
 
@@ -211,7 +212,7 @@ def test_dry_run_neither_pulls_nor_checks(ft, container_site):
     result = ft("submit", "--factory", "tiny", *container_site.overrides(image=STOCK_URI), "--dry-run",
                 env=container_site.env)
     assert result.returncode == 0, result.stderr
-    sif = str(container_site.home / "images" / image.sif_name(STOCK_URI))
+    sif = str(container_site.home / "images" / Apptainer().cached_name(STOCK_URI))
     assert f"dry run: {STOCK_URI} is not pulled yet; `ft submit` pulls it into {sif} first" in " ".join(result.stderr.split())
     assert sif in result.stdout and STOCK_URI not in result.stdout
     assert not container_site.log.exists()  # the runtime was never called

@@ -23,7 +23,7 @@ import pytest
 from container_image import STANDIN, STOCK_URI
 from other_users import entered_by
 
-from launcher import image
+from launcher.apptainer import Apptainer
 
 REPO = Path(__file__).resolve().parents[2]
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -128,7 +128,7 @@ def test_a_group_shares_an_image_cache_and_runs_only_images_it_trusts(shared, co
 
     # What Bob plants under another image's name, Alice's jobs do not run.
     other = "docker://ft-test/stock:planted"
-    subprocess.run(["runuser", "-u", BOB, "--", "cp", str(container_site.image), str(cache / image.sif_name(other))],
+    subprocess.run(["runuser", "-u", BOB, "--", "cp", str(container_site.image), str(cache / Apptainer().cached_name(other))],
                    check=True)
     planted = ft_as(ALICE, root, container_site, "image", "pull", other, "--runtime", "apptainer",
                     "--cache-dir", str(cache))

@@ -179,3 +179,21 @@ def test_through_the_container_standin(slurm_cluster, ft, tmp_path, container_si
     assert Path(call["root"]) != Path("/") and not call["cwd"].startswith(str(site.root))
     assert {str(site.model), str(site.data), str(site.home / "jobs")} <= {m["dst"] for m in call["mounts"]}
     assert (folder / "checkpoints" / "step-000004" / "adapter_model.safetensors").is_file()
+
+
+def test_through_the_pyxis_standin(slurm_cluster, ft, tmp_path, pyxis_site):
+    """The workshop's line on a Pyxis cluster: srun's own --container-image, no wrapper; `ft train`
+    and the trainer in the squashfs image through the Pyxis stand-in."""
+    site = pyxis_site
+    line = srun_line(ft, "peft=lora", "trainer.max_steps=3", "data.max_seq_length=64",
+                     *site.overrides("pyxis", str(site.squashfs)), env=site.env)
+    assert line.startswith(f"srun --container-image={site.squashfs} \\\n") and " exec " not in line
+    job_id = submit(workshop_script(tmp_path, 1, line), {**os.environ, **site.env})
+    folder = folder_of(ft, job_id)
+    assert folder.parent == site.home / "jobs"
+    assert_completed(ft, job_id, folder, 3, tmp_path)
+    (call,) = site.calls()
+    assert call["command"][:8] == ["env", "PYTHONPATH=/opt/ft", "python", "-m", "launcher", "train", "--factory", "tiny"]
+    assert Path(call["root"]) != Path("/") and call["spec"]["name"] == f"ft-{job_id}"
+    assert {str(site.model), str(site.data), str(site.home / "jobs")} <= {m["dst"] for m in call["mounts"]}
+    assert (folder / "checkpoints" / "step-000003" / "adapter_model.safetensors").is_file()
