@@ -18,6 +18,7 @@ import os
 import secrets
 import shlex
 import socket
+import stat
 import shutil
 import sys
 import tempfile
@@ -77,10 +78,10 @@ def _boot_id() -> str:
 def _start_ticks(pid: int) -> int | None:
     """Field 22 of /proc/PID/stat: when the process started (None: no such process here)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
+        line = Path(f"/proc/{pid}/stat").read_bytes()
     except OSError:
         return None
-    fields = stat[stat.rfind(b")") + 2:].split()  # the command name may hold spaces and ')'
+    fields = line[line.rfind(b")") + 2:].split()  # the command name may hold spaces and ')'
     try:
         return int(fields[19])
     except (IndexError, ValueError):
@@ -196,10 +197,17 @@ def hold_run_lock(folder: Path, job_id: str | None) -> None:
     path = folder / RUN_LOCK
     if str(path) in _HELD:  # this process holds it already (one run prepares once; tests call again)
         return
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:  # never through a link, never a FIFO's wait: the file behind either is not the lock
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
     except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise UserError(f"cannot lock {folder}: {path} is a symbolic link, which ft never follows",
+                            hint=f"remove it (`rm {path}`): a lock file holds nothing") from None
         raise UserError(f"cannot lock {folder}: {err.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UserError(f"cannot lock {folder}: {path} is not a plain file",
+                        hint=f"remove it (`rm {path}`): a lock file holds nothing")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:
