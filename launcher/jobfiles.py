@@ -11,7 +11,9 @@ file raises OSError, as reading a local file does; callers decide what that mean
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path, PurePath
 
 from ftcore.files import write_atomic
@@ -42,6 +44,23 @@ class JobFiles:
         raise NotImplementedError
 
 
+def read_plain(path: Path, offset: int = 0, limit: int | None = None, follow: bool = True) -> bytes:
+    """At most `limit` bytes of the regular file `path` from `offset` on, never more than it
+    holds: a FIFO (which would wait for ever), a device (/dev/zero, endless) or a folder raises
+    OSError, as a missing file does; `follow=False` refuses a symbolic link too (ELOOP)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
+    with os.fdopen(fd, "rb") as handle:
+        size = os.fstat(fd).st_size
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a plain file", str(path))
+        if offset < 0:  # from the end
+            offset = max(0, size + offset)
+        handle.seek(offset)
+        wanted = max(0, size - offset) if limit is None else max(0, min(limit, size - offset))
+        return handle.read(wanted)
+
+
 class LocalFiles(JobFiles):
     """A folder on this machine's disk (or a shared filesystem mounted here)."""
 
@@ -52,15 +71,10 @@ class LocalFiles(JobFiles):
         return self.root / name
 
     def read_from(self, name: str | PurePath, offset: int) -> bytes:
-        with open(self._path(name), "rb") as handle:
-            handle.seek(offset)
-            return handle.read()
+        return read_plain(self._path(name), offset)
 
     def tail(self, name: str | PurePath, size: int) -> bytes:
-        with open(self._path(name), "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - size))
-            return handle.read()
+        return read_plain(self._path(name), -size) if size > 0 else b""
 
     def glob(self, pattern: str, by_time: bool = False) -> list[PurePath]:
         def mtime(path: Path) -> float:

@@ -23,7 +23,7 @@ from ftcore.files import expand
 from ftcore.errors import UserError
 from launcher import jobdir, jobindex, paths, scheduler
 from launcher.config import load_yaml
-from launcher.jobfiles import JobFiles, LocalFiles
+from launcher.jobfiles import JobFiles, LocalFiles, read_plain
 from launcher.scheduler import Scheduler, TERMINAL_STATES
 
 
@@ -47,6 +47,8 @@ def _events(files: JobFiles, run: Path) -> list[dict[str, Any]]:
     return records.only_events(_read_jsonl(files, run / layout.EVENTS))
 
 
+# A job's resolved config is a few KiB; past this it is not one ft wrote.
+CONFIG_LIMIT_BYTES = 16 * 2**20
 # States in which a job cannot be running, besides the scheduler's terminal ones.
 UNKNOWN = "UNKNOWN"
 UNREADABLE = "UNREADABLE"
@@ -188,7 +190,7 @@ def load(folder: Path) -> JobView:
     """A job folder as ft sees it; what cannot be read is named in `problem`, never raised."""
     problems = []
     try:
-        config = load_yaml((folder / jobdir.CONFIG).read_bytes().decode(), jobdir.CONFIG)
+        config = load_yaml(read_plain(folder / jobdir.CONFIG, limit=CONFIG_LIMIT_BYTES).decode(), jobdir.CONFIG)
     except FileNotFoundError:
         config, problems = {}, [f"no {jobdir.CONFIG}"]
     except UserError as err:
@@ -439,7 +441,7 @@ def task_values(view: JobView) -> dict[int, str]:
     configs = []
     for run in runs:
         try:
-            loaded = load_yaml((run / jobdir.CONFIG).read_text(), jobdir.CONFIG)
+            loaded = load_yaml(read_plain(run / jobdir.CONFIG, limit=CONFIG_LIMIT_BYTES).decode(), jobdir.CONFIG)
         except (OSError, UserError, ValueError, yaml.YAMLError):
             loaded = None
         configs.append(loaded if isinstance(loaded, dict) else {})
