@@ -243,8 +243,8 @@ class _Call:
         self.capture = capture  # None: stream stdout to ours; else the most bytes kept
         self.input = input
         command = f"echo {_MARK} $$ >&2; exec " + remote_command(c, words)
-        self.proc = subprocess.Popen(ssh_argv(c, command), stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        stdin = subprocess.DEVNULL if input is None else subprocess.PIPE
+        self.proc = subprocess.Popen(ssh_argv(c, command), stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.connected = threading.Event()
         self.remote_pid: int | None = None
         self.before = bytearray()  # ssh's own words (their last 64 KiB)
@@ -450,7 +450,9 @@ def submit(c: Cluster, args: list[str], sent: PurePosixPath | None = None) -> in
     except NoAnswer as err:
         raise _unclear(c, sent, err.problems[0].removeprefix(f"cluster {c.name}: ")) from None
     if _lost(answer):
-        raise _unclear(c, sent, f"the connection to {c.host} was lost while the cluster's ft was submitting")
+        when = ("after the cluster's ft said it submitted the job (above)" if "Submitted batch job" in answer.shown
+                else "while the cluster's ft was submitting")
+        raise _unclear(c, sent, f"the connection to {c.host} was lost {when}")
     return answer.status
 
 
