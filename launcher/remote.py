@@ -363,10 +363,16 @@ class _Text:
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.keep = keep
         self.kept = ""
+        self.closed = False
 
     def write(self, chunk: bytes, final: bool = False) -> None:
         text = printable(self.decoder.decode(chunk, final))
-        if text:
+        if not text:
+            return
+        self.kept = (self.kept + text)[-self.keep:]
+        if self.closed:
+            return
+        try:
             self.stream.flush()
             buffer = getattr(self.stream, "buffer", None)
             if buffer is not None:
@@ -375,7 +381,8 @@ class _Text:
             else:
                 self.stream.write(text)
                 self.stream.flush()
-            self.kept = (self.kept + text)[-self.keep:]
+        except (BrokenPipeError, OSError):  # `ft jobs --cluster X | head`: the reader left
+            self.closed = True
 
     def flush(self) -> None:
         self.write(b"", final=True)
