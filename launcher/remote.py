@@ -607,7 +607,7 @@ def upload_folder(c: Cluster, job_name: str) -> PurePosixPath:
               '&& mkdir -- "$d/$1" && cd -- "$d/$1" && pwd -P')
     answer = run(c, ["sh", "-c", script, "sh", name], capture=ANSWER_LIMIT_BYTES, timeout=c.timeout)
     lines = answer.out.decode(errors="replace").strip().splitlines()
-    if answer.status != 0 or not lines or not lines[-1].startswith("/") or "\0" in lines[-1]:
+    if answer.status != 0 or not lines or not lines[-1].startswith("/") or _CONTROL.search(lines[-1]):
         raise UserError(f"cluster {c.name}: could not make a folder for the job's files there")
     return PurePosixPath(lines[-1])
 
@@ -686,7 +686,7 @@ def _described_runs(c: Cluster, out: bytes) -> list[dict[str, str]]:
                         f"runs, each with {', '.join(_RUN_FIELDS)}); it began: {printable(text[:200])!r}",
                         hint=f"check that clusters.{c.name}.ft runs ft on {c.host} (with `--version` there)")
     for item in described:
-        if not item["folder"].startswith("/"):
-            raise UserError(f"cluster {c.name}: ft there named a run folder that is not an absolute path: "
+        if not item["folder"].startswith("/") or _CONTROL.search(item["folder"]):
+            raise UserError(f"cluster {c.name}: ft there named a run folder that is not a plain absolute path: "
                             f"{printable(item['folder'][:200])!r}")
     return described
