@@ -58,8 +58,13 @@ def make_dir(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     if shared:
         for created in missing:
-            with contextlib.suppress(OSError):  # made by someone else meanwhile: theirs to set
-                os.chmod(created, (0o777 & ~_umask()) | 0o070 | stat.S_ISGID)
+            with contextlib.suppress(OSError):  # made by someone else meanwhile (or a link): theirs to set
+                fd = os.open(created, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+                try:
+                    if os.fstat(fd).st_uid == os.getuid():
+                        os.fchmod(fd, (0o777 & ~_umask()) | 0o070 | stat.S_ISGID)
+                finally:
+                    os.close(fd)
     return folder
 
 
