@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -19,6 +21,24 @@ def expand(path: str | Path) -> Path:
     except RuntimeError:
         user = str(path).split("/", 1)[0]
         raise UserError(f"{path}: there is no user {user[1:]!r} on this machine to expand {user} for") from None
+
+
+def read_plain(path: Path, offset: int = 0, limit: int | None = None, follow: bool = True) -> bytes:
+    """At most `limit` bytes of the regular file `path` from `offset` on (a negative offset counts
+    from the end), never more than it holds: a FIFO (which would wait for ever), a device
+    (/dev/zero, endless) or a folder raises OSError, as a missing file does; `follow=False`
+    refuses a symbolic link too (ELOOP)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a plain file", str(path))
+        if offset < 0:
+            offset = max(0, info.st_size + offset)
+        handle.seek(offset)
+        wanted = max(0, info.st_size - offset) if limit is None else max(0, min(limit, info.st_size - offset))
+        return handle.read(wanted)
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ftcore.files import read_plain
 from ftcore.layout import EVENTS
 
 # --- events.jsonl: the run's own record of start, signal, requeue and exit ------------------------
@@ -130,9 +131,9 @@ def last_of(data: bytes, wanted: str | None = None) -> dict[str, Any]:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The JSON-object lines of a file; a torn or foreign line is skipped."""
+    """The JSON-object lines of a plain file; a torn or foreign line is skipped."""
     try:
-        return parse_jsonl(path.read_bytes())
+        return parse_jsonl(read_plain(path))
     except OSError:
         return []
 
@@ -140,10 +141,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 def last_jsonl(path: Path, wanted: str | None = None) -> dict[str, Any]:
     """The last complete JSON-object line (holding `wanted`) of a file that may be large and growing."""
     try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - TAIL_BYTES))
-            return last_of(handle.read(), wanted)
+        return last_of(read_plain(path, -TAIL_BYTES), wanted)
     except OSError:
         return {}
 

@@ -439,7 +439,8 @@ class ContainerConfig(_Section):
     trusted_owners: list[str] = Field(
         default_factory=list,
         description="Besides you and root, who may own the SIFs in a shared cache_dir that your "
-        "jobs run: user names, or `group:NAME` for a group's members. Others' images are refused.",
+        "jobs run: user names, `uid:N` for an owner without a name, or `group:NAME` for a "
+        "group's members. Others' images are refused.",
     )
 
     @field_validator("runtime")
@@ -501,7 +502,8 @@ class HubConfig(_Section):
     trusted_owners: list[str] = Field(
         default_factory=list,
         description="Besides you and root, who may own the staged files in a shared cache_dir that "
-        "your jobs load: user names, or `group:NAME` for a group's members. Others' are refused.",
+        "your jobs load: user names, `uid:N` for an owner without a name, or `group:NAME` for a "
+        "group's members. Others' are refused.",
     )
 
     @field_validator("cache_dir")

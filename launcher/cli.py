@@ -307,14 +307,14 @@ def _submit_on_cluster(name: str, factory: str, overrides: list[str], profile: O
         _confirm(f"Submit this job on {cluster.name}?", "nothing was sent or submitted")
     job_yaml, empty_profile = remote.send(cluster, upload, prepared.job.name)
     words = remote.submit_words(job_yaml, empty_profile, sweep, after, stage, force, skip_image_check)
-    raise typer.Exit(remote.ft_passthrough(cluster, words))
+    raise typer.Exit(remote.submit(cluster, words, sent=job_yaml.parent))
 
 
-def _on_cluster(name: str, words: list[str]) -> None:
+def _on_cluster(name: str, words: list[str], follow: bool = False) -> None:
     """Run `ft WORDS` on the cluster's login node; its output is ours, and so is its exit status."""
     from launcher import remote
 
-    raise typer.Exit(remote.ft_passthrough(remote.cluster(name), words))
+    raise typer.Exit(remote.ft_passthrough(remote.cluster(name), words, follow=follow))
 
 
 @app.command("train", context_settings={**_PASS_THROUGH, "help_option_names": []}, add_help_option=False)
@@ -470,7 +470,8 @@ def logs_cmd(
     from launcher import jobs
 
     if cluster:
-        _on_cluster(cluster, ["logs", job, *["--follow"] * follow, *(["--rank", str(rank)] if rank is not None else [])])
+        _on_cluster(cluster, ["logs", job, *["--follow"] * follow, *(["--rank", str(rank)] if rank is not None else [])],
+                    follow=follow)
 
     view = jobs.find(job)
     printed = False
@@ -523,7 +524,12 @@ def resubmit_cmd(
                             "drop --executor, --detach and --profile")
         if not (yes or dry_run):
             _confirm(f"Submit {job} again on {cluster}?", "nothing was submitted")
-        _on_cluster(cluster, ["resubmit", job, *(["--dry-run"] if dry_run else ["--yes"]), *ctx.args])
+        from launcher import remote
+
+        words = ["resubmit", job, *(["--dry-run"] if dry_run else ["--yes"]), *ctx.args]
+        if dry_run:
+            _on_cluster(cluster, words)
+        raise typer.Exit(remote.submit(remote.cluster(cluster), words))
 
     view = jobs.find(job)
     resubmission = submit.prepare_resubmit(view, list(ctx.args), profile, executor, dry_run)

@@ -234,7 +234,7 @@ class UserConfig(TypedDict, total=False):
 
     factory_dirs: list[str]
     profile: str
-    clusters: dict  # NAME → {host, user, port, ft, ft_home, profile}: `--cluster NAME` (launcher/remote.py)
+    clusters: dict  # NAME → {host, user, port, ft, ft_home, profile, timeout}: `--cluster NAME` (launcher/remote.py)
 
 
 def user_config() -> dict[str, Any]:

@@ -18,6 +18,7 @@ import os
 import secrets
 import shlex
 import socket
+import stat
 import shutil
 import sys
 import tempfile
@@ -77,10 +78,10 @@ def _boot_id() -> str:
 def _start_ticks(pid: int) -> int | None:
     """Field 22 of /proc/PID/stat: when the process started (None: no such process here)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
+        line = Path(f"/proc/{pid}/stat").read_bytes()
     except OSError:
         return None
-    fields = stat[stat.rfind(b")") + 2:].split()  # the command name may hold spaces and ')'
+    fields = line[line.rfind(b")") + 2:].split()  # the command name may hold spaces and ')'
     try:
         return int(fields[19])
     except (IndexError, ValueError):
@@ -162,16 +163,30 @@ def check_secrets(texts: dict[str, str]) -> None:
         raise UserError(*problems)
 
 
+def open_lock(folder: Path, name: str) -> int:
+    """The folder's lock file `name`, opened to write: never through a link, never a FIFO's
+    wait or a device (the file behind any of them is not a lock, and not ft's to write)."""
+    path = folder / name
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise UserError(f"cannot lock {folder}: {path} is a symbolic link, which ft never follows",
+                            hint=f"remove it (`rm {path}`): a lock file holds nothing") from None
+        raise UserError(f"cannot lock {folder}: {err.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UserError(f"cannot lock {folder}: {path} is not a plain file",
+                        hint=f"remove it (`rm {path}`): a lock file holds nothing")
+    return fd
+
+
 @contextlib.contextmanager
 def locked(folder: Path, wait: float | None = None) -> Iterator[None]:
     """Hold the folder's lock: a second ft command changing the same folder waits for it,
     and gives up with a message after `wait` seconds."""
     wait = LOCK_WAIT_S if wait is None else wait
-    try:
-        handle = open(folder / LOCK, "a")
-    except OSError as err:
-        raise UserError(f"cannot lock {folder}: {err.strerror}") from None
-    with handle:
+    with open(open_lock(folder, LOCK), "a", closefd=True) as handle:
         deadline = time.monotonic() + wait
         while True:
             try:
@@ -196,10 +211,7 @@ def hold_run_lock(folder: Path, job_id: str | None) -> None:
     path = folder / RUN_LOCK
     if str(path) in _HELD:  # this process holds it already (one run prepares once; tests call again)
         return
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as err:
-        raise UserError(f"cannot lock {folder}: {err.strerror}") from None
+    fd = open_lock(folder, RUN_LOCK)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:
@@ -326,15 +338,22 @@ def _under_jobs_root(folder: Path) -> bool:
         return False
 
 
+RECORD_LIMIT_BYTES = 4 * 2**20  # a record of thousands of resubmissions is some 100 KiB
+
+
 def read_record(folder: Path) -> dict[str, Any]:
     """The folder's record; {} when there is none. A record that cannot be read raises
     ValueError (the caller lists the folder as unreadable)."""
+    from ftcore.files import read_plain
+
     try:
-        text = (folder / RECORD).read_text()
+        text = read_plain(folder / RECORD, limit=RECORD_LIMIT_BYTES).decode()
     except FileNotFoundError:
         return {}
     except OSError as err:
         raise ValueError(f"{RECORD}: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{RECORD} is not text") from None
     try:
         record = json.loads(text)
     except ValueError:

@@ -15,8 +15,10 @@ import tempfile
 from pathlib import Path
 from typing import Iterable
 
+from ftcore.files import read_plain
 
 IDS = "ids"
+_NAME_MAX = 255  # a folder name's bytes on Linux filesystems
 
 
 def folder(root: Path) -> Path:
@@ -30,7 +32,7 @@ def _entry(root: Path, job_id: str) -> Path:
 
 def _indexable(job_id: object) -> bool:
     # A SLURM id (`15`, `15_3`): digits and one underscore, so never a path.
-    return isinstance(job_id, str) and job_id.replace("_", "", 1).isdigit() and len(job_id) < 40
+    return isinstance(job_id, str) and job_id.isascii() and job_id.replace("_", "", 1).isdigit() and len(job_id) < 40
 
 
 def record(job_folder: Path, job_ids: Iterable[object]) -> None:
@@ -42,7 +44,7 @@ def record(job_folder: Path, job_ids: Iterable[object]) -> None:
             continue
         entry = _entry(root, job_id)
         try:
-            if entry.is_file() and entry.read_text() == job_folder.name:
+            if _current(entry) == job_folder.name:
                 continue
             entry.parent.mkdir(parents=True, exist_ok=True)
             _write(entry, job_folder.name)
@@ -63,15 +65,24 @@ def _write(entry: Path, text: str) -> None:
         raise
 
 
+def _current(entry: Path) -> str | None:
+    """The folder name an entry holds; None for a missing or damaged one. An entry is ft's own
+    small file: a link, a FIFO or a device there is damage, read no further."""
+    try:
+        return read_plain(entry, limit=_NAME_MAX + 1, follow=False).decode().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def lookup(root: Path, job_id: str) -> Path | None:
     """The folder the index names for `job_id`, if it names one that exists (unchecked)."""
     if not _indexable(job_id):
         return None
-    try:
-        name = _entry(root, job_id).read_text().strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    if not name or "/" in name or name.startswith("."):
+    name = _current(_entry(root, job_id))
+    if not name or len(name.encode()) > _NAME_MAX or "/" in name or "\0" in name or name.startswith("."):
         return None  # damaged: the scan answers and rewrites it
     found = root / name
-    return found if found.is_dir() else None
+    try:
+        return found if found.is_dir() else None
+    except OSError:
+        return None

@@ -19,13 +19,14 @@ from typing import Any, Iterator
 import yaml
 
 from ftcore import exits, layout, progress, records
-from ftcore.files import expand
+from ftcore.files import expand, read_plain
 from ftcore.errors import UserError
 from launcher import jobdir, jobindex, paths, scheduler
 from launcher.config import load_yaml
 from launcher.scheduler import Scheduler, TERMINAL_STATES
 
-
+# A job's resolved config is a few KiB; past this it is not one ft wrote.
+CONFIG_LIMIT_BYTES = 16 * 2**20
 # States in which a job cannot be running, besides the scheduler's terminal ones.
 UNKNOWN = "UNKNOWN"
 UNREADABLE = "UNREADABLE"
@@ -158,7 +159,7 @@ def load(folder: Path) -> JobView:
     """A job folder as ft sees it; what cannot be read is named in `problem`, never raised."""
     problems = []
     try:
-        config = load_yaml((folder / jobdir.CONFIG).read_bytes().decode(), jobdir.CONFIG)
+        config = load_yaml(read_plain(folder / jobdir.CONFIG, limit=CONFIG_LIMIT_BYTES).decode(), jobdir.CONFIG)
     except FileNotFoundError:
         config, problems = {}, [f"no {jobdir.CONFIG}"]
     except UserError as err:
@@ -418,7 +419,7 @@ def task_values(view: JobView) -> dict[int, str]:
     configs = []
     for run in runs:
         try:
-            loaded = load_yaml((run / jobdir.CONFIG).read_text(), jobdir.CONFIG)
+            loaded = load_yaml(read_plain(run / jobdir.CONFIG, limit=CONFIG_LIMIT_BYTES).decode(), jobdir.CONFIG)
         except (OSError, UserError, ValueError, yaml.YAMLError):
             loaded = None
         configs.append(loaded if isinstance(loaded, dict) else {})

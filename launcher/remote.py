@@ -28,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePath, PurePosixPath
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from ftcore import layout, secrets
 from ftcore.errors import UserError
@@ -42,6 +42,14 @@ _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
 # (or a folder) is the user's to copy, and the job names it by its path on the cluster.
 SEND_LIMIT_BYTES = 64 * 2**20
 CONNECT_TIMEOUT_S = 20
+# A command that answers (all but `ft logs -f`) ends within clusters.NAME.timeout seconds, else
+# ft stops it there; a submit (it may pull an image first) within at least SUBMIT_TIMEOUT_S.
+ANSWER_TIMEOUT_S = 300
+SUBMIT_TIMEOUT_S = 3600
+STOP_TIMEOUT_S = 15
+# The most ft reads of an answer it parses: a list of runs, or the metrics it plots.
+ANSWER_LIMIT_BYTES = 4 * 2**20
+METRICS_LIMIT_BYTES = 64 * 2**20
 # The remote command announces itself on stderr first: what ssh printed before this line is
 # ssh's own (a refused login), what follows is the cluster's ft.
 _MARK = "ft-remote-connected"
@@ -57,6 +65,7 @@ class Cluster:
     ft: tuple[str, ...] = ("ft",)  # the command that runs ft on the login node
     ft_home: str | None = None  # FT_HOME there (default: the login node's own)
     profile: Path | None = None  # this machine's copy of the cluster's site profile
+    timeout: float = ANSWER_TIMEOUT_S  # seconds a command that answers may take there
 
     @property
     def destination(self) -> list[str]:
@@ -92,7 +101,7 @@ def cluster(name: str) -> Cluster:
     entry = entries.get(name)
     if entry is None:
         return Cluster(name, name)
-    known = ("host", "user", "port", "ft", "ft_home", "profile")
+    known = ("host", "user", "port", "ft", "ft_home", "profile", "timeout")
     problems = [f"clusters.{name}: unknown key {key!r}; it may hold {', '.join(known)}" for key in entry if key not in known]
     host = entry.get("host", name)
     for what, value, pattern in (("host", host, _NAME), ("user", entry.get("user"), _USER)):
@@ -104,11 +113,13 @@ def cluster(name: str) -> Cluster:
     port = entry.get("port")
     if port is not None and (not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536):
         problems.append(f"clusters.{name}.port must be a port number")
-    command = entry.get("ft", "ft")
-    words = shlex.split(command) if isinstance(command, str) else None
+    words = _command_words(entry.get("ft", "ft"))
     if not words:
         problems.append(f"clusters.{name}.ft must be the command that runs ft on the login node, e.g. "
-                        "`ft` or `/opt/ft/venv/bin/ft`")
+                        "`ft` or `/opt/ft/venv/bin/ft` (words as a shell reads them, quotes closed)")
+    timeout = entry.get("timeout", ANSWER_TIMEOUT_S)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 86400:
+        problems.append(f"clusters.{name}.timeout must be the seconds a command may take there (1 to 86400)")
     for key in ("ft_home", "profile"):
         value = entry.get(key)
         if value is not None and (not isinstance(value, str) or not value or "\n" in value or "\0" in value):
@@ -116,7 +127,18 @@ def cluster(name: str) -> Cluster:
     if problems:
         raise UserError(*problems)
     profile = expand(entry["profile"]) if entry.get("profile") else None
-    return Cluster(name, host, entry.get("user"), port, tuple(words or ()), entry.get("ft_home"), profile)
+    return Cluster(name, host, entry.get("user"), port, tuple(words or ()), entry.get("ft_home"), profile,
+                   float(timeout))
+
+
+def _command_words(command: object) -> list[str] | None:
+    """`clusters.NAME.ft` split as a shell would; None for what is not a command line."""
+    if not isinstance(command, str) or "\0" in command:
+        return None
+    try:
+        return shlex.split(command)
+    except ValueError:  # an unclosed quote
+        return None
 
 
 # --------------------------------------------------------------------------- ssh
@@ -154,8 +176,8 @@ def _login_hint(c: Cluster) -> str:
 
 
 def _connection_error(c: Cluster, said: str) -> UserError:
-    said = said.strip()
-    last = said.splitlines()[-1] if said else "(nothing)"
+    said = printable(said.strip())
+    last = said.splitlines()[-1][-300:] if said else "(nothing)"
     if "Permission denied" in said or "Too many authentication failures" in said:
         return UserError(f"cluster {c.name}: {c.host} wants a password or a second factor "
                          f"(ssh said: {last})", hint=_login_hint(c))
@@ -169,88 +191,282 @@ def _connection_error(c: Cluster, said: str) -> UserError:
 def _not_installed(c: Cluster, status: int, said: str) -> UserError | None:
     if status == 127 and ("not found" in said or "No such file" in said):
         return UserError(f"cluster {c.name}: `{shlex.join(c.ft)}` is not a command on {c.host} "
-                         f"(it said: {said.strip().splitlines()[-1]})",
+                         f"(it said: {printable(said.strip().splitlines()[-1])[-300:]})",
                          hint="install ft on the login node (`pip install --user ft-launch`, or a module) and "
                               f"name its command in ft's config: clusters.{c.name}.ft")
     return None
 
 
-def run(c: Cluster, words: list[str], input: bytes | None = None, capture: bool = False,
-        timeout: float | None = None) -> subprocess.CompletedProcess[bytes]:
-    """`words` run on the login node. Its stdout streams to ours unless `capture`; its stderr
-    streams to ours once the connection is up. A refused login raises one UserError that
-    says what to do; nothing ever waits at a prompt.
+# What the cluster prints reaches this terminal as text only: a control character (an escape
+# sequence that sets the clipboard, the title or clears the screen) is shown, not obeyed.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
-    The pipes are read by threads and the end is ssh's exit, not their end of file: a master
-    connection that ssh leaves running (ControlPersist) may hold them open."""
-    command = f"echo {_MARK} >&2; exec " + remote_command(c, words)
-    argv = ssh_argv(c, command)
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-                            stdout=subprocess.PIPE if capture else None, stderr=subprocess.PIPE)
-    before: list[bytes] = []  # ssh's own words
-    after: list[bytes] = []  # the last lines the remote command wrote on stderr
-    out: list[bytes] = []
-    connected = threading.Event()
 
-    def relay() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if connected.is_set():
-                sys.stderr.buffer.write(line)
-                sys.stderr.buffer.flush()
-                after[:] = [*after[-20:], line]
-            elif line.strip() == _MARK.encode():
-                connected.set()
-            else:
-                before.append(line)
+def printable(text: str) -> str:
+    """`text` with every control character but tab, newline and carriage return written as ^X."""
+    return _CONTROL.sub(lambda m: f"^{chr(ord(m.group()) ^ 0x40)}" if ord(m.group()) < 0x80
+                        else f"<{ord(m.group()):#x}>", text)
 
-    def collect() -> None:
-        assert proc.stdout is not None
-        out.append(proc.stdout.read())
 
-    def feed() -> None:
-        assert proc.stdin is not None
+class NoAnswer(UserError):
+    """The cluster's command did not end in time: ft stopped it (said in the message)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C here while a command ran there; `stopped` says what became of that command."""
+
+    def __init__(self, stopped: str):
+        super().__init__(stopped)
+        self.stopped = stopped
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int  # the remote command's exit status (ssh's own 255, or < 0 when ssh itself died)
+    out: bytes  # its stdout, when captured
+    shown: str  # the last lines of its stdout, when streamed to ours
+    said: str  # the last lines it wrote on stderr
+
+
+class _Call:
+    """One command on the login node: ssh started, its three pipes served by threads.
+
+    The remote shell announces itself on stderr with its process id (a process group: sshd
+    starts it with setsid) before it execs the command: what ssh printed before that line is
+    ssh's own, and the id lets ft stop the command there when this side gives up on it."""
+
+    CHUNK = 1 << 16
+
+    def __init__(self, c: Cluster, words: list[str], input: bytes | None, capture: int | None):
+        self.cluster = c
+        self.capture = capture  # None: stream stdout to ours; else the most bytes kept
+        self.input = input
+        command = f"echo {_MARK} $$ >&2; exec " + remote_command(c, words)
+        stdin = subprocess.DEVNULL if input is None else subprocess.PIPE
+        self.proc = subprocess.Popen(ssh_argv(c, command), stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.connected = threading.Event()
+        self.remote_pid: int | None = None
+        self.before = bytearray()  # ssh's own words (their last 64 KiB)
+        self.after: list[str] = []  # the last lines the remote command wrote on stderr
+        self.out = bytearray()
+        self.shown = ""
+        self.too_large = False
+        self.threads = [threading.Thread(target=self._relay_stderr, daemon=True),
+                        threading.Thread(target=self._read_stdout, daemon=True)]
+        if input is not None:
+            self.threads.append(threading.Thread(target=self._feed, daemon=True))
+        for thread in self.threads:
+            thread.start()
+
+    def _chunks(self, pipe) -> Iterator[bytes]:
+        while chunk := os.read(pipe.fileno(), self.CHUNK):
+            yield chunk
+
+    def _relay_stderr(self) -> None:
+        """ssh's own words up to the mark, kept; the remote command's after it, shown."""
+        assert self.proc.stderr is not None
+        pending = b""
+        chunks = self._chunks(self.proc.stderr)
+        for chunk in chunks:
+            pending += chunk
+            while b"\n" in pending and not self.connected.is_set():
+                line, pending = pending.split(b"\n", 1)
+                self._before_mark(line)
+            if self.connected.is_set():
+                break
+            if len(pending) > self.CHUNK:  # no line end in sight: not the mark
+                self.before[:] = (self.before + pending)[-self.CHUNK:]
+                pending = b""
+        if not self.connected.is_set():
+            self.before[:] = (self.before + pending)[-self.CHUNK:]
+            return
+        text = _Text(sys.stderr, keep=4096)
+        text.write(pending)
+        for chunk in chunks:
+            text.write(chunk)
+        text.flush()
+        self.after = text.kept.splitlines()[-20:]
+
+    def _before_mark(self, line: bytes) -> None:
+        words = line.strip().split()
+        if words[:1] == [_MARK.encode()]:
+            if len(words) == 2 and words[1].isdigit() and len(words[1]) < 10:
+                self.remote_pid = int(words[1])
+            self.connected.set()
+        else:
+            self.before[:] = (self.before + line + b"\n")[-self.CHUNK:]
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        if self.capture is None:
+            text = _Text(sys.stdout, keep=4096)
+            for chunk in self._chunks(self.proc.stdout):
+                text.write(chunk)
+            text.flush()
+            self.shown = text.kept
+            return
+        for chunk in self._chunks(self.proc.stdout):
+            if len(self.out) + len(chunk) > self.capture:
+                self.too_large = True
+                self.proc.kill()
+                return
+            self.out += chunk
+
+    def _feed(self) -> None:
+        assert self.proc.stdin is not None
         try:
-            proc.stdin.write(input or b"")
-            proc.stdin.close()
-        except BrokenPipeError:
+            self.proc.stdin.write(self.input or b"")
+            self.proc.stdin.close()
+        except (BrokenPipeError, OSError):
             pass
 
-    threads = [threading.Thread(target=relay, daemon=True)]
-    threads += [threading.Thread(target=collect, daemon=True)] if capture else []
-    threads += [threading.Thread(target=feed, daemon=True)] if input is not None else []
-    for thread in threads:
-        thread.start()
+    def wait(self, timeout: float | None) -> int:
+        """ssh's exit status. On a timeout or Ctrl-C, the command is stopped there too."""
+        try:
+            status = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            stopped = self.stop()
+            raise NoAnswer(f"cluster {self.cluster.name}: no answer within {timeout:.0f} s; {stopped}",
+                           hint=f"a slow login node: raise clusters.{self.cluster.name}.timeout in ft's "
+                                "config") from None
+        except KeyboardInterrupt:
+            raise Interrupted(self.stop()) from None
+        # The end is ssh's exit, not the pipes' end of file: a master connection that ssh
+        # leaves running (ControlPersist) may hold them open.
+        for thread in self.threads:
+            thread.join(timeout=2)
+        return status
+
+    def stop(self) -> str:
+        """End ssh here and the command's process group there; what became of it, in words."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.remote_pid is None:
+            return "nothing had started there"
+        return _kill_remote(self.cluster, self.remote_pid)
+
+
+class _Text:
+    """Bytes from the cluster written to one of our streams as printable text; the last
+    `keep` characters kept (what the caller reads back), so memory stays bounded."""
+
+    def __init__(self, stream, keep: int):
+        import codecs
+
+        self.stream = stream
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.keep = keep
+        self.kept = ""
+        self.closed = False
+
+    def write(self, chunk: bytes, final: bool = False) -> None:
+        text = printable(self.decoder.decode(chunk, final))
+        if not text:
+            return
+        self.kept = (self.kept + text)[-self.keep:]
+        if self.closed:
+            return
+        try:
+            self.stream.flush()
+            buffer = getattr(self.stream, "buffer", None)
+            if buffer is not None:
+                buffer.write(text.encode(errors="replace"))
+                buffer.flush()
+            else:
+                self.stream.write(text)
+                self.stream.flush()
+        except (BrokenPipeError, OSError):  # `ft jobs --cluster X | head`: the reader left
+            self.closed = True
+
+    def flush(self) -> None:
+        self.write(b"", final=True)
+
+
+def _kill_remote(c: Cluster, pid: int) -> str:
+    """Stop the command (its process group) that ft started on the login node."""
+    argv = ssh_argv(c, shlex.join(["kill", "-TERM", "--", f"-{pid}"]))
     try:
-        status = proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise UserError(f"cluster {c.name}: no answer within {timeout:.0f} s") from None
-    except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait()
-        raise
-    for thread in threads:
-        thread.join(timeout=5)
-    said = b"".join(before).decode(errors="replace")
-    if not connected.is_set():
-        raise _connection_error(c, said)
-    problem = _not_installed(c, status, b"".join(after).decode(errors="replace"))
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=STOP_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired):
+        done = None
+    if done is not None and done.returncode == 0:
+        return "ft stopped the command it had started there"
+    return f"ft could not stop the command it had started there: `ssh {c.ssh_line} kill -- -{pid}` does"
+
+
+def run(c: Cluster, words: list[str], input: bytes | None = None, capture: int | None = None,
+        timeout: float | None = None) -> Answer:
+    """`words` run on the login node, for at most `timeout` seconds. Its stdout streams to
+    ours as printable text, or with `capture` at most that many bytes of it come back; its
+    stderr streams to ours once the connection is up. A refused login raises one UserError
+    that says what to do; nothing ever waits at a prompt."""
+    call = _Call(c, words, input, capture)
+    status = call.wait(timeout)
+    if call.too_large:
+        stopped = call.stop()
+        raise UserError(f"cluster {c.name}: the answer to `{printable(shlex.join(words))[:200]}` is larger than "
+                        f"{capture / 2**20:.0f} MiB; ft read no more ({stopped})")
+    if not call.connected.is_set():
+        raise _connection_error(c, call.before.decode(errors="replace"))
+    said = "\n".join(call.after)
+    problem = _not_installed(c, status, said)
     if problem:
         raise problem
-    return subprocess.CompletedProcess(argv, status, b"".join(out), b"".join(after))
+    return Answer(status, bytes(call.out), call.shown, said)
 
 
-def ft(c: Cluster, args: list[str], capture: bool = False, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+def ft(c: Cluster, args: list[str], capture: int | None = None, input: bytes | None = None,
+       timeout: float | None = None) -> Answer:
     """The cluster's ft with `args` (each a word: a job id, a path, an option)."""
-    return run(c, [*c.ft, *args], capture=capture, input=input)
+    return run(c, [*c.ft, *args], capture=capture, input=input, timeout=timeout)
 
 
-def ft_passthrough(c: Cluster, args: list[str]) -> int:
-    """Run the cluster's ft and hand back its exit status (its output is already ours)."""
+def ft_passthrough(c: Cluster, args: list[str], follow: bool = False) -> int:
+    """Run the cluster's ft and hand back its exit status (its output is already ours, as text).
+    A command that answers has clusters.NAME.timeout seconds; one that follows (`logs -f`) has
+    no end but Ctrl-C."""
     sys.stdout.flush()
-    return ft(c, args).returncode
+    answer = ft(c, args, timeout=None if follow else c.timeout)
+    if _lost(answer):
+        raise UserError(f"cluster {c.name}: the connection to {c.host} was lost before `ft {args[0]}` there ended")
+    return answer.status
+
+
+SSH_FAILED = 255  # ssh's own exit status for a connection that failed or broke
+
+
+def _lost(answer: Answer) -> bool:
+    return answer.status < 0 or answer.status == SSH_FAILED
+
+
+def submit(c: Cluster, args: list[str], sent: PurePosixPath | None = None) -> int:
+    """The cluster's `ft submit` (or `resubmit`), its output ours. A broken connection, a
+    timeout or Ctrl-C before its answer leaves a job that may exist there: ft says so, and how
+    to find it, as a local submit that sbatch did not answer does."""
+    sys.stdout.flush()
+    try:
+        answer = ft(c, args, timeout=max(c.timeout, SUBMIT_TIMEOUT_S))
+    except Interrupted as interrupted:
+        raise _unclear(c, sent, f"interrupted while the cluster's ft was submitting ({interrupted.stopped})") from None
+    except NoAnswer as err:
+        raise _unclear(c, sent, err.problems[0].removeprefix(f"cluster {c.name}: ")) from None
+    if _lost(answer):
+        when = ("after the cluster's ft said it submitted the job (above)" if "Submitted batch job" in answer.shown
+                else "while the cluster's ft was submitting")
+        raise _unclear(c, sent, f"the connection to {c.host} was lost {when}")
+    return answer.status
+
+
+def _unclear(c: Cluster, sent: PurePosixPath | None, what: str) -> UserError:
+    where = f"; the files sent with it are in {sent} there" if sent else ""
+    return UserError(f"cluster {c.name}: {what}: the job may have been submitted there{where}",
+                     hint=f"look for it with `ft jobs --cluster {c.name}` (or `ssh {c.ssh_line} squeue --me`); "
+                          "if it is not there, submit it again")
 
 
 # --------------------------------------------------------------------------- the folder over ssh
@@ -271,14 +487,14 @@ class RemoteFiles:
             raise UserError(f"{name}: not inside the job folder")
         return str(path)
 
-    def _read(self, words: list[str]) -> bytes:
-        result = run(self.cluster, words, capture=True)
-        if result.returncode != 0:
+    def _read(self, words: list[str], limit: int) -> bytes:
+        answer = run(self.cluster, words, capture=limit, timeout=self.cluster.timeout)
+        if answer.status != 0:
             raise FileNotFoundError(words[-1])
-        return result.stdout
+        return answer.out
 
     def read_bytes(self, name: str | PurePath) -> bytes:
-        return self._read(["cat", "--", self._path(name)])
+        return self._read(["cat", "--", self._path(name)], METRICS_LIMIT_BYTES)
 
     def write(self, files: dict[str, str]) -> None:
         """Each file whole, as one tar stream into the folder (made if missing)."""
@@ -293,15 +509,17 @@ class RemoteFiles:
             for name, text in files.items():
                 data = text.encode()
                 info = tarfile.TarInfo(str(PurePosixPath(name)))
-                info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+                info.size, info.mode, info.mtime = len(data), 0o600, int(time.time())
                 tar.addfile(info, io.BytesIO(data))
         self._send(buffer.getvalue())
 
     def _send(self, tar: bytes) -> None:
+        """Unpacked as private as a job folder: folders 700, files 600 (umask 077 there)."""
         root = str(self.root)
-        result = run(self.cluster, ["sh", "-c", 'mkdir -p -- "$1" && tar -x -f - -C "$1"', "sh", root],
-                     input=tar, capture=True)
-        if result.returncode != 0:
+        script = 'umask 077 && mkdir -p -- "$1" && tar -x --no-same-permissions -f - -C "$1"'
+        answer = run(self.cluster, ["sh", "-c", script, "sh", root], input=tar, capture=ANSWER_LIMIT_BYTES,
+                     timeout=self.cluster.timeout)
+        if answer.status != 0:
             raise UserError(f"cluster {self.cluster.name}: could not write {root} there")
 
 
@@ -375,13 +593,16 @@ def _fill(value: Any, folder: str) -> Any:
 
 
 def upload_folder(c: Cluster, job_name: str) -> PurePosixPath:
-    """A new folder for this submission's files under the cluster's FT_HOME; its absolute path."""
+    """A new folder for this submission's files under the cluster's FT_HOME (700, as a job
+    folder: it holds the user's data); its absolute path."""
     from launcher import jobdir
 
-    script = f'd="{paths.shell_home()}/uploads/$1" && mkdir -p -- "$d" && cd -- "$d" && pwd -P'
-    result = run(c, ["sh", "-c", script, "sh", jobdir.new_name(job_name)], capture=True)
-    lines = result.stdout.decode(errors="replace").strip().splitlines()
-    if result.returncode != 0 or not lines or not lines[-1].startswith("/"):
+    script = (f'umask 077 && d="{paths.shell_home()}/uploads" && mkdir -p -- "$d" && chmod 700 -- "$d" '
+              '&& mkdir -- "$d/$1" && cd -- "$d/$1" && pwd -P')
+    answer = run(c, ["sh", "-c", script, "sh", jobdir.new_name(job_name)], capture=ANSWER_LIMIT_BYTES,
+                 timeout=c.timeout)
+    lines = answer.out.decode(errors="replace").strip().splitlines()
+    if answer.status != 0 or not lines or not lines[-1].startswith("/") or _CONTROL.search(lines[-1]):
         raise UserError(f"cluster {c.name}: could not make a folder for the job's files there")
     return PurePosixPath(lines[-1])
 
@@ -418,27 +639,49 @@ def submit_words(factory: PurePosixPath, profile: PurePosixPath, sweeps: list[st
 
 
 def plot(c: Cluster, specs: list[str], out: Path | None) -> Path:
-    """`ft plot --cluster`: the cluster's ft names the runs; only their metrics.jsonl come here."""
-    import json
-
+    """`ft plot --cluster`: the cluster's ft names the runs; only their metrics.jsonl come here.
+    The PNG goes to `out`, else to this folder, under a name made of the jobs' safe characters."""
+    from launcher import jobdir
     from launcher import plot as plotting
 
-    listed = ft(c, ["plot", "--list-runs", *specs], capture=True)
-    if listed.returncode != 0:
+    listed = ft(c, ["plot", "--list-runs", *specs], capture=ANSWER_LIMIT_BYTES, timeout=c.timeout)
+    if listed.status != 0:
         raise UserError(f"cluster {c.name}: ft plot could not find {' '.join(specs)} there")
-    try:
-        described = json.loads(listed.stdout.decode(errors="replace").strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        raise UserError(f"cluster {c.name}: could not read ft's answer", listed.stdout.decode(errors="replace")[-400:]) from None
     runs = []
-    for item in described:
+    for item in _described_runs(c, listed.out):
         files = RemoteFiles(c, PurePosixPath(item["folder"]))
-        run = plotting.Run(item["label"], Path(item["folder"]), job=item["job"])
+        run = plotting.Run(printable(item["label"]), Path(item["folder"]), job=printable(item["job"]))
         try:
-            run.series = plotting.parse_metrics(files.read_bytes(layout.METRICS))
+            run.series = plotting.parse_metrics(files.tail(layout.METRICS, METRICS_LIMIT_BYTES))
         except OSError:
             run.series = {}
         runs.append(run)
     plotting.check_series(runs)
-    name = "-".join(dict.fromkeys(r.job.split(" ")[0] for r in runs))[:80]
+    name = "-".join(dict.fromkeys(jobdir.safe_name(r.job.split(" ")[0]) for r in runs))[:80]
     return plotting.draw(runs, out or Path(f"ft-plot-{c.name}-{name}.png"))
+
+
+_RUN_FIELDS = ("label", "folder", "job")
+
+
+def _described_runs(c: Cluster, out: bytes) -> list[dict[str, str]]:
+    """The runs in the cluster's answer: a JSON list of {label, folder, job}, each a short
+    string, the folder an absolute path there; anything else is one error, never a traceback."""
+    import json
+
+    text = out.decode(errors="replace").strip()
+    try:
+        described = json.loads(text.splitlines()[-1])
+    except (ValueError, IndexError, RecursionError):
+        described = None
+    if not isinstance(described, list) or not 0 < len(described) <= 1000 or not all(
+            isinstance(item, dict) and all(isinstance(item.get(k), str) and 0 < len(item[k]) <= 4096
+                                           and "\0" not in item[k] for k in _RUN_FIELDS) for item in described):
+        raise UserError(f"cluster {c.name}: could not read ft's answer to `ft plot --list-runs` (a JSON list of "
+                        f"runs, each with {', '.join(_RUN_FIELDS)}); it began: {printable(text[:200])!r}",
+                        hint=f"check that clusters.{c.name}.ft runs ft on {c.host} (with `--version` there)")
+    for item in described:
+        if not item["folder"].startswith("/") or _CONTROL.search(item["folder"]):
+            raise UserError(f"cluster {c.name}: ft there named a run folder that is not a plain absolute path: "
+                            f"{printable(item['folder'][:200])!r}")
+    return described

@@ -7,17 +7,22 @@ on purpose, one validated line per item.
 
 A template may come from a factory or a site (`slurm.template`) and is rendered when a user
 only inspects a recipe (`--dry-run`), so it is data: a sandboxed Jinja environment without
-globals (no attribute of Python's internals, no call that changes anything), and the script
-it makes holds no character that would hide text from the person reading it.
+globals (no attribute of Python's internals, no call that changes anything), rendered in a
+forked child bounded in time, memory and output (a loop can still be long, or a string
+doubled), and the script it makes holds no character that would hide text from the person
+reading it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
 import shlex
+import signal
 import sys
+import time
 from pathlib import Path
 
 from ftcore import contract, exits, layout, records, rendezvous, schema, shipped
@@ -27,6 +32,11 @@ from ftcore.schema import WRITTEN_PATHS, Job
 from launcher import __version__, paths, runtime, scheduler, stage
 
 TEMPLATE = "sbatch.sh.j2"
+# A script is a few KiB; a template (or one that makes a script) past these is not one.
+TEMPLATE_LIMIT_BYTES = 1 * 2**20
+SCRIPT_LIMIT_BYTES = 1 * 2**20
+RENDER_TIMEOUT_S = 10
+RENDER_MEMORY_BYTES = 512 * 2**20  # address space the rendering child may add to what ft holds
 _CONFIG_MARK = "@FT_CONFIG@"  # stands for "$FT_CONFIG" until the command is quoted
 # Words that stand for the script's variables until the command is quoted.
 _MARKS = {_CONFIG_MARK: '"$FT_CONFIG"', runtime.JOB_ID: '"${SLURM_JOB_ID:?}"'}  # no job, no line
@@ -215,6 +225,9 @@ def render_sbatch(job: Job, job_dir: Path, template: str | None = None, array_si
     template_path = expand(template or job.slurm.template or paths.templates_dir() / TEMPLATE)
     if not template_path.is_file():
         raise UserError(f"sbatch template {template_path} does not exist")
+    if template_path.stat().st_size > TEMPLATE_LIMIT_BYTES:
+        raise UserError(f"sbatch template {template_path} is larger than {TEMPLATE_LIMIT_BYTES // 2**20} MiB: "
+                        "not a script template")
     env = _environment(str(template_path.parent))
     # Each task reads "$FT_CONFIG", set in the script: a sweep's array tasks each have their own.
     launch = " \\\n    ".join(shlex.join(g) for g in trainer_argv_groups(job, Path(_CONFIG_MARK), job_dir))
@@ -223,8 +236,7 @@ def render_sbatch(job: Job, job_dir: Path, template: str | None = None, array_si
         run_dir_line = f'FT_RUN_DIR="$FT_JOB_DIR/{layout.TASKS}/$SLURM_ARRAY_TASK_ID"'
     else:
         run_dir_line = 'FT_RUN_DIR="$FT_JOB_DIR"'
-    try:
-        script = env.get_template(template_path.name).render(
+    values = dict(
             version=q(__version__),
             factory=q(job.name),
             job_dir=q(job_dir),
@@ -244,11 +256,15 @@ def render_sbatch(job: Job, job_dir: Path, template: str | None = None, array_si
             port_base=rendezvous.PORT_BASE,
             port_span=rendezvous.PORT_SPAN,
             max_requeues=job.slurm.max_requeues,
-        )
+    )
+    try:
+        template_object = env.get_template(template_path.name)
     except jinja2.TemplateError as err:
-        raise UserError(f"sbatch template {template_path}: {err}") from None
-    except Exception as err:  # the sandbox's own limits (a huge range), or a template's 1/0
-        raise UserError(f"sbatch template {template_path}: {type(err).__name__}: {err}") from None
+        raise UserError(f"sbatch template {template_path}: {str(err)[:500]}") from None
+    if template_path == paths.templates_dir() / TEMPLATE:
+        script = template_object.render(**values)  # ft's own: no fork for it (a sweep renders each task)
+    else:
+        script = _render_bounded(template_object, values, template_path)
     hidden = _HIDDEN.search(script)
     if hidden:
         line = script.count("\n", 0, hidden.start()) + 1
@@ -256,6 +272,81 @@ def render_sbatch(job: Job, job_dir: Path, template: str | None = None, array_si
                         f"character U+{ord(hidden.group()):04X}, which would hide text from anyone reading it",
                         hint="remove it from the template (or from the setting that put it there)")
     return script
+
+
+def _render_bounded(template, values: dict, template_path: Path) -> str:
+    """`template` rendered in a forked child: at most RENDER_TIMEOUT_S seconds, RENDER_MEMORY_BYTES
+    more memory and SCRIPT_LIMIT_BYTES of script, else one UserError (the child is killed)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: render, send back "ok:" + script or "no:" + why, and leave at once
+        os.close(read_end)
+        try:
+            _limit_memory(RENDER_MEMORY_BYTES)
+            answer = b"ok:" + template.render(**values).encode()
+        except BaseException as err:  # noqa: BLE001 - every failure becomes the parent's message
+            answer = b"no:" + _render_failure(err).encode(errors="replace")
+        with contextlib.suppress(OSError):
+            with os.fdopen(write_end, "wb") as pipe:
+                pipe.write(answer[:SCRIPT_LIMIT_BYTES + 3 + 1])
+        os._exit(0)
+    os.close(write_end)
+    try:
+        answer, late = _read_bounded(read_end, SCRIPT_LIMIT_BYTES + 3, RENDER_TIMEOUT_S)
+    finally:
+        os.close(read_end)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    where = f"sbatch template {template_path}"
+    if late:
+        raise UserError(f"{where}: rendering did not finish within {RENDER_TIMEOUT_S} s (a loop without end?)",
+                        hint="nothing was written or submitted")
+    if len(answer) > SCRIPT_LIMIT_BYTES + 3:
+        raise UserError(f"{where}: the script it makes is larger than {SCRIPT_LIMIT_BYTES // 2**20} MiB",
+                        hint="nothing was written or submitted")
+    if answer.startswith(b"ok:"):
+        return answer[3:].decode()
+    why = answer[3:].decode(errors="replace") or "rendering failed (the renderer ended without an answer)"
+    raise UserError(f"{where}: {why}")
+
+
+def _render_failure(err: BaseException) -> str:
+    import jinja2
+
+    if isinstance(err, MemoryError):
+        return f"rendering needs more than {RENDER_MEMORY_BYTES // 2**20} MiB (a string or list multiplied?)"
+    if isinstance(err, jinja2.TemplateError):
+        return str(err)[:500]
+    return f"{type(err).__name__}: {str(err)[:500]}"  # the sandbox's own limits (a huge range), a 1/0
+
+
+def _limit_memory(extra: int) -> None:
+    """Cap this process's address space at what it holds now plus `extra` (Linux: /proc)."""
+    try:
+        import resource
+
+        held = int(Path("/proc/self/statm").read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        resource.setrlimit(resource.RLIMIT_AS, (held + extra, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    except (OSError, ValueError, ImportError):
+        pass  # no /proc (macOS): the time and size bounds still hold
+
+
+def _read_bounded(fd: int, limit: int, timeout: float) -> tuple[bytes, bool]:
+    """(up to limit + 1 bytes read from `fd` until its end, whether the time ran out first)."""
+    import select
+
+    deadline = time.monotonic() + timeout
+    data = bytearray()
+    while len(data) <= limit:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return bytes(data), True
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data), False
 
 
 def check_folder(job_dir: Path) -> None:

@@ -6,14 +6,18 @@ trusted only as far as their owners are.
   setgid (group-shared) folder are group-writable too, and the kernel passes the group on.
   Elsewhere the user's umask decides.
 * Trust: a job runs what is in the cache, so a file there counts only when you, root or an
-  owner named in `trusted_owners` (a user, or `group:NAME` for the members of a group) owns
-  it; anything else is refused with the owner's name. An image ft pulled also carries its
-  sha256 (`.<sif>.sha256`, written at the pull), checked before the image is used.
+  owner named in `trusted_owners` (a user, `uid:N` for an owner without a name here, or
+  `group:NAME` for the members of a group) owns it; anything else is refused with the owner's
+  name. An image ft pulled also carries its sha256 (`.<sif>.sha256`, written at the pull),
+  checked before the image is used: an image without one is not verified, and refused.
+* A lock file is opened without following a link and changed only when it is a plain file of
+  the user's own: a link planted in the shared folder never lends its target the lock's mode.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import grp
 import hashlib
@@ -54,8 +58,13 @@ def make_dir(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     if shared:
         for created in missing:
-            with contextlib.suppress(OSError):  # made by someone else meanwhile: theirs to set
-                os.chmod(created, (0o777 & ~_umask()) | 0o070 | stat.S_ISGID)
+            with contextlib.suppress(OSError):  # made by someone else meanwhile (or a link): theirs to set
+                fd = os.open(created, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+                try:
+                    if os.fstat(fd).st_uid == os.getuid():
+                        os.fchmod(fd, (0o777 & ~_umask()) | 0o070 | stat.S_ISGID)
+                finally:
+                    os.close(fd)
     return folder
 
 
@@ -63,19 +72,7 @@ def make_dir(folder: Path) -> Path:
 def lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on `path` (created group-writable), waiting for its holder."""
     make_dir(path.parent)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, LOCK_MODE)
-    except PermissionError:
-        fd = None
-    if fd is not None:
-        with contextlib.suppress(PermissionError):  # someone else's lock file: its mode is theirs
-            if os.fstat(fd).st_uid == os.getuid():
-                os.fchmod(fd, LOCK_MODE)  # not cut back by the umask: the group must open it too
-    else:
-        try:  # a lock file an older ft made 0644: a read-only handle takes the lock on a local disk
-            fd = os.open(path, os.O_RDONLY)
-        except OSError as err:
-            raise _lock_refused(path, err) from None
+    fd = _open_lock(path)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -89,7 +86,44 @@ def lock(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
+_NO_FOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+
+
+def _open_lock(path: Path) -> int:
+    """The lock file's descriptor: never through a link (ELOOP: refused), never a FIFO or device."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | _NO_FOLLOW, LOCK_MODE)
+    except PermissionError:
+        try:  # a lock file an older ft made 0644: a read-only handle takes the lock on a local disk
+            fd = os.open(path, os.O_RDONLY | _NO_FOLLOW)
+        except OSError as err:
+            raise _lock_refused(path, err) from None
+    except OSError as err:
+        raise _lock_refused(path, err) from None
+    found = os.fstat(fd)
+    if not stat.S_ISREG(found.st_mode):
+        os.close(fd)
+        raise UserError(f"cannot take the lock {path}: it is not a plain file (someone made it {_kind(found)})",
+                        hint=f"remove it (`rm {path}`): a lock file holds nothing")
+    # Not cut back by the umask, so the group can open it too; only a file of one's own, with
+    # one name (a hard link to another file of the user's is not the user's lock file).
+    if found.st_uid == os.getuid() and found.st_nlink == 1 and stat.S_IMODE(found.st_mode) != LOCK_MODE:
+        with contextlib.suppress(PermissionError):
+            os.fchmod(fd, LOCK_MODE)
+    return fd
+
+
+def _kind(found: os.stat_result) -> str:
+    return "a FIFO" if stat.S_ISFIFO(found.st_mode) else "a device" if stat.S_ISCHR(found.st_mode) or \
+        stat.S_ISBLK(found.st_mode) else "a folder" if stat.S_ISDIR(found.st_mode) else "a special file"
+
+
 def _lock_refused(path: Path, err: OSError) -> UserError:
+    if err.errno == errno.ELOOP:
+        return UserError(f"cannot take the lock {path}: it is a symbolic link (to {_link_target(path)}), which ft "
+                         "never follows", hint=f"remove it (`rm {path}`): a lock file holds nothing, and a link there "
+                                               "is someone else's doing")
+
     owner = owner_name(path)
     return UserError(f"cannot take the lock {path} ({err.strerror or err}): it belongs to {owner} and is "
                      "not writable by you",
@@ -100,6 +134,7 @@ def _lock_refused(path: Path, err: OSError) -> UserError:
 
 
 def owner_name(path: Path) -> str:
+    """The owner as trusted_owners names it: a user name, else `uid:N` (no name here)."""
     try:
         uid = path.lstat().st_uid
     except OSError:
@@ -107,15 +142,25 @@ def owner_name(path: Path) -> str:
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
-        return f"uid {uid}"
+        return f"uid:{uid}"
+
+
+def _link_target(path: Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return "?"
 
 
 def _trusted_uids(trusted_owners: Iterable[str]) -> set[int]:
-    """You, root and the named owners (`group:NAME`: every member of group NAME)."""
+    """You, root and the named owners (`uid:N`: the owner of that id; `group:NAME`: every
+    member of group NAME)."""
     uids = {os.getuid(), 0}
     for name in trusted_owners:
         try:
-            if name.startswith("group:"):
+            if name.startswith("uid:") and name[4:].isdigit():
+                uids.add(int(name[4:]))
+            elif name.startswith("group:"):
                 group = grp.getgrnam(name.removeprefix("group:"))
                 uids |= {pwd.getpwnam(member).pw_uid for member in group.gr_mem}
                 uids |= {user.pw_uid for user in pwd.getpwall() if user.pw_gid == group.gr_gid}
@@ -167,16 +212,21 @@ def _verified_key(image: Path) -> str:
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
 
 
+DIGEST_LIMIT_BYTES = 4096
+
+
 def digest_problem(image: Path) -> str | None:
-    """Whether `image` still has the sha256 recorded when ft pulled it (None: yes, or none recorded).
-    A file seen unchanged since its last check is not read again."""
+    """Whether `image` still has the sha256 recorded when ft pulled it (None: yes). No record
+    (or an unreadable one) means not verified, never fine. A file seen unchanged since its last
+    check is not read again."""
     recorded = digest_path(image)
-    if not recorded.is_file():
-        return None
+    expected = _recorded_digest(recorded)
+    if expected is None:
+        return (f"{image} has no sha256 recorded by the pull that made it ({recorded} is missing or not a plain "
+                "file ft wrote), so ft cannot tell that it is the image it pulled; remove it and pull again")
     memo = paths.ft_home() / "image-checks" / f"digest-{_verified_key(image)}"
-    if memo.is_file():
+    if memo.is_file() and memo.read_text().strip() == expected:
         return None
-    expected = recorded.read_text().split()[0] if recorded.read_text().split() else ""
     actual = sha256_of(image)
     if actual != expected:
         return (f"{image} is not the image ft pulled: its sha256 is {actual[:16]}…, the pull recorded "
@@ -185,3 +235,17 @@ def digest_problem(image: Path) -> str | None:
     with contextlib.suppress(OSError):
         memo.write_text(actual + "\n")
     return None
+
+
+def _recorded_digest(recorded: Path) -> str | None:
+    """The hex digest in a `.sha256` file: a plain file, read bounded, never through a link."""
+    try:
+        fd = os.open(recorded, os.O_RDONLY | _NO_FOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        words = handle.read(DIGEST_LIMIT_BYTES).decode(errors="replace").split()
+    digest = words[0] if words else ""
+    return digest if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest) else None

@@ -65,7 +65,8 @@ def _run_or_fail(argv: list[str]) -> subprocess.CompletedProcess[str]:
         raise SchedulerError(f"{argv[0]} did not answer within {TIMEOUT_S:.0f} s", timeout.output) from None
 
 
-_KILL_WAIT = re.compile(r"^KillWait\s*=\s*(\d+)\s*sec", re.MULTILINE)
+# ASCII digits, seven at most (115 days): a longer number, or Unicode digits, is an odd answer.
+_KILL_WAIT = re.compile(r"^KillWait\s*=\s*([0-9]{1,7})\s*sec", re.MULTILINE | re.ASCII)
 
 
 def kill_wait_s() -> int | None:

@@ -162,13 +162,14 @@ def _write(plan: Plan, wanted: dict[str, Any], command: str) -> None:
               "submit_dir": plan.submit_dir, "pids": [os.getpid()]}
     files = {layout.CONFIG: jobdir.config_text(wanted), layout.COMMAND: command, layout.RECORD: jobdir.record_text(**record)}
     created = jobdir.create_at(plan.folder, lambda final: files)
+    # The folder exists: this job was requeued, or --job-dir names an earlier run's folder
+    # (checked before anything, the lock included, is written into it).
+    earlier = {} if created else _earlier_run(plan)
     # One run at a time in a folder: the lock is held until the trainer (this process, after
     # exec) exits, so a second `ft train --job-dir` of the same folder is refused, not mixed in.
     jobdir.hold_run_lock(plan.folder, plan.job_id)
     if created:
         return
-    # The folder exists: this job was requeued, or --job-dir names an earlier run's folder.
-    earlier = _earlier_run(plan)
     history = list(earlier.get("history", []))
     if earlier.get("job_id") and earlier.get("job_id") != plan.job_id:
         history.append({k: earlier.get(k) for k in ("job_id", "time")})

@@ -12,12 +12,13 @@ the command line (`peft=qlora`, `quantization.load_in_4bit=true`, `peft.peft_sch
     ft show   --factory peft_guide.yaml container.runtime=none   # prints the translation first
     ft submit --factory peft_guide.yaml --executor local --yes
 
-Pure functions over plain dicts; nothing here reads files.
+Pure functions over plain dicts; nothing here reads files. A recipe is data from anywhere:
+a count the translation computes with must be a whole number in range, a flag true or false,
+and no value is passed on or shown past a few KiB (refused by name, never a traceback).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,11 @@ _AUTOMODEL_SECTIONS = ("step_scheduler", "dataset", "validation_dataset", "distr
 _SQUAD_BUILDER = "make_squad_dataset"
 _OPTIMIZERS = {"torch.optim.Adam": "adam", "torch.optim.AdamW": "adamw"}
 _SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant"}
+# A setting is a number, a word, a path or a short list; past this many characters it is not one.
+VALUE_LIMIT = 4096
+# The largest count (samples, batch size, steps) the translation multiplies or divides.
+COUNT_LIMIT = 10**12
+_SHOWN = 200  # characters of a value a line shows
 
 
 @dataclass
@@ -42,6 +48,9 @@ class Translation:
     refused: list[str] = field(default_factory=list)
 
     def set(self, key: str, value: Any, origin: str) -> None:
+        if _larger_than(value, VALUE_LIMIT):
+            self.refuse(origin, f"a value of more than {VALUE_LIMIT} characters ({_show(value)}) is no setting")
+            return
         node = self.data
         *parents, leaf = key.split(".")
         for part in parents:
@@ -57,11 +66,61 @@ class Translation:
 
 
 def _show(value: Any) -> str:
+    """The value as a line shows it: at most _SHOWN characters."""
     if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, list):
-        return "[" + ",".join(str(v) for v in value) + "]"
-    return str(value)
+        text = str(value).lower()
+    elif isinstance(value, list):
+        text = "[" + ",".join(_show(v) for v in value[:_SHOWN]) + "]"
+    elif isinstance(value, int) and abs(value) > 10**_SHOWN:
+        text = f"a number of {len(str(abs(value))) if abs(value) < 10**4000 else 'thousands of'} digits"
+    else:
+        text = str(value)
+    return text if len(text) <= _SHOWN else text[:_SHOWN] + "…"
+
+
+def _larger_than(value: Any, budget: int) -> bool:
+    """Whether `value` (strings, numbers, lists and mappings of them) spells out more than
+    `budget` characters; stops counting as soon as it does."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            budget -= len(item)
+        elif isinstance(item, (list, tuple)):
+            budget -= len(item)
+            pending += item[: budget + 1]
+        elif isinstance(item, dict):
+            budget -= len(item)
+            pending += [*list(item)[: budget + 1], *list(item.values())[: budget + 1]]
+        elif isinstance(item, int) and not isinstance(item, bool):
+            budget -= item.bit_length() // 3
+        else:
+            budget -= 8
+        if budget < 0:
+            return True
+    return False
+
+
+def _count(translation: Translation, origin: str, value: Any) -> int | None:
+    """A count the translation computes with: a whole number from 1 to COUNT_LIMIT, else refused."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= COUNT_LIMIT:
+        translation.refuse(origin, f"{_show(value)}: must be a whole number from 1 to {COUNT_LIMIT}")
+        return None
+    return value
+
+
+def _flag(translation: Translation, origin: str, value: Any) -> bool | None:
+    """true or false as YAML writes them; a word such as "false" is refused, never read as true."""
+    if not isinstance(value, bool):
+        translation.refuse(origin, f"{_show(value)}: must be true or false")
+        return None
+    return value
+
+
+def _set_flag(translation: Translation, key: str, section: dict[str, Any], theirs: str, origin: str) -> None:
+    flag = _flag(translation, origin, section[theirs])
+    if flag is not None:
+        translation.set(key, flag, origin)
 
 
 # Sections only an ft job has: a file with one of them is ft's, whatever else it holds (a
@@ -80,7 +139,8 @@ def is_automodel(data: dict[str, Any]) -> bool:
 
 
 def _target(section: dict[str, Any]) -> str:
-    return str(section.get("_target_") or "")
+    target = section.get("_target_") or ""
+    return target if isinstance(target, str) and len(target) <= _SHOWN else _show(target)
 
 
 def _section(data: dict[str, Any], name: str, translation: Translation) -> dict[str, Any]:
@@ -96,7 +156,7 @@ def _section(data: dict[str, Any], name: str, translation: Translation) -> dict[
 def _unknown(translation: Translation, name: str, section: dict[str, Any], known: set[str]) -> None:
     for key in section:
         if key not in known and key != "_target_":
-            translation.refuse(f"{name}.{key}", "has no ft equivalent")
+            translation.refuse(f"{name}.{_show(key)}", "has no ft equivalent")
 
 
 def translate_automodel(data: dict[str, Any], source: str) -> Translation:
@@ -110,8 +170,7 @@ def translate_automodel(data: dict[str, Any], source: str) -> Translation:
     loader = _section(data, "dataloader", translation)
     _datasets(_section(data, "dataset", translation), _section(data, "validation_dataset", translation),
               loader, _section(data, "validation_dataloader", translation), translation)
-    _schedule(_section(data, "step_scheduler", translation), loader, _section(data, "distributed", translation),
-              translation)
+    _schedule(_section(data, "step_scheduler", translation), loader, _section(data, "distributed", translation), translation)
     _optimizer(_section(data, "optimizer", translation), _section(data, "lr_scheduler", translation), translation)
     _checkpoint(_section(data, "checkpoint", translation), translation)
     rng = _section(data, "rng", translation)
@@ -125,8 +184,7 @@ def translate_automodel(data: dict[str, Any], source: str) -> Translation:
         translation.ignore("dist_env", "ft picks the backend (nccl on GPUs, gloo on CPUs) and its own timeouts")
     loss = _section(data, "loss_fn", translation)
     if loss and not _target(loss).endswith("MaskedCrossEntropy"):
-        translation.refuse("loss_fn._target_",
-                           f"{_target(loss)}: ft trains with the masked cross-entropy over answer tokens only")
+        translation.refuse("loss_fn._target_", f"{_target(loss)}: ft trains with the masked cross-entropy over answer tokens only")
     elif loss:
         translation.ignore("loss_fn", "ft's loss is the same masked cross-entropy over answer tokens")
     wandb = _section(data, "wandb", translation)
@@ -140,7 +198,7 @@ def translate_automodel(data: dict[str, Any], source: str) -> Translation:
              "rng", "dist_env", "loss_fn", "wandb"}
     for key in data:
         if key not in known:
-            translation.refuse(str(key), "is no AutoModel section ft knows how to translate")
+            translation.refuse(_show(key), "is no AutoModel section ft knows how to translate")
     return translation
 
 
@@ -157,13 +215,13 @@ def _model(model: dict[str, Any], translation: Translation) -> None:
     elif "is_meta_device" in model:
         translation.ignore("model.is_meta_device", "false is ft's default")
     if "torch_dtype" in model:
-        dtype = dtypes.name_of(model["torch_dtype"])
+        dtype = dtypes.name_of(model["torch_dtype"]) if isinstance(model["torch_dtype"], str) else None
         if dtype:
             translation.set("model.dtype", dtype, "model.torch_dtype")
         else:
-            translation.refuse("model.torch_dtype", f"{model['torch_dtype']}: ft trains in bf16 or fp32")
+            translation.refuse("model.torch_dtype", f"{_show(model['torch_dtype'])}: ft trains in bf16 or fp32")
     if "trust_remote_code" in model:
-        translation.set("model.trust_remote_code", bool(model["trust_remote_code"]), "model.trust_remote_code")
+        _set_flag(translation, "model.trust_remote_code", model, "trust_remote_code", "model.trust_remote_code")
     if "attn_implementation" in model:
         translation.set("model.attn_implementation", model["attn_implementation"], "model.attn_implementation")
     _unknown(translation, "model", model, {"pretrained_model_name_or_path", "is_meta_device", "torch_dtype",
@@ -186,13 +244,12 @@ def _peft(data: dict[str, Any], translation: Translation) -> None:
         translation.ignore("peft.use_triton", "a faster LoRA kernel, same numbers; ft runs peft's LoRA layers")
     if "dropout_position" in peft:
         if peft["dropout_position"] != "pre":
-            translation.refuse("peft.dropout_position",
-                               f"{peft['dropout_position']}: ft (peft) applies dropout to the LoRA input")
+            translation.refuse("peft.dropout_position", f"{_show(peft['dropout_position'])}: ft (peft) applies dropout to the "
+                     "LoRA input")
         else:
             translation.ignore("peft.dropout_position", "pre: dropout on the LoRA input, as ft does")
-    _unknown(translation, "peft", peft,
-             {"target_modules", "exclude_modules", "dim", "alpha", "dropout", "match_all_linear",
-              "use_triton", "dropout_position"})
+    _unknown(translation, "peft", peft, {"target_modules", "exclude_modules", "dim", "alpha", "dropout", "match_all_linear",
+                                "use_triton", "dropout_position"})
 
 
 def _quantization(quant: dict[str, Any], translation: Translation) -> None:
@@ -203,21 +260,19 @@ def _quantization(quant: dict[str, Any], translation: Translation) -> None:
     if not quant.get("load_in_4bit"):
         translation.ignore("quantization", "load_in_4bit is not set")
         return
-    kind = str(quant.get("bnb_4bit_quant_type", "nf4"))
+    kind = quant.get("bnb_4bit_quant_type", "nf4")
     if kind != "nf4":
-        translation.refuse("quantization.bnb_4bit_quant_type", f"{kind}: ft's QLoRA stores the base in NF4 only")
+        translation.refuse("quantization.bnb_4bit_quant_type", f"{_show(kind)}: ft's QLoRA stores the base in NF4 only")
         return
     translation.set("model.quantization", "nf4", "quantization.load_in_4bit")
     if "bnb_4bit_compute_dtype" in quant:
-        translation.ignore("quantization.bnb_4bit_compute_dtype",
-                           "ft computes in model.dtype (bf16 on GPUs, fp32 on CPUs)")
+        translation.ignore("quantization.bnb_4bit_compute_dtype", "ft computes in model.dtype (bf16 on GPUs, fp32 on CPUs)")
     if "bnb_4bit_use_double_quant" in quant:
         translation.ignore("quantization.bnb_4bit_use_double_quant", "torchao's NF4 always quantizes its block scales")
     if "bnb_4bit_quant_storage" in quant:
         translation.ignore("quantization.bnb_4bit_quant_storage", "torchao stores NF4 in its own packed layout")
-    _unknown(translation, "quantization", quant,
-             {"load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type", "bnb_4bit_compute_dtype",
-              "bnb_4bit_use_double_quant", "bnb_4bit_quant_storage"})
+    _unknown(translation, "quantization", quant, {"load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type", "bnb_4bit_compute_dtype",
+                                        "bnb_4bit_use_double_quant", "bnb_4bit_quant_storage"})
 
 
 def _dataset_source(name: str, ds: dict[str, Any], translation: Translation) -> str | None:
@@ -245,12 +300,11 @@ def _datasets(train: dict[str, Any], val: dict[str, Any], loader: dict[str, Any]
         translation.set("data.limit_samples", train["limit_dataset_samples"], "dataset.limit_dataset_samples")
     if "seq_length" in train:
         translation.set("data.max_seq_length", train["seq_length"], "dataset.seq_length")
-    _unknown(translation, "dataset", train,
-             {"dataset_name", "path_or_dataset", "split", "limit_dataset_samples", "seq_length"})
+    _unknown(translation, "dataset", train, {"dataset_name", "path_or_dataset", "split", "limit_dataset_samples", "seq_length"})
     if "batch_size" in loader:
         translation.set("data.micro_batch_size", loader["batch_size"], "dataloader.batch_size")
     if "shuffle" in loader:
-        translation.set("data.shuffle", bool(loader["shuffle"]), "dataloader.shuffle")
+        _set_flag(translation, "data.shuffle", loader, "shuffle", "dataloader.shuffle")
     for key in ("_target_", "collate_fn", "num_workers"):
         if key in loader:
             translation.ignore(f"dataloader.{key}", "ft's own loader batches and pads the tokenized records")
@@ -263,18 +317,18 @@ def _datasets(train: dict[str, Any], val: dict[str, Any], loader: dict[str, Any]
         translation.set("data.val_path", val_source, "validation_dataset.dataset_name")
     if "split" in val:
         translation.set("data.val_split", val["split"], "validation_dataset.split")
-    micro = loader.get("batch_size", 1)
-    if "limit_dataset_samples" in val and isinstance(micro, int) and micro > 0:
-        batches = math.ceil(val["limit_dataset_samples"] / micro)
-        translation.set("trainer.limit_val_batches", batches,
-              f"validation_dataset.limit_dataset_samples={val['limit_dataset_samples']} / micro batch {micro}")
+    if "limit_dataset_samples" in val:
+        samples = _count(translation, "validation_dataset.limit_dataset_samples", val["limit_dataset_samples"])
+        micro = _count(translation, "dataloader.batch_size", loader.get("batch_size", 1))
+        if samples and micro:
+            translation.set("trainer.limit_val_batches", -(-samples // micro),  # ceil, in whole numbers
+                  f"validation_dataset.limit_dataset_samples={samples} / micro batch {micro}")
     if "batch_size" in val_loader:
         translation.ignore("validation_dataloader.batch_size", "ft validates in micro batches of data.micro_batch_size")
     for key in ("_target_", "collate_fn", "num_workers"):
         if key in val_loader:
             translation.ignore(f"validation_dataloader.{key}", "ft's own loader")
-    _unknown(translation, "validation_dataset", val,
-             {"dataset_name", "path_or_dataset", "split", "limit_dataset_samples"})
+    _unknown(translation, "validation_dataset", val, {"dataset_name", "path_or_dataset", "split", "limit_dataset_samples"})
     _unknown(translation, "validation_dataloader", val_loader, {"batch_size", "collate_fn", "num_workers"})
 
 
@@ -284,18 +338,20 @@ def _schedule(steps: dict[str, Any], loader: dict[str, Any], dist: dict[str, Any
         if theirs in steps:
             translation.set(ours, steps[theirs], f"step_scheduler.{theirs}")
     dp = dist.get("dp_size")
-    ranks = dp if isinstance(dp, int) and dp > 0 else 1
-    if isinstance(dp, int) and dp > 0:
+    ranks = dp if isinstance(dp, int) and not isinstance(dp, bool) and 0 < dp <= COUNT_LIMIT else 1
+    if ranks == dp:
         translation.set("trainer.devices", dp, "distributed.dp_size")
     elif "dp_size" in dist:
-        translation.ignore("distributed.dp_size",
-                           f"{dp}: every GPU ft is given is data parallel (trainer.devices, trainer.num_nodes)")
+        translation.ignore("distributed.dp_size", f"{_show(dp)}: every GPU ft is given is data parallel (trainer.devices, "
+                 "trainer.num_nodes)")
     if "global_batch_size" in steps:
         translation.set("data.global_batch_size", steps["global_batch_size"], "step_scheduler.global_batch_size")
     elif "grad_acc_steps" in steps:
-        micro = loader.get("batch_size", 1)
-        translation.set("data.global_batch_size", micro * steps["grad_acc_steps"] * ranks,
-              f"dataloader.batch_size {micro} × step_scheduler.grad_acc_steps {steps['grad_acc_steps']} × {ranks} rank(s)")
+        micro = _count(translation, "dataloader.batch_size", loader.get("batch_size", 1))
+        accumulate = _count(translation, "step_scheduler.grad_acc_steps", steps["grad_acc_steps"])
+        if micro and accumulate:
+            translation.set("data.global_batch_size", micro * accumulate * ranks,
+                  f"dataloader.batch_size {micro} × step_scheduler.grad_acc_steps {accumulate} × {ranks} rank(s)")
     if "local_batch_size" in steps:
         translation.set("data.micro_batch_size", steps["local_batch_size"], "step_scheduler.local_batch_size")
     _unknown(translation, "step_scheduler", steps, {"ckpt_every_steps", "val_every_steps", "num_epochs", "max_steps",
@@ -304,11 +360,10 @@ def _schedule(steps: dict[str, Any], loader: dict[str, Any], dist: dict[str, Any
     if target and not target.endswith(("FSDP2Manager", "DDPManager")):
         translation.refuse("distributed._target_", f"{target}: ft shards with FSDP2 or replicates with DDP")
     elif target:
-        translation.ignore("distributed._target_",
-                           "ft picks FSDP2 for full SFT and DDP for LoRA (trainer.strategy=auto)")
+        translation.ignore("distributed._target_", "ft picks FSDP2 for full SFT and DDP for LoRA (trainer.strategy=auto)")
     for key in ("tp_size", "cp_size", "pp_size", "ep_size"):
         if dist.get(key) not in (None, 1):
-            translation.refuse(f"distributed.{key}", f"{dist[key]}: ft has no tensor, context, pipeline or expert "
+            translation.refuse(f"distributed.{key}", f"{_show(dist[key])}: ft has no tensor, context, pipeline or expert "
                      "parallelism; models that need it are sharded with FSDP2 (trainer.strategy=fsdp2)")
         elif key in dist:
             translation.ignore(f"distributed.{key}", "1, as ft runs")
@@ -316,8 +371,7 @@ def _schedule(steps: dict[str, Any], loader: dict[str, Any], dist: dict[str, Any
         translation.refuse("distributed.sequence_parallel", "ft has no sequence parallelism")
     elif "sequence_parallel" in dist:
         translation.ignore("distributed.sequence_parallel", "false, as ft runs")
-    _unknown(translation, "distributed", dist,
-             {"dp_size", "tp_size", "cp_size", "pp_size", "ep_size", "sequence_parallel"})
+    _unknown(translation, "distributed", dist, {"dp_size", "tp_size", "cp_size", "pp_size", "ep_size", "sequence_parallel"})
 
 
 def _optimizer(opt: dict[str, Any], sched: dict[str, Any], translation: Translation) -> None:
@@ -325,8 +379,7 @@ def _optimizer(opt: dict[str, Any], sched: dict[str, Any], translation: Translat
     if target:
         name = _OPTIMIZERS.get(target)
         if name is None:
-            translation.refuse("optimizer._target_",
-                               f"{target}: ft's optimizers are torch.optim.Adam and torch.optim.AdamW")
+            translation.refuse("optimizer._target_", f"{target}: ft's optimizers are torch.optim.Adam and torch.optim.AdamW")
         else:
             translation.set("optim.name", name, f"optimizer._target_ {target}")
     for key in ("lr", "betas", "eps", "weight_decay"):
@@ -343,10 +396,10 @@ def _optimizer(opt: dict[str, Any], sched: dict[str, Any], translation: Translat
         if key in opt:
             translation.ignore(f"optimizer.{key}", "a kernel choice; ft picks it")
     if "lr_decay_style" in sched:
-        style = _SCHEDULES.get(str(sched["lr_decay_style"]))
+        style = _SCHEDULES.get(sched["lr_decay_style"]) if isinstance(sched["lr_decay_style"], str) else None
         if style is None:
-            translation.refuse("lr_scheduler.lr_decay_style",
-                               f"{sched['lr_decay_style']}: ft decays cosine, linear or constant")
+            translation.refuse("lr_scheduler.lr_decay_style", f"{_show(sched['lr_decay_style'])}: ft decays cosine, linear or "
+                     "constant")
         else:
             translation.set("optim.lr_scheduler.name", style, "lr_scheduler.lr_decay_style")
     if "lr_warmup_steps" in sched:
@@ -363,11 +416,11 @@ def _checkpoint(ckpt: dict[str, Any], translation: Translation) -> None:
         translation.ignore("checkpoint.checkpoint_dir", "ft writes checkpoints into the job folder (JOB/checkpoints)")
     fmt = ckpt.get("model_save_format")
     if fmt not in (None, "safetensors"):
-        translation.refuse("checkpoint.model_save_format", f"{fmt}: ft writes safetensors")
+        translation.refuse("checkpoint.model_save_format", f"{_show(fmt)}: ft writes safetensors")
     elif fmt:
         translation.ignore("checkpoint.model_save_format", "safetensors, as ft writes")
     if "save_consolidated" in ckpt:
-        translation.set("checkpoint.hf_every_save", bool(ckpt["save_consolidated"]), "checkpoint.save_consolidated")
+        _set_flag(translation, "checkpoint.hf_every_save", ckpt, "save_consolidated", "checkpoint.save_consolidated")
     _unknown(translation, "checkpoint", ckpt, {"enabled", "checkpoint_dir", "model_save_format", "save_consolidated"})
 
 

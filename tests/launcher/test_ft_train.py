@@ -278,7 +278,7 @@ def test_ft_train_refuses_a_folder_of_another_job_and_says_whose(ft, tmp_path):
     before = {p.name: p.read_bytes() for p in submitted.iterdir() if p.is_file()}
     result = ft("train", "--factory", "tiny", "--job-dir", str(submitted))
     assert result.returncode == 2 and "which `ft submit` made" in result.stderr and "ft resubmit" in result.stderr
-    assert {p.name: p.read_bytes() for p in submitted.iterdir() if p.is_file() and p.name != ".run.lock"} == before
+    assert {p.name: p.read_bytes() for p in submitted.iterdir() if p.is_file()} == before  # no lock written either
 
     other = tmp_path / "other"
     train.agree_on_folder(train.prepare("tiny", [], None, str(other), environ={}), "ft train\n")
@@ -295,7 +295,25 @@ def test_ft_train_refuses_a_folder_of_another_job_and_says_whose(ft, tmp_path):
     (strange / "thesis.tex").write_text("x")
     result = ft("train", "--factory", "tiny", "--job-dir", str(strange))
     assert result.returncode == 2 and "not empty and not a job folder" in result.stderr
-    assert sorted(p.name for p in strange.iterdir()) == [".run.lock", "thesis.tex"]
+    assert sorted(p.name for p in strange.iterdir()) == ["thesis.tex"]
+
+
+def test_ft_train_never_follows_a_link_at_the_run_lock(ft, tmp_path):
+    folder = tmp_path / "run"
+    train.agree_on_folder(train.prepare("tiny", [], None, str(folder), environ={}), "ft train\n")
+    jobdir.release_run_lock(folder)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    os.chmod(victim, 0o600)
+    (folder / jobdir.RUN_LOCK).unlink()
+    (folder / jobdir.RUN_LOCK).symlink_to(victim)
+    result = ft("train", "--factory", "tiny", "--job-dir", str(folder), *SHORT)
+    assert result.returncode == 2 and "is a symbolic link, which ft never follows" in result.stderr, result.stderr
+    assert victim.read_text() == "precious\n" and (victim.stat().st_mode & 0o777) == 0o600
+    (folder / jobdir.RUN_LOCK).unlink()
+    os.mkfifo(folder / jobdir.RUN_LOCK)
+    result = ft("train", "--factory", "tiny", "--job-dir", str(folder), *SHORT)
+    assert result.returncode == 2 and "is not a plain file" in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("garbage", [b"\xff\xfe{", b"[1, 2]", b'{"job_id": '])

@@ -383,3 +383,55 @@ def test_the_login_node_reads_a_huge_line_bounded(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 16 * 2**20, f"read {peak / 2**20:.0f} MiB to check the format"
+
+
+# --- round three: an AutoModel recipe is data from anywhere -------------------------------------
+
+_GUIDE = Path(__file__).parent / "automodel" / "peft_guide.yaml"
+
+
+def _recipe(tmp_path: Path, **edits: dict) -> Path:
+    data = yaml.safe_load(_GUIDE.read_text())
+    for section, keys in edits.items():
+        data[section] = {**(data.get(section) or {}), **keys}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+_ODD_RECIPES = {
+    "samples-as-text": ({"validation_dataset": {"limit_dataset_samples": "64"}},
+                        "validation_dataset.limit_dataset_samples: 64: must be a whole number"),
+    "samples-infinite": ({"validation_dataset": {"limit_dataset_samples": float("inf")}},
+                         "validation_dataset.limit_dataset_samples: inf: must be a whole number"),
+    "samples-a-list": ({"validation_dataset": {"limit_dataset_samples": [64, 64]}},
+                       "validation_dataset.limit_dataset_samples: [64,64]: must be a whole number"),
+    "batch-as-text": ({"dataloader": {"batch_size": "8"}}, "dataloader.batch_size: 8: must be a whole number"),
+    "accumulation-as-text": ({"step_scheduler": {"grad_acc_steps": "4"}},
+                             "step_scheduler.grad_acc_steps: 4: must be a whole number"),
+    "a-string-multiplied": ({"dataloader": {"batch_size": "x" * 1000}, "step_scheduler": {"grad_acc_steps": 200000}},
+                            "dataloader.batch_size: xxxx"),
+    "a-count-past-any-cluster": ({"step_scheduler": {"grad_acc_steps": 10**400}},
+                                 "step_scheduler.grad_acc_steps: a number of 401 digits: must be a whole number"),
+    "a-huge-value": ({"dataset": {"dataset_name": "d" * 100000}},
+                     "dataset.dataset_name: a value of more than 4096 characters"),
+    "a-flag-as-a-word": ({"model": {"trust_remote_code": "false"}},
+                         "model.trust_remote_code: false: must be true or false"),
+}
+
+
+@pytest.mark.parametrize("edits, said", _ODD_RECIPES.values(), ids=_ODD_RECIPES.keys())
+def test_odd_values_in_an_automodel_recipe_are_named_not_computed_with(tmp_path, edits, said):
+    path = _recipe(tmp_path, **edits)
+    with pytest.raises(UserError) as err:
+        config.resolve(str(path), ["container.runtime=none"])
+    text = "\n".join(err.value.problems)
+    assert said in text, text
+    assert len(text) < 2000, "a refusal shows a value shortened"
+
+
+def test_an_odd_automodel_value_is_exit_2_on_the_command_line(ft, tmp_path):
+    path = _recipe(tmp_path, validation_dataset={"limit_dataset_samples": float("inf")})
+    result = ft("show", "--factory", str(path), "container.runtime=none")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "limit_dataset_samples" in result.stderr

@@ -103,3 +103,27 @@ def test_a_site_template_on_this_machine_travels_with_the_job(tmp_path):
     upload = remote.plan_upload(job, "hpc")
     assert upload.files == {"files/slurm.template-site.sbatch.j2": template}
     assert upload.config["slurm"]["template"] == f"{remote.UPLOAD_MARK}/files/slurm.template-site.sbatch.j2"
+
+
+@pytest.mark.parametrize("command", ["'/opt/ft venv/bin/ft", 'ft "--x', "ft \\", 42, ["ft"]])
+def test_an_ft_command_a_shell_cannot_read_is_named_before_any_connection(tmp_path, command):
+    write_config(tmp_path, {"hpc": {"host": "login.example.org", "ft": command}})
+    with pytest.raises(UserError, match=r"clusters.hpc.ft must be .*quotes closed"):
+        remote.cluster("hpc")
+
+
+def test_an_unclosed_quote_in_ft_config_is_exit_2_on_the_command_line(tmp_path, ft):
+    write_config(tmp_path, {"hpc": {"host": "login.example.org", "ft": "'/opt/ft"}})
+    result = ft("jobs", "--cluster", "hpc")
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "clusters.hpc.ft" in result.stderr
+
+
+@pytest.mark.parametrize("timeout", [0, -1, "60", True, 10**9, None])
+def test_a_timeout_that_is_not_seconds_is_named(tmp_path, timeout):
+    write_config(tmp_path, {"hpc": {"host": "login.example.org", "timeout": timeout}})
+    with pytest.raises(UserError, match=r"clusters.hpc.timeout must be the seconds"):
+        remote.cluster("hpc")
+
+
+def test_what_the_cluster_prints_is_shown_not_obeyed():
+    assert remote.printable("a\x1b]52;c;eA==\x07b\x9bc\td\r\n") == "a^[]52;c;eA==^Gb<0x9b>c\td\r\n"

@@ -145,6 +145,8 @@ def test_a_job_the_scheduler_forgot_is_unknown_cancellable_and_logs_f_ends(tmp_p
     ("echo 'KillWait                = 45 sec'\necho 'KillOnBadExit           = 0'\n", 45),  # scontrol's own words
     ("echo 'slurm_load_ctl_conf error: Unable to contact slurm controller' >&2\nexit 1\n", None),
     ("echo 'KillWait = soon'\n", None),
+    ("printf 'KillWait = %05000d sec\\n' 7\n", None),  # 5,000 digits: more than int() reads
+    ("echo 'KillWait = \u0664\u0665 sec'\n", None),  # Arabic-Indic digits
     ("sleep 30 &\nwait\n", None),
 ])
 def test_the_clusters_kill_wait_is_read_or_left_unsaid(answer, expected, tmp_path, monkeypatch):

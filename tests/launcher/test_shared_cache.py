@@ -10,6 +10,7 @@ run; skipped elsewhere.
 from __future__ import annotations
 
 import grp
+import hashlib
 import os
 import pwd
 import shutil
@@ -188,3 +189,48 @@ def test_the_users_enter_a_checkout_in_a_closed_home_only_while_the_tests_need_i
                                                      text=True).stdout
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_a_lock_link_planted_in_the_cache_never_changes_the_file_behind_it(shared, container_site):
+    root, cache = shared
+    secret = root / ALICE / "notes.txt"
+    subprocess.run(["runuser", "-u", ALICE, "--", "sh", "-c", f"umask 077 && echo mine > {secret}"], check=True)
+    lock = cache / f".{Apptainer().cached_name(STOCK_URI)}.lock"
+    subprocess.run(["runuser", "-u", BOB, "--", "ln", "-s", str(secret), str(lock)], check=True)
+    pull = ft_as(ALICE, root, container_site, "image", "pull", STOCK_URI, "--runtime", "apptainer", "--cache-dir", str(cache))
+    assert pull.returncode == 2 and "is a symbolic link" in pull.stderr and "Traceback" not in pull.stderr, pull.stderr
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600 and secret.read_text() == "mine\n"
+    assert not container_site.calls("pull")
+
+
+def test_a_cached_sif_without_its_recorded_sha256_is_not_verified_and_refused(shared, container_site):
+    root, cache = shared
+    pull = ["image", "pull", STOCK_URI, "--runtime", "apptainer", "--cache-dir", str(cache)]
+    first = ft_as(ALICE, root, container_site, *pull)
+    assert first.returncode == 0, first.stderr
+    sif = Path(first.stdout.strip())
+    assert ft_as(ALICE, root, container_site, *pull).returncode == 0  # verified once, remembered
+    subprocess.run(["runuser", "-u", ALICE, "--", "sh", "-c", f"printf x >> {sif} && rm {cache}/.{sif.name}.sha256"],
+                   check=True)
+    again = ft_as(ALICE, root, container_site, *pull)
+    assert again.returncode == 2 and "has no sha256 recorded by the pull" in again.stderr, again.stderr
+    assert "remove it and pull again" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_an_owner_without_a_name_is_trusted_the_way_the_hint_says(shared, container_site):
+    root, cache = shared
+    other = "docker://ft-test/stock:nameless"
+    sif = cache / Apptainer().cached_name(other)
+    shutil.copy(container_site.image, sif)
+    (cache / f".{sif.name}.sha256").write_text(f"{hashlib.sha256(sif.read_bytes()).hexdigest()}  {sif.name}\n")
+    for path in (sif, cache / f".{sif.name}.sha256"):
+        os.chown(path, 61000, grp.getgrnam(GROUP).gr_gid)
+        os.chmod(path, 0o644)
+    pull = ["image", "pull", other, "--runtime", "apptainer", "--cache-dir", str(cache)]
+    refused = ft_as(BOB, root, container_site, *pull)
+    assert refused.returncode == 2 and "belongs to uid:61000" in refused.stderr, refused.stderr
+    assert "add `uid:61000`" in refused.stderr
+    profile = root / BOB / "site.yaml"
+    profile.write_text("container:\n  trusted_owners: ['uid:61000']\n")
+    trusted = ft_as(BOB, root, container_site, *pull, "--profile", str(profile))
+    assert trusted.returncode == 0 and "was pulled before" in trusted.stderr, trusted.stderr

@@ -7,6 +7,8 @@ each of which runs a shell command under a plain `jinja2.Environment`.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from ftcore import exits
@@ -72,3 +74,46 @@ def test_the_commands_that_inspect_a_recipe_run_nothing_from_its_template(ft, tm
         assert f"sbatch template {template}" in result.stderr and "unsafe" in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
         assert not marker.exists(), command
+
+
+# Loops without end and strings that grow: the sandbox lets them run, the bounds stop them.
+_NESTED = "".join("{% for x" + str(i) + " in sbatch_options %}" for i in range(12)) + "{% endfor %}" * 12
+_DOUBLED = "{% set s0 = launch %}" + "".join("{% set s" + str(i + 1) + " = s" + str(i) + " ~ s" + str(i) + " %}"
+                                             for i in range(40)) + "{{ s40 }}"
+UNBOUNDED = {
+    "nested-loops": (_NESTED, "rendering did not finish within 2 s"),
+    "string-times-millions": ("{{ launch * 5000000 }}", "rendering needs more than 512 MiB"),
+    "doubled-forty-times": (_DOUBLED, "rendering needs more than 512 MiB"),
+    "some-megabytes": ("{{ launch * 50000 }}", "the script it makes is larger than 1 MiB"),
+}
+
+
+@pytest.mark.parametrize("payload, said", UNBOUNDED.values(), ids=UNBOUNDED.keys())
+def test_rendering_is_bounded_in_time_memory_and_size(tmp_path, monkeypatch, payload, said):
+    monkeypatch.setattr(render, "RENDER_TIMEOUT_S", 2)
+    template, _ = _site_template(tmp_path, payload)
+    job = config.resolve("tiny", [f"slurm.template={template}"]).job
+    started = time.monotonic()
+    with pytest.raises(UserError, match=f"sbatch template {template}: {said}"):
+        render.render_sbatch(job, tmp_path / "job")
+    assert time.monotonic() - started < 30
+
+
+def test_a_template_larger_than_any_script_is_refused_unread(tmp_path):
+    template = tmp_path / "site.sh.j2"
+    template.write_text("#" * (render.TEMPLATE_LIMIT_BYTES + 1))
+    job = config.resolve("tiny", [f"slurm.template={template}"]).job
+    with pytest.raises(UserError, match="is larger than 1 MiB: not a script template"):
+        render.render_sbatch(job, tmp_path / "job")
+
+
+def test_a_real_submit_with_a_template_that_never_ends_says_so_and_submits_nothing(ft, tmp_path, isolated_home):
+    template, _ = _site_template(tmp_path, _NESTED)
+    started = time.monotonic()
+    result = ft("submit", "--factory", "tiny", f"slurm.template={template}", "--yes")
+    assert time.monotonic() - started < 60
+    assert result.returncode == exits.USER_ERROR and "Traceback" not in result.stderr, result.stderr
+    assert f"sbatch template {template}: rendering did not finish within {render.RENDER_TIMEOUT_S} s" in result.stderr
+    assert "Submitted batch job" not in result.stdout
+    jobs = isolated_home / "jobs"
+    assert not jobs.exists() or not [p for p in jobs.iterdir() if not p.name.startswith(".")]
