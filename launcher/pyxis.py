@@ -39,6 +39,7 @@ from pathlib import Path
 
 from ftcore import contract
 from launcher.runtime import JOB_ID, Runtime
+from launcher.slurm import Slurm
 
 DOCKER = "docker://"
 DOCKERD = "dockerd://"
@@ -135,9 +136,10 @@ class Pyxis(Runtime):
         if self.here() and not self.is_uri(image):
             mounts = ["--mount", f"{ftcore}:none:x-create=dir,bind,ro"] if container.mount_ft else []
             return ["enroot", "start", *mounts, image, *command]
-        if wait_for_allocation and shutil.which("srun"):
+        srun = Slurm.task_command  # Pyxis is a plugin of SLURM's task launcher
+        if wait_for_allocation and shutil.which(srun):
             mounts = [f"--container-mounts={ftcore}:ro"] if container.mount_ft else []
-            return ["srun", "--nodes=1", "--ntasks=1", f"--container-image={image}", *mounts, *command]
+            return [srun, "--nodes=1", "--ntasks=1", f"--container-image={image}", *mounts, *command]
         return None
 
     def local_problem(self) -> str | None:
