@@ -38,6 +38,9 @@ class Built:
     compute_dtype: torch.dtype
     decision: policy.Decision  # what was built
     attention: families.AttentionPath  # the attention implementation and the row layout collate uses
+    # DPO with full weights: a frozen copy of the base (a CausalLMLoss, sharded like `module`), never
+    # trained or saved; None otherwise (LoRA's reference is `lm` with its adapters switched off).
+    reference: nn.Module | None = None
 
     @property
     def trainable(self) -> list[nn.Parameter]:
@@ -128,9 +131,16 @@ def build(job, env: DistEnv, device: torch.device, tokenizer, base_dir: Path | N
         # (Meta-initialised weights are not here yet: draw the same ones again to save them.)
         _save_base(random_model(job, config, **common) if job.model.meta_init else lm, tokenizer, base_dir)
 
+    reference = None
+    if decision.reference is not None and not decision.lora:
+        # Before anything changes the policy: the reference is the base as loaded, for good (a
+        # resumed run loads the policy from its checkpoint, and this copy from the base again).
+        reference = _frozen_copy(lm, DTYPES[decision.reference])
     if job.model.activation_checkpointing:
         _checkpoint_activations(lm)
     fused_cross_entropy = use_liger(lm) if job.trainer.liger else None
+    if reference is not None and job.trainer.liger:
+        use_liger(reference.lm)  # the same kernels as the policy: equal at step 0, so the first loss is ln 2
 
     if decision.lora:
         lm = add_lora(lm, job)
@@ -154,14 +164,26 @@ def build(job, env: DistEnv, device: torch.device, tokenizer, base_dir: Path | N
         counters.clear()
         for layer in sharding.decoder_layers(module.causal_lm):
             layer.compile()
-    if sharded:
-        sharding.shard(module, env, device, decision)
-        if job.model.meta_init:
-            meta_init.materialize(module, job, env, device, decision)
-    else:
-        module.to(device)
+    for part in (module, reference) if reference is not None else (module,):
+        if sharded:
+            sharding.shard(part, env, device, decision)
+            if job.model.meta_init:
+                meta_init.materialize(part, job, env, device, decision)
+        else:
+            part.to(device)
     return Built(module=module, lm=lm, sharded=sharded, compute_dtype=compute_dtype, decision=decision,
-                 attention=path)
+                 attention=path, reference=reference)
+
+
+def _frozen_copy(lm: nn.Module, dtype: torch.dtype) -> CausalLMLoss:
+    """DPO's reference for full weights: a copy of the base, frozen, in eval mode (no dropout), stored
+    in the compute dtype (`ft plan` prices it: `ftcore.policy.Decision.reference`)."""
+    import copy
+
+    reference = copy.deepcopy(lm).to(dtype) if next(lm.parameters()).device.type != "meta" else copy.deepcopy(lm)
+    reference.requires_grad_(False)
+    reference.eval()
+    return CausalLMLoss(reference)
 
 
 def graph_breaks() -> str:
