@@ -244,6 +244,13 @@ def estimate(job: Job, gpu_gib: float | None = None, num_nodes: int | None = Non
     o = DTYPE_BYTES[d.optim]
     rows.append(Row("optimizer", 2 * sum(local(t) for t in trained) * o,
                     f"Adam: 2 moments × {count(n_trained)} × {o} B ({d.optim}){shard}", True, on_device))
+    if d.reference is not None and d.reference != policy.ADAPTERS_OFF:
+        # DPO with full weights: a frozen copy of the base, sharded like the policy, never trained
+        # (LoRA's reference is the base itself with the adapters switched off: no row).
+        r = DTYPE_BYTES[d.reference]
+        rows.append(Row("reference", sum(local(t) for t in base) * r,
+                        f"DPO's frozen copy of the base: {count(sum(t.numel for t in base))} × {r} B ({d.reference}){shard}",
+                        False, on_device))
 
     # --- transient weights (estimates)
     def stored(t: arch.Tensor) -> float:
@@ -273,7 +280,9 @@ def estimate(job: Job, gpu_gib: float | None = None, num_nodes: int | None = Non
                         f"the projection being computed, {count(largest_nf4)} × {c} B (freed after its matmul)"))
 
     # --- activations and logits (estimates)
-    tokens = job.data.micro_batch_size * job.data.max_seq_length
+    # A preference pair is two sequences (chosen and rejected), each up to max_seq_length, in one forward.
+    sequences = 2 if job.objective.pairs else 1
+    tokens = job.data.micro_batch_size * job.data.max_seq_length * sequences
     elements = dims.activations_per_token(d.activation_checkpointing)
     how = (f"{tokens} tokens × {elements:,} elements × {c} B "
            + ("(each layer's input, one layer recomputed)" if d.activation_checkpointing else "(every layer's, per family)"))
