@@ -180,7 +180,7 @@ def _frozen_copy(lm: nn.Module, dtype: torch.dtype) -> CausalLMLoss:
     in the compute dtype (`ft plan` prices it: `ftcore.policy.Decision.reference`)."""
     import copy
 
-    reference = copy.deepcopy(lm).to(dtype) if next(lm.parameters()).device.type != "meta" else copy.deepcopy(lm)
+    reference = copy.deepcopy(lm).to(dtype)  # (on the meta device too: meta_init fills it in this dtype)
     reference.requires_grad_(False)
     reference.eval()
     return CausalLMLoss(reference)
