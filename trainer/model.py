@@ -162,8 +162,9 @@ def build(job, env: DistEnv, device: torch.device, tokenizer, base_dir: Path | N
         from torch._dynamo.utils import counters
 
         counters.clear()
-        for layer in sharding.decoder_layers(module.causal_lm):
-            layer.compile()
+        for part in (module, reference) if reference is not None else (module,):
+            for layer in sharding.decoder_layers(part.causal_lm):
+                layer.compile()
     for part in (module, reference) if reference is not None else (module,):
         if sharded:
             sharding.shard(part, env, device, decision)

@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("torch")
 import torch
-from trainer_helpers import REPO, read_metrics, tiny_job, tiny_tokenizer, train, validate
+from trainer_helpers import REPO, read_metrics, tiny_job, tiny_tokenizer, train, write_config
 
 from ftcore import records
 from ftcore.errors import UserError
@@ -191,7 +191,9 @@ def _tiny_dpo(*overrides: str, steps: int = 16) -> dict:
 
 @pytest.mark.parametrize("peft", ["lora", "none"])
 def test_tiny_dpo_trains_from_ln2_to_a_positive_margin(tmp_path, peft):
-    assert train(tmp_path, _tiny_dpo(f"peft={peft}")) == 0
+    raw = _tiny_dpo(f"peft={peft}")
+    write_config(tmp_path, raw)  # (what `ft eval` reads the job from)
+    assert train(tmp_path, raw) == 0
     steps = [r for r in read_metrics(tmp_path) if records.LOSS in r]
     assert steps[0][records.LOSS] == pytest.approx(math.log(2), abs=1e-6)  # policy = reference before step 1
     assert steps[0][records.REWARDS_MARGINS] == 0.0
@@ -201,6 +203,14 @@ def test_tiny_dpo_trains_from_ln2_to_a_positive_margin(tmp_path, peft):
     assert mean(last, records.REWARDS_MARGINS) > 0.05 and mean(last, records.REWARDS_ACCURACIES) > 0.6
     val = [r for r in read_metrics(tmp_path) if records.VAL_LOSS in r][-1]
     assert set(records.VAL_PREFIX + key for key in records.PREFERENCE) <= set(val)
+    if peft == "lora":  # `ft eval` on the result: the held-out pairs, scored without a reference
+        from fttools.evaluate import evaluate
+
+        from ftcore import layout
+
+        result = evaluate(layout.Checkpoint.at(layout.newest_complete(tmp_path)), None, answers=False)
+        assert result["examples"] == 40 and result["format"] == "preference"
+        assert result[records.LOGPS_CHOSEN] < 0 and 0 <= result["preference_accuracy"] <= 100
 
 
 def test_orpo_trains_without_a_reference(tmp_path):
