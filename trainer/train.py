@@ -10,7 +10,8 @@ The loss is the mean over every answer token of the global batch: each micro bat
 returns its summed token losses, divided by the global answer-token count (known on every
 rank from the deterministic data order, so it costs no communication), and gradients are
 summed over ranks. Results therefore do not depend on micro batch size or process count
-beyond float rounding.
+beyond float rounding. Preference tuning (`objective.name=dpo`, `orpo`) divides the same way,
+by the global pair count (`trainer.objectives`).
 
 The run (`train`: set-up, loop, checkpoints, logging, validation, export) is apart from the
 step (`train_step`: one optimizer step, what to change for speed). The host never waits for

@@ -181,7 +181,7 @@ def test_sequence_logps_are_the_same_padded_and_padding_free():
 # --- training -------------------------------------------------------------------------------------
 
 
-def _tiny_dpo(*overrides: str, steps: int = 16) -> dict:
+def _tiny_dpo(*overrides: str, steps: int = 20) -> dict:
     from ftcore.schema import job_to_dict
 
     job = config.resolve("tiny_dpo", [f"trainer.max_steps={steps}", "trainer.val_every_steps=null",
