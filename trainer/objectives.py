@@ -7,7 +7,7 @@
 A micro batch gives `terms`, summed over its examples, and the loss is each term divided by
 its count over the whole global batch (`counts`, known on the host from the samples: no
 communication), so as with SFT the result does not depend on how the batch is split. The
-preference objectives also give `stats`, per-pair sums that the sync point divides by the
+preference objectives also give `figures`, per-pair sums that the sync point divides by the
 global pair count: TRL's `rewards/chosen`, `rewards/rejected`, `rewards/accuracies`,
 `rewards/margins`, `logps/chosen`, `logps/rejected` (and ORPO's `nll_loss`, `log_odds_ratio`,
 `log_odds_chosen`), computed as TRL's DPOTrainer and ORPOTrainer compute them.
@@ -20,7 +20,6 @@ full weights, a frozen copy of the base (`Built.reference`).
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -44,7 +43,7 @@ class Objective:
     """SFT: the summed cross-entropy of the answer tokens."""
 
     terms: tuple[str, ...] = (ANSWER_TOKENS,)  # each term's global denominator (a `counts` key)
-    stats: tuple[tuple[str, str], ...] = ()  # (record key, its denominator) of each reported figure
+    figures: tuple[tuple[str, str], ...] = ()  # (record key, its denominator) of each reported figure
     sequences = False  # whether the batch needs each answer position's sequence (`collate.sequence_index`)
 
     def __init__(self, config, built):
@@ -52,32 +51,29 @@ class Objective:
 
     def counts(self, samples) -> dict[str, int]:
         """The denominators of this objective's terms and figures over `samples` (a global batch)."""
-        return counts(samples, dict.fromkeys([*self.terms, *(name for _, name in self.stats)]))
+        return counts(samples, dict.fromkeys([*self.terms, *(name for _, name in self.figures)]))
 
     def micro_batch(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(terms, stats) of one micro batch: sums over its examples; stats carry no gradient."""
+        """(terms, figures) of one micro batch: sums over its examples; figures carry no gradient."""
         return self.built.module(**batch).reshape(1), None
 
     def loss(self, terms: torch.Tensor, denominators: dict[str, int]) -> torch.Tensor:
         """The micro batch's share of the global batch's loss."""
         return sum(terms[i] / denominators[name] for i, name in enumerate(self.terms))
 
-    def divisors(self, denominators: dict[str, int]) -> torch.Tensor:
-        return torch.tensor([float(denominators[name]) for _, name in self.stats], dtype=torch.float64)
-
 
 class DPO(Objective):
     """DPO's loss of the reward margin against the reference (TRL's `loss_type`: sigmoid, hinge, ipo)."""
 
     terms = (PAIRS,)
-    stats = tuple((key, PAIRS) for key in records.PREFERENCE)
+    figures = tuple((key, PAIRS) for key in records.PREFERENCE)
     sequences = True
 
     def reference_logps(self, batch: dict) -> torch.Tensor:
         with torch.no_grad():
             if self.built.reference is not None:  # full weights: the frozen copy of the base
                 return self.built.reference(**batch)
-            with adapters_off(self.built.lm):  # LoRA: the base itself
+            with self.built.lm.disable_adapter():  # LoRA: the base itself (peft's layers skip their adapters)
                 return self.built.module(**batch)
 
     def micro_batch(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,8 +82,8 @@ class DPO(Objective):
         losses, chosen_rewards, rejected_rewards = dpo_losses(
             logps[0::2], logps[1::2], reference[0::2], reference[1::2], self.config,
             batch["sequence_tokens"][0::2], batch["sequence_tokens"][1::2])
-        stats = pair_stats(chosen_rewards, rejected_rewards, logps[0::2].detach(), logps[1::2].detach())
-        return losses.sum().reshape(1), stats
+        figures = pair_figures(chosen_rewards, rejected_rewards, logps[0::2].detach(), logps[1::2].detach())
+        return losses.sum().reshape(1), figures
 
 
 def dpo_losses(chosen, rejected, ref_chosen, ref_rejected, config, chosen_tokens=None, rejected_tokens=None):
@@ -108,19 +104,20 @@ def dpo_losses(chosen, rejected, ref_chosen, ref_rejected, config, chosen_tokens
     return losses, beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
 
 
-def pair_stats(chosen_rewards, rejected_rewards, chosen_logps, rejected_logps, *more) -> torch.Tensor:
-    """Per-pair sums of TRL's figures, in `records.PREFERENCE`'s order (then `more`)."""
+def pair_figures(chosen_rewards, rejected_rewards, chosen_logps, rejected_logps) -> torch.Tensor:
+    """Per-pair sums of TRL's figures, in `records.PREFERENCE`'s order."""
     columns = [chosen_rewards, rejected_rewards, (chosen_rewards > rejected_rewards).float(),
-               chosen_rewards - rejected_rewards, chosen_logps, rejected_logps, *more]
+               chosen_rewards - rejected_rewards, chosen_logps, rejected_logps]
     return torch.stack([c.float().sum() for c in columns])
 
 
 class ORPO(Objective):
     """ORPO: the chosen answers' cross-entropy (a mean over their tokens) minus beta × the mean
-    log-sigmoid of the log odds ratio of the length-normalised log-probabilities (TRL's ORPOTrainer)."""
+    log-sigmoid of the log odds ratio of the length-normalised log-probabilities (TRL's ORPOTrainer,
+    whose cross-entropy also covers the prompt; ft's, like the paper's and ft's SFT, the answer only)."""
 
     terms = (CHOSEN_TOKENS, PAIRS)
-    stats = (*((key, PAIRS) for key in records.PREFERENCE), (records.NLL_LOSS, CHOSEN_TOKENS),
+    figures = (*((key, PAIRS) for key in records.PREFERENCE), (records.NLL_LOSS, CHOSEN_TOKENS),
              (records.LOG_ODDS_RATIO, PAIRS), (records.LOG_ODDS_CHOSEN, PAIRS))
     sequences = True
 
@@ -134,23 +131,15 @@ class ORPO(Objective):
         nll = -logps[0::2].sum()
         terms = torch.stack([nll, -(self.config.beta * ratio).sum()])
         beta = self.config.beta
-        stats = pair_stats(beta * chosen.detach(), beta * rejected.detach(), chosen.detach(), rejected.detach(),
-                           ratio.detach(), log_odds.detach())
-        # (nll_loss sits between the pair figures and the two odds figures, as ORPO.stats lists them)
-        stats = torch.cat([stats[:6], nll.detach().float().reshape(1), stats[6:]])
-        return terms, stats
+        figures = torch.cat([pair_figures(beta * chosen.detach(), beta * rejected.detach(), chosen.detach(),
+                                          rejected.detach()),
+                             torch.stack([nll.detach(), ratio.detach().sum(), log_odds.detach().sum()]).float()])
+        return terms, figures
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
     """log(1 - exp(x)) for x < 0, accurate at both ends (Mächler 2012), as TRL's."""
     return torch.where(x > -math.log(2), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
-
-
-@contextlib.contextmanager
-def adapters_off(lm):
-    """The base model alone: peft's LoRA layers skip their adapters inside."""
-    with lm.disable_adapter():
-        yield
 
 
 OBJECTIVES = {"sft": Objective, "dpo": DPO, "orpo": ORPO}

@@ -172,7 +172,7 @@ def train_step(setup: "Setup", step: int, counts: dict[str, int], want_norm: boo
     returns stays there until a sync point. `counts`: the global batch's denominators."""
     built, model, optimizer, objective = setup.built, setup.built.module, setup.optimizer, setup.objective
     terms_sum = torch.zeros(len(objective.terms), device=setup.device)
-    figures_sum = torch.zeros(len(objective.stats), device=setup.device) if objective.stats else None
+    figures_sum = torch.zeros(len(objective.figures), device=setup.device) if objective.figures else None
     micro_batches = setup.batches.micro_batches(step)
     for i, batch in enumerate(Prefetcher(micro_batches, setup.collate, setup.device)):
         if built.sharded:
@@ -230,13 +230,13 @@ def read_back(setup: "Setup", done: StepDone, counts: dict[str, int], step_secon
     norm = torch.zeros(1) if done.grad_norm is None else done.grad_norm.reshape(1).float()
     values = torch.cat([shared, setup.guard.counts().to(device), norm.to(device)]).tolist()
     terms, values = values[: len(objective.terms)], values[len(objective.terms):]
-    sums, values = values[: len(objective.stats)], values[len(objective.stats):]
+    sums, values = values[: len(objective.figures)], values[len(objective.figures):]
     stops, seconds, skipped, first_bad, grad_norm = values
     return Readings(
         loss=sum(term / counts[name] for term, name in zip(terms, objective.terms)),
         stop_requested=stops > 0, step_seconds=seconds, skipped=int(skipped), first_bad=int(first_bad),
         grad_norm=grad_norm,
-        figures={key: total / counts[name] for total, (key, name) in zip(sums, objective.stats)},
+        figures={key: total / counts[name] for total, (key, name) in zip(sums, objective.figures)},
     )
 
 
@@ -453,10 +453,10 @@ def evaluate(setup: Setup, stop: "StopSignal | None" = None) -> tuple[float, int
     count and its figures (preference tuning: TRL's `rewards/margins`, ...); None when a stop signal
     arrived meanwhile (a long pass must not outlast the site's grace)."""
     model, objective, env, device = setup.built.module, setup.objective, setup.env, setup.device
-    names = list(dict.fromkeys([objectives.ANSWER_TOKENS, *objective.terms, *(name for _, name in objective.stats)]))
+    names = list(dict.fromkeys([objectives.ANSWER_TOKENS, *objective.terms, *(name for _, name in objective.figures)]))
     model.eval()
     # The terms' and figures' sums, then the counts they are divided by, summed over every rank's batches.
-    totals = torch.zeros(len(objective.terms) + len(objective.stats) + len(names), dtype=torch.float64, device=device)
+    totals = torch.zeros(len(objective.terms) + len(objective.figures) + len(names), dtype=torch.float64, device=device)
     with torch.no_grad():
         for batch_samples, counted in val_batches(
             setup.dataset.val, setup.job.data.micro_batch_size, env.world_size, env.rank, setup.job.trainer.limit_val_batches
@@ -473,9 +473,9 @@ def evaluate(setup: Setup, stop: "StopSignal | None" = None) -> tuple[float, int
     dist.all_reduce_sum(totals)
     values = totals.tolist()
     terms, values = values[: len(objective.terms)], values[len(objective.terms):]
-    sums, totals_by_name = values[: len(objective.stats)], dict(zip(names, values[len(objective.stats):]))
+    sums, totals_by_name = values[: len(objective.figures)], dict(zip(names, values[len(objective.figures):]))
     loss = sum(term / max(totals_by_name[name], 1) for term, name in zip(terms, objective.terms))
-    figures = {key: total / max(totals_by_name[name], 1) for total, (key, name) in zip(sums, objective.stats)}
+    figures = {key: total / max(totals_by_name[name], 1) for total, (key, name) in zip(sums, objective.figures)}
     return loss, int(totals_by_name[objectives.ANSWER_TOKENS]), figures
 
 
