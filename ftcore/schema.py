@@ -384,8 +384,9 @@ class ObjectiveConfig(_Section):
     )
     label_smoothing: float = Field(
         0.0, ge=0, lt=0.5,
-        description="DPO with loss_type=sigmoid: the probability that a pair's preference is flipped "
-        "(conservative DPO, cDPO / TRL's `robust` reading it as Robust DPO); 0 is the plain loss.",
+        description="DPO with loss_type=sigmoid: the probability that a pair's preference is flipped, "
+        "smoothing the loss as conservative DPO (cDPO: the original DPO code's, TRL's before 1.0); 0 is the "
+        "plain loss.",
     )
 
     @property

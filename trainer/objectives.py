@@ -87,9 +87,10 @@ class DPO(Objective):
 
 
 def dpo_losses(chosen, rejected, ref_chosen, ref_rejected, config, chosen_tokens=None, rejected_tokens=None):
-    """(loss, chosen reward, rejected reward) per pair, from summed answer log-probabilities; as TRL's
-    DPOTrainer computes them (its `sigmoid` with `label_smoothing` is cDPO, TRL's `robust` reads it as
-    Robust DPO; ft keeps the conservative form, which the original DPO code uses)."""
+    """(loss, chosen reward, rejected reward) per pair, from summed answer log-probabilities, as TRL's
+    DPOTrainer computes them. `label_smoothing` smooths the sigmoid loss as conservative DPO (cDPO), the
+    original DPO code's and TRL's before 1.0 (TRL 1.x's `sigmoid` takes none; its `robust` reads the
+    setting as Robust DPO instead)."""
     chosen_ratio, rejected_ratio = chosen - ref_chosen, rejected - ref_rejected
     delta = chosen_ratio - rejected_ratio
     beta = config.beta

@@ -192,3 +192,19 @@ def test_full_dpo_under_fsdp2_on_two_processes_matches_one_and_resumes_against_t
     for key in ("loss", "grad_norm", "rewards/chosen", "rewards/margins", "logps/rejected", "val_loss",
                 "val_rewards/margins"):
         assert figures(tmp_path / "two", key) == pytest.approx(figures(tmp_path / "one", key), rel=1e-4, abs=1e-6), key
+
+
+def test_lora_dpo_under_fsdp2_on_two_processes_matches_one(tmp_path):
+    """LoRA DPO sharded with FSDP2: each micro batch gathers the layers twice, once with the adapters
+    switched off (the reference, no_grad) and once with them (the policy)."""
+    dpo = {"objective": {"name": "dpo"}, "optim": {"lr": 3e-3},
+           "data": {"path": "ft:tiny_prefs.jsonl", "format": "preference", "max_seq_length": 64}}
+    two = tiny_job(dpo, trainer={"devices": 2, "max_steps": 3, "strategy": "fsdp2"}, data={"micro_batch_size": 2})
+    one = tiny_job(dpo, trainer={"max_steps": 3, "strategy": "fsdp2"}, data={"micro_batch_size": 4})
+    results = launch(write_config(tmp_path / "two", two), nprocs=2)
+    assert [r.returncode for r in results] == [0, 0], describe(results)
+    assert "DPO reference: the base with the adapters switched off (no copy)" in results[0].stdout
+    assert run(validate(one), tmp_path / "one") == exits.OK
+    assert figures(tmp_path / "two", "loss")[0] == pytest.approx(0.6931472, abs=1e-6)
+    for key in ("loss", "grad_norm", "rewards/margins", "logps/chosen", "val_rewards/accuracies"):
+        assert figures(tmp_path / "two", key) == pytest.approx(figures(tmp_path / "one", key), rel=1e-5, abs=1e-7), key
