@@ -262,7 +262,9 @@ def test_tiny_full_dpo_runs_fsdp2_on_two_nodes(slurm_cluster, ft, container_site
     pairs = container_site.root / "pairs.jsonl"
     pairs.write_text((REPO / "factories" / "data" / "tiny_prefs.jsonl").read_text())
     args = [*container_site.overrides("apptainer"), f"data.path={pairs}", f"data.val_path={pairs}",
-            "peft=none", "trainer.num_nodes=2", "data.micro_batch_size=2", *SHORT]
+            "peft=none", "trainer.num_nodes=2", "data.micro_batch_size=2", *SHORT,
+            # one micro batch per rank and step, a short validation: the point is the path, not the training
+            "data.global_batch_size=4", "data.max_seq_length=64", "trainer.limit_val_batches=2", "slurm.time=00:10:00"]
     result = ft("submit", "--factory", "tiny_dpo", *args, "--yes", env=container_site.env)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()

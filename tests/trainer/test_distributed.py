@@ -207,4 +207,5 @@ def test_lora_dpo_under_fsdp2_on_two_processes_matches_one(tmp_path):
     assert run(validate(one), tmp_path / "one") == exits.OK
     assert figures(tmp_path / "two", "loss")[0] == pytest.approx(0.6931472, abs=1e-6)
     for key in ("loss", "grad_norm", "rewards/margins", "logps/chosen", "val_rewards/accuracies"):
-        assert figures(tmp_path / "two", key) == pytest.approx(figures(tmp_path / "one", key), rel=1e-5, abs=1e-7), key
+        # (rewards are beta × differences of nearly equal log-probabilities: held to 1e-6 absolute)
+        assert figures(tmp_path / "two", key) == pytest.approx(figures(tmp_path / "one", key), rel=1e-5, abs=1e-6), key
