@@ -4,6 +4,9 @@ checked before submitting, and the schema, the trainer and the model tools agree
     squad   context, question, answers   (SQuAD v1.1's own {"data": [...]} layout too)
     alpaca  instruction, output          (input optional)
     jsonl   prompt, completion — or chat messages
+    preference  prompt, chosen, rejected — strings, or TRL's conversational form (message lists;
+            the prompt may be left implicit: the messages chosen and rejected share); what
+            objective.name=dpo and orpo train on
 
 A new format is an entry in FORMATS here (its fields, the fields of its prompt, its default
 prompt template) and its segmenter in trainer/formats.py, registered under the same name
@@ -30,6 +33,7 @@ class Format:
     prompt_fields: tuple[tuple[str, ...], tuple[str, ...]] | None = None
     prompt: str | None = None  # the default prompt template (data.prompt_template replaces it)
     prompt_short: str | None = None  # the default when the optional prompt fields are empty
+    pairs: bool = False  # preference pairs (a chosen and a rejected answer), not one answer per record
 
 
 FORMATS: dict[str, Format] = {f.name: f for f in (
@@ -39,7 +43,9 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n",
            "### Instruction:\n{instruction}\n\n### Response:\n"),
     Format("jsonl", (("prompt", "completion"), ("messages",))),
+    Format("preference", (("prompt", "chosen", "rejected"), ("chosen", "rejected")), pairs=True),
 )}
+PAIRS = "preference"  # the preference-pair format (TRL's "preference" dataset type)
 NAMES = tuple(FORMATS)
 # format → alternative sets of required fields.
 FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {name: f.fields for name, f in FORMATS.items()}

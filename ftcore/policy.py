@@ -25,6 +25,7 @@ from ftcore.errors import UserError
 LOSS_CHUNK_TOKENS = 4096
 
 DTYPE_BYTES = dtypes.BYTES
+ADAPTERS_OFF = "adapters off"  # `Decision.reference` under LoRA: the base itself is DPO's reference
 
 
 # --- LoRA targets --------------------------------------------------------------------------------
@@ -195,6 +196,9 @@ class Decision:
     accum_steps: int  # micro batches per optimizer step on this topology
     lora_targets: tuple[str, ...] | None = field(default=None)  # resolved here for a named architecture
     lora_parameters: tuple[str, ...] | None = field(default=None)  # adapted 3-D expert weights (peft target_parameters)
+    # DPO's reference model: None without one; under LoRA "adapters off" (the frozen base itself, no
+    # copy); with full weights the dtype of the frozen copy of the base (the compute dtype).
+    reference: str | None = field(default=None)
 
     @property
     def adapter_compute(self) -> str | None:
@@ -239,6 +243,11 @@ class Decision:
                          else f"gradients reduce-scattered once per step (after {self.accum_steps} micro batches)")
         else:
             lines.append("gradients all-reduced once per step")
+        if self.reference == ADAPTERS_OFF:
+            lines.append("DPO reference: the base with the adapters switched off (no copy)")
+        elif self.reference is not None:
+            lines.append(f"DPO reference: a frozen copy of the base in {self.reference}"
+                         + (", sharded like the policy" if self.sharded else ""))
         if self.cpu_offload:
             lines.append("sharded weights, gradients and optimizer state in host memory (FSDP2 CPU offload)")
         if self.activation_checkpointing:
@@ -285,4 +294,5 @@ def decide(job, topology: Topology | None = None, dims=None) -> Decision:
         accum_steps=max(1, job.data.global_batch_size // per_step),
         lora_targets=targets,
         lora_parameters=parameters,
+        reference=(ADAPTERS_OFF if lora else compute) if job.objective.reference else None,
     )

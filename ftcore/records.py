@@ -75,6 +75,14 @@ VAL_LOSS, VAL_TOKENS = "val_loss", "val_tokens"  # a validation
 END, CHECKPOINT = "end", "checkpoint"  # the run's summary (END is true), with its final checkpoint
 FINAL_VAL_LOSS, BEST_VAL_LOSS, BEST_STEP = "final_val_loss", "best_val_loss", "best_step"
 WALL_TIME = "time"  # seconds since the epoch, on every line
+# Preference tuning (objective.name=dpo, orpo), named as TRL names them, on logged steps; a
+# validation writes each with VAL_PREFIX (`val_rewards/margins`).
+REWARDS_CHOSEN, REWARDS_REJECTED = "rewards/chosen", "rewards/rejected"
+REWARDS_ACCURACIES, REWARDS_MARGINS = "rewards/accuracies", "rewards/margins"
+LOGPS_CHOSEN, LOGPS_REJECTED = "logps/chosen", "logps/rejected"
+PREFERENCE = (REWARDS_CHOSEN, REWARDS_REJECTED, REWARDS_ACCURACIES, REWARDS_MARGINS, LOGPS_CHOSEN, LOGPS_REJECTED)
+NLL_LOSS, LOG_ODDS_RATIO, LOG_ODDS_CHOSEN = "nll_loss", "log_odds_ratio", "log_odds_chosen"  # ORPO's too
+VAL_PREFIX = "val_"
 
 
 # --- submission.json: ft's record of how the folder was submitted ---------------------------------

@@ -361,6 +361,45 @@ class SchedulerConfig(_Section):
     min_lr: float = Field(0.0, ge=0, description="Floor of the cosine/linear decay.")
 
 
+class ObjectiveConfig(_Section):
+    name: Literal["sft", "dpo", "orpo"] = Field(
+        "sft",
+        description="What the model is trained to do. `sft`: the answer tokens' cross-entropy. `dpo`: Direct "
+        "Preference Optimization (Rafailov et al. 2023) on preference pairs, against a reference model: the "
+        "base with the adapters switched off under LoRA, a frozen copy of the base for full weights (TRL's "
+        "DPOTrainer). `orpo`: Odds Ratio Preference Optimization (Hong et al. 2024), reference-free: the chosen "
+        "answer's cross-entropy plus beta times an odds-ratio term (TRL's ORPOTrainer). `dpo` and `orpo` need a "
+        "preference data format (`data.format=preference`). `objective=dpo` on the command line switches.",
+    )
+    beta: float = Field(
+        0.1, gt=0, allow_inf_nan=False,
+        description="DPO: how far the policy may move from the reference (higher: less); the rewards are "
+        "beta × the log-probability ratio to the reference. ORPO: the weight of the odds-ratio term (TRL's "
+        "ORPOConfig.beta, the paper's lambda). TRL's default 0.1.",
+    )
+    loss_type: Literal["sigmoid", "hinge", "ipo"] = Field(
+        "sigmoid",
+        description="DPO's loss of the reward margin, as TRL names it: `sigmoid` (the paper's), `hinge` (SLiC), "
+        "`ipo` (IPO, margins per response token as TRL computes it).",
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5,
+        description="DPO with loss_type=sigmoid: the probability that a pair's preference is flipped, "
+        "smoothing the loss as conservative DPO (cDPO: the original DPO code's, TRL's before 1.0); 0 is the "
+        "plain loss.",
+    )
+
+    @property
+    def pairs(self) -> bool:
+        """Whether it trains on preference pairs (chosen and rejected answers to one prompt)."""
+        return self.name != "sft"
+
+    @property
+    def reference(self) -> bool:
+        """Whether it compares the policy with a reference model."""
+        return self.name == "dpo"
+
+
 class OptimConfig(_Section):
     name: Literal["adamw", "adam"] = Field("adamw", description="Optimizer.")
     lr: float = Field(1e-4, gt=0, description="Peak learning rate.")
@@ -615,6 +654,9 @@ class Job(_Section):
     data: DataConfig = Field(..., description="Dataset and batch sizes.")
     trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="Run length and layout.")
     optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimizer and schedule.")
+    objective: ObjectiveConfig = Field(
+        default_factory=ObjectiveConfig, description="The training objective: SFT, or preference tuning (DPO, ORPO)."
+    )
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Checkpoints.")
     resume: ResumeConfig = Field(default_factory=ResumeConfig, description="Base weights and resuming.")
     container: ContainerConfig = Field(default_factory=ContainerConfig, description="Container.")
@@ -687,6 +729,16 @@ class Job(_Section):
                 "model.meta_init fills FSDP2 shards: it needs trainer.strategy=fsdp2 (the default for peft=none)"
             )
         problems += families.problems(self, None)
+        preference = formats.FORMATS[self.data.format].pairs
+        if self.objective.pairs and not preference:
+            problems.append(f"objective.name={self.objective.name} trains on preference pairs: it needs "
+                            f"data.format={formats.PAIRS} (prompt, chosen, rejected), not {self.data.format}")
+        if preference and not self.objective.pairs:
+            problems.append(f"data.format={self.data.format} holds preference pairs: train on them with "
+                            "objective.name=dpo or orpo (objective=dpo), or give SFT data")
+        if self.objective.label_smoothing and (self.objective.name != "dpo" or self.objective.loss_type != "sigmoid"):
+            problems.append("objective.label_smoothing smooths DPO's sigmoid loss: it needs objective.name=dpo and "
+                            "objective.loss_type=sigmoid")
         if runtimes.RUNTIMES[self.container.runtime].image and not self.container.image:
             problems.append(
                 f"container.runtime={self.container.runtime} needs container.image "
@@ -819,6 +871,7 @@ def fold_aliases(layer: dict[str, Any]) -> dict[str, Any]:
 # Sections whose value may be switched by a word on the command line (`peft=none`).
 SWITCHES: dict[str, dict[str, dict[str, Any] | None]] = {
     "peft": {"lora": {"method": "lora"}, "none": None},
+    "objective": {name: {"name": name} for name in ("sft", "dpo", "orpo")},
 }
 
 

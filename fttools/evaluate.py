@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from ftcore import shipped
+from ftcore import records, shipped
 from ftcore.errors import UserError
-from ftcore.formats import NAMES, mismatch
+from ftcore.formats import FORMATS, NAMES, mismatch
 from ftcore.schema import looks_local
 from ftcore.layout import Checkpoint
 from trainer.batching import val_batches
@@ -71,6 +71,10 @@ def evaluate(ckpt: Checkpoint, data_path: str | None, fmt: str | None = None, li
     if not samples:
         raise UserError(f"{data_path}: no records with an answer to score")
     model = load_model(ckpt)
+    if FORMATS[fmt].pairs:
+        return {"checkpoint": str(ckpt.path), "data": data_path, "format": fmt, "records": len(records),
+                "examples": len(samples), "truncated": stats.truncated, "dropped": stats.dropped,
+                **pair_scores(model, samples, micro_batch, tokenizer.pad_token_id)}
     loss_sum, tokens = validation_loss(model, samples, micro_batch, tokenizer.pad_token_id)
     result: dict[str, Any] = {
         "checkpoint": str(ckpt.path),
@@ -123,6 +127,27 @@ def validation_loss(model, samples: list[Sample], micro_batch: int, pad_id: int)
         total += float(loss_fn(**batch).double())
         tokens += sum(s.answer_tokens for s in batch_samples)
     return total, tokens
+
+
+def pair_scores(model, samples: list[Sample], micro_batch: int, pad_id: int) -> dict[str, Any]:
+    """Preference pairs, without a reference model: the chosen answers' loss per token (and
+    perplexity), the mean summed log-probability of each side (TRL's `logps/chosen`,
+    `logps/rejected`), and how often the model gives the chosen answer the higher one."""
+    loss_fn = CausalLMLoss(model).eval()
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    attn = getattr(model.config, "_attn_implementation", None) or "sdpa"
+    chosen, rejected, chosen_tokens = [], [], 0
+    with torch.no_grad():
+        for batch_samples, _ in val_batches(samples, micro_batch, 1, 0, None):
+            logps = loss_fn(**collate(batch_samples, pad_id, attn, dtype, device, sequences=True)).double()
+            chosen += logps[0::2].tolist()
+            rejected += logps[1::2].tolist()
+            chosen_tokens += sum(s.chosen_tokens for s in batch_samples)
+    loss = -sum(chosen) / max(chosen_tokens, 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700)), "answer_tokens": chosen_tokens,
+            records.LOGPS_CHOSEN: sum(chosen) / len(chosen), records.LOGPS_REJECTED: sum(rejected) / len(rejected),
+            "preference_accuracy": 100.0 * sum(c > r for c, r in zip(chosen, rejected)) / len(chosen)}
 
 
 def squad_scores(model, tokenizer, records: list[Record], template: str | None, max_new_tokens: int,

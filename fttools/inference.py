@@ -105,7 +105,8 @@ def greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batc
 
 
 def trained_on_chat(ckpt: Checkpoint) -> bool | None:
-    """Whether the checkpoint's job trained on chat `messages` (jsonl records with messages):
+    """Whether the checkpoint's job trained on chat `messages` (jsonl records with messages, or
+    conversational preference pairs):
     read from its data file's first records; None when that cannot be told here (a hub
     dataset, a file not on this machine)."""
     from pathlib import Path
@@ -115,7 +116,7 @@ def trained_on_chat(ckpt: Checkpoint) -> bool | None:
     from ftcore.schema import looks_local
 
     data = ckpt.job_config.get("data") or {}
-    if data.get("format") != "jsonl":
+    if data.get("format") not in ("jsonl", "preference"):  # (preference: conversational pairs are chat)
         return False
     path = str(data.get("path") or "")
     if not path or not looks_local(path):
@@ -124,7 +125,7 @@ def trained_on_chat(ckpt: Checkpoint) -> bool | None:
         records = first_records(Path(shipped.expand(path)).expanduser())
     except UserError:
         return None
-    return any("messages" in record for _, record in records) if records else None
+    return any("messages" in record or isinstance(record.get("chosen"), list) for _, record in records) if records else None
 
 
 def chat_ids(ckpt: Checkpoint, tokenizer, message: str, system: str | None = None) -> list[int]:

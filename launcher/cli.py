@@ -715,6 +715,8 @@ def eval_cmd(
     table.add_row("loss", f"{result['loss']:.4f}")
     table.add_row("perplexity", f"{result['perplexity']:.2f}")
     table.add_row("answer tokens", f"{result['answer_tokens']:,}")
+    if "preference_accuracy" in result:  # preference pairs: the loss is the chosen answers'
+        table.add_row("chosen preferred", f"{result['preference_accuracy']:.1f} %")
     if "exact_match" in result:
         table.add_row("exact match", f"{result['exact_match']:.1f}")
         table.add_row("F1", f"{result['f1']:.1f}")

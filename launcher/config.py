@@ -632,7 +632,8 @@ def _switch(section: str, word: Any, existing: Any) -> Any:
     preset = options[choice]
     if preset is None:
         return None
-    if isinstance(existing, dict) and existing.get("method", choice) == choice:
+    word_key = next(iter(preset))  # the key the word sets: peft.method, objective.name
+    if isinstance(existing, dict) and existing.get(word_key, choice) == choice:
         return existing
     return dict(preset)
 

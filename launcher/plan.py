@@ -203,8 +203,8 @@ def estimate(job: Job, gpu_gib: float | None = None, num_nodes: int | None = Non
         notes.append("LoRA targets are resolved by the trainer (the architecture's layer names are not known here)")
     if job.model.init == "pretrained":
         notes.append(startup_reads(job, topology, priced.base, priced.local))
-    rows = [_weights(priced), _gradients(priced), _optimizer(priced), *_transient_weights(priced),
-            _activations(priced), *_attention_scores(priced, notes), _logits(priced)]
+    rows = [_weights(priced), _gradients(priced), _optimizer(priced), *_reference(priced),
+            *_transient_weights(priced), _activations(priced), *_attention_scores(priced, notes), _logits(priced)]
     if topology.on_gpu:
         rows.append(Row("CUDA/NCCL overhead", OVERHEAD_GIB * GIB, "fixed"))
     params = dims.params if dims.exact or not job.model.parameters_b else round(job.model.parameters_b * 1e9)
@@ -229,6 +229,16 @@ class _Pricing:
     @property
     def compute_bytes(self) -> int:
         return DTYPE_BYTES[self.decision.compute]
+
+    @property
+    def sequences(self) -> int:
+        """Sequences per example in one forward: a preference pair is two (chosen and rejected)."""
+        return 2 if self.job.objective.pairs else 1
+
+    @property
+    def tokens(self) -> int:
+        """Tokens of one micro batch at its longest."""
+        return self.job.data.micro_batch_size * self.job.data.max_seq_length * self.sequences
 
     @cached_property
     def base(self) -> list[arch.Tensor]:
@@ -277,6 +287,19 @@ def _weights(priced: _Pricing) -> Row:
     how.append(f"{count(priced.n_trained)} trained × {DTYPE_BYTES[decision.trained]} B ({decision.trained}"
                + (", master weights" if decision.master_weights else "") + ")")
     return Row("weights", weights, " + ".join(how) + priced.shard, True, priced.on_device)
+
+
+
+def _reference(priced: _Pricing) -> list[Row]:
+    """DPO with full weights: a frozen copy of the base, sharded like the policy, never trained
+    (LoRA's reference is the base itself with the adapters switched off: no row)."""
+    decision = priced.decision
+    if decision.reference is None or decision.reference == policy.ADAPTERS_OFF:
+        return []
+    size = DTYPE_BYTES[decision.reference]
+    return [Row("reference", sum(priced.local(t) for t in priced.base) * size,
+                f"DPO's frozen copy of the base: {count(sum(t.numel for t in priced.base))} × {size} B "
+                f"({decision.reference}){priced.shard}", False, priced.on_device)]
 
 
 def _gradients(priced: _Pricing) -> Row:
@@ -335,7 +358,7 @@ def _transient_weights(priced: _Pricing) -> list[Row]:
 def _activations(priced: _Pricing) -> Row:
     """What autograd keeps for backward, per micro batch (an estimate)."""
     job, decision, c = priced.job, priced.decision, priced.compute_bytes
-    tokens = job.data.micro_batch_size * job.data.max_seq_length
+    tokens = priced.tokens
     elements = priced.dims.activations_per_token(decision.activation_checkpointing)
     how = (f"{tokens} tokens × {elements:,} elements × {c} B "
            + ("(each layer's input, one layer recomputed)" if decision.activation_checkpointing
@@ -360,16 +383,17 @@ def _attention_scores(priced: _Pricing, notes: list[str]) -> list[Row]:
         return []
     notes.append(kernel.describe())
     kept = 1 if decision.activation_checkpointing else dims.layers
-    scores = kept * dims.heads * job.data.micro_batch_size * job.data.max_seq_length ** 2
+    examples = job.data.micro_batch_size * priced.sequences
+    scores = kept * dims.heads * examples * job.data.max_seq_length ** 2
     return [Row("attention scores", scores * families.SCORE_BYTES,
-                f"SDPA's math backend: {kept} layer(s) × {dims.heads} heads × {job.data.micro_batch_size} "
+                f"SDPA's math backend: {kept} layer(s) × {dims.heads} heads × {examples} "
                 f"examples × {job.data.max_seq_length}² × {families.SCORE_BYTES} B (fp32)")]
 
 
 def _logits(priced: _Pricing) -> Row:
     """One loss chunk's logits, in the compute dtype and as fp32 with its gradient (an estimate)."""
-    job, c, vocab = priced.job, priced.compute_bytes, priced.dims.vocab
-    loss_tokens = min(job.data.micro_batch_size * job.data.max_seq_length, policy.LOSS_CHUNK_TOKENS)
+    c, vocab = priced.compute_bytes, priced.dims.vocab
+    loss_tokens = min(priced.tokens, policy.LOSS_CHUNK_TOKENS)
     return Row("logits", loss_tokens * vocab * (c + 8), f"{loss_tokens} tokens × vocab {vocab} × ({c} + 4 + 4) B")
 
 

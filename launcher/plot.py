@@ -5,7 +5,8 @@
 
 Four panels against the optimizer step, from each run's metrics.jsonl (trainer/metrics.py):
 loss (training solid, validation dashed with markers), learning rate, tokens per second and
-peak memory (from zero, so that flat memory looks flat). One colour per run; the legend
+peak memory (from zero, so that flat memory looks flat); preference tuning adds TRL's
+`rewards/margins` and `rewards/accuracies`. One colour per run; the legend
 names a sweep's tasks by the values they sweep (`lr=1e-3`), other runs by job id, else
 folder name; the title names the jobs and their factories.
 matplotlib is imported only when a plot is drawn, with the Agg backend (no display needed).
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from launcher import jobs
-from ftcore import layout
+from ftcore import layout, records
 from ftcore.files import expand
 from ftcore.errors import UserError
 
@@ -28,6 +29,11 @@ PANELS = (
     ("lr", "learning rate"),
     ("tps", "tokens / s"),
     ("mem_gib", "peak memory (GiB)"),
+)
+# Preference tuning's (TRL's names): a third row when any run recorded them, validation dashed.
+PREFERENCE_PANELS = (
+    (records.REWARDS_MARGINS, "rewards/margins"),
+    (records.REWARDS_ACCURACIES, "rewards/accuracies"),
 )
 
 
@@ -189,23 +195,26 @@ def figure(runs: list[Run]):
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True, layout="constrained")
+    preference = any(run.series.get(records.REWARDS_MARGINS) for run in runs)
+    panels = PANELS + (PREFERENCE_PANELS if preference else ())
+    fig, axes = plt.subplots(len(panels) // 2, 2, figsize=(12, 4 * len(panels) // 2), sharex=True, layout="constrained")
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for index, run in enumerate(runs):
         colour = colours[index % len(colours)]
-        for ax, (name, title) in zip(axes.flat, PANELS):
+        for ax, (name, title) in zip(axes.flat, panels):
             points = run.series.get(name, [])
             if points:
                 ax.plot(*zip(*points), color=colour, linewidth=1.5, label=f"{run.label} train" if name == "loss" else run.label)
-            if name == "loss" and run.series.get("val_loss"):
-                ax.plot(*zip(*run.series["val_loss"]), color=colour, linestyle="--", marker="o", markersize=4,
+            held_out = "val_loss" if name == "loss" else records.VAL_PREFIX + name
+            if (name == "loss" or (preference and (name, title) in PREFERENCE_PANELS)) and run.series.get(held_out):
+                ax.plot(*zip(*run.series[held_out]), color=colour, linestyle="--", marker="o", markersize=4,
                         label=f"{run.label} validation")
-    for ax, (name, title) in zip(axes.flat, PANELS):
+    for ax, (name, title) in zip(axes.flat, panels):
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
         if not ax.lines:
             ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes, color="grey")
-    for ax in axes[1]:
+    for ax in axes[-1]:
         ax.set_xlabel("optimizer step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     axes[0][1].ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))

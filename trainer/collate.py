@@ -30,6 +30,25 @@ def answer_positions(labels: torch.Tensor) -> torch.Tensor:
     return (labels[:, 1:] != IGNORE_INDEX).reshape(-1).nonzero().squeeze(1)
 
 
+def sequence_index(samples: list[Sample], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Which sequence each answer position (`answer_positions`, same order) belongs to, numbering
+    the micro batch's sequences in order (a preference pair's chosen 2j, its rejected 2j + 1), and
+    each sequence's answer-token count: what the loss sums log-probabilities by, known on the host."""
+    count = sum(len(s.seq_lens) for s in samples)
+    owner = torch.full(labels.shape, -1, dtype=torch.long)
+    if labels.shape[0] == 1 and len(samples) > 1:  # padding-free: every sample in one row
+        owner[0, : sum(len(s) for s in samples)] = torch.repeat_interleave(
+            torch.arange(count), torch.tensor([n for s in samples for n in s.seq_lens]))
+    else:
+        first = 0
+        for row, s in enumerate(samples):
+            owner[row, : len(s)] = torch.repeat_interleave(torch.arange(first, first + len(s.seq_lens)),
+                                                           torch.tensor(s.seq_lens))
+            first += len(s.seq_lens)
+    index = owner[:, 1:].reshape(-1)[answer_positions(labels)]  # label t is predicted at position t-1
+    return {"sequence_index": index, "sequence_tokens": torch.bincount(index, minlength=count)}
+
+
 def to_device(batch: dict, device: torch.device | str) -> dict:
     """Host tensors → `device`: pinned and non-blocking on a GPU (the copy overlaps compute)."""
     device = torch.device(device)
@@ -39,7 +58,7 @@ def to_device(batch: dict, device: torch.device | str) -> dict:
 
 
 def collate_padding_free(samples: list[Sample], attn_implementation: str = "sdpa",
-                         device: torch.device | str = "cpu") -> dict:
+                         device: torch.device | str = "cpu", sequences: bool = False) -> dict:
     """The micro batch as one row, its examples end to end: no pad token anywhere.
 
     Position ids restart per example; the examples' boundaries travel as cumulative lengths
@@ -53,6 +72,8 @@ def collate_padding_free(samples: list[Sample], attn_implementation: str = "sdpa
     batch = {k: v.long()[None] for k, v in (("input_ids", row.input_ids), ("labels", row.labels),
                                              ("position_ids", position_ids))}
     batch["answer_positions"] = answer_positions(batch["labels"])
+    if sequences:
+        batch.update(sequence_index(samples, batch["labels"]))
     batch.update(attention.boundaries(row.seq_lens))
     return to_device(batch, device)
 
@@ -64,16 +85,18 @@ def collate(
     mask_dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     padding_free: bool = False,
+    sequences: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Pad to the longest row in this micro batch (not to max_seq_length), on `device`.
 
     Packed rows get position ids that restart per example and a block-diagonal causal mask;
     flash-attention reads the example boundaries from the position ids instead. Padding at a
     row's end is its own block, so no query row is fully masked (softmax of nothing is NaN).
-    `padding_free` (not with eager attention): `collate_padding_free` instead.
+    `padding_free` (not with eager attention): `collate_padding_free` instead. `sequences`: with
+    each answer position's sequence (`sequence_index`), for the preference objectives.
     """
     if padding_free and attn_implementation != "eager":
-        return collate_padding_free(samples, attn_implementation, device)
+        return collate_padding_free(samples, attn_implementation, device, sequences)
     longest = max(len(s) for s in samples)
     input_ids = torch.full((len(samples), longest), pad_id, dtype=torch.long)
     labels = torch.full((len(samples), longest), IGNORE_INDEX, dtype=torch.long)
@@ -81,6 +104,8 @@ def collate(
         input_ids[row, : len(s)] = s.input_ids
         labels[row, : len(s)] = s.labels
     batch = {"input_ids": input_ids, "labels": labels, "answer_positions": answer_positions(labels)}
+    if sequences:
+        batch.update(sequence_index(samples, labels))
 
     if all(len(s.seq_lens) == 1 for s in samples):
         lengths = torch.tensor([len(s) for s in samples])

@@ -6,7 +6,11 @@
   own ``{"data": [{"paragraphs": [{"context", "qas"}]}]}`` layout);
 * ``alpaca``: ``instruction``, optional ``input``, ``output``;
 * ``jsonl``: ``prompt`` + ``completion``, or chat ``messages`` rendered with the tokenizer's chat
-  template, training on the assistant turns only.
+  template, training on the assistant turns only;
+* ``preference``: ``prompt``, ``chosen``, ``rejected`` (TRL's preference layout): strings, or message
+  lists rendered with the chat template (the prompt may be implicit: the turns that ``chosen`` and
+  ``rejected`` begin with alike). Its segmenter returns two conversations, the prompt followed by
+  each answer, and only the answers are trained on.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from .records import Record
 
 Segments = list[tuple[str, bool]]
 # data.format → its segmenter: (record, prompt template or None, tokenizer) → (segments, rendered by a
-# chat template). Every name of ftcore.formats.FORMATS has one (tests/trainer/test_formats.py).
-SEGMENTERS: dict[str, Callable[[Record, str | None, object], tuple[Segments, bool]]] = {}
+# chat template); for a preference format (`Format.pairs`) the segments are a (chosen, rejected)
+# pair. Every name of ftcore.formats.FORMATS has one (tests/trainer/test_formats.py).
+SEGMENTERS: dict[str, Callable[[Record, str | None, object], tuple[Segments | tuple[Segments, Segments], bool]]] = {}
 
 
 def segmenter(name: str):
@@ -122,12 +127,22 @@ def chat_segments(record: Record, tokenizer) -> Segments:
     The assistant header (what `add_generation_prompt` adds) is prompt, not answer.
     """
     messages = record.fields["messages"]
+    _messages(record, messages, "messages")
+    return conversation_segments(record, messages, tokenizer)
+
+
+def _messages(record: Record, messages, key: str) -> None:
     if not isinstance(messages, list) or not messages:
-        raise UserError(f"{record.where}: 'messages' must be a non-empty list")
+        raise UserError(f"{record.where}: {key!r} must be a non-empty list of messages")
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise UserError(f"{record.where}: messages[{i}] is missing 'role' or 'content'")
-    if not any(m["role"] == "assistant" for m in messages):
+            raise UserError(f"{record.where}: {key}[{i}] is missing 'role' or 'content'")
+
+
+def conversation_segments(record: Record, messages: list, tokenizer, trained_from: int = 0) -> Segments:
+    """`messages` rendered with the chat template, its assistant turns from index `trained_from`
+    on trained (see `chat_segments`)."""
+    if not any(m["role"] == "assistant" for m in messages[trained_from:]):
         raise UserError(f"{record.where}: no assistant message to train on")
     if getattr(tokenizer, "chat_template", None) is None:
         raise UserError("data has chat `messages` but the tokenizer has no chat_template")
@@ -140,8 +155,9 @@ def chat_segments(record: Record, tokenizer) -> Segments:
     segments: Segments = []
     done = ""
     for i, message in enumerate(messages):
-        steps = [(render(i, True), False)] if message["role"] == "assistant" else []
-        steps.append((render(i + 1), message["role"] == "assistant"))
+        trained = message["role"] == "assistant" and i >= trained_from
+        steps = [(render(i, True), False)] if trained else []
+        steps.append((render(i + 1), trained))
         for text, trained in steps:
             if not text.startswith(done):
                 raise UserError(
@@ -170,6 +186,48 @@ def _jsonl(record: Record, template: str | None, tokenizer) -> tuple[Segments, b
     return completion_segments(record, template), False
 
 
+@segmenter("preference")
+def _preference(record: Record, template: str | None, tokenizer) -> tuple[tuple[Segments, Segments], bool]:
+    return preference_segments(record, template, tokenizer)
+
+
+def preference_segments(record: Record, template: str | None, tokenizer) -> tuple[tuple[Segments, Segments], bool]:
+    """(chosen, rejected) conversations of a preference record, and whether a chat template rendered
+    them. Strings: the prompt (data.prompt_template fills it from the record when given) followed by
+    each answer. Message lists: the prompt's turns followed by each answer's, rendered whole; with
+    no `prompt`, the turns both answers begin with alike are the prompt (TRL's `extract_prompt`)."""
+    _need(record, "chosen", "rejected")
+    chosen, rejected, prompt = (record.fields.get(k) for k in ("chosen", "rejected", "prompt"))
+    if isinstance(chosen, str) and isinstance(rejected, str):
+        if prompt is None:
+            raise UserError(f"{record.where}: 'chosen' and 'rejected' are text, so the record needs its 'prompt' "
+                            "(only message lists can leave the prompt implicit)")
+        _text(record, "prompt")
+        prompt_text = _fill(template, record) if template else prompt
+        return ([(prompt_text, False), (chosen, True)], [(prompt_text, False), (rejected, True)]), False
+    if not (isinstance(chosen, list) and isinstance(rejected, list)):
+        raise UserError(f"{record.where}: 'chosen' and 'rejected' should both be text or both message lists, "
+                        f"not a {type(chosen).__name__} and a {type(rejected).__name__}")
+    _messages(record, chosen, "chosen")
+    _messages(record, rejected, "rejected")
+    if prompt is None:
+        shared = 0
+        while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+            shared += 1
+        prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
+        if not prompt:
+            raise UserError(f"{record.where}: no 'prompt', and 'chosen' and 'rejected' begin with different "
+                            "messages: give the prompt's messages, or start both with them")
+    elif isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt}]
+    else:
+        _messages(record, prompt, "prompt")
+    pair = tuple(conversation_segments(record, [*prompt, *answer], tokenizer, trained_from=len(prompt))
+                 for answer in (chosen, rejected))
+    return pair, True
+
+
 def segments(record: Record, fmt: str, template: str | None, tokenizer) -> tuple[Segments, bool]:
-    """(segments, rendered by a chat template) for one record of format `fmt`."""
+    """(segments, rendered by a chat template) for one record of format `fmt`; a (chosen, rejected)
+    pair of segments for a preference format."""
     return SEGMENTERS[fmt](record, template, tokenizer)

@@ -1,7 +1,9 @@
 """The loss the model is trained on: summed cross-entropy over answer tokens.
 
 The loop divides by the global number of answer tokens, so the loss does not depend on how
-the global batch is split.
+the global batch is split. For preference tuning the same module returns each sequence's summed
+answer log-probabilities instead (`sequence_index` in the batch), which `trainer.objectives`
+turns into DPO's or ORPO's loss.
 """
 
 from __future__ import annotations
@@ -34,12 +36,15 @@ class CausalLMLoss(nn.Module):
         return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
 
     def forward(self, input_ids, labels, attention_mask=None, position_ids=None, answer_positions=None,
-                reference: bool = False, **boundaries) -> torch.Tensor:
+                reference: bool = False, sequence_index=None, sequence_tokens=None, **boundaries) -> torch.Tensor:
         """`answer_positions`: `collate.answer_positions(labels)`, computed on the host.
         `boundaries`: a padding-free row's (`attention.boundaries`).
 
         `reference=True` returns the model's own forward loss instead, summed like ours (the
         start-up check; it goes through this module so that FSDP2 gathers the weights).
+        `sequence_index` (the sequence of each answer position, `collate.sequence_index`): the
+        summed answer log-probabilities of each sequence instead, a vector as long as
+        `sequence_tokens` (each sequence's answer-token count).
         """
         causal = self.causal_lm
         if reference:
@@ -55,6 +60,9 @@ class CausalLMLoss(nn.Module):
         # positions are known on the host, so this gather has a known size: no host sync.
         hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, answer_positions)
         targets = labels[:, 1:].reshape(-1).index_select(0, answer_positions)
+        if sequence_index is not None:
+            token_logps = answer_log_probs(causal.get_output_embeddings(), hidden, targets, causal.config)
+            return token_logps.new_zeros(sequence_tokens.shape[0]).index_add(0, sequence_index, token_logps)
         return answer_cross_entropy(causal.get_output_embeddings(), hidden, targets, causal.config,
                                     self.fused_cross_entropy)
 
@@ -76,6 +84,29 @@ def _ce_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, scale:
     if softcap:  # Gemma-2 style final logit soft-capping
         logits = torch.tanh(logits / softcap) * softcap
     return F.cross_entropy(logits, targets, reduction="sum")
+
+
+def _token_logps(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, scale: float,
+                 softcap: float | None) -> torch.Tensor:
+    logits = head(hidden)
+    if scale != 1.0:
+        logits = logits * scale
+    logits = logits.float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return -F.cross_entropy(logits, targets, reduction="none")
+
+
+def answer_log_probs(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, config) -> torch.Tensor:
+    """log p(target) at each answer position, in fp32; in checkpointed chunks like the loss."""
+    softcap = getattr(config, "final_logit_softcapping", None)
+    scale = logit_scale(config)
+    if hidden.shape[0] <= policy.LOSS_CHUNK_TOKENS:
+        return _token_logps(head, hidden, targets, scale, softcap)
+    return torch.cat([
+        torch.utils.checkpoint.checkpoint(_token_logps, head, h, t, scale, softcap, use_reentrant=False)
+        for h, t in zip(hidden.split(policy.LOSS_CHUNK_TOKENS), targets.split(policy.LOSS_CHUNK_TOKENS))
+    ])
 
 
 def answer_cross_entropy(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, config, fused=None) -> torch.Tensor:

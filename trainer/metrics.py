@@ -4,7 +4,9 @@
 
 ``metrics.jsonl`` holds one JSON object per line: training steps (``loss``, ``grad_norm``,
 ``lr``, ``mem_gib``, ``tps``, and the progress ``total_steps``, ``elapsed_s``, ``remaining_s``
-that `ft status` shows), validations (``val_loss``), and at the end of a run its summary
+that `ft status` shows; preference tuning adds TRL's ``rewards/chosen``, ``rewards/rejected``,
+``rewards/accuracies``, ``rewards/margins``, ``logps/chosen``, ``logps/rejected``), validations
+(``val_loss``, and ``val_rewards/margins`` ...), and at the end of a run its summary
 (``"end": true``). TensorBoard and W&B get the same numbers when they are installed and
 asked for.
 """
@@ -36,8 +38,18 @@ def step_line(record: dict) -> str:
     return (
         f"step {progress.steps(record[r.STEP], record.get(r.TOTAL_STEPS))} | epoch {record[r.EPOCH]} | "
         f"loss {record[r.LOSS]:.4f} | grad_norm {record[r.GRAD_NORM]:.3g} | lr {record[r.LR]:.1e} | "
-        f"mem {record[r.MEM_GIB]:.1f} GiB | tps {record[r.TPS]:.0f}" + (f" | {clocks}" if clocks else "")
+        f"mem {record[r.MEM_GIB]:.1f} GiB | tps {record[r.TPS]:.0f}" + figures_text(record)
+        + (f" | {clocks}" if clocks else "")
     )
+
+
+# The objective's figures a log line shows, in this order (metrics.jsonl holds every one).
+SHOWN = (records.REWARDS_MARGINS, records.REWARDS_ACCURACIES, records.REWARDS_CHOSEN, records.REWARDS_REJECTED,
+         records.NLL_LOSS)
+
+
+def figures_text(record: dict, prefix: str = "") -> str:
+    return "".join(f" | {prefix}{key} {record[prefix + key]:.4g}" for key in SHOWN if prefix + key in record)
 
 
 class Metrics:
@@ -105,12 +117,15 @@ class Metrics:
         return {records.TOTAL_STEPS: self.total_steps, records.ELAPSED_S: round(elapsed, 1),
                 **({records.REMAINING_S: round(left, 1)} if left is not None else {})}
 
-    def validation(self, step: int, val_loss: float, tokens: int) -> None:
+    def validation(self, step: int, val_loss: float, tokens: int, figures: dict[str, float] | None = None) -> None:
+        """`figures`: the objective's (preference tuning: `rewards/margins`, ...), written with `val_` before them."""
         self.val_losses[step] = val_loss
         if not self.is_main:
             return
-        self.print(f"step {step} | val_loss {val_loss:.4f} | val_tokens {tokens}")
-        self._write({records.STEP: step, records.VAL_LOSS: val_loss, records.VAL_TOKENS: tokens}, prefix="val")
+        record = {records.STEP: step, records.VAL_LOSS: val_loss, records.VAL_TOKENS: tokens,
+                  **{records.VAL_PREFIX + key: value for key, value in (figures or {}).items()}}
+        self.print(f"step {step} | val_loss {val_loss:.4f} | val_tokens {tokens}" + figures_text(record, records.VAL_PREFIX))
+        self._write(record, prefix="val")
 
     def finish(self, step: int, checkpoint: Path) -> None:
         """The run's summary: a last log line a person reads, and a record `ft status` reads."""

@@ -39,6 +39,9 @@ class Built:
     decision: policy.Decision  # what was built
     attention: families.AttentionPath  # the attention implementation and the row layout collate uses
     kernel: families.Kernel | None = None  # what ft_varlen runs (None: the model's own attention)
+    # DPO with full weights: a frozen copy of the base (a CausalLMLoss, sharded like `module`), never
+    # trained or saved; None otherwise (LoRA's reference is `lm` with its adapters switched off).
+    reference: nn.Module | None = None
 
     @property
     def trainable(self) -> list[nn.Parameter]:
@@ -116,14 +119,22 @@ def build(job, env: DistEnv, device: torch.device, tokenizer, base_dir: Path | N
     if base_dir is not None and env.is_main and not (base_dir / "config.json").exists():
         # (Meta-initialised weights are not here yet: draw the same ones again to save them.)
         _save_base(random_model(job, config, **common) if job.model.meta_init else lm, tokenizer, base_dir)
+    reference = None
+    if decision.reference is not None and not decision.lora:
+        # Before anything changes the policy: the reference is the base as loaded, for good (a
+        # resumed run loads the policy from its checkpoint, and this copy from the base again).
+        reference = _frozen_copy(lm, DTYPES[decision.reference])
     if job.model.activation_checkpointing:
         _checkpoint_activations(lm)
     fused_cross_entropy = use_liger(lm) if job.trainer.liger else None
+    if reference is not None and job.trainer.liger:
+        use_liger(reference.lm)  # the same kernels as the policy: equal at step 0, so the first loss is ln 2
     lm = _trainable(lm, job, decision)
     module = CausalLMLoss(lm, fused_cross_entropy)
-    _place(module, job, env, device, decision)
+    for part in (module, reference) if reference is not None else (module,):
+        _place(part, job, env, device, decision)
     return Built(module=module, lm=lm, sharded=decision.sharded, compute_dtype=compute_dtype,
-                 decision=decision, attention=path, kernel=kernel)
+                 decision=decision, attention=path, kernel=kernel, reference=reference)
 
 
 def _base_model(job, config, decision: policy.Decision, device: torch.device, common: dict) -> nn.Module:
@@ -185,6 +196,17 @@ def _place(module: nn.Module, job, env: DistEnv, device: torch.device, decision:
             meta_init.materialize(module, job, env, device, decision)
     else:
         module.to(device)
+
+
+def _frozen_copy(lm: nn.Module, dtype: torch.dtype) -> CausalLMLoss:
+    """DPO's reference for full weights: a copy of the base, frozen, in eval mode (no dropout), stored
+    in the compute dtype (`ft plan` prices it: `ftcore.policy.Decision.reference`)."""
+    import copy
+
+    reference = copy.deepcopy(lm).to(dtype)  # (on the meta device too: meta_init fills it in this dtype)
+    reference.requires_grad_(False)
+    reference.eval()
+    return CausalLMLoss(reference)
 
 
 def graph_breaks() -> str:

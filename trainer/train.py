@@ -10,7 +10,8 @@ The loss is the mean over every answer token of the global batch: each micro bat
 returns its summed token losses, divided by the global answer-token count (known on every
 rank from the deterministic data order, so it costs no communication), and gradients are
 summed over ranks. Results therefore do not depend on micro batch size or process count
-beyond float rounding.
+beyond float rounding. Preference tuning (`objective.name=dpo`, `orpo`) divides the same way,
+by the global pair count (`trainer.objectives`).
 
 The run (`train`: set-up, loop, checkpoints, logging, validation, export) is apart from the
 step (`train_step`: one optimizer step, what to change for speed). The host never waits for
@@ -37,7 +38,7 @@ from ftcore import contract, exits, layout, records, rendezvous
 from ftcore.errors import UserError
 from ftcore.schedule import lr_at
 
-from . import checkpointing, data, dist, update
+from . import checkpointing, data, dist, objectives, update
 from .batching import StepBatches, val_batches
 from .collate import Prefetcher, collate
 from .metrics import Metrics, memory_gib
@@ -88,52 +89,47 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
           watch=None) -> int:
     """The run, top to bottom, once the process group exists: set-up, the loop of `train_step`s with
     its sync points, logging, validation and checkpoints, and the final export."""
-    s = set_up(job, job_dir, env, device, stop)
-    metrics, total_steps = s.metrics, s.total_steps
-    step = started = s.start_step
-    s.built.module.train()
+    setup = set_up(job, job_dir, env, device, stop)
+    metrics, total_steps = setup.metrics, setup.total_steps
+    step = started = setup.start_step
+    setup.built.module.train()
     syncs = SyncPoints(job.trainer.log_every_steps, total_steps, seconds=job.slurm.signal_seconds / 4)
     stop_requested, reported_skips = False, 0
     last_log, tokens_since_log, last_sync = time.perf_counter(), 0, (time.perf_counter(), step)
 
     if job.trainer.check_loss and step < total_steps:
-        check_loss(s.built, s.collate([check_sample(s.batches.micro_batches(step)[0][0])]), job)
+        first = check_sample(setup.batches.micro_batches(step)[0][0])
+        check_loss(setup.built, setup.collate([first], sequences=False), job)
 
     # Until a sync point, nothing here reads a value from the device: the host queues work
-    # and moves on. Counts that the loop needs (answer tokens) come from the samples, which
-    # live on the host.
+    # and moves on. Counts that the loop needs (answer tokens, pairs) come from the samples,
+    # which live on the host.
     while step < total_steps:
-        everyone = s.batches.global_batch_samples(step)
-        answer_tokens = max(1, sum(x.answer_tokens for x in everyone))
+        everyone = setup.batches.global_batch_samples(step)
+        counts = setup.objective.counts(everyone)
         tokens_since_log += sum(len(x) for x in everyone)
         logs = (step + 1) % job.trainer.log_every_steps == 0 or step + 1 == total_steps
-        loss_sum, grad_norm, lr = train_step(s, step, answer_tokens, want_norm=logs, watch=watch)
+        done = train_step(setup, step, counts, want_norm=logs, watch=watch)
         step += 1
 
         record = {records.STEP: step}
         if syncs.due(step):
-            # The one host sync: this step's loss, whether any rank was told to stop (all must
-            # checkpoint at the same step), the time per step, and the skipped-step counts.
             now = time.perf_counter()
-            shared = torch.stack([loss_sum.float(), torch.full((), float(stop.requested), device=device),
-                                  torch.full((), (now - last_sync[0]) / (step - last_sync[1]), device=device)])
-            dist.all_reduce_sum(shared)
-            norm = torch.zeros(1) if grad_norm is None else grad_norm.reshape(1).float()
-            loss_value, stops, step_seconds, skipped, first_bad, norm = torch.cat(
-                [shared, s.guard.counts().to(device), norm.to(device)]).tolist()
-            stop_requested = stops > 0
-            syncs.plan(step, step_seconds / env.world_size)
+            readings = read_back(setup, done, counts, (now - last_sync[0]) / (step - last_sync[1]))
+            stop_requested = readings.stop_requested
+            syncs.plan(step, readings.step_seconds / env.world_size)
             last_sync = (now, step)
-            if skipped > reported_skips:
-                reported_skips = _nonfinite(job, metrics, int(skipped), int(first_bad), step)
+            if readings.skipped > reported_skips:
+                reported_skips = _nonfinite(job, metrics, readings.skipped, readings.first_bad, step)
             if logs:
                 record.update({
-                    records.EPOCH: (step - 1) // s.batches.steps_per_epoch,
-                    records.LOSS: loss_value / answer_tokens,
-                    records.GRAD_NORM: norm,
-                    records.LR: lr,
+                    records.EPOCH: (step - 1) // setup.batches.steps_per_epoch,
+                    records.LOSS: readings.loss,
+                    records.GRAD_NORM: readings.grad_norm,
+                    records.LR: done.lr,
                     records.MEM_GIB: memory_gib(device),
                     records.TPS: tokens_since_log / (now - last_log),
+                    **readings.figures,
                 })
                 last_log, tokens_since_log = now, 0
                 metrics.step(record)
@@ -143,58 +139,105 @@ def train(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: "St
             metrics.print(graph_breaks())
 
         if stop_requested and step < total_steps:
-            return s.stop_now(step, "a stop signal")
+            return setup.stop_now(step, "a stop signal")
         if step < total_steps:
-            if job.trainer.val_every_steps and step % job.trainer.val_every_steps == 0 and not s.validate(step):
-                return s.stop_now(step, "a stop signal during validation")
+            if job.trainer.val_every_steps and step % job.trainer.val_every_steps == 0 and not setup.validate(step):
+                return setup.stop_now(step, "a stop signal during validation")
             if job.checkpoint.every_steps and step % job.checkpoint.every_steps == 0:
-                s.save(step)
+                setup.save(step)
 
     # --- save: the final checkpoint is also a Hugging Face model folder
     if step == started:
         metrics.print(f"nothing to do: the checkpoint at step {step} already completes {total_steps} steps")
     elif not stop_requested:  # told to stop at the last step: no time for a validation pass
-        s.validate(step)  # cut short by a stop signal: the final checkpoint below is written all the same
-    metrics.finish(step, s.save(step, export=True))
+        setup.validate(step)  # cut short by a stop signal: the final checkpoint below is written all the same
+    metrics.finish(step, setup.save(step, export=True))
     metrics.close()
     return exits.OK
 
 
-def train_step(s: "Setup", step: int, answer_tokens: int, want_norm: bool, watch=None):
+@dataclass
+class StepDone:
+    """What `train_step` leaves on the device for the next sync point to read, and the lr it used."""
+
+    terms: torch.Tensor  # this rank's sums of the objective's terms (`trainer.objectives`)
+    figures: torch.Tensor | None  # this rank's sums of the objective's figures (preference tuning)
+    grad_norm: torch.Tensor | None  # None unless asked for (a logging step)
+    lr: float
+
+
+def train_step(setup: "Setup", step: int, counts: dict[str, int], want_norm: bool, watch=None) -> StepDone:
     """Optimizer step `step + 1`: every micro batch's forward and backward, gradients summed over
-    ranks, clipped, applied. It queues work and reads nothing back from the device: it returns
-    this rank's summed loss and the gradient norm (None unless `want_norm`) as device tensors,
-    and the learning rate it used."""
-    built, model, optimizer = s.built, s.built.module, s.optimizer
-    loss_sum = torch.zeros((), device=s.device)
-    micro_batches = s.batches.micro_batches(step)
-    for i, batch in enumerate(Prefetcher(micro_batches, s.collate, s.device)):
+    ranks, clipped, applied. It queues work and reads nothing back from the device: what it
+    returns stays there until a sync point. `counts`: the global batch's denominators."""
+    built, model, optimizer, objective = setup.built, setup.built.module, setup.optimizer, setup.objective
+    terms_sum = torch.zeros(len(objective.terms), device=setup.device)
+    figures_sum = torch.zeros(len(objective.figures), device=setup.device) if objective.figures else None
+    micro_batches = setup.batches.micro_batches(step)
+    for i, batch in enumerate(Prefetcher(micro_batches, setup.collate, setup.device)):
         if built.sharded:
             # The policy's gradient residency: full SFT reduce-scatters after every micro
             # batch (only shards are ever held); LoRA accumulates its small unsharded
             # gradients and reduce-scatters once, after the last.
             model.set_requires_gradient_sync(
                 built.decision.grad_sync == "micro_batch" or i == len(micro_batches) - 1)
-        loss = model(**batch)
-        # Every rank divides by the global count, and gradients are summed over ranks
+        terms, figures = objective.micro_batch(batch)
+        # Every rank divides by the global counts, and gradients are summed over ranks
         # (FSDP2 told so in trainer.sharding; dist.all_reduce_grads sums).
-        (loss / answer_tokens).backward()
-        loss_sum += loss.detach()
+        objective.loss(terms, counts).backward()
+        terms_sum += terms.detach()
+        if figures is not None:
+            figures_sum += figures
         if watch is not None:
             watch("backward", built, optimizer)
     if not built.sharded:
         dist.all_reduce_grads(built.trainable)
-    grad_norm = update.clip(built.trainable, s.job.trainer.grad_clip, want_norm=want_norm)
-    s.guard.mark(optimizer, built.trainable, step + 1, grad_norm)
-    lr = lr_at(step + 1, s.total_steps, s.job.optim)
+    grad_norm = update.clip(built.trainable, setup.job.trainer.grad_clip, want_norm=want_norm)
+    setup.guard.mark(optimizer, built.trainable, step + 1, grad_norm)
+    lr = lr_at(step + 1, setup.total_steps, setup.job.optim)
     for group in optimizer.param_groups:
         group["lr"] = lr
-    s.stop.training()  # from this update on, a stop signal checkpoints instead of ending at once
+    setup.stop.training()  # from this update on, a stop signal checkpoints instead of ending at once
     optimizer.step()  # skipped on the device when the guard found a non-finite gradient
     if watch is not None:
         watch("step", built, optimizer)
     optimizer.zero_grad(set_to_none=True)
-    return loss_sum, grad_norm, lr
+    return StepDone(terms_sum, figures_sum, grad_norm, lr)
+
+
+@dataclass
+class Readings:
+    """What a sync point read back from the device, the same on every rank."""
+
+    loss: float  # the global batch's loss (the objective's terms over their global counts)
+    stop_requested: bool  # whether any rank was told to stop (all must checkpoint at the same step)
+    step_seconds: float  # summed over ranks
+    skipped: int  # non-finite steps so far
+    first_bad: int  # the first of them
+    grad_norm: float
+    figures: dict[str, float]  # the objective's figures (TRL's `rewards/margins`, ...), by record key
+
+
+def read_back(setup: "Setup", done: StepDone, counts: dict[str, int], step_seconds: float) -> Readings:
+    """The one host sync: this step's loss and figures summed over ranks, the stop flags, the time
+    per step, and the skipped-step counts, in one all-reduce and one read."""
+    device, objective = setup.device, setup.objective
+    figures = done.figures if done.figures is not None else torch.zeros(0, device=device)
+    shared = torch.cat([done.terms.float(), figures.float(),
+                        torch.stack([torch.full((), float(setup.stop.requested), device=device),
+                                     torch.full((), step_seconds, device=device)])])
+    dist.all_reduce_sum(shared)
+    norm = torch.zeros(1) if done.grad_norm is None else done.grad_norm.reshape(1).float()
+    values = torch.cat([shared, setup.guard.counts().to(device), norm.to(device)]).tolist()
+    terms, values = values[: len(objective.terms)], values[len(objective.terms):]
+    sums, values = values[: len(objective.figures)], values[len(objective.figures):]
+    stops, seconds, skipped, first_bad, grad_norm = values
+    return Readings(
+        loss=sum(term / counts[name] for term, name in zip(terms, objective.terms)),
+        stop_requested=stops > 0, step_seconds=seconds, skipped=int(skipped), first_bad=int(first_bad),
+        grad_norm=grad_norm,
+        figures={key: total / counts[name] for total, (key, name) in zip(sums, objective.figures)},
+    )
 
 
 @dataclass
@@ -216,13 +259,16 @@ class Setup:
     base_ref: str | None  # what adapter_config.json names as the base
     start_step: int  # 0, or the step of the checkpoint this run resumes from
     metrics: Metrics
+    objective: objectives.Objective  # what a micro batch contributes to the loss (objective.name)
     last_save_s: float | None = None  # how long this run's last checkpoint took to write
     said_kill_wait: bool = False  # whether the log has said a checkpoint outlasts the cluster's KillWait
 
-    def collate(self, samples) -> dict:
-        job = self.job
+    def collate(self, samples, sequences: bool | None = None) -> dict:
+        """A micro batch on the device; `sequences`: with each answer position's sequence (default:
+        what the objective needs)."""
         return collate(samples, self.tokenizer.pad_token_id, self.built.attention.name, self.built.compute_dtype,
-                       self.device, self.built.attention.padding_free)
+                       self.device, self.built.attention.padding_free,
+                       self.objective.sequences if sequences is None else sequences)
 
     def save(self, at_step: int, export: bool = False) -> Path:
         job = self.job
@@ -259,8 +305,7 @@ class Setup:
     def validate(self, at_step: int) -> bool:
         """Validate at `at_step`; False when a stop signal cut the pass short (nothing recorded)."""
         if self.dataset.val and self.job.trainer.limit_val_batches != 0:
-            result = evaluate(self.built, self.dataset.val, self.job, self.env, self.device,
-                              self.tokenizer.pad_token_id, self.stop)
+            result = evaluate(self, self.stop)
             if result is None:
                 return False
             self.metrics.validation(at_step, *result)
@@ -321,7 +366,7 @@ def set_up(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: St
     n_trainable = sum(p.numel() for p in built.trainable)
     n_total = sum(p.numel() for p in built.module.parameters())
     metrics.print(
-        f"ft trainer | job {job.name} | {job.method} | {job.strategy} | {env.world_size} process(es) "
+        f"ft trainer | job {job.name} | {job.method}{'' if job.objective.name == 'sft' else ' ' + job.objective.name} | {job.strategy} | {env.world_size} process(es) "
         f"({env.launcher}) on {device.type} | global batch {job.data.global_batch_size} = micro "
         f"{job.data.micro_batch_size} × accum {job.grad_accum_steps} × dp {env.world_size} | "
         f"{total_steps} steps ({batches.steps_per_epoch}/epoch) | trainable {n_trainable:,} of {n_total:,} params"
@@ -332,7 +377,7 @@ def set_up(job, job_dir: Path, env: dist.DistEnv, device: torch.device, stop: St
         metrics.print(f"resumed from {resume_from} at step {step}")
     guard = update.Guard(built.trainable[0].device, built.sharded, comm_device=device)
     return Setup(job, job_dir, env, device, tokenizer, dataset, batches, total_steps, built, optimizer, guard,
-                 stop, base_ref, step, metrics)
+                 stop, base_ref, step, metrics, objectives.make(job.objective, built))
 
 
 class SyncPoints:
@@ -403,28 +448,35 @@ def check_loss(built, batch: dict, job) -> None:
         )
 
 
-def evaluate(built, samples, job, env, device, pad_id, stop: "StopSignal | None" = None) -> tuple[float, int] | None:
-    """Mean loss per answer token over the validation set (or its first limit_val_batches);
-    None when a stop signal arrived meanwhile (a long pass must not outlast the site's grace)."""
-    model = built.module
+def evaluate(setup: Setup, stop: "StopSignal | None" = None) -> tuple[float, int, dict[str, float]] | None:
+    """The objective's loss over the validation set (or its first limit_val_batches), its answer-token
+    count and its figures (preference tuning: TRL's `rewards/margins`, ...); None when a stop signal
+    arrived meanwhile (a long pass must not outlast the site's grace)."""
+    model, objective, env, device = setup.built.module, setup.objective, setup.env, setup.device
+    names = list(dict.fromkeys([objectives.ANSWER_TOKENS, *objective.terms, *(name for _, name in objective.figures)]))
     model.eval()
-    totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, answer tokens
+    # The terms' and figures' sums, then the counts they are divided by, summed over every rank's batches.
+    totals = torch.zeros(len(objective.terms) + len(objective.figures) + len(names), dtype=torch.float64, device=device)
     with torch.no_grad():
-        for batch_samples, counts in val_batches(
-            samples, job.data.micro_batch_size, env.world_size, env.rank, job.trainer.limit_val_batches
+        for batch_samples, counted in val_batches(
+            setup.dataset.val, setup.job.data.micro_batch_size, env.world_size, env.rank, setup.job.trainer.limit_val_batches
         ):
             if stop is not None and _any_rank_stopping(stop, env, device):
                 model.train()
                 return None
-            batch = collate(batch_samples, pad_id, built.attention.name, built.compute_dtype, device,
-                            built.attention.padding_free)
-            loss = model(**batch)
-            if counts:
-                totals += torch.stack([loss.double(), torch.tensor(float(sum(s.answer_tokens for s in batch_samples)), dtype=torch.float64, device=device)])
+            terms, figures = objective.micro_batch(setup.collate(batch_samples))
+            if counted:
+                counts = objectives.counts(batch_samples, names)
+                totals += torch.cat([terms.double(), figures.double() if figures is not None else terms.new_zeros(0, dtype=torch.float64),
+                                     torch.tensor([float(counts[n]) for n in names], dtype=torch.float64, device=device)])
     model.train()
     dist.all_reduce_sum(totals)
-    loss_sum, tokens = totals.tolist()
-    return loss_sum / max(tokens, 1), int(tokens)
+    values = totals.tolist()
+    terms, values = values[: len(objective.terms)], values[len(objective.terms):]
+    sums, totals_by_name = values[: len(objective.figures)], dict(zip(names, values[len(objective.figures):]))
+    loss = sum(term / max(totals_by_name[name], 1) for term, name in zip(terms, objective.terms))
+    figures = {key: total / max(totals_by_name[name], 1) for total, (key, name) in zip(sums, objective.figures)}
+    return loss, int(totals_by_name[objectives.ANSWER_TOKENS]), figures
 
 
 def _any_rank_stopping(stop: "StopSignal", env, device: torch.device) -> bool:

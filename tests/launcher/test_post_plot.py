@@ -102,3 +102,23 @@ def test_a_job_without_metrics_is_an_error(tmp_path):
     (job / jobdir.CONFIG).write_text("name: tiny\n")
     with pytest.raises(UserError, match="no training metrics yet"):
         collect([str(job)])
+
+
+def test_preference_runs_get_a_row_of_trls_reward_figures(tmp_path):
+    pytest.importorskip("matplotlib")
+    from launcher.plot import Run
+
+    folder = tmp_path / "dpo"
+    folder.mkdir()
+    rows = [{"step": s, "loss": 0.69 - s / 100, "rewards/margins": s / 10, "rewards/accuracies": 0.5 + s / 20}
+            for s in (1, 2, 3)] + [{"step": 3, "val_loss": 0.6, "val_rewards/margins": 0.2, "val_rewards/accuracies": 0.7}]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fig = figure([Run("dpo", folder, read_metrics(folder / "metrics.jsonl"), job="dpo")])
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[4:] == ["rewards/margins", "rewards/accuracies"]
+    margins = fig.axes[4]
+    assert [list(line.get_ydata()) for line in margins.lines] == [[0.1, 0.2, 0.3], [0.2]]  # train, validation
+    sft = tmp_path / "sft"
+    sft.mkdir()
+    (sft / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n")
+    assert len(figure([Run("sft", sft, read_metrics(sft / "metrics.jsonl"), job="sft")]).axes) == 4

@@ -254,3 +254,30 @@ def test_a_pending_job_says_why_and_its_cancel_outlives_slurms_memory(slurm_clus
     bare.mkdir()
     status = ft("status", held, env={"PATH": f"{bare}"})
     assert "state      CANCELLED" in status.stdout, status.stdout + status.stderr
+
+
+def test_tiny_full_dpo_runs_fsdp2_on_two_nodes(slurm_cluster, ft, container_site):
+    """DPO with full weights on two nodes: the policy and its frozen reference copy sharded by FSDP2,
+    inside the image; the first loss is ln 2 and TRL's figures reach metrics.jsonl."""
+    pairs = container_site.root / "pairs.jsonl"
+    pairs.write_text((REPO / "factories" / "data" / "tiny_prefs.jsonl").read_text())
+    args = [*container_site.overrides("apptainer"), f"data.path={pairs}", f"data.val_path={pairs}",
+            "peft=none", "trainer.num_nodes=2", "data.micro_batch_size=2", *SHORT,
+            # one micro batch per rank and step, a short validation: the point is the path, not the training
+            "data.global_batch_size=4", "data.max_seq_length=64", "trainer.limit_val_batches=2", "slurm.time=00:10:00"]
+    result = ft("submit", "--factory", "tiny_dpo", *args, "--yes", env=container_site.env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    job_id = next(line for line in lines if line.startswith("Submitted batch job ")).split()[-1]
+    folder = Path(next(line for line in lines if line.startswith("Job folder: ")).split(": ", 1)[1])
+    assert_trained(folder, job_id, tasks=2)
+    calls = [c for c in container_site.calls() if c["command"][-1].startswith(f"{folder}/")]
+    assert len(calls) == 2, container_site.log.read_text()  # both tasks in the image, the pairs bound in
+    assert all(str(pairs) in {m["dst"] for m in call["mounts"]} and call["command"][:3] == ["python", "-m", "trainer"]
+               for call in calls)
+    steps = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in steps if "loss" in r]
+    assert abs(logged[0]["loss"] - 0.6931472) < 1e-5 and all("rewards/margins" in r for r in logged)
+    assert any("val_rewards/accuracies" in r for r in steps)
+    log = "\n".join(p.read_text() for p in (folder / "logs").glob("*.out"))
+    assert "DPO reference: a frozen copy of the base in fp32, sharded like the policy" in log

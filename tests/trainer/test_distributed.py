@@ -157,3 +157,55 @@ def test_a_two_rank_job_tokenizes_once_and_a_resubmission_not_at_all(tmp_path):
     again = two_ranks()  # a resubmission (nothing left to train, but the data are loaded)
     assert tokenized.read_text().split() == ["0"]
     assert "tokenized once, read from" in again[0].stdout
+
+
+def test_full_dpo_under_fsdp2_on_two_processes_matches_one_and_resumes_against_the_same_reference(tmp_path):
+    """DPO with full weights: the policy and its frozen reference copy both sharded over two ranks (filled
+    from the files on the meta path), preempted and requeued; the resumed run rebuilds the reference from
+    the base, not from the checkpoint, so every step equals an uninterrupted one-process run."""
+    steps = 8
+    pretrained = {"init": "pretrained", "path": str(save_tiny_model(tmp_path / "base")), "config": {}}
+    dpo = {"objective": {"name": "dpo", "beta": 0.1}, "optim": {"lr": 3e-3}}
+    prefs = {"path": "ft:tiny_prefs.jsonl", "format": "preference", "max_seq_length": 64, "val_fraction": 0.05}
+    two = tiny_job(dpo, peft=None, model={**pretrained, "meta_init": True}, trainer={"devices": 2, "max_steps": steps},
+                   data={**prefs, "micro_batch_size": 2})
+    one = tiny_job(dpo, peft=None, model=pretrained, trainer={"max_steps": steps}, data={**prefs, "micro_batch_size": 4})
+    config = write_config(tmp_path / "two", two)
+
+    procs = start(config, nprocs=2)
+    deadline = time.time() + 180
+    while not train_losses(tmp_path / "two") and time.time() < deadline and procs[1].poll() is None:
+        time.sleep(0.02)
+    procs[1].send_signal(signal.SIGUSR1)
+    results = finish(procs)
+    assert [r.returncode for r in results] == [exits.REQUEUE, exits.REQUEUE], describe(results)
+    stopped_at = max(train_losses(tmp_path / "two"))
+    assert stopped_at < steps
+    assert "DPO reference: a frozen copy of the base in fp32, sharded like the policy" in results[0].stdout
+
+    results = launch(config, nprocs=2)  # the requeued job
+    assert [r.returncode for r in results] == [0, 0], describe(results)
+    assert f"at step {stopped_at}" in results[0].stdout
+
+    assert run(validate(one), tmp_path / "one") == exits.OK
+    assert figures(tmp_path / "one", "loss")[0] == pytest.approx(0.6931472, abs=1e-6)
+    for key in ("loss", "grad_norm", "rewards/chosen", "rewards/margins", "logps/rejected", "val_loss",
+                "val_rewards/margins"):
+        assert figures(tmp_path / "two", key) == pytest.approx(figures(tmp_path / "one", key), rel=1e-4, abs=1e-6), key
+
+
+def test_lora_dpo_under_fsdp2_on_two_processes_matches_one(tmp_path):
+    """LoRA DPO sharded with FSDP2: each micro batch gathers the layers twice, once with the adapters
+    switched off (the reference, no_grad) and once with them (the policy)."""
+    dpo = {"objective": {"name": "dpo"}, "optim": {"lr": 3e-3},
+           "data": {"path": "ft:tiny_prefs.jsonl", "format": "preference", "max_seq_length": 64}}
+    two = tiny_job(dpo, trainer={"devices": 2, "max_steps": 3, "strategy": "fsdp2"}, data={"micro_batch_size": 2})
+    one = tiny_job(dpo, trainer={"max_steps": 3, "strategy": "fsdp2"}, data={"micro_batch_size": 4})
+    results = launch(write_config(tmp_path / "two", two), nprocs=2)
+    assert [r.returncode for r in results] == [0, 0], describe(results)
+    assert "DPO reference: the base with the adapters switched off (no copy)" in results[0].stdout
+    assert run(validate(one), tmp_path / "one") == exits.OK
+    assert figures(tmp_path / "two", "loss")[0] == pytest.approx(0.6931472, abs=1e-6)
+    for key in ("loss", "grad_norm", "rewards/margins", "logps/chosen", "val_rewards/accuracies"):
+        # (rewards are beta × differences of nearly equal log-probabilities: held to 1e-6 absolute)
+        assert figures(tmp_path / "two", key) == pytest.approx(figures(tmp_path / "one", key), rel=1e-5, abs=1e-6), key

@@ -30,6 +30,8 @@ def tiny_data(fmt: str, folder) -> str:
     """A small file of format `fmt`, from the QA set ft ships."""
     if fmt == "squad":
         return str(TINY_QA)
+    if fmt == "preference":  # prompt, chosen, rejected: ft's own small preference set
+        return str(TINY_QA.with_name("tiny_prefs.jsonl"))
     qa = [json.loads(line) for line in TINY_QA.read_text().splitlines()[:40]]
     if fmt == "alpaca":
         rows = [{"instruction": r["question"], "input": r["context"], "output": r["answers"]["text"][0]} for r in qa]
@@ -78,7 +80,7 @@ def test_every_factory_trains_in_shrunk_form(name, tmp_path):
     job, shipped = validate(raw), config.resolve(name, []).job
     for same in ("method", "strategy"):
         assert getattr(job, same) == getattr(shipped, same)
-    assert job.peft == shipped.peft and job.data.format == shipped.data.format
+    assert job.peft == shipped.peft and job.data.format == shipped.data.format and job.objective == shipped.objective
     assert (job.model.quantization, job.model.meta_init) == (shipped.model.quantization, shipped.model.meta_init)
 
     assert train(tmp_path / "job", raw) == 0

@@ -55,7 +55,7 @@ class SyncCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("method", ["lora", "sft"])
+@pytest.mark.parametrize("method", ["lora", "sft", "dpo", "dpo_full"])
 def test_steps_between_sync_points_never_wait_for_the_device(tmp_path, method, monkeypatch):
     counter = SyncCounter()
     listed = []
@@ -77,8 +77,11 @@ def test_steps_between_sync_points_never_wait_for_the_device(tmp_path, method, m
             active.clear()
             counter.__exit__(None, None, None)
 
-    raw = tiny_job(trainer={"max_steps": 4, "log_every_steps": 4, "grad_clip": None},
-                   peft=None if method == "sft" else {})
+    # DPO: the reference's forward (adapters off, or the frozen copy) and the pair figures stay on the device too.
+    preference = {"objective": {"name": "dpo"}, "data": {"path": "ft:tiny_prefs.jsonl", "format": "preference"}}
+    raw = tiny_job(preference if method.startswith("dpo") else {},
+                   trainer={"max_steps": 4, "log_every_steps": 4, "grad_clip": None},
+                   peft=None if method in ("sft", "dpo_full") else {})
     assert train(tmp_path, raw, on_step=on_step) == exits.OK
     assert not counter.syncs, "\n".join(counter.syncs)
     assert not listed, "\n".join(listed)
