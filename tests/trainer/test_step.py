@@ -81,7 +81,10 @@ def test_steps_between_sync_points_never_wait_for_the_device(tmp_path, method, m
     preference = {"objective": {"name": "dpo"}, "data": {"path": "ft:tiny_prefs.jsonl", "format": "preference"}}
     raw = tiny_job(preference if method.startswith("dpo") else {},
                    trainer={"max_steps": 4, "log_every_steps": 4, "grad_clip": None},
-                   peft=None if method in ("sft", "dpo_full") else {})
+                   peft=None if method in ("sft", "dpo_full") else {},
+                   # Sync points come every log_every_steps here, not by the clock: a step slowed by a
+                   # busy machine would otherwise make one due at steps 2-3 (a stop is checked often).
+                   slurm={"signal_seconds": 3600})
     assert train(tmp_path, raw, on_step=on_step) == exits.OK
     assert not counter.syncs, "\n".join(counter.syncs)
     assert not listed, "\n".join(listed)
