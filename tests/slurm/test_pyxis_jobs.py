@@ -8,14 +8,15 @@ folder: every path the job needs must reach the container through --container-mo
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from container_image import PYXIS_STANDIN
-from slurm_cluster import wait_for_job
+from container_image import PYXIS_STANDIN, pyxis_env
+from slurm_cluster import sbatch, wait_for_job
 
 pytestmark = [pytest.mark.slurm]
 
@@ -81,3 +82,25 @@ def test_image_check_runs_through_srun_where_enroot_is_absent(slurm_cluster, ft,
     assert result.returncode == 0 and "ok: this image can run ft's trainer" in result.stdout, result.stderr
     (probe,) = [c for c in site.calls() if c["command"][-2:] == ["-m", "ftcore.contract"]]
     assert probe["slurm"].get("SLURM_JOB_ID") and probe["spec"]["image"] == str(site.squashfs)
+
+
+def test_later_steps_of_a_job_reuse_its_named_container(slurm_cluster, stock_squashfs, tmp_path):
+    """Two srun steps with the container name ft renders: the second finds the container and
+    skips the import, whatever image it names."""
+    log = tmp_path / "log.jsonl"
+    name = '--container-name=ft-"${SLURM_JOB_ID:?}"'
+    script = tmp_path / "two-steps.sh"
+    script.write_text(f"""#!/bin/bash
+#SBATCH --nodes=1
+#SBATCH --output={tmp_path}/out-%j.txt
+srun --container-image={stock_squashfs} {name} true
+srun --container-image={tmp_path}/gone.sqsh {name} true
+""")
+    env = {**os.environ, **pyxis_env(stock_squashfs), "FT_STANDIN_LOG": str(log)}
+    job_id = sbatch([str(script)], cwd=tmp_path, env=env)
+    state, _ = wait_for_job(str(job_id), timeout=120)
+    output = next(tmp_path.glob("out-*.txt")).read_text()
+    assert state == "COMPLETED", output
+    steps = [r for r in map(json.loads, log.read_text().splitlines()) if r["argv"][0] == "task"]
+    assert [(r["slurm"]["SLURM_STEP_ID"], r.get("reused", False)) for r in steps] == [("0", False), ("1", True)]
+    assert {r["spec"]["name"] for r in steps} == {f"ft-{job_id}"}
