@@ -286,6 +286,30 @@ def _submit_on_cluster(name: str, factory: str, overrides: list[str], profile: O
     raise typer.Exit(remote.ft_passthrough(c, words))
 
 
+def _forwarded(command: str, yes: bool = False) -> list[str]:
+    """`ft COMMAND ...` as typed, without `--cluster NAME`, for the login node's ft: the words
+    it parses are the ones this ft parsed. `yes`: asked here first, so it runs there with --yes."""
+    from ftcore.errors import UserError
+
+    argv = sys.argv[1:]
+    words = argv[argv.index(command) + 1:] if command in argv else []
+    kept, skip = [], False
+    for word in words:
+        if skip:
+            skip = False
+        elif word == "--cluster":
+            skip = True
+        elif not word.startswith("--cluster="):
+            kept.append(word)
+    if yes:
+        if not sys.stdin.isatty():
+            raise UserError("no terminal to confirm on: pass --yes; nothing was submitted")
+        if not typer.confirm(f"Run `ft {command} {' '.join(kept)}` on the cluster?", default=True, err=True):
+            raise typer.Exit(1)
+        kept.append("--yes")
+    return [command, *kept]
+
+
 def _on_cluster(name: str, words: list[str]) -> None:
     """Run `ft WORDS` on the cluster's login node; its output is ours, and so is its exit status."""
     from launcher import remote
@@ -670,10 +694,28 @@ def eval_cmd(
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="SQuAD: longest answer generated."),
     loss_only: bool = typer.Option(False, "--loss-only", help="SQuAD: skip generating answers (no EM/F1)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object for scripts."),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="lm-evaluation-harness instead: its task names and your task .yaml files, comma-separated (hellaswag,mmlu,./my_task.yaml)."),
+    num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", min=0, help="--tasks: few-shot examples (default: each task's own)."),
+    batch_size: str = typer.Option("1", "--batch-size", help="--tasks: lm-eval's batch size: N, auto or auto:N."),
+    log_samples: bool = typer.Option(False, "--log-samples", help="--tasks: keep every sample's prompt and answer beside the results."),
+    executor: Optional[str] = typer.Option(None, "--executor", help="--tasks: `slurm` (an evaluation job, one GPU, the job's image; the default where the job ran on SLURM) or `local` (here)."),
+    time: Optional[str] = typer.Option(None, "--time", help="--tasks --executor slurm: the evaluation job's time limit (default 01:00:00)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="--tasks --executor slurm: submit without asking."),
+    show: bool = typer.Option(False, "--show", help="Print the job's latest lm-eval scores as a table; run nothing."),
+    cluster: Optional[str] = ClusterOpt,
 ) -> None:
-    """Validation loss on DATA (as training computes it); for SQuAD data, exact match and F1 too."""
+    """Validation loss on DATA (as training computes it); for SQuAD data, exact match and F1 too.
+
+    With --tasks: lm-evaluation-harness on the checkpoint (a LoRA adapter on its base, no merge);
+    the results land in the job's folder, eval/<time>-lm-eval.json.
+    """
     import json
 
+    if cluster:
+        _on_cluster(cluster, _forwarded("eval", yes=tasks is not None and not show and not yes))
+    if show or tasks is not None:
+        _lm_eval(ckpt, tasks, show, limit, num_fewshot, batch_size, log_samples, executor, time, yes, as_json)
+        return
     checkpoint = _checkpoint(ckpt)  # without --data: the job's validation records (val_path or held out)
     from fttools import require_stack
 
@@ -697,6 +739,67 @@ def eval_cmd(
         table.add_row("exact match", f"{result['exact_match']:.1f}")
         table.add_row("F1", f"{result['f1']:.1f}")
     _console().print(table)
+
+
+def _lm_eval(spec: str, tasks: Optional[str], show: bool, limit: Optional[int], num_fewshot: Optional[int],
+             batch_size: str, log_samples: bool, executor: Optional[str], time: Optional[str], yes: bool,
+             as_json: bool) -> None:
+    """`ft eval --tasks` (here, or as an evaluation job) and `ft eval --show`."""
+    import json
+
+    from ftcore import evaltasks
+    from launcher import evaljob
+
+    if show:
+        path, results = evaljob.show(spec)
+        if as_json:
+            print(json.dumps(results, indent=2))
+            return
+        _print_scores(results, f"ft eval: {path}")
+        return
+    parsed = evaltasks.parse(tasks)
+    options = evaljob.Options(limit, num_fewshot, evaljob.batch_size(batch_size), log_samples)
+    executor = executor or evaljob.default_executor(spec)
+    if executor != "local":
+        e = evaljob.prepare(spec, parsed, options, time, executor)
+        err = _console(stderr=True)
+        err.print(f"evaluation job: {e.checkpoint} on {parsed.words()}; 1 task, "
+                  f"{'1 GPU' if e.job.trainer.accelerator == 'gpu' else 'CPU'}, time limit {e.job.slurm.time}, "
+                  f"container {e.job.container.runtime}: {e.job.container.image or 'host Python'}", markup=False)
+        if not yes:
+            _confirm("Submit this evaluation job?", "nothing was submitted")
+        folder = evaljob.write(e, sys.argv)
+        job_id = evaljob.submit(e, folder)
+        print(f"Submitted batch job {job_id}")
+        print(f"Job folder: {folder}")
+        print(f"results: {e.out} (`ft eval {spec} --show` once it ends)")
+        return
+    checkpoint = _checkpoint(spec)
+    from fttools.lmeval import evaluate, require_lm_eval
+
+    require_lm_eval()
+    out = evaltasks.results_folder(checkpoint.path) / evaltasks.results_name(evaltasks.stamp())
+    results = evaluate(checkpoint, parsed, out, limit, num_fewshot,
+                       int(options.batch_size) if options.batch_size.isdigit() else options.batch_size,
+                       log_samples=log_samples)
+    if as_json:
+        print(json.dumps({"results": results.get("results"), "file": str(out)}, indent=2, default=str))
+        return
+    _print_scores(results, f"ft eval: {checkpoint.label} (lm-eval)")
+    print(f"results: {out}")
+
+
+def _print_scores(results: dict, title: str) -> None:
+    from rich.table import Table
+
+    from ftcore import evaltasks
+
+    table = Table(title=title, title_justify="left")
+    for column in ("task", "metric", "value", "stderr"):
+        table.add_column(column, justify="right" if column in ("value", "stderr") else "left")
+    for row in evaltasks.scores(results):
+        table.add_row(*row)
+    _console(soft_wrap=False).print(table)
 
 
 @app.command("export")

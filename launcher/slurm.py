@@ -192,11 +192,12 @@ class Slurm(Scheduler):
                     "write and print the script, or --executor local to run here"]
         return []
 
-    def render(self, job, folder: Path, array_size: int = 0, dependency: str | None = None) -> str:
+    def render(self, job, folder: Path, array_size: int = 0, dependency: str | None = None,
+               command: list[str] | None = None) -> str:
         from launcher import render
 
         return render.render_sbatch(job, folder, array_size=array_size, dependency=dependency,
-                                    kill_wait_s=kill_wait_s())
+                                    kill_wait_s=kill_wait_s(), command=command)
 
     def submit(self, folder: Path) -> str:
         return sbatch(folder / SCRIPT)
