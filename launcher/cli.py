@@ -457,6 +457,10 @@ def status_cmd(job: str = JobArg, cluster: Optional[str] = ClusterOpt) -> None:
         starts = sum(1 for e in events if e[records.EVENT] == records.START)
         last = events[-1]
         print(f"runs       {starts} start(s); last event {last[records.EVENT]} at {last.get(records.TIME)}")
+    from launcher import evaljob
+
+    for line in evaljob.status_lines(view):  # an evaluation job's task; a run's latest lm-eval scores
+        print(line)
 
 
 @app.command("logs")
