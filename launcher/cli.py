@@ -759,7 +759,8 @@ def _lm_eval(spec: str, tasks: Optional[str], show: bool, limit: Optional[int], 
         if as_json:
             print(json.dumps(results, indent=2))
             return
-        _print_scores(results, f"ft eval: {path}")
+        _print_scores(results, "ft eval: the latest lm-eval scores")
+        print(f"results: {path}")
         return
     parsed = evaltasks.parse(tasks)
     options = evaljob.Options(limit, num_fewshot, evaljob.batch_size(batch_size), log_samples)

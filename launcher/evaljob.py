@@ -25,7 +25,7 @@ from pathlib import Path
 from ftcore import contract, evaltasks, layout
 from ftcore.errors import UserError
 from ftcore.schema import Job, deep_merge, job_to_dict
-from launcher import config, jobdir, jobs, locate, render, scheduler, stage as staging
+from launcher import config, jobdir, jobs, locate, render, scheduler, sharedcache, stage as staging
 
 TIME = "01:00:00"  # the evaluation job's time limit unless --time says otherwise
 COMMAND = "eval"
@@ -114,6 +114,8 @@ def prepare(spec: str, tasks: evaltasks.Tasks, options: Options, time: str | Non
         "container": {"binds": list(dict.fromkeys(binds)),
                       "env": {"HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(cache)}},
     }))
+    if not dry_run:
+        sharedcache.make_dir(cache)  # the job binds it: it must exist (as ready_image makes the hub cache)
     command = ["-m", "fttools.lmeval", str(checkpoint), "--tasks", tasks.words(), "--out", str(out), *options.words()]
     problems, _ = render.preflight(job, dry_run=dry_run)
     problems += runner.preflight(job, dry_run)
