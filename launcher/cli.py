@@ -334,12 +334,20 @@ def stage_cmd(
     ctx: typer.Context,
     factory: Optional[str] = FactoryOpt,
     sweep: List[str] = typer.Option([], "--sweep", help="key=v1,v2,...: stage what every task of the sweep names."),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="lm-eval tasks (names, task .yaml files) whose datasets to stage for `ft eval --tasks`."),
     profile: Optional[str] = ProfileOpt,
 ) -> None:
     """Download the job's hub model and dataset into the shared cache (hub.cache_dir), on the
     login node, so that compute nodes without internet run it offline."""
     from launcher import config, stage, submit
 
+    if tasks is not None:
+        from launcher import evaljob
+
+        for line in evaljob.stage_tasks(tasks, factory, list(ctx.args), profile):
+            print(line)
+        if factory is None:
+            return
     factory, overrides = _factory(factory, list(ctx.args), "stage")
     combos = submit.sweep_overrides(sweep) if sweep else [[]]
     jobs = [config.resolve(factory, [*overrides, *combo], profile).job for combo in combos]
@@ -610,13 +618,23 @@ def merge_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="New folder for the merged model (default: JOB/exports/STEP-merged)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16, fp16 or fp32 (default: the base model's dtype)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output folder (whole, once the new one is written)."),
+    cluster: Optional[str] = ClusterOpt,
+    executor: str = typer.Option("local", "--executor", help="`local` (here) or `slurm`: a short job on one GPU of the cluster, in the job's image."),
+    time: Optional[str] = typer.Option(None, "--time", help="--executor slurm: the job's time limit (default 01:00:00)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="--executor slurm: submit without asking."),
 ) -> None:
     """Fold a LoRA adapter into its base: a plain model folder AutoModelForCausalLM and vLLM load.
 
     Run again, it keeps a folder it made from the same checkpoint and dtype; --overwrite remakes it.
     """
-    checkpoint = _checkpoint(ckpt)
+    if cluster:
+        _on_cluster(cluster, _forwarded("merge"))
     dtype = _dtype(dtype)
+    if executor != "local":
+        _as_job(ckpt, "merge", [*(["--dtype", dtype] if dtype else []), *["--overwrite"] * overwrite], out,
+                executor, time, yes)
+        return
+    checkpoint = _checkpoint(ckpt)
     from fttools import require_stack
 
     require_stack()
@@ -654,6 +672,10 @@ def generate_cmd(
     message: Optional[str] = typer.Option(None, "--message", help="chat (messages) jobs: the user's turn; the tokenizer's chat template is applied."),
     system: Optional[str] = typer.Option(None, "--system", help="chat jobs, with --message: a system message first."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n", min=1, help="Stop after this many new tokens."),
+    cluster: Optional[str] = ClusterOpt,
+    executor: str = typer.Option("local", "--executor", help="`local` (here) or `slurm`: a short job on one GPU of the cluster, in the job's image."),
+    time: Optional[str] = typer.Option(None, "--time", help="--executor slurm: the job's time limit (default 01:00:00)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="--executor slurm: submit without asking."),
 ) -> None:
     """Greedy answer of a checkpoint (SFT, or base + LoRA adapter), in the prompt format its job trained on.
 
@@ -663,6 +685,8 @@ def generate_cmd(
     """
     from ftcore.errors import UserError
 
+    if cluster:
+        _on_cluster(cluster, _forwarded("generate"))
     fields = {k: v for k, v in (("question", question), ("context", context), ("instruction", instruction),
                                 ("input", input_text)) if v is not None}
     if system is not None and message is None:
@@ -673,6 +697,13 @@ def generate_cmd(
                         "for an alpaca job), --message for a chat job, or one raw PROMPT" if modes else
                         "nothing to answer: give --question and --context (squad jobs), --instruction (alpaca "
                         "jobs), --message (chat jobs), or a raw PROMPT")
+    if executor != "local":
+        words = ["--max-new-tokens", str(max_new_tokens), *(["--prompt", prompt] if prompt is not None else []),
+                 *(["--message", message] if message is not None else []),
+                 *(["--system", system] if system is not None else []),
+                 *[word for name, value in fields.items() for word in ("--field", f"{name}={value}")]]
+        _as_job(ckpt, "generate", words, None, executor, time, yes)
+        return
     checkpoint = _checkpoint(ckpt)
     from fttools import require_stack
 
@@ -794,6 +825,25 @@ def _lm_eval(spec: str, tasks: Optional[str], show: bool, limit: Optional[int], 
     print(f"results: {out}")
 
 
+def _as_job(spec: str, tool: str, words: list[str], out: Optional[Path], executor: str, time: Optional[str],
+            yes: bool) -> None:
+    """`ft merge|export|generate ... --executor slurm`: the command as a short job on a GPU node."""
+    from launcher import evaljob
+
+    e = evaljob.prepare_tool(spec, tool, words, out, time, executor)
+    _console(stderr=True).print(f"ft {tool} as a job: {e.checkpoint}; 1 task, "
+                                f"{'1 GPU' if e.job.trainer.accelerator == 'gpu' else 'CPU'}, time limit "
+                                f"{e.job.slurm.time}, container {e.job.container.runtime}: "
+                                f"{e.job.container.image or 'host Python'}", markup=False)
+    if not yes:
+        _confirm(f"Submit this {tool} job?", "nothing was submitted")
+    folder = evaljob.write(e, sys.argv)
+    job_id = evaljob.submit(e, folder)
+    print(f"Submitted batch job {job_id}")
+    print(f"Job folder: {folder}")
+    print(f"follow it with: ft logs {job_id} -f" + (f"; it writes {e.out}" if e.out else ""))
+
+
 def _print_scores(results: dict, title: str) -> None:
     from rich.table import Table
 
@@ -815,12 +865,22 @@ def export_cmd(
     merge: bool = typer.Option(False, "--merge", help="LoRA: fold the adapter into its base first."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="With --merge: bf16, fp16 or fp32."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output folder (whole, once the new one is written)."),
+    cluster: Optional[str] = ClusterOpt,
+    executor: str = typer.Option("local", "--executor", help="`local` (here) or `slurm`: a short job on one GPU of the cluster, in the job's image."),
+    time: Optional[str] = typer.Option(None, "--time", help="--executor slurm: the job's time limit (default 01:00:00)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="--executor slurm: submit without asking."),
 ) -> None:
     """A folder vLLM serves (model, or LoRA adapter), with the exact `vllm serve` command."""
+    if cluster:
+        _on_cluster(cluster, _forwarded("export"))
+    dtype = _dtype(dtype)
+    if executor != "local":
+        _as_job(ckpt, "export", ["--to", to, *["--merge"] * merge, *(["--dtype", dtype] if dtype else []),
+                                 *["--overwrite"] * overwrite], out, executor, time, yes)
+        return
     from fttools import export, require_stack
 
     checkpoint = _checkpoint(ckpt)
-    dtype = _dtype(dtype)
     if merge:
         require_stack()
     done = export.export(checkpoint, to, out, merge, dtype, overwrite)
@@ -839,8 +899,14 @@ def push_cmd(
     repo_id: str = typer.Argument(..., help="Hub repository OWNER/NAME (created if it does not exist)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be uploaded, with sizes; upload nothing."),
     private: bool = typer.Option(False, "--private", help="Create the repository as private."),
+    cluster: Optional[str] = ClusterOpt,
 ) -> None:
-    """Upload a checkpoint or export to the Hugging Face Hub (token: $HF_TOKEN only)."""
+    """Upload a checkpoint or export to the Hugging Face Hub (token: $HF_TOKEN only).
+
+    With --cluster the login node uploads, with the HF_TOKEN of its own environment: ft never
+    sends a token over ssh."""
+    if cluster:
+        _on_cluster(cluster, _forwarded("push"))
     from launcher import push
 
     upload = push.prepare(_checkpoint(ckpt), repo_id)

@@ -1,8 +1,10 @@
-"""A short job after training: lm-evaluation-harness on a job's checkpoint, as a SLURM job.
+"""A short job after training: lm-evaluation-harness on a job's checkpoint, as a SLURM job (and
+ft's other model commands the same way).
 
     ft eval JOB --tasks hellaswag,./my_task.yaml        # JOB ran on SLURM: an evaluation job there
     ft eval JOB --tasks ... --executor local             # here, in this process
     ft eval JOB --show                                    # the latest scores, as a table
+    ft merge JOB --executor slurm ; ft export JOB --to vllm --merge --executor slurm ; ft generate JOB "x" --executor slurm
 
 The evaluation job is the training job's own settings (image, binds, partition, account, hub
 cache) on one task with one GPU, its script rendered and submitted through the same seams as
@@ -71,59 +73,113 @@ def default_executor(spec: str) -> str:
 
 
 @dataclass(frozen=True)
-class EvalJob:
-    job: Job  # the evaluation job: the training job's settings, one task
-    run_dir: Path  # the training run it evaluates
-    checkpoint: Path
-    tasks: evaltasks.Tasks
-    out: Path  # <run>/eval/<time>-lm-eval.json
-    command: list[str]  # what the task runs, after the job's Python
+class PostJob:
+    """A short job after training: the training job's settings on one task, running one of ft's
+    model tools (`python -m fttools.lmeval`, `python -m fttools.job merge|export|generate`)."""
 
-    @property
-    def runs(self) -> dict:
-        """What the evaluation job's record keeps (ftcore.records SUBMISSION_FIELDS `runs`)."""
-        return {"command": COMMAND, "run": str(self.run_dir), "checkpoint": str(self.checkpoint),
-                "tasks": self.tasks.words(), "results": str(self.out)}
+    job: Job  # the training job's settings, one task
+    run_dir: Path  # the training run it reads
+    checkpoint: Path
+    command: list[str]  # what the task runs, after the job's Python
+    runs: dict  # what its record keeps (ftcore.records SUBMISSION_FIELDS `runs`)
+    out: Path | None = None  # where its results land (lm-eval's JSON, a merged model), if anywhere
 
 
 def datasets_cache(job: Job) -> Path:
     """Where lm-eval's datasets are staged and read: beside the hub files in ft's hub cache."""
-    return staging.cache_dir(job) / "datasets"
+    return staging.cache_dir(job) / DATASETS
+
+
+DATASETS = "datasets"
 
 
 def prepare(spec: str, tasks: evaltasks.Tasks, options: Options, time: str | None = None,
-            executor: str = "slurm", dry_run: bool = False) -> EvalJob:
+            executor: str = "slurm", dry_run: bool = False) -> PostJob:
     """The evaluation job of `spec`'s checkpoint, checked; nothing written."""
+    checkpoint, run, trained = _training(spec, executor)
+    out = run / layout.EVAL / evaltasks.results_name(evaltasks.stamp())
+    command = ["-m", "fttools.lmeval", str(checkpoint), "--tasks", tasks.words(), "--out", str(out), *options.words()]
+    runs = {"command": COMMAND, "run": str(run), "checkpoint": str(checkpoint), "tasks": tasks.words(),
+            "results": str(out)}
+    return _prepare(trained, run, checkpoint, command, runs, out, [str(f) for f in tasks.folders], time, executor,
+                    dry_run, tasks=tasks)
+
+
+TOOLS = ("merge", "export", "generate")  # the model commands that run as a short job too
+
+
+def prepare_tool(spec: str, tool: str, words: list[str], out: Path | None = None, time: str | None = None,
+                 executor: str = "slurm", dry_run: bool = False) -> PostJob:
+    """`ft merge|export|generate JOB ... --executor slurm`: the command as a short job on a GPU node.
+    `words`: the tool's options as fttools.job reads them; `out`: a folder it writes (its parent is bound)."""
+    if tool not in TOOLS:
+        raise UserError(f"{tool} does not run as a job: choose one of {', '.join(TOOLS)}")
+    checkpoint, run, trained = _training(spec, executor)
+    if out is not None:
+        out = Path(out).expanduser().absolute()
+        if not out.parent.is_dir():
+            raise UserError(f"--out {out}: its folder {out.parent} does not exist")
+    command = ["-m", "fttools.job", tool, str(checkpoint), *words, *(["--out", str(out)] if out else [])]
+    runs = {"command": tool, "run": str(run), "checkpoint": str(checkpoint),
+            **({"results": str(out)} if out else {})}
+    binds = [str(out.parent)] if out is not None and not _inside(out, run) else []
+    return _prepare(trained, run, checkpoint, command, runs, out, binds, time, executor, dry_run)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _training(spec: str, executor: str) -> tuple[Path, Path, dict]:
+    """(the checkpoint folder, its run, the run's resolved job) for a job that runs elsewhere."""
     runner = scheduler.get(executor)
     if runner.runs_here or not runner.by_id:
-        raise UserError(f"--executor {executor} runs the evaluation here: it needs no job (use it without a job)")
+        raise UserError(f"--executor {executor} runs the command here, in this process: it needs no job")
     checkpoint = locate.checkpoint_folder(spec)
     run = layout.owning_run(checkpoint)
     if run is None:
         raise UserError(f"{checkpoint} is not a checkpoint of an ft job, so there are no job settings (image, "
-                        "partition) to run it with: evaluate it here with --executor local")
-    trained = config.load_yaml((run / layout.CONFIG).read_text(), str(run / layout.CONFIG))
-    stamp = evaltasks.stamp()
-    out = run / layout.EVAL / evaltasks.results_name(stamp)
+                        "partition) to run it with: run it here with --executor local")
+    return checkpoint, run, config.load_yaml((run / layout.CONFIG).read_text(), str(run / layout.CONFIG))
+
+
+def _prepare(trained: dict, run: Path, checkpoint: Path, command: list[str], runs: dict, out: Path | None,
+             binds: list[str], time: str | None, executor: str, dry_run: bool,
+             tasks: evaltasks.Tasks | None = None) -> PostJob:
+    """The training job's settings on one task running `command`; checked (with `tasks`: that
+    its Python has lm-eval and that the tasks' data is staged for an offline run)."""
+    runner = scheduler.get(executor)
     settings = job_to_dict(config.validate(trained))
-    binds = [*settings["container"]["binds"], str(run), *(str(f) for f in tasks.folders)]
     cache = datasets_cache(config.validate(trained))
     job = config.validate(deep_merge(settings, {
         "trainer": {"num_nodes": 1, "devices": 1},
-        "slurm": {"time": time or TIME, "job_name": f"ft-eval-{settings['name']}"[:128]},
-        "container": {"binds": list(dict.fromkeys(binds)),
+        "slurm": {"time": time or TIME, "job_name": f"ft-{runs['command']}-{settings['name']}"[:128]},
+        "container": {"binds": list(dict.fromkeys([*settings["container"]["binds"], str(run), *binds])),
                       "env": {"HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(cache)}},
     }))
     if not dry_run:
         sharedcache.make_dir(cache)  # the job binds it: it must exist (as ready_image makes the hub cache)
-    command = ["-m", "fttools.lmeval", str(checkpoint), "--tasks", tasks.words(), "--out", str(out), *options.words()]
     problems, _ = render.preflight(job, dry_run=dry_run)
     problems += runner.preflight(job, dry_run)
     if not dry_run:
-        problems += lm_eval_problems(job)
+        problems += lm_eval_problems(job) if tasks else submit_problems(job)
+    if tasks and not dry_run and not problems:
+        from launcher import taskdata
+
+        problems += taskdata.unstaged(tasks, staging.cache_dir(job), cache)
     if problems:
         raise UserError(*problems)
-    return EvalJob(job, run, checkpoint, tasks, out, command)
+    return PostJob(job, run, checkpoint, command, runs, out)
+
+
+def submit_problems(job: Job) -> list[str]:
+    """What stops a short job's Python from running ft's model tools (the trainer's contract)."""
+    from launcher import submit
+
+    if job.container.runtime == "none":
+        return submit.host_python_problems(job)
+    submit.ready_image(job)
+    return []
 
 
 def lm_eval_problems(job: Job) -> list[str]:
@@ -147,8 +203,8 @@ def lm_eval_problems(job: Job) -> list[str]:
             f"({contract.install_line('eval')})"] if problem else []
 
 
-def write(e: EvalJob, argv: list[str] | None = None) -> Path:
-    """The evaluation job's folder under the jobs root (config, script, command line, record)."""
+def write(e: PostJob, argv: list[str] | None = None) -> Path:
+    """The short job's folder under the jobs root (config, script, command line, record)."""
     runner = scheduler.get("slurm")
 
     def contents(folder: Path) -> dict[str, str]:
@@ -157,14 +213,29 @@ def write(e: EvalJob, argv: list[str] | None = None) -> Path:
                 jobdir.RECORD: jobdir.record_text(executor="slurm", job_id=None, factory=e.job.name, folder=str(folder),
                                                   history=[], submission="submitting", runs=e.runs)}
 
-    return jobdir.create(f"{e.job.name}-eval", contents)
+    return jobdir.create(f"{e.job.name}-{e.runs['command']}", contents)
 
 
-def submit(e: EvalJob, folder: Path) -> str:
+def submit(e: PostJob, folder: Path) -> str:
     from launcher import submit as submitting
 
-    (e.run_dir / layout.EVAL).mkdir(exist_ok=True)  # bound into the container, where the results land
+    if e.runs["command"] == COMMAND:
+        (e.run_dir / layout.EVAL).mkdir(exist_ok=True)  # where the results land
     return submitting.submit(folder, e.job.name, job_name=e.job.job_name, executor="slurm", runs=e.runs)
+
+
+def stage_tasks(words: str, factory: str | None, overrides: list[str], profile: str | None) -> list[str]:
+    """`ft stage --tasks`: the tasks' data into the hub cache the job (or the site profile) names."""
+    from launcher import paths, taskdata
+
+    tasks = evaltasks.parse(words)
+    if factory is not None:
+        hub = staging.cache_dir(config.resolve(factory, overrides, profile).job)
+    else:
+        site = (config.load_profile(profile)[0].get("hub") or {}).get("cache_dir")
+        hub = (Path(str(site)).expanduser() if site else paths.ft_home() / "hub").absolute()
+    sharedcache.make_dir(hub / DATASETS)
+    return taskdata.stage(tasks, hub, hub / DATASETS)
 
 
 # --------------------------------------------------------------------------- reading the results
@@ -186,8 +257,10 @@ def status_lines(view) -> list[str]:
     """`ft status` lines: an evaluation job's task and results file; a training run's latest scores."""
     runs = view.record.get("runs") if isinstance(view.record.get("runs"), dict) else None
     if runs:
-        return [f"evaluates  {runs.get('checkpoint')} on {runs.get('tasks')}",
-                f"results    {runs.get('results')}"]
+        what = f" on {runs.get('tasks')}" if runs.get("tasks") else ""
+        return [f"runs       ft {runs.get('command')} {runs.get('checkpoint')}{what}",
+                *([f"results    {runs['results']}"] if runs.get("results") else
+                  [f"output     `ft logs {view.label}`"])]
     found = latest(view.run_dirs[0] / layout.EVAL)
     if found is None:
         return []

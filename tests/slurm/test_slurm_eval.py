@@ -93,3 +93,27 @@ def test_an_evaluation_job_whose_python_lacks_lm_eval_is_refused_at_submit(train
     assert result.returncode == 2, result.stdout + result.stderr
     assert "cannot run lm-eval" in result.stderr and "ft-launch[eval]" in result.stderr
     assert {p.name for p in folder.parent.iterdir()} == before  # no evaluation job folder
+
+
+def test_merge_and_generate_run_as_short_jobs_on_a_node(trained, ft):
+    """The heavy model commands off the login node: the same machinery, `python -m fttools.job`."""
+    job_id, folder, env = trained
+    merged = ft("merge", job_id, "--executor", "slurm", "--yes", env=env)
+    assert merged.returncode == 0, merged.stderr
+    merge_id = merged.stdout.split("Submitted batch job ")[1].split()[0]
+    said = ft("generate", job_id, "--question", "How old is Ada?", "--context", "Ada is 36.", "--max-new-tokens", "4",
+              "--executor", "slurm", "--yes", env=env)
+    assert said.returncode == 0, said.stderr
+    say_id = said.stdout.split("Submitted batch job ")[1].split()[0]
+    for job in (merge_id, say_id):
+        state, _ = wait_for_job(job, timeout=300)
+        logs = ft("logs", job, env=env)
+        assert state == "COMPLETED", logs.stdout[-3000:]
+    latest = (folder / "checkpoints" / "latest").read_text().strip()
+    out = folder / "exports" / f"{latest}-merged"
+    assert (out / "config.json").is_file() and any(out.glob("*.safetensors"))
+    assert str(out) in ft("logs", merge_id, env=env).stdout
+    status = ft("status", merge_id, env=env).stdout
+    assert "runs       ft merge " in status and "COMPLETED" in status
+    assert "runs       ft generate " in ft("status", say_id, env=env).stdout
+    assert ft("logs", say_id, env=env).stdout.strip()  # the answer, in the job's log
