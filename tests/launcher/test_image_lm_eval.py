@@ -24,16 +24,16 @@ def test_the_stock_image_cannot_run_lm_eval_and_says_how(ft, container_site):
 
 @pytest.fixture
 def image_with_lm_eval(stock_image, tmp_path) -> Path:
-    """The stock image plus lm-eval and accelerate (and psutil, which accelerate imports), copied
-    from this machine's Python into a hard-linked copy of the image (the same Python 3.11)."""
+    """The stock image plus lm-eval (peft already brought accelerate), copied from this machine's
+    Python into a hard-linked copy of the image (the same Python 3.11)."""
     pytest.importorskip("lm_eval")
     copy = tmp_path / "with-lm-eval"
     subprocess.run(["cp", "-al", str(stock_image), str(copy)], check=True)
     site = next((copy / "usr" / "local" / "lib").glob("python3*/dist-packages"))
     here = Path(next(p for p in sys.path if p.endswith("site-packages") and (Path(p) / "lm_eval").is_dir()))
-    for name in ("lm_eval", "accelerate", "psutil"):
-        for path in [here / name, *here.glob(f"{name}-*.dist-info")]:
-            shutil.copytree(path, site / path.name, copy_function=shutil.copy)
+    assert not (site / "lm_eval").exists() and (site / "accelerate").is_dir()
+    for path in [here / "lm_eval", *here.glob("lm_eval-*.dist-info")]:
+        shutil.copytree(path, site / path.name, copy_function=shutil.copy)
     return copy
 
 
