@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from container_image import site_for
 from lm_eval_tasks import write_tasks
 from slurm_cluster import wait_for_job
 
@@ -117,3 +118,29 @@ def test_merge_and_generate_run_as_short_jobs_on_a_node(trained, ft):
     assert "runs       ft merge " in status and "COMPLETED" in status
     assert "runs       ft generate " in ft("status", say_id, env=env).stdout
     assert ft("logs", say_id, env=env).stdout.strip()  # the answer, in the job's log
+
+
+def test_the_evaluation_job_runs_in_the_jobs_image(slurm_cluster, ft, eval_image):
+    """A container job (the stock image plus lm-eval, through the Apptainer stand-in), its model,
+    data, FT_HOME and the task files all outside the default binds: the evaluation job runs
+    `python -m fttools.lmeval` in the job's image, with the run and the task folder bound."""
+    with site_for(eval_image) as site:
+        env = site.env
+        result = ft("submit", "--factory", "tiny", *SHORT, *site.overrides(), "--yes", env=env)
+        assert result.returncode == 0, result.stderr
+        job_id = result.stdout.split("Submitted batch job ")[1].split()[0]
+        folder = Path(result.stdout.split("Job folder: ")[1].split()[0])
+        assert wait_for_job(job_id, timeout=300)[0] == "COMPLETED"
+        mc, gen = write_tasks(site.root / "tasks")
+        result = ft("eval", job_id, "--tasks", f"{mc},{gen}", "--limit", "2", "--yes", env=env)
+        assert result.returncode == 0, result.stderr
+        eval_id = result.stdout.split("Submitted batch job ")[1].split()[0]
+        state, _ = wait_for_job(eval_id, timeout=400)
+        logs = ft("logs", eval_id, env=env)
+        assert state == "COMPLETED", logs.stdout[-3000:]
+        (results,) = (folder / "eval").glob("*-lm-eval.json")
+        assert set(json.loads(results.read_text())["results"]) == {"ft_tiny_mc", "ft_tiny_gen"}
+        (call,) = [c for c in site.calls() if "fttools.lmeval" in c["command"]]
+        assert call["command"][:3] == ["python", "-m", "fttools.lmeval"] and call["image"] == str(site.image)
+        bound = {m["dst"] for m in call["mounts"]}
+        assert {str(folder), str(site.root / "tasks"), "/opt/ft/fttools"} <= bound, bound
