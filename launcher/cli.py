@@ -748,6 +748,11 @@ def eval_cmd(
 
     if cluster:
         _on_cluster(cluster, _forwarded("eval", yes=tasks is not None and not show and not yes))
+    _one_kind_of_eval(tasks is not None or show, {"--data": data is not None, "--format": fmt is not None,
+                                                  "--split": split != "validation", "--loss-only": loss_only,
+                                                  "--max-new-tokens": max_new_tokens != 32},
+                      {"--num-fewshot": num_fewshot is not None, "--batch-size": batch_size != "1",
+                       "--log-samples": log_samples, "--executor": executor is not None, "--time": time is not None})
     if show or tasks is not None:
         _lm_eval(ckpt, tasks, show, limit, num_fewshot, batch_size, log_samples, executor, time, yes, as_json)
         return
@@ -774,6 +779,16 @@ def eval_cmd(
         table.add_row("exact match", f"{result['exact_match']:.1f}")
         table.add_row("F1", f"{result['f1']:.1f}")
     _console().print(table)
+
+
+def _one_kind_of_eval(lm_eval: bool, squad: dict[str, bool], harness: dict[str, bool]) -> None:
+    """ft's own eval (loss, SQuAD) and lm-eval's (--tasks) take different options: a mix is refused."""
+    from ftcore.errors import UserError
+
+    wrong = [name for name, given in (squad if lm_eval else harness).items() if given]
+    if wrong:
+        raise UserError(f"{', '.join(wrong)} {'apply' if len(wrong) > 1 else 'applies'} to "
+                        + ("ft's own eval (without --tasks)" if lm_eval else "lm-eval's tasks: add --tasks"))
 
 
 def _lm_eval(spec: str, tasks: Optional[str], show: bool, limit: Optional[int], num_fewshot: Optional[int],

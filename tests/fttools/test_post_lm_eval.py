@@ -104,6 +104,13 @@ def test_without_lm_eval_the_error_names_the_extra(trained, monkeypatch):
     assert code == 2 and "pip install 'ft-launch[eval]'" in stderr and "Traceback" not in stderr
 
 
+def test_options_of_the_other_eval_are_refused(tmp_path):
+    code, _, stderr = run_ft("eval", str(tmp_path), "--tasks", "hellaswag", "--data", "x.jsonl", "--loss-only")
+    assert code == 2 and "--data, --loss-only apply to ft's own eval (without --tasks)" in stderr
+    code, _, stderr = run_ft("eval", str(tmp_path), "--num-fewshot", "5")
+    assert code == 2 and "--num-fewshot applies to lm-eval's tasks: add --tasks" in stderr
+
+
 def test_show_before_any_evaluation_says_how(tmp_path):
     folder = tmp_path / "ckpt"
     folder.mkdir()
