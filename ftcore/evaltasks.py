@@ -54,7 +54,7 @@ def parse(text: str, base: Path | None = None) -> Tasks:
         if looks_like_file:
             path = Path(word).expanduser()
             path = path if path.is_absolute() else (base or Path.cwd()) / path
-            path = Path(*path.parts).resolve() if path.exists() else path
+            path = path.resolve() if path.exists() else path
             if path.is_dir():
                 found = sorted(p for p in path.iterdir() if p.suffix in _FILE and p.is_file())
                 if not found:
