@@ -8,6 +8,7 @@
     ft stage  --factory llama32_1b_squad                # hub model + dataset → shared cache
     ft plan   --factory llama3_8b_sft                   # GPU memory per GPU: does it fit?
     ft merge JOB ; ft generate JOB "prompt" ; ft eval JOB --data val.jsonl
+    ft eval JOB --tasks hellaswag,./my_task.yaml ; ft eval JOB --show   # lm-evaluation-harness
     ft export JOB --to vllm ; ft push JOB me/model --dry-run ; ft plot JOB [JOB...]
     ft image check IMAGE ; ft image pull docker://REPO:TAG
 
