@@ -737,6 +737,7 @@ def eval_cmd(
     executor: Optional[str] = typer.Option(None, "--executor", help="--tasks: `slurm` (an evaluation job, one GPU, the job's image; the default where the job ran on SLURM) or `local` (here)."),
     time: Optional[str] = typer.Option(None, "--time", help="--tasks --executor slurm: the evaluation job's time limit (default 01:00:00)."),
     yes: bool = typer.Option(False, "--yes", "-y", help="--tasks --executor slurm: submit without asking."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="--tasks --executor slurm: print the evaluation job's script; submit nothing."),
     show: bool = typer.Option(False, "--show", help="Print the job's latest lm-eval scores as a table; run nothing."),
     cluster: Optional[str] = ClusterOpt,
 ) -> None:
@@ -753,9 +754,10 @@ def eval_cmd(
                                                   "--split": split != "validation", "--loss-only": loss_only,
                                                   "--max-new-tokens": max_new_tokens != 32},
                       {"--num-fewshot": num_fewshot is not None, "--batch-size": batch_size != "1",
-                       "--log-samples": log_samples, "--executor": executor is not None, "--time": time is not None})
+                       "--log-samples": log_samples, "--executor": executor is not None, "--time": time is not None,
+                       "--dry-run": dry_run})
     if show or tasks is not None:
-        _lm_eval(ckpt, tasks, show, limit, num_fewshot, batch_size, log_samples, executor, time, yes, as_json)
+        _lm_eval(ckpt, tasks, show, limit, num_fewshot, batch_size, log_samples, executor, time, yes, as_json, dry_run)
         return
     checkpoint = _checkpoint(ckpt)  # without --data: the job's validation records (val_path or held out)
     from fttools import require_stack
@@ -794,11 +796,12 @@ def _one_kind_of_eval(lm_eval: bool, squad: dict[str, bool], harness: dict[str, 
 
 def _lm_eval(spec: str, tasks: Optional[str], show: bool, limit: Optional[int], num_fewshot: Optional[int],
              batch_size: str, log_samples: bool, executor: Optional[str], time: Optional[str], yes: bool,
-             as_json: bool) -> None:
+             as_json: bool, dry_run: bool = False) -> None:
     """`ft eval --tasks` (here, or as an evaluation job) and `ft eval --show`."""
     import json
 
     from ftcore import evaltasks
+    from ftcore.errors import UserError
     from launcher import evaljob
 
     if show:
@@ -812,8 +815,14 @@ def _lm_eval(spec: str, tasks: Optional[str], show: bool, limit: Optional[int], 
     parsed = evaltasks.parse(tasks)
     options = evaljob.Options(limit, num_fewshot, evaljob.batch_size(batch_size), log_samples)
     executor = executor or evaljob.default_executor(spec)
+    if dry_run and executor == "local":
+        raise UserError("--dry-run prints the evaluation job's script: it goes with --executor slurm")
     if executor != "local":
-        e = evaljob.prepare(spec, parsed, options, time, executor)
+        e = evaljob.prepare(spec, parsed, options, time, executor, dry_run=dry_run)
+        if dry_run:
+            sys.stdout.write(evaljob.script(e))
+            print("dry run: nothing submitted, nothing written", file=sys.stderr)
+            return
         err = _console(stderr=True)
         err.print(f"evaluation job: {e.checkpoint} on {parsed.words()}; 1 task, "
                   f"{'1 GPU' if e.job.trainer.accelerator == 'gpu' else 'CPU'}, time limit {e.job.slurm.time}, "

@@ -203,6 +203,13 @@ def lm_eval_problems(job: Job) -> list[str]:
             f"({contract.install_line('eval')})"] if problem else []
 
 
+def script(e: PostJob) -> str:
+    """The script `write` would put into a new job folder (for --dry-run: its folder is `NEW`)."""
+    from launcher import paths
+
+    return scheduler.get("slurm").render(e.job, paths.jobs_root() / "NEW", command=e.command)
+
+
 def write(e: PostJob, argv: list[str] | None = None) -> Path:
     """The short job's folder under the jobs root (config, script, command line, record)."""
     runner = scheduler.get("slurm")

@@ -67,21 +67,57 @@ def test_a_task_the_hub_lacks_is_a_one_line_error(hub, ft, tmp_path):
     assert f"--tasks {path}: " in result.stderr and "--tasks no_such_task_ft: lm-eval has no task" in result.stderr
 
 
-@pytest.mark.train
-def test_an_unstaged_task_is_refused_at_submit_with_the_staging_command(hub, tmp_path, isolated_home):
-    """`ft eval JOB --tasks` for a job that ran on SLURM: refused before any folder or sbatch."""
+@pytest.fixture(scope="module")
+def slurm_job(tmp_path_factory):
+    """A tiny trained job whose record says it ran on SLURM: `ft eval --tasks` defaults to a job."""
     import shutil
 
-    from post_helpers import one_thread, run_ft, train_job
+    from post_helpers import one_thread, train_job
 
     if shutil.which("sbatch") is None:
         pytest.skip("no SLURM client here")
+    home = tmp_path_factory.mktemp("home")
     with one_thread():
-        folder = train_job(isolated_home, "slurmjob")
+        folder = train_job(home, "slurmjob")
     (folder / "submission.json").write_text(json.dumps({"executor": "slurm", "job_id": "4242", "factory": "test",
                                                          "folder": str(folder), "history": []}))
+    return folder
+
+
+@pytest.mark.train
+def test_an_unstaged_task_is_refused_at_submit_with_the_staging_command(hub, slurm_job, tmp_path, isolated_home):
+    """`ft eval JOB --tasks` for a job that ran on SLURM: refused before any folder or sbatch."""
+    from post_helpers import run_ft
+
     task = task_file(tmp_path / "tasks")
-    code, _, stderr = run_ft("eval", str(folder), "--tasks", str(task), "--yes")  # SLURM: the job's default
+    code, _, stderr = run_ft("eval", str(slurm_job), "--tasks", str(task), "--yes")  # SLURM: the job's default
     assert code == 2, stderr
     assert "cannot be built offline" in stderr and f"ft stage --tasks {task}" in stderr
-    assert sorted(p.name for p in (isolated_home / "jobs").iterdir()) == ["slurmjob"]  # no evaluation job folder
+    assert not (isolated_home / "jobs").exists()  # no evaluation job folder
+    assert [p.name for p in slurm_job.parent.iterdir()] == ["slurmjob"]
+
+
+@pytest.mark.train
+def test_the_evaluation_jobs_script_under_dry_run(slurm_job, tmp_path, isolated_home):
+    """What the evaluation job runs, printed and nothing written: one task, the model tools' command,
+    datasets offline; a script bash and shellcheck accept."""
+    import subprocess
+
+    from post_helpers import run_ft
+
+    task = task_file(tmp_path / "tasks")
+    code, script, stderr = run_ft("eval", str(slurm_job), "--tasks", f"{task},hellaswag", "--limit", "3",
+                                  "--time", "00:20:00", "--dry-run")
+    assert code == 0, stderr
+    assert "#SBATCH --ntasks-per-node=1" in script and "#SBATCH --time=00:20:00" in script
+    assert "#SBATCH --job-name=ft-eval-test" in script and "export HF_DATASETS_OFFLINE=1" in script
+    checkpoint = slurm_job / "checkpoints" / "step-000002"
+    assert f"-m fttools.lmeval {checkpoint} --tasks hellaswag,{task} --out {slurm_job}/eval/" in script
+    assert "--limit 3" in script
+    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+    checked = subprocess.run(["shellcheck", "-s", "bash", "-S", "warning", "-"], input=script, text=True,
+                             capture_output=True)
+    assert checked.returncode == 0, checked.stdout
+    assert not (isolated_home / "jobs").exists() and not (slurm_job / "eval").exists()
+    code, _, stderr = run_ft("eval", str(slurm_job), "--tasks", "hellaswag", "--executor", "local", "--dry-run")
+    assert code == 2 and "goes with --executor slurm" in stderr
