@@ -56,6 +56,11 @@ def quantization_missing(python: str = "this Python") -> str:
             f"{pip_line([QUANTIZATION])} (or drop model.quantization)")
 
 
+# lm-evaluation-harness, for `ft eval --tasks` (here, or in the evaluation job's image): the
+# release whose simple_evaluate, TaskManager(include_path=) and HFLM(peft=) ft calls and tests.
+LM_EVAL = Package("lm_eval", "lm-eval", "0.4.13")
+ACCELERATE = Package("accelerate", "accelerate", "0.26")  # lm-eval's `hf` model imports it (lm-eval[hf]'s floor)
+
 # Used only when a job asks for them; the trainer says which job setting needs which.
 OPTIONAL = (
     Package("flash_attn", "flash-attn", "2.5"),  # model.attn_implementation=flash_attention_2
@@ -64,6 +69,8 @@ OPTIONAL = (
     Package("tensorboard", "tensorboard", "2.14"),  # trainer.tensorboard
     Package("wandb", "wandb", "0.16"),  # trainer.wandb_project
     Package("pyarrow", "pyarrow", "12.0"),  # data.path naming a hub dataset stored as parquet
+    LM_EVAL,  # `ft eval --tasks`: lm-evaluation-harness
+    ACCELERATE,  # likewise
 )
 
 # The packages mount_ft binds into the container (at MOUNT_POINT, on PYTHONPATH), and where
@@ -72,6 +79,8 @@ FT_PACKAGES = ("ftcore", "trainer")
 # `ft train` resolves the job inside the container too: the launcher's library (whose
 # `train` path imports nothing outside this contract) and the shipped factories travel as well.
 FT_TRAIN_PACKAGES = (*FT_PACKAGES, "launcher")
+# A short job after training (`ft eval --tasks` as a SLURM job) runs ft's model tools.
+FT_TOOL_PACKAGES = (*FT_PACKAGES, "fttools")
 MOUNT_POINT = "/opt/ft"
 DATA_MOUNT = MOUNT_POINT + "/factories/data"
 
@@ -81,7 +90,20 @@ EXTRAS = {
     "train": REQUIRED,
     "plot": (Package("matplotlib", "matplotlib", "3.7"),),
     "hub": (Package("huggingface_hub", "huggingface_hub", "0.24"),),
+    "eval": (LM_EVAL, ACCELERATE),
 }
+
+
+def lm_eval_problem(found: dict) -> str | None:
+    """Why a report() says this Python cannot run lm-eval (`ft eval --tasks`), or None."""
+    for package in EXTRAS["eval"]:
+        entry = found["packages"].get(package.module) or {"error": "not checked (an older ft's report)"}
+        if entry.get("error"):
+            return "%s is not installed (%s): %s" % (package.dist, entry["error"], pip_line(EXTRAS["eval"]))
+        version = entry.get("version") or "unknown"
+        if version != "unknown" and version_tuple(version) < version_tuple(package.minimum):
+            return "%s %s is older than %s>=%s" % (package.dist, version, package.dist, package.minimum)
+    return None
 
 
 def pip_line(packages=REQUIRED) -> str:

@@ -11,6 +11,7 @@
         checkpoints/step-000012/  ft_state/ (the resume state); the final one also a loadable model
         checkpoints/latest        names the newest complete checkpoint (for people and shells)
         cache/tokens-<key>.pt     the tokenized data, written once by rank 0, reused on resubmits
+        eval/<time>-lm-eval.json  lm-evaluation-harness results (`ft eval --tasks`), lm-eval's JSON unchanged
 
 A checkpoint counts once its ``ft_state/COMPLETE`` marker exists: the trainer writes it last,
 into a folder that is renamed into place. ``newest_complete`` is the one definition of "the
@@ -41,6 +42,7 @@ TASKS = "tasks"
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 EXPORTS = "exports"
+EVAL = "eval"  # lm-evaluation-harness results (ftcore.evaltasks names the files)
 TOKEN_CACHE = "cache"
 # Randomly initialised base weights of a LoRA job: an adapter is useless without its base.
 BASE_MODEL = "base_model"

@@ -99,6 +99,7 @@ SUBMISSION_FIELDS = {
     "sbatch_answer": "what sbatch printed when its answer could not be read (secrets redacted)",
     "pids": "local runs and ft train: the processes, with their start stamps",
     "submit_dir": "ft train: the folder the command ran in",
+    "runs": "a short job after training (`ft eval --tasks`): its command, the run it reads, where its results go",
 }
 
 

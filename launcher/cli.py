@@ -8,6 +8,7 @@
     ft stage  --factory llama32_1b_squad                # hub model + dataset → shared cache
     ft plan   --factory llama3_8b_sft                   # GPU memory per GPU: does it fit?
     ft merge JOB ; ft generate JOB "prompt" ; ft eval JOB --data val.jsonl
+    ft eval JOB --tasks hellaswag,./my_task.yaml ; ft eval JOB --show   # lm-evaluation-harness
     ft export JOB --to vllm ; ft push JOB me/model --dry-run ; ft plot JOB [JOB...]
     ft image check IMAGE ; ft image pull docker://REPO:TAG
 
@@ -310,6 +311,30 @@ def _submit_on_cluster(name: str, factory: str, overrides: list[str], profile: O
     raise typer.Exit(remote.submit(cluster, words, sent=job_yaml.parent))
 
 
+def _forwarded(command: str, yes: bool = False) -> list[str]:
+    """`ft COMMAND ...` as typed, without `--cluster NAME`, for the login node's ft: the words
+    it parses are the ones this ft parsed. `yes`: asked here first, so it runs there with --yes."""
+    from ftcore.errors import UserError
+
+    argv = sys.argv[1:]
+    words = argv[argv.index(command) + 1:] if command in argv else []
+    kept, skip = [], False
+    for word in words:
+        if skip:
+            skip = False
+        elif word == "--cluster":
+            skip = True
+        elif not word.startswith("--cluster="):
+            kept.append(word)
+    if yes:
+        if not sys.stdin.isatty():
+            raise UserError("no terminal to confirm on: pass --yes; nothing was submitted")
+        if not typer.confirm(f"Run `ft {command} {' '.join(kept)}` on the cluster?", default=True, err=True):
+            raise typer.Exit(1)
+        kept.append("--yes")
+    return [command, *kept]
+
+
 def _on_cluster(name: str, words: list[str], follow: bool = False) -> None:
     """Run `ft WORDS` on the cluster's login node; its output is ours, and so is its exit status."""
     from launcher import remote
@@ -334,12 +359,20 @@ def stage_cmd(
     ctx: typer.Context,
     factory: Optional[str] = FactoryOpt,
     sweep: List[str] = typer.Option([], "--sweep", help="key=v1,v2,...: stage what every task of the sweep names."),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="lm-eval tasks (names, task .yaml files) whose datasets to stage for `ft eval --tasks`."),
     profile: Optional[str] = ProfileOpt,
 ) -> None:
     """Download the job's hub model and dataset into the shared cache (hub.cache_dir), on the
     login node, so that compute nodes without internet run it offline."""
     from launcher import config, stage, submit
 
+    if tasks is not None:
+        from launcher import evaljob
+
+        for line in evaljob.stage_tasks(tasks, factory, list(ctx.args), profile):
+            print(line)
+        if factory is None:
+            return
     factory, overrides = _factory(factory, list(ctx.args), "stage")
     combos = submit.sweep_overrides(sweep) if sweep else [[]]
     jobs = [config.resolve(factory, [*overrides, *combo], profile).job for combo in combos]
@@ -457,6 +490,10 @@ def status_cmd(job: str = JobArg, cluster: Optional[str] = ClusterOpt) -> None:
         starts = sum(1 for e in events if e[records.EVENT] == records.START)
         last = events[-1]
         print(f"runs       {starts} start(s); last event {last[records.EVENT]} at {last.get(records.TIME)}")
+    from launcher import evaljob
+
+    for line in evaljob.status_lines(view):  # an evaluation job's task; a run's latest lm-eval scores
+        print(line)
 
 
 @app.command("logs")
@@ -604,13 +641,23 @@ def merge_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="New folder for the merged model (default: JOB/exports/STEP-merged)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16, fp16 or fp32 (default: the base model's dtype)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output folder (whole, once the new one is written)."),
+    cluster: Optional[str] = ClusterOpt,
+    executor: str = typer.Option("local", "--executor", help="`local` (here) or `slurm`: a short job on one GPU of the cluster, in the job's image."),
+    time: Optional[str] = typer.Option(None, "--time", help="--executor slurm: the job's time limit (default 01:00:00)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="--executor slurm: submit without asking."),
 ) -> None:
     """Fold a LoRA adapter into its base: a plain model folder AutoModelForCausalLM and vLLM load.
 
     Run again, it keeps a folder it made from the same checkpoint and dtype; --overwrite remakes it.
     """
-    checkpoint = _checkpoint(ckpt)
+    if cluster:
+        _on_cluster(cluster, _forwarded("merge"))
     dtype = _dtype(dtype)
+    if executor != "local":
+        _as_job(ckpt, "merge", [*(["--dtype", dtype] if dtype else []), *["--overwrite"] * overwrite], out,
+                executor, time, yes)
+        return
+    checkpoint = _checkpoint(ckpt)
     from fttools import require_stack
 
     require_stack()
@@ -648,6 +695,10 @@ def generate_cmd(
     message: Optional[str] = typer.Option(None, "--message", help="chat (messages) jobs: the user's turn; the tokenizer's chat template is applied."),
     system: Optional[str] = typer.Option(None, "--system", help="chat jobs, with --message: a system message first."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n", min=1, help="Stop after this many new tokens."),
+    cluster: Optional[str] = ClusterOpt,
+    executor: str = typer.Option("local", "--executor", help="`local` (here) or `slurm`: a short job on one GPU of the cluster, in the job's image."),
+    time: Optional[str] = typer.Option(None, "--time", help="--executor slurm: the job's time limit (default 01:00:00)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="--executor slurm: submit without asking."),
 ) -> None:
     """Greedy answer of a checkpoint (SFT, or base + LoRA adapter), in the prompt format its job trained on.
 
@@ -657,6 +708,8 @@ def generate_cmd(
     """
     from ftcore.errors import UserError
 
+    if cluster:
+        _on_cluster(cluster, _forwarded("generate"))
     fields = {k: v for k, v in (("question", question), ("context", context), ("instruction", instruction),
                                 ("input", input_text)) if v is not None}
     if system is not None and message is None:
@@ -667,6 +720,13 @@ def generate_cmd(
                         "for an alpaca job), --message for a chat job, or one raw PROMPT" if modes else
                         "nothing to answer: give --question and --context (squad jobs), --instruction (alpaca "
                         "jobs), --message (chat jobs), or a raw PROMPT")
+    if executor != "local":
+        words = ["--max-new-tokens", str(max_new_tokens), *(["--prompt", prompt] if prompt is not None else []),
+                 *(["--message", message] if message is not None else []),
+                 *(["--system", system] if system is not None else []),
+                 *[word for name, value in fields.items() for word in ("--field", f"{name}={value}")]]
+        _as_job(ckpt, "generate", words, None, executor, time, yes)
+        return
     checkpoint = _checkpoint(ckpt)
     from fttools import require_stack
 
@@ -692,10 +752,35 @@ def eval_cmd(
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="SQuAD: longest answer generated."),
     loss_only: bool = typer.Option(False, "--loss-only", help="SQuAD: skip generating answers (no EM/F1)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object for scripts."),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="lm-evaluation-harness instead: its task names and your task .yaml files, comma-separated (hellaswag,mmlu,./my_task.yaml)."),
+    num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", min=0, help="--tasks: few-shot examples (default: each task's own)."),
+    batch_size: str = typer.Option("1", "--batch-size", help="--tasks: lm-eval's batch size: N, auto or auto:N."),
+    log_samples: bool = typer.Option(False, "--log-samples", help="--tasks: keep every sample's prompt and answer beside the results."),
+    executor: Optional[str] = typer.Option(None, "--executor", help="--tasks: `slurm` (an evaluation job, one GPU, the job's image; the default where the job ran on SLURM) or `local` (here)."),
+    time: Optional[str] = typer.Option(None, "--time", help="--tasks --executor slurm: the evaluation job's time limit (default 01:00:00)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="--tasks --executor slurm: submit without asking."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="--tasks --executor slurm: print the evaluation job's script; submit nothing."),
+    show: bool = typer.Option(False, "--show", help="Print the job's latest lm-eval scores as a table; run nothing."),
+    cluster: Optional[str] = ClusterOpt,
 ) -> None:
-    """Validation loss on DATA (as training computes it); for SQuAD data, exact match and F1 too."""
+    """Validation loss on DATA (as training computes it); for SQuAD data, exact match and F1 too.
+
+    With --tasks: lm-evaluation-harness on the checkpoint (a LoRA adapter on its base, no merge);
+    the results land in the job's folder, eval/<time>-lm-eval.json.
+    """
     import json
 
+    if cluster:
+        _on_cluster(cluster, _forwarded("eval", yes=tasks is not None and not show and not yes))
+    _one_kind_of_eval(tasks is not None or show, {"--data": data is not None, "--format": fmt is not None,
+                                                  "--split": split != "validation", "--loss-only": loss_only,
+                                                  "--max-new-tokens": max_new_tokens != 32},
+                      {"--num-fewshot": num_fewshot is not None, "--batch-size": batch_size != "1",
+                       "--log-samples": log_samples, "--executor": executor is not None, "--time": time is not None,
+                       "--dry-run": dry_run})
+    if show or tasks is not None:
+        _lm_eval(ckpt, tasks, show, limit, num_fewshot, batch_size, log_samples, executor, time, yes, as_json, dry_run)
+        return
     checkpoint = _checkpoint(ckpt)  # without --data: the job's validation records (val_path or held out)
     from fttools import require_stack
 
@@ -723,6 +808,104 @@ def eval_cmd(
     _console().print(table)
 
 
+def _one_kind_of_eval(lm_eval: bool, squad: dict[str, bool], harness: dict[str, bool]) -> None:
+    """ft's own eval (loss, SQuAD) and lm-eval's (--tasks) take different options: a mix is refused."""
+    from ftcore.errors import UserError
+
+    wrong = [name for name, given in (squad if lm_eval else harness).items() if given]
+    if wrong:
+        raise UserError(f"{', '.join(wrong)} {'apply' if len(wrong) > 1 else 'applies'} to "
+                        + ("ft's own eval (without --tasks)" if lm_eval else "lm-eval's tasks: add --tasks"))
+
+
+def _lm_eval(spec: str, tasks: Optional[str], show: bool, limit: Optional[int], num_fewshot: Optional[int],
+             batch_size: str, log_samples: bool, executor: Optional[str], time: Optional[str], yes: bool,
+             as_json: bool, dry_run: bool = False) -> None:
+    """`ft eval --tasks` (here, or as an evaluation job) and `ft eval --show`."""
+    import json
+
+    from ftcore import evaltasks
+    from ftcore.errors import UserError
+    from launcher import evaljob
+
+    if show:
+        path, results = evaljob.show(spec)
+        if as_json:
+            print(json.dumps(results, indent=2))
+            return
+        _print_scores(results, "ft eval: the latest lm-eval scores")
+        print(f"results: {path}")
+        return
+    parsed = evaltasks.parse(tasks)
+    options = evaljob.Options(limit, num_fewshot, evaljob.batch_size(batch_size), log_samples)
+    executor = executor or evaljob.default_executor(spec)
+    if dry_run and executor == "local":
+        raise UserError("--dry-run prints the evaluation job's script: it goes with --executor slurm")
+    if executor != "local":
+        e = evaljob.prepare(spec, parsed, options, time, executor, dry_run=dry_run)
+        if dry_run:
+            sys.stdout.write(evaljob.script(e))
+            print("dry run: nothing submitted, nothing written", file=sys.stderr)
+            return
+        err = _console(stderr=True)
+        err.print(f"evaluation job: {e.checkpoint} on {parsed.words()}; 1 task, "
+                  f"{'1 GPU' if e.job.trainer.accelerator == 'gpu' else 'CPU'}, time limit {e.job.slurm.time}, "
+                  f"container {e.job.container.runtime}: {e.job.container.image or 'host Python'}", markup=False)
+        if not yes:
+            _confirm("Submit this evaluation job?", "nothing was submitted")
+        folder = evaljob.write(e, sys.argv)
+        job_id = evaljob.submit(e, folder)
+        print(f"Submitted batch job {job_id}")
+        print(f"Job folder: {folder}")
+        print(f"results: {e.out} (`ft eval {spec} --show` once it ends)")
+        return
+    checkpoint = _checkpoint(spec)
+    from fttools.lmeval import evaluate, require_lm_eval
+
+    require_lm_eval()
+    out = evaltasks.results_folder(checkpoint.path) / evaltasks.results_name(evaltasks.stamp())
+    results = evaluate(checkpoint, parsed, out, limit, num_fewshot,
+                       int(options.batch_size) if options.batch_size.isdigit() else options.batch_size,
+                       log_samples=log_samples)
+    if as_json:
+        print(json.dumps({"results": results.get("results"), "file": str(out)}, indent=2, default=str))
+        return
+    _print_scores(results, f"ft eval: {checkpoint.label} (lm-eval)")
+    print(f"results: {out}")
+
+
+def _as_job(spec: str, tool: str, words: list[str], out: Optional[Path], executor: str, time: Optional[str],
+            yes: bool) -> None:
+    """`ft merge|export|generate ... --executor slurm`: the command as a short job on a GPU node."""
+    from launcher import evaljob
+
+    e = evaljob.prepare_tool(spec, tool, words, out, time, executor)
+    _console(stderr=True).print(f"ft {tool} as a job: {e.checkpoint}; 1 task, "
+                                f"{'1 GPU' if e.job.trainer.accelerator == 'gpu' else 'CPU'}, time limit "
+                                f"{e.job.slurm.time}, container {e.job.container.runtime}: "
+                                f"{e.job.container.image or 'host Python'}", markup=False)
+    if not yes:
+        _confirm(f"Submit this {tool} job?", "nothing was submitted")
+    folder = evaljob.write(e, sys.argv)
+    job_id = evaljob.submit(e, folder)
+    print(f"Submitted batch job {job_id}")
+    print(f"Job folder: {folder}")
+    print(f"follow it with: ft logs {job_id} -f" + (f"; it writes {e.out}" if e.out else ""))
+
+
+def _print_scores(results: dict, title: str) -> None:
+    from rich.table import Table
+
+    from ftcore import evaltasks
+
+    table = Table(title=title, title_justify="left")
+    for column in ("task", "metric", "value", "stderr"):
+        table.add_column(column, justify="right" if column in ("value", "stderr") else "left")
+    for row in evaltasks.scores(results):
+        table.add_row(*row)
+    _console(soft_wrap=False).print(table)
+
+
 @app.command("export")
 def export_cmd(
     ckpt: str = CkptArg,
@@ -731,12 +914,22 @@ def export_cmd(
     merge: bool = typer.Option(False, "--merge", help="LoRA: fold the adapter into its base first."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="With --merge: bf16, fp16 or fp32."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output folder (whole, once the new one is written)."),
+    cluster: Optional[str] = ClusterOpt,
+    executor: str = typer.Option("local", "--executor", help="`local` (here) or `slurm`: a short job on one GPU of the cluster, in the job's image."),
+    time: Optional[str] = typer.Option(None, "--time", help="--executor slurm: the job's time limit (default 01:00:00)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="--executor slurm: submit without asking."),
 ) -> None:
     """A folder vLLM serves (model, or LoRA adapter), with the exact `vllm serve` command."""
+    if cluster:
+        _on_cluster(cluster, _forwarded("export"))
+    dtype = _dtype(dtype)
+    if executor != "local":
+        _as_job(ckpt, "export", ["--to", to, *["--merge"] * merge, *(["--dtype", dtype] if dtype else []),
+                                 *["--overwrite"] * overwrite], out, executor, time, yes)
+        return
     from fttools import export, require_stack
 
     checkpoint = _checkpoint(ckpt)
-    dtype = _dtype(dtype)
     if merge:
         require_stack()
     done = export.export(checkpoint, to, out, merge, dtype, overwrite)
@@ -755,8 +948,14 @@ def push_cmd(
     repo_id: str = typer.Argument(..., help="Hub repository OWNER/NAME (created if it does not exist)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be uploaded, with sizes; upload nothing."),
     private: bool = typer.Option(False, "--private", help="Create the repository as private."),
+    cluster: Optional[str] = ClusterOpt,
 ) -> None:
-    """Upload a checkpoint or export to the Hugging Face Hub (token: $HF_TOKEN only)."""
+    """Upload a checkpoint or export to the Hugging Face Hub (token: $HF_TOKEN only).
+
+    With --cluster the login node uploads, with the HF_TOKEN of its own environment: ft never
+    sends a token over ssh."""
+    if cluster:
+        _on_cluster(cluster, _forwarded("push"))
     from launcher import push
 
     upload = push.prepare(_checkpoint(ckpt), repo_id)

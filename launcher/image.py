@@ -144,6 +144,8 @@ class Report:
             status = "ok" if entry["ok"] else ("MISSING" if entry["required"] else "absent")
             detail = f" ({entry['detail']})" if entry["detail"] else ""
             out.append(f"  {status:<8} {name}: {entry['needed_for']}{detail}")
+        lm_eval = contract.lm_eval_problem(f)
+        out.append(f"lm-eval (`ft eval --tasks` in this image): {'no: ' + lm_eval if lm_eval else 'yes'}")
         return out
 
 

@@ -40,10 +40,11 @@ class Local(Scheduler):
         problem = runtime.of(job.container).local_problem()
         return [problem] if problem else []
 
-    def render(self, job: Job, folder: Path, array_size: int = 0, dependency: str | None = None) -> str:
+    def render(self, job: Job, folder: Path, array_size: int = 0, dependency: str | None = None,
+               command: list[str] | None = None) -> str:
         """The sbatch script, written into the folder as for SLURM: `ft resubmit --executor
         slurm` can submit the same folder later."""
-        return render.render_sbatch(job, folder, array_size=array_size, dependency=dependency)
+        return render.render_sbatch(job, folder, array_size=array_size, dependency=dependency, command=command)
 
     def processes_alive(self, view) -> bool | None:
         return jobdir.processes_alive(view.record)

@@ -70,13 +70,18 @@ def _one_run(spec: str, root: Path | None) -> Path:
 def find_checkpoint(spec: str, root: Path | None = None,
                     make_hf_files: Callable[[Path], None] | None = None) -> Checkpoint:
     """A checkpoint folder, or the newest complete checkpoint of the job that `spec` names."""
+    folder = checkpoint_folder(spec, root)
+    found = Checkpoint.at(folder) if not layout.is_complete(folder) else None
+    return found or _loadable(folder, make_hf_files)
+
+
+def checkpoint_folder(spec: str, root: Path | None = None) -> Path:
+    """What find_checkpoint loads, without loading it: a complete checkpoint may hold only the
+    training state (a job that runs elsewhere makes its model files there)."""
     candidate = expand(spec)
     if candidate.is_dir():
-        if layout.is_complete(candidate):
-            return _loadable(candidate, make_hf_files)
-        found = Checkpoint.at(candidate)
-        if found is not None:
-            return found
+        if layout.is_complete(candidate) or Checkpoint.at(candidate) is not None:
+            return candidate.resolve()
         if candidate.name == layout.CHECKPOINTS and (candidate.parent / layout.CONFIG).is_file():
             candidate = candidate.parent
         if not (candidate / layout.CONFIG).is_file():
@@ -92,7 +97,7 @@ def find_checkpoint(spec: str, root: Path | None = None,
     if folder is None:
         raise UserError(f"job {view.job_id or run.name} has no complete checkpoint yet ({run / layout.CHECKPOINTS})",
                         hint=f"`ft status {view.job_id or run}` shows how far it got")
-    return _loadable(folder, make_hf_files)
+    return folder
 
 
 def _loadable(folder: Path, make_hf_files: Callable[[Path], None] | None) -> Checkpoint:

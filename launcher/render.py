@@ -215,9 +215,12 @@ def sbatch_options(job: Job, job_dir: Path, array_size: int = 0, dependency: str
 
 
 def render_sbatch(job: Job, job_dir: Path, template: str | None = None, array_size: int = 0,
-                  dependency: str | None = None, kill_wait_s: int | None = None) -> str:
+                  dependency: str | None = None, kill_wait_s: int | None = None,
+                  command: list[str] | None = None) -> str:
     """The sbatch script for `job` writing into `job_dir` (a sweep: `array_size` tasks, each
     in tasks/<i>/). `kill_wait_s`: the cluster's KillWait, exported for the trainer when known.
+    `command`: what each task runs instead of the trainer (`python -m fttools.lmeval ...`, a
+    short job after training), in the same container with ft's model tools bound in.
     Pure: reads only the template."""
     import jinja2  # only rendering needs it; `ft --help` does not
 
@@ -230,8 +233,9 @@ def render_sbatch(job: Job, job_dir: Path, template: str | None = None, array_si
                         "not a script template")
     env = _environment(str(template_path.parent))
     # Each task reads "$FT_CONFIG", set in the script: a sweep's array tasks each have their own.
-    launch = " \\\n    ".join(shlex.join(g) for g in trainer_argv_groups(job, Path(_CONFIG_MARK), job_dir))
-    launch = _unmark(launch)
+    groups = (trainer_argv_groups(job, Path(_CONFIG_MARK), job_dir) if command is None else
+              [*container_groups(job, contract.FT_TOOL_PACKAGES, job_dir), [_python(job), *command]])
+    launch = _unmark(" \\\n    ".join(shlex.join(g) for g in groups))
     if array_size:
         run_dir_line = f'FT_RUN_DIR="$FT_JOB_DIR/{layout.TASKS}/$SLURM_ARRAY_TASK_ID"'
     else:

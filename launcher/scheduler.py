@@ -78,8 +78,10 @@ class Scheduler:
         """What this machine lacks to run the job this way (nothing under --dry-run)."""
         return []
 
-    def render(self, job: "Job", folder: Path, array_size: int = 0, dependency: str | None = None) -> str:
-        """The job's script, as written into its folder."""
+    def render(self, job: "Job", folder: Path, array_size: int = 0, dependency: str | None = None,
+               command: list[str] | None = None) -> str:
+        """The job's script, as written into its folder; `command` (after the job's Python) runs
+        instead of the trainer: a short job after training (render.render_sbatch)."""
         raise NotImplementedError
 
     def submit(self, folder: Path) -> str | None:

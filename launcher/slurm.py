@@ -203,11 +203,12 @@ class Slurm(Scheduler):
         """The cluster's KillWait, asked once per use of this scheduler (a sweep renders a script per task)."""
         return kill_wait_s()
 
-    def render(self, job, folder: Path, array_size: int = 0, dependency: str | None = None) -> str:
+    def render(self, job, folder: Path, array_size: int = 0, dependency: str | None = None,
+               command: list[str] | None = None) -> str:
         from launcher import render
 
         return render.render_sbatch(job, folder, array_size=array_size, dependency=dependency,
-                                    kill_wait_s=self.kill_wait_s)
+                                    kill_wait_s=self.kill_wait_s, command=command)
 
     def submit(self, folder: Path) -> str:
         return sbatch(folder / SCRIPT)

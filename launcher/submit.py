@@ -205,22 +205,15 @@ def host_python_problems(job) -> list[str]:
     machine: the one ft runs with, or container.python. Ask that Python what it has of the
     image contract (ftcore.contract, from package metadata: no torch imported), as
     `ft image check` asks an image, so a job that would die at `import torch` is refused here."""
-    import json
-    import subprocess
     import sys
 
     if runtime.of(job.container).contained:
         return []
     python = job.container.python or sys.executable
-    probe = Path(contract.__file__).read_text()  # run as a script: `--installed` prints installed()
-    try:
-        done = subprocess.run([python, "-c", probe, "--installed"], capture_output=True, text=True, timeout=HOST_CHECK_TIMEOUT_S,
-                              cwd="/")  # not this folder: a checkout here would hide a missing ft
-        found = json.loads(done.stdout.strip().splitlines()[-1])
-    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError) as err:
-        why = getattr(err, "strerror", None) or type(err).__name__
+    found = installed_in(python)
+    if isinstance(found, str):
         return [f"container.runtime=none runs the job with {python}, which could not be asked what it has "
-                f"installed ({why}): give a working Python as container.python"]
+                f"installed ({found}): give a working Python as container.python"]
     lines = contract.problems(found)
     if lines:
         lines.append(f"container.runtime=none runs the job with {python} (this machine's, no container), which "
@@ -233,6 +226,21 @@ def host_python_problems(job) -> list[str]:
     if job.model.quantization and quantization.get("error"):
         lines.append(contract.quantization_missing(python))
     return lines
+
+
+def installed_in(python: str) -> dict | str:
+    """What `python` has of the image contract (ftcore.contract.installed(), from package
+    metadata: no torch imported), or why it could not be asked."""
+    import json
+    import subprocess
+
+    probe = Path(contract.__file__).read_text()  # run as a script: `--installed` prints installed()
+    try:
+        done = subprocess.run([python, "-c", probe, "--installed"], capture_output=True, text=True, timeout=HOST_CHECK_TIMEOUT_S,
+                              cwd="/")  # not this folder: a checkout here would hide a missing ft
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError) as err:
+        return getattr(err, "strerror", None) or type(err).__name__
 
 
 def _not_pulled_yet(job) -> list[str]:
@@ -375,16 +383,17 @@ def write(prepared: Prepared, argv: list[str] | None = None, root: Path | None =
 
 
 def submit(folder: Path, factory: str, history: list[dict] | None = None, job_name: str | None = None,
-           executor: str = scheduler.DEFAULT) -> str:
+           executor: str = scheduler.DEFAULT, runs: dict | None = None) -> str:
     """Hand the folder's script to the scheduler; if refused, a new folder is removed so nothing
-    half-done stays."""
+    half-done stays. `runs`: what a short job after training runs (its record keeps it)."""
     with jobdir.locked(folder):
-        return _submit_and_record(folder, factory, history, job_name, executor)
+        return _submit_and_record(folder, factory, history, job_name, executor, runs)
 
 
 def _submit_and_record(folder: Path, factory: str, history: list[dict] | None, job_name: str | None,
-                       executor: str) -> str:
-    record = {"executor": executor, "factory": factory, "folder": str(folder), "history": history or []}
+                       executor: str, runs: dict | None = None) -> str:
+    record = {"executor": executor, "factory": factory, "folder": str(folder), "history": history or [],
+              **({"runs": runs} if runs else {})}
     runner = scheduler.get(executor)
     look = (f"look for it with {runner.lost_job_hint(job_name)}; once it starts, `ft status {folder}` shows its id. "
             f"If it is not there, `ft resubmit {folder}`")
@@ -438,6 +447,10 @@ def prepare_resubmit(view, overrides: list[str], profile: str | None = None, exe
     job's own unless given (a local job resumes locally). Writes nothing."""
     if view.scheduler and not view.scheduler.ft_script:
         raise UserError(*_not_ours(view))
+    if view.record.get("runs"):
+        raise UserError(f"{view.label} is a short job after training ({view.record['runs'].get('command', '?')}), "
+                        "not a training job: run its command again instead "
+                        f"(`ft eval {view.record['runs'].get('run', 'JOB')} --tasks ...`)")
     _check_ended(view)
     if view.task is not None:
         raise UserError(f"{view.label} is one task of a sweep: resubmit the whole sweep ({view.job_id})")

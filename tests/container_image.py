@@ -217,3 +217,21 @@ def container_site(stock_image, tmp_path, monkeypatch) -> ContainerSite:
     with site_for(stock_image) as site:
         monkeypatch.setenv("FT_HOME", str(site.home))  # `ft` runs and the test read the same jobs
         yield site
+
+
+@pytest.fixture(scope="session")
+def eval_image(stock_image) -> Path:
+    """The stock image plus lm-eval (scripts/make-eval-image.sh, cached); $FT_TEST_EVAL_IMAGE when set."""
+    given = os.environ.get("FT_TEST_EVAL_IMAGE")
+    if given:
+        return Path(given)
+    script = REPO / "scripts" / "make-eval-image.sh"
+    if os.geteuid() != 0:
+        _unavailable(f"building it needs root: sudo bash {script} {stock_image}")
+    import sys
+
+    proc = subprocess.run(["bash", str(script), str(stock_image)], capture_output=True, text=True, timeout=1800,
+                          env=dict(os.environ, PYTHON=sys.executable))
+    if proc.returncode != 0:
+        _unavailable(f"{script} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return Path(proc.stdout.strip().splitlines()[-1])

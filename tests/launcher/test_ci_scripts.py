@@ -32,7 +32,7 @@ def test_ci_run_is_strict_bash():
     assert "set -euo pipefail" in text
     assert "torch==2.13.0" in text
     # torch (CPU, pinned) must be installed before anything that depends on it
-    assert text.index("torch==2.13.0") < text.index('.[train,dev,plot,hub]')
+    assert text.index("torch==2.13.0") < text.index('.[train,dev,plot,hub,eval]')
     # the test command is the README's
     assert "\nbash scripts/test.sh\n" in text
     assert "bash scripts/test.sh" in (ROOT / "README.md").read_text()
