@@ -240,3 +240,15 @@ def test_ssh_dying_mid_submit_says_the_job_may_exist_and_how_to_find_it(ssh_clus
     result = subprocess.CompletedProcess(submit.args, submit.returncode, out, err)
     one_line_error(result, "the connection to ft-test was lost while the cluster's ft was submitting",
                    "may have been submitted", "ft jobs --cluster slow")
+
+
+def test_a_reader_that_leaves_ends_the_relay_quietly(ssh_cluster, tmp_path):
+    """`ft jobs --cluster X | head -1`: the pipe closes under a long answer."""
+    name = hostile(ssh_cluster, "long", "yes 'job 4242 RUNNING' | head -n 2000000")
+    jobs = start_ft("jobs", "--cluster", name, cwd=tmp_path)
+    assert jobs.stdout.readline() == "job 4242 RUNNING\n"
+    jobs.stdout.close()
+    jobs.wait(timeout=60)
+    said = jobs.stderr.read()
+    assert "Traceback" not in said and "Exception in thread" not in said, said
+    wait_for(lambda: not remote_processes("head -n 2000000"), 20, "the remote command still runs")
