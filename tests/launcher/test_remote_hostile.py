@@ -161,6 +161,7 @@ def test_a_huge_answer_is_refused_and_memory_stays_bounded(ssh_cluster, tmp_path
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
     peak_kib, status = map(int, result.stdout.split())
     assert status == 2 and "larger than 4 MiB" in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert "ft stopped the command it had started there" in result.stderr, result.stderr
     assert peak_kib < 250 * 1024, f"ft grew to {peak_kib / 1024:.0f} MiB"
     wait_for(lambda: not remote_processes("head -c 1000000000"), 20, "the remote command still runs")
 
