@@ -389,7 +389,9 @@ class _Text:
 
 def _kill_remote(c: Cluster, pid: int) -> str:
     """Stop the command (its process group) that ft started on the login node."""
-    argv = ssh_argv(c, shlex.join(["kill", "-TERM", "--", f"-{pid}"]))
+    # Stopped, or already ended (a command killed by its closed pipe): either way, gone.
+    script = 'kill -s TERM -- "-$1" 2>/dev/null || ! kill -s 0 -- "-$1" 2>/dev/null'  # POSIX (dash) spelling
+    argv = ssh_argv(c, shlex.join(["sh", "-c", script, "sh", str(pid)]))
     try:
         done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=STOP_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired):

@@ -92,7 +92,8 @@ def ssh_cluster(tmp_path, monkeypatch) -> SshCluster:
         if started.returncode != 0 or not _can_log_in(config):
             _unavailable(f"scripts/ssh-up.sh failed: {started.stdout[-2000:]}{started.stderr[-2000:]}")
     monkeypatch.setenv("FT_SSH_CONFIG", str(config))
-    ft_home = REMOTE_HOME / "ft-tests" / tmp_path.name
+    # Named by the pytest session too: two sessions running the same test share ftremote.
+    ft_home = REMOTE_HOME / "ft-tests" / f"{tmp_path.parent.name}-{tmp_path.name}"
     remote_ft = f"{Path(sys.executable)} -m launcher"
     entries = {name: {"host": host, "ft": remote_ft, "ft_home": str(ft_home)}
                for name, host in (("ftc", "ft-test"), ("ftc-plain", "ft-test-plain"), ("ftc-2fa", "ft-test-2fa"))}

@@ -161,6 +161,7 @@ def test_a_huge_answer_is_refused_and_memory_stays_bounded(ssh_cluster, tmp_path
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
     peak_kib, status = map(int, result.stdout.split())
     assert status == 2 and "larger than 4 MiB" in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert "ft stopped the command it had started there" in result.stderr, result.stderr
     assert peak_kib < 250 * 1024, f"ft grew to {peak_kib / 1024:.0f} MiB"
     wait_for(lambda: not remote_processes("head -c 1000000000"), 20, "the remote command still runs")
 
@@ -240,3 +241,15 @@ def test_ssh_dying_mid_submit_says_the_job_may_exist_and_how_to_find_it(ssh_clus
     result = subprocess.CompletedProcess(submit.args, submit.returncode, out, err)
     one_line_error(result, "the connection to ft-test was lost while the cluster's ft was submitting",
                    "may have been submitted", "ft jobs --cluster slow")
+
+
+def test_a_reader_that_leaves_ends_the_relay_quietly(ssh_cluster, tmp_path):
+    """`ft jobs --cluster X | head -1`: the pipe closes under a long answer."""
+    name = hostile(ssh_cluster, "long", "yes 'job 4242 RUNNING' | head -n 2000000")
+    jobs = start_ft("jobs", "--cluster", name, cwd=tmp_path)
+    assert jobs.stdout.readline() == "job 4242 RUNNING\n"
+    jobs.stdout.close()
+    jobs.wait(timeout=60)
+    said = jobs.stderr.read()
+    assert "Traceback" not in said and "Exception in thread" not in said, said
+    wait_for(lambda: not remote_processes("head -n 2000000"), 20, "the remote command still runs")
