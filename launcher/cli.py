@@ -642,7 +642,7 @@ def merge_cmd(
     dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16, fp16 or fp32 (default: the base model's dtype)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output folder (whole, once the new one is written)."),
     cluster: Optional[str] = ClusterOpt,
-    executor: str = typer.Option("local", "--executor", help="`local` (here) or `slurm`: a short job on one GPU of the cluster, in the job's image."),
+    executor: Optional[str] = typer.Option(None, "--executor", help="`local` (here, the default) or `slurm`: a short job on one GPU of the cluster, in the job's image."),
     time: Optional[str] = typer.Option(None, "--time", help="--executor slurm: the job's time limit (default 01:00:00)."),
     yes: bool = typer.Option(False, "--yes", "-y", help="--executor slurm: submit without asking."),
 ) -> None:
@@ -653,7 +653,9 @@ def merge_cmd(
     if cluster:
         _on_cluster(cluster, _forwarded("merge"))
     dtype = _dtype(dtype)
-    if executor != "local":
+    from launcher import scheduler
+
+    if executor is not None and not scheduler.get(executor).runs_here:
         _as_job(ckpt, "merge", [*(["--dtype", dtype] if dtype else []), *["--overwrite"] * overwrite], out,
                 executor, time, yes)
         return
@@ -696,7 +698,7 @@ def generate_cmd(
     system: Optional[str] = typer.Option(None, "--system", help="chat jobs, with --message: a system message first."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n", min=1, help="Stop after this many new tokens."),
     cluster: Optional[str] = ClusterOpt,
-    executor: str = typer.Option("local", "--executor", help="`local` (here) or `slurm`: a short job on one GPU of the cluster, in the job's image."),
+    executor: Optional[str] = typer.Option(None, "--executor", help="`local` (here, the default) or `slurm`: a short job on one GPU of the cluster, in the job's image."),
     time: Optional[str] = typer.Option(None, "--time", help="--executor slurm: the job's time limit (default 01:00:00)."),
     yes: bool = typer.Option(False, "--yes", "-y", help="--executor slurm: submit without asking."),
 ) -> None:
@@ -720,7 +722,9 @@ def generate_cmd(
                         "for an alpaca job), --message for a chat job, or one raw PROMPT" if modes else
                         "nothing to answer: give --question and --context (squad jobs), --instruction (alpaca "
                         "jobs), --message (chat jobs), or a raw PROMPT")
-    if executor != "local":
+    from launcher import scheduler
+
+    if executor is not None and not scheduler.get(executor).runs_here:
         words = ["--max-new-tokens", str(max_new_tokens), *(["--prompt", prompt] if prompt is not None else []),
                  *(["--message", message] if message is not None else []),
                  *(["--system", system] if system is not None else []),
@@ -839,9 +843,12 @@ def _lm_eval(spec: str, tasks: Optional[str], show: bool, limit: Optional[int], 
     parsed = evaltasks.parse(tasks)
     options = evaljob.Options(limit, num_fewshot, evaljob.batch_size(batch_size), log_samples)
     executor = executor or evaljob.default_executor(spec)
-    if dry_run and executor == "local":
+    from launcher import scheduler
+
+    here = scheduler.get(executor).runs_here
+    if dry_run and here:
         raise UserError("--dry-run prints the evaluation job's script: it goes with --executor slurm")
-    if executor != "local":
+    if not here:
         e = evaljob.prepare(spec, parsed, options, time, executor, dry_run=dry_run)
         if dry_run:
             sys.stdout.write(evaljob.script(e))
@@ -915,7 +922,7 @@ def export_cmd(
     dtype: Optional[str] = typer.Option(None, "--dtype", help="With --merge: bf16, fp16 or fp32."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output folder (whole, once the new one is written)."),
     cluster: Optional[str] = ClusterOpt,
-    executor: str = typer.Option("local", "--executor", help="`local` (here) or `slurm`: a short job on one GPU of the cluster, in the job's image."),
+    executor: Optional[str] = typer.Option(None, "--executor", help="`local` (here, the default) or `slurm`: a short job on one GPU of the cluster, in the job's image."),
     time: Optional[str] = typer.Option(None, "--time", help="--executor slurm: the job's time limit (default 01:00:00)."),
     yes: bool = typer.Option(False, "--yes", "-y", help="--executor slurm: submit without asking."),
 ) -> None:
@@ -923,7 +930,9 @@ def export_cmd(
     if cluster:
         _on_cluster(cluster, _forwarded("export"))
     dtype = _dtype(dtype)
-    if executor != "local":
+    from launcher import scheduler
+
+    if executor is not None and not scheduler.get(executor).runs_here:
         _as_job(ckpt, "export", ["--to", to, *["--merge"] * merge, *(["--dtype", dtype] if dtype else []),
                                  *["--overwrite"] * overwrite], out, executor, time, yes)
         return

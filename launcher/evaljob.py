@@ -67,9 +67,9 @@ def default_executor(spec: str) -> str:
     """Where a job's evaluation runs unless told: on SLURM where the job ran on SLURM, else here."""
     run = layout.owning_run(locate.checkpoint_folder(spec))
     if run is None:
-        return "local"
+        return scheduler.here()
     ran = jobs.load(_top_folder(run)).scheduler
-    return "slurm" if ran is not None and ran.by_id and ran.ft_script else "local"
+    return ran.name if ran is not None and ran.by_id and ran.ft_script else scheduler.here()
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,7 @@ class PostJob:
     command: list[str]  # what the task runs, after the job's Python
     runs: dict  # what its record keeps (ftcore.records SUBMISSION_FIELDS `runs`)
     out: Path | None = None  # where its results land (lm-eval's JSON, a merged model), if anywhere
+    executor: str = scheduler.DEFAULT  # the scheduler that runs it
 
 
 def datasets_cache(job: Job) -> Path:
@@ -94,7 +95,7 @@ DATASETS = "datasets"
 
 
 def prepare(spec: str, tasks: evaltasks.Tasks, options: Options, time: str | None = None,
-            executor: str = "slurm", dry_run: bool = False) -> PostJob:
+            executor: str = scheduler.DEFAULT, dry_run: bool = False) -> PostJob:
     """The evaluation job of `spec`'s checkpoint, checked; nothing written."""
     checkpoint, run, trained = _training(spec, executor)
     out = run / layout.EVAL / evaltasks.results_name(evaltasks.stamp())
@@ -109,7 +110,7 @@ TOOLS = ("merge", "export", "generate")  # the model commands that run as a shor
 
 
 def prepare_tool(spec: str, tool: str, words: list[str], out: Path | None = None, time: str | None = None,
-                 executor: str = "slurm", dry_run: bool = False) -> PostJob:
+                 executor: str = scheduler.DEFAULT, dry_run: bool = False) -> PostJob:
     """`ft merge|export|generate JOB ... --executor slurm`: the command as a short job on a GPU node.
     `words`: the tool's options as fttools.job reads them; `out`: a folder it writes (its parent is bound)."""
     if tool not in TOOLS:
@@ -169,7 +170,7 @@ def _prepare(trained: dict, run: Path, checkpoint: Path, command: list[str], run
         problems += taskdata.unstaged(tasks, staging.cache_dir(job), cache)
     if problems:
         raise UserError(*problems)
-    return PostJob(job, run, checkpoint, command, runs, out)
+    return PostJob(job, run, checkpoint, command, runs, out, executor)
 
 
 def submit_problems(job: Job) -> list[str]:
@@ -207,17 +208,17 @@ def script(e: PostJob) -> str:
     """The script `write` would put into a new job folder (for --dry-run: its folder is `NEW`)."""
     from launcher import paths
 
-    return scheduler.get("slurm").render(e.job, paths.jobs_root() / "NEW", command=e.command)
+    return scheduler.get(e.executor).render(e.job, paths.jobs_root() / "NEW", command=e.command)
 
 
 def write(e: PostJob, argv: list[str] | None = None) -> Path:
     """The short job's folder under the jobs root (config, script, command line, record)."""
-    runner = scheduler.get("slurm")
+    runner = scheduler.get(e.executor)
 
     def contents(folder: Path) -> dict[str, str]:
         return {jobdir.CONFIG: jobdir.config_text(job_to_dict(e.job)), jobdir.COMMAND: jobdir.command_line(argv),
                 jobdir.SCRIPT: runner.render(e.job, folder, command=e.command),
-                jobdir.RECORD: jobdir.record_text(executor="slurm", job_id=None, factory=e.job.name, folder=str(folder),
+                jobdir.RECORD: jobdir.record_text(executor=e.executor, job_id=None, factory=e.job.name, folder=str(folder),
                                                   history=[], submission="submitting", runs=e.runs)}
 
     return jobdir.create(f"{e.job.name}-{e.runs['command']}", contents)
@@ -228,7 +229,7 @@ def submit(e: PostJob, folder: Path) -> str:
 
     if e.runs["command"] == COMMAND:
         (e.run_dir / layout.EVAL).mkdir(exist_ok=True)  # where the results land
-    return submitting.submit(folder, e.job.name, job_name=e.job.job_name, executor="slurm", runs=e.runs)
+    return submitting.submit(folder, e.job.name, job_name=e.job.job_name, executor=e.executor, runs=e.runs)
 
 
 def stage_tasks(words: str, factory: str | None, overrides: list[str], profile: str | None) -> list[str]:

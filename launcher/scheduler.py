@@ -240,6 +240,11 @@ def _load(target: str) -> Scheduler:
     return getattr(importlib.import_module(module), cls)()
 
 
+def here() -> str:
+    """The registered scheduler that runs a job on this machine (`--executor` for "here")."""
+    return next(name for name in NAMES if get(name).runs_here)
+
+
 def get(name: str) -> Scheduler:
     """The scheduler called `name` (`--executor`), or a UserError listing the valid names."""
     target = _REGISTRY.get(name)
