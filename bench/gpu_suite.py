@@ -180,11 +180,12 @@ def facts(device: str) -> None:
               + f" | flash compiled in: {cuda.is_flash_attention_available()}", flush=True)
     else:
         print("SDPA backends: CPU (flash-style CPU kernel; grouped heads run the math backend)", flush=True)
+    from ftcore import dtypes
     from trainer import attention
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     for model, width in HEAD_WIDTHS.items():
-        print(f"{model} ({device}, {attention.DTYPE_NAMES[dtype]}, heads {width} wide): "
+        print(f"{model} ({device}, {dtypes.name_of(dtype)}, heads {width} wide): "
               f"{attention.choose(device, dtype, (width, width)).describe()}", flush=True)
 
 

@@ -17,7 +17,7 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
-from ftcore import contract, families
+from ftcore import contract, dtypes, families
 
 try:
     from torch.nn.attention.varlen import varlen_attn as _torch_varlen_attn
@@ -27,7 +27,6 @@ except ImportError:  # before torch 2.10
 NAME = "ft_varlen"
 CU_SEQ_LENS = "cu_seq_lens_q"  # transformers' keyword names (FlashAttentionKwargs)
 MAX_LENGTH = "max_length_q"
-DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 _registered: list[families.Kernel] = []
 
 
@@ -45,11 +44,11 @@ def choose(device_type: str, dtype: torch.dtype, head_dims: tuple[int, int] = (6
            dropout: bool = False) -> families.Kernel:
     """The kernel for padding-free rows of this device type and dtype (and the model's head widths,
     and whether its attention has dropout): probed once per process, at build time."""
+    name = dtypes.name_of(dtype) or str(dtype)
     if device_type != "cuda":
-        return families.varlen_kernel(device_type, DTYPE_NAMES.get(dtype, str(dtype)), flash_attn=False,
-                                      torch_varlen=None, sdpa=None)
+        return families.varlen_kernel(device_type, name, flash_attn=False, torch_varlen=None, sdpa=None)
     return families.varlen_kernel(
-        "cuda", DTYPE_NAMES.get(dtype, str(dtype)),
+        "cuda", name,
         flash_attn=_flash_attn_installed(),
         torch_varlen=None if dropout else contract.torch_varlen_form(),  # torch's varlen_attn has no dropout
         sdpa=_probe_sdpa(dtype, head_dims[0]))
