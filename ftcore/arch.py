@@ -168,10 +168,10 @@ class _Layer:
 
     # Blocks shared by many families -------------------------------------------------------------
 
-    def attention(self, c: "_Config", q_out: int | None = None, o_in: int | None = None, bias: bool = False,
+    def attention(self, config: "_Config", q_out: int | None = None, o_in: int | None = None, bias: bool = False,
                   o_bias: bool | None = None, block: str = "self_attn") -> None:
-        h, hd = c.hidden, c.head_dim
-        q, kv = c.heads * hd, c.kv_heads * hd
+        h, hd = config.hidden, config.head_dim
+        q, kv = config.heads * hd, config.kv_heads * hd
         self.linear(f"{block}.q_proj", h, q_out or q, bias)
         self.linear(f"{block}.k_proj", h, kv, bias)
         self.linear(f"{block}.v_proj", h, kv, bias)
@@ -184,10 +184,10 @@ class _Layer:
         self.linear(f"{block}.down_proj", i, h, bias)
         self.activations += 4 * i  # gate, up, the activation and their product
 
-    def moe(self, c: "_Config", experts: int, i: int, top_k: int, router_bias: bool = False,
+    def moe(self, config: "_Config", experts: int, i: int, top_k: int, router_bias: bool = False,
             router: str = "gate", expert_bias: bool = False, transposed: bool = False) -> None:
         """transformers' fused experts: a router (not an nn.Linear) and 3-D gate_up / down weights."""
-        h = c.hidden
+        h = config.hidden
         self.param(f"mlp.{router}.weight", experts, h)
         if router_bias:
             self.param(f"mlp.{router}.bias", experts, kind="bias")
@@ -235,243 +235,245 @@ class _Config:
 # Each builds decoder layer `n` as the family's modeling_*.py in transformers does.
 
 
-def _llama(b: _Layer, c: _Config, n: int) -> None:
+def _llama(layer: _Layer, config: _Config, n: int) -> None:
     """Llama, Mistral, Granite, SmolLM3: q/k/v/o and a gated MLP, two RMSNorms."""
-    b.attention(c, bias=bool(c.get("attention_bias")))
-    b.gated_mlp(c.hidden, c.intermediate, bias=bool(c.get("mlp_bias")))
-    b.norm("input_layernorm", c.hidden)
-    b.norm("post_attention_layernorm", c.hidden)
+    layer.attention(config, bias=bool(config.get("attention_bias")))
+    layer.gated_mlp(config.hidden, config.intermediate, bias=bool(config.get("mlp_bias")))
+    layer.norm("input_layernorm", config.hidden)
+    layer.norm("post_attention_layernorm", config.hidden)
 
 
-def _qwen2(b: _Layer, c: _Config, n: int) -> None:
-    b.attention(c, bias=True, o_bias=False)
-    b.gated_mlp(c.hidden, c.intermediate)
-    b.norm("input_layernorm", c.hidden)
-    b.norm("post_attention_layernorm", c.hidden)
+def _qwen2(layer: _Layer, config: _Config, n: int) -> None:
+    layer.attention(config, bias=True, o_bias=False)
+    layer.gated_mlp(config.hidden, config.intermediate)
+    layer.norm("input_layernorm", config.hidden)
+    layer.norm("post_attention_layernorm", config.hidden)
 
 
-def _sparse(c: _Config, n: int, experts: int) -> bool:
+def _sparse(config: _Config, n: int, experts: int) -> bool:
     """Qwen3-MoE and Qwen3-Next: which layers have experts."""
-    return n not in (c.get("mlp_only_layers") or []) and experts > 0 and (n + 1) % int(c.get("decoder_sparse_step", 1)) == 0
+    every = int(config.get("decoder_sparse_step", 1))
+    return n not in (config.get("mlp_only_layers") or []) and experts > 0 and (n + 1) % every == 0
 
 
-def _qwen3(b: _Layer, c: _Config, n: int) -> None:
-    b.attention(c, bias=bool(c.get("attention_bias")))
-    b.norm("self_attn.q_norm", c.head_dim)
-    b.norm("self_attn.k_norm", c.head_dim)
-    experts = int(c.get("num_experts", 0)) if c["model_type"] == "qwen3_moe" else 0
-    if _sparse(c, n, experts):
-        b.moe(c, experts, int(c["moe_intermediate_size"]), int(c["num_experts_per_tok"]))
+def _qwen3(layer: _Layer, config: _Config, n: int) -> None:
+    layer.attention(config, bias=bool(config.get("attention_bias")))
+    layer.norm("self_attn.q_norm", config.head_dim)
+    layer.norm("self_attn.k_norm", config.head_dim)
+    experts = int(config.get("num_experts", 0)) if config["model_type"] == "qwen3_moe" else 0
+    if _sparse(config, n, experts):
+        layer.moe(config, experts, int(config["moe_intermediate_size"]), int(config["num_experts_per_tok"]))
     else:
-        b.gated_mlp(c.hidden, c.intermediate)
-    b.norm("input_layernorm", c.hidden)
-    b.norm("post_attention_layernorm", c.hidden)
+        layer.gated_mlp(config.hidden, config.intermediate)
+    layer.norm("input_layernorm", config.hidden)
+    layer.norm("post_attention_layernorm", config.hidden)
 
 
-def _mixtral(b: _Layer, c: _Config, n: int) -> None:
-    b.attention(c)
-    b.moe(c, int(c["num_local_experts"]), c.intermediate, int(c["num_experts_per_tok"]))
-    b.norm("input_layernorm", c.hidden)
-    b.norm("post_attention_layernorm", c.hidden)
+def _mixtral(layer: _Layer, config: _Config, n: int) -> None:
+    layer.attention(config)
+    layer.moe(config, int(config["num_local_experts"]), config.intermediate, int(config["num_experts_per_tok"]))
+    layer.norm("input_layernorm", config.hidden)
+    layer.norm("post_attention_layernorm", config.hidden)
 
 
-def _gemma(b: _Layer, c: _Config, n: int) -> None:
+def _gemma(layer: _Layer, config: _Config, n: int) -> None:
     """Gemma (2 norms), Gemma 2 (4 norms), Gemma 3 text (4 norms and q/k norms)."""
-    b.attention(c, bias=bool(c.get("attention_bias")))
-    if c["model_type"] == "gemma3_text":
-        b.norm("self_attn.q_norm", c.head_dim)
-        b.norm("self_attn.k_norm", c.head_dim)
-    b.gated_mlp(c.hidden, c.intermediate)
-    b.norm("input_layernorm", c.hidden)
-    b.norm("post_attention_layernorm", c.hidden)
-    if c["model_type"] != "gemma":
-        b.norm("pre_feedforward_layernorm", c.hidden)
-        b.norm("post_feedforward_layernorm", c.hidden)
+    layer.attention(config, bias=bool(config.get("attention_bias")))
+    if config["model_type"] == "gemma3_text":
+        layer.norm("self_attn.q_norm", config.head_dim)
+        layer.norm("self_attn.k_norm", config.head_dim)
+    layer.gated_mlp(config.hidden, config.intermediate)
+    layer.norm("input_layernorm", config.hidden)
+    layer.norm("post_attention_layernorm", config.hidden)
+    if config["model_type"] != "gemma":
+        layer.norm("pre_feedforward_layernorm", config.hidden)
+        layer.norm("post_feedforward_layernorm", config.hidden)
 
 
-def _phi3(b: _Layer, c: _Config, n: int) -> None:
+def _phi3(layer: _Layer, config: _Config, n: int) -> None:
     """Phi-3: fused qkv_proj and gate_up_proj."""
-    h, hd, i = c.hidden, c.head_dim, c.intermediate
-    b.linear("self_attn.o_proj", c.heads * hd, h)
-    b.linear("self_attn.qkv_proj", h, (c.heads + 2 * c.kv_heads) * hd)
-    b.activations += 4 * c.heads * hd
-    b.linear("mlp.gate_up_proj", h, 2 * i)
-    b.linear("mlp.down_proj", i, h)
-    b.activations += 4 * i
-    b.norm("input_layernorm", h)
-    b.norm("post_attention_layernorm", h)
+    h, hd, i = config.hidden, config.head_dim, config.intermediate
+    layer.linear("self_attn.o_proj", config.heads * hd, h)
+    layer.linear("self_attn.qkv_proj", h, (config.heads + 2 * config.kv_heads) * hd)
+    layer.activations += 4 * config.heads * hd
+    layer.linear("mlp.gate_up_proj", h, 2 * i)
+    layer.linear("mlp.down_proj", i, h)
+    layer.activations += 4 * i
+    layer.norm("input_layernorm", h)
+    layer.norm("post_attention_layernorm", h)
 
 
-def _phi(b: _Layer, c: _Config, n: int) -> None:
+def _phi(layer: _Layer, config: _Config, n: int) -> None:
     """Phi(-2): biased q/k/v and `dense`, a plain fc1/fc2 MLP, one LayerNorm (parallel blocks)."""
-    h, hd, i = c.hidden, c.head_dim, c.intermediate
-    for name, out in (("q_proj", c.heads * hd), ("k_proj", c.kv_heads * hd), ("v_proj", c.kv_heads * hd)):
-        b.linear(f"self_attn.{name}", h, out, bias=True)
-    b.linear("self_attn.dense", c.heads * hd, h, bias=True)
-    b.activations += 4 * c.heads * hd
-    if c.get("qk_layernorm"):
-        b.norm("self_attn.q_layernorm", hd, bias=True)
-        b.norm("self_attn.k_layernorm", hd, bias=True)
-    b.linear("mlp.fc1", h, i, bias=True)
-    b.linear("mlp.fc2", i, h, bias=True)
-    b.activations += 2 * i  # fc1's output and the activation
-    b.norm("input_layernorm", h, bias=True)
+    h, hd, i = config.hidden, config.head_dim, config.intermediate
+    for name, out in (("q_proj", config.heads * hd), ("k_proj", config.kv_heads * hd),
+                      ("v_proj", config.kv_heads * hd)):
+        layer.linear(f"self_attn.{name}", h, out, bias=True)
+    layer.linear("self_attn.dense", config.heads * hd, h, bias=True)
+    layer.activations += 4 * config.heads * hd
+    if config.get("qk_layernorm"):
+        layer.norm("self_attn.q_layernorm", hd, bias=True)
+        layer.norm("self_attn.k_layernorm", hd, bias=True)
+    layer.linear("mlp.fc1", h, i, bias=True)
+    layer.linear("mlp.fc2", i, h, bias=True)
+    layer.activations += 2 * i  # fc1's output and the activation
+    layer.norm("input_layernorm", h, bias=True)
 
 
-def _olmo2(b: _Layer, c: _Config, n: int) -> None:
-    b.attention(c, bias=bool(c.get("attention_bias")))
-    b.norm("self_attn.q_norm", c.heads * c.head_dim)
-    b.norm("self_attn.k_norm", c.kv_heads * c.head_dim)
-    b.gated_mlp(c.hidden, c.intermediate)
-    b.norm("post_attention_layernorm", c.hidden)
-    b.norm("post_feedforward_layernorm", c.hidden)
+def _olmo2(layer: _Layer, config: _Config, n: int) -> None:
+    layer.attention(config, bias=bool(config.get("attention_bias")))
+    layer.norm("self_attn.q_norm", config.heads * config.head_dim)
+    layer.norm("self_attn.k_norm", config.kv_heads * config.head_dim)
+    layer.gated_mlp(config.hidden, config.intermediate)
+    layer.norm("post_attention_layernorm", config.hidden)
+    layer.norm("post_feedforward_layernorm", config.hidden)
 
 
-def _cohere(b: _Layer, c: _Config, n: int) -> None:
+def _cohere(layer: _Layer, config: _Config, n: int) -> None:
     """Cohere: parallel attention and MLP after one weight-only LayerNorm; optional per-head q/k norms."""
-    b.attention(c, bias=bool(c.get("attention_bias")))
-    if c.get("use_qk_norm"):
-        b.norm("self_attn.q_norm", c.head_dim, rows=c.heads)
-        b.norm("self_attn.k_norm", c.head_dim, rows=c.kv_heads)
-    b.gated_mlp(c.hidden, c.intermediate)
-    b.norm("input_layernorm", c.hidden)
+    layer.attention(config, bias=bool(config.get("attention_bias")))
+    if config.get("use_qk_norm"):
+        layer.norm("self_attn.q_norm", config.head_dim, rows=config.heads)
+        layer.norm("self_attn.k_norm", config.head_dim, rows=config.kv_heads)
+    layer.gated_mlp(config.hidden, config.intermediate)
+    layer.norm("input_layernorm", config.hidden)
 
 
-def _stablelm(b: _Layer, c: _Config, n: int) -> None:
-    qkv_bias = bool(c.get("use_qkv_bias"))
-    h, hd = c.hidden, c.head_dim
-    b.linear("self_attn.q_proj", h, c.heads * hd, qkv_bias)
-    b.linear("self_attn.k_proj", h, c.kv_heads * hd, qkv_bias)
-    b.linear("self_attn.v_proj", h, c.kv_heads * hd, qkv_bias)
-    b.linear("self_attn.o_proj", h, h)
-    b.activations += 4 * h
-    if c.get("qk_layernorm"):
-        for which, count in (("q", c.heads), ("k", c.kv_heads)):
+def _stablelm(layer: _Layer, config: _Config, n: int) -> None:
+    qkv_bias = bool(config.get("use_qkv_bias"))
+    h, hd = config.hidden, config.head_dim
+    layer.linear("self_attn.q_proj", h, config.heads * hd, qkv_bias)
+    layer.linear("self_attn.k_proj", h, config.kv_heads * hd, qkv_bias)
+    layer.linear("self_attn.v_proj", h, config.kv_heads * hd, qkv_bias)
+    layer.linear("self_attn.o_proj", h, h)
+    layer.activations += 4 * h
+    if config.get("qk_layernorm"):
+        for which, count in (("q", config.heads), ("k", config.kv_heads)):
             for head in range(count):
-                b.norm(f"self_attn.{which}_layernorm.norms.{head}", hd)
-    b.gated_mlp(h, c.intermediate)
-    b.norm("input_layernorm", h, bias=True)
-    if not c.get("use_parallel_residual"):
-        b.norm("post_attention_layernorm", h, bias=True)
+                layer.norm(f"self_attn.{which}_layernorm.norms.{head}", hd)
+    layer.gated_mlp(h, config.intermediate)
+    layer.norm("input_layernorm", h, bias=True)
+    if not config.get("use_parallel_residual"):
+        layer.norm("post_attention_layernorm", h, bias=True)
 
 
-def _gpt_neox(b: _Layer, c: _Config, n: int) -> None:
-    h, i, bias = c.hidden, c.intermediate, bool(c.get("attention_bias", True))
-    b.linear("attention.query_key_value", h, 3 * h, bias)
-    b.linear("attention.dense", h, h, bias)
-    b.activations += 4 * h
-    b.linear("mlp.dense_h_to_4h", h, i, True)
-    b.linear("mlp.dense_4h_to_h", i, h, True)
-    b.activations += 2 * i
-    b.norm("input_layernorm", h, bias=True)
-    b.norm("post_attention_layernorm", h, bias=True)
+def _gpt_neox(layer: _Layer, config: _Config, n: int) -> None:
+    h, i, bias = config.hidden, config.intermediate, bool(config.get("attention_bias", True))
+    layer.linear("attention.query_key_value", h, 3 * h, bias)
+    layer.linear("attention.dense", h, h, bias)
+    layer.activations += 4 * h
+    layer.linear("mlp.dense_h_to_4h", h, i, True)
+    layer.linear("mlp.dense_4h_to_h", i, h, True)
+    layer.activations += 2 * i
+    layer.norm("input_layernorm", h, bias=True)
+    layer.norm("post_attention_layernorm", h, bias=True)
 
 
-def _gpt2(b: _Layer, c: _Config, n: int) -> None:
-    h, i = c.hidden, int(c.get("n_inner") or 4 * c.hidden)
-    b.norm("ln_1", h, bias=True)
-    b.conv1d("attn.c_attn", h, 3 * h)
-    b.conv1d("attn.c_proj", h, h)
-    b.activations += 4 * h
-    b.norm("ln_2", h, bias=True)
-    b.conv1d("mlp.c_fc", h, i)
-    b.conv1d("mlp.c_proj", i, h)
-    b.activations += 2 * i
+def _gpt2(layer: _Layer, config: _Config, n: int) -> None:
+    h, i = config.hidden, int(config.get("n_inner") or 4 * config.hidden)
+    layer.norm("ln_1", h, bias=True)
+    layer.conv1d("attn.c_attn", h, 3 * h)
+    layer.conv1d("attn.c_proj", h, h)
+    layer.activations += 4 * h
+    layer.norm("ln_2", h, bias=True)
+    layer.conv1d("mlp.c_fc", h, i)
+    layer.conv1d("mlp.c_proj", i, h)
+    layer.activations += 2 * i
 
 
-def _falcon(b: _Layer, c: _Config, n: int) -> None:
-    h, hd, bias = c.hidden, c.hidden // c.heads, bool(c.get("bias"))
-    new = bool(c.get("new_decoder_architecture"))
-    kv_heads = int(c.get("num_kv_heads") or c.heads)
-    qkv = (2 * kv_heads + c.heads) * hd if new else h + 2 * hd if c.get("multi_query", True) else 3 * h
-    b.linear("self_attention.query_key_value", h, qkv, bias)
-    b.linear("self_attention.dense", h, h, bias)
-    b.activations += 4 * h
-    i = int(c.get("ffn_hidden_size") or 4 * h)
-    b.linear("mlp.dense_h_to_4h", h, i, bias)
-    b.linear("mlp.dense_4h_to_h", i, h, bias)
-    b.activations += 2 * i
-    lns = c.get("num_ln_in_parallel_attn") or (2 if new else None)
-    if not c.get("parallel_attn", True):
-        b.norm("post_attention_layernorm", h, bias=True)
-        b.norm("input_layernorm", h, bias=True)
+def _falcon(layer: _Layer, config: _Config, n: int) -> None:
+    h, hd, bias = config.hidden, config.hidden // config.heads, bool(config.get("bias"))
+    new = bool(config.get("new_decoder_architecture"))
+    kv_heads = int(config.get("num_kv_heads") or config.heads)
+    qkv = (2 * kv_heads + config.heads) * hd if new else h + 2 * hd if config.get("multi_query", True) else 3 * h
+    layer.linear("self_attention.query_key_value", h, qkv, bias)
+    layer.linear("self_attention.dense", h, h, bias)
+    layer.activations += 4 * h
+    i = int(config.get("ffn_hidden_size") or 4 * h)
+    layer.linear("mlp.dense_h_to_4h", h, i, bias)
+    layer.linear("mlp.dense_4h_to_h", i, h, bias)
+    layer.activations += 2 * i
+    lns = config.get("num_ln_in_parallel_attn") or (2 if new else None)
+    if not config.get("parallel_attn", True):
+        layer.norm("post_attention_layernorm", h, bias=True)
+        layer.norm("input_layernorm", h, bias=True)
     elif lns == 2:
-        b.norm("ln_attn", h, bias=True)
-        b.norm("ln_mlp", h, bias=True)
+        layer.norm("ln_attn", h, bias=True)
+        layer.norm("ln_mlp", h, bias=True)
     else:
-        b.norm("input_layernorm", h, bias=True)
+        layer.norm("input_layernorm", h, bias=True)
 
 
-def _gpt_oss(b: _Layer, c: _Config, n: int) -> None:
-    b.attention(c, bias=bool(c.get("attention_bias", True)))
-    b.param("self_attn.sinks", c.heads)
-    b.moe(c, int(c["num_local_experts"]), c.intermediate, int(c["num_experts_per_tok"]), router_bias=True,
-          router="router", expert_bias=True, transposed=True)
-    b.norm("input_layernorm", c.hidden)
-    b.norm("post_attention_layernorm", c.hidden)
+def _gpt_oss(layer: _Layer, config: _Config, n: int) -> None:
+    layer.attention(config, bias=bool(config.get("attention_bias", True)))
+    layer.param("self_attn.sinks", config.heads)
+    layer.moe(config, int(config["num_local_experts"]), config.intermediate, int(config["num_experts_per_tok"]),
+              router_bias=True, router="router", expert_bias=True, transposed=True)
+    layer.norm("input_layernorm", config.hidden)
+    layer.norm("post_attention_layernorm", config.hidden)
 
 
-def _deepseek_v3(b: _Layer, c: _Config, n: int) -> None:
+def _deepseek_v3(layer: _Layer, config: _Config, n: int) -> None:
     """Multi-head latent attention (low-rank q and kv), dense MLPs first, then experts with shared ones."""
-    h, heads, bias = c.hidden, c.heads, bool(c.get("attention_bias"))
-    nope, rope, v = int(c["qk_nope_head_dim"]), int(c["qk_rope_head_dim"]), int(c["v_head_dim"])
-    q_rank, kv_rank = c.get("q_lora_rank"), int(c["kv_lora_rank"])
+    h, heads, bias = config.hidden, config.heads, bool(config.get("attention_bias"))
+    nope, rope, v = int(config["qk_nope_head_dim"]), int(config["qk_rope_head_dim"]), int(config["v_head_dim"])
+    q_rank, kv_rank = config.get("q_lora_rank"), int(config["kv_lora_rank"])
     if q_rank is None:
-        b.linear("self_attn.q_proj", h, heads * (nope + rope))
+        layer.linear("self_attn.q_proj", h, heads * (nope + rope))
     else:
-        b.linear("self_attn.q_a_proj", h, int(q_rank), bias)
-        b.norm("self_attn.q_a_layernorm", int(q_rank))
-        b.linear("self_attn.q_b_proj", int(q_rank), heads * (nope + rope))
-    b.linear("self_attn.kv_a_proj_with_mqa", h, kv_rank + rope, bias)
-    b.norm("self_attn.kv_a_layernorm", kv_rank)
-    b.linear("self_attn.kv_b_proj", kv_rank, heads * (nope + v))
-    b.linear("self_attn.o_proj", heads * v, h, bias)
-    b.activations += 4 * heads * (nope + rope)
-    if n >= int(c.get("first_k_dense_replace", 0)):
-        i = int(c["moe_intermediate_size"])
-        b.moe(c, int(c["n_routed_experts"]), i, int(c["num_experts_per_tok"]))
-        b.gated_mlp(h, i * int(c.get("n_shared_experts") or 1), block="mlp.shared_experts")
+        layer.linear("self_attn.q_a_proj", h, int(q_rank), bias)
+        layer.norm("self_attn.q_a_layernorm", int(q_rank))
+        layer.linear("self_attn.q_b_proj", int(q_rank), heads * (nope + rope))
+    layer.linear("self_attn.kv_a_proj_with_mqa", h, kv_rank + rope, bias)
+    layer.norm("self_attn.kv_a_layernorm", kv_rank)
+    layer.linear("self_attn.kv_b_proj", kv_rank, heads * (nope + v))
+    layer.linear("self_attn.o_proj", heads * v, h, bias)
+    layer.activations += 4 * heads * (nope + rope)
+    if n >= int(config.get("first_k_dense_replace", 0)):
+        i = int(config["moe_intermediate_size"])
+        layer.moe(config, int(config["n_routed_experts"]), i, int(config["num_experts_per_tok"]))
+        layer.gated_mlp(h, i * int(config.get("n_shared_experts") or 1), block="mlp.shared_experts")
     else:
-        b.gated_mlp(h, c.intermediate)
-    b.norm("input_layernorm", h)
-    b.norm("post_attention_layernorm", h)
+        layer.gated_mlp(h, config.intermediate)
+    layer.norm("input_layernorm", h)
+    layer.norm("post_attention_layernorm", h)
 
 
-def _qwen3_next_layer_types(c: _Config) -> list[str]:
-    interval = int(c.get("full_attention_interval", 4))
-    return c.get("layer_types") or ["full_attention" if (i + 1) % interval == 0 else "linear_attention"
-                                    for i in range(c.layers)]
+def _qwen3_next_layer_types(config: _Config) -> list[str]:
+    interval = int(config.get("full_attention_interval", 4))
+    return config.get("layer_types") or ["full_attention" if (i + 1) % interval == 0 else "linear_attention"
+                                         for i in range(config.layers)]
 
 
-def _qwen3_next(b: _Layer, c: _Config, n: int) -> None:
+def _qwen3_next(layer: _Layer, config: _Config, n: int) -> None:
     """Linear (gated delta-net) and full (gated q) attention layers; experts with a shared expert."""
-    h = c.hidden
-    if _qwen3_next_layer_types(c)[n] == "linear_attention":
-        k_heads, v_heads = int(c["linear_num_key_heads"]), int(c["linear_num_value_heads"])
-        k_dim, v_dim = k_heads * int(c["linear_key_head_dim"]), v_heads * int(c["linear_value_head_dim"])
-        b.param("linear_attn.dt_bias", v_heads)
-        b.param("linear_attn.A_log", v_heads)
+    h = config.hidden
+    if _qwen3_next_layer_types(config)[n] == "linear_attention":
+        k_heads, v_heads = int(config["linear_num_key_heads"]), int(config["linear_num_value_heads"])
+        k_dim, v_dim = k_heads * int(config["linear_key_head_dim"]), v_heads * int(config["linear_value_head_dim"])
+        layer.param("linear_attn.dt_bias", v_heads)
+        layer.param("linear_attn.A_log", v_heads)
         conv = 2 * k_dim + v_dim
-        b.param("linear_attn.conv1d.weight", conv, 1, int(c.get("linear_conv_kernel_dim", 4)))
-        b.linear("linear_attn.in_proj_qkvz", h, 2 * k_dim + 2 * v_dim)
-        b.linear("linear_attn.in_proj_ba", h, 2 * v_heads)
-        b.norm("linear_attn.norm", int(c["linear_value_head_dim"]))
-        b.linear("linear_attn.out_proj", v_dim, h)
-        b.activations += 2 * (2 * k_dim + 2 * v_dim) + 2 * v_dim
+        layer.param("linear_attn.conv1d.weight", conv, 1, int(config.get("linear_conv_kernel_dim", 4)))
+        layer.linear("linear_attn.in_proj_qkvz", h, 2 * k_dim + 2 * v_dim)
+        layer.linear("linear_attn.in_proj_ba", h, 2 * v_heads)
+        layer.norm("linear_attn.norm", int(config["linear_value_head_dim"]))
+        layer.linear("linear_attn.out_proj", v_dim, h)
+        layer.activations += 2 * (2 * k_dim + 2 * v_dim) + 2 * v_dim
     else:
-        q = c.heads * c.head_dim
-        b.attention(c, q_out=2 * q, o_in=q, bias=bool(c.get("attention_bias")))
-        b.norm("self_attn.q_norm", c.head_dim)
-        b.norm("self_attn.k_norm", c.head_dim)
-    experts = int(c.get("num_experts", 0))
-    if _sparse(c, n, experts):
-        b.moe(c, experts, int(c["moe_intermediate_size"]), int(c["num_experts_per_tok"]))
-        b.gated_mlp(h, int(c["shared_expert_intermediate_size"]), block="mlp.shared_expert")
-        b.linear("mlp.shared_expert_gate", h, 1)
+        q = config.heads * config.head_dim
+        layer.attention(config, q_out=2 * q, o_in=q, bias=bool(config.get("attention_bias")))
+        layer.norm("self_attn.q_norm", config.head_dim)
+        layer.norm("self_attn.k_norm", config.head_dim)
+    experts = int(config.get("num_experts", 0))
+    if _sparse(config, n, experts):
+        layer.moe(config, experts, int(config["moe_intermediate_size"]), int(config["num_experts_per_tok"]))
+        layer.gated_mlp(h, int(config["shared_expert_intermediate_size"]), block="mlp.shared_expert")
+        layer.linear("mlp.shared_expert_gate", h, 1)
     else:
-        b.gated_mlp(h, c.intermediate)
-    b.norm("input_layernorm", h)
-    b.norm("post_attention_layernorm", h)
+        layer.gated_mlp(h, config.intermediate)
+    layer.norm("input_layernorm", h)
+    layer.norm("post_attention_layernorm", h)
 
 
 class Shape(NamedTuple):
@@ -572,30 +574,32 @@ def dims_from_config(config: dict[str, Any], source: str) -> Dims:
     if not known:
         shape = SHAPES["llama"]
         source = f"{source} (model_type {model_type!r} priced as a Llama-shaped decoder)"
-    c = _Config({**config, "model_type": model_type if known else "llama"}, shape.defaults, shape.aliases)
+    merged = _Config({**config, "model_type": model_type if known else "llama"}, shape.defaults, shape.aliases)
     layers, linears, experts, activations = [], [], [], []
-    for n in range(c.layers):
-        b = _Layer(f"{shape.layers_at}.{n}", c.hidden)
-        shape.layer(b, c, n)
-        layers.append(tuple(b.tensors))
-        linears += b.linears
-        experts += b.experts
-        activations.append(b.activations)
-    outer = [Tensor(f"{shape.embed}.weight", c.vocab, c.hidden, "embedding")]
+    for n in range(merged.layers):
+        layer = _Layer(f"{shape.layers_at}.{n}", merged.hidden)
+        shape.layer(layer, merged, n)
+        layers.append(tuple(layer.tensors))
+        linears += layer.linears
+        experts += layer.experts
+        activations.append(layer.activations)
+    outer = [Tensor(f"{shape.embed}.weight", merged.vocab, merged.hidden, "embedding")]
     if shape.positions:
-        outer.append(Tensor(f"{shape.positions}.weight", int(c.get("n_positions", 1024)), c.hidden, "embedding"))
-    outer.append(Tensor(f"{shape.final_norm}.weight", c.hidden, 1, "norm"))
+        positions = int(merged.get("n_positions", 1024))
+        outer.append(Tensor(f"{shape.positions}.weight", positions, merged.hidden, "embedding"))
+    outer.append(Tensor(f"{shape.final_norm}.weight", merged.hidden, 1, "norm"))
     if shape.final_norm_bias:
-        outer.append(Tensor(f"{shape.final_norm}.bias", c.hidden, 1, "bias"))
-    if not c.tied:
-        outer.append(Tensor(f"{HEAD}.weight", c.vocab, c.hidden, "head"))
+        outer.append(Tensor(f"{shape.final_norm}.bias", merged.hidden, 1, "bias"))
+    if not merged.tied:
+        outer.append(Tensor(f"{HEAD}.weight", merged.vocab, merged.hidden, "head"))
     if shape.head_bias:
-        outer.append(Tensor(f"{HEAD}.bias", c.vocab, 1, "bias"))
-    linears.append(Linear(HEAD, c.hidden, c.vocab))
-    return Dims(model_type=model_type, hidden=c.hidden, layers=c.layers, heads=c.heads, kv_heads=c.kv_heads,
-                vocab=c.vocab, intermediate=c.intermediate, tied=c.tied, source=source, exact=known, named=known,
+        outer.append(Tensor(f"{HEAD}.bias", merged.vocab, 1, "bias"))
+    linears.append(Linear(HEAD, merged.hidden, merged.vocab))
+    return Dims(model_type=model_type, hidden=merged.hidden, layers=merged.layers, heads=merged.heads,
+                kv_heads=merged.kv_heads, vocab=merged.vocab, intermediate=merged.intermediate, tied=merged.tied,
+                source=source, exact=known, named=known,
                 layer_tensors=tuple(layers), outer_tensors=tuple(outer), linears=tuple(linears),
-                expert_params=tuple(experts), layer_activations=tuple(activations), outer_activations=8 * c.hidden)
+                expert_params=tuple(experts), layer_activations=tuple(activations), outer_activations=8 * merged.hidden)
 
 
 def dims_from_size(parameters_b: float, why: str = "") -> Dims:

@@ -24,8 +24,8 @@ from ftcore.schema import Job
 
 
 class Local(Scheduler):
-    """Processes on this machine, started by `run` below (the CLI calls it after submit).
-    Also what an `ft train` record names when nothing started the process (it ran alone)."""
+    """Processes on this machine, started and followed by `run` (the CLI calls it once the folder
+    is written). Also what an `ft train` record names when nothing started the process (it ran alone)."""
 
     name = "local"
     runs_here = True

@@ -183,6 +183,14 @@ def _scheduler_names() -> dict[str, set[str]]:
             for name, target in targets.items()}
 
 
+# Calls that look a program up by its name (`shutil.which("srun")`): the command, not the scheduler.
+COMMAND_LOOKUPS = {"which"}
+
+
+def _called(call: ast.Call) -> str | None:
+    return call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", None)
+
+
 def _spelled_names(path: Path, names: set[str]) -> list[tuple[int, str]]:
     """(line, name) where `path` compares a value with a scheduler's name, passes one to a call, or
     defaults a parameter to one. `DistEnv.launcher` is rendezvous' own word for who set the rank
@@ -198,7 +206,7 @@ def _spelled_names(path: Path, names: set[str]) -> list[tuple[int, str]]:
             if not (isinstance(node.left, ast.Attribute) and node.left.attr == "launcher"):
                 for side in (node.left, *node.comparators):
                     spelled += constants(side)
-        elif isinstance(node, ast.Call):
+        elif isinstance(node, ast.Call) and _called(node) not in COMMAND_LOOKUPS:
             for arg in (*node.args, *(k.value for k in node.keywords)):
                 spelled += constants(arg)
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
@@ -229,6 +237,7 @@ def test_the_scheduler_name_check_sees_comparisons_calls_and_defaults(tmp_path):
                       'get("local")\n'
                       'def f(executor="torchrun"):\n    pass\n'
                       'ok = procs.launcher != "torchrun"\n'
-                      'section = ("slurm", "data")\n')
+                      'section = ("slurm", "data")\n'
+                      'on_path = shutil.which("srun")\n')
     names = {"slurm", "srun", "local", "torchrun"}
     assert sorted(_spelled_names(source, names)) == [(1, "slurm"), (3, "srun"), (4, "local"), (5, "torchrun")]
