@@ -256,6 +256,45 @@ def test_a_data_file_or_index_that_is_not_a_regular_file_is_refused(job, target)
         (dcp_dir / name).write_bytes(saved)
 
 
+@pytest.fixture
+def no_hang():
+    """Fail a test that waits for more than 30 s instead of hanging the run."""
+    import signal
+
+    def waited(signum, frame):
+        raise TimeoutError("waited 30 s on a file")
+
+    previous = signal.signal(signal.SIGALRM, waited)
+    signal.alarm(30)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def _never_ending(path, target):
+    path.unlink()
+    if target == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to(target)
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "fifo"])
+def test_a_checkpoint_file_that_never_ends_is_damage_not_a_hang(home, tmp_path, no_hang, target):
+    """What every command reads of a checkpoint (its step, its adapter's config and header)."""
+    job = tmp_path / "lora"
+    shutil.copytree(home / "jobs" / "lora", job)
+    final = layout.step_dir(job / layout.CHECKPOINTS, 2)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        _never_ending(final / name, target)
+    assert "not a regular file" in layout.safetensors_damage(final / "adapter_model.safetensors")
+    with pytest.raises(UserError, match="cannot read .*adapter_config.json: not a regular file"):
+        layout.Checkpoint(final, layout.LORA, job).adapter_config
+    _never_ending(_state(job, 1) / layout.TRAINER_STATE, target)
+    assert layout.damage(layout.step_dir(job / layout.CHECKPOINTS, 1)) == f"{layout.TRAINER_STATE} cannot be read (OSError)"
+    assert layout.newest_complete(job) is None  # each is damaged, none hangs
+
+
 def test_a_dev_zero_index_ends_in_one_line_on_resume_and_export(job, tmp_path):
     dcp_dir = _state(job) / layout.DCP
     (dcp_dir / "__0_0.distcp").unlink()
