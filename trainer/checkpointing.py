@@ -302,7 +302,7 @@ def _unusable(checkpoint: Path, err: BaseException) -> UserError:
     reason = inner.problems[0] if isinstance(inner, UserError) else f"{type(inner).__name__}: {inner}"
     # One line, and nothing from the files that a terminal would act on (escapes, control characters).
     reason = "".join(c if c.isprintable() else "?" for c in " ".join(str(reason).split()))[:300]
-    return UserError(f"checkpoint {checkpoint} cannot be used: {reason}; it was not used", hint=_TRUST_HINT)
+    return UserError(f"checkpoint {checkpoint} cannot be used: {reason}", hint=_TRUST_HINT)
 
 
 def _rng_state() -> dict:
