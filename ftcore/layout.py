@@ -22,14 +22,18 @@ trainer_state.json that is not the step's) does not count either: the previous o
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ftcore.errors import UserError
+from ftcore.files import read_plain
 
 CONFIG = "config.yaml"
 SCRIPT = "job.sbatch"
@@ -80,6 +84,15 @@ DCP_INDEX = "index.json"  # under DCP: the resume state's index, JSON (trainer/d
 LEGACY_DCP_INDEX = ".metadata"  # under DCP: an older ft's pickled index, never read
 
 
+def read_regular(path: Path, limit: int, follow_links: bool = True) -> bytes:
+    """The bytes of `path`, a regular file of at most `limit` bytes (OSError past it, or for a
+    FIFO, a device or a folder). A checkpoint or model folder is read through this, whoever made it."""
+    data = read_plain(path, limit=limit + 1, follow=follow_links)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
+    return data
+
+
 def is_complete(checkpoint: Path) -> bool:
     """Marked complete by the trainer (the marker is written last)."""
     return (checkpoint / TRAINING_STATE / COMPLETE_MARKER).is_file()
@@ -91,8 +104,8 @@ def damage(checkpoint: Path, step: int | None = None) -> str | None:
     index exists, each safetensors file is as long as its header says."""
     state_dir = checkpoint / TRAINING_STATE
     try:
-        state = json.loads((state_dir / TRAINER_STATE).read_bytes())
-    except (OSError, ValueError) as err:
+        state = json.loads(read_regular(state_dir / TRAINER_STATE, 1 << 20))
+    except (OSError, ValueError, RecursionError) as err:
         return f"{TRAINER_STATE} cannot be read ({type(err).__name__})"
     if not isinstance(state, dict) or not isinstance(state.get("step"), int):
         return f"{TRAINER_STATE} does not record a step"
@@ -113,8 +126,10 @@ def damage(checkpoint: Path, step: int | None = None) -> str | None:
 def safetensors_damage(path: Path) -> str | None:
     """A safetensors file is an 8-byte header length, a JSON header, then the tensors' bytes."""
     try:
-        with open(path, "rb") as handle:
-            size = path.stat().st_size
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                return "not a regular file"
             head = handle.read(8)
             if len(head) < 8:
                 return "shorter than its header"
@@ -143,7 +158,7 @@ def weights_damage(folder: Path, present: set[str] | None = None) -> list[str]:
     try:
         if index.stat().st_size > 64 * 2**20:
             return [f"{WEIGHT_INDEX} is larger than any index Hugging Face writes"]
-        mapping = json.loads(index.read_bytes()).get("weight_map")
+        mapping = json.loads(read_regular(index, 64 * 2**20)).get("weight_map")
     except FileNotFoundError:
         single = folder / WEIGHTS
         problem = safetensors_damage(single) if single.is_file() else None
@@ -212,10 +227,10 @@ def owning_run(checkpoint: Path) -> Path | None:
 
 def read_json_object(path: Path) -> dict[str, Any]:
     try:
-        value = json.loads(path.read_text())
+        value = json.loads(read_regular(path, 64 * 2**20))
     except OSError as err:
         raise UserError(f"cannot read {path}: {err.strerror}") from None
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:
         raise UserError(f"{path} is not valid JSON ({err})") from None
     if not isinstance(value, dict):
         raise UserError(f"{path} should hold a JSON object")

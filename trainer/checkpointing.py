@@ -291,8 +291,6 @@ def _rng_file(rank: int) -> str:
 # --- reading a checkpoint as data -----------------------------------------------------------------
 
 _TRUST_HINT = "resume from another checkpoint of the job (move this one out of checkpoints/), or from a copy you trust"
-_OLDER_HINT = ("start the job again in a new folder (an older final checkpoint's model files still work with "
-               "ft merge/export/eval/generate)")
 
 
 def state_reader(checkpoint: Path):
@@ -312,10 +310,14 @@ def _unusable(checkpoint: Path, err: BaseException) -> UserError:
 
     inner = _inner(err, UserError) or _inner(err, Exception) or err
     if isinstance(inner, Older):
-        return UserError(f"checkpoint {checkpoint} was written by an older ft: {inner.problems[0]}", hint=_OLDER_HINT)
+        return UserError(f"checkpoint {checkpoint} was written by an older ft: {inner.problems[0]}",
+                         hint=f"if you wrote it yourself, convert it once with `python -m trainer.convert_older "
+                              f"{checkpoint}` (that reads the old files with torch's pickling reader); or start the "
+                              "job again in a new folder")
     reason = inner.problems[0] if isinstance(inner, UserError) else f"{type(inner).__name__}: {inner}"
-    reason = " ".join(str(reason).split())[:300]
-    return UserError(f"checkpoint {checkpoint} cannot be used: {reason}; nothing was loaded from it", hint=_TRUST_HINT)
+    # One line, and nothing from the files that a terminal would act on (escapes, control characters).
+    reason = "".join(c if c.isprintable() else "?" for c in " ".join(str(reason).split()))[:300]
+    return UserError(f"checkpoint {checkpoint} cannot be used: {reason}", hint=_TRUST_HINT)
 
 
 def _rng_state() -> dict:

@@ -42,6 +42,7 @@ from torch.distributed.checkpoint._traverse import get_element, set_element
 from torch.distributed._shard._utils import narrow_tensor_by_index
 from torch.futures import Future
 
+from ftcore import layout
 from ftcore.errors import UserError
 from ftcore.layout import DCP_INDEX, LEGACY_DCP_INDEX
 
@@ -248,19 +249,9 @@ def _data_file(folder: Path, name: str) -> int:
     return info.st_size
 
 
-def read_regular(path: Path, limit: int | None = None) -> bytes:
-    """The bytes of the regular file `path` (never a link, FIFO or device), at most its real size."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise Refused(f"{path.name} is not a regular file")
-        if limit is not None and info.st_size > limit:
-            raise Refused(f"{path.name} is {info.st_size} bytes, more than {limit}")
-        with os.fdopen(os.dup(fd), "rb") as f:
-            return f.read(info.st_size)
-    finally:
-        os.close(fd)
+def read_regular(path: Path, limit: int = 1 << 40) -> bytes:
+    """`layout.read_regular` for the resume state's files, which ft writes as plain files: no links."""
+    return layout.read_regular(path, limit, follow_links=False)
 
 
 def _ints(value: Any, what: str, count: int | None = None) -> list[int]:

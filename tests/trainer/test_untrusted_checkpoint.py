@@ -50,6 +50,25 @@ def home(tmp_path_factory):
         yield home
 
 
+@pytest.fixture(scope="module")
+def resume(home):
+    """`checkpointing.load` as the trainer calls it, on a model and optimizer built once (in-process:
+    where a subprocess would only repeat what the end-to-end tests show)."""
+    from ftcore.schema import load_job
+    from trainer import checkpointing, dist, update
+    from trainer.model import build
+    from trainer.tokenizer import load_tokenizer
+
+    folder = home / "jobs" / "lora"
+    job = load_job(folder / layout.CONFIG)
+    env = dist.detect({})
+    base_dir, _ = checkpointing.base_reference(job, folder)
+    with one_thread():
+        built = build(job, env, torch.device("cpu"), load_tokenizer(job), base_dir=base_dir)
+    optimizer = update.optimizer(job.optim, built.trainable)
+    return lambda checkpoint: checkpointing.load(checkpoint, built, optimizer, env)
+
+
 def _state(job, step=1):
     return layout.step_dir(job / layout.CHECKPOINTS, step) / layout.TRAINING_STATE
 
@@ -122,17 +141,20 @@ def test_a_pickle_in_a_value_of_the_data_file_is_refused_on_resume(job, tmp_path
     assert layout.newest_complete(job).name == "step-000001"  # nothing trained, nothing written
 
 
-def test_a_value_of_another_type_is_refused(job, tmp_path):
+def test_a_value_of_another_type_is_refused(job, resume):
     index = _index(job)
     entry = next(e for e in index["entries"] if e["key"].endswith("param_groups.0.betas"))
     entry["bytes"] = _append(job, b'"0.9"')
     _write_index(job, index)
-    result = _resume(job)
-    _refused(result.returncode, result.stderr, tmp_path / "none", "betas is a str where this job has a tuple")
+    with pytest.raises(UserError, match="betas is a str where this job has a tuple"):
+        resume(layout.step_dir(job / layout.CHECKPOINTS, 1))
 
 
-def test_a_model_weight_indexed_as_a_value_is_refused_by_export(job, tmp_path):
+@pytest.mark.parametrize("command", [["export", "--to", "vllm"], ["merge"], ["eval", "--limit", "1"],
+                                     ["generate", "Hello"], ["push", "me/tiny", "--dry-run"]], ids=lambda c: c[0])
+def test_a_model_weight_indexed_as_a_value_is_refused_on_the_login_node(job, tmp_path, monkeypatch, command):
     """An index that makes a weight a value: torch's planner would torch.load its bytes."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     marker = tmp_path / "payload-ran"
     index = _index(job)
     entry = next(e for e in index["entries"] if e["key"].startswith("model."))
@@ -140,7 +162,7 @@ def test_a_model_weight_indexed_as_a_value_is_refused_by_export(job, tmp_path):
         del entry[field]
     entry["bytes"] = _append(job, pickle.dumps(_Payload(marker)))
     _write_index(job, index)
-    code, _, err = run_ft("export", str(job), "--to", "vllm")
+    code, _, err = run_ft(command[0], str(job), *command[1:])
     _refused(code, err, marker, f"its entry {entry['key']} is not a weight of this job's model")
     assert layout.kind_of(layout.step_dir(job / layout.CHECKPOINTS, 1)) is None  # no model files made
 
@@ -196,6 +218,17 @@ def test_a_value_whose_span_lies_is_refused(job, field, value):
         read_index(_state(job) / layout.DCP)
 
 
+def test_a_hostile_key_reaches_the_terminal_as_one_plain_line(job, tmp_path):
+    index = _index(job)
+    entry = next(e for e in index["entries"] if "chunks" in e)
+    entry["key"] = "model.\x1b]52;c;cHduZWQ=\x07\x1b[2J\nforged line"
+    entry["chunks"][0]["length"] += 1
+    _write_index(job, index)
+    code, _, err = run_ft("export", str(job), "--to", "vllm")
+    _refused(code, err, tmp_path / "none", "cannot be used")
+    assert "\x1b" not in err and "\x07" not in err and "\nforged line" not in err
+
+
 def test_spans_that_share_bytes_are_refused(job):
     """Overlapping spans could claim more than the files hold."""
     index = _index(job)
@@ -223,6 +256,45 @@ def test_a_data_file_or_index_that_is_not_a_regular_file_is_refused(job, target)
         (dcp_dir / name).write_bytes(saved)
 
 
+@pytest.fixture
+def no_hang():
+    """Fail a test that waits for more than 30 s instead of hanging the run."""
+    import signal
+
+    def waited(signum, frame):
+        raise TimeoutError("waited 30 s on a file")
+
+    previous = signal.signal(signal.SIGALRM, waited)
+    signal.alarm(30)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def _never_ending(path, target):
+    path.unlink()
+    if target == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to(target)
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "fifo"])
+def test_a_checkpoint_file_that_never_ends_is_damage_not_a_hang(home, tmp_path, no_hang, target):
+    """What every command reads of a checkpoint (its step, its adapter's config and header)."""
+    job = tmp_path / "lora"
+    shutil.copytree(home / "jobs" / "lora", job)
+    final = layout.step_dir(job / layout.CHECKPOINTS, 2)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        _never_ending(final / name, target)
+    assert "not a regular file" in layout.safetensors_damage(final / "adapter_model.safetensors")
+    with pytest.raises(UserError, match="cannot read .*adapter_config.json: not a regular file"):
+        layout.Checkpoint(final, layout.LORA, job).adapter_config
+    _never_ending(_state(job, 1) / layout.TRAINER_STATE, target)
+    assert layout.damage(layout.step_dir(job / layout.CHECKPOINTS, 1)) == f"{layout.TRAINER_STATE} cannot be read (OSError)"
+    assert layout.newest_complete(job) is None  # each is damaged, none hangs
+
+
 def test_a_dev_zero_index_ends_in_one_line_on_resume_and_export(job, tmp_path):
     dcp_dir = _state(job) / layout.DCP
     (dcp_dir / "__0_0.distcp").unlink()
@@ -236,10 +308,10 @@ def test_a_dev_zero_index_ends_in_one_line_on_resume_and_export(job, tmp_path):
 @pytest.mark.parametrize("name, text", [("rng-rank00000.json", '{"python": [3, "x", null], "torch": "!!"}'),
                                         ("rng-rank00000.json", "\x80\x02cos\nsystem\n."),
                                         ("trainer_state.json", '{"step": 1, "seed": "0"}')])
-def test_a_bad_rng_or_trainer_state_ends_in_one_line(job, tmp_path, name, text):
+def test_a_bad_rng_or_trainer_state_is_refused(job, resume, name, text):
     (_state(job) / name).write_text(text)
-    result = _resume(job)
-    _refused(result.returncode, result.stderr, tmp_path / "none", "cannot be used")
+    with pytest.raises(UserError, match="cannot be used"):
+        resume(layout.step_dir(job / layout.CHECKPOINTS, 1))
 
 
 def test_a_checkpoint_read_through_torchs_own_planner_is_refused(home):
@@ -267,3 +339,38 @@ def test_fuzzing_every_file_never_runs_code_nor_allocates_past_the_files(home, t
     assert not marker.exists()
     assert summary["refused"] > 100 and summary["surprises"] == [], summary
     assert summary["kinds"] >= 8, summary
+
+
+def test_an_older_checkpoint_you_trust_converts_once_and_resumes(tmp_path, monkeypatch, resume):
+    """The way out for an older ft's checkpoint: `python -m trainer.convert_older` reads it with
+    torch's own (pickling) reader, on the user's word, and the job then resumes from it."""
+    from torch.distributed.checkpoint import FileSystemWriter
+    from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+
+    from trainer import checkpointing, dcp_data
+
+    monkeypatch.setattr(dcp_data, "DataWriter", lambda path: FileSystemWriter(str(path)))  # what older ft wrote
+    monkeypatch.setattr(dcp_data, "DataSavePlanner", DefaultSavePlanner)
+    with one_thread():
+        job = train_job(tmp_path, "older", checkpoint={"every_steps": 1})
+    monkeypatch.undo()
+    shutil.rmtree(layout.step_dir(job / layout.CHECKPOINTS, 2))
+    (job / layout.CHECKPOINTS / layout.LATEST).write_text("step-000001\n")
+    checkpoint = layout.step_dir(job / layout.CHECKPOINTS, 1)
+    state = checkpoint / layout.TRAINING_STATE
+    rng = json.loads((state / "rng-rank00000.json").read_text())
+    version, words, gauss = rng["python"]
+    torch.save({"python": (version, tuple(words), gauss), "torch": torch.get_rng_state()}, state / "rng-rank00000.pt")
+    (state / "rng-rank00000.json").unlink()
+    assert (state / layout.DCP / layout.LEGACY_DCP_INDEX).is_file()  # torch's pickled index
+
+    with pytest.raises(UserError) as refused:
+        checkpointing.state_reader(checkpoint)
+    assert f"python -m trainer.convert_older {checkpoint}" in refused.value.hint
+
+    from trainer import convert_older
+
+    assert convert_older.main([str(checkpoint)]) == 0
+    assert not (state / layout.DCP / layout.LEGACY_DCP_INDEX).exists() and (state / "dcp.older" / ".metadata").exists()
+    assert resume(checkpoint)["step"] == 1  # (the same model and optimizer as this job's)
+    assert convert_older.main([str(checkpoint)]) == exits.USER_ERROR  # once
