@@ -112,12 +112,13 @@ class ModelConfig(_Section):
     init: Literal["pretrained", "random"] = Field(
         "pretrained",
         description="`pretrained` loads weights from `path`; `random` builds the model from "
-        "`config` with random weights (tests, smoke runs).",
+        "`config` with random weights (tests, smoke runs) and refuses a `path` it would not read.",
     )
     config: dict[str, Any] = Field(
         default_factory=dict,
         description="Model config for `init: random` (e.g. LlamaConfig keys), or overrides "
-        "applied to the loaded config.",
+        "applied to the loaded config: only the keys named change, and a `model_type` other than the "
+        "checkpoint's is refused. `config: null` drops one inherited through `extends:`.",
     )
     tokenizer: str | None = Field(
         None, description="Tokenizer folder or hub id; defaults to `path`."
@@ -633,6 +634,13 @@ class Job(_Section):
             )
         if self.model.init == "random" and not self.model.config:
             problems.append("model.init=random needs model.config (e.g. LlamaConfig keys)")
+        if self.model.init == "random" and self.model.path:
+            problems.append(
+                f"model.path={self.model.path} with model.init=random: a random model is built from model.config "
+                "and never reads these weights. To train them set model.init=pretrained (and model.config=null, "
+                "or `config: null` in the recipe, to drop a config inherited through `extends:`); for a random "
+                "model drop model.path"
+            )
         per_step = self.data.micro_batch_size * self.world_size
         if self.data.global_batch_size % per_step:
             problems.append(

@@ -689,7 +689,25 @@ def normalise_switches(data: dict[str, Any]) -> dict[str, Any]:
 
 def validate(data: dict[str, Any]) -> Job:
     """A merged dict (switch words allowed) as a Job, every problem listed at once."""
-    return schema.validate(normalise_switches(data))
+    return schema.validate(drop_nulls(normalise_switches(data)))
+
+
+def drop_nulls(data: dict[str, Any], model: type[BaseModel] = Job) -> dict[str, Any]:
+    """`key: null` unsets what the layers below set: a recipe over its `extends:` parent, a
+    profile, an override (`model.config=null`). A setting that cannot be null goes back to its
+    default; one that can (`peft: null`, full SFT) keeps the null it was given. Inside a
+    free mapping (`model.config`, `slurm.extra`) a null is a value and stays."""
+    result = {}
+    for key, value in data.items():
+        info = model.model_fields.get(key) if isinstance(key, str) else None
+        if info is None:
+            result[key] = value
+            continue
+        if value is None and info.annotation is not Any and not _allows_none(info.annotation):
+            continue
+        inner = _unwrap(info.annotation)
+        result[key] = drop_nulls(value, inner) if isinstance(value, dict) and _is_model(inner) else value
+    return result
 
 
 # --------------------------------------------------------------------------- resolve

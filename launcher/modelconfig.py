@@ -8,7 +8,7 @@ huggingface_hub's layout, as `ft stage` fills it); the published configs ft ship
 factories' models (`ftcore.arch.PUBLISHED`, no network needed); the hub's config.json alone
 (login nodes have internet: one small HTTPS GET to HF_ENDPOINT, with HF_TOKEN for gated
 models; never with HF_HUB_OFFLINE set). `model.config` is applied over what was found, as the
-trainer applies it. No huggingface_hub and no torch here: this runs for every `ft submit`.
+trainer applies it (`arch.with_overrides`: the keys it names, never another model_type). No huggingface_hub and no torch here: this runs for every `ft submit`.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def find(job: Job) -> Found:
     found = _find(model.path or "", job)
     if found.config is None:
         return found
-    return Found({**found.config, **model.config}, found.source)
+    return Found(arch.with_overrides(found.config, model.config, found.source), found.source)
 
 
 def _find(path: str, job: Job) -> Found:
