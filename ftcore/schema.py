@@ -131,8 +131,10 @@ class ModelConfig(_Section):
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
         "sdpa", description="Attention kernel passed to transformers."
     )
-    activation_checkpointing: bool = Field(
-        False, description="Recompute decoder-layer activations in backward to save memory."
+    activation_checkpointing: bool | Literal["auto"] = Field(
+        "auto", description="Recompute decoder-layer activations in backward to save memory. `auto`: "
+        "`ft submit` turns it on where the plan says the job does not fit without it (and says so); "
+        "a job folder records true or false."
     )
     meta_init: bool = Field(
         False,
@@ -523,7 +525,7 @@ class SlurmConfig(_Section):
     extra: dict[str, str | None] = Field(
         default_factory=dict,
         description="More #SBATCH options, `name: value` (`mail-type: END`), kept as written; "
-        "null for a flag.",
+        "`true` (or null) for a flag (`exclusive: true` → `--exclusive`), `false` leaves it out.",
     )
     template: str | None = Field(None, description="Path to a site's own sbatch Jinja template.")
     signal_seconds: int = Field(
@@ -567,15 +569,17 @@ class SlurmConfig(_Section):
     @field_validator("extra", mode="before")
     @classmethod
     def _extra_as_text(cls, value: Any) -> Any:
-        """A number is the text it was (`nice: 10`); true/false is no sbatch value."""
+        """A number is the text it was (`nice: 10`); a flag set to true is the bare flag
+        (`exclusive: true` → `--exclusive`, as null is), one set to false is left out. No sbatch
+        option takes the words true or false, so the text `true` (a command line's) counts too."""
         if not isinstance(value, dict):
             return value
         converted = {}
         for name, option in value.items():
-            if isinstance(option, bool):
-                raise ValueError(f"slurm.extra.{name}: {str(option).lower()} is not an sbatch value: "
-                                 "write null for a flag, or quote the text")
-            converted[name] = str(option) if isinstance(option, (int, float)) else option
+            word = str(option).lower() if isinstance(option, (bool, str)) else None
+            if word == "false":
+                continue
+            converted[name] = None if word == "true" else str(option) if isinstance(option, (int, float)) else option
         return converted
 
     @field_validator("extra")
