@@ -81,6 +81,11 @@ def cache_root(job: Job) -> Path:
 def cached_config(repo_id: str, root: Path) -> Path | None:
     """config.json of `repo_id`'s staged snapshot in a huggingface_hub cache (`ft stage`'s layout:
     models--owner--name/refs/main holds the commit, snapshots/<commit>/ the files)."""
+    return cached_file(repo_id, root, "config.json")
+
+
+def cached_file(repo_id: str, root: Path, name: str) -> Path | None:
+    """File `name` of `repo_id`'s staged snapshot (see cached_config), or None."""
     from launcher.stage import REVISION
 
     repo = root / f"models--{repo_id.replace('/', '--')}"
@@ -88,7 +93,7 @@ def cached_config(repo_id: str, root: Path) -> Path | None:
         commit = (repo / "refs" / REVISION).read_text().strip()
     except OSError:
         return None
-    path = repo / "snapshots" / commit / "config.json"
+    path = repo / "snapshots" / commit / name
     return path if path.is_file() else None
 
 

@@ -23,7 +23,7 @@ from ftcore import arch, families, policy
 from ftcore.errors import UserError
 from ftcore.policy import DTYPE_BYTES, Decision, Topology
 from ftcore.schema import Job
-from launcher import modelconfig
+from launcher import datarows, modelconfig
 
 GIB = 2**30
 OVERHEAD_GIB = 3.0  # CUDA context, NCCL and cuBLAS buffers, allocator fragmentation
@@ -113,6 +113,12 @@ class Estimate:
     gpu_gib: float
     rank: int = 0
     notes: tuple[str, ...] = field(default=())
+    rows_from_data: bool = False  # activations priced from the data's rows, not the worst case
+
+    @property
+    def fixed(self) -> float:
+        """What the device holds whatever the data: everything but activations and logits."""
+        return sum(r.bytes for r in self.rows if r.on_device and r.name not in ("activations", "logits"))
 
     @property
     def topology(self) -> Topology:
@@ -173,12 +179,30 @@ class Estimate:
             "rows": [{"name": r.name, "bytes": r.bytes, "gib": r.bytes / GIB, "how": r.how, "exact": r.exact,
                       "on_device": r.on_device} for r in self.rows],
             "total_gib": self.total / GIB, "gpu_gib": self.gpu_gib, "fits": self.fits if self.on_gpu else None,
-            "notes": list(self.notes),
+            "notes": list(self.notes), "rows_from_data": self.rows_from_data,
         }
 
 
 def count(n: float) -> str:
     return f"{n / 1e9:.3g}B" if n >= 1e8 else f"{n / 1e6:.3g}M" if n >= 1e5 else f"{n:,.0f}"
+
+
+def settle(job: Job, gpu_gib: float | None = None, num_nodes: int | None = None, devices: int | None = None,
+           strategy: str | None = None) -> tuple[Job, str | None]:
+    """`job` with `model.activation_checkpointing: auto` decided, and the line that says how: on
+    where the job does not fit its GPUs without it (CPU jobs: off, there is no GPU to fit)."""
+    if job.model.activation_checkpointing != "auto":
+        return job, None
+    off = _with(job, model={"activation_checkpointing": False})
+    if job.trainer.accelerator != "gpu":
+        return off, None
+    without = estimate(off, gpu_gib, num_nodes, devices, strategy)
+    if without.fits:
+        return off, f"activation checkpointing: auto → off (the job fits without it: {without.total / GIB:.1f} GiB)"
+    on = _with(job, model={"activation_checkpointing": True})
+    withit = estimate(on, gpu_gib, num_nodes, devices, strategy)
+    return on, (f"activation checkpointing: auto → on ({without.total / GIB:.1f} GiB per GPU without it, "
+                f"{withit.total / GIB:.1f} GiB with it; model.activation_checkpointing=false turns it off)")
 
 
 def estimate(job: Job, gpu_gib: float | None = None, num_nodes: int | None = None,
@@ -188,6 +212,7 @@ def estimate(job: Job, gpu_gib: float | None = None, num_nodes: int | None = Non
     Raises UserError when the model cannot be sized or (for a named architecture) a LoRA
     glob matches no layer.
     """
+    job, settled = settle(job, gpu_gib, num_nodes, devices, strategy)
     gpu_gib = gpu_gib or job.trainer.gpu_memory_gib
     topology = Topology.of(job, num_nodes, devices, strategy)
     dims = model_dims(job)
@@ -211,7 +236,7 @@ def estimate(job: Job, gpu_gib: float | None = None, num_nodes: int | None = Non
     params = dims.params if dims.exact or not job.model.parameters_b else round(job.model.parameters_b * 1e9)
     n_trained = sum(t.numel for t in trained)
     shard = f" / {W} ranks" if d.sharded and W > 1 else ""
-    rows: list[Row] = []
+    priced: list[Row] = []
     if job.model.init == "pretrained":
         notes.append(startup_reads(job, topology, base, local))
 
@@ -229,20 +254,20 @@ def estimate(job: Job, gpu_gib: float | None = None, num_nodes: int | None = Non
     weights += sum(local(t) for t in trained) * DTYPE_BYTES[d.trained]
     how.append(f"{count(n_trained)} trained × {DTYPE_BYTES[d.trained]} B ({d.trained}"
                + (", master weights" if d.master_weights else "") + ")")
-    rows.append(Row("weights", weights, " + ".join(how) + shard, True, on_device))
+    priced.append(Row("weights", weights, " + ".join(how) + shard, True, on_device))
 
     g = DTYPE_BYTES[d.grad]
     if d.grads_unsharded:
         grads = n_trained * g
         why = ("replicated, all-reduced once per step" if not d.sharded else
                f"unsharded until the reduce-scatter after micro batch {d.accum_steps}")
-        rows.append(Row("gradients", grads, f"{count(n_trained)} × {g} B ({d.grad}), {why}", True, on_device))
+        priced.append(Row("gradients", grads, f"{count(n_trained)} × {g} B ({d.grad}), {why}", True, on_device))
     else:
         grads = sum(local(t) for t in trained) * g
         when = "reduce-scattered after every micro batch" if d.accum_steps > 1 else "one micro batch per step"
-        rows.append(Row("gradients", grads, f"{count(n_trained)} × {g} B ({d.grad}){shard}, {when}", True, on_device))
+        priced.append(Row("gradients", grads, f"{count(n_trained)} × {g} B ({d.grad}){shard}, {when}", True, on_device))
     o = DTYPE_BYTES[d.optim]
-    rows.append(Row("optimizer", 2 * sum(local(t) for t in trained) * o,
+    priced.append(Row("optimizer", 2 * sum(local(t) for t in trained) * o,
                     f"Adam: 2 moments × {count(n_trained)} × {o} B ({d.optim}){shard}", True, on_device))
 
     # --- transient weights (estimates)
@@ -267,13 +292,19 @@ def estimate(job: Job, gpu_gib: float | None = None, num_nodes: int | None = Non
             unit = max(dims.layer_params, dims.outer_params)
             gathered += unit * (c + 4)
             how += f" + gradient of {count(unit)} × ({c} + 4) B"
-        rows.append(Row("FSDP2 buffers", gathered, how))
+        priced.append(Row("FSDP2 buffers", gathered, how))
     elif largest_nf4:
-        rows.append(Row("NF4 dequantized weight", largest_nf4 * c,
+        priced.append(Row("NF4 dequantized weight", largest_nf4 * c,
                         f"the projection being computed, {count(largest_nf4)} × {c} B (freed after its matmul)"))
 
     # --- activations and logits (estimates)
-    tokens = job.data.micro_batch_size * job.data.max_seq_length
+    rows = datarows.measure(job)
+    tokens = micro_batch_tokens(job, rows)
+    notes.append(rows.describe(job) + f"; the largest micro batch: {tokens} tokens" if rows else
+                 f"rows: the worst case, micro batch {job.data.micro_batch_size} × max_seq_length "
+                 f"{job.data.max_seq_length} (the data is not readable here)")
+    if settled:
+        notes.append(settled)
     elements = dims.activations_per_token(d.activation_checkpointing)
     how = (f"{tokens} tokens × {elements:,} elements × {c} B "
            + ("(each layer's input, one layer recomputed)" if d.activation_checkpointing else "(every layer's, per family)"))
@@ -281,13 +312,21 @@ def estimate(job: Job, gpu_gib: float | None = None, num_nodes: int | None = Non
     if adapter:
         elements += adapter
         how += f" + LoRA {adapter:,} (r per adapted layer" + (", dropout's masked inputs" if job.peft.dropout else "") + ")"
-    rows.append(Row("activations", tokens * elements * c, how))
+    priced.append(Row("activations", tokens * elements * c, how))
     loss_tokens = min(tokens, policy.LOSS_CHUNK_TOKENS)
-    rows.append(Row("logits", loss_tokens * dims.vocab * (c + 8),
+    priced.append(Row("logits", loss_tokens * dims.vocab * (c + 8),
                     f"{loss_tokens} tokens × vocab {dims.vocab} × ({c} + 4 + 4) B"))
     if topology.on_gpu:
-        rows.append(Row("CUDA/NCCL overhead", OVERHEAD_GIB * GIB, "fixed"))
-    return Estimate(tuple(rows), dims, d, params, n_trained, gpu_gib, rank, tuple(notes))
+        priced.append(Row("CUDA/NCCL overhead", OVERHEAD_GIB * GIB, "fixed"))
+    return Estimate(tuple(priced), dims, d, params, n_trained, gpu_gib, rank, tuple(notes), rows is not None)
+
+
+def micro_batch_tokens(job: Job, rows: "datarows.Rows | None") -> int:
+    """Tokens in the largest micro batch: from the data's rows where they are known, else
+    micro batch × max_seq_length."""
+    if rows is None:
+        return job.data.micro_batch_size * job.data.max_seq_length
+    return rows.micro_batch_tokens(job, attention(job).padding_free)
 
 
 def startup_reads(job: Job, topology: Topology, base: list, local) -> str:
@@ -361,7 +400,7 @@ def levers(job: Job, gpu_gib: float | None = None) -> list[str]:
         tries.append(("model.quantization=nf4", _with(job, model={"quantization": "nf4"})))
     if job.strategy == "fsdp2" and not job.model.cpu_offload:
         tries.append(("model.cpu_offload=true", _with(job, model={"cpu_offload": True})))
-    if not job.model.activation_checkpointing:
+    if job.model.activation_checkpointing is not True:
         tries.append(("model.activation_checkpointing=true", _with(job, model={"activation_checkpointing": True})))
     if job.data.max_seq_length >= 512:
         shorter = job.data.max_seq_length // 2
@@ -416,6 +455,8 @@ def refusals(job: Job, gpu_gib: float | None = None, force: bool = False) -> lis
         return err.lines()
     if force or not est.on_gpu or est.fits or not est.dims.exact:
         return []
+    if not est.rows_from_data and est.fixed <= est.gpu_gib * GIB:
+        return []  # priced at the worst case of rows it cannot see: `warnings` says so
     where = f"{job.trainer.num_nodes} node(s) × {job.trainer.devices} GPU(s)"
     return [f"this job needs about {est.total / GIB:.0f} GiB per GPU, more than the {est.gpu_gib:g} GiB of {where} "
             "(trainer.gpu_memory_gib; `ft plan` shows the breakdown; --force submits it anyway)", *advice(job, est)]
@@ -427,6 +468,11 @@ def warnings(job: Job) -> list[str]:
         est = estimate(job)
     except UserError as err:
         return [f"the fit check was skipped: {p}" for p in err.problems if "cannot size" in p]
+    if est.dims.exact and est.on_gpu and not est.fits and not est.rows_from_data:
+        return [f"at the worst case of its rows (every one max_seq_length={job.data.max_seq_length} tokens) this "
+                f"job needs about {est.total / GIB:.0f} GiB per GPU, more than {est.gpu_gib:g} GiB; the data is "
+                "not readable here to price its real rows, so this is not refused (`ft plan` shows the levers; "
+                "a local data file prices real rows)"]
     if est.dims.exact or not est.on_gpu:
         return []
     verdict = "fits" if est.fits else f"would NOT fit {est.gpu_gib:g} GiB"

@@ -102,6 +102,7 @@ def prepare(factory: str, overrides: list[str], profile: str | None = None,
         combos = sweep_overrides(sweeps)
         tasks = tuple(resolve(factory, [*overrides, *combo], profile) for combo in combos)
     resolved = tasks[0] if tasks else resolve(factory, overrides, profile)
+    resolved, tasks = _settled(resolved), tuple(_settled(task) for task in tasks)
     job = resolved.job
     problems = refuse_secrets(resolved, tasks, [*overrides, *(sweeps or []), after or ""])
     found, warnings = render.preflight(job, dry_run=dry_run, paths_here=not elsewhere)
@@ -180,6 +181,20 @@ def _sweeps_that_shape_the_script(tasks: tuple[Resolved, ...], combos: list[list
                             "or environment), which all tasks of one SLURM array share; submit one job per "
                             "value instead (e.g. a shell loop over `ft submit`)")
     return problems or ["the sweep's tasks need different sbatch scripts: submit one job per value instead"]
+
+
+def _settled(resolved: Resolved) -> Resolved:
+    """The job as its folder records it: `auto` settings decided by the plan (activation
+    checkpointing). A job the plan cannot size keeps `auto`, which the trainer reads as off."""
+    import dataclasses
+
+    from launcher import plan
+
+    try:
+        job, said = plan.settle(resolved.job)
+    except UserError:
+        return resolved  # the plan's refusals name the problem
+    return dataclasses.replace(resolved, job=job, notes=(*resolved.notes, *([said] if said else [])))
 
 
 def plan_refusals(job, force: bool = False) -> list[str]:

@@ -149,7 +149,7 @@ def build(job, env: DistEnv, device: torch.device, tokenizer, base_dir: Path | N
         # (Meta-initialised weights are not here yet: draw the same ones again to save them.)
         _save_base(random_model(job, config, **common) if job.model.meta_init else lm, tokenizer, base_dir)
 
-    if job.model.activation_checkpointing:
+    if decision.activation_checkpointing:
         _checkpoint_activations(lm)
     fused_cross_entropy = use_liger(lm) if job.trainer.liger else None
 
