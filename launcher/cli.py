@@ -251,10 +251,9 @@ def _submit_on_cluster(name: str, factory: str, overrides: list[str], profile: O
     the same summary and question; then the resolved job and its small files go to the
     login node, whose ft submits it (its sbatch line and job folder are printed)."""
     import os
-    from pathlib import PurePosixPath
 
     from ftcore.errors import UserError
-    from launcher import remote, scheduler, submit
+    from launcher import remote, submit
 
     if executor != "slurm" or print_srun:
         raise UserError("--cluster submits to the cluster's SLURM: drop --executor and --print-srun")
@@ -269,12 +268,14 @@ def _submit_on_cluster(name: str, factory: str, overrides: list[str], profile: O
         err.print(f"ft: {note}" if not note.startswith("  ") else note, markup=False)
     _warn(p.warnings, err)
     if dry_run:
-        home = PurePosixPath(c.ft_home or "~/ft")
-        sys.stdout.write(scheduler.get("slurm").render(p.job, home / "jobs" / "NEW", len(p.tasks)))
+        # The cluster's ft renders the preview, so it is the script the cluster will run: its
+        # FT_HOME, hub cache, image, code binds and Python, not this machine's. The job and its
+        # small files go to an upload folder there; its dry-run job folder is written there.
         for line in upload.sent:
-            err.print(line, markup=False)
-        err.print(f"dry run for cluster {c.name}: nothing sent, nothing written here", markup=False)
-        return
+            err.print(f"sent       {line}", markup=False)
+        job_yaml, empty_profile = remote.send(c, upload, p.job.name)
+        words = remote.submit_words(job_yaml, empty_profile, sweep, after, stage, force, skip_image_check)
+        raise typer.Exit(remote.ft_passthrough(c, [*(w for w in words if w != "--yes"), "--dry-run"]))
     _print_summary(p, err)
     err.print(f"cluster    {c.name} ({c.ssh_line}; ft there: {' '.join(c.ft)})", markup=False)
     for line in upload.sent:
