@@ -67,10 +67,10 @@ def artefacts(job: Job) -> list[Artefact]:
         add(model.path, "model", "model.path", weights=True, tokenizer=not model.tokenizer)
     if _is_hub_id(model.tokenizer):
         add(model.tokenizer, "model", "model.tokenizer", tokenizer=True)
-    if _is_hub_id(job.data.path):
-        add(job.data.path, "dataset", "data.path", split=job.data.split)
-    if _is_hub_id(job.data.val_path):
-        add(job.data.val_path, "dataset", "data.val_path", split=job.data.val_split)
+    for key, sources in (("data.path", job.data.sources), ("data.val_path", job.data.val_sources)):
+        for source in sources:
+            if _is_hub_id(source.path):
+                add(source.path, "dataset", key, split=source.split)
     return list(found.values())
 
 

@@ -200,11 +200,32 @@ class LoraConfig(_Section):
         return [value] if isinstance(value, str) else value
 
 
+class DataSource(_Section):
+    """One source of a data mixture (`data.path: [a.jsonl, {path: b.jsonl, weight: 2}]`)."""
+
+    path: str = Field(..., description="A local .json/.jsonl file, `ft:NAME`, or a hub dataset.")
+    weight: float = Field(
+        1.0, gt=0, allow_inf_nan=False,
+        description="How many times each of its training records is used per epoch: 2 repeats them, 0.5 keeps "
+        "a seeded half. Held-out validation records are taken before weighting.",
+    )
+    split: str | None = Field(None, description="Its split (hub datasets); default data.split (data.val_split).")
+
+
+def _sources(value: "str | list | None", split: str) -> tuple[DataSource, ...]:
+    if value is None:
+        return ()
+    items = value if isinstance(value, list) else [value]
+    return tuple(item.model_copy(update={"split": item.split or split}) if isinstance(item, DataSource)
+                 else DataSource(path=item, split=split) for item in items)
+
+
 class DataConfig(_Section):
-    path: str = Field(
+    path: str | list[str | DataSource] = Field(
         ...,
         description="Training data: a local .json/.jsonl file, or a hub dataset name when the "
-        "cluster has network. `ft:` prefixes a file shipped with ft (`ft:tiny_qa.jsonl`).",
+        "cluster has network. `ft:` prefixes a file shipped with ft (`ft:tiny_qa.jsonl`). A list "
+        "(`[a.jsonl, org/set]`, items may be `{path, weight, split}`) trains on the mixture.",
     )
     format: Literal[formats.NAMES] = Field(
         ...,
@@ -212,8 +233,9 @@ class DataConfig(_Section):
         "output), `jsonl` (prompt/completion or chat `messages`).",
     )
     split: str = Field("train", description="Split name for hub datasets.")
-    val_path: str | None = Field(
-        None, description="Validation file; without it `val_fraction` of the training data is held out."
+    val_path: str | list[str | DataSource] | None = Field(
+        None, description="Validation file (or a list, as data.path; weights do not apply); without it "
+        "`val_fraction` of the training data is held out."
     )
     val_split: str = Field("validation", description="Validation split name for hub datasets.")
     val_fraction: float = Field(
@@ -259,6 +281,32 @@ class DataConfig(_Section):
         if value is not None:
             check_prompt_template(value)
         return value
+
+    @field_validator("path", "val_path")
+    @classmethod
+    def _mixture(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("an empty list names no data: give a file, a hub dataset, or a list of them")
+        for item in value if isinstance(value, list) else [value]:
+            text = item.path if isinstance(item, DataSource) else item
+            if isinstance(text, str):
+                _no_control(text, "a data path")
+                if not text.strip():
+                    raise ValueError("a data path must not be empty")
+        return value
+
+    @property
+    def sources(self) -> tuple[DataSource, ...]:
+        """The training data as sources, each with its split (one for a single path)."""
+        return _sources(self.path, self.split)
+
+    @property
+    def val_sources(self) -> tuple[DataSource, ...]:
+        return _sources(self.val_path, self.val_split)
+
+    @property
+    def mixture(self) -> bool:
+        return isinstance(self.path, list)
 
 
 class TrainerConfig(_Section):
@@ -736,10 +784,11 @@ class Job(_Section):
             found["model.path"] = self.model.path
         if self.model.tokenizer and looks_local(self.model.tokenizer):
             found["model.tokenizer"] = self.model.tokenizer
-        for key in ("path", "val_path"):
-            value = getattr(self.data, key)
-            if value and looks_local(value):
-                found[f"data.{key}"] = value
+        for key, sources in (("path", self.data.sources), ("val_path", self.data.val_sources)):
+            single = not isinstance(getattr(self.data, key), list)
+            for index, source in enumerate(sources):
+                if looks_local(source.path):
+                    found[f"data.{key}" if single else f"data.{key}[{index}]"] = source.path
         for name in HF_CACHE_VARS:
             value = self.container.env.get(name)
             if value and value.startswith(("/", "~")):

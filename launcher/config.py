@@ -566,6 +566,12 @@ def _empty_value(key: str) -> str:
             f"with `{line}`: add that line, or write the number ({key}=1)")
 
 
+def _takes_list(annotation: Any) -> bool:
+    """Text or a list (`data.path=[a.jsonl,b.jsonl]`): a bracketed value is read as the list."""
+    members = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else (annotation,)
+    return any(get_origin(member) is list for member in members)
+
+
 def _allows_none(annotation: Any) -> bool:
     return get_origin(annotation) in (Union, types.UnionType) and type(None) in get_args(annotation)
 
@@ -608,7 +614,7 @@ def parse_overrides(args: list[str]) -> tuple[list[Override], list[str]]:
             note = None
         quoted = text[:1] in ("'", '"')
         annotation = _field(Job, key.split("."))
-        if _wants_text(annotation) and not quoted:
+        if _wants_text(annotation) and not quoted and not (text.startswith("[") and _takes_list(annotation)):
             # Free text is taken as written; `null` (or `~`, or nothing) still unsets an optional setting.
             value = None if _allows_none(annotation) and text in _NULL_WORDS else text
         else:

@@ -69,10 +69,8 @@ class Rows:
 
 def data_files(job: Job) -> list[Path] | None:
     """The training data as local files, or None where some of it is not a file here."""
-    specs = job.data.path if isinstance(job.data.path, list) else [job.data.path]
     found = []
-    for spec in specs:
-        spec = getattr(spec, "path", spec)
+    for spec in (source.path for source in job.data.sources):
         if not (spec.startswith(shipped.PREFIX) or looks_local(spec)):
             return None
         try:

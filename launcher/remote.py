@@ -362,11 +362,20 @@ def plan_upload(job, cluster_name: str) -> Upload:
 
 
 def _set(config: dict, dotted: str, value: str) -> None:
+    """`data.path` or one source of a mixture, `data.path[1]` (a file or a {path: ...} item)."""
     *parents, leaf = dotted.split(".")
     node = config
     for part in parents:
         node = node[part]
-    node[leaf] = value
+    name, _, index = leaf.partition("[")
+    if not index:
+        node[leaf] = value
+        return
+    items, position = node[name], int(index.rstrip("]"))
+    if isinstance(items[position], dict):
+        items[position]["path"] = value
+    else:
+        items[position] = value
 
 
 def _fill(value: Any, folder: str) -> Any:

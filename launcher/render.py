@@ -312,8 +312,9 @@ def data_problems(job: Job) -> list[str]:
     from ftcore import formats, shipped
 
     problems = []
-    for key in ("path", "val_path"):
-        spec = getattr(job.data, key)
+    named = [(key, source.path) for key, sources in (("path", job.data.sources), ("val_path", job.data.val_sources))
+             for source in sources]
+    for key, spec in named:
         try:
             local = Path(shipped.expand(spec)).expanduser() if spec else None
         except UserError as err:
