@@ -558,7 +558,10 @@ class SlurmConfig(_Section):
     partition: str | None = Field(None, description="Partition (-p).")
     account: str | None = Field(None, description="Account to charge (-A).")
     qos: str | None = Field(None, description="Quality of service.")
-    time: str = Field("01:00:00", description="Time limit, e.g. `04:00:00` or `1-00:00:00`.")
+    time: str = Field(
+        "auto", description="Time limit, e.g. `04:00:00` or `1-00:00:00`. `auto`: `ft submit` sets it from "
+        "`ft plan`'s time estimate with a margin (01:00:00 where it cannot estimate; the job folder records it)."
+    )
     constraint: str | None = Field(None, description="Node features (-C), e.g. `a100|h100`.")
     cpus_per_task: int | None = Field(None, ge=1, description="CPUs for each task (one task per GPU).")
     mem: str | None = Field(None, description="Memory per node, e.g. `200G`; `0` asks for all.")
@@ -594,7 +597,7 @@ class SlurmConfig(_Section):
     @field_validator("time")
     @classmethod
     def _time_format(cls, value: str) -> str:
-        if not _SLURM_TIME.match(value):
+        if value != "auto" and not _SLURM_TIME.match(value):
             raise ValueError(
                 f"{value!r} is not a SLURM time: use MM, HH:MM:SS, D-HH, D-HH:MM[:SS] or UNLIMITED"
             )

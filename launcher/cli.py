@@ -801,7 +801,8 @@ def plan_cmd(
         fit = plan.smallest_fit(job, est.gpu_gib) if est.on_gpu else None
         smallest = {"num_nodes": fit.num_nodes, "devices": fit.devices, "strategy": fit.strategy} if fit else None
         path = plan.attention(job)
-        print(json.dumps({**est.as_dict(), "smallest_fit": smallest,
+        timed = plan.timing(job, est)
+        print(json.dumps({**est.as_dict(), "smallest_fit": smallest, "time": plan.timing_dict(job, timed),
                           "attention": {"name": path.name, "padding_free": path.padding_free,
                                         "packing": path.packing, "reason": path.reason}}, indent=2))
         return
@@ -823,7 +824,7 @@ def plan_cmd(
     console = _console()
     console.print(table)
     for line in ["policy: " + "; ".join(est.decision.describe()), plan.attention(job).describe(), *est.notes,
-                 *plan.verdict(est, job)]:
+                 *plan.time_lines(job, est), *plan.verdict(est, job)]:
         console.print(line, markup=False)
 
 

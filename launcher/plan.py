@@ -329,6 +329,106 @@ def micro_batch_tokens(job: Job, rows: "datarows.Rows | None") -> int:
     return rows.micro_batch_tokens(job, attention(job).padding_free)
 
 
+# --- time ---------------------------------------------------------------------------------------
+
+# Dense bf16 peak of one GPU (TFLOPS, the vendors' figures without sparsity), by trainer.gpu_type.
+PEAK_TFLOPS = {"h100": 989.0, "h200": 989.0, "gh200": 989.0, "b200": 2250.0, "a100": 312.0, "l40s": 362.0,
+               "l40": 181.0, "a10": 125.0, "a40": 150.0, "v100": 125.0}
+ASSUMED_GPU = "h100"  # where trainer.gpu_type names none
+MFU = 0.35  # model FLOPs utilisation assumed: what fine-tuning at these batch sizes reaches, roughly
+MFU_NF4 = 0.20  # NF4 weights are dequantized in every matmul (torchao): slower
+TIME_MARGIN = 1.5  # slurm.time auto = estimate × this + TIME_PAD_S: an estimate, not a promise
+TIME_PAD_S = 600
+DEFAULT_TIME = "01:00:00"  # slurm.time auto where nothing can be estimated
+
+
+@dataclass(frozen=True)
+class Timing:
+    step_s: float
+    steps: int | None  # None: epochs over data not readable here
+    total_s: float | None
+    how: str
+
+    def limit(self) -> str | None:
+        """slurm.time from the estimate: × TIME_MARGIN + TIME_PAD_S, rounded up to 5 minutes."""
+        if self.total_s is None:
+            return None
+        minutes = -(-(self.total_s * TIME_MARGIN + TIME_PAD_S) // 300) * 5
+        days, minutes = divmod(int(minutes), 24 * 60)
+        return (f"{days}-" if days else "") + f"{minutes // 60:02d}:{minutes % 60:02d}:00"
+
+
+def timing(job: Job, est: Estimate) -> Timing | None:
+    """Step and total time from the FLOPs at an assumed MFU (GPU jobs; None on CPUs). Per token:
+    full training 6N (forward 2N, backward 4N), LoRA 4N + 6n (the frozen base's forward and its
+    input gradients, the adapters' n in full), +2N recomputed with activation checkpointing, and
+    attention's 6·L·h·T for a row of T tokens (causal: half of the scores)."""
+    if not est.on_gpu:
+        return None
+    dims, d = est.dims, est.decision
+    n = est.params
+    per_token = (4 * n + 6 * est.trainable) if d.lora else 6 * n
+    if d.activation_checkpointing:
+        per_token += 2 * n
+    rows = datarows.measure(job)
+    row_tokens = rows.mean_tokens(job.data.max_seq_length) if rows else float(job.data.max_seq_length)
+    per_token += 6 * dims.layers * dims.hidden * row_tokens
+    tokens = job.data.global_batch_size * row_tokens
+    gpu = (job.trainer.gpu_type or ASSUMED_GPU).lower()
+    peak = PEAK_TFLOPS.get(gpu, PEAK_TFLOPS[ASSUMED_GPU])
+    mfu = MFU_NF4 if d.quantization else MFU
+    step_s = per_token * tokens / (est.world_size * peak * 1e12 * mfu)
+    steps = job.trainer.max_steps
+    if steps is None and rows is not None and rows.complete:
+        train_rows = rows.records * (1 - (0 if job.data.val_path else job.data.val_fraction))
+        steps = job.trainer.num_epochs * max(1, -(-int(train_rows) // job.data.global_batch_size))
+    total = steps * step_s if steps is not None else None
+    named = gpu if gpu in PEAK_TFLOPS else f"{ASSUMED_GPU} (trainer.gpu_type={gpu} unknown here)"
+    if not job.trainer.gpu_type:
+        named = f"{ASSUMED_GPU} (trainer.gpu_type names none)"
+    what = ("4N + 6n (LoRA)" if d.lora else "6N") + (" + 2N recomputed" if d.activation_checkpointing else "")
+    rows_how = "mean row from the data" if rows else "every row max_seq_length, the data not readable here"
+    how = (f"time: ≈ {_duration(step_s)} per step ({what} + attention FLOPs per token, {tokens:,.0f} tokens per step "
+           f"({rows_how}), at {mfu:.0%} MFU of {est.world_size} × {named} at {peak:g} TFLOPS bf16"
+           + ("; MoE experts all counted: an upper bound" if dims.expert_params else "") + ")")
+    if total is not None:
+        how += f" × {steps} steps ≈ {_duration(total)}"
+    else:
+        how += "; the number of steps is not known here (epochs over data not readable here)"
+    return Timing(step_s, steps, total, how)
+
+
+def time_lines(job: Job, est: Estimate) -> list[str]:
+    """What `ft plan` prints about time: the estimate, and what slurm.time becomes."""
+    timed = timing(job, est)
+    _, said = settle_time(job)
+    return [line for line in (timed.how if timed else None, said) if line]
+
+
+def timing_dict(job: Job, timed: Timing | None) -> dict[str, Any] | None:
+    if timed is None:
+        return None
+    return {"step_s": timed.step_s, "steps": timed.steps, "total_s": timed.total_s, "how": timed.how,
+            "slurm_time": settle_time(job)[0].slurm.time}
+
+
+def settle_time(job: Job) -> tuple[Job, str | None]:
+    """`job` with slurm.time auto set from `timing` (or DEFAULT_TIME), and the line saying so."""
+    if job.slurm.time != "auto":
+        return job, None
+    try:
+        timed = timing(job, estimate(job))
+    except UserError:
+        timed = None
+    limit = timed.limit() if timed else None
+    if limit is None:
+        why = "a CPU job" if job.trainer.accelerator != "gpu" else "no estimate of the whole run"
+        return _with(job, slurm={"time": DEFAULT_TIME}), f"slurm.time: auto → {DEFAULT_TIME} ({why}; set slurm.time)"
+    return (_with(job, slurm={"time": limit}),
+            f"slurm.time: auto → {limit} (the estimate {_duration(timed.total_s)} × {TIME_MARGIN:g} + "
+            f"{TIME_PAD_S // 60} min; set slurm.time to choose)")
+
+
 def startup_reads(job: Job, topology: Topology, base: list, local) -> str:
     """How much of the weights files each rank reads at start-up, and how long that takes at
     READ_GB_PER_S per node. Meta-device init reads each rank's own rows (an NF4 projection too);
@@ -344,7 +444,9 @@ def startup_reads(job: Job, topology: Topology, base: list, local) -> str:
 
 
 def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+    if seconds < 10:
+        return f"{seconds:.2g} s"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 # --- layouts and levers --------------------------------------------------------------------------

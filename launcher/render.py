@@ -164,6 +164,13 @@ def trainer_argv(job: Job, config_path: Path, job_dir: Path | None = None) -> li
     return [word for group in trainer_argv_groups(job, config_path, job_dir) for word in group]
 
 
+def plan_default_time() -> str:
+    """slurm.time `auto` that no submission settled (`ft submit` sets it from the plan)."""
+    from launcher.plan import DEFAULT_TIME
+
+    return DEFAULT_TIME
+
+
 def sbatch_options(job: Job, job_dir: Path, array_size: int = 0, dependency: str | None = None) -> list[str]:
     """The #SBATCH lines, derived from the job (nodes × devices is the single source)."""
     s, t = job.slurm, job.trainer
@@ -178,7 +185,7 @@ def sbatch_options(job: Job, job_dir: Path, array_size: int = 0, dependency: str
     optional = {
         "cpus-per-task": s.cpus_per_task,
         "mem": s.mem,
-        "time": s.time,
+        "time": s.time if s.time != "auto" else plan_default_time(),
         "partition": s.partition,
         "account": s.account,
         "qos": s.qos,

@@ -202,7 +202,9 @@ class Slurm(Scheduler):
         return sbatch(folder / SCRIPT)
 
     def time_limit(self, job) -> str:
-        return job.slurm.time
+        from launcher.render import plan_default_time
+
+        return job.slurm.time if job.slurm.time != "auto" else plan_default_time()
 
     def is_job_id(self, text: object) -> bool:
         return is_job_id(text)

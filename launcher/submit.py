@@ -185,7 +185,8 @@ def _sweeps_that_shape_the_script(tasks: tuple[Resolved, ...], combos: list[list
 
 def _settled(resolved: Resolved) -> Resolved:
     """The job as its folder records it: `auto` settings decided by the plan (activation
-    checkpointing). A job the plan cannot size keeps `auto`, which the trainer reads as off."""
+    checkpointing, slurm.time). A job the plan cannot size keeps activation checkpointing
+    `auto`, which the trainer reads as off."""
     import dataclasses
 
     from launcher import plan
@@ -193,8 +194,10 @@ def _settled(resolved: Resolved) -> Resolved:
     try:
         job, said = plan.settle(resolved.job)
     except UserError:
-        return resolved  # the plan's refusals name the problem
-    return dataclasses.replace(resolved, job=job, notes=(*resolved.notes, *([said] if said else [])))
+        job, said = resolved.job, None  # the plan's refusals name the problem
+    job, timed = plan.settle_time(job)
+    notes = [line for line in (said, timed) if line]
+    return dataclasses.replace(resolved, job=job, notes=(*resolved.notes, *notes))
 
 
 def plan_refusals(job, force: bool = False) -> list[str]:
