@@ -47,7 +47,9 @@ class Artefact(NamedTuple):
 
 
 def _is_hub_id(value: str | None) -> bool:
-    return bool(value) and not looks_local(value) and not value.startswith(PREFIX)
+    """A hub repository name; not a path, a file ft ships, or a shell variable (`$MODEL_DIR`,
+    expanded by the batch script `--print-srun` is pasted into: no hub id holds a `$`)."""
+    return bool(value) and not looks_local(value) and not value.startswith(PREFIX) and "$" not in value
 
 
 def artefacts(job: Job) -> list[Artefact]:

@@ -49,6 +49,8 @@ def find(job: Job) -> Found:
 def _find(path: str, job: Job) -> Found:
     if not path:
         return Found(None, "no model.path")
+    if "$" in path:  # `--print-srun`'s `model.path=$MODEL_DIR`: the batch script's to expand
+        return Found(None, f"{path} is a shell variable, expanded where the job runs (its config.json is read there)")
     local = expand(path) / "config.json"
     if local.is_file():
         return Found(_read_json(local), str(local))

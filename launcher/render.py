@@ -155,9 +155,27 @@ def srun_line(job: Job, ft_train_args: list[str]) -> str:
     through ft's code bound into it, so the image needs no ft installed. `ft train` makes
     its job folders under $FT_HOME/jobs: that folder is bound."""
     groups = [*container_groups(job, contract.FT_TRAIN_PACKAGES, paths.jobs_root()),
-              [_python(job), "-m", "launcher", "train", *ft_train_args]]
+              [_python(job), "-m", "launcher", "train"]]
     groups[0] = ["srun", *groups[0]]
-    return " \\\n    ".join(shlex.join(g) for g in groups)
+    words = " ".join(shlex.join(g) for g in groups[-1:]) + "".join(f" {expandable(a)}" for a in ft_train_args)
+    return " \\\n    ".join([*(shlex.join(g) for g in groups[:-1]), words])
+
+
+_VARIABLE = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*|\{[A-Za-z_][A-Za-z0-9_]*\})")
+
+
+def expandable(word: str) -> str:
+    """`word` quoted for the shell, its `$NAME`/`${NAME}` left for the batch script to expand
+    (`model.path="$MODEL_DIR"`), everything else literal (`$(...)` and backquotes too)."""
+    parts, last = [], 0
+    for match in _VARIABLE.finditer(word):
+        if match.start() > last:
+            parts.append(shlex.quote(word[last:match.start()]))
+        parts.append(f'"{match.group(0)}"')
+        last = match.end()
+    if last < len(word) or not parts:
+        parts.append(shlex.quote(word[last:]))
+    return "".join(parts)
 
 
 def trainer_argv(job: Job, config_path: Path, job_dir: Path | None = None) -> list[str]:
