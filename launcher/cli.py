@@ -918,6 +918,8 @@ def main() -> None:
     try:
         app(prog_name="ft")  # also under `python -m launcher`: completion and usage say `ft`
     except UserError as err:
+        for note in getattr(err, "notes", ()):  # e.g. an AutoModel recipe's translation, before its problems
+            print(note if note.startswith("  ") else f"ft: {note}", file=sys.stderr)
         _report(err.problems, err.hint)
         sys.exit(err.exit_code)
     except OSError as err:

@@ -318,8 +318,11 @@ def load_factory(spec: str, relative_to: Path | None = None, _seen: tuple[Path, 
     if translate.is_automodel(raw):
         translation = translate.translate_automodel(raw, f"AutoModel recipe {path}")
         if translation.refused:
-            raise UserError(*translation.refused, hint="these AutoModel settings have no ft equivalent: remove "
-                            "them (`ft show --factory FILE --explain` lists what ft has)")
+            error = UserError(*translation.refused, hint="these AutoModel settings have no ft equivalent: remove "
+                              "them (`ft show --factory FILE --explain` lists what ft has)")
+            error.notes = [f"translated the NeMo AutoModel recipe {path} into an ft job:",
+                           *(f"  {line}" for line in translation.lines)]
+            raise error
         raw = translation.data
         if notes is not None:
             notes.append(f"translated the NeMo AutoModel recipe {path} into an ft job:")
@@ -743,5 +746,7 @@ def resolve(factory: str, overrides: list[str], profile: str | None = None) -> R
     except UserError as err:
         problems += err.lines()
     if problems:
-        raise UserError(*problems)
+        error = UserError(*problems)
+        error.notes = notes  # the translation of a foreign recipe, shown before what is wrong with it
+        raise error
     return Resolved(job, factory_file, site_path, tuple(parsed), tuple(notes))
