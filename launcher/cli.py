@@ -84,11 +84,15 @@ def _root(
     """Launch LoRA and full SFT fine-tuning jobs on SLURM clusters inside containers."""
 
 
-def _console(stderr: bool = False, soft_wrap: bool = True):
-    """soft_wrap=False for tables: only then does rich fit them to the terminal's width."""
+def _console(stderr: bool = False, soft_wrap: bool = True, piped_width: int | None = None):
+    """soft_wrap=False for tables: only then does rich fit them to the terminal's width.
+    `piped_width`: the width when the output is no terminal (a pipe, `--cluster`'s ssh), where
+    rich would assume 80 columns and wrap every row."""
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=soft_wrap)
+    stream = sys.stderr if stderr else sys.stdout
+    width = piped_width if piped_width and not stream.isatty() and "COLUMNS" not in os.environ else None
+    return Console(stderr=stderr, highlight=False, soft_wrap=soft_wrap, width=width)
 
 
 @app.command("factories")
@@ -162,7 +166,7 @@ def show_cmd(
     else:
         import yaml
 
-        sys.stdout.write(yaml.safe_dump(schema.job_to_dict(resolved.job), sort_keys=False))
+        sys.stdout.write(yaml.safe_dump(schema.job_to_dict(resolved.job), sort_keys=False, allow_unicode=True))
 
 
 @app.command("submit", context_settings=_PASS_THROUGH, epilog=OVERRIDES_EPILOG,
@@ -370,7 +374,7 @@ def jobs_cmd(
     for row in rows:
         name = row["id"] or Path(row["folder"]).name
         table.add_row(name, row["factory"], row["state"], row["progress"], row["age"])
-    _console(soft_wrap=False).print(table)
+    _console(soft_wrap=False, piped_width=200).print(table)
     if hidden:
         print(f"{hidden} dry run(s) not shown: `ft jobs --all` lists them, `ft clean --dry-runs` removes them",
               file=sys.stderr)

@@ -150,7 +150,7 @@ def ssh_argv(c: Cluster, command: str) -> list[str]:
 def _login_hint(c: Cluster) -> str:
     return (f"ft never asks for a password or a code (ssh BatchMode). Open one connection yourself, once, in a "
             f"terminal: `ssh -fNM {c.ssh_line}` (it asks for the password and second factor there), and let ft "
-            f"reuse it: in ~/.ssh/config, under `Host {c.host}`: `ControlMaster auto`, "
+            f"reuse it: in {os.environ.get(SSH_CONFIG_ENV) or '~/.ssh/config'}, under `Host {c.host}`: `ControlMaster auto`, "
             "`ControlPath ~/.ssh/cm-%C`, `ControlPersist 8h`")
 
 

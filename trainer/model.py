@@ -145,6 +145,8 @@ def build(job, env: DistEnv, device: torch.device, tokenizer, base_dir: Path | N
         )
         check_loaded(job.model.path, loading)
     lm.config.use_cache = False
+    if getattr(lm, "loss_type", "") is None:  # a class name transformers' loss table does not know (GPT-2's)
+        lm.loss_type = "ForCausalLM"  # what it falls back to anyway, without its warning on every run
     if base_dir is not None and env.is_main and not (base_dir / "config.json").exists():
         # (Meta-initialised weights are not here yet: draw the same ones again to save them.)
         _save_base(random_model(job, config, **common) if job.model.meta_init else lm, tokenizer, base_dir)
