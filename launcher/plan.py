@@ -321,6 +321,42 @@ def estimate(job: Job, gpu_gib: float | None = None, num_nodes: int | None = Non
     return Estimate(tuple(priced), dims, d, params, n_trained, gpu_gib, rank, tuple(notes), rows is not None)
 
 
+HOST_PER_RANK_GIB = 8.0  # a training process's own host memory (Python, torch, CUDA context, loading buffers)
+_MEM = {"": 2**20, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}  # sbatch --mem units (default MB)
+
+
+def slurm_mem_bytes(mem: str | None) -> float | None:
+    """sbatch's --mem as bytes; None where it is not given or is 0 (all of the node's)."""
+    import re
+
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]?)B?", (mem or "").strip().upper())
+    if not match or float(match.group(1)) == 0:
+        return None
+    return float(match.group(1)) * _MEM[match.group(2)]
+
+
+def host_per_node(est: Estimate) -> float:
+    """Host memory one node's ranks hold: what CPU offload keeps there, and each process's own."""
+    offloaded = sum(r.bytes for r in est.rows if not r.on_device)
+    return est.devices * (offloaded + HOST_PER_RANK_GIB * GIB)
+
+
+def host_lines(job: Job, est: Estimate) -> list[str]:
+    """`ft plan`'s host-memory line for a GPU job with CPU offload, checked against slurm.mem."""
+    if not est.on_gpu or all(r.on_device for r in est.rows):
+        return []
+    offloaded = sum(r.bytes for r in est.rows if not r.on_device)
+    node = host_per_node(est)
+    line = (f"host memory: {offloaded / GIB:.1f} GiB offloaded per rank × {est.devices} ranks + "
+            f"{HOST_PER_RANK_GIB:g} GiB per process ≈ {node / GIB:.0f} GiB per node")
+    asked = slurm_mem_bytes(job.slurm.mem)
+    if asked is None:
+        return [line + f" (slurm.mem {'0: all of the node' if job.slurm.mem else 'unset: the site default'}; "
+                f"slurm.mem={-(-node // GIB):.0f}G asks for it)"]
+    return [line + (f", within slurm.mem={job.slurm.mem}" if node <= asked else
+                    f": more than slurm.mem={job.slurm.mem}")]
+
+
 def micro_batch_tokens(job: Job, rows: "datarows.Rows | None") -> int:
     """Tokens in the largest micro batch: from the data's rows where they are known, else
     micro batch × max_seq_length."""
@@ -399,10 +435,10 @@ def timing(job: Job, est: Estimate) -> Timing | None:
 
 
 def time_lines(job: Job, est: Estimate) -> list[str]:
-    """What `ft plan` prints about time: the estimate, and what slurm.time becomes."""
+    """What `ft plan` prints about time (the estimate, what slurm.time becomes) and host memory."""
     timed = timing(job, est)
     _, said = settle_time(job)
-    return [line for line in (timed.how if timed else None, said) if line]
+    return [*host_lines(job, est), *(line for line in (timed.how if timed else None, said) if line)]
 
 
 def timing_dict(job: Job, timed: Timing | None) -> dict[str, Any] | None:
@@ -555,6 +591,11 @@ def refusals(job: Job, gpu_gib: float | None = None, force: bool = False) -> lis
         if any("cannot size" in p for p in err.problems):
             return []  # a model ft cannot size: nothing known against it
         return err.lines()
+    asked = slurm_mem_bytes(job.slurm.mem)
+    if not force and est.on_gpu and asked is not None and host_per_node(est) > asked and est.dims.exact:
+        return [f"this job needs about {host_per_node(est) / GIB:.0f} GiB of host memory per node (CPU offload: "
+                f"`ft plan` shows it), more than slurm.mem={job.slurm.mem}; ask for more, or use more nodes "
+                "(--force submits it anyway)"]
     if force or not est.on_gpu or est.fits or not est.dims.exact:
         return []
     if not est.rows_from_data and est.fixed <= est.gpu_gib * GIB:
