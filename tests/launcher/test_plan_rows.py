@@ -118,3 +118,12 @@ def test_the_reference_qlora_recipe_submits_as_it_is(slurm_cluster, ft, tmp_path
     assert "activation checkpointing: auto → on" in result.stderr
     written = yaml.safe_load((folder_of(result.stdout) / "config.yaml").read_text())
     assert written["model"]["activation_checkpointing"] is True  # the job folder records the decision
+
+
+def test_ft_train_decides_activation_checkpointing_as_submit_does(tmp_path):
+    from launcher import train
+
+    planned = train.prepare(str(RECIPES / "qlora_guide.yaml"), ["container.runtime=none"], environ={})
+    assert planned.job.model.activation_checkpointing is True
+    cpu = train.prepare("tiny", [], environ={})
+    assert cpu.job.model.activation_checkpointing is False
