@@ -10,8 +10,8 @@ than the trainer tokenizes: every answer of a SQuAD record, not the first), toke
 model's tokenizer.json when it is here (a local folder, a file ft ships, the staged hub cache)
 through the `tokenizers` library, else counted in UTF-8 bytes, which no byte-level tokenizer's
 token count exceeds. At most SAMPLE records are read (the first ones: said where it is used).
-The lengths are cached under $FT_HOME/cache/rows/, keyed by the files' and tokenizer's size and
-time, so a second `ft plan` or `ft submit` reads a small JSON file.
+The lengths are cached under $FT_HOME/cache/rows/ (once FT_HOME exists), keyed by the files' and
+tokenizer's size and time, so a second `ft plan` or `ft submit` reads a small JSON file.
 
 No torch and no transformers here: this runs for every `ft submit`.
 """
@@ -195,6 +195,10 @@ def _cache_dir() -> Path:
 
 
 def _save(path: Path, rows: Rows) -> None:
+    from launcher import paths
+
+    if not paths.ft_home().is_dir():
+        return  # a command that may yet be refused makes no FT_HOME of its own; the first job does
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")

@@ -52,6 +52,9 @@ def test_rows_are_priced_from_a_local_file_tokenized_as_the_trainer_does(ft, tmp
 def test_the_lengths_are_cached_and_a_changed_file_is_measured_again(tmp_path, isolated_home):
     data = records(tmp_path / "qa.jsonl", [10, 20])
     job = config.resolve("tiny", [f"data.path={data}", "data.val_path=null"]).job
+    datarows.measure(job)
+    assert not isolated_home.exists()  # no FT_HOME made for a cache (a refused submit writes nothing)
+    isolated_home.mkdir()
     first = datarows.measure(job)
     assert len(list((isolated_home / "cache" / "rows").glob("*.json"))) == 1
     assert datarows.measure(job) == first
