@@ -646,3 +646,20 @@ PUBLISHED: dict[str, dict[str, Any]] = {
 # An -Instruct variant has its base's shapes.
 for _id in list(PUBLISHED):
     PUBLISHED[f"{_id}-Instruct"] = PUBLISHED[_id]
+
+
+def with_overrides(config: dict[str, Any], overrides: dict[str, Any], source: str) -> dict[str, Any]:
+    """A checkpoint's config.json with `model.config`'s keys over it, as the trainer builds it.
+
+    Only the keys named change. A `model_type` other than the checkpoint's is refused: the
+    weights at `source` belong to their own architecture, and another family's config over
+    them re-initialises (or drops) the weights the two do not share."""
+    from ftcore.errors import UserError
+
+    named, found = overrides.get("model_type"), config.get("model_type")
+    if named and found and named != found:
+        raise UserError(f"model.config sets model_type={named} but {source} is a {found} checkpoint: a config "
+                        "of another family over these weights would train a different model",
+                        hint="drop model.config (model.config=null, or `config: null` in a recipe that "
+                             "`extends:` one with a config), or keep only keys of this model")
+    return {**config, **overrides}

@@ -112,8 +112,29 @@ def pip_line(packages=REQUIRED) -> str:
 
 
 def install_line(extra: str | None = None) -> str:
-    """How to install ft (with one of its extras: train, plot, hub), as hints print it."""
-    return f"pip install '{DISTRIBUTION}[{extra}]'" if extra else f"pip install {DISTRIBUTION}"
+    """How to install ft (with one of its extras: train, plot, hub), as hints print it: from the
+    wheel or folder this ft was installed from (pip's direct_url.json), or this checkout; ft is
+    on no package index yet, so `pip install ft-launch[...]` would find nothing."""
+    source = _installed_from()
+    if source is None:
+        return pip_line(EXTRAS[extra]) if extra else f"pip install {DISTRIBUTION}"
+    return f"pip install '{source}[{extra}]'" if extra else f"pip install '{source}'"
+
+
+def _installed_from() -> str | None:
+    import json
+    from importlib import metadata
+    from pathlib import Path
+    from urllib.parse import unquote, urlparse
+
+    root = Path(__file__).resolve().parent.parent
+    if (root / "pyproject.toml").is_file():
+        return str(root)  # run from a checkout
+    try:
+        url = json.loads(metadata.distribution(DISTRIBUTION).read_text("direct_url.json") or "{}").get("url", "")
+    except (metadata.PackageNotFoundError, ValueError, OSError):
+        return None
+    return unquote(urlparse(url).path) if url.startswith("file://") else None
 def missing_extra(extra: str, what: str):
     """The UserError for a command whose optional packages are not installed: exit 2 and the
     line that installs them."""

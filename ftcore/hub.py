@@ -47,7 +47,9 @@ class Artefact(NamedTuple):
 
 
 def _is_hub_id(value: str | None) -> bool:
-    return bool(value) and not looks_local(value) and not value.startswith(PREFIX)
+    """A hub repository name; not a path, a file ft ships, or a shell variable (`$MODEL_DIR`,
+    expanded by the batch script `--print-srun` is pasted into: no hub id holds a `$`)."""
+    return bool(value) and not looks_local(value) and not value.startswith(PREFIX) and "$" not in value
 
 
 def artefacts(job: Job) -> list[Artefact]:
@@ -67,10 +69,10 @@ def artefacts(job: Job) -> list[Artefact]:
         add(model.path, "model", "model.path", weights=True, tokenizer=not model.tokenizer)
     if _is_hub_id(model.tokenizer):
         add(model.tokenizer, "model", "model.tokenizer", tokenizer=True)
-    if _is_hub_id(job.data.path):
-        add(job.data.path, "dataset", "data.path", split=job.data.split)
-    if _is_hub_id(job.data.val_path):
-        add(job.data.val_path, "dataset", "data.val_path", split=job.data.val_split)
+    for key, sources in (("data.path", job.data.sources), ("data.val_path", job.data.val_sources)):
+        for source in sources:
+            if _is_hub_id(source.path):
+                add(source.path, "dataset", key, split=source.split)
     return list(found.values())
 
 

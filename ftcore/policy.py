@@ -290,7 +290,7 @@ def decide(job, topology: Topology | None = None, dims=None) -> Decision:
         grad_sync="step" if (lora or not sharded) else "micro_batch",
         quantization=job.model.quantization,
         cpu_offload=job.model.cpu_offload,
-        activation_checkpointing=job.model.activation_checkpointing,
+        activation_checkpointing=job.model.activation_checkpointing is True,  # `auto`: settled by the plan
         accum_steps=max(1, job.data.global_batch_size // per_step),
         lora_targets=targets,
         lora_parameters=parameters,

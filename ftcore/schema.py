@@ -112,12 +112,13 @@ class ModelConfig(_Section):
     init: Literal["pretrained", "random"] = Field(
         "pretrained",
         description="`pretrained` loads weights from `path`; `random` builds the model from "
-        "`config` with random weights (tests, smoke runs).",
+        "`config` with random weights (tests, smoke runs) and refuses a `path` it would not read.",
     )
     config: dict[str, Any] = Field(
         default_factory=dict,
         description="Model config for `init: random` (e.g. LlamaConfig keys), or overrides "
-        "applied to the loaded config.",
+        "applied to the loaded config: only the keys named change, and a `model_type` other than the "
+        "checkpoint's is refused. `config: null` drops one inherited through `extends:`.",
     )
     tokenizer: str | None = Field(
         None, description="Tokenizer folder or hub id; defaults to `path`."
@@ -130,8 +131,10 @@ class ModelConfig(_Section):
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
         "sdpa", description="Attention kernel passed to transformers."
     )
-    activation_checkpointing: bool = Field(
-        False, description="Recompute decoder-layer activations in backward to save memory."
+    activation_checkpointing: bool | Literal["auto"] = Field(
+        "auto", description="Recompute decoder-layer activations in backward to save memory. `auto`: "
+        "`ft submit` turns it on where the plan says the job does not fit without it (and says so); "
+        "a job folder records true or false."
     )
     meta_init: bool = Field(
         False,
@@ -197,11 +200,32 @@ class LoraConfig(_Section):
         return [value] if isinstance(value, str) else value
 
 
+class DataSource(_Section):
+    """One source of a data mixture (`data.path: [a.jsonl, {path: b.jsonl, weight: 2}]`)."""
+
+    path: str = Field(..., description="A local .json/.jsonl file, `ft:NAME`, or a hub dataset.")
+    weight: float = Field(
+        1.0, gt=0, allow_inf_nan=False,
+        description="How many times each of its training records is used per epoch: 2 repeats them, 0.5 keeps "
+        "a seeded half. Held-out validation records are taken before weighting.",
+    )
+    split: str | None = Field(None, description="Its split (hub datasets); default data.split (data.val_split).")
+
+
+def _sources(value: "str | list | None", split: str) -> tuple[DataSource, ...]:
+    if value is None:
+        return ()
+    items = value if isinstance(value, list) else [value]
+    return tuple(item.model_copy(update={"split": item.split or split}) if isinstance(item, DataSource)
+                 else DataSource(path=item, split=split) for item in items)
+
+
 class DataConfig(_Section):
-    path: str = Field(
+    path: str | list[str | DataSource] = Field(
         ...,
         description="Training data: a local .json/.jsonl file, or a hub dataset name when the "
-        "cluster has network. `ft:` prefixes a file shipped with ft (`ft:tiny_qa.jsonl`).",
+        "cluster has network. `ft:` prefixes a file shipped with ft (`ft:tiny_qa.jsonl`). A list "
+        "(`[a.jsonl, org/set]`, items may be `{path, weight, split}`) trains on the mixture.",
     )
     format: Literal[formats.NAMES] = Field(
         ...,
@@ -209,8 +233,9 @@ class DataConfig(_Section):
         "output), `jsonl` (prompt/completion or chat `messages`).",
     )
     split: str = Field("train", description="Split name for hub datasets.")
-    val_path: str | None = Field(
-        None, description="Validation file; without it `val_fraction` of the training data is held out."
+    val_path: str | list[str | DataSource] | None = Field(
+        None, description="Validation file (or a list, as data.path; weights do not apply); without it "
+        "`val_fraction` of the training data is held out."
     )
     val_split: str = Field("validation", description="Validation split name for hub datasets.")
     val_fraction: float = Field(
@@ -256,6 +281,32 @@ class DataConfig(_Section):
         if value is not None:
             check_prompt_template(value)
         return value
+
+    @field_validator("path", "val_path")
+    @classmethod
+    def _mixture(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("an empty list names no data: give a file, a hub dataset, or a list of them")
+        for item in value if isinstance(value, list) else [value]:
+            text = item.path if isinstance(item, DataSource) else item
+            if isinstance(text, str):
+                _no_control(text, "a data path")
+                if not text.strip():
+                    raise ValueError("a data path must not be empty")
+        return value
+
+    @property
+    def sources(self) -> tuple[DataSource, ...]:
+        """The training data as sources, each with its split (one for a single path)."""
+        return _sources(self.path, self.split)
+
+    @property
+    def val_sources(self) -> tuple[DataSource, ...]:
+        return _sources(self.val_path, self.val_split)
+
+    @property
+    def mixture(self) -> bool:
+        return isinstance(self.path, list)
 
 
 class TrainerConfig(_Section):
@@ -556,7 +607,10 @@ class SlurmConfig(_Section):
     partition: str | None = Field(None, description="Partition (-p).")
     account: str | None = Field(None, description="Account to charge (-A).")
     qos: str | None = Field(None, description="Quality of service.")
-    time: str = Field("01:00:00", description="Time limit, e.g. `04:00:00` or `1-00:00:00`.")
+    time: str = Field(
+        "auto", description="Time limit, e.g. `04:00:00` or `1-00:00:00`. `auto`: `ft submit` sets it from "
+        "`ft plan`'s time estimate with a margin (01:00:00 where it cannot estimate; the job folder records it)."
+    )
     constraint: str | None = Field(None, description="Node features (-C), e.g. `a100|h100`.")
     cpus_per_task: int | None = Field(None, ge=1, description="CPUs for each task (one task per GPU).")
     mem: str | None = Field(None, description="Memory per node, e.g. `200G`; `0` asks for all.")
@@ -571,7 +625,7 @@ class SlurmConfig(_Section):
     extra: dict[str, str | None] = Field(
         default_factory=dict,
         description="More #SBATCH options, `name: value` (`mail-type: END`), kept as written; "
-        "null for a flag.",
+        "`true` (or null) for a flag (`exclusive: true` → `--exclusive`), `false` leaves it out.",
     )
     template: str | None = Field(None, description="Path to a site's own sbatch Jinja template.")
     signal_seconds: int = Field(
@@ -592,7 +646,7 @@ class SlurmConfig(_Section):
     @field_validator("time")
     @classmethod
     def _time_format(cls, value: str) -> str:
-        if not _SLURM_TIME.match(value):
+        if value != "auto" and not _SLURM_TIME.match(value):
             raise ValueError(
                 f"{value!r} is not a SLURM time: use MM, HH:MM:SS, D-HH, D-HH:MM[:SS] or UNLIMITED"
             )
@@ -615,15 +669,17 @@ class SlurmConfig(_Section):
     @field_validator("extra", mode="before")
     @classmethod
     def _extra_as_text(cls, value: Any) -> Any:
-        """A number is the text it was (`nice: 10`); true/false is no sbatch value."""
+        """A number is the text it was (`nice: 10`); a flag set to true is the bare flag
+        (`exclusive: true` → `--exclusive`, as null is), one set to false is left out. No sbatch
+        option takes the words true or false, so the text `true` (a command line's) counts too."""
         if not isinstance(value, dict):
             return value
         converted = {}
         for name, option in value.items():
-            if isinstance(option, bool):
-                raise ValueError(f"slurm.extra.{name}: {str(option).lower()} is not an sbatch value: "
-                                 "write null for a flag, or quote the text")
-            converted[name] = str(option) if isinstance(option, (int, float)) else option
+            word = str(option).lower() if isinstance(option, (bool, str)) else None
+            if word == "false":
+                continue
+            converted[name] = None if word == "true" else str(option) if isinstance(option, (int, float)) else option
         return converted
 
     @field_validator("extra")
@@ -685,6 +741,13 @@ class Job(_Section):
             )
         if self.model.init == "random" and not self.model.config:
             problems.append("model.init=random needs model.config (e.g. LlamaConfig keys)")
+        if self.model.init == "random" and self.model.path:
+            problems.append(
+                f"model.path={self.model.path} with model.init=random: a random model is built from model.config "
+                "and never reads these weights. To train them set model.init=pretrained (and model.config=null, "
+                "or `config: null` in the recipe, to drop a config inherited through `extends:`); for a random "
+                "model drop model.path"
+            )
         per_step = self.data.micro_batch_size * self.world_size
         if self.data.global_batch_size % per_step:
             problems.append(
@@ -786,10 +849,11 @@ class Job(_Section):
             found["model.path"] = self.model.path
         if self.model.tokenizer and looks_local(self.model.tokenizer):
             found["model.tokenizer"] = self.model.tokenizer
-        for key in ("path", "val_path"):
-            value = getattr(self.data, key)
-            if value and looks_local(value):
-                found[f"data.{key}"] = value
+        for key, sources in (("path", self.data.sources), ("val_path", self.data.val_sources)):
+            single = not isinstance(getattr(self.data, key), list)
+            for index, source in enumerate(sources):
+                if looks_local(source.path):
+                    found[f"data.{key}" if single else f"data.{key}[{index}]"] = source.path
         for name in HF_CACHE_VARS:
             value = self.container.env.get(name)
             if value and value.startswith(("/", "~")):

@@ -96,22 +96,26 @@ def evaluate(ckpt: Checkpoint, data_path: str | None, fmt: str | None = None, li
 def job_validation_records(ckpt: Checkpoint) -> tuple[list[Record], str]:
     """The records the checkpoint's job validated on, and how to name them: its val_path, or
     the share of its training data it held out (trainer.data.hold_out, seeded as training was)."""
-    from trainer.data import hold_out
+    from ftcore.schema import DataConfig
+    from trainer.data import held_out, source_records
 
     job = ckpt.job_config
     data = job.get("data") or {}
-    if data.get("val_path"):
-        return read_records(data["val_path"], data.get("val_split") or "validation"), data["val_path"]
-    fraction = float(data.get("val_fraction") or 0)
-    if not data.get("path") or fraction <= 0:
+    try:
+        config = DataConfig.model_validate(data)
+    except ValueError as err:  # pydantic's ValidationError: a config.yaml of another ft version
+        raise UserError(f"--data: the checkpoint's job data settings cannot be read ({err.__class__.__name__}); "
+                        "name the file to score") from None
+    named = ", ".join(source.path for source in (config.val_sources or config.sources))
+    if config.val_path:
+        return [r for s in config.val_sources for r in read_records(s.path, s.split)], named
+    fraction = config.val_fraction
+    if fraction <= 0:
         raise UserError("--data: name the file to score (this checkpoint's job has no data.val_path, and held "
                         "nothing out: data.val_fraction=0)")
-    records = read_records(data["path"], data.get("split") or "train")
-    if data.get("limit_samples"):
-        records = records[: int(data["limit_samples"])]
     seed = int((job.get("trainer") or {}).get("seed", 1234))
-    _, held = hold_out(records, fraction, seed)
-    return held, f"{data['path']} (the {fraction:g} held out in training, seed {seed})"
+    _, held = held_out(source_records(config), fraction, seed)
+    return held, f"{named} (the {fraction:g} held out in training, seed {seed})"
 
 
 @torch.no_grad()

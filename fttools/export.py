@@ -32,6 +32,16 @@ from ftcore.layout import ADAPTER_CONFIG, Checkpoint, model_files
 from ftcore.errors import UserError
 
 TARGETS = ("vllm",)
+# What vLLM's own loader does with a LoRA adapter, per base architecture, as read from vLLM 0.33.0's
+# Python (its model classes' SupportsLoRA, its LoRA manager's MoE formats) on CPU:
+# tests/fttools/test_vllm_rules.py holds these to the installed vllm when there is one.
+VLLM_VERSION = "0.33.0"
+VLLM_NO_LORA = {"GPT2LMHeadModel": "GPT-2", "FalconForCausalLM": "Falcon", "StableLmForCausalLM": "StableLM"}
+# peft's MoE expert adapters (target_parameters) that vLLM applies, and the serve flags each needs;
+# `is_3d` adds "is_3d_lora_weight": true to the --lora-modules entry.
+VLLM_EXPERT_LORA = {"GptOssForCausalLM": ((), False), "Qwen3MoeForCausalLM": (("--enable-mixed-moe-lora-format",), True)}
+VLLM_EXPERT_WHY = {"MixtralForCausalLM": "vLLM names Mixtral's experts block_sparse_moe.experts, peft's adapter "
+                                         "mlp.experts: it loads the adapter and never applies it"}
 # vLLM sizes its LoRA buffers for --max-lora-rank (default 16), one of these values.
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 VLLM_DEFAULT_MAX_RANK = 16
@@ -62,10 +72,27 @@ def safetensors_header(path: Path) -> dict[str, Any]:
     return header
 
 
-def check_adapter(folder: Path) -> tuple[list[str], list[str]]:
-    """(problems that stop vLLM loading the adapter, warnings), from its two files."""
+def base_architecture(base: str | None) -> str | None:
+    """The base model's architecture (config.json's `architectures`), where its folder is here."""
+    try:
+        config = json.loads((expand(base) / "config.json").read_text()) if base else {}
+    except (OSError, ValueError, UserError):
+        return None
+    found = config.get("architectures") if isinstance(config, dict) else None
+    return found[0] if isinstance(found, list) and found and isinstance(found[0], str) else None
+
+
+def check_adapter(folder: Path, architecture: str | None = None) -> tuple[list[str], list[str]]:
+    """(problems that stop vLLM loading the adapter, warnings), from its two files and the base
+    model's architecture (None: not known here)."""
     config = json.loads((folder / ADAPTER_CONFIG).read_text())
     problems, warnings = [], []
+    if architecture in VLLM_NO_LORA:
+        problems.append(f"vLLM {VLLM_VERSION} serves no LoRA adapter on {VLLM_NO_LORA[architecture]} "
+                        f"({architecture} does not implement vLLM's SupportsLoRA)")
+    elif architecture is None:
+        warnings.append(f"the base model's config.json is not here: vLLM {VLLM_VERSION} refuses LoRA on "
+                        f"{', '.join(VLLM_NO_LORA.values())} (then export with --merge)")
     if config.get("peft_type", "LORA") != "LORA":
         problems.append(f"peft_type is {config.get('peft_type')}: vLLM serves LoRA adapters only")
     for key in ("r", "lora_alpha", "target_modules"):
@@ -83,10 +110,12 @@ def check_adapter(folder: Path) -> tuple[list[str], list[str]]:
     if isinstance(init, str) and init.lower().startswith(_UNSERVABLE_INITS):
         problems.append(f"init_lora_weights={init!r} changes the base weights when peft loads it; vLLM "
                         "serves the unchanged base")
-    if config.get("target_parameters"):
+    if config.get("target_parameters") and architecture not in VLLM_EXPERT_LORA:
+        why = VLLM_EXPERT_WHY.get(architecture, f"vLLM {VLLM_VERSION} applies peft's expert adapters on "
+                                                f"{', '.join(VLLM_EXPERT_LORA)} only"
+                                                + ("" if architecture else " (this base's architecture is not known here)"))
         problems.append(f"target_parameters {config['target_parameters'][:2]}... (LoRA on MoE experts' 3-D weights): "
-                        "vLLM's MoE LoRA (experimental since 0.11.2) reads its own per-expert layout, not peft's, "
-                        "and ft does not convert one to the other. Export with --merge, or train with peft.experts=false")
+                        f"{why}. Export with --merge, or train with peft.experts=false")
     if config.get("rank_pattern") or config.get("alpha_pattern"):
         warnings.append("rank_pattern/alpha_pattern give layers their own r or alpha; vLLM versions before "
                         "0.11 apply one r and alpha to every layer")
@@ -146,12 +175,16 @@ def export(ckpt: Checkpoint, to: str = "vllm", out: Path | None = None, merge: b
     out = check_output(out, overwrite)
     warnings: list[str] = []
     if lora:
-        problems, warnings = check_adapter(ckpt.path)
+        architecture = base_architecture(ckpt.base)
+        problems, warnings = check_adapter(ckpt.path, architecture)
         if problems:
             raise UserError(*problems, hint="`ft export CKPT --to vllm --merge` folds the adapter into its base, "
                                              "which vLLM serves as a plain model")
         config = json.loads((ckpt.path / ADAPTER_CONFIG).read_text())
-        flags = ["--enable-lora", "--lora-modules", f"{serve_name(ckpt)}={out.absolute()}"]
+        extra, is_3d = VLLM_EXPERT_LORA.get(architecture, ((), False)) if config.get("target_parameters") else ((), False)
+        module = (json.dumps({"name": serve_name(ckpt), "path": str(out.absolute()), "is_3d_lora_weight": True})
+                  if is_3d else f"{serve_name(ckpt)}={out.absolute()}")
+        flags = ["--enable-lora", *extra, "--lora-modules", module]
         if int(config["r"]) > VLLM_DEFAULT_MAX_RANK:
             flags += ["--max-lora-rank", str(max_lora_rank(int(config["r"])))]
         command = shlex.join(["vllm", "serve", str(ckpt.base), *flags])

@@ -85,11 +85,15 @@ def _root(
     """Launch LoRA and full SFT fine-tuning jobs on SLURM clusters inside containers."""
 
 
-def _console(stderr: bool = False, soft_wrap: bool = True):
-    """soft_wrap=False for tables: only then does rich fit them to the terminal's width."""
+def _console(stderr: bool = False, soft_wrap: bool = True, piped_width: int | None = None):
+    """soft_wrap=False for tables: only then does rich fit them to the terminal's width.
+    `piped_width`: the width when the output is no terminal (a pipe, `--cluster`'s ssh), where
+    rich would assume 80 columns and wrap every row."""
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=soft_wrap)
+    stream = sys.stderr if stderr else sys.stdout
+    width = piped_width if piped_width and not stream.isatty() and "COLUMNS" not in os.environ else None
+    return Console(stderr=stderr, highlight=False, soft_wrap=soft_wrap, width=width)
 
 
 @app.command("factories")
@@ -163,7 +167,7 @@ def show_cmd(
     else:
         import yaml
 
-        sys.stdout.write(yaml.safe_dump(schema.job_to_dict(resolved.job), sort_keys=False))
+        sys.stdout.write(yaml.safe_dump(schema.job_to_dict(resolved.job), sort_keys=False, allow_unicode=True))
 
 
 @app.command("submit", context_settings=_PASS_THROUGH, epilog=OVERRIDES_EPILOG,
@@ -295,11 +299,14 @@ def _submit_on_cluster(name: str, factory: str, overrides: list[str], profile: O
         err.print(f"ft: {note}" if not note.startswith("  ") else note, markup=False)
     _warn(prepared.warnings, err)
     if dry_run:
-        sys.stdout.write(submit.render_elsewhere(prepared, cluster.ft_home))
+        # The cluster's ft renders the preview, so it is the script the cluster will run: its
+        # FT_HOME, hub cache, image, code binds and Python, not this machine's. The job and its
+        # small files go to an upload folder there; its dry-run job folder is written there.
         for line in upload.sent:
-            err.print(line, markup=False)
-        err.print(f"dry run for cluster {cluster.name}: nothing sent, nothing written here", markup=False)
-        return
+            err.print(f"sent       {line}", markup=False)
+        job_yaml, empty_profile = remote.send(cluster, upload, prepared.job.name)
+        words = remote.submit_words(job_yaml, empty_profile, sweep, after, stage, force, skip_image_check)
+        raise typer.Exit(remote.ft_passthrough(cluster, [*(w for w in words if w != "--yes"), "--dry-run"]))
     _print_summary(prepared, err)
     err.print(f"cluster    {cluster.name} ({cluster.ssh_line}; ft there: {' '.join(cluster.ft)})", markup=False)
     for line in upload.sent:
@@ -426,7 +433,7 @@ def jobs_cmd(
     for row in rows:
         name = row["id"] or Path(row["folder"]).name
         table.add_row(name, row["factory"], row["state"], row["progress"], row["age"])
-    _console(soft_wrap=False).print(table)
+    _console(soft_wrap=False, piped_width=200).print(table)
     if hidden:
         print(f"{hidden} dry run(s) not shown: `ft jobs --all` lists them, `ft clean --dry-runs` removes them",
               file=sys.stderr)
@@ -1032,7 +1039,8 @@ def plan_cmd(
         fit = plan.smallest_fit(job, est.gpu_gib) if est.on_gpu else None
         smallest = {"num_nodes": fit.num_nodes, "devices": fit.devices, "strategy": fit.strategy} if fit else None
         path = plan.attention(job)
-        print(json.dumps({**est.as_dict(), "smallest_fit": smallest,
+        timed = plan.timing(job, est)
+        print(json.dumps({**est.as_dict(), "smallest_fit": smallest, "time": plan.timing_dict(job, timed),
                           "attention": {"name": path.name, "padding_free": path.padding_free,
                                         "packing": path.packing, "reason": path.reason}}, indent=2))
         return
@@ -1054,7 +1062,7 @@ def plan_cmd(
     console = _console()
     console.print(table)
     for line in ["policy: " + "; ".join(est.decision.describe()), plan.attention(job).describe(), *est.notes,
-                 *plan.verdict(est, job)]:
+                 *plan.time_lines(job, est), *plan.verdict(est, job)]:
         console.print(line, markup=False)
 
 
@@ -1152,6 +1160,8 @@ def main() -> None:
     try:
         app(prog_name="ft")  # also under `python -m launcher`: completion and usage say `ft`
     except UserError as err:
+        for note in getattr(err, "notes", ()):  # e.g. an AutoModel recipe's translation, before its problems
+            print(note if note.startswith("  ") else f"ft: {note}", file=sys.stderr)
         _report(err.problems, err.hint)
         sys.exit(err.exit_code)
     except OSError as err:

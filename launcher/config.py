@@ -318,8 +318,11 @@ def load_factory(spec: str, relative_to: Path | None = None, _seen: tuple[Path, 
     if translate.is_automodel(raw):
         translation = translate.translate_automodel(raw, f"AutoModel recipe {path}")
         if translation.refused:
-            raise UserError(*translation.refused, hint="these AutoModel settings have no ft equivalent: remove "
-                            "them (`ft show --factory FILE --explain` lists what ft has)")
+            error = UserError(*translation.refused, hint="these AutoModel settings have no ft equivalent: remove "
+                              "them (`ft show --factory FILE --explain` lists what ft has)")
+            error.notes = [f"translated the NeMo AutoModel recipe {path} into an ft job:",
+                           *(f"  {line}" for line in translation.lines)]
+            raise error
         raw = translation.data
         if notes is not None:
             notes.append(f"translated the NeMo AutoModel recipe {path} into an ft job:")
@@ -566,6 +569,12 @@ def _empty_value(key: str) -> str:
             f"with `{line}`: add that line, or write the number ({key}=1)")
 
 
+def _takes_list(annotation: Any) -> bool:
+    """Text or a list (`data.path=[a.jsonl,b.jsonl]`): a bracketed value is read as the list."""
+    members = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else (annotation,)
+    return any(get_origin(member) is list for member in members)
+
+
 def _allows_none(annotation: Any) -> bool:
     return get_origin(annotation) in (Union, types.UnionType) and type(None) in get_args(annotation)
 
@@ -608,7 +617,7 @@ def parse_overrides(args: list[str]) -> tuple[list[Override], list[str]]:
             note = None
         quoted = text[:1] in ("'", '"')
         annotation = _field(Job, key.split("."))
-        if _wants_text(annotation) and not quoted:
+        if _wants_text(annotation) and not quoted and not (text.startswith("[") and _takes_list(annotation)):
             # Free text is taken as written; `null` (or `~`, or nothing) still unsets an optional setting.
             value = None if _allows_none(annotation) and text in _NULL_WORDS else text
         else:
@@ -690,7 +699,25 @@ def normalise_switches(data: dict[str, Any]) -> dict[str, Any]:
 
 def validate(data: dict[str, Any]) -> Job:
     """A merged dict (switch words allowed) as a Job, every problem listed at once."""
-    return schema.validate(normalise_switches(data))
+    return schema.validate(drop_nulls(normalise_switches(data)))
+
+
+def drop_nulls(data: dict[str, Any], model: type[BaseModel] = Job) -> dict[str, Any]:
+    """`key: null` unsets what the layers below set: a recipe over its `extends:` parent, a
+    profile, an override (`model.config=null`). A setting that cannot be null goes back to its
+    default; one that can (`peft: null`, full SFT) keeps the null it was given. Inside a
+    free mapping (`model.config`, `slurm.extra`) a null is a value and stays."""
+    result = {}
+    for key, value in data.items():
+        info = model.model_fields.get(key) if isinstance(key, str) else None
+        if info is None:
+            result[key] = value
+            continue
+        if value is None and info.annotation is not Any and not _allows_none(info.annotation):
+            continue
+        inner = _unwrap(info.annotation)
+        result[key] = drop_nulls(value, inner) if isinstance(value, dict) and _is_model(inner) else value
+    return result
 
 
 # --------------------------------------------------------------------------- resolve
@@ -720,5 +747,7 @@ def resolve(factory: str, overrides: list[str], profile: str | None = None) -> R
     except UserError as err:
         problems += err.lines()
     if problems:
-        raise UserError(*problems)
+        error = UserError(*problems)
+        error.notes = notes  # the translation of a foreign recipe, shown before what is wrong with it
+        raise error
     return Resolved(job, factory_file, site_path, tuple(parsed), tuple(notes))

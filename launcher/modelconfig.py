@@ -8,7 +8,7 @@ huggingface_hub's layout, as `ft stage` fills it); the published configs ft ship
 factories' models (`ftcore.arch.PUBLISHED`, no network needed); the hub's config.json alone
 (login nodes have internet: one small HTTPS GET to HF_ENDPOINT, with HF_TOKEN for gated
 models; never with HF_HUB_OFFLINE set). `model.config` is applied over what was found, as the
-trainer applies it. No huggingface_hub and no torch here: this runs for every `ft submit`.
+trainer applies it (`arch.with_overrides`: the keys it names, never another model_type). No huggingface_hub and no torch here: this runs for every `ft submit`.
 """
 
 from __future__ import annotations
@@ -43,12 +43,14 @@ def find(job: Job) -> Found:
     found = _find(model.path or "", job)
     if found.config is None:
         return found
-    return Found({**found.config, **model.config}, found.source)
+    return Found(arch.with_overrides(found.config, model.config, found.source), found.source)
 
 
 def _find(path: str, job: Job) -> Found:
     if not path:
         return Found(None, "no model.path")
+    if "$" in path:  # `--print-srun`'s `model.path=$MODEL_DIR`: the batch script's to expand
+        return Found(None, f"{path} is a shell variable, expanded where the job runs (its config.json is read there)")
     local = expand(path) / "config.json"
     if local.is_file():
         return Found(_read_json(local), str(local))
@@ -81,6 +83,11 @@ def cache_root(job: Job) -> Path:
 def cached_config(repo_id: str, root: Path) -> Path | None:
     """config.json of `repo_id`'s staged snapshot in a huggingface_hub cache (`ft stage`'s layout:
     models--owner--name/refs/main holds the commit, snapshots/<commit>/ the files)."""
+    return cached_file(repo_id, root, "config.json")
+
+
+def cached_file(repo_id: str, root: Path, name: str) -> Path | None:
+    """File `name` of `repo_id`'s staged snapshot (see cached_config), or None."""
     from launcher.stage import REVISION
 
     repo = root / f"models--{repo_id.replace('/', '--')}"
@@ -88,7 +95,7 @@ def cached_config(repo_id: str, root: Path) -> Path | None:
         commit = (repo / "refs" / REVISION).read_text().strip()
     except OSError:
         return None
-    path = repo / "snapshots" / commit / "config.json"
+    path = repo / "snapshots" / commit / name
     return path if path.is_file() else None
 
 

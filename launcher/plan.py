@@ -24,7 +24,7 @@ from ftcore import arch, families, policy
 from ftcore.errors import UserError
 from ftcore.policy import DTYPE_BYTES, Decision, Topology
 from ftcore.schema import Job
-from launcher import modelconfig
+from launcher import datarows, modelconfig
 
 GIB = 2**30
 OVERHEAD_GIB = 3.0  # CUDA context, NCCL and cuBLAS buffers, allocator fragmentation
@@ -114,6 +114,12 @@ class Estimate:
     gpu_gib: float
     rank: int = 0
     notes: tuple[str, ...] = field(default=())
+    rows_from_data: bool = False  # activations priced from the data's rows, not the worst case
+
+    @property
+    def fixed(self) -> float:
+        """What the device holds whatever the data: everything but activations and logits."""
+        return sum(r.bytes for r in self.rows if r.on_device and r.name not in ("activations", "logits"))
 
     @property
     def topology(self) -> Topology:
@@ -174,12 +180,30 @@ class Estimate:
             "rows": [{"name": r.name, "bytes": r.bytes, "gib": r.bytes / GIB, "how": r.how, "exact": r.exact,
                       "on_device": r.on_device} for r in self.rows],
             "total_gib": self.total / GIB, "gpu_gib": self.gpu_gib, "fits": self.fits if self.on_gpu else None,
-            "notes": list(self.notes),
+            "notes": list(self.notes), "rows_from_data": self.rows_from_data,
         }
 
 
 def count(n: float) -> str:
     return f"{n / 1e9:.3g}B" if n >= 1e8 else f"{n / 1e6:.3g}M" if n >= 1e5 else f"{n:,.0f}"
+
+
+def settle(job: Job, gpu_gib: float | None = None, num_nodes: int | None = None, devices: int | None = None,
+           strategy: str | None = None) -> tuple[Job, str | None]:
+    """`job` with `model.activation_checkpointing: auto` decided, and the line that says how: on
+    where the job does not fit its GPUs without it (CPU jobs: off, there is no GPU to fit)."""
+    if job.model.activation_checkpointing != "auto":
+        return job, None
+    off = _with(job, model={"activation_checkpointing": False})
+    if job.trainer.accelerator != "gpu":
+        return off, None
+    without = estimate(off, gpu_gib, num_nodes, devices, strategy)
+    if without.fits:
+        return off, f"activation checkpointing: auto → off (the job fits without it: {without.total / GIB:.1f} GiB)"
+    on = _with(job, model={"activation_checkpointing": True})
+    withit = estimate(on, gpu_gib, num_nodes, devices, strategy)
+    return on, (f"activation checkpointing: auto → on ({without.total / GIB:.1f} GiB per GPU without it, "
+                f"{withit.total / GIB:.1f} GiB with it; model.activation_checkpointing=false turns it off)")
 
 
 def estimate(job: Job, gpu_gib: float | None = None, num_nodes: int | None = None,
@@ -190,11 +214,13 @@ def estimate(job: Job, gpu_gib: float | None = None, num_nodes: int | None = Non
     Raises UserError when the model cannot be sized or (for a named architecture) a LoRA
     glob matches no layer.
     """
+    job, settled = settle(job, gpu_gib, num_nodes, devices, strategy)
+    job, settled = settle(job, gpu_gib, num_nodes, devices, strategy)
     gpu_gib = gpu_gib or job.trainer.gpu_memory_gib
     topology = Topology.of(job, num_nodes, devices, strategy)
     dims = model_dims(job)
     decision = policy.decide(job, topology, dims)
-    priced = _Pricing(job, topology, dims, decision, rank)
+    priced = _Pricing(job, topology, dims, decision, rank, datarows.measure(job))
     notes: list[str] = []
     if not dims.exact:
         notes.append(f"model shape: {dims.source}. LoRA sizes and activations are rough, and a guess "
@@ -203,12 +229,19 @@ def estimate(job: Job, gpu_gib: float | None = None, num_nodes: int | None = Non
         notes.append("LoRA targets are resolved by the trainer (the architecture's layer names are not known here)")
     if job.model.init == "pretrained":
         notes.append(startup_reads(job, topology, priced.base, priced.local))
+    notes.append(priced.data_rows.describe(job) + f"; the largest micro batch: {priced.tokens} tokens"
+                 if priced.data_rows else
+                 f"rows: the worst case, micro batch {job.data.micro_batch_size} × max_seq_length "
+                 f"{job.data.max_seq_length} (the data is not readable here)")
+    if settled:
+        notes.append(settled)
     rows = [_weights(priced), _gradients(priced), _optimizer(priced), *_reference(priced),
             *_transient_weights(priced), _activations(priced), *_attention_scores(priced, notes), _logits(priced)]
     if topology.on_gpu:
         rows.append(Row("CUDA/NCCL overhead", OVERHEAD_GIB * GIB, "fixed"))
     params = dims.params if dims.exact or not job.model.parameters_b else round(job.model.parameters_b * 1e9)
-    return Estimate(tuple(rows), dims, decision, params, priced.n_trained, gpu_gib, rank, tuple(notes))
+    return Estimate(tuple(rows), dims, decision, params, priced.n_trained, gpu_gib, rank, tuple(notes),
+                    priced.data_rows is not None)
 
 
 @dataclass(frozen=True)
@@ -220,6 +253,7 @@ class _Pricing:
     dims: arch.Dims
     decision: Decision
     rank: int
+    data_rows: "datarows.Rows | None"  # the data's row lengths, where the data is readable here
 
     @property
     def world(self) -> int:
@@ -237,8 +271,8 @@ class _Pricing:
 
     @property
     def tokens(self) -> int:
-        """Tokens of one micro batch at its longest."""
-        return self.job.data.micro_batch_size * self.job.data.max_seq_length * self.sequences
+        """Tokens of the largest micro batch: from the data's rows where they are known."""
+        return micro_batch_tokens(self.job, self.data_rows) * self.sequences
 
     @cached_property
     def base(self) -> list[arch.Tensor]:
@@ -397,6 +431,150 @@ def _logits(priced: _Pricing) -> Row:
     return Row("logits", loss_tokens * vocab * (c + 8), f"{loss_tokens} tokens × vocab {vocab} × ({c} + 4 + 4) B")
 
 
+HOST_PER_RANK_GIB = 8.0  # a training process's own host memory (Python, torch, CUDA context, loading buffers)
+_MEM = {"": 2**20, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}  # sbatch --mem units (default MB)
+
+
+def slurm_mem_bytes(mem: str | None) -> float | None:
+    """sbatch's --mem as bytes; None where it is not given or is 0 (all of the node's)."""
+    import re
+
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]?)B?", (mem or "").strip().upper())
+    if not match or float(match.group(1)) == 0:
+        return None
+    return float(match.group(1)) * _MEM[match.group(2)]
+
+
+def host_per_node(est: Estimate) -> float:
+    """Host memory one node's ranks hold: what CPU offload keeps there, and each process's own."""
+    offloaded = sum(r.bytes for r in est.rows if not r.on_device)
+    return est.devices * (offloaded + HOST_PER_RANK_GIB * GIB)
+
+
+def host_lines(job: Job, est: Estimate) -> list[str]:
+    """`ft plan`'s host-memory line for a GPU job with CPU offload, checked against slurm.mem."""
+    if not est.on_gpu or all(r.on_device for r in est.rows):
+        return []
+    offloaded = sum(r.bytes for r in est.rows if not r.on_device)
+    node = host_per_node(est)
+    line = (f"host memory: {offloaded / GIB:.1f} GiB offloaded per rank × {est.devices} ranks + "
+            f"{HOST_PER_RANK_GIB:g} GiB per process ≈ {node / GIB:.0f} GiB per node")
+    asked = slurm_mem_bytes(job.slurm.mem)
+    if asked is None:
+        return [line + f" (slurm.mem {'0: all of the node' if job.slurm.mem else 'unset: the site default'}; "
+                f"slurm.mem={-(-node // GIB):.0f}G asks for it)"]
+    return [line + (f", within slurm.mem={job.slurm.mem}" if node <= asked else
+                    f": more than slurm.mem={job.slurm.mem}")]
+
+
+def micro_batch_tokens(job: Job, rows: "datarows.Rows | None") -> int:
+    """Tokens in the largest micro batch: from the data's rows where they are known, else
+    micro batch × max_seq_length."""
+    if rows is None:
+        return job.data.micro_batch_size * job.data.max_seq_length
+    return rows.micro_batch_tokens(job, attention(job).padding_free)
+
+
+# --- time ---------------------------------------------------------------------------------------
+
+# Dense bf16 peak of one GPU (TFLOPS, the vendors' figures without sparsity), by trainer.gpu_type.
+PEAK_TFLOPS = {"h100": 989.0, "h200": 989.0, "gh200": 989.0, "b200": 2250.0, "a100": 312.0, "l40s": 362.0,
+               "l40": 181.0, "a10": 125.0, "a40": 150.0, "v100": 125.0}
+ASSUMED_GPU = "h100"  # where trainer.gpu_type names none
+MFU = 0.35  # model FLOPs utilisation assumed: what fine-tuning at these batch sizes reaches, roughly
+MFU_NF4 = 0.20  # NF4 weights are dequantized in every matmul (torchao): slower
+TIME_MARGIN = 1.5  # slurm.time auto = estimate × this + TIME_PAD_S: an estimate, not a promise
+TIME_PAD_S = 600
+DEFAULT_TIME = "01:00:00"  # slurm.time auto where nothing can be estimated
+
+
+@dataclass(frozen=True)
+class Timing:
+    step_s: float
+    steps: int | None  # None: epochs over data not readable here
+    total_s: float | None
+    how: str
+
+    def limit(self) -> str | None:
+        """slurm.time from the estimate: × TIME_MARGIN + TIME_PAD_S, rounded up to 5 minutes."""
+        if self.total_s is None:
+            return None
+        minutes = -(-(self.total_s * TIME_MARGIN + TIME_PAD_S) // 300) * 5
+        days, minutes = divmod(int(minutes), 24 * 60)
+        return (f"{days}-" if days else "") + f"{minutes // 60:02d}:{minutes % 60:02d}:00"
+
+
+def timing(job: Job, est: Estimate) -> Timing | None:
+    """Step and total time from the FLOPs at an assumed MFU (GPU jobs; None on CPUs). Per token:
+    full training 6N (forward 2N, backward 4N), LoRA 4N + 6n (the frozen base's forward and its
+    input gradients, the adapters' n in full), +2N recomputed with activation checkpointing, and
+    attention's 6·L·h·T for a row of T tokens (causal: half of the scores)."""
+    if not est.on_gpu:
+        return None
+    dims, d = est.dims, est.decision
+    n = est.params
+    per_token = (4 * n + 6 * est.trainable) if d.lora else 6 * n
+    if d.activation_checkpointing:
+        per_token += 2 * n
+    rows = datarows.measure(job)
+    row_tokens = rows.mean_tokens(job.data.max_seq_length) if rows else float(job.data.max_seq_length)
+    per_token += 6 * dims.layers * dims.hidden * row_tokens
+    tokens = job.data.global_batch_size * row_tokens
+    gpu = (job.trainer.gpu_type or ASSUMED_GPU).lower()
+    peak = PEAK_TFLOPS.get(gpu, PEAK_TFLOPS[ASSUMED_GPU])
+    mfu = MFU_NF4 if d.quantization else MFU
+    step_s = per_token * tokens / (est.world_size * peak * 1e12 * mfu)
+    steps = job.trainer.max_steps
+    if steps is None and rows is not None and rows.complete:
+        train_rows = rows.records * (1 - (0 if job.data.val_path else job.data.val_fraction))
+        steps = job.trainer.num_epochs * max(1, -(-int(train_rows) // job.data.global_batch_size))
+    total = steps * step_s if steps is not None else None
+    named = gpu if gpu in PEAK_TFLOPS else f"{ASSUMED_GPU} (trainer.gpu_type={gpu} unknown here)"
+    if not job.trainer.gpu_type:
+        named = f"{ASSUMED_GPU} (trainer.gpu_type names none)"
+    what = ("4N + 6n (LoRA)" if d.lora else "6N") + (" + 2N recomputed" if d.activation_checkpointing else "")
+    rows_how = "mean row from the data" if rows else "every row max_seq_length, the data not readable here"
+    how = (f"time: ≈ {_duration(step_s)} per step ({what} + attention FLOPs per token, {tokens:,.0f} tokens per step "
+           f"({rows_how}), at {mfu:.0%} MFU of {est.world_size} × {named} at {peak:g} TFLOPS bf16"
+           + ("; MoE experts all counted: an upper bound" if dims.expert_params else "") + ")")
+    if total is not None:
+        how += f" × {steps} steps ≈ {_duration(total)}"
+    else:
+        how += "; the number of steps is not known here (epochs over data not readable here)"
+    return Timing(step_s, steps, total, how)
+
+
+def time_lines(job: Job, est: Estimate) -> list[str]:
+    """What `ft plan` prints about time (the estimate, what slurm.time becomes) and host memory."""
+    timed = timing(job, est)
+    _, said = settle_time(job)
+    return [*host_lines(job, est), *(line for line in (timed.how if timed else None, said) if line)]
+
+
+def timing_dict(job: Job, timed: Timing | None) -> dict[str, Any] | None:
+    if timed is None:
+        return None
+    return {"step_s": timed.step_s, "steps": timed.steps, "total_s": timed.total_s, "how": timed.how,
+            "slurm_time": settle_time(job)[0].slurm.time}
+
+
+def settle_time(job: Job) -> tuple[Job, str | None]:
+    """`job` with slurm.time auto set from `timing` (or DEFAULT_TIME), and the line saying so."""
+    if job.slurm.time != "auto":
+        return job, None
+    try:
+        timed = timing(job, estimate(job))
+    except UserError:
+        timed = None
+    limit = timed.limit() if timed else None
+    if limit is None:
+        why = "a CPU job" if job.trainer.accelerator != "gpu" else "no estimate of the whole run"
+        return _with(job, slurm={"time": DEFAULT_TIME}), f"slurm.time: auto → {DEFAULT_TIME} ({why}; set slurm.time)"
+    return (_with(job, slurm={"time": limit}),
+            f"slurm.time: auto → {limit} (the estimate {_duration(timed.total_s)} × {TIME_MARGIN:g} + "
+            f"{TIME_PAD_S // 60} min; set slurm.time to choose)")
+
+
 def startup_reads(job: Job, topology: Topology, base: list, local) -> str:
     """How much of the weights files each rank reads at start-up, and how long that takes at
     READ_GB_PER_S per node. Meta-device init reads each rank's own rows (an NF4 projection too);
@@ -412,7 +590,9 @@ def startup_reads(job: Job, topology: Topology, base: list, local) -> str:
 
 
 def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+    if seconds < 10:
+        return f"{seconds:.2g} s"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 # --- layouts and levers --------------------------------------------------------------------------
@@ -468,7 +648,7 @@ def levers(job: Job, gpu_gib: float | None = None) -> list[str]:
         tries.append(("model.quantization=nf4", _with(job, model={"quantization": "nf4"})))
     if job.strategy == "fsdp2" and not job.model.cpu_offload:
         tries.append(("model.cpu_offload=true", _with(job, model={"cpu_offload": True})))
-    if not job.model.activation_checkpointing:
+    if job.model.activation_checkpointing is not True:
         tries.append(("model.activation_checkpointing=true", _with(job, model={"activation_checkpointing": True})))
     if job.data.max_seq_length >= 512:
         shorter = job.data.max_seq_length // 2
@@ -539,8 +719,15 @@ def refusals(job: Job, gpu_gib: float | None = None, force: bool = False) -> lis
         if any("cannot size" in p for p in err.problems):
             return []  # a model ft cannot size: nothing known against it
         return err.lines()
+    asked = slurm_mem_bytes(job.slurm.mem)
+    if not force and est.on_gpu and asked is not None and host_per_node(est) > asked and est.dims.exact:
+        return [f"this job needs about {host_per_node(est) / GIB:.0f} GiB of host memory per node (CPU offload: "
+                f"`ft plan` shows it), more than slurm.mem={job.slurm.mem}; ask for more, or use more nodes "
+                "(--force submits it anyway)"]
     if force or not est.on_gpu or est.fits or not est.dims.exact:
         return []
+    if not est.rows_from_data and est.fixed <= est.gpu_gib * GIB:
+        return []  # priced at the worst case of rows it cannot see: `warnings` says so
     where = f"{job.trainer.num_nodes} node(s) × {job.trainer.devices} GPU(s)"
     return [f"this job needs about {est.total / GIB:.0f} GiB per GPU, more than the {est.gpu_gib:g} GiB of {where} "
             "(trainer.gpu_memory_gib; `ft plan` shows the breakdown; --force submits it anyway)", *advice(job, est)]
@@ -552,6 +739,11 @@ def warnings(job: Job) -> list[str]:
         est = estimate(job)
     except UserError as err:
         return [f"the fit check was skipped: {p}" for p in err.problems if "cannot size" in p]
+    if est.dims.exact and est.on_gpu and not est.fits and not est.rows_from_data:
+        return [f"at the worst case of its rows (every one max_seq_length={job.data.max_seq_length} tokens) this "
+                f"job needs about {est.total / GIB:.0f} GiB per GPU, more than {est.gpu_gib:g} GiB; the data is "
+                "not readable here to price its real rows, so this is not refused (`ft plan` shows the levers; "
+                "a local data file prices real rows)"]
     if est.dims.exact or not est.on_gpu:
         return []
     verdict = "fits" if est.fits else f"would NOT fit {est.gpu_gib:g} GiB"

@@ -171,7 +171,7 @@ def ssh_argv(c: Cluster, command: str) -> list[str]:
 def _login_hint(c: Cluster) -> str:
     return (f"ft never asks for a password or a code (ssh BatchMode). Open one connection yourself, once, in a "
             f"terminal: `ssh -fNM {c.ssh_line}` (it asks for the password and second factor there), and let ft "
-            f"reuse it: in ~/.ssh/config, under `Host {c.host}`: `ControlMaster auto`, "
+            f"reuse it: in {os.environ.get(SSH_CONFIG_ENV) or '~/.ssh/config'}, under `Host {c.host}`: `ControlMaster auto`, "
             "`ControlPath ~/.ssh/cm-%C`, `ControlPersist 8h`")
 
 
@@ -577,11 +577,20 @@ def plan_upload(job, cluster_name: str) -> Upload:
 
 
 def _set(config: dict, dotted: str, value: str) -> None:
+    """`data.path` or one source of a mixture, `data.path[1]` (a file or a {path: ...} item)."""
     *parents, leaf = dotted.split(".")
     node = config
     for part in parents:
         node = node[part]
-    node[leaf] = value
+    name, _, index = leaf.partition("[")
+    if not index:
+        node[leaf] = value
+        return
+    items, position = node[name], int(index.rstrip("]"))
+    if isinstance(items[position], dict):
+        items[position]["path"] = value
+    else:
+        items[position] = value
 
 
 def _fill(value: Any, folder: str) -> Any:

@@ -165,13 +165,38 @@ def srun_line(job: Job, ft_train_args: list[str]) -> str:
     through ft's code bound into it, so the image needs no ft installed. `ft train` makes
     its job folders under $FT_HOME/jobs: that folder is bound."""
     groups = [*container_groups(job, contract.FT_TRAIN_PACKAGES, paths.jobs_root()),
-              [_python(job), "-m", "launcher", "train", *ft_train_args]]
+              [_python(job), "-m", "launcher", "train"]]
     groups[0] = ["srun", *groups[0]]
-    return _unmark(" \\\n    ".join(shlex.join(g) for g in groups))
+    words = " ".join(shlex.join(g) for g in groups[-1:]) + "".join(f" {expandable(a)}" for a in ft_train_args)
+    return _unmark(" \\\n    ".join([*(shlex.join(g) for g in groups[:-1]), words]))
+
+
+_VARIABLE = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*|\{[A-Za-z_][A-Za-z0-9_]*\})")
+
+
+def expandable(word: str) -> str:
+    """`word` quoted for the shell, its `$NAME`/`${NAME}` left for the batch script to expand
+    (`model.path="$MODEL_DIR"`), everything else literal (`$(...)` and backquotes too)."""
+    parts, last = [], 0
+    for match in _VARIABLE.finditer(word):
+        if match.start() > last:
+            parts.append(shlex.quote(word[last:match.start()]))
+        parts.append(f'"{match.group(0)}"')
+        last = match.end()
+    if last < len(word) or not parts:
+        parts.append(shlex.quote(word[last:]))
+    return "".join(parts)
 
 
 def trainer_argv(job: Job, config_path: Path, job_dir: Path | None = None) -> list[str]:
     return [word for group in trainer_argv_groups(job, config_path, job_dir) for word in group]
+
+
+def plan_default_time() -> str:
+    """slurm.time `auto` that no submission settled (`ft submit` sets it from the plan)."""
+    from launcher.plan import DEFAULT_TIME
+
+    return DEFAULT_TIME
 
 
 def sbatch_options(job: Job, job_dir: Path, array_size: int = 0, dependency: str | None = None) -> list[str]:
@@ -188,7 +213,7 @@ def sbatch_options(job: Job, job_dir: Path, array_size: int = 0, dependency: str
     optional = {
         "cpus-per-task": s.cpus_per_task,
         "mem": s.mem,
-        "time": s.time,
+        "time": s.time if s.time != "auto" else plan_default_time(),
         "partition": s.partition,
         "account": s.account,
         "qos": s.qos,
@@ -406,8 +431,9 @@ def data_problems(job: Job) -> list[str]:
     from ftcore import formats, shipped
 
     problems = []
-    for key in ("path", "val_path"):
-        spec = getattr(job.data, key)
+    named = [(key, source.path) for key, sources in (("path", job.data.sources), ("val_path", job.data.val_sources))
+             for source in sources]
+    for key, spec in named:
         try:
             local = Path(shipped.expand(spec)).expanduser() if spec else None
         except UserError as err:

@@ -214,7 +214,9 @@ class Slurm(Scheduler):
         return sbatch(folder / SCRIPT)
 
     def time_limit(self, job) -> str:
-        return job.slurm.time
+        from launcher.render import plan_default_time
+
+        return job.slurm.time if job.slurm.time != "auto" else plan_default_time()
 
     def lost_job_hint(self, job_name: str | None = None) -> str:
         name = f" --name={job_name}" if job_name else ""

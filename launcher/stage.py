@@ -9,7 +9,7 @@ profile says `hub.offline: true`, `ft submit` refuses a job whose hub files are 
 The cache is huggingface_hub's own layout, written by its own client (`snapshot_download`),
 so transformers and the trainer find the files exactly as if they had downloaded them.
 
-huggingface_hub (`pip install 'ft-launch[hub]'`) is imported only inside the functions that talk
+huggingface_hub (`pip install './ft_launch-0.1.0-py3-none-any.whl[hub]'`) is imported only inside the functions that talk
 to the hub or read its cache: `ft --help` and jobs without hub files never load it.
 """
 

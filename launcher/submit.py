@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from ftcore import contract, layout, secrets
@@ -102,6 +102,7 @@ def prepare(factory: str, overrides: list[str], profile: str | None = None,
         combos = sweep_overrides(sweeps)
         tasks = tuple(resolve(factory, [*overrides, *combo], profile) for combo in combos)
     resolved = tasks[0] if tasks else resolve(factory, overrides, profile)
+    resolved, tasks = _settled(resolved), tuple(_settled(task) for task in tasks)
     job = resolved.job
     problems = refuse_secrets(resolved, tasks, [*overrides, *(sweeps or []), after or ""])
     found, warnings = render.preflight(job, dry_run=dry_run, paths_here=not elsewhere)
@@ -181,6 +182,23 @@ def _sweeps_that_shape_the_script(runner: scheduler.Scheduler, tasks: tuple[Reso
                             "or environment), which all tasks of one SLURM array share; submit one job per "
                             "value instead (e.g. a shell loop over `ft submit`)")
     return problems or ["the sweep's tasks need different sbatch scripts: submit one job per value instead"]
+
+
+def _settled(resolved: Resolved) -> Resolved:
+    """The job as its folder records it: `auto` settings decided by the plan (activation
+    checkpointing, slurm.time). A job the plan cannot size keeps activation checkpointing
+    `auto`, which the trainer reads as off."""
+    import dataclasses
+
+    from launcher import plan
+
+    try:
+        job, said = plan.settle(resolved.job)
+    except UserError:
+        job, said = resolved.job, None  # the plan's refusals name the problem
+    job, timed = plan.settle_time(job)
+    notes = [line for line in (said, timed) if line]
+    return dataclasses.replace(resolved, job=job, notes=(*resolved.notes, *notes))
 
 
 def plan_refusals(job, force: bool = False) -> list[str]:
@@ -327,13 +345,6 @@ def srun_line(prepared: Prepared, factory: str) -> tuple[str, list[str]]:
         # exist when the job starts, and nothing in the user's script would create it.
         paths.jobs_root().mkdir(parents=True, exist_ok=True)
     return render.srun_line(prepared.job, args), header
-
-
-def render_elsewhere(prepared: Prepared, ft_home: str | None) -> str:
-    """The script a `--cluster` dry run shows: rendered here for a new folder under the cluster's
-    FT_HOME (`NEW` stands for the name the folder gets there)."""
-    folder = PurePosixPath(ft_home or paths.DEFAULT_HOME) / paths.JOBS / "NEW"
-    return scheduler.get(prepared.executor).render(prepared.job, folder, len(prepared.tasks))
 
 
 def summary(prepared: Prepared) -> list[tuple[str, str]]:

@@ -88,6 +88,12 @@ def prepare(factory: str, overrides: list[str], profile: str | None = None, job_
     were started, and name its folder. Writes nothing."""
     env = os.environ if environ is None else environ
     job = config.resolve(factory, overrides, profile).job
+    try:  # activation checkpointing `auto`: on where the plan says the job needs it, as `ft submit` decides
+        from launcher import plan as memory_plan
+
+        job, _ = memory_plan.settle(job)
+    except UserError:
+        pass  # a model the plan cannot size: `auto` trains without it
     procs = rendezvous.detect(env)
     launcher = scheduler.task_launcher(env)
     problems = job.missing_paths() + launcher.task_problems(job, procs, env)

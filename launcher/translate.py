@@ -168,6 +168,7 @@ def translate_automodel(data: dict[str, Any], source: str) -> Translation:
     _peft(data, translation)
     _quantization(_section(data, "quantization", translation), translation)
     loader = _section(data, "dataloader", translation)
+    _slurm(_section(data, "slurm", translation), translation)
     _datasets(_section(data, "dataset", translation), _section(data, "validation_dataset", translation),
               loader, _section(data, "validation_dataloader", translation), translation)
     _schedule(_section(data, "step_scheduler", translation), loader, _section(data, "distributed", translation), translation)
@@ -195,11 +196,44 @@ def translate_automodel(data: dict[str, Any], source: str) -> Translation:
             translation.ignore(f"wandb.{key}", "ft names the run after the job and writes it into the job folder")
     known = {"name", "model", "peft", "quantization", "dataset", "validation_dataset", "dataloader",
              "validation_dataloader", "step_scheduler", "distributed", "optimizer", "lr_scheduler", "checkpoint",
-             "rng", "dist_env", "loss_fn", "wandb"}
+             "rng", "dist_env", "loss_fn", "wandb", "slurm"}
     for key in data:
         if key not in known:
             translation.refuse(_show(key), "is no AutoModel section ft knows how to translate")
     return translation
+
+
+# AutoModel's (≤ 0.6) `slurm:` block, which its own launcher rendered into sbatch: ft's settings.
+_SLURM_KEYS = {"job_name": "slurm.job_name", "nodes": "trainer.num_nodes", "time": "slurm.time",
+               "account": "slurm.account", "partition": "slurm.partition", "container_image": "container.image",
+               "extra_mounts": "container.binds", "qos": "slurm.qos", "constraint": "slurm.constraint",
+               "mem": "slurm.mem", "cpus_per_task": "slurm.cpus_per_task"}
+
+
+def _slurm(slurm: dict[str, Any], translation: Translation) -> None:
+    for key, ft_key in _SLURM_KEYS.items():
+        if key in slurm:
+            value = slurm[key]
+            if key == "time" and isinstance(value, int):  # YAML 1.1 reads 1:30:00 as 5400 seconds
+                value = f"{value // 3600:02d}:{value % 3600 // 60:02d}:{value % 60:02d}"
+            translation.set(ft_key, str(value) if key == "time" else value, f"slurm.{key}")
+    counts = {k: slurm[k] for k in ("gpus_per_node", "ntasks_per_node") if slurm.get(k) is not None}
+    if len(set(counts.values())) > 1:
+        translation.refuse("slurm.gpus_per_node", f"{counts['gpus_per_node']} GPUs with {counts['ntasks_per_node']} "
+                 "tasks per node: ft runs one task per GPU (trainer.devices)")
+    elif counts:
+        first, *others = counts
+        translation.set("trainer.devices", counts[first], f"slurm.{first}")
+        for key in others:
+            translation.ignore(f"slurm.{key}", "the same count as trainer.devices")
+    for key in ("hf_home", "env_vars", "wandb_key", "hf_token", "nsys_enabled", "master_port", "gpus_per_task",
+                "job_dir", "chdir", "exclusive"):
+        if key in slurm:
+            translation.ignore(f"slurm.{key}", "ft sets the job's environment, folders and rendezvous itself "
+                     "(container.env, FT_HOME, hub.cache_dir); secrets stay in your environment")
+    _unknown(translation, "slurm", slurm, {*_SLURM_KEYS, "ntasks_per_node", "gpus_per_node", "hf_home", "env_vars",
+                                 "wandb_key", "hf_token", "nsys_enabled", "master_port", "gpus_per_task", "job_dir",
+                                 "chdir", "exclusive"})
 
 
 def _model(model: dict[str, Any], translation: Translation) -> None:
@@ -338,8 +372,13 @@ def _schedule(steps: dict[str, Any], loader: dict[str, Any], dist: dict[str, Any
         if theirs in steps:
             translation.set(ours, steps[theirs], f"step_scheduler.{theirs}")
     dp = dist.get("dp_size")
-    ranks = dp if isinstance(dp, int) and not isinstance(dp, bool) and 0 < dp <= COUNT_LIMIT else 1
-    if ranks == dp:
+    # A `slurm:` block's nodes × GPUs, translated first, where dp_size is not a count.
+    trainer = translation.data.get("trainer", {})
+    valid = isinstance(dp, int) and not isinstance(dp, bool) and 0 < dp <= COUNT_LIMIT
+    fallback = [trainer.get(key, 1) for key in ("devices", "num_nodes")]
+    ranks = dp if valid else (fallback[0] * fallback[1] if all(
+        isinstance(n, int) and not isinstance(n, bool) and 0 < n <= COUNT_LIMIT for n in fallback) else 1)
+    if valid:
         translation.set("trainer.devices", dp, "distributed.dp_size")
     elif "dp_size" in dist:
         translation.ignore("distributed.dp_size", f"{_show(dp)}: every GPU ft is given is data parallel (trainer.devices, "

@@ -37,7 +37,7 @@ def require_torchao() -> None:
     import pytest
 
     if importlib.util.find_spec("torchao") is None:
-        pytest.fail("torchao is not installed, and the QLoRA tests need it: pip install 'ft-launch[quant]' "
+        pytest.fail("torchao is not installed, and the QLoRA tests need it: pip install '<checkout>[quant]' "
                     "(.ci/run installs it)", pytrace=False)
 
 

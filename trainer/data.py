@@ -212,10 +212,10 @@ class _Heartbeat:
 def cache_key(cfg, tokenizer, seed: int) -> str:
     """What the tokenized data depend on: data contents, tokenizer, settings, this code's version."""
     digest = hashlib.sha256()
-    settings = {k: getattr(cfg, k) for k in ("path", "split", "val_path", "val_split", "val_fraction", "format",
-                                             "limit_samples", "max_seq_length", "packing", "prompt_template")}
+    settings = cfg.model_dump(mode="json", include={"path", "split", "val_path", "val_split", "val_fraction", "format",
+                                                    "limit_samples", "max_seq_length", "packing", "prompt_template"})
     digest.update(json.dumps([_CACHE_VERSION, seed, settings], sort_keys=True).encode())
-    for spec in (cfg.path, cfg.val_path):
+    for spec in (source.path for source in (*cfg.sources, *cfg.val_sources)):
         local = Path(shipped.expand(spec)) if spec else None
         if local is not None and local.is_file():  # a hub dataset counts by name and split (in settings)
             with open(local, "rb") as f:
@@ -281,20 +281,57 @@ def hold_out(records: list, fraction: float, seed: int) -> tuple[list, list]:
     return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
 
 
+def source_records(cfg) -> list[list]:
+    """The training records of each source of `cfg` (DataConfig), `limit_samples` counted over
+    all of them in order."""
+    found, left = [], cfg.limit_samples
+    for source in cfg.sources:
+        records = read_records(source.path, source.split)
+        if left is not None:
+            records, left = records[:left], max(0, left - len(records))
+        found.append(records)
+    return found
+
+
+def held_out(per_source: list[list], fraction: float, seed: int) -> tuple[list[list], list]:
+    """(each source's training records, the held-out records of all): `fraction` of each source
+    held out by `hold_out`, seeded per source (the first as a single file is)."""
+    kept, held = [], []
+    for index, records in enumerate(per_source):
+        train, val = hold_out(records, fraction, seed if index == 0 else f"{seed}-{index}")
+        kept.append(train)
+        held += val
+    return kept, held
+
+
+def weighted(per_source: list[list], sources, seed: int, stats: Stats | None = None) -> list:
+    """The mixture: each source's records `weight` times (2: twice; 0.5: a seeded half)."""
+    mixed = []
+    for index, (records, source) in enumerate(zip(per_source, sources)):
+        whole, part = int(source.weight), source.weight - int(source.weight)
+        chosen = records * whole
+        if part and records:
+            picked = sorted(random.Random(f"ft-mix-{seed}-{index}").sample(range(len(records)), round(part * len(records))))
+            chosen += [records[i] for i in picked]
+        mixed += chosen
+        if stats is not None and len(sources) > 1:
+            stats.notes.append(f"{source.path}: {len(records)} records × {source.weight:g} = {len(chosen)} per epoch")
+    return mixed
+
+
 def tokenize_all(cfg, tokenizer, seed: int) -> Data:
     """Read, validate, split, tokenize and (optionally) pack the job's data."""
     stats = Stats()
-    records = read_records(cfg.path, cfg.split)
-    if cfg.limit_samples is not None:
-        records = records[: cfg.limit_samples]
+    per_source = source_records(cfg)
     if cfg.val_path:
-        val_records = read_records(cfg.val_path, cfg.val_split)
+        val_records = [r for source in cfg.val_sources for r in read_records(source.path, source.split)]
         if not val_records:  # no validation would run, and nothing would say so
             raise UserError(f"data.val_path {cfg.val_path} holds no records: give a file with records, or leave "
                             "data.val_path unset to hold out data.val_fraction of the training data")
     else:
-        records, val_records = hold_out(records, cfg.val_fraction, seed)
-    stats.records = len(records) + len(val_records)
+        per_source, val_records = held_out(per_source, cfg.val_fraction, seed)
+    stats.records = sum(len(records) for records in per_source) + len(val_records)
+    records = weighted(per_source, cfg.sources, seed, stats)
 
     train = tokenize(records, cfg.format, tokenizer, cfg.max_seq_length, cfg.prompt_template, stats)
     val = tokenize(val_records, cfg.format, tokenizer, cfg.max_seq_length, cfg.prompt_template, stats)

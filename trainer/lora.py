@@ -61,6 +61,11 @@ def add_lora(lm: nn.Module, job) -> nn.Module:
         extra["target_parameters"] = experts
     if job.peft.method == "dora":
         extra["use_dora"] = True
+    from transformers.pytorch_utils import Conv1D
+
+    layers = linear_layers(lm)
+    if targets and all(isinstance(layers.get(name), Conv1D) for name in targets):
+        extra["fan_in_fan_out"] = True  # GPT-2's Conv1D stores in × out (peft would set it, with a warning)
     config = LoraConfig(
         r=job.peft.dim,
         lora_alpha=job.peft.alpha,

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ftcore import contract, dtypes, families, policy
+from ftcore import arch, contract, dtypes, families, policy
 from ftcore.errors import UserError
 
 from . import attention, meta_init, quantize, sharding
@@ -61,6 +61,7 @@ def model_config(job):
         except ValueError as e:
             raise UserError(f"model.config: {e}") from None
     config = AutoConfig.from_pretrained(job.model.path, token=hf_token(), trust_remote_code=job.model.trust_remote_code)
+    arch.with_overrides(config.to_dict(), job.model.config, job.model.path)  # refuses another model_type
     for key, value in job.model.config.items():
         setattr(config, key, value)
     return config
@@ -95,6 +96,24 @@ def check_vocabulary(tokenizer, config) -> None:
                              "model's embeddings before training")
 
 
+def check_loaded(path: str, loading: dict) -> None:
+    """Stop where the checkpoint's weights are not the model's: transformers re-initialises a
+    weight it did not find (MISSING) and drops one it has no place for (UNEXPECTED), then
+    trains on, which is a different model from the one named."""
+    problems = []
+    for key, word in (("missing_keys", "MISSING (would be trained from random values)"),
+                      ("unexpected_keys", "UNEXPECTED (in the checkpoint, not in the model: dropped)"),
+                      ("mismatched_keys", "of another shape than the model's")):
+        names = sorted(str(item[0] if isinstance(item, tuple) else item) for item in loading.get(key) or ())
+        if names:
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            problems.append(f"{len(names)} weight(s) {word}: {shown}")
+    if problems:
+        raise UserError(f"{path}: its weights do not fit the model ft built from its config:", *problems,
+                        hint="train the checkpoint with its own config.json (model.config only overrides what it "
+                             "names), or use a checkpoint of this architecture")
+
+
 def build(job, env: DistEnv, device: torch.device, tokenizer, base_dir: Path | None = None) -> Built:
     """Base model (+ LoRA), on `device`, sharded with FSDP2 when the strategy says so.
 
@@ -124,7 +143,7 @@ def build(job, env: DistEnv, device: torch.device, tokenizer, base_dir: Path | N
         # Before anything changes the policy: the reference is the base as loaded, for good (a
         # resumed run loads the policy from its checkpoint, and this copy from the base again).
         reference = _frozen_copy(lm, DTYPES[decision.reference])
-    if job.model.activation_checkpointing:
+    if decision.activation_checkpointing:
         _checkpoint_activations(lm)
     fused_cross_entropy = use_liger(lm) if job.trainer.liger else None
     if reference is not None and job.trainer.liger:
@@ -150,15 +169,19 @@ def _base_model(job, config, decision: policy.Decision, device: torch.device, co
         extra = {}
         if decision.topology.on_gpu and not decision.sharded:
             extra["device_map"] = {"": device}  # straight to this GPU, not via host memory
-        lm = AutoModelForCausalLM.from_pretrained(
+        lm, loading = AutoModelForCausalLM.from_pretrained(
             job.model.path,
             config=config,
             token=hf_token(),
             trust_remote_code=job.model.trust_remote_code,
+            output_loading_info=True,
             **common,
             **extra,
         )
+        check_loaded(job.model.path, loading)
     lm.config.use_cache = False
+    if getattr(lm, "loss_type", "") is None:  # a class name transformers' loss table does not know (GPT-2's)
+        lm.loss_type = "ForCausalLM"  # what it falls back to anyway, without its warning on every run
     return lm
 
 

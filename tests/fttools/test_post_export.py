@@ -120,7 +120,7 @@ def test_lora_on_the_output_head_is_a_warning(jobs, tmp_path):
     ckpt = _copy(locate.find_checkpoint(str(jobs["lora"])), tmp_path)
     save_file({"base_model.model.lm_head.lora_A.weight": torch.zeros(8, 64),
                "base_model.model.lm_head.lora_B.weight": torch.zeros(384, 8)}, ckpt.path / "adapter_model.safetensors")
-    problems, warnings = check_adapter(ckpt.path)
+    problems, warnings = check_adapter(ckpt.path, "LlamaForCausalLM")
     assert problems == [] and "lm_head" in warnings[0]
 
 

@@ -89,8 +89,11 @@ def test_full_sft_of_8b_does_not_fit_one_80gb_gpu_and_fits_two_with_fsdp2():
     assert two.fits
     fit = plan.smallest_fit(job("llama3_8b_sft", "trainer.devices=1"))
     assert (fit.num_nodes, fit.devices, fit.strategy) == (1, 2, "fsdp2")
-    # The workshop's 8B recipe switched to SFT without activation checkpointing needs more than two.
-    assert not plan.estimate(job("llama31_8b", "peft=none", "trainer.devices=2")).fits
+    # The workshop's 8B recipe switched to SFT without activation checkpointing needs more than two;
+    # left at `auto`, the plan turns it on and it fits.
+    assert not plan.estimate(job("llama31_8b", "peft=none", "trainer.devices=2",
+                                 "model.activation_checkpointing=false")).fits
+    assert plan.estimate(job("llama31_8b", "peft=none", "trainer.devices=2")).decision.activation_checkpointing
 
 
 @pytest.mark.parametrize("factory", ["llama31_8b", "llama3_8b_lora"])

@@ -192,9 +192,9 @@ def test_dry_run_on_a_laptop_warns_and_writes_the_offline_script(ft, hub, tmp_pa
         result = ft(*args, "--dry-run", env=env)
         assert result.returncode == 0, result.stderr
         assert "ft: warning:" in result.stderr and "export HF_HUB_OFFLINE=1" in result.stdout
-    assert "pip install 'ft-launch[hub]'" in result.stderr
+    assert "[hub]'" in result.stderr and "'ft-launch[hub]'" not in result.stderr  # ft is on no index: the checkout
     refused = ft(*args, "--executor", "local", "--yes", env={"PYTHONPATH": str(no_hub)})
-    assert refused.returncode == 2 and "pip install 'ft-launch[hub]'" in refused.stderr
+    assert refused.returncode == 2 and "[hub]'" in refused.stderr
 
 
 def test_container_env_cannot_set_what_the_hub_section_owns():
