@@ -57,6 +57,25 @@ def test_fsdp2_sft_on_two_processes_matches_one(tmp_path):
     assert {span.file for span in index.spans.values()} == {"__0_0.distcp", "__1_0.distcp"}
     sharded = [md for key, md in index.metadata.state_dict_metadata.items() if key.startswith("model.") and hasattr(md, "chunks")]
     assert sharded and all(len(md.chunks) == 2 for md in sharded if md.size[0] >= 2)
+    # One process reads both ranks' shards back (DCP's resharding through ft's reader): the model
+    # ft's after-training commands rebuild from the resume state is the one the run exported.
+    from trainer.checkpointing import write_hf_from_state
+
+    write_hf_from_state(dcp_dir.parent.parent, validate(two), None, tmp_path / "rebuilt")
+    exported = load_file(dcp_dir.parent.parent / "model.safetensors")
+    rebuilt = load_file(tmp_path / "rebuilt" / "model.safetensors")
+    assert rebuilt.keys() == exported.keys()
+    for name, tensor in exported.items():
+        torch.testing.assert_close(rebuilt[name], tensor, rtol=0, atol=0, msg=name)
+    # And the other way: one process's checkpoint (one chunk per tensor) resumed on two ranks, each
+    # reading its rows out of the chunk.
+    import shutil
+
+    shutil.copytree(tmp_path / "one" / layout.CHECKPOINTS, tmp_path / "grown" / layout.CHECKPOINTS)
+    grown = {**two, "trainer": {**two["trainer"], "max_steps": 4}}
+    results = launch(write_config(tmp_path / "grown", grown), nprocs=2)
+    assert [r.returncode for r in results] == [0, 0], describe(results)
+    assert "at step 3" in results[0].stdout and layout.newest_complete(tmp_path / "grown").name == "step-000004"
 
 
 def test_lora_data_parallel_matches_one_process_and_survives_preemption(tmp_path):
