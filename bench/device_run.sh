@@ -24,7 +24,7 @@ if compgen -G ".whl/*.whl" >/dev/null; then
         python3 -m zipfile -e "$wheel" "$SITE" || { echo "cannot unzip $wheel" >&2; exit 1; }
     done
     export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
-    echo "carried wheels on PYTHONPATH ($SITE): $(cd .whl && ls -- *.whl | tr '\n' ' ')"
+    echo "carried wheels on PYTHONPATH ($SITE): $(cd .whl && printf '%s ' *.whl)"
 fi
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null \
     || echo "nvidia-smi: not here"; } | tee "$OUT/versions.txt"

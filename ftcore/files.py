@@ -33,7 +33,7 @@ def read_plain(path: Path, offset: int = 0, limit: int | None = None, follow: bo
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise OSError(errno.EINVAL, "not a plain file", str(path))
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
         if offset < 0:
             offset = max(0, info.st_size + offset)
         handle.seek(offset)

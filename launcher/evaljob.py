@@ -19,7 +19,6 @@ task whose data is not there is refused here, with the command that stages it.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from pathlib import Path
 from ftcore import contract, evaltasks, layout
 from ftcore.errors import UserError
 from ftcore.schema import Job, deep_merge, job_to_dict
-from launcher import config, jobdir, jobs, locate, render, scheduler, sharedcache, stage as staging
+from launcher import config, jobdir, jobs, locate, render, runtime, scheduler, sharedcache, stage as staging
 
 TIME = "01:00:00"  # the evaluation job's time limit unless --time says otherwise
 COMMAND = "eval"
@@ -177,7 +176,7 @@ def submit_problems(job: Job) -> list[str]:
     """What stops a short job's Python from running ft's model tools (the trainer's contract)."""
     from launcher import submit
 
-    if job.container.runtime == "none":
+    if not runtime.of(job.container).contained:
         return submit.host_python_problems(job)
     submit.ready_image(job)
     return []
@@ -187,14 +186,14 @@ def lm_eval_problems(job: Job) -> list[str]:
     """Whether the job's Python (its image, or this machine's without one) can run lm-eval."""
     from launcher import image, submit
 
-    if job.container.runtime == "none":
+    if not runtime.of(job.container).contained:
         python = job.container.python or sys.executable
         found = submit.installed_in(python)
         if isinstance(found, str):
             return [f"cannot ask {python} what it has installed ({found})"]
         where = f"{python} (container.runtime=none)"
     else:
-        if shutil.which(job.container.runtime) is None:
+        if runtime.of(job.container).here() is None:
             return []  # the job's own check says it (fttools.lmeval's one-line error)
         submit.ready_image(job)
         report, _ = image.check_once(job.container, image.image_to_run(job.container))

@@ -215,7 +215,6 @@ def estimate(job: Job, gpu_gib: float | None = None, num_nodes: int | None = Non
     glob matches no layer.
     """
     job, settled = settle(job, gpu_gib, num_nodes, devices, strategy)
-    job, settled = settle(job, gpu_gib, num_nodes, devices, strategy)
     gpu_gib = gpu_gib or job.trainer.gpu_memory_gib
     topology = Topology.of(job, num_nodes, devices, strategy)
     dims = model_dims(job)

@@ -168,7 +168,7 @@ def translate_automodel(data: dict[str, Any], source: str) -> Translation:
     _peft(data, translation)
     _quantization(_section(data, "quantization", translation), translation)
     loader = _section(data, "dataloader", translation)
-    _slurm(_section(data, "slurm", translation), translation)
+    _slurm(_section(data, _SLURM_SECTION, translation), translation)
     _datasets(_section(data, "dataset", translation), _section(data, "validation_dataset", translation),
               loader, _section(data, "validation_dataloader", translation), translation)
     _schedule(_section(data, "step_scheduler", translation), loader, _section(data, "distributed", translation), translation)
@@ -204,6 +204,7 @@ def translate_automodel(data: dict[str, Any], source: str) -> Translation:
 
 
 # AutoModel's (≤ 0.6) `slurm:` block, which its own launcher rendered into sbatch: ft's settings.
+_SLURM_SECTION = "slurm"  # the recipe's key, AutoModel's word (not a scheduler ft runs)
 _SLURM_KEYS = {"job_name": "slurm.job_name", "nodes": "trainer.num_nodes", "time": "slurm.time",
                "account": "slurm.account", "partition": "slurm.partition", "container_image": "container.image",
                "extra_mounts": "container.binds", "qos": "slurm.qos", "constraint": "slurm.constraint",
@@ -231,7 +232,7 @@ def _slurm(slurm: dict[str, Any], translation: Translation) -> None:
         if key in slurm:
             translation.ignore(f"slurm.{key}", "ft sets the job's environment, folders and rendezvous itself "
                      "(container.env, FT_HOME, hub.cache_dir); secrets stay in your environment")
-    _unknown(translation, "slurm", slurm, {*_SLURM_KEYS, "ntasks_per_node", "gpus_per_node", "hf_home", "env_vars",
+    _unknown(translation, _SLURM_SECTION, slurm, {*_SLURM_KEYS, "ntasks_per_node", "gpus_per_node", "hf_home", "env_vars",
                                  "wandb_key", "hf_token", "nsys_enabled", "master_port", "gpus_per_task", "job_dir",
                                  "chdir", "exclusive"})
 

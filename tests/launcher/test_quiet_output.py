@@ -11,7 +11,8 @@ def test_ft_show_prints_text_as_written(ft):
     assert shown.returncode == 0 and "1 × 80 GB GPU" in shown.stdout and "\\xD7" not in shown.stdout
 
 
-def test_ft_jobs_piped_keeps_one_line_per_job(ft, tmp_path):
+def test_ft_jobs_piped_keeps_one_line_per_job(ft, tmp_path, monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)  # a width the user set wins, rightly: not this case
     recipe = tmp_path / "a_rather_long_recipe_name_for_a_sweep_of_learning_rates.yaml"
     recipe.write_text("extends: tiny\n")
     assert ft("submit", "--dry-run", "--factory", str(recipe)).returncode == 0

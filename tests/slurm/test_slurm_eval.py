@@ -17,6 +17,8 @@ from container_image import site_for
 from lm_eval_tasks import write_tasks
 from slurm_cluster import wait_for_job
 
+from ftcore import contract
+
 pytest.importorskip("lm_eval")
 pytestmark = [pytest.mark.slurm, pytest.mark.train]
 REPO = Path(__file__).resolve().parents[2]
@@ -92,7 +94,7 @@ def test_an_evaluation_job_whose_python_lacks_lm_eval_is_refused_at_submit(train
     finally:
         (folder / "config.yaml").write_text(config)
     assert result.returncode == 2, result.stdout + result.stderr
-    assert "cannot run lm-eval" in result.stderr and "ft-launch[eval]" in result.stderr
+    assert "cannot run lm-eval" in result.stderr and contract.install_line("eval") in result.stderr
     assert {p.name for p in folder.parent.iterdir()} == before  # no evaluation job folder
 
 
