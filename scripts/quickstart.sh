@@ -6,11 +6,12 @@
 #   1. trains the `tiny` factory here (watch val_loss, on 40 held-out questions, fall);
 #   2. scores it on those held-out questions: `ft eval` prints exact match and F1;
 #   3. asks it one question it never saw: `ft generate` answers it.
-# FT="python -m launcher" (any ft command line) skips the install and uses that ft instead.
+# FT="python -m launcher" (any ft command line, shell-quoted) skips the install and uses that ft instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -n "${FT:-}" ]; then
-    read -r -a ft <<< "$FT"
+    # Shell words, so a path with a space in it can be quoted (split by Python's shlex, not eval).
+    mapfile -d '' ft < <(python3 -c 'import shlex, sys; sys.stdout.write("\0".join(shlex.split(sys.argv[1])) + "\0")' "$FT")
 else
     python3 -m venv .venv
     .venv/bin/pip install -q --upgrade pip

@@ -13,6 +13,7 @@ each an alias of the ssh_config the fixture writes (ft reads it through $FT_SSH_
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -94,14 +95,14 @@ def ssh_cluster(tmp_path, monkeypatch) -> SshCluster:
     monkeypatch.setenv("FT_SSH_CONFIG", str(config))
     # Named by the pytest session too: two sessions running the same test share ftremote.
     ft_home = REMOTE_HOME / "ft-tests" / f"{tmp_path.parent.name}-{tmp_path.name}"
-    remote_ft = f"{Path(sys.executable)} -m launcher"
+    remote_ft = shlex.join([str(Path(sys.executable)), "-m", "launcher"])  # shell words, as clusters.NAME.ft
     entries = {name: {"host": host, "ft": remote_ft, "ft_home": str(ft_home)}
                for name, host in (("ftc", "ft-test"), ("ftc-plain", "ft-test-plain"), ("ftc-2fa", "ft-test-2fa"))}
     config_dir = Path(os.environ["FT_CONFIG_DIR"])
     config_dir.mkdir(parents=True, exist_ok=True)
     (config_dir / "config.yaml").write_text(yaml.safe_dump({"clusters": entries}))
     cluster = SshCluster("ftc", ft_home, config)
-    probe = cluster.ssh(*remote_ft.split(), "--version")
+    probe = cluster.ssh(*shlex.split(remote_ft), "--version")
     if probe.returncode != 0:
         _unavailable(f"{USER} cannot run ft ({remote_ft}): {probe.stderr.strip()[-500:]}")
     yield cluster

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -44,7 +45,7 @@ def settled_status(ft, folder: Path) -> str:
 
 def test_the_quickstart_ends_with_a_model_that_answers(tmp_path):
     """scripts/quickstart.sh as written, with this checkout's ft instead of a fresh .venv."""
-    env = dict(os.environ, FT=f"{sys.executable} -m launcher", PYTHONPATH=str(REPO), FT_HOME=str(tmp_path / "home"))
+    env = dict(os.environ, FT=shlex.join([sys.executable, "-m", "launcher"]), PYTHONPATH=str(REPO), FT_HOME=str(tmp_path / "home"))
     result = subprocess.run(["bash", str(REPO / "scripts" / "quickstart.sh")], capture_output=True, text=True,
                             env=env, timeout=600, stdin=subprocess.DEVNULL)  # no terminal: nothing may ask
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,7 @@ UPDATE = "FT_UPDATE_GOLDEN"
 def normalised(text: str) -> str:
     """Machine-specific paths replaced, so golden copies compare anywhere."""
     # The interpreter first: in CI it lives inside the checkout (.venv-ci).
-    return (text.replace(sys.executable, "<PYTHON>")
+    return (text.replace(shlex.quote(sys.executable), "<PYTHON>").replace(sys.executable, "<PYTHON>")
                 .replace(str(paths.package_dir("trainer").parent), "<FT>")
                 .replace(str(paths.ft_home()), "<FT_HOME>"))
 
