@@ -495,8 +495,9 @@ class RemoteFiles:
             raise FileNotFoundError(words[-1])
         return answer.out
 
-    def read_bytes(self, name: str | PurePath) -> bytes:
-        return self._read(["cat", "--", self._path(name)], METRICS_LIMIT_BYTES)
+    def tail(self, name: str | PurePath, size: int) -> bytes:
+        """The last `size` bytes of a file in the folder (a metrics file may be large and growing)."""
+        return self._read(["tail", "-c", str(size), "--", self._path(name)], size)
 
     def write(self, files: dict[str, str]) -> None:
         """Each file whole, as one tar stream into the folder (made if missing)."""
