@@ -148,7 +148,21 @@ def _raw(tensor: torch.Tensor) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy())
 
 
-class DataWriter(StorageWriter):
+class _AtPath:
+    """What DCP asks of a storage layer about where it is: its folder (`self.path`), any folder."""
+
+    path: Path
+
+    @property
+    def checkpoint_id(self) -> str:
+        return str(self.path)
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id) -> bool:
+        return True
+
+
+class DataWriter(_AtPath, StorageWriter):
     """One data file per rank (raw tensors, JSON values) and, from the coordinator, index.json."""
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -198,14 +212,6 @@ class DataWriter(StorageWriter):
 
     def storage_meta(self) -> StorageMeta:
         return StorageMeta(checkpoint_id=str(self.path), save_id=self.save_id)
-
-    @property
-    def checkpoint_id(self) -> str:
-        return str(self.path)
-
-    @classmethod
-    def validate_checkpoint_id(cls, checkpoint_id) -> bool:
-        return True
 
 
 def index_json(metadata: Metadata, spans: dict[MetadataIndex, Span]) -> dict:
@@ -350,7 +356,7 @@ def read_index(folder: Path) -> Index:
     return Index(metadata, spans, chunk_of)
 
 
-class DataReader(StorageReader):
+class DataReader(_AtPath, StorageReader):
     """Reads what DataWriter wrote; the index is read and checked when the reader is made."""
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -414,11 +420,3 @@ class DataReader(StorageReader):
         future: Future = Future()
         future.set_result(None)
         return future
-
-    @property
-    def checkpoint_id(self) -> str:
-        return str(self.path)
-
-    @classmethod
-    def validate_checkpoint_id(cls, checkpoint_id) -> bool:
-        return True

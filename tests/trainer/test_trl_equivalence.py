@@ -44,10 +44,11 @@ def _pairs(tmp_path: Path) -> Path:
     return path
 
 
-def _ft(tmp_path: Path, model: Path, data: Path, peft) -> list[dict]:
+def _ft(tmp_path: Path, model: Path, data: Path, peft, objective: str = "dpo") -> list[dict]:
+    """ft's logged steps for `objective` on the same model, pairs and settings as TRL's run."""
     raw = tiny_job(
         model={"init": "pretrained", "path": str(model), "config": {}},
-        objective={"name": "dpo", "beta": BETA},
+        objective={"name": objective, "beta": BETA},
         data={"path": str(data), "format": "preference", "global_batch_size": BATCH, "micro_batch_size": BATCH,
               "max_seq_length": 256, "val_fraction": 0.0, "shuffle": False, "group_by_length": False},
         trainer={"max_steps": STEPS, "seed": SEED, "grad_clip": 1.0, "limit_val_batches": 0},
@@ -174,17 +175,7 @@ def test_orpo_odds_ratio_equals_trls(tmp_path):
     SFT does. So the first step (same weights) is compared, the odds-ratio side only."""
     model_dir = save_tiny_model(tmp_path / "model", seed=3)
     data = _pairs(tmp_path)
-    raw = tiny_job(
-        model={"init": "pretrained", "path": str(model_dir), "config": {}},
-        objective={"name": "orpo", "beta": BETA},
-        data={"path": str(data), "format": "preference", "global_batch_size": BATCH, "micro_batch_size": BATCH,
-              "max_seq_length": 256, "val_fraction": 0.0, "shuffle": False, "group_by_length": False},
-        trainer={"max_steps": STEPS, "seed": SEED, "grad_clip": 1.0, "limit_val_batches": 0},
-        optim={"lr": LR, "lr_scheduler": {"name": "constant", "warmup_steps": 0}},
-    )
-    raw["peft"] = None
-    assert train(tmp_path / "ft", raw) == 0
-    ours = [r for r in read_metrics(tmp_path / "ft") if records.LOSS in r]
+    ours = _ft(tmp_path, model_dir, data, None, "orpo")
     theirs = _trl_orpo(tmp_path, model_dir, data)
     keys = (*records.PREFERENCE, records.LOG_ODDS_RATIO, records.LOG_ODDS_CHOSEN)
     wrong = [f"step 1 {key}: ft {ours[0][key]!r}, TRL {theirs[0][key]!r}" for key in keys
