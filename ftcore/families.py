@@ -261,7 +261,7 @@ def varlen_kernel(device: str, dtype: str, *, flash_attn: bool, torch_varlen: st
                       f"no variable-length kernel here: SDPA's {backend} backend per example, causal, no mask; "
                       "the lengths cost one host sync per micro batch")
     return Kernel("sdpa_math", False, "no fused kernel takes this dtype and head size: SDPA's math backend per "
-                  f"example, fp32 [heads, L, L] scores kept per layer (priced by ft plan)")
+                  "example, fp32 [heads, L, L] scores kept per layer (priced by ft plan)")
 
 
 def problems(job, config: dict | None) -> list[str]:
