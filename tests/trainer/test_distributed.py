@@ -27,6 +27,29 @@ def figures(job_dir, key):
     return [r[key] for r in read_metrics(job_dir) if key in r]
 
 
+def preempt_rank_1(config, run_dir, steps: int, wait_s: int) -> tuple[int, list]:
+    """Two ranks start; once one step is logged rank 1 alone gets SIGUSR1: both must checkpoint the
+    same step and exit 75. Returns (the step they stopped at, the first run's results)."""
+    procs = start(config, nprocs=2)
+    deadline = time.time() + wait_s
+    while not train_losses(run_dir) and time.time() < deadline and procs[1].poll() is None:
+        time.sleep(0.02)
+    procs[1].send_signal(signal.SIGUSR1)
+    results = finish(procs)
+    assert [r.returncode for r in results] == [exits.REQUEUE, exits.REQUEUE], describe(results)
+    stopped_at = max(train_losses(run_dir))
+    assert stopped_at < steps
+    return stopped_at, results
+
+
+def requeued(config, stopped_at: int) -> list:
+    """The requeued job: both ranks finish, resumed from the step they stopped at."""
+    results = launch(config, nprocs=2)
+    assert [r.returncode for r in results] == [0, 0], describe(results)
+    assert f"at step {stopped_at}" in results[0].stdout
+    return results
+
+
 def test_fsdp2_sft_on_two_processes_matches_one(tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -85,19 +108,9 @@ def test_lora_data_parallel_matches_one_process_and_survives_preemption(tmp_path
     one = tiny_job(trainer={"max_steps": steps, "val_every_steps": 40}, data={"micro_batch_size": 4})
     config = write_config(tmp_path / "two", two)
 
-    procs = start(config, nprocs=2)
-    deadline = time.time() + 120
-    while not train_losses(tmp_path / "two") and time.time() < deadline and procs[1].poll() is None:
-        time.sleep(0.02)
-    procs[1].send_signal(signal.SIGUSR1)
-    results = finish(procs)
-    assert [r.returncode for r in results] == [exits.REQUEUE, exits.REQUEUE], describe(results)
-    stopped_at = max(train_losses(tmp_path / "two"))
-    assert stopped_at < steps and layout.newest_complete(tmp_path / "two").name == f"step-{stopped_at:06d}"
-
-    results = launch(config, nprocs=2)  # the requeued job
-    assert [r.returncode for r in results] == [0, 0], describe(results)
-    assert f"at step {stopped_at}" in results[0].stdout
+    stopped_at, _ = preempt_rank_1(config, tmp_path / "two", steps, wait_s=120)
+    assert layout.newest_complete(tmp_path / "two").name == f"step-{stopped_at:06d}"
+    requeued(config, stopped_at)
 
     assert run(validate(one), tmp_path / "one") == exits.OK
     for key in ("loss", "grad_norm", "val_loss"):
@@ -191,20 +204,9 @@ def test_full_dpo_under_fsdp2_on_two_processes_matches_one_and_resumes_against_t
     one = tiny_job(dpo, peft=None, model=pretrained, trainer={"max_steps": steps}, data={**prefs, "micro_batch_size": 4})
     config = write_config(tmp_path / "two", two)
 
-    procs = start(config, nprocs=2)
-    deadline = time.time() + 180
-    while not train_losses(tmp_path / "two") and time.time() < deadline and procs[1].poll() is None:
-        time.sleep(0.02)
-    procs[1].send_signal(signal.SIGUSR1)
-    results = finish(procs)
-    assert [r.returncode for r in results] == [exits.REQUEUE, exits.REQUEUE], describe(results)
-    stopped_at = max(train_losses(tmp_path / "two"))
-    assert stopped_at < steps
+    stopped_at, results = preempt_rank_1(config, tmp_path / "two", steps, wait_s=180)
     assert "DPO reference: a frozen copy of the base in fp32, sharded like the policy" in results[0].stdout
-
-    results = launch(config, nprocs=2)  # the requeued job
-    assert [r.returncode for r in results] == [0, 0], describe(results)
-    assert f"at step {stopped_at}" in results[0].stdout
+    requeued(config, stopped_at)
 
     assert run(validate(one), tmp_path / "one") == exits.OK
     assert figures(tmp_path / "one", "loss")[0] == pytest.approx(0.6931472, abs=1e-6)

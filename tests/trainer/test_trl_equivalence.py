@@ -59,10 +59,37 @@ def _ft(tmp_path: Path, model: Path, data: Path, peft, objective: str = "dpo") -
     return [r for r in read_metrics(tmp_path / "ft") if records.LOSS in r]
 
 
+def _run_trl(trainer_class, args, model, tokenizer, data: Path) -> list[dict]:
+    """TRL's trainer on the pairs: each step's logged figures, with the step's own loss (the
+    Trainer's logged loss is rounded)."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    logged: list[dict] = []
+    losses: list[float] = []
+
+    class Record(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "rewards/margins" in logs:
+                logged.append(dict(logs))
+
+    class Exact(trainer_class):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            losses.append(float(loss.detach()))
+            return loss
+
+    trainer = Exact(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                    callbacks=[Record()])
+    trainer.train()
+    assert len(logged) == STEPS and len(losses) == STEPS
+    return [{**step, "loss": loss} for step, loss in zip(logged, losses)]
+
+
 def _trl(tmp_path: Path, model_dir: Path, data: Path, lora: bool) -> list[dict]:
     import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -74,21 +101,6 @@ def _trl(tmp_path: Path, model_dir: Path, data: Path, lora: bool) -> list[dict]:
         targets = sorted({n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if n.endswith("_proj")})
         model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=targets,
                                                  bias="none", task_type="CAUSAL_LM"))
-    rows = [json.loads(line) for line in data.read_text().splitlines()]
-    logged: list[dict] = []
-    losses: list[float] = []
-
-    class Record(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "rewards/margins" in logs:
-                logged.append(dict(logs))
-
-    class Exact(DPOTrainer):  # the Trainer's logged loss is rounded: keep each step's own
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            losses.append(float(loss.detach()))
-            return loss
-
     args = DPOConfig(
         output_dir=str(tmp_path / "trl"), per_device_train_batch_size=BATCH, gradient_accumulation_steps=1,
         max_steps=STEPS, learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
@@ -97,11 +109,7 @@ def _trl(tmp_path: Path, model_dir: Path, data: Path, lora: bool) -> list[dict]:
         dataloader_num_workers=0, beta=BETA, loss_type=["sigmoid"], max_length=None,
         bf16=False, gradient_checkpointing=False,  # TRL defaults to bf16 autocast, on a CPU too: fp32 here, as ft
     )
-    trainer = Exact(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                    callbacks=[Record()])
-    trainer.train()
-    assert len(logged) == STEPS and len(losses) == STEPS
-    return [{**step, "loss": loss} for step, loss in zip(logged, losses)]
+    return _run_trl(DPOTrainer, args, model, tokenizer, data)
 
 
 def _same(ours: list[dict], theirs: list[dict]) -> list[str]:
@@ -131,27 +139,11 @@ def test_dpo_equals_trl_step_by_step(tmp_path, method):
 
 def _trl_orpo(tmp_path: Path, model_dir: Path, data: Path) -> list[dict]:
     import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
-    rows = [json.loads(line) for line in data.read_text().splitlines()]
-    logged: list[dict] = []
-    losses: list[float] = []
-
-    class Record(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "rewards/margins" in logs:
-                logged.append(dict(logs))
-
-    class Exact(ORPOTrainer):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            losses.append(float(loss.detach()))
-            return loss
-
     args = ORPOConfig(
         output_dir=str(tmp_path / "trl-orpo"), per_device_train_batch_size=BATCH, gradient_accumulation_steps=1,
         max_steps=STEPS, learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
@@ -160,11 +152,7 @@ def _trl_orpo(tmp_path: Path, model_dir: Path, data: Path) -> list[dict]:
         dataloader_num_workers=0, beta=BETA, max_length=256, bf16=False,
         gradient_checkpointing=False,
     )
-    trainer = Exact(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                    callbacks=[Record()])
-    trainer.train()
-    assert len(logged) == STEPS and len(losses) == STEPS
-    return [{**step, "loss": loss} for step, loss in zip(logged, losses)]
+    return _run_trl(ORPOTrainer, args, model, tokenizer, data)
 
 
 def test_orpo_odds_ratio_equals_trls(tmp_path):
